@@ -1,0 +1,3 @@
+module github.com/hmac-agent/hmac-agent
+
+go 1.26

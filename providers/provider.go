@@ -1,0 +1,100 @@
+package providers
+
+import (
+	"context"
+	"time"
+)
+
+// Provider is one place keys live.
+type Provider interface {
+	// Name is the provider's configured name, as used by --provider.
+	Name() string
+	// Kind is "software", "pkcs11" or "tpm".
+	Kind() string
+	// Key returns the named key, or an error wrapping ErrKeyNotFound.
+	Key(ctx context.Context, name string) (Key, error)
+	// Keys lists the keys the provider holds. It never returns key bytes.
+	Keys(ctx context.Context) ([]KeyInfo, error)
+	// Close releases the provider. Afterwards every method returns an
+	// error wrapping ErrClosed.
+	Close() error
+}
+
+// Key is a handle on one key. It is safe for concurrent use.
+type Key interface {
+	// Name is the key's name within its provider.
+	Name() string
+	// Supports reports whether NewMAC can succeed for alg.
+	Supports(alg Algorithm) bool
+	// NewMAC opens a context. It returns an error wrapping
+	// ErrUnsupportedAlgorithm when the key cannot do alg (never deferred
+	// to Finalize), or ErrUnavailable when the provider cannot serve now.
+	NewMAC(ctx context.Context, alg Algorithm) (MAC, error)
+}
+
+// MAC is one HMAC computation in progress, with pyca/cryptography's
+// semantics. It is not safe for concurrent use.
+//
+// After Finalize or Verify has been called once, whatever it returned,
+// every method returns ErrAlreadyFinalized. Close may always be called and
+// releases whatever the context holds.
+type MAC interface {
+	// Algorithm is the context's algorithm.
+	Algorithm() Algorithm
+	// Update appends p, which may be empty. It does not retain p.
+	Update(ctx context.Context, p []byte) error
+	// Copy returns an independent context in the same state.
+	Copy(ctx context.Context) (MAC, error)
+	// Finalize returns the full-length tag and finishes the context.
+	Finalize(ctx context.Context) ([]byte, error)
+	// Verify finishes the context and returns nil if tag is the full-length
+	// tag, compared in constant time, or ErrInvalidSignature otherwise.
+	Verify(ctx context.Context, tag []byte) error
+	// Close abandons the context. It is idempotent.
+	Close()
+}
+
+// Immediate is implemented by keys whose operations run on the CPU and never
+// wait (the software provider). The socket server runs their requests inline
+// instead of handing them to another goroutine, which matters at millions of
+// requests per second.
+type Immediate interface {
+	Immediate() bool
+}
+
+// KeyInfo describes a key without revealing it.
+type KeyInfo struct {
+	Name       string      `json:"name"`
+	Provider   string      `json:"provider"`
+	Kind       string      `json:"kind"`
+	Algorithms []Algorithm `json:"algorithms"`
+	Created    time.Time   `json:"created,omitzero"`
+}
+
+// OneShot is implemented by keys that compute a whole MAC in one call more
+// cheaply than through a context. The agent uses it for MAC and VerifyMAC.
+type OneShot interface {
+	// SumMAC appends the full-length tag of data to dst.
+	SumMAC(ctx context.Context, alg Algorithm, data, dst []byte) ([]byte, error)
+}
+
+// Generator is a provider that can create a key inside itself.
+type Generator interface {
+	// GenerateKey creates a key of length bytes (0 means the provider's
+	// default). ErrKeyExists if the name is taken.
+	GenerateKey(ctx context.Context, name string, length int) (KeyInfo, error)
+}
+
+// Importer is a provider that can take caller-supplied key bytes.
+type Importer interface {
+	// ImportKey stores secret under name. The provider does not retain
+	// secret; the caller should zero it afterwards. ErrKeyExists if the
+	// name is taken.
+	ImportKey(ctx context.Context, name string, secret []byte) (KeyInfo, error)
+}
+
+// Deleter is a provider that can destroy a key.
+type Deleter interface {
+	// DeleteKey destroys the named key. ErrKeyNotFound if there is none.
+	DeleteKey(ctx context.Context, name string) error
+}

@@ -1,0 +1,195 @@
+package software
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hmac-agent/hmac-agent/providers"
+)
+
+// DefaultKeyLength is the length of a generated key when none is asked
+// for: 256 bits, the digest size of HMAC-SHA256.
+const DefaultKeyLength = 32
+
+// MaxKeyLength bounds imported and generated keys. HMAC hashes any key
+// longer than the block size down to a digest, so nothing is gained beyond
+// it; the bound only keeps requests small.
+const MaxKeyLength = 4096
+
+// Provider is a software keystore. Create it with [Open].
+type Provider struct {
+	name string
+	dir  string
+
+	mu     sync.RWMutex
+	keys   map[string]*key
+	closed bool
+}
+
+var (
+	_ providers.Provider  = (*Provider)(nil)
+	_ providers.Generator = (*Provider)(nil)
+	_ providers.Importer  = (*Provider)(nil)
+	_ providers.Deleter   = (*Provider)(nil)
+)
+
+// Open opens the keystore in dir, creating the directory if it is missing,
+// and loads every key. It fails, naming the file, if the directory or any
+// key file may be read or written by group or others, is owned by another
+// user, or is corrupt.
+func Open(name, dir string) (*Provider, error) {
+	if err := openDir(dir); err != nil {
+		return nil, err
+	}
+	keys, err := loadKeys(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &Provider{name: name, dir: dir, keys: keys}, nil
+}
+
+// Name returns the provider's configured name.
+func (p *Provider) Name() string { return p.name }
+
+// Kind returns "software".
+func (p *Provider) Kind() string { return "software" }
+
+// Dir returns the keystore directory.
+func (p *Provider) Dir() string { return p.dir }
+
+// Key returns the named key or an error wrapping ErrKeyNotFound.
+func (p *Provider) Key(ctx context.Context, name string) (providers.Key, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return nil, fmt.Errorf("software: %w", providers.ErrClosed)
+	}
+	k, ok := p.keys[name]
+	if !ok {
+		return nil, fmt.Errorf("software: %q: %w", name, providers.ErrKeyNotFound)
+	}
+	return k, nil
+}
+
+// Keys lists the keystore's keys, sorted by name.
+func (p *Provider) Keys(ctx context.Context) ([]providers.KeyInfo, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return nil, fmt.Errorf("software: %w", providers.ErrClosed)
+	}
+	infos := make([]providers.KeyInfo, 0, len(p.keys))
+	for _, k := range p.keys {
+		infos = append(infos, p.infoLocked(k))
+	}
+	slices.SortFunc(infos, func(a, b providers.KeyInfo) int { return compareStrings(a.Name, b.Name) })
+	return infos, nil
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func (p *Provider) infoLocked(k *key) providers.KeyInfo {
+	return providers.KeyInfo{
+		Name:       k.name,
+		Provider:   p.name,
+		Kind:       p.Kind(),
+		Algorithms: providers.Algorithms(),
+		Created:    k.created,
+	}
+}
+
+// GenerateKey creates a random key of length bytes (0: DefaultKeyLength)
+// from crypto/rand. Errors wrap ErrKeyExists, ErrInvalidArgument or
+// ErrClosed.
+func (p *Provider) GenerateKey(ctx context.Context, name string, length int) (providers.KeyInfo, error) {
+	if length == 0 {
+		length = DefaultKeyLength
+	}
+	if length < 1 || length > MaxKeyLength {
+		return providers.KeyInfo{}, fmt.Errorf("software: key length %d: %w: must be 1 to %d bytes", length, providers.ErrInvalidArgument, MaxKeyLength)
+	}
+	secret := make([]byte, length)
+	rand.Read(secret)
+	defer clear(secret)
+	return p.add(name, secret)
+}
+
+// ImportKey stores a copy of secret under name. An empty secret is allowed,
+// as HMAC allows it. Errors wrap ErrKeyExists, ErrInvalidArgument or
+// ErrClosed.
+func (p *Provider) ImportKey(ctx context.Context, name string, secret []byte) (providers.KeyInfo, error) {
+	if len(secret) > MaxKeyLength {
+		return providers.KeyInfo{}, fmt.Errorf("software: key of %d bytes: %w: at most %d bytes", len(secret), providers.ErrInvalidArgument, MaxKeyLength)
+	}
+	return p.add(name, secret)
+}
+
+func (p *Provider) add(name string, secret []byte) (providers.KeyInfo, error) {
+	if err := providers.CheckKeyName(name); err != nil {
+		return providers.KeyInfo{}, fmt.Errorf("software: %w", err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return providers.KeyInfo{}, fmt.Errorf("software: %w", providers.ErrClosed)
+	}
+	if _, ok := p.keys[name]; ok {
+		return providers.KeyInfo{}, fmt.Errorf("software: %q: %w", name, providers.ErrKeyExists)
+	}
+	created := time.Now().UTC().Truncate(time.Second)
+	if err := writeKeyFile(p.dir, name, secret, created); err != nil {
+		return providers.KeyInfo{}, err
+	}
+	k := newKey(name, secret, created)
+	p.keys[name] = k
+	return p.infoLocked(k), nil
+}
+
+// DeleteKey removes the key from disk and memory and zeroes its bytes.
+// Contexts already open on it run to completion. Errors wrap
+// ErrKeyNotFound or ErrClosed.
+func (p *Provider) DeleteKey(ctx context.Context, name string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return fmt.Errorf("software: %w", providers.ErrClosed)
+	}
+	k, ok := p.keys[name]
+	if !ok {
+		return fmt.Errorf("software: %q: %w", name, providers.ErrKeyNotFound)
+	}
+	if err := removeKeyFile(p.dir, name); err != nil {
+		return err
+	}
+	delete(p.keys, name)
+	k.destroy()
+	return nil
+}
+
+// Close zeroes every key's bytes. Afterwards every method fails with
+// ErrClosed.
+func (p *Provider) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	for _, k := range p.keys {
+		k.destroy()
+	}
+	p.keys = nil
+	return nil
+}
