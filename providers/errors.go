@@ -1,6 +1,9 @@
 package providers
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // The sentinel errors of the contract. Each has a wire code (see
 // socket/wire) so that it keeps its identity in every client.
@@ -33,6 +36,26 @@ var (
 	// ErrContextLost: the context's state was lost underneath it (device
 	// restarted, session closed); it cannot be continued.
 	ErrContextLost = errors.New("context lost")
+	// ErrUnknownContext: a request names a context its connection does
+	// not have (never opened, already finished, or another connection's).
+	ErrUnknownContext = errors.New("unknown context")
 	// ErrClosed: the provider, agent or connection was closed.
 	ErrClosed = errors.New("closed")
 )
+
+// PublicError carries a message that is safe to show a client: it names
+// only what the client sent or may know (a key name, a limit). The server
+// sends a client the message of a PublicError in an error's chain and
+// otherwise only the sentinel's text.
+type PublicError struct {
+	Err error // a sentinel of this package, or of the wire protocol
+	Msg string
+}
+
+func (e *PublicError) Error() string { return e.Msg }
+func (e *PublicError) Unwrap() error { return e.Err }
+
+// Publicf returns a PublicError for sentinel with a formatted message.
+func Publicf(sentinel error, format string, args ...any) error {
+	return &PublicError{Err: sentinel, Msg: fmt.Sprintf(format, args...)}
+}

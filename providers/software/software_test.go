@@ -154,18 +154,3 @@ func TestKeystoreRefusesCorruptFile(t *testing.T) {
 	}
 }
 
-func TestOneShotDoesNotAllocate(t *testing.T) {
-	p := openTemp(t)
-	ctx := context.Background()
-	p.ImportKey(ctx, "k", []byte("0123456789abcdef0123456789abcdef"))
-	k, _ := p.Key(ctx, "k")
-	os := k.(providers.OneShot)
-	msg := make([]byte, 64)
-	dst := make([]byte, 0, 64)
-	allocs := testing.AllocsPerRun(1000, func() {
-		os.SumMAC(ctx, providers.SHA256, msg, dst)
-	})
-	if allocs != 0 {
-		t.Errorf("SumMAC allocates %.1f times per call", allocs)
-	}
-}

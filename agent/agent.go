@@ -1,0 +1,221 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hmac-agent/hmac-agent/providers"
+)
+
+// KeyConfig is a key named in the configuration: where it lives and who
+// may use it. Keys a provider holds that the configuration does not name
+// are reachable by their own names, under the default policy.
+type KeyConfig struct {
+	Name     string // the name clients use
+	Provider string // the provider's name
+	Ref      string // the key's name in the provider; empty means Name
+	Policy   Policy
+}
+
+// Options configure an Agent.
+type Options struct {
+	// Providers in lookup order. The first is the default for key
+	// management when no provider is named.
+	Providers []providers.Provider
+	Keys      []KeyConfig
+	// DefaultPolicy applies to keys without a KeyConfig. Nil means
+	// OwnerPolicy of the agent's uid.
+	DefaultPolicy *Policy
+	Limits        Limits
+	Logger        *slog.Logger
+	Version       string
+}
+
+// Agent routes key names to providers and holds the limits shared by all
+// sessions.
+type Agent struct {
+	providers     []providers.Provider
+	byName        map[string]providers.Provider
+	keys          map[string]KeyConfig
+	defaultPolicy Policy
+	limits        Limits
+	log           *slog.Logger
+	version       string
+	uid           uint32
+	started       time.Time
+
+	mu    sync.RWMutex
+	cache map[string]*resolved // key name -> handle, filled on first use
+
+	contexts atomic.Int64
+	sessions atomic.Int64
+	closed   atomic.Bool
+}
+
+// resolved is a key found in its provider, with its policy.
+type resolved struct {
+	name      string
+	key       providers.Key
+	provider  providers.Provider
+	policy    *Policy
+	immediate bool
+	oneShot   providers.OneShot // nil if the key has no fast path
+}
+
+// New returns an agent serving the given providers. It fails if a key names
+// a provider that does not exist or two providers share a name.
+func New(opts Options) (*Agent, error) {
+	a := &Agent{
+		byName:  make(map[string]providers.Provider),
+		keys:    make(map[string]KeyConfig),
+		limits:  opts.Limits,
+		log:     opts.Logger,
+		version: opts.Version,
+		uid:     uint32(os.Geteuid()),
+		started: time.Now(),
+		cache:   make(map[string]*resolved),
+	}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	a.limits.fill()
+	if opts.DefaultPolicy != nil {
+		a.defaultPolicy = *opts.DefaultPolicy
+	} else {
+		a.defaultPolicy = OwnerPolicy(a.uid)
+	}
+	if len(opts.Providers) == 0 {
+		return nil, errors.New("agent: no providers")
+	}
+	for _, p := range opts.Providers {
+		if _, dup := a.byName[p.Name()]; dup {
+			return nil, fmt.Errorf("agent: two providers named %q", p.Name())
+		}
+		a.byName[p.Name()] = p
+		a.providers = append(a.providers, p)
+	}
+	for _, k := range opts.Keys {
+		if _, ok := a.byName[k.Provider]; !ok {
+			return nil, fmt.Errorf("agent: key %q: no provider named %q", k.Name, k.Provider)
+		}
+		if k.Ref == "" {
+			k.Ref = k.Name
+		}
+		a.keys[k.Name] = k
+	}
+	return a, nil
+}
+
+// Limits returns the agent's limits with defaults filled in.
+func (a *Agent) Limits() Limits { return a.limits }
+
+// Close closes every provider. Sessions still open fail with ErrClosed.
+func (a *Agent) Close() error {
+	if a.closed.Swap(true) {
+		return nil
+	}
+	var errs []error
+	for _, p := range a.providers {
+		errs = append(errs, p.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// resolve finds the key a client names. Lookups are cached: the hot path is
+// one map read with no allocation.
+func (a *Agent) resolve(ctx context.Context, name []byte) (*resolved, error) {
+	a.mu.RLock()
+	r := a.cache[string(name)]
+	a.mu.RUnlock()
+	if r != nil {
+		return r, nil
+	}
+	return a.resolveSlow(ctx, string(name))
+}
+
+func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error) {
+	if a.closed.Load() {
+		return nil, providers.ErrClosed
+	}
+	if providers.CheckKeyName(name) != nil {
+		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q not found", name)
+	}
+	r := &resolved{name: name, policy: &a.defaultPolicy}
+	if kc, ok := a.keys[name]; ok {
+		p := a.byName[kc.Provider]
+		k, err := p.Key(ctx, kc.Ref)
+		if err != nil {
+			return nil, a.keyError(name, err)
+		}
+		r.key, r.provider, r.policy = k, p, &kc.Policy
+	} else {
+		for _, p := range a.providers {
+			k, err := p.Key(ctx, name)
+			if errors.Is(err, providers.ErrKeyNotFound) {
+				continue
+			}
+			if err != nil {
+				return nil, a.keyError(name, err)
+			}
+			r.key, r.provider = k, p
+			break
+		}
+		if r.key == nil {
+			return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q not found", name)
+		}
+	}
+	if im, ok := r.key.(providers.Immediate); ok {
+		r.immediate = im.Immediate()
+	}
+	r.oneShot, _ = r.key.(providers.OneShot)
+	a.mu.Lock()
+	a.cache[name] = r
+	a.mu.Unlock()
+	return r, nil
+}
+
+// keyError logs a provider's error in full and returns what the client may
+// see.
+func (a *Agent) keyError(name string, err error) error {
+	if errors.Is(err, providers.ErrKeyNotFound) {
+		return providers.Publicf(providers.ErrKeyNotFound, "key %q not found", name)
+	}
+	a.log.Warn("key lookup failed", "key", name, "err", err)
+	return err
+}
+
+// forget drops a cached key, after it was deleted or vanished underneath.
+func (a *Agent) forget(name string) {
+	a.mu.Lock()
+	delete(a.cache, name)
+	a.mu.Unlock()
+}
+
+// Immediate reports whether operations on the named key run on the CPU
+// without waiting, so a server may run them inline. Unknown keys report
+// true: their requests fail at once.
+func (a *Agent) Immediate(ctx context.Context, name []byte) bool {
+	r, err := a.resolve(ctx, name)
+	return err != nil || r.immediate
+}
+
+// check returns nil if peer may do one of ops with r.
+func (a *Agent) check(peer Peer, r *resolved, ops Ops) error {
+	if r.policy.allows(peer, ops) {
+		return nil
+	}
+	return providers.Publicf(providers.ErrPermissionDenied, "%s may not %s with key %q", peer, ops, r.name)
+}
+
+func (a *Agent) checkAdmin(peer Peer) error {
+	if peer.Known && (peer.UID == a.uid || peer.UID == 0) {
+		return nil
+	}
+	return providers.Publicf(providers.ErrPermissionDenied, "key management is for uid %d or root; %s", a.uid, peer)
+}

@@ -1,0 +1,22 @@
+// Package agent is the core of hmac-agent: it routes key names to
+// providers, enforces each key's policy and the agent's limits, and keeps
+// each connection's open contexts in a [Session].
+//
+// The agent knows providers only through the contract in package
+// providers, and knows nothing of sockets: package socket turns frames into
+// calls on a Session, and tests call a Session directly.
+//
+// # Contexts
+//
+// A Session's contexts are named by IDs the client chooses, so that a
+// client can stream UPDATEs without waiting for replies. An error during
+// Update sticks to its context and is returned by the next Copy, Finalize
+// or Verify on it. Finalize, Verify and Abandon free the context; Close
+// frees them all.
+//
+// # Concurrency
+//
+// [Agent] is safe for concurrent use. A [Session] is safe for concurrent
+// use on different contexts; calls on one context must not overlap and
+// keep the order the client sent them in, which the socket server ensures.
+package agent

@@ -1,0 +1,215 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/hmac-agent/hmac-agent/providers"
+)
+
+// provider returns the named provider, or the default for an empty name.
+func (a *Agent) provider(name string) (providers.Provider, error) {
+	if name == "" {
+		return a.providers[0], nil
+	}
+	if p, ok := a.byName[name]; ok {
+		return p, nil
+	}
+	return nil, providers.Publicf(providers.ErrInvalidArgument, "no provider named %q", name)
+}
+
+// ListKeys lists the keys peer may use (every key, for the agent's owner
+// and root), sorted by name. It never returns key bytes.
+func (a *Agent) ListKeys(ctx context.Context, peer Peer) ([]providers.KeyInfo, error) {
+	admin := a.checkAdmin(peer) == nil
+	var out []providers.KeyInfo
+	seen := make(map[string]bool)
+	for name, kc := range a.keys {
+		if !admin && !kc.Policy.allows(peer, OpMAC|OpVerify) {
+			continue
+		}
+		r, err := a.resolve(ctx, []byte(name))
+		if err != nil {
+			continue
+		}
+		info := providers.KeyInfo{Name: name, Provider: r.provider.Name(), Kind: r.provider.Kind()}
+		for _, alg := range providers.Algorithms() {
+			if r.key.Supports(alg) {
+				info.Algorithms = append(info.Algorithms, alg)
+			}
+		}
+		out = append(out, info)
+		seen[name] = true
+	}
+	if admin || a.defaultPolicy.allows(peer, OpMAC|OpVerify) {
+		for _, p := range a.providers {
+			infos, err := p.Keys(ctx)
+			if err != nil {
+				a.log.Warn("listing keys failed", "provider", p.Name(), "err", err)
+				return nil, providers.Publicf(providers.ErrUnavailable, "provider %q cannot list its keys", p.Name())
+			}
+			for _, info := range infos {
+				if _, configured := a.keys[info.Name]; configured || seen[info.Name] {
+					continue // shadowed by configuration or an earlier provider
+				}
+				seen[info.Name] = true
+				out = append(out, info)
+			}
+		}
+	}
+	slices.SortFunc(out, func(x, y providers.KeyInfo) int {
+		switch {
+		case x.Name < y.Name:
+			return -1
+		case x.Name > y.Name:
+			return 1
+		}
+		return 0
+	})
+	return out, nil
+}
+
+// GenerateKey creates a key in the named provider (empty: the default).
+// Only the agent's uid or root may. Errors wrap ErrPermissionDenied,
+// ErrNotSupported, ErrKeyExists or ErrInvalidArgument.
+func (a *Agent) GenerateKey(ctx context.Context, peer Peer, provider, name string, length int) (providers.KeyInfo, error) {
+	p, err := a.managed(peer, provider, name)
+	if err != nil {
+		return providers.KeyInfo{}, err
+	}
+	g, ok := p.(providers.Generator)
+	if !ok {
+		return providers.KeyInfo{}, providers.Publicf(providers.ErrNotSupported, "provider %q cannot generate keys", p.Name())
+	}
+	info, err := g.GenerateKey(ctx, name, length)
+	a.forget(name)
+	return info, a.manageError("generate", p, name, err)
+}
+
+// ImportKey stores secret as a new key in the named provider. The caller
+// should zero secret afterwards. Errors as for GenerateKey.
+func (a *Agent) ImportKey(ctx context.Context, peer Peer, provider, name string, secret []byte) (providers.KeyInfo, error) {
+	p, err := a.managed(peer, provider, name)
+	if err != nil {
+		return providers.KeyInfo{}, err
+	}
+	im, ok := p.(providers.Importer)
+	if !ok {
+		return providers.KeyInfo{}, providers.Publicf(providers.ErrNotSupported, "provider %q cannot import keys", p.Name())
+	}
+	info, err := im.ImportKey(ctx, name, secret)
+	a.forget(name)
+	return info, a.manageError("import", p, name, err)
+}
+
+// DeleteKey destroys a key. With no provider named, the key is looked up as
+// a client would find it. Errors wrap ErrPermissionDenied, ErrNotSupported
+// or ErrKeyNotFound.
+func (a *Agent) DeleteKey(ctx context.Context, peer Peer, provider, name string) error {
+	if err := a.checkAdmin(peer); err != nil {
+		return err
+	}
+	ref := name
+	if provider == "" {
+		r, err := a.resolve(ctx, []byte(name))
+		if err != nil {
+			return err
+		}
+		provider = r.provider.Name()
+		if kc, ok := a.keys[name]; ok {
+			ref = kc.Ref
+		}
+	}
+	p, err := a.provider(provider)
+	if err != nil {
+		return err
+	}
+	d, ok := p.(providers.Deleter)
+	if !ok {
+		return providers.Publicf(providers.ErrNotSupported, "provider %q cannot delete keys", p.Name())
+	}
+	err = d.DeleteKey(ctx, ref)
+	a.forget(name)
+	return a.manageError("delete", p, name, err)
+}
+
+func (a *Agent) managed(peer Peer, provider, name string) (providers.Provider, error) {
+	if err := a.checkAdmin(peer); err != nil {
+		return nil, err
+	}
+	if err := providers.CheckKeyName(name); err != nil {
+		return nil, providers.Publicf(providers.ErrInvalidArgument, "%s", err) // names only what the client sent
+	}
+	return a.provider(provider)
+}
+
+// manageError logs a failure in full and returns a message the client may
+// see, naming the key and provider.
+func (a *Agent) manageError(op string, p providers.Provider, name string, err error) error {
+	if err == nil {
+		a.log.Info("key "+op, "key", name, "provider", p.Name())
+		return nil
+	}
+	a.log.Warn("key "+op+" failed", "key", name, "provider", p.Name(), "err", err)
+	code := providers.ErrUnavailable
+	for _, s := range []error{providers.ErrKeyExists, providers.ErrKeyNotFound, providers.ErrInvalidArgument, providers.ErrNotSupported, providers.ErrClosed} {
+		if errors.Is(err, s) {
+			code = s
+			break
+		}
+	}
+	if pe, ok := errors.AsType[*providers.PublicError](err); ok {
+		return pe
+	}
+	return providers.Publicf(code, "%s key %q in provider %q: %s", op, name, p.Name(), code)
+}
+
+// ProviderStatus is one provider's line in a Status.
+type ProviderStatus struct {
+	Name    string `json:"name"`
+	Kind    string `json:"kind"`
+	Keys    int    `json:"keys"`
+	Healthy bool   `json:"healthy"`
+	Error   string `json:"error,omitempty"`
+}
+
+// Status is what `hmac-agent status` shows.
+type Status struct {
+	Version     string           `json:"version"`
+	Started     time.Time        `json:"started"`
+	Uptime      float64          `json:"uptime_seconds"`
+	PID         int              `json:"pid"`
+	Providers   []ProviderStatus `json:"providers"`
+	Keys        int              `json:"keys"`
+	Connections int64            `json:"connections"`
+	Contexts    int64            `json:"contexts"`
+}
+
+// Status reports the agent's state. Any connected peer may ask.
+func (a *Agent) Status(ctx context.Context) Status {
+	st := Status{
+		Version:     a.version,
+		Started:     a.started.UTC().Truncate(time.Second),
+		Uptime:      time.Since(a.started).Seconds(),
+		PID:         os.Getpid(),
+		Connections: a.sessions.Load(),
+		Contexts:    a.contexts.Load(),
+	}
+	for _, p := range a.providers {
+		ps := ProviderStatus{Name: p.Name(), Kind: p.Kind(), Healthy: true}
+		infos, err := p.Keys(ctx)
+		if err != nil {
+			ps.Healthy = false
+			ps.Error = fmt.Sprintf("cannot list keys: %v", providers.ErrUnavailable)
+			a.log.Warn("provider unhealthy", "provider", p.Name(), "err", err)
+		}
+		ps.Keys = len(infos)
+		st.Keys += len(infos)
+		st.Providers = append(st.Providers, ps)
+	}
+	return st
+}

@@ -1,0 +1,241 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hmac-agent/hmac-agent/internal/paths"
+	"github.com/hmac-agent/hmac-agent/socket/wire"
+)
+
+// SocketPath returns where clients look for the agent: $HMAC_AGENT_SOCK,
+// else $XDG_RUNTIME_DIR/hmac-agent/agent.sock, else
+// /tmp/hmac-agent-$UID/agent.sock.
+func SocketPath() string { return paths.ClientSocket() }
+
+// Client is a connection to the agent, redialled when it breaks. It is safe
+// for concurrent use.
+type Client struct {
+	path string
+
+	mu     sync.Mutex
+	conn   *conn
+	closed bool
+}
+
+// Dial connects to the agent at path, or at SocketPath() if path is empty.
+// If nothing listens there, the error wraps ErrAgentNotRunning and names
+// the path.
+func Dial(ctx context.Context, path string) (*Client, error) {
+	if path == "" {
+		path = SocketPath()
+	}
+	c := &Client{path: path}
+	if _, err := c.current(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Path is the socket path the client dials.
+func (c *Client) Path() string { return c.path }
+
+// current returns a working connection, dialling again if the last one
+// broke.
+func (c *Client) current(ctx context.Context) (*conn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if c.conn != nil && c.conn.broken() == nil {
+		return c.conn, nil
+	}
+	cn, err := dialConn(ctx, c.path)
+	if err != nil {
+		return nil, err
+	}
+	c.conn = cn
+	return cn, nil
+}
+
+// Close closes the connection. Contexts still open are freed by the agent.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	if c.conn != nil {
+		c.conn.close(ErrClosed)
+	}
+	return nil
+}
+
+// do sends a request on a working connection and checks the reply type.
+func (c *Client) do(ctx context.Context, m *wire.Message, want wire.Type) (*call, error) {
+	cn, err := c.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r, err := cn.roundTrip(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.result(want); err != nil {
+		r.release()
+		return nil, err
+	}
+	return r, nil
+}
+
+// oneShotMax is the largest message MAC and VerifyMAC send in one frame;
+// longer ones go through a context.
+func (cn *conn) oneShotMax(key string) int {
+	return cn.maxFrame - 5 - 1 - 1 - len(key) - 1 - wire.MaxTag
+}
+
+// MAC returns the full-length tag of data under the named key, in one
+// round trip for messages that fit in a frame. Errors wrap
+// ErrKeyNotFound, ErrUnsupportedAlgorithm, ErrPermissionDenied, ...
+func (c *Client) MAC(ctx context.Context, key string, alg Algorithm, data []byte) ([]byte, error) {
+	cn, err := c.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > cn.oneShotMax(key) {
+		h, err := c.New(ctx, key, alg)
+		if err != nil {
+			return nil, err
+		}
+		if err := h.Update(data); err != nil {
+			h.Close()
+			return nil, err
+		}
+		return h.Finalize(ctx)
+	}
+	m := wire.Message{Type: wire.TypeMAC, Algorithm: uint8(alg), Key: []byte(key), Data: data}
+	r, err := c.do(ctx, &m, wire.TypeTag)
+	if err != nil {
+		return nil, err
+	}
+	defer r.release()
+	return append([]byte(nil), r.body...), nil
+}
+
+// VerifyMAC checks tag over data in one round trip; the comparison is made
+// in the agent, in constant time. A wrong or wrong-length tag is
+// ErrInvalidSignature.
+func (c *Client) VerifyMAC(ctx context.Context, key string, alg Algorithm, data, tag []byte) error {
+	cn, err := c.current(ctx)
+	if err != nil {
+		return err
+	}
+	if len(tag) > wire.MaxTag {
+		return ErrInvalidSignature // longer than any digest
+	}
+	if len(data) > cn.oneShotMax(key) {
+		h, err := c.New(ctx, key, alg)
+		if err != nil {
+			return err
+		}
+		if err := h.Update(data); err != nil {
+			h.Close()
+			return err
+		}
+		return h.Verify(ctx, tag)
+	}
+	m := wire.Message{Type: wire.TypeVerifyMAC, Algorithm: uint8(alg), Key: []byte(key), Tag: tag, Data: data}
+	r, err := c.do(ctx, &m, wire.TypeOK)
+	if err != nil {
+		return err
+	}
+	r.release()
+	return nil
+}
+
+// Keys lists the keys the caller may use (all of them for the agent's
+// owner and root).
+func (c *Client) Keys(ctx context.Context) ([]KeyInfo, error) {
+	var keys []KeyInfo
+	err := c.doJSON(ctx, &wire.Message{Type: wire.TypeListKeys}, &keys)
+	return keys, err
+}
+
+// GenerateKey creates a key inside a provider (empty: the agent's
+// default) of length bytes (0: the provider's default). Only the agent's
+// own user and root may manage keys.
+func (c *Client) GenerateKey(ctx context.Context, provider, name string, length int) (KeyInfo, error) {
+	var info KeyInfo
+	if length < 0 || length > 1<<31 {
+		return info, fmt.Errorf("%w: key length %d", ErrInvalidArgument, length)
+	}
+	m := wire.Message{Type: wire.TypeGenerateKey, Provider: []byte(provider), Key: []byte(name), Length: uint32(length)}
+	err := c.doJSON(ctx, &m, &info)
+	return info, err
+}
+
+// ImportKey stores secret as a new key in a provider. The caller should
+// zero secret afterwards.
+func (c *Client) ImportKey(ctx context.Context, provider, name string, secret []byte) (KeyInfo, error) {
+	var info KeyInfo
+	m := wire.Message{Type: wire.TypeImportKey, Provider: []byte(provider), Key: []byte(name), Data: secret}
+	err := c.doJSON(ctx, &m, &info)
+	return info, err
+}
+
+// DeleteKey destroys a key. With an empty provider, the key is the one
+// the name finds.
+func (c *Client) DeleteKey(ctx context.Context, provider, name string) error {
+	m := wire.Message{Type: wire.TypeDeleteKey, Provider: []byte(provider), Key: []byte(name)}
+	r, err := c.do(ctx, &m, wire.TypeOK)
+	if err != nil {
+		return err
+	}
+	r.release()
+	return nil
+}
+
+// ProviderStatus is one provider's health.
+type ProviderStatus struct {
+	Name    string `json:"name"`
+	Kind    string `json:"kind"`
+	Keys    int    `json:"keys"`
+	Healthy bool   `json:"healthy"`
+	Error   string `json:"error,omitempty"`
+}
+
+// Status is the agent's own account of itself.
+type Status struct {
+	Version     string           `json:"version"`
+	Started     time.Time        `json:"started"`
+	Uptime      float64          `json:"uptime_seconds"`
+	PID         int              `json:"pid"`
+	Providers   []ProviderStatus `json:"providers"`
+	Keys        int              `json:"keys"`
+	Connections int64            `json:"connections"`
+	Contexts    int64            `json:"contexts"`
+}
+
+// Status asks the agent how it is.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var st Status
+	err := c.doJSON(ctx, &wire.Message{Type: wire.TypeStatus}, &st)
+	return st, err
+}
+
+func (c *Client) doJSON(ctx context.Context, m *wire.Message, v any) error {
+	r, err := c.do(ctx, m, wire.TypeData)
+	if err != nil {
+		return err
+	}
+	defer r.release()
+	if err := json.Unmarshal(r.body, v); err != nil {
+		return fmt.Errorf("%w: %s reply: %v", ErrProtocol, m.Type, err)
+	}
+	return nil
+}

@@ -1,0 +1,276 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hmac-agent/hmac-agent/socket/wire"
+)
+
+const bufferSize = 64 << 10
+
+// conn is one connection to the agent: a writer shared by all callers and
+// a reader goroutine that hands each reply to the call waiting for its ID.
+//
+// Invariants: every ID in pending has a caller waiting on its call's
+// channel or about to remove it; a call is signalled at most once; once
+// err is set, pending is empty and stays so.
+type conn struct {
+	nc       net.Conn
+	maxFrame int
+
+	// writers counts callers between wanting to write and having
+	// written. The last of a burst flushes, so concurrent callers share
+	// one write(2).
+	writers   atomic.Int32
+	wmu       sync.Mutex
+	bw        *bufio.Writer
+	needFlush bool
+	werr      error
+
+	pmu     sync.Mutex
+	pending map[uint32]*call
+	nextID  uint32
+	err     error // set once the connection is broken
+
+	nextContext atomic.Uint32
+	done        chan struct{}
+}
+
+// call is one request waiting for its reply.
+type call struct {
+	ch   chan struct{}
+	typ  wire.Type
+	code wire.Code
+	body []byte // TAG, DATA or the ERROR message, copied out of the frame
+	err  error
+}
+
+var callPool = sync.Pool{New: func() any { return &call{ch: make(chan struct{}, 1)} }}
+
+func dialConn(ctx context.Context, path string) (*conn, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("hmac-agent: no agent at %s (%w): %v", path, ErrAgentNotRunning, unwrapSyscall(err))
+	}
+	c := &conn{
+		nc:       nc,
+		maxFrame: wire.MinMaxFrame,
+		bw:       bufio.NewWriterSize(nc, bufferSize),
+		pending:  make(map[uint32]*call),
+		done:     make(chan struct{}),
+	}
+	go c.readLoop(bufio.NewReaderSize(nc, bufferSize))
+	hello := wire.Message{Type: wire.TypeHello, MinVersion: wire.Version, MaxVersion: wire.Version}
+	r, err := c.roundTrip(ctx, &hello)
+	if err != nil {
+		c.close(err)
+		return nil, fmt.Errorf("hmac-agent: handshake with %s: %w", path, err)
+	}
+	defer r.release()
+	if r.typ != wire.TypeHelloReply {
+		c.close(ErrProtocol)
+		return nil, fmt.Errorf("hmac-agent: handshake with %s: %w: got %s", path, ErrProtocol, r.typ)
+	}
+	var m wire.Message
+	if err := wire.Decode(r.body, &m); err != nil {
+		c.close(err)
+		return nil, fmt.Errorf("hmac-agent: handshake with %s: %w", path, err)
+	}
+	c.maxFrame = int(m.MaxFrame)
+	return c, nil
+}
+
+func unwrapSyscall(err error) error {
+	if oe, ok := errors.AsType[*net.OpError](err); ok && oe.Err != nil {
+		return oe.Err
+	}
+	return err
+}
+
+// broken returns the error that broke the connection, or nil.
+func (c *conn) broken() error {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	return c.err
+}
+
+// close breaks the connection with err and fails every waiting call.
+func (c *conn) close(err error) {
+	c.pmu.Lock()
+	if c.err != nil {
+		c.pmu.Unlock()
+		return
+	}
+	c.err = err
+	pending := c.pending
+	c.pending = map[uint32]*call{}
+	c.pmu.Unlock()
+	c.nc.Close()
+	for _, cl := range pending {
+		cl.err = err
+		cl.ch <- struct{}{}
+	}
+	close(c.done)
+}
+
+func (c *conn) readLoop(br *bufio.Reader) {
+	fr := wire.NewFrameReader(br, wire.DefaultMaxFrame*16)
+	var m wire.Message
+	for {
+		body, err := fr.Next()
+		if err == nil {
+			err = wire.Decode(body, &m)
+		}
+		if err != nil {
+			c.close(fmt.Errorf("%w: %v", ErrConnectionLost, err))
+			return
+		}
+		c.pmu.Lock()
+		cl := c.pending[m.ID]
+		delete(c.pending, m.ID)
+		c.pmu.Unlock()
+		if cl == nil {
+			// An error for an UPDATE or CLOSE, or a reply to a call
+			// that gave up. Contexts record their own state, so there
+			// is nothing to do.
+			continue
+		}
+		cl.typ = m.Type
+		switch m.Type {
+		case wire.TypeTag:
+			cl.body = append(cl.body[:0], m.Tag...)
+		case wire.TypeError:
+			cl.code = m.Code
+			cl.body = append(cl.body[:0], m.Data...)
+		case wire.TypeHelloReply:
+			cl.body = append(cl.body[:0], body...)
+		default:
+			cl.body = append(cl.body[:0], m.Data...)
+		}
+		cl.ch <- struct{}{}
+	}
+}
+
+// write encodes frames under the writer lock; flush asks for them to be
+// sent before the last concurrent writer returns.
+func (c *conn) write(flush bool, encode func(b []byte) ([]byte, error)) error {
+	c.writers.Add(1)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr == nil {
+		var b []byte
+		b, c.werr = encode(c.bw.AvailableBuffer())
+		if c.werr == nil && len(b) > 0 {
+			_, c.werr = c.bw.Write(b)
+		}
+	}
+	c.needFlush = c.needFlush || flush
+	if c.writers.Add(-1) == 0 && c.needFlush && c.werr == nil {
+		c.werr = c.bw.Flush()
+		c.needFlush = false
+	}
+	if c.werr != nil {
+		err := fmt.Errorf("%w: %v", ErrConnectionLost, c.werr)
+		go c.close(err)
+		return err
+	}
+	return nil
+}
+
+// writeData writes a frame whose payload ends with data, without copying
+// data into the frame first.
+func (c *conn) writeData(flush bool, header []byte, data []byte) error {
+	return c.write(flush, func(b []byte) ([]byte, error) {
+		if len(header)+len(data) <= cap(b) {
+			return append(append(b, header...), data...), nil
+		}
+		if _, err := c.bw.Write(header); err != nil {
+			return nil, err
+		}
+		_, err := c.bw.Write(data)
+		return nil, err
+	})
+}
+
+// register allocates a request ID for a call.
+func (c *conn) register() (uint32, *call, error) {
+	cl := callPool.Get().(*call)
+	cl.err, cl.code, cl.typ = nil, 0, 0
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	if c.err != nil {
+		callPool.Put(cl)
+		return 0, nil, c.err
+	}
+	c.nextID++
+	for c.pending[c.nextID] != nil || c.nextID == 0 {
+		c.nextID++
+	}
+	c.pending[c.nextID] = cl
+	return c.nextID, cl, nil
+}
+
+// wait waits for cl's reply. On ctx's end it withdraws the call; a reply
+// that arrives later is dropped.
+func (c *conn) wait(ctx context.Context, id uint32, cl *call) (*call, error) {
+	select {
+	case <-cl.ch:
+	case <-ctx.Done():
+		c.pmu.Lock()
+		_, mine := c.pending[id]
+		delete(c.pending, id)
+		c.pmu.Unlock()
+		if !mine {
+			<-cl.ch // the reader has it; let it finish before reuse
+		}
+		callPool.Put(cl)
+		return nil, ctx.Err()
+	}
+	if cl.err != nil {
+		err := cl.err
+		callPool.Put(cl)
+		return nil, err
+	}
+	return cl, nil
+}
+
+// roundTrip sends m with a fresh request ID and waits for the reply. The
+// caller must release the reply.
+func (c *conn) roundTrip(ctx context.Context, m *wire.Message) (*call, error) {
+	id, cl, err := c.register()
+	if err != nil {
+		return nil, err
+	}
+	m.ID = id
+	if err := c.write(true, m.Append); err != nil {
+		c.pmu.Lock()
+		delete(c.pending, id)
+		c.pmu.Unlock()
+		return nil, err
+	}
+	return c.wait(ctx, id, cl)
+}
+
+func (cl *call) release() { callPool.Put(cl) }
+
+// result turns a reply into an error; an ERROR reply becomes a
+// *wire.RemoteError that errors.Is matches to its sentinel.
+func (cl *call) result(want wire.Type) error {
+	switch cl.typ {
+	case want:
+		return nil
+	case wire.TypeError:
+		return &wire.RemoteError{Code: cl.code, Message: string(cl.body)}
+	}
+	return fmt.Errorf("%w: agent replied %s, expected %s", ErrProtocol, cl.typ, want)
+}

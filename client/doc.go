@@ -1,0 +1,24 @@
+// Package client talks to a running hmac-agent over its Unix socket.
+//
+// [HMAC] has the API of pyca/cryptography's HMAC class: Update, Copy,
+// Verify and Finalize, with the same errors ([ErrAlreadyFinalized],
+// [ErrInvalidSignature], [ErrUnsupportedAlgorithm]); the key stays in the
+// agent. [Client.MAC] and [Client.VerifyMAC] do a whole message in one
+// round trip.
+//
+// # Connections
+//
+// [Dial] finds the socket in $HMAC_AGENT_SOCK, else at the agent's default
+// path. One [Client] multiplexes any number of goroutines over one
+// connection: requests carry IDs, so they are pipelined, and Update never
+// waits for the agent (an error in an update is reported by the next
+// Copy, Finalize or Verify on that context). If the connection breaks, the
+// next call that starts afresh (New, MAC, VerifyMAC, key management)
+// dials again; contexts that lived on the old connection report
+// [ErrContextLost].
+//
+// # Concurrency
+//
+// A Client is safe for concurrent use. An HMAC, like a hash.Hash, is used
+// by one goroutine at a time.
+package client

@@ -1,0 +1,84 @@
+// Package agenttest starts a real agent on a real Unix socket for tests:
+// the same server, agent and providers as `hmac-agent serve`, in-process.
+package agenttest
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/hmac-agent/hmac-agent/agent"
+	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/software"
+	"github.com/hmac-agent/hmac-agent/socket"
+)
+
+// Agent is a running agent.
+type Agent struct {
+	Path   string // the socket
+	Agent  *agent.Agent
+	Server *socket.Server
+	Soft   *software.Provider
+}
+
+// Options adjust the agent a test starts.
+type Options struct {
+	Providers    []providers.Provider // after the software provider "soft"
+	Keys         []agent.KeyConfig
+	Limits       agent.Limits
+	SocketLimits socket.Limits
+	Logger       *slog.Logger
+}
+
+// SocketDir makes a private directory with a short path: Unix socket paths
+// are limited to 108 bytes, which t.TempDir() can exceed.
+func SocketDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "hmac-agent-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// Start starts an agent with a software provider named "soft" and any
+// others given, listening on a new socket. It stops when the test ends.
+func Start(t testing.TB, opts Options) *Agent {
+	t.Helper()
+	soft, err := software.Open("soft", filepath.Join(t.TempDir(), "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := agent.New(agent.Options{
+		Providers: append([]providers.Provider{soft}, opts.Providers...),
+		Keys:      opts.Keys,
+		Limits:    opts.Limits,
+		Logger:    opts.Logger,
+		Version:   "test",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(SocketDir(t), "agent.sock")
+	l, err := socket.Listen(path, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := socket.NewServer(a, opts.SocketLimits, opts.Logger)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		srv.Serve(ctx, l)
+		close(done)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+		cancel()
+		a.Close()
+	})
+	return &Agent{Path: path, Agent: a, Server: srv, Soft: soft}
+}

@@ -1,0 +1,378 @@
+package socket
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+
+	"github.com/hmac-agent/hmac-agent/agent"
+	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/socket/wire"
+)
+
+const bufferSize = 64 << 10
+
+// conn is one client connection. The reader goroutine owns fr, msg and
+// scratch; everything that writes holds wmu.
+type conn struct {
+	srv  *Server
+	nc   net.Conn
+	sess *agent.Session
+	fr   *wire.FrameReader
+	msg  wire.Message
+	ctx  context.Context
+
+	scratch [wire.MaxTag]byte
+
+	wmu  sync.Mutex
+	bw   *bufio.Writer
+	werr error
+
+	inflight chan struct{} // a token per request running outside the reader
+	wg       sync.WaitGroup
+
+	qmu    sync.Mutex
+	queues map[uint32]*queue // contexts whose requests run outside the reader
+}
+
+// queue runs one context's requests in the order they arrived.
+type queue struct {
+	ops     []func()
+	running bool
+	blocked bool // a COPY that creates this context has not finished
+	done    bool // the context was finished; drop the queue when empty
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	return &conn{
+		srv:      s,
+		nc:       nc,
+		fr:       wire.NewFrameReader(bufio.NewReaderSize(nc, bufferSize), s.limits.MaxFrame),
+		bw:       bufio.NewWriterSize(nc, bufferSize),
+		inflight: make(chan struct{}, s.limits.MaxInFlight),
+		queues:   make(map[uint32]*queue),
+	}
+}
+
+// drain makes the reader see the end of input after what it has buffered,
+// so the connection finishes its requests and closes. Called by Shutdown.
+func (c *conn) drain() {
+	if uc, ok := c.nc.(*net.UnixConn); ok {
+		uc.CloseRead()
+		return
+	}
+	c.nc.Close()
+}
+
+func (c *conn) serve(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	c.ctx = ctx
+	peer := peerOf(c.nc)
+	c.sess = c.srv.agent.NewSession(peer)
+	log := c.srv.log.With("peer", peer.String())
+	log.Debug("connection opened")
+	err := c.readLoop()
+	// Let requests already running finish and send their replies: a
+	// client that half-closes still gets its answers.
+	c.wg.Wait()
+	c.flush()
+	cancel()
+	c.sess.Close()
+	c.nc.Close()
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		log.Debug("connection closed", "err", err)
+	} else {
+		log.Debug("connection closed")
+	}
+}
+
+func (c *conn) readLoop() error {
+	if err := c.handshake(); err != nil {
+		return err
+	}
+	for {
+		if c.fr.Buffered() == 0 {
+			if err := c.flush(); err != nil {
+				return err
+			}
+		}
+		body, err := c.fr.Next()
+		switch {
+		case errors.Is(err, wire.ErrEmptyFrame):
+			c.replyError(0, providers.Publicf(wire.ErrBadRequest, "zero-length frame"))
+			continue
+		case errors.Is(err, wire.ErrFrameTooLarge):
+			// The body was not read, so the stream is out of step: say
+			// why, then hang up.
+			c.replyError(0, providers.Publicf(wire.ErrBadRequest, "%v", err))
+			return err
+		case err != nil:
+			return err
+		}
+		if err := wire.Decode(body, &c.msg); err != nil {
+			if errors.Is(err, wire.ErrUnknownType) {
+				c.replyError(c.msg.ID, providers.Publicf(wire.ErrUnknownMessage, "unknown message type 0x%02x", uint8(c.msg.Type)))
+			} else {
+				c.replyError(c.msg.ID, providers.Publicf(wire.ErrBadRequest, "%v", err))
+			}
+			continue
+		}
+		c.dispatch(&c.msg)
+	}
+}
+
+func (c *conn) handshake() error {
+	body, err := c.fr.Next()
+	if err != nil {
+		if errors.Is(err, wire.ErrEmptyFrame) || errors.Is(err, wire.ErrFrameTooLarge) {
+			c.replyError(0, providers.Publicf(wire.ErrVersion, "expected HELLO"))
+			c.flush()
+		}
+		return err
+	}
+	var m wire.Message
+	if err := wire.Decode(body, &m); err != nil || m.Type != wire.TypeHello {
+		c.replyError(m.ID, providers.Publicf(wire.ErrVersion, "the first message must be HELLO"))
+		c.flush()
+		return fmt.Errorf("no handshake: %v", err)
+	}
+	if m.MinVersion > wire.Version || m.MaxVersion < wire.Version {
+		c.replyError(m.ID, providers.Publicf(wire.ErrVersion, "agent speaks version %d, client %d to %d", wire.Version, m.MinVersion, m.MaxVersion))
+		c.flush()
+		return errors.New("no common version")
+	}
+	lim := c.srv.agent.Limits()
+	c.reply(&wire.Message{
+		Type: wire.TypeHelloReply, ID: m.ID, Version: wire.Version,
+		MaxFrame:    uint32(c.srv.limits.MaxFrame),
+		MaxContexts: uint32(lim.MaxContextsPerSession),
+		MaxInFlight: uint32(c.srv.limits.MaxInFlight),
+	})
+	return c.flush()
+}
+
+// dispatch runs a request inline, or hands it to its context's queue or a
+// goroutine when it may wait on a device.
+func (c *conn) dispatch(m *wire.Message) {
+	switch m.Type {
+	case wire.TypeOpen, wire.TypeUpdate, wire.TypeCopy, wire.TypeFinalize, wire.TypeVerify, wire.TypeClose:
+		c.qmu.Lock()
+		q := c.queues[m.Context]
+		c.qmu.Unlock()
+		if q == nil && (m.Type != wire.TypeOpen || c.srv.agent.Immediate(c.ctx, m.Key)) {
+			c.contextOp(m, nil)
+			return
+		}
+		c.enqueue(m)
+	case wire.TypeMAC, wire.TypeVerifyMAC:
+		if c.srv.agent.Immediate(c.ctx, m.Key) {
+			c.oneShot(m)
+			return
+		}
+		c.goAsync(m, c.oneShot)
+	case wire.TypeListKeys, wire.TypeGenerateKey, wire.TypeImportKey, wire.TypeDeleteKey, wire.TypeStatus:
+		c.goAsync(m, c.manage)
+	case wire.TypeHello:
+		c.replyError(m.ID, providers.Publicf(wire.ErrBadRequest, "HELLO after the handshake"))
+	default: // a reply type sent as a request
+		c.replyError(m.ID, providers.Publicf(wire.ErrUnknownMessage, "%s is not a request", m.Type))
+	}
+}
+
+// contextOp runs a request on a context and returns its error. q is the
+// context's queue when the request runs from one.
+func (c *conn) contextOp(m *wire.Message, q *queue) error {
+	s := c.sess
+	var err error
+	switch m.Type {
+	case wire.TypeOpen:
+		err = s.Open(c.ctx, m.Context, m.Key, providers.Algorithm(m.Algorithm))
+		c.replyResult(m.ID, err)
+	case wire.TypeUpdate:
+		// No reply, unless there is no context to keep the error.
+		if err = s.Update(c.ctx, m.Context, m.Data); err != nil {
+			c.replyError(m.ID, err)
+		}
+	case wire.TypeCopy:
+		err = s.Copy(c.ctx, m.Context, m.NewContext)
+		c.replyResult(m.ID, err)
+	case wire.TypeFinalize:
+		var tag []byte
+		tag, err = s.Finalize(c.ctx, m.Context, c.scratchFor(q))
+		c.replyTag(m.ID, tag, err)
+	case wire.TypeVerify:
+		err = s.Verify(c.ctx, m.Context, m.Tag)
+		c.replyResult(m.ID, err)
+	case wire.TypeClose:
+		s.Abandon(m.Context)
+	}
+	return err
+}
+
+// scratchFor returns a buffer for a tag: the reader's own when running
+// inline, a new one otherwise.
+func (c *conn) scratchFor(q *queue) []byte {
+	if q == nil {
+		return c.scratch[:0]
+	}
+	return make([]byte, 0, 64)
+}
+
+func (c *conn) oneShot(m *wire.Message) {
+	alg := providers.Algorithm(m.Algorithm)
+	if m.Type == wire.TypeMAC {
+		tag, err := c.sess.MAC(c.ctx, m.Key, alg, m.Data, c.scratch[:0])
+		c.replyTag(m.ID, tag, err)
+		return
+	}
+	c.replyResult(m.ID, c.sess.VerifyMAC(c.ctx, m.Key, alg, m.Data, m.Tag))
+}
+
+func (c *conn) manage(m *wire.Message) {
+	a, peer := c.srv.agent, c.sess.Peer()
+	var (
+		v   any
+		err error
+	)
+	switch m.Type {
+	case wire.TypeListKeys:
+		v, err = a.ListKeys(c.ctx, peer)
+	case wire.TypeGenerateKey:
+		v, err = a.GenerateKey(c.ctx, peer, string(m.Provider), string(m.Key), int(m.Length))
+	case wire.TypeImportKey:
+		v, err = a.ImportKey(c.ctx, peer, string(m.Provider), string(m.Key), m.Data)
+		clear(m.Data)
+	case wire.TypeDeleteKey:
+		err = a.DeleteKey(c.ctx, peer, string(m.Provider), string(m.Key))
+	case wire.TypeStatus:
+		v = a.Status(c.ctx)
+	}
+	if err != nil || v == nil {
+		c.replyResult(m.ID, err)
+		return
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		c.replyResult(m.ID, err)
+		return
+	}
+	c.reply(&wire.Message{Type: wire.TypeData, ID: m.ID, Data: data})
+}
+
+// own copies the byte fields of m out of the frame buffer, for a request
+// that runs after the reader has moved on.
+func own(m *wire.Message) *wire.Message {
+	o := *m
+	o.Key = append([]byte(nil), m.Key...)
+	o.Provider = append([]byte(nil), m.Provider...)
+	o.Tag = append([]byte(nil), m.Tag...)
+	o.Data = append([]byte(nil), m.Data...)
+	return &o
+}
+
+// acquire takes an in-flight token, flushing first: a reader about to
+// block must not sit on replies the client is waiting for.
+func (c *conn) acquire() {
+	select {
+	case c.inflight <- struct{}{}:
+	default:
+		c.flush()
+		c.inflight <- struct{}{}
+	}
+	c.wg.Add(1)
+}
+
+func (c *conn) releaseToken() {
+	<-c.inflight
+	c.wg.Done()
+}
+
+func (c *conn) goAsync(m *wire.Message, run func(*wire.Message)) {
+	c.acquire()
+	o := own(m)
+	go func() {
+		defer c.releaseToken()
+		run(o)
+		c.flush()
+	}()
+}
+
+// enqueue adds a context request to the context's queue, creating the
+// queue (and, for COPY, the new context's) as needed.
+func (c *conn) enqueue(m *wire.Message) {
+	c.acquire()
+	o := own(m)
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	q := c.queueLocked(o.Context)
+	var target *queue
+	if o.Type == wire.TypeCopy {
+		// The copy's own requests wait until the copy exists.
+		target = c.queueLocked(o.NewContext)
+		target.blocked = true
+		target.done = false
+	}
+	q.ops = append(q.ops, func() {
+		err := c.contextOp(o, q)
+		c.qmu.Lock()
+		switch o.Type {
+		case wire.TypeOpen:
+			q.done = err != nil // a context that never opened needs no queue
+		case wire.TypeFinalize, wire.TypeVerify, wire.TypeClose:
+			q.done = true
+		case wire.TypeCopy:
+			target.blocked = false
+			target.done = err != nil
+			c.startLocked(o.NewContext, target)
+		}
+		c.qmu.Unlock()
+		c.releaseToken()
+	})
+	c.startLocked(o.Context, q)
+}
+
+func (c *conn) queueLocked(id uint32) *queue {
+	q := c.queues[id]
+	if q == nil {
+		q = &queue{}
+		c.queues[id] = q
+	}
+	return q
+}
+
+// startLocked starts a worker for q unless one runs or q is blocked.
+func (c *conn) startLocked(id uint32, q *queue) {
+	if q.running || q.blocked || len(q.ops) == 0 {
+		if !q.running && !q.blocked && q.done && len(q.ops) == 0 {
+			delete(c.queues, id)
+		}
+		return
+	}
+	q.running = true
+	go c.runQueue(id, q)
+}
+
+func (c *conn) runQueue(id uint32, q *queue) {
+	for {
+		c.qmu.Lock()
+		if len(q.ops) == 0 || q.blocked {
+			q.running = false
+			if q.done && len(q.ops) == 0 && c.queues[id] == q {
+				delete(c.queues, id)
+			}
+			c.qmu.Unlock()
+			c.flush()
+			return
+		}
+		op := q.ops[0]
+		q.ops[0] = nil
+		q.ops = q.ops[1:]
+		c.qmu.Unlock()
+		op()
+	}
+}

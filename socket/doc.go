@@ -1,0 +1,23 @@
+// Package socket serves the agent over a Unix socket with the protocol of
+// package wire (docs/protocol.md).
+//
+// # Connections
+//
+// Each connection has one reader goroutine that decodes frames and runs
+// requests, and one buffered writer shared by everything that replies. The
+// writer is flushed when the reader has no more input buffered, so a
+// pipelining client gets many replies per write and a ping-pong client
+// gets each at once.
+//
+// Requests on keys whose provider never waits (the software provider) run
+// inline in the reader: a goroutine per request would cost more than the
+// HMAC. Requests that may wait on a device run elsewhere: each context has
+// a queue that keeps its requests in order, one-shot and management
+// requests run on their own, and replies come back as they finish, in any
+// order, matched by request ID. A cap on such requests in flight makes the
+// reader stop reading when a client outruns its device.
+//
+// # Concurrency
+//
+// [Server] is safe for concurrent use.
+package socket

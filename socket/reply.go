@@ -1,0 +1,65 @@
+package socket
+
+import (
+	"errors"
+
+	"github.com/hmac-agent/hmac-agent/socket/wire"
+)
+
+// reply queues a message; it is sent at the next flush.
+func (c *conn) reply(m *wire.Message) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return
+	}
+	b, err := m.Append(c.bw.AvailableBuffer())
+	if err != nil {
+		c.srv.log.Error("cannot encode reply", "type", m.Type, "err", err)
+		return
+	}
+	_, c.werr = c.bw.Write(b)
+}
+
+func (c *conn) replyResult(id uint32, err error) {
+	if err != nil {
+		c.replyError(id, err)
+		return
+	}
+	c.reply(&wire.Message{Type: wire.TypeOK, ID: id})
+}
+
+// replyTag sends a TAG without building a Message: it is the hot path.
+func (c *conn) replyTag(id uint32, tag []byte, err error) {
+	if err != nil {
+		c.replyError(id, err)
+		return
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return
+	}
+	b := wire.AppendHeader(c.bw.AvailableBuffer(), wire.TypeTag, id, len(tag))
+	_, c.werr = c.bw.Write(append(b, tag...))
+}
+
+// replyError sends the code and the public message of err. Errors with no
+// code of their own are logged here, since the client learns only that
+// the agent failed.
+func (c *conn) replyError(id uint32, err error) {
+	code := wire.CodeOf(err)
+	if code == wire.CodeInternal && !errors.Is(err, wire.ErrInternal) {
+		c.srv.log.Error("request failed", "id", id, "err", err)
+	}
+	c.reply(&wire.Message{Type: wire.TypeError, ID: id, Code: code, Data: []byte(wire.PublicMessage(err))})
+}
+
+func (c *conn) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr == nil {
+		c.werr = c.bw.Flush()
+	}
+	return c.werr
+}

@@ -1,0 +1,189 @@
+package socket
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hmac-agent/hmac-agent/agent"
+	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/socket/wire"
+)
+
+// Limits bound one connection's use of the server.
+type Limits struct {
+	// MaxFrame is the largest frame body accepted or sent.
+	MaxFrame int
+	// MaxInFlight bounds requests of one connection that run outside its
+	// reader (on providers that may wait).
+	MaxInFlight int
+	// MaxConnections bounds open connections; one more is told so and
+	// closed.
+	MaxConnections int
+}
+
+// DefaultLimits are the limits used for zero fields.
+var DefaultLimits = Limits{
+	MaxFrame:       wire.DefaultMaxFrame,
+	MaxInFlight:    256,
+	MaxConnections: 1024,
+}
+
+// Server serves an agent on listeners.
+type Server struct {
+	agent  *agent.Agent
+	limits Limits
+	log    *slog.Logger
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	stopping  bool
+	connWG    sync.WaitGroup
+}
+
+// NewServer returns a server for a. A nil logger discards.
+func NewServer(a *agent.Agent, limits Limits, log *slog.Logger) *Server {
+	if limits.MaxFrame <= 0 {
+		limits.MaxFrame = DefaultLimits.MaxFrame
+	}
+	limits.MaxFrame = max(limits.MaxFrame, wire.MinMaxFrame)
+	if limits.MaxInFlight <= 0 {
+		limits.MaxInFlight = DefaultLimits.MaxInFlight
+	}
+	if limits.MaxConnections <= 0 {
+		limits.MaxConnections = DefaultLimits.MaxConnections
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{
+		agent: a, limits: limits, log: log,
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*conn]struct{}),
+	}
+}
+
+// Serve accepts connections on l until l fails or the server is shut down,
+// when it returns providers.ErrClosed. The context bounds every request.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		return providers.ErrClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+	var delay time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			stopping := s.stopping
+			s.mu.Unlock()
+			if stopping || errors.Is(err, net.ErrClosed) {
+				return providers.ErrClosed
+			}
+			// Running out of file descriptors passes; back off rather
+			// than spin or die, as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed; retrying", "err", err, "delay", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		s.ServeConn(ctx, nc)
+	}
+}
+
+// ServeConn serves one connection in a new goroutine and returns at once.
+func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
+	s.mu.Lock()
+	if s.stopping || len(s.conns) >= s.limits.MaxConnections {
+		stopping := s.stopping
+		s.mu.Unlock()
+		go refuse(nc, stopping, s.limits.MaxConnections)
+		return
+	}
+	c := newConn(s, nc)
+	s.conns[c] = struct{}{}
+	s.connWG.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.connWG.Done()
+		c.serve(ctx)
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+	}()
+}
+
+// refuse tells a connection it cannot be served, then closes it.
+func refuse(nc net.Conn, stopping bool, max int) {
+	defer nc.Close()
+	m := wire.Message{Type: wire.TypeError, Code: wire.CodeOf(providers.ErrLimit)}
+	if stopping {
+		m.Code = wire.CodeShuttingDown
+		m.Data = []byte(wire.ErrShuttingDown.Error())
+	} else {
+		m.Data = []byte(providers.Publicf(providers.ErrLimit, "too many connections (at most %d)", max).Error())
+	}
+	b, _ := m.Append(nil)
+	nc.SetWriteDeadline(time.Now().Add(time.Second))
+	nc.Write(b)
+}
+
+// Connections is how many connections are open.
+func (s *Server) Connections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// Shutdown stops accepting, lets every connection finish the requests it
+// has sent, and waits for them to close, or for ctx to end, when it closes
+// what is left and returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.stopping = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.drain()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.connWG.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.Close()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// Close stops accepting and closes every connection at once; requests in
+// flight are cut.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.stopping = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.nc.Close()
+	}
+	s.mu.Unlock()
+	return nil
+}

@@ -1,0 +1,87 @@
+package wire
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Framing errors. After ErrEmptyFrame the stream is still in step and the
+// next frame can be read; after ErrFrameTooLarge it is not, because the
+// body was not read.
+var (
+	ErrEmptyFrame    = errors.New("zero-length frame")
+	ErrFrameTooLarge = errors.New("frame too large")
+)
+
+// FrameReader reads frames from a buffered stream. A frame that fits in the
+// buffer is returned in place, without a copy; a larger one is read into a
+// scratch buffer that is reused.
+type FrameReader struct {
+	r       *bufio.Reader
+	max     int
+	scratch []byte
+	peeked  int // bytes of the previous frame still to discard
+}
+
+// NewFrameReader reads frames of at most max body bytes from r.
+func NewFrameReader(r *bufio.Reader, max int) *FrameReader {
+	return &FrameReader{r: r, max: max}
+}
+
+// SetMax changes the largest body accepted, as agreed in the handshake.
+func (f *FrameReader) SetMax(max int) { f.max = max }
+
+// Buffered is how many bytes are read but not yet returned, beyond the
+// current frame. A server flushes its replies when this is zero, because
+// then the next read may block.
+func (f *FrameReader) Buffered() int { return f.r.Buffered() - f.peeked }
+
+// Next returns the next frame's body (type, request ID, payload). The body
+// is valid until the following call.
+func (f *FrameReader) Next() ([]byte, error) {
+	if f.peeked > 0 {
+		f.r.Discard(f.peeked)
+		f.peeked = 0
+	}
+	hdr, err := f.r.Peek(4)
+	if err != nil {
+		if err == io.EOF && len(hdr) > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint32(hdr))
+	f.r.Discard(4)
+	switch {
+	case n == 0:
+		return nil, ErrEmptyFrame
+	case n > f.max:
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrFrameTooLarge, n, f.max)
+	}
+	if n <= f.r.Size() {
+		body, err := f.r.Peek(n)
+		if err != nil {
+			return nil, unexpected(err)
+		}
+		f.peeked = n
+		return body, nil
+	}
+	if cap(f.scratch) < n {
+		f.scratch = make([]byte, n)
+	}
+	body := f.scratch[:n]
+	if _, err := io.ReadFull(f.r, body); err != nil {
+		return nil, unexpected(err)
+	}
+	return body, nil
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
