@@ -60,7 +60,7 @@ func dialConn(ctx context.Context, path string) (*conn, error) {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("hmac-agent: no agent at %s (%w): %v", path, ErrAgentNotRunning, unwrapSyscall(err))
+		return nil, fmt.Errorf("no hmac-agent listening at %s (%w): %v", path, ErrAgentNotRunning, unwrapSyscall(err))
 	}
 	c := &conn{
 		nc:       nc,
@@ -74,17 +74,17 @@ func dialConn(ctx context.Context, path string) (*conn, error) {
 	r, err := c.roundTrip(ctx, &hello)
 	if err != nil {
 		c.close(err)
-		return nil, fmt.Errorf("hmac-agent: handshake with %s: %w", path, err)
+		return nil, fmt.Errorf("handshake with the agent at %s: %w", path, err)
 	}
 	defer r.release()
 	if r.typ != wire.TypeHelloReply {
 		c.close(ErrProtocol)
-		return nil, fmt.Errorf("hmac-agent: handshake with %s: %w: got %s", path, ErrProtocol, r.typ)
+		return nil, fmt.Errorf("handshake with the agent at %s: %w: got %s", path, ErrProtocol, r.typ)
 	}
 	var m wire.Message
 	if err := wire.Decode(r.body, &m); err != nil {
 		c.close(err)
-		return nil, fmt.Errorf("hmac-agent: handshake with %s: %w", path, err)
+		return nil, fmt.Errorf("handshake with the agent at %s: %w", path, err)
 	}
 	c.maxFrame = int(m.MaxFrame)
 	return c, nil

@@ -153,4 +153,3 @@ func TestKeystoreRefusesCorruptFile(t *testing.T) {
 		t.Errorf("Open with a corrupt file = %v, want an error naming %s", err, bad)
 	}
 }
-

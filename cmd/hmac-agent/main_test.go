@@ -1,0 +1,98 @@
+package main
+
+import (
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+)
+
+func TestMain(m *testing.M) {
+	testscript.Main(m, map[string]func(){
+		"hmac-agent": func() { os.Exit(run(os.Args[1:])) },
+	})
+}
+
+// TestScripts runs the scripts in testdata/script: each is a session at a
+// shell, with the commands' expected output beside them.
+func TestScripts(t *testing.T) {
+	testscript.Run(t, testscript.Params{
+		Dir: "testdata/script",
+		Setup: func(env *testscript.Env) error {
+			// A short socket path: Unix sockets are limited to 108
+			// bytes and $WORK can be long.
+			dir, err := os.MkdirTemp("", "ha-")
+			if err != nil {
+				return err
+			}
+			env.Defer(func() { os.RemoveAll(dir) })
+			env.Setenv("SOCKDIR", dir)
+			env.Setenv("HMAC_AGENT_SOCK", filepath.Join(dir, "run", "agent.sock"))
+			env.Setenv("XDG_STATE_HOME", filepath.Join(env.WorkDir, "state"))
+			env.Setenv("XDG_RUNTIME_DIR", filepath.Join(dir, "xdg"))
+			return nil
+		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"waitsock": waitSocket,
+			"chmod":    chmod,
+			"trimnl":   trimNewline,
+		},
+	})
+}
+
+// waitsock PATH waits up to ten seconds for an agent to accept on PATH.
+func waitSocket(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 1 {
+		ts.Fatalf("usage: waitsock PATH")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("unix", ts.MkAbs(args[0]))
+		if err == nil {
+			c.Close()
+			if neg {
+				ts.Fatalf("%s accepts connections", args[0])
+			}
+			return
+		}
+		if neg && errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		if time.Now().After(deadline) {
+			if neg {
+				return
+			}
+			ts.Fatalf("no agent on %s: %v", args[0], err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// chmod MODE PATH, with MODE in octal.
+func chmod(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: chmod MODE PATH")
+	}
+	var mode uint32
+	for _, c := range args[0] {
+		mode = mode*8 + uint32(c-'0')
+	}
+	ts.Check(os.Chmod(ts.MkAbs(args[1]), os.FileMode(mode)))
+}
+
+// trimnl FILE... removes the final newline txtar gives every file, for
+// files whose exact bytes matter (keys, messages).
+func trimNewline(ts *testscript.TestScript, neg bool, args []string) {
+	for _, f := range args {
+		b, err := os.ReadFile(ts.MkAbs(f))
+		ts.Check(err)
+		if n := len(b); n > 0 && b[n-1] == '\n' {
+			b = b[:n-1]
+		}
+		ts.Check(os.WriteFile(ts.MkAbs(f), b, 0o600))
+	}
+}

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hmac-agent/hmac-agent/agent"
+	"github.com/hmac-agent/hmac-agent/config"
+	"github.com/hmac-agent/hmac-agent/internal/harden"
+	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/software"
+	"github.com/hmac-agent/hmac-agent/socket"
+)
+
+// defaultShutdownGrace is how long a stopping agent waits for requests in
+// flight.
+const defaultShutdownGrace = 10 * time.Second
+
+func newServeCommand() *cobra.Command {
+	var configPath, socketPath, logLevel, logFormat string
+	cmd := &cobra.Command{
+		Use:   "serve [--config FILE] [--socket PATH]",
+		Short: "Run the agent",
+		Long: `Run the agent in the foreground until SIGINT or SIGTERM.
+
+With no --config, the agent keeps a software keystore in
+$XDG_STATE_HOME/hmac-agent/keys (else ~/.local/state/hmac-agent/keys) and
+listens on $XDG_RUNTIME_DIR/hmac-agent/agent.sock (else
+/tmp/hmac-agent-$UID/agent.sock). Point clients at it with HMAC_AGENT_SOCK.`,
+		Example: `  hmac-agent serve
+  hmac-agent serve --config /etc/hmac-agent/agent.toml
+  HMAC_AGENT_SOCK=/tmp/ha/agent.sock hmac-agent serve --socket /tmp/ha/agent.sock`,
+		Args: cobra.NoArgs,
+	}
+	cmd.Flags().StringVar(&configPath, "config", "", "the configuration file (TOML)")
+	cmd.Flags().StringVar(&socketPath, "socket", "", "listen here instead of the configured or default path")
+	cmd.Flags().StringVar(&logLevel, "log-level", "", "debug, info, warn or error (default info)")
+	cmd.Flags().StringVar(&logFormat, "log-format", "", "text or json (default text)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		var cfg *config.Config
+		var err error
+		if configPath != "" {
+			cfg, err = config.Load(configPath)
+		} else {
+			cfg, err = config.Default()
+		}
+		if err != nil {
+			return err
+		}
+		if socketPath != "" {
+			cfg.Socket = socketPath
+		}
+		if logLevel != "" {
+			cfg.Log.Level = logLevel
+		}
+		if logFormat != "" {
+			cfg.Log.Format = logFormat
+		}
+		if err := cfg.Validate(); err != nil {
+			return usageError("%v", err)
+		}
+		return serve(cmd.Context(), cfg)
+	}
+	return cmd
+}
+
+func newLogger(cfg config.Log) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.Level)) // validated; empty is info
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+func serve(ctx context.Context, cfg *config.Config) error {
+	log := newLogger(cfg.Log)
+	if err := harden.NoDump(); err != nil {
+		log.Warn("cannot make the process non-dumpable", "err", err)
+	}
+	a, err := buildAgent(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+
+	gid := -1
+	if cfg.SocketGroup != "" {
+		gid, _ = config.LookupGroup(cfg.SocketGroup) // validated
+	}
+	path := cfg.SocketPath()
+	l, err := socket.Listen(path, gid)
+	if err != nil {
+		return err
+	}
+	srv := socket.NewServer(a, socket.Limits{
+		MaxFrame:       cfg.Limits.MaxFrame,
+		MaxInFlight:    cfg.Limits.MaxInFlight,
+		MaxConnections: cfg.Limits.MaxConnections,
+	}, log)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, l) }()
+	st := a.Status(ctx)
+	log.Info("hmac-agent listening", "socket", path, "version", versionString(), "keys", st.Keys, "providers", len(st.Providers))
+
+	select {
+	case sig := <-sigs:
+		grace := cfg.ShutdownGrace.Duration
+		if grace <= 0 {
+			grace = defaultShutdownGrace
+		}
+		log.Info("stopping", "signal", sig.String(), "grace", grace)
+		sctx, scancel := context.WithTimeout(context.Background(), grace)
+		defer scancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			log.Warn("requests still running at the deadline were cut", "err", err)
+		}
+		<-served
+		log.Info("stopped")
+		return nil
+	case err := <-served:
+		return fmt.Errorf("serving %s: %w", path, err)
+	}
+}
+
+// buildAgent opens every configured provider and the agent over them.
+func buildAgent(ctx context.Context, cfg *config.Config, log *slog.Logger) (*agent.Agent, error) {
+	var opened []providers.Provider
+	closeAll := func() {
+		for _, p := range opened {
+			p.Close()
+		}
+	}
+	for _, pc := range cfg.Providers {
+		p, err := openProvider(ctx, pc, log)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("provider %q: %w", pc.Name, err)
+		}
+		opened = append(opened, p)
+	}
+	var keys []agent.KeyConfig
+	for _, k := range cfg.Keys {
+		pol, _ := k.Policy.Resolve() // validated
+		ref := k.Object
+		if k.URI != "" {
+			ref = k.URI
+		}
+		keys = append(keys, agent.KeyConfig{Name: k.Name, Provider: k.Provider, Ref: ref, Policy: pol})
+	}
+	opts := agent.Options{
+		Providers: opened,
+		Keys:      keys,
+		Limits: agent.Limits{
+			MaxContextsPerSession: cfg.Limits.MaxContextsPerConnection,
+			MaxContexts:           cfg.Limits.MaxContexts,
+		},
+		Logger:  log,
+		Version: versionString(),
+	}
+	if cfg.DefaultPolicy != nil {
+		pol, _ := cfg.DefaultPolicy.Resolve()
+		opts.DefaultPolicy = &pol
+	}
+	a, err := agent.New(opts)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	return a, nil
+}
+
+func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (providers.Provider, error) {
+	switch pc.Type {
+	case "software":
+		return software.Open(pc.Name, pc.Path)
+	}
+	return nil, errors.New("provider type " + pc.Type + " is not available in this build")
+}

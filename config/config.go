@@ -1,0 +1,352 @@
+// Package config reads hmac-agent's configuration file (TOML) into a typed
+// struct and validates it, reporting every broken rule at once, each
+// naming its field. docs/configuration.md describes every field.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/hmac-agent/hmac-agent/agent"
+	"github.com/hmac-agent/hmac-agent/internal/paths"
+	"github.com/hmac-agent/hmac-agent/providers"
+)
+
+// Config is the whole file.
+type Config struct {
+	// Socket is where the agent listens; empty means the default path.
+	Socket string `toml:"socket"`
+	// SocketGroup, if set, may use the socket: the directory becomes
+	// 0750 and the socket 0660, owned by this group.
+	SocketGroup string `toml:"socket_group"`
+
+	Limits        Limits     `toml:"limits"`
+	Log           Log        `toml:"log"`
+	DefaultPolicy *Policy    `toml:"default_policy"`
+	Providers     []Provider `toml:"provider"`
+	Keys          []Key      `toml:"key"`
+	ShutdownGrace Duration   `toml:"shutdown_grace"`
+	meta          toml.MetaData
+}
+
+// Limits are the agent's limits; zero means the default.
+type Limits struct {
+	MaxFrame                 int `toml:"max_frame"`
+	MaxConnections           int `toml:"max_connections"`
+	MaxInFlight              int `toml:"max_in_flight"`
+	MaxContextsPerConnection int `toml:"max_contexts_per_connection"`
+	MaxContexts              int `toml:"max_contexts"`
+}
+
+// Log configures the agent's log.
+type Log struct {
+	Level  string `toml:"level"`  // debug, info, warn, error
+	Format string `toml:"format"` // text or json
+}
+
+// Provider is one place keys live. Which fields apply depends on Type.
+type Provider struct {
+	Name string `toml:"name"`
+	Type string `toml:"type"` // software, pkcs11, tpm
+
+	// software
+	Path string `toml:"path"`
+
+	// pkcs11
+	Module       string   `toml:"module"`
+	TokenLabel   string   `toml:"token"`
+	TokenSerial  string   `toml:"serial"`
+	PINFile      string   `toml:"pin_file"`
+	PINEnv       string   `toml:"pin_env"`
+	Sessions     int      `toml:"sessions"`
+	SessionWait  Duration `toml:"session_wait"`
+	MaxCopyBytes int64    `toml:"max_copy_bytes"`
+
+	// tpm
+	Device   string `toml:"device"`
+	StateDir string `toml:"state_dir"`
+}
+
+// Key names a key and says who may use it.
+type Key struct {
+	Name     string `toml:"name"`
+	Provider string `toml:"provider"`
+	// Object is the key's name inside the provider (default: Name).
+	Object string `toml:"object"`
+	// URI names the key in the provider's own terms, such as
+	// "pkcs11:token=agent;object=webhook". It replaces Object.
+	URI    string `toml:"uri"`
+	Policy Policy `toml:"policy"`
+}
+
+// Policy lists who may use a key and for what.
+type Policy struct {
+	Users      []any    `toml:"users"`  // names or numeric uids
+	Groups     []any    `toml:"groups"` // names or numeric gids
+	Operations []string `toml:"operations"`
+}
+
+// Duration is a time.Duration written as "30s" in TOML.
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	d.Duration = v
+	return err
+}
+
+// MarshalText writes the duration back.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Load reads and validates a config file.
+func Load(path string) (*Config, error) {
+	var c Config
+	meta, err := toml.DecodeFile(path, &c)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	c.meta = meta
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+// Default is the configuration of `hmac-agent serve` with no file: a
+// software keystore in the user's state directory and the default socket.
+func Default() (*Config, error) {
+	state, err := paths.DefaultState()
+	if err != nil {
+		return nil, err
+	}
+	c := &Config{Providers: []Provider{{Name: "software", Type: "software", Path: filepath.Join(state, "keys")}}}
+	return c, c.Validate()
+}
+
+// SocketPath is the configured socket or the default.
+func (c *Config) SocketPath() string {
+	if c.Socket != "" {
+		return c.Socket
+	}
+	return paths.DefaultSocket()
+}
+
+// Validate checks every rule and returns all broken ones, joined.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	for _, k := range c.meta.Undecoded() {
+		bad(k.String(), "unknown field")
+	}
+	if c.Socket != "" && !filepath.IsAbs(c.Socket) {
+		bad("socket", "must be an absolute path, not %q", c.Socket)
+	}
+	if len(c.SocketPath()) > 107 {
+		bad("socket", "path is %d bytes; a Unix socket path must be under 108", len(c.SocketPath()))
+	}
+	if c.SocketGroup != "" {
+		if _, err := LookupGroup(c.SocketGroup); err != nil {
+			bad("socket_group", "%v", err)
+		}
+	}
+	for field, v := range map[string]int{
+		"limits.max_frame": c.Limits.MaxFrame, "limits.max_connections": c.Limits.MaxConnections,
+		"limits.max_in_flight": c.Limits.MaxInFlight, "limits.max_contexts_per_connection": c.Limits.MaxContextsPerConnection,
+		"limits.max_contexts": c.Limits.MaxContexts,
+	} {
+		if v < 0 {
+			bad(field, "must not be negative")
+		}
+	}
+	if c.Limits.MaxFrame != 0 && (c.Limits.MaxFrame < 4096 || c.Limits.MaxFrame > 16<<20) {
+		bad("limits.max_frame", "must be between 4096 and 16777216 bytes")
+	}
+	switch c.Log.Level {
+	case "", "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "must be debug, info, warn or error, not %q", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "", "text", "json":
+	default:
+		bad("log.format", "must be text or json, not %q", c.Log.Format)
+	}
+	if c.DefaultPolicy != nil {
+		if _, err := c.DefaultPolicy.Resolve(); err != nil {
+			bad("default_policy", "%v", err)
+		}
+	}
+	if len(c.Providers) == 0 {
+		bad("provider", "at least one provider is required")
+	}
+	names := map[string]string{}
+	for i, p := range c.Providers {
+		f := fmt.Sprintf("provider[%d]", i)
+		if p.Name == "" {
+			bad(f+".name", "required")
+		} else if prev, dup := names[p.Name]; dup {
+			bad(f+".name", "%q is also the name of %s", p.Name, prev)
+		} else {
+			names[p.Name] = f
+		}
+		switch p.Type {
+		case "software":
+			if p.Path == "" {
+				bad(f+".path", "required for a software provider")
+			} else if !filepath.IsAbs(p.Path) {
+				bad(f+".path", "must be an absolute path, not %q", p.Path)
+			}
+		case "pkcs11":
+			if p.Module == "" {
+				bad(f+".module", "required for a pkcs11 provider")
+			}
+			if p.TokenLabel == "" && p.TokenSerial == "" {
+				bad(f+".token", "a pkcs11 provider needs token (label) or serial")
+			}
+			if p.PINFile == "" && p.PINEnv == "" {
+				bad(f+".pin_file", "a pkcs11 provider needs pin_file or pin_env (never the PIN itself)")
+			}
+			if p.Sessions < 0 {
+				bad(f+".sessions", "must not be negative")
+			}
+		case "tpm":
+			if p.Device == "" {
+				bad(f+".device", "required for a tpm provider (for example /dev/tpmrm0)")
+			}
+			if p.StateDir == "" {
+				bad(f+".state_dir", "required for a tpm provider")
+			}
+		case "":
+			bad(f+".type", "required: software, pkcs11 or tpm")
+		default:
+			bad(f+".type", "unknown provider type %q (want software, pkcs11 or tpm)", p.Type)
+		}
+	}
+	keys := map[string]bool{}
+	for i, k := range c.Keys {
+		f := fmt.Sprintf("key[%d]", i)
+		if err := providers.CheckKeyName(k.Name); err != nil {
+			bad(f+".name", "%v", errors.Unwrap(err))
+		} else if keys[k.Name] {
+			bad(f+".name", "key %q is configured twice", k.Name)
+		}
+		keys[k.Name] = true
+		if _, ok := names[k.Provider]; !ok {
+			bad(f+".provider", "no provider named %q", k.Provider)
+		}
+		if k.Object != "" && k.URI != "" {
+			bad(f+".uri", "give object or uri, not both")
+		}
+		if _, err := k.Policy.Resolve(); err != nil {
+			bad(f+".policy", "%v", err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Resolve turns names into ids and checks the operations. An empty
+// operations list means both.
+func (p *Policy) Resolve() (agent.Policy, error) {
+	var out agent.Policy
+	var errs []error
+	for _, u := range p.Users {
+		id, err := lookupID(u, func(s string) (string, error) {
+			usr, err := user.Lookup(s)
+			if err != nil {
+				return "", err
+			}
+			return usr.Uid, nil
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("users: %w", err))
+			continue
+		}
+		out.UIDs = append(out.UIDs, id)
+	}
+	for _, g := range p.Groups {
+		id, err := lookupID(g, func(s string) (string, error) {
+			grp, err := user.LookupGroup(s)
+			if err != nil {
+				return "", err
+			}
+			return grp.Gid, nil
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("groups: %w", err))
+			continue
+		}
+		out.GIDs = append(out.GIDs, id)
+	}
+	if len(p.Operations) == 0 {
+		out.Ops = agent.OpMAC | agent.OpVerify
+	}
+	for _, o := range p.Operations {
+		op, err := agent.ParseOp(o)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("operations: %w", err))
+		}
+		out.Ops |= op
+	}
+	return out, errors.Join(errs...)
+}
+
+func lookupID(v any, byName func(string) (string, error)) (uint32, error) {
+	switch x := v.(type) {
+	case int64:
+		if x < 0 || x > 1<<32-1 {
+			return 0, fmt.Errorf("id %d out of range", x)
+		}
+		return uint32(x), nil
+	case string:
+		if n, err := strconv.ParseUint(x, 10, 32); err == nil {
+			return uint32(n), nil
+		}
+		id, err := byName(x)
+		if err != nil {
+			return 0, fmt.Errorf("%q: %w", x, err)
+		}
+		n, err := strconv.ParseUint(id, 10, 32)
+		return uint32(n), err
+	}
+	return 0, fmt.Errorf("%v: want a name or a number", v)
+}
+
+// LookupGroup returns the gid of a group name or number.
+func LookupGroup(g string) (int, error) {
+	id, err := lookupID(g, func(s string) (string, error) {
+		grp, err := user.LookupGroup(s)
+		if err != nil {
+			return "", err
+		}
+		return grp.Gid, nil
+	})
+	return int(id), err
+}
+
+// ReadSecretFile reads a PIN or auth value from a file that only its owner
+// may read, without a trailing newline.
+func ReadSecretFile(path string) ([]byte, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if info.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s has mode %04o: a secret file must not be readable by group or others", path, info.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return bytes.TrimRight(b, "\r\n"), nil
+}

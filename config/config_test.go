@@ -1,0 +1,136 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/hmac-agent/hmac-agent/agent"
+)
+
+func write(t *testing.T, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "agent.toml")
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadValid(t *testing.T) {
+	c, err := Load(write(t, `
+socket = "/run/hmac-agent/agent.sock"
+shutdown_grace = "5s"
+[limits]
+max_contexts_per_connection = 100
+[log]
+level = "debug"
+format = "json"
+[[provider]]
+name = "soft"
+type = "software"
+path = "/var/lib/hmac-agent/keys"
+[[key]]
+name = "webhook"
+provider = "soft"
+object = "webhook-2026"
+[key.policy]
+users = ["root", 1234]
+groups = [0]
+operations = ["verify"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SocketPath() != "/run/hmac-agent/agent.sock" || c.ShutdownGrace.Seconds() != 5 || c.Limits.MaxContextsPerConnection != 100 {
+		t.Errorf("decoded %+v", c)
+	}
+	pol, err := c.Keys[0].Policy.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pol.UIDs) != 2 || pol.UIDs[0] != 0 || pol.UIDs[1] != 1234 || pol.GIDs[0] != 0 || pol.Ops != agent.OpVerify {
+		t.Errorf("policy %+v", pol)
+	}
+}
+
+func TestValidationReportsEveryRule(t *testing.T) {
+	_, err := Load(write(t, `
+socket = "relative.sock"
+colour = "blue"
+[log]
+level = "loud"
+[[provider]]
+name = "a"
+type = "software"
+[[provider]]
+name = "a"
+type = "pkcs11"
+[[provider]]
+type = "quantum"
+[[key]]
+name = "-bad"
+provider = "nowhere"
+object = "x"
+uri = "pkcs11:object=x"
+[key.policy]
+users = ["no-such-user-xyz"]
+operations = ["sign"]
+`))
+	if err == nil {
+		t.Fatal("invalid config accepted")
+	}
+	for _, want := range []string{
+		"colour: unknown field",
+		"socket: must be an absolute path",
+		"log.level: must be debug",
+		"provider[0].path: required",
+		"provider[1].name: \"a\" is also the name of provider[0]",
+		"provider[1].module: required",
+		"provider[1].token:",
+		"provider[1].pin_file:",
+		"provider[2].name: required",
+		"provider[2].type: unknown provider type \"quantum\"",
+		"key[0].name:",
+		"key[0].provider: no provider named \"nowhere\"",
+		"key[0].uri: give object or uri, not both",
+		"key[0].policy: users: \"no-such-user-xyz\"",
+		"operations: unknown operation \"sign\"",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestDefault(t *testing.T) {
+	t.Setenv("XDG_STATE_HOME", "/state")
+	t.Setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+	c, err := Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Providers[0].Path != "/state/hmac-agent/keys" || c.SocketPath() != "/run/user/1000/hmac-agent/agent.sock" {
+		t.Errorf("default %+v, socket %s", c.Providers[0], c.SocketPath())
+	}
+	t.Setenv("XDG_RUNTIME_DIR", "")
+	if got, want := c.SocketPath(), filepath.Join("/tmp", "hmac-agent-"+itoa(os.Getuid()), "agent.sock"); got != want {
+		t.Errorf("socket without XDG_RUNTIME_DIR = %s, want %s", got, want)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+func TestSecretFileMustBePrivate(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "pin")
+	os.WriteFile(p, []byte("1234\n"), 0o644)
+	if _, err := ReadSecretFile(p); err == nil || !strings.Contains(err.Error(), "mode 0644") {
+		t.Errorf("loose pin file: %v", err)
+	}
+	os.Chmod(p, 0o600)
+	if b, err := ReadSecretFile(p); err != nil || string(b) != "1234" {
+		t.Errorf("pin file: %q, %v", b, err)
+	}
+}
