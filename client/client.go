@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -76,13 +77,27 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// do sends a request on a working connection and checks the reply type.
-func (c *Client) do(ctx context.Context, m *wire.Message, want wire.Type) (*call, error) {
+// send sends a request on a working connection and returns the reply and
+// the connection it came on. A request that could not be sent because the
+// connection had died unnoticed is sent once more on a new connection.
+func (c *Client) send(ctx context.Context, m *wire.Message) (*conn, *call, error) {
 	cn, err := c.current(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	r, err := cn.roundTrip(ctx, m)
+	if _, notSent := errors.AsType[*notSentError](err); notSent {
+		if cn, err = c.current(ctx); err != nil {
+			return nil, nil, err
+		}
+		r, err = cn.roundTrip(ctx, m)
+	}
+	return cn, r, err
+}
+
+// do sends a request and checks the reply's type.
+func (c *Client) do(ctx context.Context, m *wire.Message, want wire.Type) (*call, error) {
+	_, r, err := c.send(ctx, m)
 	if err != nil {
 		return nil, err
 	}

@@ -181,7 +181,7 @@ func (c *conn) write(flush bool, encode func(b []byte) ([]byte, error)) error {
 	}
 	if c.werr != nil {
 		err := fmt.Errorf("%w: %v", ErrConnectionLost, c.werr)
-		go c.close(err)
+		c.close(err) // also fails calls waiting for replies that cannot come
 		return err
 	}
 	return nil
@@ -226,14 +226,7 @@ func (c *conn) wait(ctx context.Context, id uint32, cl *call) (*call, error) {
 	select {
 	case <-cl.ch:
 	case <-ctx.Done():
-		c.pmu.Lock()
-		_, mine := c.pending[id]
-		delete(c.pending, id)
-		c.pmu.Unlock()
-		if !mine {
-			<-cl.ch // the reader has it; let it finish before reuse
-		}
-		callPool.Put(cl)
+		c.withdraw(id, cl)
 		return nil, ctx.Err()
 	}
 	if cl.err != nil {
@@ -242,6 +235,21 @@ func (c *conn) wait(ctx context.Context, id uint32, cl *call) (*call, error) {
 		return nil, err
 	}
 	return cl, nil
+}
+
+// withdraw takes back a call nobody will wait for and returns it to the
+// pool. If the reader or close already took it from pending, a signal is
+// coming or has come: it is consumed first, or the call's next user would
+// wake to this call's reply.
+func (c *conn) withdraw(id uint32, cl *call) {
+	c.pmu.Lock()
+	_, mine := c.pending[id]
+	delete(c.pending, id)
+	c.pmu.Unlock()
+	if !mine {
+		<-cl.ch
+	}
+	callPool.Put(cl)
 }
 
 // roundTrip sends m with a fresh request ID and waits for the reply. The
@@ -253,13 +261,18 @@ func (c *conn) roundTrip(ctx context.Context, m *wire.Message) (*call, error) {
 	}
 	m.ID = id
 	if err := c.write(true, m.Append); err != nil {
-		c.pmu.Lock()
-		delete(c.pending, id)
-		c.pmu.Unlock()
-		return nil, err
+		c.withdraw(id, cl)
+		return nil, &notSentError{err}
 	}
 	return c.wait(ctx, id, cl)
 }
+
+// notSentError is a request that never reached the agent: its write
+// failed, so sending it again on a new connection cannot run it twice.
+type notSentError struct{ err error }
+
+func (e *notSentError) Error() string { return e.err.Error() }
+func (e *notSentError) Unwrap() error { return e.err }
 
 func (cl *call) release() { callPool.Put(cl) }
 

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"github.com/hmac-agent/hmac-agent/socket/wire"
@@ -29,19 +30,30 @@ func (c *Client) New(ctx context.Context, key string, alg Algorithm) (*HMAC, err
 	if len(key) > wire.MaxKeyName {
 		return nil, fmt.Errorf("%w: key %q not found", ErrKeyNotFound, key)
 	}
-	cn, err := c.current(ctx)
-	if err != nil {
-		return nil, err
-	}
-	h := &HMAC{conn: cn, id: cn.nextContext.Add(1), alg: alg}
-	m := wire.Message{Type: wire.TypeOpen, Context: h.id, Algorithm: uint8(alg), Key: []byte(key)}
-	r, err := cn.roundTrip(ctx, &m)
-	if err != nil {
-		return nil, err
-	}
-	defer r.release()
-	if err := r.result(wire.TypeOK); err != nil {
-		return nil, err
+	// The context ID is per connection; pick it once the connection is
+	// known, and again if send had to redial.
+	var h *HMAC
+	m := wire.Message{Type: wire.TypeOpen, Algorithm: uint8(alg), Key: []byte(key)}
+	for attempt := 0; ; attempt++ {
+		cn, err := c.current(ctx)
+		if err != nil {
+			return nil, err
+		}
+		h = &HMAC{conn: cn, id: cn.nextContext.Add(1), alg: alg}
+		m.Context = h.id
+		r, err := cn.roundTrip(ctx, &m)
+		if _, notSent := errors.AsType[*notSentError](err); notSent && attempt == 0 {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		err = r.result(wire.TypeOK)
+		r.release()
+		if err != nil {
+			return nil, err
+		}
+		break
 	}
 	return h, nil
 }

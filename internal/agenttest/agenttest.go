@@ -48,11 +48,22 @@ func SocketDir(t testing.TB) string {
 // others given, listening on a new socket. It stops when the test ends.
 func Start(t testing.TB, opts Options) *Agent {
 	t.Helper()
-	soft, err := software.Open("soft", filepath.Join(t.TempDir(), "keys"))
+	a, stop, err := Run(filepath.Join(t.TempDir(), "keys"), filepath.Join(SocketDir(t), "agent.sock"), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := agent.New(agent.Options{
+	t.Cleanup(stop)
+	return a
+}
+
+// Run starts an agent with its keystore in keyDir, listening on path,
+// outside any one test (examples, benchmarks' TestMain). stop stops it.
+func Run(keyDir, path string, opts Options) (a *Agent, stop func(), err error) {
+	soft, err := software.Open("soft", keyDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	ag, err := agent.New(agent.Options{
 		Providers: append([]providers.Provider{soft}, opts.Providers...),
 		Keys:      opts.Keys,
 		Limits:    opts.Limits,
@@ -60,25 +71,24 @@ func Start(t testing.TB, opts Options) *Agent {
 		Version:   "test",
 	})
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
-	path := filepath.Join(SocketDir(t), "agent.sock")
 	l, err := socket.Listen(path, -1)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
-	srv := socket.NewServer(a, opts.SocketLimits, opts.Logger)
+	srv := socket.NewServer(ag, opts.SocketLimits, opts.Logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		srv.Serve(ctx, l)
 		close(done)
 	}()
-	t.Cleanup(func() {
+	stop = func() {
 		srv.Close()
 		<-done
 		cancel()
-		a.Close()
-	})
-	return &Agent{Path: path, Agent: a, Server: srv, Soft: soft}
+		ag.Close()
+	}
+	return &Agent{Path: path, Agent: ag, Server: srv, Soft: soft}, stop, nil
 }
