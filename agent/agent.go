@@ -65,7 +65,8 @@ type resolved struct {
 	provider  providers.Provider
 	policy    *Policy
 	immediate bool
-	oneShot   providers.OneShot // nil if the key has no fast path
+	oneShot   providers.OneShot         // nil if the key has no fast path
+	verifier  providers.OneShotVerifier // nil if the key cannot verify in its device
 }
 
 // New returns an agent serving the given providers. It fails if a key names
@@ -174,6 +175,7 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 		r.immediate = im.Immediate()
 	}
 	r.oneShot, _ = r.key.(providers.OneShot)
+	r.verifier, _ = r.key.(providers.OneShotVerifier)
 	a.mu.Lock()
 	a.cache[name] = r
 	a.mu.Unlock()

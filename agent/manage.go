@@ -106,6 +106,23 @@ func (a *Agent) ImportKey(ctx context.Context, peer Peer, provider, name string,
 	return info, a.manageError("import", p, name, err)
 }
 
+// ImportWrappedKey unwraps a key under a key the provider already holds
+// and stores it under name; the key's bytes never pass through the agent.
+// Errors as for GenerateKey.
+func (a *Agent) ImportWrappedKey(ctx context.Context, peer Peer, provider, name, wrappingKey string, wrapped []byte) (providers.KeyInfo, error) {
+	p, err := a.managed(peer, provider, name)
+	if err != nil {
+		return providers.KeyInfo{}, err
+	}
+	wi, ok := p.(providers.WrappedImporter)
+	if !ok {
+		return providers.KeyInfo{}, providers.Publicf(providers.ErrNotSupported, "provider %q cannot import wrapped keys", p.Name())
+	}
+	info, err := wi.ImportWrappedKey(ctx, name, wrappingKey, wrapped)
+	a.forget(name)
+	return info, a.manageError("import wrapped", p, name, err)
+}
+
 // DeleteKey destroys a key. With no provider named, the key is looked up as
 // a client would find it. Errors wrap ErrPermissionDenied, ErrNotSupported
 // or ErrKeyNotFound.

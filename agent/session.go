@@ -258,6 +258,15 @@ func (s *Session) VerifyMAC(ctx context.Context, key []byte, alg providers.Algor
 	if err != nil {
 		return err
 	}
+	if r.verifier != nil {
+		if err := r.verifier.VerifyMAC(ctx, alg, data, tag); err != nil {
+			if errors.Is(err, providers.ErrInvalidSignature) {
+				return providers.ErrInvalidSignature
+			}
+			return s.keyFailed(r, err)
+		}
+		return nil
+	}
 	if r.oneShot != nil {
 		var buf [64]byte
 		sum, err := r.oneShot.SumMAC(ctx, alg, data, buf[:0])

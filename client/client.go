@@ -203,6 +203,16 @@ func (c *Client) ImportKey(ctx context.Context, provider, name string, secret []
 	return info, err
 }
 
+// ImportWrappedKey asks a provider to unwrap wrapped under its key named
+// wrappingKey (for PKCS#11, an AES key, CKM_AES_KEY_WRAP_PAD) and store the
+// result as a new key, so the key's bytes never pass through the agent.
+func (c *Client) ImportWrappedKey(ctx context.Context, provider, name, wrappingKey string, wrapped []byte) (KeyInfo, error) {
+	var info KeyInfo
+	m := wire.Message{Type: wire.TypeImportWrapped, Provider: []byte(provider), Key: []byte(name), Wrapping: []byte(wrappingKey), Data: wrapped}
+	err := c.doJSON(ctx, &m, &info)
+	return info, err
+}
+
 // DeleteKey destroys a key. With an empty provider, the key is the one
 // the name finds.
 func (c *Client) DeleteKey(ctx context.Context, provider, name string) error {

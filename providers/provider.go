@@ -78,6 +78,15 @@ type OneShot interface {
 	SumMAC(ctx context.Context, alg Algorithm, data, dst []byte) ([]byte, error)
 }
 
+// OneShotVerifier is implemented by keys that verify a whole message inside
+// their device. The agent uses it for VerifyMAC, so the tag is compared
+// where the key lives.
+type OneShotVerifier interface {
+	// VerifyMAC returns nil if tag is data's full-length tag, else
+	// ErrInvalidSignature.
+	VerifyMAC(ctx context.Context, alg Algorithm, data, tag []byte) error
+}
+
 // Generator is a provider that can create a key inside itself.
 type Generator interface {
 	// GenerateKey creates a key of length bytes (0 means the provider's
@@ -91,6 +100,14 @@ type Importer interface {
 	// secret; the caller should zero it afterwards. ErrKeyExists if the
 	// name is taken.
 	ImportKey(ctx context.Context, name string, secret []byte) (KeyInfo, error)
+}
+
+// WrappedImporter is a provider that can take a key wrapped under a key
+// it already holds, so the key's bytes never pass through the agent.
+type WrappedImporter interface {
+	// ImportWrappedKey unwraps wrapped under the key named wrappingKey and
+	// stores the result under name.
+	ImportWrappedKey(ctx context.Context, name, wrappingKey string, wrapped []byte) (KeyInfo, error)
 }
 
 // Deleter is a provider that can destroy a key.

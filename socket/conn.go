@@ -171,11 +171,11 @@ func (c *conn) dispatch(m *wire.Message) {
 		c.enqueue(m)
 	case wire.TypeMAC, wire.TypeVerifyMAC:
 		if c.srv.agent.Immediate(c.ctx, m.Key) {
-			c.oneShot(m)
+			c.oneShot(m, c.scratch[:0])
 			return
 		}
-		c.goAsync(m, c.oneShot)
-	case wire.TypeListKeys, wire.TypeGenerateKey, wire.TypeImportKey, wire.TypeDeleteKey, wire.TypeStatus:
+		c.goAsync(m, func(m *wire.Message) { c.oneShot(m, make([]byte, 0, 64)) })
+	case wire.TypeListKeys, wire.TypeGenerateKey, wire.TypeImportKey, wire.TypeImportWrapped, wire.TypeDeleteKey, wire.TypeStatus:
 		c.goAsync(m, c.manage)
 	case wire.TypeHello:
 		c.replyError(m.ID, providers.Publicf(wire.ErrBadRequest, "HELLO after the handshake"))
@@ -223,10 +223,12 @@ func (c *conn) scratchFor(q *queue) []byte {
 	return make([]byte, 0, 64)
 }
 
-func (c *conn) oneShot(m *wire.Message) {
+// oneShot runs MAC or VERIFY_MAC; dst is where the tag goes, the
+// reader's scratch only when running in the reader.
+func (c *conn) oneShot(m *wire.Message, dst []byte) {
 	alg := providers.Algorithm(m.Algorithm)
 	if m.Type == wire.TypeMAC {
-		tag, err := c.sess.MAC(c.ctx, m.Key, alg, m.Data, c.scratch[:0])
+		tag, err := c.sess.MAC(c.ctx, m.Key, alg, m.Data, dst)
 		c.replyTag(m.ID, tag, err)
 		return
 	}
@@ -247,6 +249,8 @@ func (c *conn) manage(m *wire.Message) {
 	case wire.TypeImportKey:
 		v, err = a.ImportKey(c.ctx, peer, string(m.Provider), string(m.Key), m.Data)
 		clear(m.Data)
+	case wire.TypeImportWrapped:
+		v, err = a.ImportWrappedKey(c.ctx, peer, string(m.Provider), string(m.Key), string(m.Wrapping), m.Data)
 	case wire.TypeDeleteKey:
 		err = a.DeleteKey(c.ctx, peer, string(m.Provider), string(m.Key))
 	case wire.TypeStatus:
@@ -270,6 +274,7 @@ func own(m *wire.Message) *wire.Message {
 	o := *m
 	o.Key = append([]byte(nil), m.Key...)
 	o.Provider = append([]byte(nil), m.Provider...)
+	o.Wrapping = append([]byte(nil), m.Wrapping...)
 	o.Tag = append([]byte(nil), m.Tag...)
 	o.Data = append([]byte(nil), m.Data...)
 	return &o

@@ -42,9 +42,9 @@ func newKeysGenerateCommand() *cobra.Command {
 	}
 	socket := socketFlag(cmd)
 	cmd.Flags().StringVar(&provider, "provider", "", "the provider to create it in (default: the first configured)")
-	cmd.Flags().IntVar(&length, "length", 32, "key length in bytes")
+	cmd.Flags().IntVar(&length, "length", 0, "key length in bytes (default: the provider's: 32 for software, 64 for PKCS#11)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		if length < 1 || length > maxImport {
+		if length < 0 || length > maxImport {
 			return usageError("--length must be 1 to %d bytes, not %d", maxImport, length)
 		}
 		c, err := dial(cmd, *socket)
@@ -56,26 +56,32 @@ func newKeysGenerateCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(cmd.OutOrStdout(), "generated key %s (%d bytes) in provider %s\n", info.Name, length, info.Provider)
+		fmt.Fprintf(cmd.OutOrStdout(), "generated key %s in provider %s\n", info.Name, info.Provider)
 		return nil
 	}
 	return cmd
 }
 
 func newKeysImportCommand() *cobra.Command {
-	var provider string
+	var provider, wrappedBy string
 	cmd := &cobra.Command{
 		Use:   "import NAME [FILE|-] [--provider NAME]",
 		Short: "Import raw key bytes from a file or standard input",
 		Long: `Import the raw bytes of FILE (or standard input, for "-" or no FILE) as a
 new key. The bytes are sent to the agent and not kept by this command;
-delete or lock away the source once the import succeeds.`,
+delete or lock away the source once the import succeeds.
+
+With --wrapped-by, FILE holds a key wrapped (for PKCS#11: CKM_AES_KEY_WRAP_PAD,
+RFC 5649) under a key the provider already holds; the provider unwraps it
+inside itself, so the key's bytes never pass through the agent.`,
 		Example: `  hmac-agent keys import webhook secret.bin
-  head -c 32 /dev/urandom | hmac-agent keys import session -`,
+  head -c 32 /dev/urandom | hmac-agent keys import session -
+  hmac-agent keys import webhook webhook.wrapped --provider hsm --wrapped-by kek`,
 		Args: cobra.RangeArgs(1, 2),
 	}
 	socket := socketFlag(cmd)
 	cmd.Flags().StringVar(&provider, "provider", "", "the provider to store it in (default: the first configured)")
+	cmd.Flags().StringVar(&wrappedBy, "wrapped-by", "", "the input is wrapped under this key of the provider (name or URI)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		in, err := openInput(cmd, args[1:])
 		if err != nil {
@@ -95,6 +101,14 @@ delete or lock away the source once the import succeeds.`,
 			return err
 		}
 		defer c.Close()
+		if wrappedBy != "" {
+			info, err := c.ImportWrappedKey(cmd.Context(), provider, args[0], wrappedBy, secret)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "imported key %s (unwrapped by %s) into provider %s\n", info.Name, wrappedBy, info.Provider)
+			return nil
+		}
 		info, err := c.ImportKey(cmd.Context(), provider, args[0], secret)
 		if err != nil {
 			return err

@@ -16,6 +16,7 @@ import (
 	"github.com/hmac-agent/hmac-agent/config"
 	"github.com/hmac-agent/hmac-agent/internal/harden"
 	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
 	"github.com/hmac-agent/hmac-agent/providers/software"
 	"github.com/hmac-agent/hmac-agent/socket"
 )
@@ -189,6 +190,38 @@ func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (pr
 	switch pc.Type {
 	case "software":
 		return software.Open(pc.Name, pc.Path)
+	case "pkcs11":
+		pin, err := readPIN(pc)
+		if err != nil {
+			return nil, err
+		}
+		defer clear(pin)
+		p, err := pkcs11.Open(ctx, pkcs11.Config{
+			Name: pc.Name, Module: pc.Module, TokenLabel: pc.TokenLabel, TokenSerial: pc.TokenSerial,
+			PIN: pin, Sessions: pc.Sessions, SessionWait: pc.SessionWait.Duration, MaxCopyBytes: pc.MaxCopyBytes,
+		})
+		if err != nil {
+			return nil, err
+		}
+		log.Info("pkcs11 token ready", "provider", pc.Name, "token", pc.TokenLabel, "algorithms", fmt.Sprint(p.Algorithms()))
+		return p, nil
 	}
 	return nil, errors.New("provider type " + pc.Type + " is not available in this build")
+}
+
+// readPIN reads a provider's PIN from its file (which must be private) or
+// its environment variable; never from the config text or argv.
+func readPIN(pc config.Provider) ([]byte, error) {
+	if pc.PINFile != "" {
+		pin, err := config.ReadSecretFile(pc.PINFile)
+		if err != nil {
+			return nil, fmt.Errorf("pin_file: %w", err)
+		}
+		return pin, nil
+	}
+	v, ok := os.LookupEnv(pc.PINEnv)
+	if !ok {
+		return nil, fmt.Errorf("pin_env: $%s is not set", pc.PINEnv)
+	}
+	return []byte(v), nil
 }

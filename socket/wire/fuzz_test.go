@@ -27,6 +27,7 @@ func seedMessages() []Message {
 		{Type: TypeGenerateKey, ID: 12, Provider: []byte("hsm"), Key: []byte("new"), Length: 32},
 		{Type: TypeImportKey, ID: 13, Key: []byte("imported"), Data: []byte("secret")},
 		{Type: TypeDeleteKey, ID: 14, Key: []byte("old")},
+		{Type: TypeImportWrapped, ID: 17, Provider: []byte("hsm"), Key: []byte("k"), Wrapping: []byte("kek"), Data: []byte{1, 2, 3, 4, 5, 6, 7, 8}},
 		{Type: TypeStatus, ID: 15},
 		{Type: TypeOK, ID: 16},
 		{Type: TypeHelloReply, ID: 1, Version: 1, MaxFrame: 1 << 20, MaxContexts: 16384, MaxInFlight: 256},
@@ -38,7 +39,7 @@ func seedMessages() []Message {
 
 // normalize makes empty and nil slices compare equal.
 func normalize(m Message) Message {
-	for _, f := range []*[]byte{&m.Key, &m.Provider, &m.Tag, &m.Data} {
+	for _, f := range []*[]byte{&m.Key, &m.Provider, &m.Wrapping, &m.Tag, &m.Data} {
 		if len(*f) == 0 {
 			*f = nil
 		}

@@ -28,20 +28,21 @@ type Type uint8
 
 // Requests.
 const (
-	TypeHello       Type = 0x01
-	TypeOpen        Type = 0x10
-	TypeUpdate      Type = 0x11
-	TypeCopy        Type = 0x12
-	TypeFinalize    Type = 0x13
-	TypeVerify      Type = 0x14
-	TypeClose       Type = 0x15
-	TypeMAC         Type = 0x20
-	TypeVerifyMAC   Type = 0x21
-	TypeListKeys    Type = 0x30
-	TypeGenerateKey Type = 0x31
-	TypeImportKey   Type = 0x32
-	TypeDeleteKey   Type = 0x33
-	TypeStatus      Type = 0x34
+	TypeHello         Type = 0x01
+	TypeOpen          Type = 0x10
+	TypeUpdate        Type = 0x11
+	TypeCopy          Type = 0x12
+	TypeFinalize      Type = 0x13
+	TypeVerify        Type = 0x14
+	TypeClose         Type = 0x15
+	TypeMAC           Type = 0x20
+	TypeVerifyMAC     Type = 0x21
+	TypeListKeys      Type = 0x30
+	TypeGenerateKey   Type = 0x31
+	TypeImportKey     Type = 0x32
+	TypeDeleteKey     Type = 0x33
+	TypeStatus        Type = 0x34
+	TypeImportWrapped Type = 0x35
 )
 
 // Replies.
@@ -58,7 +59,7 @@ var typeNames = map[Type]string{
 	TypeFinalize: "FINALIZE", TypeVerify: "VERIFY", TypeClose: "CLOSE",
 	TypeMAC: "MAC", TypeVerifyMAC: "VERIFY_MAC", TypeListKeys: "LIST_KEYS",
 	TypeGenerateKey: "GENERATE_KEY", TypeImportKey: "IMPORT_KEY",
-	TypeDeleteKey: "DELETE_KEY", TypeStatus: "STATUS", TypeOK: "OK",
+	TypeDeleteKey: "DELETE_KEY", TypeStatus: "STATUS", TypeImportWrapped: "IMPORT_WRAPPED", TypeOK: "OK",
 	TypeHelloReply: "HELLO_REPLY", TypeTag: "TAG", TypeData: "DATA", TypeError: "ERROR",
 }
 
@@ -86,8 +87,9 @@ type Message struct {
 	Context    uint32 // OPEN UPDATE COPY FINALIZE VERIFY CLOSE
 	NewContext uint32 // COPY
 	Algorithm  uint8  // OPEN MAC VERIFY_MAC
-	Key        []byte // key name: OPEN MAC VERIFY_MAC GENERATE_KEY IMPORT_KEY DELETE_KEY
-	Provider   []byte // GENERATE_KEY IMPORT_KEY DELETE_KEY; empty: the default
+	Key        []byte // key name: OPEN MAC VERIFY_MAC GENERATE_KEY IMPORT_KEY IMPORT_WRAPPED DELETE_KEY
+	Provider   []byte // GENERATE_KEY IMPORT_KEY IMPORT_WRAPPED DELETE_KEY; empty: the default
+	Wrapping   []byte // IMPORT_WRAPPED: the name of the key that unwraps
 	Length     uint32 // GENERATE_KEY: key length in bytes, 0 for the default
 	Tag        []byte // VERIFY VERIFY_MAC TAG
 	Data       []byte // UPDATE MAC VERIFY_MAC, IMPORT_KEY (secret), DATA (JSON), ERROR (text)
@@ -217,6 +219,8 @@ func Decode(body []byte, m *Message) error {
 		d.end()
 	case TypeImportKey:
 		m.Provider, m.Key, m.Data = d.short(), d.short(), d.rest()
+	case TypeImportWrapped:
+		m.Provider, m.Key, m.Wrapping, m.Data = d.short(), d.short(), d.short(), d.rest()
 	case TypeDeleteKey:
 		m.Provider, m.Key = d.short(), d.short()
 		d.end()
@@ -290,6 +294,11 @@ func (m *Message) Append(b []byte) ([]byte, error) {
 	case TypeImportKey:
 		short(m.Provider)
 		short(m.Key)
+		b = append(b, m.Data...)
+	case TypeImportWrapped:
+		short(m.Provider)
+		short(m.Key)
+		short(m.Wrapping)
 		b = append(b, m.Data...)
 	case TypeDeleteKey:
 		short(m.Provider)

@@ -1,0 +1,59 @@
+package pkcs11
+
+import "time"
+
+// Config opens a token.
+type Config struct {
+	// Name is the provider's name in the agent.
+	Name string
+	// Module is the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so.
+	Module string
+	// TokenLabel or TokenSerial chooses the token; with both, both must
+	// match.
+	TokenLabel  string
+	TokenSerial string
+	// PIN is the user PIN, read by the caller from a file or the
+	// environment; the provider keeps a copy for logging in again.
+	PIN []byte
+	// Sessions bounds the session pool (default 8).
+	Sessions int
+	// SessionWait bounds the wait for a free session (default 5s).
+	SessionWait time.Duration
+	// MaxCopyBytes bounds the input a context keeps for Copy (default
+	// 64 MiB; negative disables Copy past the buffer).
+	MaxCopyBytes int64
+	// BufferBytes is how much input a context buffers before it takes a
+	// session (default 64 KiB).
+	BufferBytes int
+}
+
+// Defaults for zero Config fields.
+const (
+	DefaultSessions     = 8
+	DefaultSessionWait  = 5 * time.Second
+	DefaultMaxCopyBytes = 64 << 20
+	DefaultBufferBytes  = 64 << 10
+	// DefaultKeyLength is the length of a generated key: 64 bytes, so
+	// the key is long enough for every HMAC mechanism (tokens refuse keys
+	// shorter than the digest).
+	DefaultKeyLength = 64
+	// paddedKeyLength is what short imported keys are padded to.
+	paddedKeyLength = 64
+	// maxKeyLength bounds imported and generated keys.
+	maxKeyLength = 4096
+)
+
+func (c *Config) fill() {
+	if c.Sessions <= 0 {
+		c.Sessions = DefaultSessions
+	}
+	if c.SessionWait <= 0 {
+		c.SessionWait = DefaultSessionWait
+	}
+	if c.MaxCopyBytes == 0 {
+		c.MaxCopyBytes = DefaultMaxCopyBytes
+	}
+	if c.BufferBytes <= 0 {
+		c.BufferBytes = DefaultBufferBytes
+	}
+}

@@ -1,0 +1,42 @@
+// Package pkcs11 is the provider that keeps HMAC keys in a PKCS#11 token
+// (an HSM; SoftHSM2 in tests), built on github.com/miekg/pkcs11.
+//
+// # Keys
+//
+// Keys are secret-key objects that never leave the token: generated inside
+// it, imported with C_CreateObject, or unwrapped under an AES key already
+// in it (C_UnwrapKey with CKM_AES_KEY_WRAP_PAD), always sensitive,
+// non-extractable and private. Keys made by other tools are found by label
+// or ID, named by RFC 7512 URIs ("pkcs11:token=agent;object=webhook").
+// Tokens refuse HMAC keys shorter than the digest, so short imported keys
+// are zero-padded to 64 bytes: HMAC pads keys with zeros to the block size
+// itself, and every block size here is at least 64, so the tags do not
+// change.
+//
+// # Sessions and concurrency
+//
+// A PKCS#11 session used by two goroutines at once corrupts the module's
+// heap, so sessions live in a bounded pool and each is lent to one
+// goroutine at a time. A context holds no session while its input is
+// small: the input is buffered and signed with one C_Sign at the end. Only
+// a context that streams past the buffer holds a session, until it
+// finishes. Waiting for a session honours the caller's context and a
+// configured timeout. [Provider] and its keys are safe for concurrent use;
+// a MAC context is not.
+//
+// # Copy
+//
+// Most tokens, SoftHSM2 among them, cannot save an operation's state
+// (C_GetOperationState), so Copy replays the input so far into a new
+// operation. Each context keeps its input in a log shared with its copies,
+// up to a configured cap (64 MiB by default); past it Copy fails with
+// ErrLimit and the context itself goes on working.
+//
+// # Faults
+//
+// A session that fails (closed, invalid, device error) is discarded and a
+// new one opened on demand; a lost login is restored; object handles are
+// looked up again by label or ID. Contexts that held a failed session
+// report ErrContextLost; other keys and contexts go on. The module is
+// finalized only when no call is in flight.
+package pkcs11

@@ -1,0 +1,404 @@
+//go:build cgo
+
+package pkcs11
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	p11 "github.com/miekg/pkcs11"
+
+	"github.com/hmac-agent/hmac-agent/providers"
+)
+
+// key is a secret key in the token, found by label and/or ID.
+type key struct {
+	p     *Provider
+	name  string
+	label string
+	id    []byte
+	algs  map[providers.Algorithm]bool
+
+	mu     sync.Mutex
+	handle p11.ObjectHandle
+	gen    uint64 // the login the handle was found under; 0: not found
+}
+
+var (
+	_ providers.Key = (*key)(nil)
+)
+
+// template is the search template for the key.
+func (k *key) template() []*p11.Attribute {
+	t := []*p11.Attribute{p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY)}
+	if k.label != "" {
+		t = append(t, p11.NewAttribute(p11.CKA_LABEL, k.label))
+	}
+	if len(k.id) > 0 {
+		t = append(t, p11.NewAttribute(p11.CKA_ID, k.id))
+	}
+	return t
+}
+
+// objectHandle returns the key's handle, finding it again when the login
+// changed since it was found.
+func (k *key) objectHandle(s *session) (p11.ObjectHandle, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	gen := k.p.gen.Load()
+	if k.gen == gen {
+		return k.handle, nil
+	}
+	hs, err := findObjects(k.p.ctx, s, k.template(), 2)
+	if err != nil {
+		return 0, err
+	}
+	switch len(hs) {
+	case 0:
+		// Private objects are invisible without a login: a key that
+		// vanished may only mean the login was lost underneath.
+		if !k.p.loggedIn(s) {
+			return 0, p11.Error(p11.CKR_USER_NOT_LOGGED_IN)
+		}
+		return 0, fmt.Errorf("pkcs11: key %q: %w", k.name, providers.ErrKeyNotFound)
+	case 1:
+	default:
+		return 0, fmt.Errorf("pkcs11: key %q: %w: more than one object matches; name it by id", k.name, providers.ErrInvalidArgument)
+	}
+	k.handle, k.gen = hs[0], gen
+	return k.handle, nil
+}
+
+func (k *key) forget() {
+	k.mu.Lock()
+	k.gen = 0
+	k.mu.Unlock()
+}
+
+func findObjects(ctx *p11.Ctx, s *session, tmpl []*p11.Attribute, max int) ([]p11.ObjectHandle, error) {
+	if err := ctx.FindObjectsInit(s.h, tmpl); err != nil {
+		return nil, err
+	}
+	hs, _, err := ctx.FindObjects(s.h, max)
+	if ferr := ctx.FindObjectsFinal(s.h); err == nil {
+		err = ferr
+	}
+	return hs, err
+}
+
+func (k *key) Name() string { return k.name }
+
+// Supports reports whether the token has the mechanism and the key's type
+// and length allow it.
+func (k *key) Supports(alg providers.Algorithm) bool { return k.algs[alg] }
+
+// keyAlgorithms says which algorithms a key of this type and length can
+// do on this token: a typed HMAC key only its own hash, and no key shorter
+// than the digest (tokens refuse them at C_SignInit).
+func (p *Provider) keyAlgorithms(keyType uint, valueLen int) map[providers.Algorithm]bool {
+	typed := map[uint]providers.Algorithm{
+		p11.CKK_SHA_1_HMAC: providers.SHA1, p11.CKK_SHA224_HMAC: providers.SHA224,
+		p11.CKK_SHA256_HMAC: providers.SHA256, p11.CKK_SHA384_HMAC: providers.SHA384,
+		p11.CKK_SHA512_HMAC: providers.SHA512, p11.CKK_SHA3_224_HMAC: providers.SHA3_224,
+		p11.CKK_SHA3_256_HMAC: providers.SHA3_256, p11.CKK_SHA3_384_HMAC: providers.SHA3_384,
+		p11.CKK_SHA3_512_HMAC: providers.SHA3_512,
+	}
+	out := map[providers.Algorithm]bool{}
+	for _, alg := range p.algs {
+		only, isTyped := typed[keyType]
+		if isTyped && only != alg || !isTyped && keyType != p11.CKK_GENERIC_SECRET {
+			continue
+		}
+		if valueLen > 0 && valueLen < alg.Size() {
+			continue
+		}
+		out[alg] = true
+	}
+	return out
+}
+
+// reference turns what the agent passes (a plain name or a pkcs11: URI)
+// into a label and ID.
+func (p *Provider) reference(ref string) (label string, id []byte, err error) {
+	if !strings.HasPrefix(ref, "pkcs11:") {
+		return ref, nil, nil
+	}
+	u, err := ParseURI(ref)
+	if err != nil {
+		return "", nil, fmt.Errorf("pkcs11: %w: %v", providers.ErrInvalidArgument, err)
+	}
+	if u.Token != "" && p.cfg.TokenLabel != "" && u.Token != p.cfg.TokenLabel {
+		return "", nil, fmt.Errorf("pkcs11: %w: %s names token %q, but provider %q uses token %q", providers.ErrInvalidArgument, ref, u.Token, p.cfg.Name, p.cfg.TokenLabel)
+	}
+	if u.Serial != "" && p.cfg.TokenSerial != "" && u.Serial != p.cfg.TokenSerial {
+		return "", nil, fmt.Errorf("pkcs11: %w: %s names token serial %s, not %s", providers.ErrInvalidArgument, ref, u.Serial, p.cfg.TokenSerial)
+	}
+	return u.Object, u.ID, nil
+}
+
+// Key finds a key by name (its label) or by RFC 7512 URI. Errors wrap
+// ErrKeyNotFound, ErrInvalidArgument or ErrUnavailable.
+func (p *Provider) Key(ctx context.Context, ref string) (providers.Key, error) {
+	p.keysMu.Lock()
+	k := p.keys[ref]
+	p.keysMu.Unlock()
+	if k != nil {
+		return k, nil
+	}
+	label, id, err := p.reference(ref)
+	if err != nil {
+		return nil, err
+	}
+	k = &key{p: p, name: ref, label: label, id: id}
+	err = p.withSession(ctx, func(s *session) error {
+		h, err := k.objectHandle(s)
+		if err != nil {
+			return err
+		}
+		attrs, err := p.ctx.GetAttributeValue(s.h, h, []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_KEY_TYPE, nil),
+			p11.NewAttribute(p11.CKA_VALUE_LEN, nil),
+			p11.NewAttribute(p11.CKA_SIGN, nil),
+		})
+		if err != nil {
+			return err
+		}
+		var keyType uint
+		var valueLen int
+		for _, a := range attrs {
+			switch a.Type {
+			case p11.CKA_KEY_TYPE:
+				keyType = uint(bytesToUint(a.Value))
+			case p11.CKA_VALUE_LEN:
+				valueLen = int(bytesToUint(a.Value))
+			case p11.CKA_SIGN:
+				if len(a.Value) > 0 && a.Value[0] == 0 {
+					return fmt.Errorf("pkcs11: key %q: %w: CKA_SIGN is false", ref, providers.ErrUnsupportedAlgorithm)
+				}
+			}
+		}
+		k.algs = p.keyAlgorithms(keyType, valueLen)
+		return nil
+	})
+	if err != nil {
+		if rv(err) != 0 {
+			return nil, classify("find key "+ref, err)
+		}
+		return nil, err
+	}
+	p.keysMu.Lock()
+	if prev := p.keys[ref]; prev != nil {
+		k = prev
+	} else {
+		p.keys[ref] = k
+	}
+	p.keysMu.Unlock()
+	return k, nil
+}
+
+// bytesToUint reads a CK_ULONG attribute in the host's byte order.
+func bytesToUint(b []byte) uint64 {
+	var v uint64
+	for i := len(b) - 1; i >= 0; i-- {
+		v = v<<8 | uint64(b[i])
+	}
+	return v
+}
+
+// Keys lists the token's secret keys that can sign, by label. Keys with no
+// label are left out; name them by URI with id=.
+func (p *Provider) Keys(ctx context.Context) ([]providers.KeyInfo, error) {
+	var infos []providers.KeyInfo
+	err := p.withSession(ctx, func(s *session) error {
+		infos = infos[:0]
+		hs, err := findObjects(p.ctx, s, []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+			p11.NewAttribute(p11.CKA_SIGN, true),
+		}, 10000)
+		if err != nil {
+			return err
+		}
+		for _, h := range hs {
+			attrs, err := p.ctx.GetAttributeValue(s.h, h, []*p11.Attribute{
+				p11.NewAttribute(p11.CKA_LABEL, nil),
+				p11.NewAttribute(p11.CKA_KEY_TYPE, nil),
+				p11.NewAttribute(p11.CKA_VALUE_LEN, nil),
+			})
+			if err != nil {
+				continue // deleted meanwhile, or unreadable: not ours to list
+			}
+			label := string(attrs[0].Value)
+			algs := p.keyAlgorithms(uint(bytesToUint(attrs[1].Value)), int(bytesToUint(attrs[2].Value)))
+			if label == "" || len(algs) == 0 {
+				continue
+			}
+			info := providers.KeyInfo{Name: label, Provider: p.cfg.Name, Kind: p.Kind()}
+			for _, alg := range p.algs {
+				if algs[alg] {
+					info.Algorithms = append(info.Algorithms, alg)
+				}
+			}
+			infos = append(infos, info)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, classify("list keys", err)
+	}
+	slices.SortFunc(infos, func(a, b providers.KeyInfo) int { return strings.Compare(a.Name, b.Name) })
+	return infos, nil
+}
+
+// keyTemplate is every new key's template: a token object that only signs
+// and verifies and can never be read or wrapped out.
+func keyTemplate(name string) []*p11.Attribute {
+	return []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+		p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_GENERIC_SECRET),
+		p11.NewAttribute(p11.CKA_TOKEN, true),
+		p11.NewAttribute(p11.CKA_PRIVATE, true),
+		p11.NewAttribute(p11.CKA_SENSITIVE, true),
+		p11.NewAttribute(p11.CKA_EXTRACTABLE, false),
+		p11.NewAttribute(p11.CKA_SIGN, true),
+		p11.NewAttribute(p11.CKA_VERIFY, true),
+		p11.NewAttribute(p11.CKA_ENCRYPT, false),
+		p11.NewAttribute(p11.CKA_DECRYPT, false),
+		p11.NewAttribute(p11.CKA_WRAP, false),
+		p11.NewAttribute(p11.CKA_UNWRAP, false),
+		p11.NewAttribute(p11.CKA_DERIVE, false),
+		p11.NewAttribute(p11.CKA_LABEL, name),
+		p11.NewAttribute(p11.CKA_ID, []byte(name)),
+	}
+}
+
+// create runs make on a session after checking the name is free, and
+// returns the new key's info.
+func (p *Provider) create(ctx context.Context, name string, make func(s *session) error) (providers.KeyInfo, error) {
+	if err := providers.CheckKeyName(name); err != nil {
+		return providers.KeyInfo{}, fmt.Errorf("pkcs11: %w", err)
+	}
+	err := p.withSession(ctx, func(s *session) error {
+		hs, err := findObjects(p.ctx, s, []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+			p11.NewAttribute(p11.CKA_LABEL, name),
+		}, 1)
+		if err != nil {
+			return err
+		}
+		if len(hs) > 0 {
+			return fmt.Errorf("pkcs11: %q: %w", name, providers.ErrKeyExists)
+		}
+		return make(s)
+	})
+	if err != nil {
+		if rv(err) != 0 {
+			return providers.KeyInfo{}, classify("create key "+name, err)
+		}
+		return providers.KeyInfo{}, err
+	}
+	p.forgetKey(name)
+	k, err := p.Key(ctx, name)
+	if err != nil {
+		return providers.KeyInfo{}, err
+	}
+	info := providers.KeyInfo{Name: name, Provider: p.cfg.Name, Kind: p.Kind()}
+	for _, alg := range p.algs {
+		if k.Supports(alg) {
+			info.Algorithms = append(info.Algorithms, alg)
+		}
+	}
+	return info, nil
+}
+
+func (p *Provider) forgetKey(name string) {
+	p.keysMu.Lock()
+	delete(p.keys, name)
+	p.keysMu.Unlock()
+}
+
+// GenerateKey creates a key inside the token with CKM_GENERIC_SECRET_KEY_GEN
+// (length 0: DefaultKeyLength, long enough for every mechanism).
+func (p *Provider) GenerateKey(ctx context.Context, name string, length int) (providers.KeyInfo, error) {
+	if length == 0 {
+		length = DefaultKeyLength
+	}
+	if length < 1 || length > maxKeyLength {
+		return providers.KeyInfo{}, fmt.Errorf("pkcs11: key length %d: %w: must be 1 to %d bytes", length, providers.ErrInvalidArgument, maxKeyLength)
+	}
+	return p.create(ctx, name, func(s *session) error {
+		tmpl := append(keyTemplate(name), p11.NewAttribute(p11.CKA_VALUE_LEN, length))
+		_, err := p.ctx.GenerateKey(s.h, []*p11.Mechanism{p11.NewMechanism(p11.CKM_GENERIC_SECRET_KEY_GEN, nil)}, tmpl)
+		return err
+	})
+}
+
+// padKey zero-pads a key shorter than paddedKeyLength. HMAC pads a key
+// with zeros to the hash's block size before use, and every block size is
+// at least 64 bytes, so the padded key gives the same tags with every
+// algorithm, while tokens accept it for every digest size.
+func padKey(secret []byte) []byte {
+	out := make([]byte, max(len(secret), paddedKeyLength))
+	copy(out, secret)
+	return out
+}
+
+// ImportKey stores secret in the token with C_CreateObject, zero-padded to
+// 64 bytes when shorter. The bytes cross into the token once and are not
+// kept.
+func (p *Provider) ImportKey(ctx context.Context, name string, secret []byte) (providers.KeyInfo, error) {
+	if len(secret) > maxKeyLength {
+		return providers.KeyInfo{}, fmt.Errorf("pkcs11: key of %d bytes: %w: at most %d", len(secret), providers.ErrInvalidArgument, maxKeyLength)
+	}
+	value := padKey(secret)
+	defer clear(value)
+	return p.create(ctx, name, func(s *session) error {
+		_, err := p.ctx.CreateObject(s.h, append(keyTemplate(name), p11.NewAttribute(p11.CKA_VALUE, value)))
+		return err
+	})
+}
+
+// ImportWrappedKey unwraps a key wrapped with CKM_AES_KEY_WRAP_PAD (RFC
+// 5649) under an AES key already in the token, named by label or URI, so
+// the key's bytes never pass through the agent. A key shorter than the
+// digest it will be used with must have been zero-padded before wrapping,
+// as ImportKey does.
+func (p *Provider) ImportWrappedKey(ctx context.Context, name, wrappingKey string, wrapped []byte) (providers.KeyInfo, error) {
+	label, id, err := p.reference(wrappingKey)
+	if err != nil {
+		return providers.KeyInfo{}, err
+	}
+	wk := &key{p: p, name: wrappingKey, label: label, id: id}
+	return p.create(ctx, name, func(s *session) error {
+		h, err := wk.objectHandle(s)
+		if err != nil {
+			return err
+		}
+		mech := []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_WRAP_PAD, nil)}
+		_, err = p.ctx.UnwrapKey(s.h, mech, h, wrapped, keyTemplate(name))
+		return err
+	})
+}
+
+// DeleteKey destroys the key the name or URI finds.
+func (p *Provider) DeleteKey(ctx context.Context, ref string) error {
+	label, id, err := p.reference(ref)
+	if err != nil {
+		return err
+	}
+	k := &key{p: p, name: ref, label: label, id: id}
+	err = p.withSession(ctx, func(s *session) error {
+		h, err := k.objectHandle(s)
+		if err != nil {
+			return err
+		}
+		return p.ctx.DestroyObject(s.h, h)
+	})
+	p.forgetKey(ref)
+	if err != nil && rv(err) != 0 {
+		return classify("delete key "+ref, err)
+	}
+	return err
+}

@@ -1,0 +1,363 @@
+//go:build cgo
+
+package pkcs11
+
+import (
+	"context"
+	"crypto/subtle"
+	"fmt"
+	"sync"
+
+	p11 "github.com/miekg/pkcs11"
+
+	"github.com/hmac-agent/hmac-agent/providers"
+)
+
+var (
+	_ providers.MAC             = (*mac)(nil)
+	_ providers.OneShot         = (*key)(nil)
+	_ providers.OneShotVerifier = (*key)(nil)
+)
+
+// inputLog is the input of a context and its copies, kept for replay. It
+// is append-only: a context owns the first n bytes, and may append in
+// place only while it owns all of them; a branch that has diverged copies
+// its prefix into a log of its own first.
+type inputLog struct {
+	mu   sync.Mutex
+	data []byte
+}
+
+// logRef is a context's view of a log.
+type logRef struct {
+	log *inputLog
+	n   int
+}
+
+func (r *logRef) append(p []byte) {
+	r.log.mu.Lock()
+	if r.n == len(r.log.data) {
+		r.log.data = append(r.log.data, p...)
+		r.log.mu.Unlock()
+	} else {
+		prefix := r.log.data[:r.n:r.n]
+		r.log.mu.Unlock()
+		r.log = &inputLog{data: append(append(make([]byte, 0, r.n+len(p)), prefix...), p...)}
+	}
+	r.n += len(p)
+}
+
+// bytes returns the context's input; the slice is never written again.
+func (r *logRef) bytes() []byte {
+	r.log.mu.Lock()
+	defer r.log.mu.Unlock()
+	return r.log.data[:r.n:r.n]
+}
+
+// mac is a context. Until its input passes the buffer size it holds no
+// session: buf collects the input and Finalize signs it with one C_Sign.
+// Past that, it holds sess, on which a C_SignInit operation is active.
+type mac struct {
+	k    *key
+	alg  providers.Algorithm
+	mech uint
+
+	buf  []byte
+	sess *session
+	// log keeps the input for Copy; nil once it outgrew MaxCopyBytes.
+	log     *logRef
+	dropped int64 // input length when the log was dropped
+	done    bool
+}
+
+// NewMAC opens a context. It fails with ErrUnsupportedAlgorithm if the
+// token lacks the mechanism or the key cannot do alg.
+func (k *key) NewMAC(ctx context.Context, alg providers.Algorithm) (providers.MAC, error) {
+	if !k.algs[alg] {
+		return nil, fmt.Errorf("pkcs11: key %q: %w: %s", k.name, providers.ErrUnsupportedAlgorithm, alg)
+	}
+	m := &mac{k: k, alg: alg, mech: k.p.mech[alg]}
+	if k.p.cfg.MaxCopyBytes > 0 {
+		m.log = &logRef{log: &inputLog{}}
+	}
+	return m, nil
+}
+
+func (m *mac) Algorithm() providers.Algorithm { return m.alg }
+
+func (m *mac) mechanism() []*p11.Mechanism {
+	return []*p11.Mechanism{p11.NewMechanism(m.mech, nil)}
+}
+
+// Update appends p. Input beyond the buffer takes a session and streams
+// into the token from then on.
+func (m *mac) Update(ctx context.Context, p []byte) error {
+	if m.done {
+		return providers.ErrAlreadyFinalized
+	}
+	m.keep(p)
+	if m.sess == nil && len(m.buf)+len(p) <= m.k.p.cfg.BufferBytes {
+		m.buf = append(m.buf, p...)
+		return nil
+	}
+	if m.sess == nil {
+		if err := m.start(ctx); err != nil {
+			return err
+		}
+	}
+	return m.call(func(s *session) error { return m.k.p.ctx.SignUpdate(s.h, p) })
+}
+
+// keep logs input for Copy, until the cap.
+func (m *mac) keep(p []byte) {
+	if m.log == nil {
+		m.dropped += int64(len(p))
+		return
+	}
+	if int64(m.log.n+len(p)) > m.k.p.cfg.MaxCopyBytes {
+		m.dropped = int64(m.log.n + len(p))
+		m.log = nil
+		return
+	}
+	m.log.append(p)
+}
+
+// start takes a session, starts a sign operation and feeds it the buffer.
+func (m *mac) start(ctx context.Context) error {
+	p := m.k.p
+	if err := p.enter(); err != nil {
+		return err
+	}
+	defer p.leave()
+	var err error
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		var s *session
+		if s, err = p.pool.get(ctx); err != nil {
+			return err
+		}
+		err = m.signInit(s)
+		if err == nil && len(m.buf) > 0 {
+			err = p.ctx.SignUpdate(s.h, m.buf)
+		}
+		if err == nil {
+			m.sess, m.buf = s, nil
+			return nil
+		}
+		m.cancel(s)
+		p.pool.put(s, err)
+		if !p.recover(err) {
+			break
+		}
+	}
+	return m.failed("start", err)
+}
+
+func (m *mac) signInit(s *session) error {
+	h, err := m.k.objectHandle(s)
+	if err != nil {
+		return err
+	}
+	return m.k.p.ctx.SignInit(s.h, m.mechanism(), h)
+}
+
+// cancel ends whatever operation may be active on s, so the session can
+// go back to the pool. A session where that fails is closed by put.
+func (m *mac) cancel(s *session) {
+	m.k.p.ctx.SignFinal(s.h)
+}
+
+// call runs f on the context's session. If the session broke, the
+// operation is gone with it: the context is lost.
+func (m *mac) call(f func(s *session) error) error {
+	p := m.k.p
+	if err := p.enter(); err != nil {
+		return err
+	}
+	defer p.leave()
+	err := f(m.sess)
+	if err != nil {
+		m.releaseSession(err)
+		m.done = true
+		if notLoggedIn(err) {
+			p.login()
+		}
+		return m.failed("update", err)
+	}
+	return nil
+}
+
+func (m *mac) failed(op string, err error) error {
+	if sessionBroken(err) || notLoggedIn(err) {
+		return fmt.Errorf("pkcs11: key %q: %s: %w: the token session was lost (%w)", m.k.name, op, providers.ErrContextLost, err)
+	}
+	if rv(err) != 0 {
+		return classify(fmt.Sprintf("key %q: %s", m.k.name, op), err)
+	}
+	return err
+}
+
+func (m *mac) releaseSession(err error) {
+	if m.sess != nil {
+		if err == nil || !sessionBroken(err) {
+			m.cancel(m.sess)
+		}
+		m.k.p.pool.put(m.sess, err)
+		m.sess = nil
+	}
+}
+
+// Copy returns an independent context. The token cannot clone an
+// operation, so the copy replays the input kept so far: at once if the
+// original streams, else when it outgrows the buffer itself.
+func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
+	if m.done {
+		return nil, providers.ErrAlreadyFinalized
+	}
+	if m.log == nil {
+		return nil, providers.Publicf(providers.ErrLimit,
+			"cannot copy: the context has had %d bytes of input and only %d are kept for copies (max_copy_bytes)",
+			m.dropped, m.k.p.cfg.MaxCopyBytes)
+	}
+	c := &mac{k: m.k, alg: m.alg, mech: m.mech, log: &logRef{log: m.log.log, n: m.log.n}}
+	input := m.log.bytes()
+	if len(input) <= m.k.p.cfg.BufferBytes {
+		c.buf = append([]byte(nil), input...)
+		return c, nil
+	}
+	c.buf = input
+	if err := c.start(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Finalize signs: one C_Sign of the buffer, or C_SignFinal when streaming.
+func (m *mac) Finalize(ctx context.Context) ([]byte, error) {
+	if m.done {
+		return nil, providers.ErrAlreadyFinalized
+	}
+	m.done = true
+	m.log = nil
+	if m.sess != nil {
+		var tag []byte
+		err := m.call(func(s *session) error {
+			var err error
+			tag, err = m.k.p.ctx.SignFinal(s.h)
+			return err
+		})
+		if err == nil {
+			m.k.p.pool.put(m.sess, nil) // SignFinal ended the operation
+			m.sess = nil
+		}
+		return tag, err
+	}
+	tag, err := m.k.sign(ctx, m.mech, m.buf)
+	clear(m.buf)
+	m.buf = nil
+	return tag, err
+}
+
+// Verify checks tag inside the token with C_VerifyInit and C_Verify when
+// the input was buffered. A context that streams has a sign operation
+// active, which cannot turn into a verify: its tag is compared here, in
+// constant time.
+func (m *mac) Verify(ctx context.Context, tag []byte) error {
+	if m.done {
+		return providers.ErrAlreadyFinalized
+	}
+	if m.sess != nil {
+		sum, err := m.Finalize(ctx)
+		if err != nil {
+			return err
+		}
+		if subtle.ConstantTimeCompare(sum, tag) != 1 {
+			return providers.ErrInvalidSignature
+		}
+		return nil
+	}
+	m.done = true
+	m.log = nil
+	err := m.k.VerifyMAC(ctx, m.alg, m.buf, tag)
+	m.buf = nil
+	return err
+}
+
+// Close abandons the context and gives its session back.
+func (m *mac) Close() {
+	if m.done && m.sess == nil {
+		return
+	}
+	m.done = true
+	m.log = nil
+	m.buf = nil
+	if m.sess != nil {
+		if m.k.p.enter() == nil {
+			m.releaseSession(nil)
+			m.k.p.leave()
+		}
+		m.sess = nil
+	}
+}
+
+// sign computes a whole tag with one C_SignInit and C_Sign.
+func (k *key) sign(ctx context.Context, mech uint, data []byte) ([]byte, error) {
+	var tag []byte
+	err := k.p.withSession(ctx, func(s *session) error {
+		h, err := k.objectHandle(s)
+		if err != nil {
+			return err
+		}
+		if err := k.p.ctx.SignInit(s.h, []*p11.Mechanism{p11.NewMechanism(mech, nil)}, h); err != nil {
+			return err
+		}
+		tag, err = k.p.ctx.Sign(s.h, data)
+		return err
+	})
+	if err != nil && rv(err) != 0 {
+		return nil, classify(fmt.Sprintf("key %q: sign", k.name), err)
+	}
+	return tag, err
+}
+
+// SumMAC is the one-shot MAC: one session, C_SignInit and C_Sign.
+func (k *key) SumMAC(ctx context.Context, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
+	if !k.algs[alg] {
+		return nil, fmt.Errorf("pkcs11: key %q: %w: %s", k.name, providers.ErrUnsupportedAlgorithm, alg)
+	}
+	tag, err := k.sign(ctx, k.p.mech[alg], data)
+	if err != nil {
+		return nil, err
+	}
+	return append(dst, tag...), nil
+}
+
+// VerifyMAC checks a tag inside the token: C_VerifyInit and C_Verify. A
+// tag of the wrong length is refused without asking the token.
+func (k *key) VerifyMAC(ctx context.Context, alg providers.Algorithm, data, tag []byte) error {
+	if !k.algs[alg] {
+		return fmt.Errorf("pkcs11: key %q: %w: %s", k.name, providers.ErrUnsupportedAlgorithm, alg)
+	}
+	if len(tag) != alg.Size() {
+		return providers.ErrInvalidSignature
+	}
+	mech := []*p11.Mechanism{p11.NewMechanism(k.p.mech[alg], nil)}
+	err := k.p.withSession(ctx, func(s *session) error {
+		h, err := k.objectHandle(s)
+		if err != nil {
+			return err
+		}
+		if err := k.p.ctx.VerifyInit(s.h, mech, h); err != nil {
+			return err
+		}
+		return k.p.ctx.Verify(s.h, data, tag)
+	})
+	switch {
+	case err == nil:
+		return nil
+	case rv(err) == p11.CKR_SIGNATURE_INVALID || rv(err) == p11.CKR_SIGNATURE_LEN_RANGE:
+		return providers.ErrInvalidSignature
+	case rv(err) != 0:
+		return classify(fmt.Sprintf("key %q: verify", k.name), err)
+	}
+	return err
+}

@@ -1,0 +1,255 @@
+//go:build cgo
+
+package pkcs11
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	p11 "github.com/miekg/pkcs11"
+
+	"github.com/hmac-agent/hmac-agent/providers"
+)
+
+// mechanisms maps algorithms to HMAC mechanisms. Which the token has is
+// asked with C_GetMechanismList, never assumed.
+var mechanisms = map[providers.Algorithm]uint{
+	providers.SHA1:       p11.CKM_SHA_1_HMAC,
+	providers.SHA224:     p11.CKM_SHA224_HMAC,
+	providers.SHA256:     p11.CKM_SHA256_HMAC,
+	providers.SHA384:     p11.CKM_SHA384_HMAC,
+	providers.SHA512:     p11.CKM_SHA512_HMAC,
+	providers.SHA512_224: p11.CKM_SHA512_224_HMAC,
+	providers.SHA512_256: p11.CKM_SHA512_256_HMAC,
+	providers.SHA3_224:   p11.CKM_SHA3_224_HMAC,
+	providers.SHA3_256:   p11.CKM_SHA3_256_HMAC,
+	providers.SHA3_384:   p11.CKM_SHA3_384_HMAC,
+	providers.SHA3_512:   p11.CKM_SHA3_512_HMAC,
+}
+
+// Provider is a PKCS#11 token. Create it with [Open].
+type Provider struct {
+	cfg  Config
+	mod  *module
+	ctx  *p11.Ctx
+	slot uint
+
+	algs []providers.Algorithm // the token's HMAC mechanisms
+	mech map[providers.Algorithm]uint
+
+	// calls is held shared by every call into the module and exclusively
+	// by Close, which finalizes the module: a call in flight during
+	// C_Finalize crashes the process.
+	calls  sync.RWMutex
+	closed bool
+
+	pool *pool
+
+	loginMu sync.Mutex
+	// gen counts logins; object handles found under an older login are
+	// looked up again.
+	gen atomic.Uint64
+
+	keysMu sync.Mutex
+	keys   map[string]*key // by reference (name or URI)
+
+	// noOpState is set once the token says it cannot save operation
+	// state; Copy then always replays.
+	noOpState atomic.Bool
+}
+
+var (
+	_ providers.Provider  = (*Provider)(nil)
+	_ providers.Generator = (*Provider)(nil)
+	_ providers.Importer  = (*Provider)(nil)
+	_ providers.Deleter   = (*Provider)(nil)
+)
+
+// Open loads the module, finds the token, logs in and reads the token's
+// HMAC mechanisms. A wrong PIN is ErrPermissionDenied.
+func Open(ctx context.Context, cfg Config) (*Provider, error) {
+	cfg.fill()
+	if cfg.TokenLabel == "" && cfg.TokenSerial == "" {
+		return nil, fmt.Errorf("pkcs11: no token label or serial configured")
+	}
+	mod, err := openModule(cfg.Module)
+	if err != nil {
+		return nil, err
+	}
+	p := &Provider{cfg: cfg, mod: mod, ctx: mod.ctx, keys: map[string]*key{}}
+	p.cfg.PIN = bytes.Clone(cfg.PIN)
+	if err := p.findToken(); err != nil {
+		mod.release()
+		return nil, err
+	}
+	p.pool = newPool(p, cfg.Sessions, cfg.SessionWait)
+	if err := p.login(); err != nil {
+		p.pool.closeAll()
+		mod.release()
+		return nil, err
+	}
+	if err := p.readMechanisms(); err != nil {
+		p.pool.closeAll()
+		mod.release()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Provider) findToken() error {
+	slots, err := p.ctx.GetSlotList(true)
+	if err != nil {
+		return fmt.Errorf("pkcs11: list slots: %w", err)
+	}
+	var seen []string
+	for _, s := range slots {
+		ti, err := p.ctx.GetTokenInfo(s)
+		if err != nil {
+			continue
+		}
+		label, serial := strings.TrimRight(ti.Label, " \x00"), strings.TrimRight(ti.SerialNumber, " \x00")
+		seen = append(seen, fmt.Sprintf("%q (serial %s)", label, serial))
+		if (p.cfg.TokenLabel == "" || label == p.cfg.TokenLabel) && (p.cfg.TokenSerial == "" || serial == p.cfg.TokenSerial) {
+			p.slot = s
+			return nil
+		}
+	}
+	want := "label " + fmt.Sprintf("%q", p.cfg.TokenLabel)
+	if p.cfg.TokenSerial != "" {
+		want = "serial " + p.cfg.TokenSerial
+	}
+	return fmt.Errorf("pkcs11: %w: no token with %s in %s (tokens: %s)", providers.ErrUnavailable, want, p.cfg.Module, strings.Join(seen, ", "))
+}
+
+// login logs the application in; login is per application, not per
+// session, so one session serves. "Already logged in" is success.
+func (p *Provider) login() error {
+	p.loginMu.Lock()
+	defer p.loginMu.Unlock()
+	s, err := p.pool.get(context.Background())
+	if err != nil {
+		return err
+	}
+	err = p.ctx.Login(s.h, p11.CKU_USER, string(p.cfg.PIN))
+	if err != nil && rv(err) != p11.CKR_USER_ALREADY_LOGGED_IN {
+		p.pool.put(s, err)
+		return classify("login", err)
+	}
+	p.gen.Add(1)
+	p.pool.put(s, nil)
+	return nil
+}
+
+// loggedIn reports whether the session sees the user's login.
+func (p *Provider) loggedIn(s *session) bool {
+	info, err := p.ctx.GetSessionInfo(s.h)
+	return err == nil && (info.State == p11.CKS_RO_USER_FUNCTIONS || info.State == p11.CKS_RW_USER_FUNCTIONS)
+}
+
+func (p *Provider) readMechanisms() error {
+	list, err := p.ctx.GetMechanismList(p.slot)
+	if err != nil {
+		return fmt.Errorf("pkcs11: mechanism list: %w", err)
+	}
+	have := map[uint]bool{}
+	for _, m := range list {
+		have[m.Mechanism] = true
+	}
+	p.mech = map[providers.Algorithm]uint{}
+	for _, alg := range providers.Algorithms() {
+		if m := mechanisms[alg]; have[m] {
+			p.mech[alg] = m
+			p.algs = append(p.algs, alg)
+		}
+	}
+	if len(p.algs) == 0 {
+		return fmt.Errorf("pkcs11: token has no HMAC mechanism")
+	}
+	return nil
+}
+
+// Name returns the provider's configured name.
+func (p *Provider) Name() string { return p.cfg.Name }
+
+// Kind returns "pkcs11".
+func (p *Provider) Kind() string { return "pkcs11" }
+
+// Algorithms lists the HMAC algorithms the token offers.
+func (p *Provider) Algorithms() []providers.Algorithm { return p.algs }
+
+// enter starts a call into the module; leave must follow.
+func (p *Provider) enter() error {
+	p.calls.RLock()
+	if p.closed {
+		p.calls.RUnlock()
+		return fmt.Errorf("pkcs11: %w", providers.ErrClosed)
+	}
+	return nil
+}
+
+func (p *Provider) leave() { p.calls.RUnlock() }
+
+// withSession runs f on a pooled session, retrying on a fresh session when
+// it failed because the session broke, the login was lost or a key handle
+// went stale. One fault can reveal the next (a closed session, then the
+// lost login behind it), so up to maxAttempts. f must be safe to rerun.
+func (p *Provider) withSession(ctx context.Context, f func(s *session) error) error {
+	if err := p.enter(); err != nil {
+		return err
+	}
+	defer p.leave()
+	var err error
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		var s *session
+		s, err = p.pool.get(ctx)
+		if err != nil {
+			return err
+		}
+		err = f(s)
+		p.pool.put(s, err)
+		if err == nil || !p.recover(err) {
+			return err
+		}
+	}
+	return err
+}
+
+const maxAttempts = 3
+
+// recover repairs what err says is broken and reports whether a retry may
+// succeed.
+func (p *Provider) recover(err error) bool {
+	switch {
+	case notLoggedIn(err):
+		return p.login() == nil
+	case sessionBroken(err):
+		return true
+	case handleStale(err):
+		p.keysMu.Lock()
+		for _, k := range p.keys {
+			k.forget()
+		}
+		p.keysMu.Unlock()
+		return true
+	}
+	return false
+}
+
+// Close waits for calls in flight, logs out, closes every session and
+// finalizes the module if no other provider uses it.
+func (p *Provider) Close() error {
+	p.calls.Lock()
+	defer p.calls.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	p.pool.closeAll()
+	clear(p.cfg.PIN)
+	p.mod.release()
+	return nil
+}

@@ -1,0 +1,115 @@
+//go:build cgo
+
+package pkcs11_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
+	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
+)
+
+// recoveryRig is an agent with a token provider and a software key beside
+// it, and a client; the token's keys are "a" and "b".
+type recoveryRig struct {
+	p       *pkcs11.Provider
+	d       *directToken
+	c       *client.Client
+	secretA []byte
+}
+
+func newRecoveryRig(t *testing.T) *recoveryRig {
+	p, tok := newToken(t, func(c *pkcs11.Config) { c.BufferBytes = 64 })
+	ctx := context.Background()
+	r := &recoveryRig{p: p, secretA: []byte("recovery-key-a")}
+	p.ImportKey(ctx, "a", r.secretA)
+	p.ImportKey(ctx, "b", []byte("recovery-key-b"))
+	a := agenttest.Start(t, agenttest.Options{Providers: []providers.Provider{p}})
+	a.Soft.ImportKey(ctx, "soft-key", []byte("software"))
+	c, err := client.Dial(ctx, a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	r.c = c
+	r.d = direct(t, tok)
+	// Warm up: sessions open, handles cached.
+	for _, k := range []string{"a", "b", "soft-key"} {
+		if _, err := c.MAC(ctx, k, client.SHA256, []byte("warm")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r
+}
+
+func (r *recoveryRig) check(t *testing.T, what string) {
+	t.Helper()
+	ctx := context.Background()
+	tag, err := r.c.MAC(ctx, "a", client.SHA256, []byte("after"))
+	if err != nil || !bytes.Equal(tag, reference(providers.SHA256, r.secretA, []byte("after"))) {
+		t.Errorf("%s: MAC on the token: %x %v", what, tag, err)
+	}
+	if err := r.c.VerifyMAC(ctx, "a", client.SHA256, []byte("after"), tag); err != nil {
+		t.Errorf("%s: VerifyMAC on the token: %v", what, err)
+	}
+	if _, err := r.c.MAC(ctx, "soft-key", client.SHA256, []byte("after")); err != nil {
+		t.Errorf("%s: the software key: %v", what, err)
+	}
+}
+
+// streaming opens a context that holds a session.
+func (r *recoveryRig) streaming(t *testing.T) *client.HMAC {
+	t.Helper()
+	h, err := r.c.New(context.Background(), "a", client.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Update(make([]byte, 1000))
+	if _, err := h.Copy(context.Background()); err != nil { // a round trip: the update has run
+		t.Fatal(err)
+	}
+	return h
+}
+
+func TestRecoverAllSessionsClosed(t *testing.T) {
+	r := newRecoveryRig(t)
+	cut := r.streaming(t)
+	buffered, _ := r.c.New(context.Background(), "a", client.SHA256)
+	buffered.Update([]byte("small"))
+	// Closing every session of the application also logs it out.
+	if err := r.d.ctx.CloseAllSessions(r.d.slot); err != nil {
+		t.Fatal(err)
+	}
+	_, err := cut.Finalize(context.Background())
+	if !errors.Is(err, client.ErrContextLost) {
+		t.Errorf("streaming context cut underneath: %v, want ErrContextLost", err)
+	}
+	r.check(t, "after C_CloseAllSessions")
+	if tag, err := buffered.Finalize(context.Background()); err != nil || !bytes.Equal(tag, reference(providers.SHA256, r.secretA, []byte("small"))) {
+		t.Errorf("a buffered context lives through it: %x %v", tag, err)
+	}
+}
+
+func TestRecoverLogout(t *testing.T) {
+	r := newRecoveryRig(t)
+	if err := r.d.ctx.Logout(r.d.s); err != nil {
+		t.Fatal(err)
+	}
+	r.check(t, "after C_Logout")
+}
+
+func TestKeyDeletedUnderneath(t *testing.T) {
+	r := newRecoveryRig(t)
+	if err := r.d.ctx.DestroyObject(r.d.s, r.d.find("b")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.c.MAC(context.Background(), "b", client.SHA256, nil); !errors.Is(err, client.ErrKeyNotFound) {
+		t.Errorf("deleted key: %v, want ErrKeyNotFound", err)
+	}
+	r.check(t, "after deleting another key")
+}
