@@ -268,16 +268,24 @@ func (c *conn) manage(m *wire.Message) {
 	c.reply(&wire.Message{Type: wire.TypeData, ID: m.ID, Data: data})
 }
 
-// own copies the byte fields of m out of the frame buffer, for a request
-// that runs after the reader has moved on.
-func own(m *wire.Message) *wire.Message {
-	o := *m
+// own makes m's byte fields outlive the frame, for a request that runs
+// after the reader has moved on. A large frame is handed over whole
+// instead of copied: streaming to a device would otherwise copy every
+// byte once more.
+//
+// done must be called when the request has run.
+func (c *conn) own(m *wire.Message) (o *wire.Message, done func()) {
+	o = new(wire.Message)
+	*o = *m
+	if body := c.fr.Take(); body != nil {
+		return o, func() { wire.Recycle(body) }
+	}
 	o.Key = append([]byte(nil), m.Key...)
 	o.Provider = append([]byte(nil), m.Provider...)
 	o.Wrapping = append([]byte(nil), m.Wrapping...)
 	o.Tag = append([]byte(nil), m.Tag...)
 	o.Data = append([]byte(nil), m.Data...)
-	return &o
+	return o, func() {}
 }
 
 // acquire takes an in-flight token, flushing first: a reader about to
@@ -299,10 +307,11 @@ func (c *conn) releaseToken() {
 
 func (c *conn) goAsync(m *wire.Message, run func(*wire.Message)) {
 	c.acquire()
-	o := own(m)
+	o, done := c.own(m)
 	go func() {
 		defer c.releaseToken()
 		run(o)
+		done()
 		c.flush()
 	}()
 }
@@ -311,7 +320,7 @@ func (c *conn) goAsync(m *wire.Message, run func(*wire.Message)) {
 // queue (and, for COPY, the new context's) as needed.
 func (c *conn) enqueue(m *wire.Message) {
 	c.acquire()
-	o := own(m)
+	o, done := c.own(m)
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	q := c.queueLocked(o.Context)
@@ -324,6 +333,7 @@ func (c *conn) enqueue(m *wire.Message) {
 	}
 	q.ops = append(q.ops, func() {
 		err := c.contextOp(o, q)
+		done()
 		c.qmu.Lock()
 		switch o.Type {
 		case wire.TypeOpen:

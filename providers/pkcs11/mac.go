@@ -19,13 +19,15 @@ var (
 	_ providers.OneShotVerifier = (*key)(nil)
 )
 
-// inputLog is the input of a context and its copies, kept for replay. It
-// is append-only: a context owns the first n bytes, and may append in
-// place only while it owns all of them; a branch that has diverged copies
-// its prefix into a log of its own first.
+// inputLog is the input of a context and its copies, kept for replay, as
+// chunks that are never written once appended. A context owns the first n
+// bytes; it appends in place only while it owns them all. A branch that
+// has diverged starts a log of its own that shares the chunks of its
+// prefix, so forking copies no data.
 type inputLog struct {
-	mu   sync.Mutex
-	data []byte
+	mu     sync.Mutex
+	chunks [][]byte
+	total  int
 }
 
 // logRef is a context's view of a log.
@@ -35,23 +37,43 @@ type logRef struct {
 }
 
 func (r *logRef) append(p []byte) {
+	chunk := append([]byte(nil), p...)
 	r.log.mu.Lock()
-	if r.n == len(r.log.data) {
-		r.log.data = append(r.log.data, p...)
+	if r.n == r.log.total {
+		r.log.chunks = append(r.log.chunks, chunk)
+		r.log.total += len(chunk)
 		r.log.mu.Unlock()
 	} else {
-		prefix := r.log.data[:r.n:r.n]
+		prefix := r.prefixLocked()
 		r.log.mu.Unlock()
-		r.log = &inputLog{data: append(append(make([]byte, 0, r.n+len(p)), prefix...), p...)}
+		r.log = &inputLog{chunks: append(prefix, chunk), total: r.n + len(chunk)}
 	}
 	r.n += len(p)
 }
 
-// bytes returns the context's input; the slice is never written again.
-func (r *logRef) bytes() []byte {
+// prefixLocked returns the chunks holding the first n bytes, the last cut
+// short if need be.
+func (r *logRef) prefixLocked() [][]byte {
+	var out [][]byte
+	left := r.n
+	for _, c := range r.log.chunks {
+		if left == 0 {
+			break
+		}
+		if len(c) > left {
+			c = c[:left:left]
+		}
+		out = append(out, c)
+		left -= len(c)
+	}
+	return out
+}
+
+// chunks returns the context's input; the chunks are never written again.
+func (r *logRef) chunks() [][]byte {
 	r.log.mu.Lock()
 	defer r.log.mu.Unlock()
-	return r.log.data[:r.n:r.n]
+	return r.prefixLocked()
 }
 
 // mac is a context. Until its input passes the buffer size it holds no
@@ -62,8 +84,11 @@ type mac struct {
 	alg  providers.Algorithm
 	mech uint
 
-	buf  []byte
-	sess *session
+	buf []byte
+	// replay is input to feed a new operation before buf: a copy's
+	// inherited input, when too long to buffer.
+	replay [][]byte
+	sess   *session
 	// log keeps the input for Copy; nil once it outgrew MaxCopyBytes.
 	log     *logRef
 	dropped int64 // input length when the log was dropped
@@ -136,11 +161,17 @@ func (m *mac) start(ctx context.Context) error {
 			return err
 		}
 		err = m.signInit(s)
+		for _, c := range m.replay {
+			if err != nil {
+				break
+			}
+			err = p.ctx.SignUpdate(s.h, c)
+		}
 		if err == nil && len(m.buf) > 0 {
 			err = p.ctx.SignUpdate(s.h, m.buf)
 		}
 		if err == nil {
-			m.sess, m.buf = s, nil
+			m.sess, m.buf, m.replay = s, nil, nil
 			return nil
 		}
 		m.cancel(s)
@@ -219,12 +250,14 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 			m.dropped, m.k.p.cfg.MaxCopyBytes)
 	}
 	c := &mac{k: m.k, alg: m.alg, mech: m.mech, log: &logRef{log: m.log.log, n: m.log.n}}
-	input := m.log.bytes()
-	if len(input) <= m.k.p.cfg.BufferBytes {
-		c.buf = append([]byte(nil), input...)
+	input := m.log.chunks()
+	if m.log.n <= m.k.p.cfg.BufferBytes {
+		for _, chunk := range input {
+			c.buf = append(c.buf, chunk...)
+		}
 		return c, nil
 	}
-	c.buf = input
+	c.replay = input
 	if err := c.start(ctx); err != nil {
 		return nil, err
 	}
@@ -289,7 +322,7 @@ func (m *mac) Close() {
 	}
 	m.done = true
 	m.log = nil
-	m.buf = nil
+	m.buf, m.replay = nil, nil
 	if m.sess != nil {
 		if m.k.p.enter() == nil {
 			m.releaseSession(nil)

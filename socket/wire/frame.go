@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // Framing errors. After ErrEmptyFrame the stream is still in step and the
@@ -20,10 +21,11 @@ var (
 // buffer is returned in place, without a copy; a larger one is read into a
 // scratch buffer that is reused.
 type FrameReader struct {
-	r       *bufio.Reader
-	max     int
-	scratch []byte
-	peeked  int // bytes of the previous frame still to discard
+	r         *bufio.Reader
+	max       int
+	scratch   []byte
+	peeked    int  // bytes of the previous frame still to discard
+	inScratch bool // the last frame is in scratch, not in the bufio buffer
 }
 
 // NewFrameReader reads frames of at most max body bytes from r.
@@ -61,6 +63,7 @@ func (f *FrameReader) Next() ([]byte, error) {
 	case n > f.max:
 		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrFrameTooLarge, n, f.max)
 	}
+	f.inScratch = false
 	if n <= f.r.Size() {
 		body, err := f.r.Peek(n)
 		if err != nil {
@@ -69,8 +72,9 @@ func (f *FrameReader) Next() ([]byte, error) {
 		f.peeked = n
 		return body, nil
 	}
+	f.inScratch = true
 	if cap(f.scratch) < n {
-		f.scratch = make([]byte, n)
+		f.scratch = getBuffer(n)
 	}
 	body := f.scratch[:n]
 	if _, err := io.ReadFull(f.r, body); err != nil {
@@ -84,4 +88,35 @@ func unexpected(err error) error {
 		return io.ErrUnexpectedEOF
 	}
 	return err
+}
+
+// Take hands over the last frame's body, if it was read into the scratch
+// buffer, so that a caller keeping it past the next Next need not copy it;
+// the caller gives it back with Recycle when done. It returns nil when the
+// body lies in the shared read buffer and must be copied.
+func (f *FrameReader) Take() []byte {
+	if !f.inScratch {
+		return nil
+	}
+	b := f.scratch
+	f.scratch, f.inScratch = nil, false
+	return b
+}
+
+// buffers recycles large frame bodies: streaming hands one over per
+// frame, and zeroing a fresh one each time costs as much as copying.
+var buffers sync.Pool
+
+func getBuffer(n int) []byte {
+	if b, ok := buffers.Get().(*[]byte); ok && cap(*b) >= n {
+		return (*b)[:n]
+	}
+	return make([]byte, n)
+}
+
+// Recycle returns a body obtained from Take. The caller must not use it
+// afterwards.
+func Recycle(b []byte) {
+	b = b[:0]
+	buffers.Put(&b)
 }
