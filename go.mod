@@ -10,6 +10,7 @@ require (
 )
 
 require (
+	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
 	github.com/miekg/pkcs11 v1.1.2 // indirect
 	github.com/spf13/pflag v1.0.9 // indirect
