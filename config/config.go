@@ -71,8 +71,9 @@ type Provider struct {
 	MaxCopyBytes int64    `toml:"max_copy_bytes"`
 
 	// tpm
-	Device   string `toml:"device"`
-	StateDir string `toml:"state_dir"`
+	Device   string `toml:"device"`    // /dev/tpmrm0, unix:/path or tcp:host:port
+	StateDir string `toml:"state_dir"` // key blobs
+	Slots    int    `toml:"slots"`     // objects the TPM holds at once (default 3)
 }
 
 // Key names a key and says who may use it.
@@ -226,6 +227,11 @@ func (c *Config) Validate() error {
 			}
 			if p.StateDir == "" {
 				bad(f+".state_dir", "required for a tpm provider")
+			} else if !filepath.IsAbs(p.StateDir) {
+				bad(f+".state_dir", "must be an absolute path, not %q", p.StateDir)
+			}
+			if p.Slots < 0 {
+				bad(f+".slots", "must not be negative")
 			}
 		case "":
 			bad(f+".type", "required: software, pkcs11 or tpm")

@@ -6,6 +6,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,6 +38,15 @@ func TestScripts(t *testing.T) {
 			env.Setenv("HMAC_AGENT_SOCK", filepath.Join(dir, "run", "agent.sock"))
 			env.Setenv("XDG_STATE_HOME", filepath.Join(env.WorkDir, "state"))
 			env.Setenv("XDG_RUNTIME_DIR", filepath.Join(dir, "xdg"))
+			// A script that fails halfway must not leave its swtpm
+			// running.
+			env.Defer(func() {
+				if b, err := os.ReadFile(filepath.Join(env.WorkDir, "tpm", "pid")); err == nil {
+					if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+						syscall.Kill(pid, syscall.SIGKILL)
+					}
+				}
+			})
 			return nil
 		},
 		// [ci] is true when CI is set: tests that need SoftHSM2 or swtpm

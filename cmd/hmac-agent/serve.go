@@ -18,6 +18,7 @@ import (
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
 	"github.com/hmac-agent/hmac-agent/providers/software"
+	"github.com/hmac-agent/hmac-agent/providers/tpm"
 	"github.com/hmac-agent/hmac-agent/socket"
 )
 
@@ -204,6 +205,13 @@ func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (pr
 			return nil, err
 		}
 		log.Info("pkcs11 token ready", "provider", pc.Name, "token", pc.TokenLabel, "algorithms", fmt.Sprint(p.Algorithms()))
+		return p, nil
+	case "tpm":
+		p, err := tpm.Open(ctx, tpm.Config{Name: pc.Name, Device: pc.Device, StateDir: pc.StateDir, Slots: pc.Slots})
+		if err != nil {
+			return nil, err
+		}
+		log.Info("tpm ready", "provider", pc.Name, "device", pc.Device, "algorithms", fmt.Sprint(p.Algorithms()))
 		return p, nil
 	}
 	return nil, errors.New("provider type " + pc.Type + " is not available in this build")

@@ -1,0 +1,336 @@
+package tpm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/hmac-agent/hmac-agent/internal/privfile"
+	"github.com/hmac-agent/hmac-agent/providers"
+)
+
+// blob is one TPM object of a key, as stored on disk: enough to load it
+// under the storage key, and the auth value that unlocks it.
+type blob struct {
+	Version int       `json:"version"`
+	Created time.Time `json:"created"`
+	Public  []byte    `json:"public"`  // TPMT_PUBLIC
+	Private []byte    `json:"private"` // TPM2B_PRIVATE's buffer
+	Auth    []byte    `json:"auth"`
+}
+
+// key is a named key: one object per algorithm it was made for.
+type key struct {
+	p       *Provider
+	name    string
+	created time.Time
+	// objs is fixed once the key is published; the objects' fields are
+	// guarded by the provider's mu.
+	objs map[providers.Algorithm]*object
+}
+
+var (
+	_ providers.Key     = (*key)(nil)
+	_ providers.OneShot = (*key)(nil)
+)
+
+func (k *key) Name() string { return k.name }
+
+// Supports reports whether the key has an object for alg.
+func (k *key) Supports(alg providers.Algorithm) bool { _, ok := k.objs[alg]; return ok }
+
+func (k *key) algorithms() []providers.Algorithm {
+	var out []providers.Algorithm
+	for _, a := range providers.Algorithms() {
+		if k.Supports(a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func (k *key) destroy() {
+	for _, o := range k.objs {
+		clear(o.blob.Auth)
+	}
+}
+
+func (p *Provider) blobPath(name string, alg providers.Algorithm) string {
+	return filepath.Join(p.keysDir, name, alg.String()+".json")
+}
+
+// readKeys loads every key's blobs from the state directory. A loose or
+// corrupt file stops the agent, naming the file.
+func (p *Provider) readKeys() error {
+	entries, err := os.ReadDir(p.keysDir)
+	if err != nil {
+		return fmt.Errorf("tpm: %w", err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		k, err := p.readKey(e.Name())
+		if err != nil {
+			return err
+		}
+		if len(k.objs) > 0 {
+			p.keys[k.name] = k
+		}
+	}
+	return nil
+}
+
+func (p *Provider) readKey(name string) (*key, error) {
+	dir := filepath.Join(p.keysDir, name)
+	info, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("tpm: %w", err)
+	}
+	if err := privfile.Check(dir, info, true); err != nil {
+		return nil, fmt.Errorf("tpm: %w", err)
+	}
+	k := &key{p: p, name: name, objs: map[providers.Algorithm]*object{}}
+	for _, alg := range providers.Algorithms() {
+		path := p.blobPath(name, alg)
+		data, err := privfile.Read(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("tpm: %w", err)
+		}
+		var b blob
+		if err := json.Unmarshal(data, &b); err != nil || b.Version != 1 {
+			return nil, fmt.Errorf("tpm: %s: not a key blob file (%v)", path, err)
+		}
+		k.created = b.Created
+		k.objs[alg] = &object{kind: objKey, blob: &b, label: fmt.Sprintf("%q (%s)", name, alg)}
+	}
+	return k, nil
+}
+
+// Key returns the named key or an error wrapping ErrKeyNotFound.
+func (p *Provider) Key(ctx context.Context, name string) (providers.Key, error) {
+	p.keysMu.RLock()
+	defer p.keysMu.RUnlock()
+	k, ok := p.keys[name]
+	if !ok {
+		return nil, fmt.Errorf("tpm: %q: %w", name, providers.ErrKeyNotFound)
+	}
+	return k, nil
+}
+
+// Keys lists the keys with the algorithms each has an object for.
+func (p *Provider) Keys(ctx context.Context) ([]providers.KeyInfo, error) {
+	p.keysMu.RLock()
+	defer p.keysMu.RUnlock()
+	var out []providers.KeyInfo
+	for _, k := range p.keys {
+		out = append(out, providers.KeyInfo{Name: k.name, Provider: p.cfg.Name, Kind: p.Kind(), Algorithms: k.algorithms(), Created: k.created})
+	}
+	slices.SortFunc(out, func(a, b providers.KeyInfo) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// hmacTemplate is the public area of an HMAC key for alg.
+func hmacTemplate(alg providers.Algorithm, attrs tpm2.TPMAObject) tpm2.TPMTPublic {
+	attrs.SignEncrypt, attrs.UserWithAuth, attrs.NoDA = true, true, true
+	return tpm2.TPMTPublic{
+		Type:             tpm2.TPMAlgKeyedHash,
+		NameAlg:          hashes[alg],
+		ObjectAttributes: attrs,
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{
+			Scheme: tpm2.TPMTKeyedHashScheme{
+				Scheme:  tpm2.TPMAlgHMAC,
+				Details: tpm2.NewTPMUSchemeKeyedHash(tpm2.TPMAlgHMAC, &tpm2.TPMSSchemeHMAC{HashAlg: hashes[alg]}),
+			},
+		}),
+	}
+}
+
+// GenerateKey creates one key object per algorithm inside the TPM, each
+// with its own secret of the digest's length, never leaving the TPM
+// (fixedTPM, fixedParent). The TPM chooses the length: length must be 0.
+func (p *Provider) GenerateKey(ctx context.Context, name string, length int) (providers.KeyInfo, error) {
+	if length != 0 {
+		return providers.KeyInfo{}, fmt.Errorf("tpm: %w: a TPM generates keys of the digest's length; give no length", providers.ErrInvalidArgument)
+	}
+	return p.create(name, func(alg providers.Algorithm, auth []byte) (*blob, error) {
+		tmpl := hmacTemplate(alg, tpm2.TPMAObject{FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true})
+		var b *blob
+		err := p.run(func() error {
+			if err := p.loadLocked(p.srk); err != nil {
+				return err
+			}
+			rsp, err := tpm2.Create{
+				ParentHandle: tpm2.AuthHandle{Handle: p.srk.handle, Name: p.srk.name, Auth: tpm2.PasswordAuth(nil)},
+				InSensitive:  tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: auth}}},
+				InPublic:     tpm2.New2B(tmpl),
+			}.Execute(p.t)
+			if err != nil {
+				return fmt.Errorf("tpm: create %s key: %w", alg, err)
+			}
+			b = &blob{Public: rsp.OutPublic.Bytes(), Private: rsp.OutPrivate.Buffer}
+			return nil
+		})
+		return b, err
+	})
+}
+
+// ImportKey brings secret into the TPM with TPM2_Import of a duplicate made
+// in software and encrypted to the storage key, so the key's bytes never
+// cross the bus in clear. Each algorithm gets its object: the key hashed
+// if longer than the block size, zero-padded if shorter than the digest
+// (HMAC's own rules, so tags do not change).
+func (p *Provider) ImportKey(ctx context.Context, name string, secret []byte) (providers.KeyInfo, error) {
+	if len(secret) > 4096 {
+		return providers.KeyInfo{}, fmt.Errorf("tpm: %w: key of %d bytes, at most 4096", providers.ErrInvalidArgument, len(secret))
+	}
+	return p.create(name, func(alg providers.Algorithm, auth []byte) (*blob, error) {
+		value := hmacKeyFor(alg, secret)
+		defer clear(value)
+		seed := make([]byte, alg.Size())
+		rand.Read(seed)
+		h := alg.NewHash()()
+		h.Write(seed)
+		h.Write(value)
+		pub := hmacTemplate(alg, tpm2.TPMAObject{})
+		pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BDigest{Buffer: h.Sum(nil)})
+		sensitive := tpm2.Marshal(tpm2.TPMTSensitive{
+			SensitiveType: tpm2.TPMAlgKeyedHash,
+			AuthValue:     tpm2.TPM2BAuth{Buffer: auth},
+			SeedValue:     tpm2.TPM2BDigest{Buffer: seed},
+			Sensitive:     tpm2.NewTPMUSensitiveComposite(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BSensitiveData{Buffer: value}),
+		})
+		defer clear(sensitive)
+		name, err := tpm2.ObjectName(&pub)
+		if err != nil {
+			return nil, err
+		}
+		var b *blob
+		err = p.run(func() error {
+			if err := p.loadLocked(p.srk); err != nil {
+				return err
+			}
+			encap, err := tpm2.ImportEncapsulationKey(p.srkPub)
+			if err != nil {
+				return err
+			}
+			dup, seedCipher, err := tpm2.CreateDuplicate(rand.Reader, encap, name.Buffer, sensitive)
+			if err != nil {
+				return err
+			}
+			rsp, err := tpm2.Import{
+				ParentHandle: tpm2.AuthHandle{Handle: p.srk.handle, Name: p.srk.name, Auth: tpm2.PasswordAuth(nil)},
+				ObjectPublic: tpm2.New2B(pub),
+				Duplicate:    tpm2.TPM2BPrivate{Buffer: dup},
+				InSymSeed:    tpm2.TPM2BEncryptedSecret{Buffer: seedCipher},
+			}.Execute(p.t)
+			if err != nil {
+				return fmt.Errorf("tpm: import %s key: %w", alg, err)
+			}
+			b = &blob{Public: tpm2.Marshal(pub), Private: rsp.OutPrivate.Buffer}
+			return nil
+		})
+		return b, err
+	})
+}
+
+// hmacKeyFor applies HMAC's key rules for alg: a key longer than the block
+// is replaced by its hash, and any key is zero-padded to the digest size
+// (the TPM wants a non-empty key; padding with zeros up to the block size
+// does not change HMAC).
+func hmacKeyFor(alg providers.Algorithm, secret []byte) []byte {
+	if len(secret) > alg.BlockSize() {
+		h := alg.NewHash()()
+		h.Write(secret)
+		secret = h.Sum(nil)
+	}
+	out := make([]byte, max(len(secret), alg.Size()))
+	copy(out, secret)
+	return out
+}
+
+// create makes one object per algorithm with newObject and stores the
+// blobs.
+func (p *Provider) create(name string, newObject func(alg providers.Algorithm, auth []byte) (*blob, error)) (providers.KeyInfo, error) {
+	if err := providers.CheckKeyName(name); err != nil {
+		return providers.KeyInfo{}, fmt.Errorf("tpm: %w", err)
+	}
+	p.keysMu.Lock()
+	defer p.keysMu.Unlock()
+	if _, ok := p.keys[name]; ok {
+		return providers.KeyInfo{}, fmt.Errorf("tpm: %q: %w", name, providers.ErrKeyExists)
+	}
+	dir := filepath.Join(p.keysDir, name)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return providers.KeyInfo{}, fmt.Errorf("tpm: %q: %w (%s exists)", name, providers.ErrKeyExists, dir)
+		}
+		return providers.KeyInfo{}, fmt.Errorf("tpm: %w", err)
+	}
+	created := time.Now().UTC().Truncate(time.Second)
+	k := &key{p: p, name: name, created: created, objs: map[providers.Algorithm]*object{}}
+	for _, alg := range p.algs {
+		// A TPM takes auth values up to the name algorithm's digest
+		// size, which is the key's hash here.
+		auth := make([]byte, alg.Size())
+		rand.Read(auth)
+		b, err := newObject(alg, auth)
+		if err == nil {
+			b.Version, b.Created, b.Auth = 1, created, auth
+			var data []byte
+			data, err = json.Marshal(b)
+			if err == nil {
+				err = privfile.Create(p.blobPath(name, alg), data)
+			}
+		}
+		if err != nil {
+			os.RemoveAll(dir)
+			if errors.Is(err, errTransport) || errors.Is(err, providers.ErrUnavailable) {
+				return providers.KeyInfo{}, err
+			}
+			return providers.KeyInfo{}, fmt.Errorf("tpm: key %q: %w: %w", name, providers.ErrUnavailable, err)
+		}
+		k.objs[alg] = &object{kind: objKey, blob: b, label: fmt.Sprintf("%q (%s)", name, alg)}
+	}
+	privfile.SyncDir(p.keysDir)
+	p.keys[name] = k
+	return providers.KeyInfo{Name: name, Provider: p.cfg.Name, Kind: p.Kind(), Algorithms: k.algorithms(), Created: created}, nil
+}
+
+// DeleteKey flushes the key's objects and removes its blobs. Without the
+// blobs the TPM cannot load the key again.
+func (p *Provider) DeleteKey(ctx context.Context, name string) error {
+	p.keysMu.Lock()
+	k, ok := p.keys[name]
+	if ok {
+		delete(p.keys, name)
+	}
+	p.keysMu.Unlock()
+	if !ok {
+		return fmt.Errorf("tpm: %q: %w", name, providers.ErrKeyNotFound)
+	}
+	p.run(func() error {
+		for _, o := range k.objs {
+			p.releaseLocked(o)
+		}
+		return nil
+	})
+	k.destroy()
+	if err := os.RemoveAll(filepath.Join(p.keysDir, name)); err != nil {
+		return fmt.Errorf("tpm: %w", err)
+	}
+	return privfile.SyncDir(p.keysDir)
+}

@@ -1,0 +1,245 @@
+package tpm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/hmac-agent/hmac-agent/internal/privfile"
+	"github.com/hmac-agent/hmac-agent/providers"
+)
+
+// Config opens a TPM.
+type Config struct {
+	// Name is the provider's name in the agent.
+	Name string
+	// Device is "/dev/tpmrm0" (or /dev/tpm0), "unix:/path/to/socket" or
+	// "tcp:host:port" for swtpm.
+	Device string
+	// StateDir holds the key blobs; it must be private to the agent.
+	StateDir string
+	// Slots is how many objects the TPM can hold loaded (default 3).
+	Slots int
+}
+
+// hashes maps algorithms to TPM hash algorithm IDs.
+var hashes = map[providers.Algorithm]tpm2.TPMAlgID{
+	providers.SHA1:     tpm2.TPMAlgSHA1,
+	providers.SHA256:   tpm2.TPMAlgSHA256,
+	providers.SHA384:   tpm2.TPMAlgSHA384,
+	providers.SHA512:   tpm2.TPMAlgSHA512,
+	providers.SHA3_256: tpm2.TPMAlgSHA3256,
+	providers.SHA3_384: tpm2.TPMAlgSHA3384,
+	providers.SHA3_512: tpm2.TPMAlgSHA3512,
+}
+
+// Provider is a TPM. Create it with [Open].
+type Provider struct {
+	cfg     Config
+	keysDir string
+	algs    []providers.Algorithm
+
+	// mu is the one owner of the TPM: every command runs under it.
+	mu     sync.Mutex
+	t      *transport
+	epoch  uint64 // counts connections; older handles and contexts are gone
+	closed bool
+	cmdBuf [maxCommand]byte
+	slots  int
+	loaded []*object // objects in the TPM now, least recently used first
+	clock  uint64
+	srk    *object
+	srkPub *tpm2.TPMTPublic
+
+	keysMu sync.RWMutex
+	keys   map[string]*key
+
+	// swaps counts slot swaps, for status and metrics.
+	swaps uint64
+}
+
+var (
+	_ providers.Provider  = (*Provider)(nil)
+	_ providers.Generator = (*Provider)(nil)
+	_ providers.Importer  = (*Provider)(nil)
+	_ providers.Deleter   = (*Provider)(nil)
+)
+
+// Open connects to the TPM, starts it if needed, flushes transient objects
+// left by an earlier user, derives the storage key and reads the key blobs.
+func Open(ctx context.Context, cfg Config) (*Provider, error) {
+	if cfg.Slots <= 0 {
+		cfg.Slots = 3
+	}
+	p := &Provider{cfg: cfg, keysDir: filepath.Join(cfg.StateDir, "keys"), slots: cfg.Slots, keys: map[string]*key{}}
+	if err := privfile.MkdirCheck(p.keysDir); err != nil {
+		return nil, fmt.Errorf("tpm: state directory: %w", err)
+	}
+	p.srk = &object{kind: objSRK}
+	p.mu.Lock()
+	err := p.connectLocked()
+	if err == nil {
+		err = p.readAlgorithmsLocked()
+	}
+	if err == nil {
+		err = p.loadLocked(p.srk)
+	}
+	p.mu.Unlock()
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	if err := p.readKeys(); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// connectLocked (re)opens the connection and starts the TPM. Everything
+// loaded before belongs to an older epoch from here on.
+func (p *Provider) connectLocked() error {
+	if p.t != nil {
+		p.t.Close()
+		p.t = nil
+	}
+	t, err := dial(p.cfg.Device)
+	if err != nil {
+		return fmt.Errorf("%w: %w", providers.ErrUnavailable, err)
+	}
+	p.t = t
+	p.epoch++
+	p.loaded = nil
+	if _, err := (tpm2.Startup{StartupType: tpm2.TPMSUClear}).Execute(t); err != nil && !errors.Is(err, tpm2.TPMRCInitialize) {
+		return fmt.Errorf("tpm: startup: %w: %w", providers.ErrUnavailable, err)
+	}
+	return p.flushLeftoversLocked()
+}
+
+// flushLeftoversLocked flushes transient objects nobody owns: they survive
+// a client's disconnect and would take the TPM's few slots.
+func (p *Provider) flushLeftoversLocked() error {
+	rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: 0x80000000, PropertyCount: 64}.Execute(p.t)
+	if err != nil {
+		return fmt.Errorf("tpm: list handles: %w", err)
+	}
+	hs, err := rsp.CapabilityData.Data.Handles()
+	if err != nil {
+		return err
+	}
+	for _, h := range hs.Handle {
+		tpm2.FlushContext{FlushHandle: h}.Execute(p.t)
+	}
+	return nil
+}
+
+func (p *Provider) readAlgorithmsLocked() error {
+	rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapAlgs, Property: 0, PropertyCount: 256}.Execute(p.t)
+	if err != nil {
+		return fmt.Errorf("tpm: list algorithms: %w", err)
+	}
+	list, err := rsp.CapabilityData.Data.Algorithms()
+	if err != nil {
+		return err
+	}
+	have := map[tpm2.TPMAlgID]bool{}
+	for _, a := range list.AlgProperties {
+		have[a.Alg] = true
+	}
+	for _, alg := range providers.Algorithms() {
+		if id, ok := hashes[alg]; ok && have[id] {
+			p.algs = append(p.algs, alg)
+		}
+	}
+	if len(p.algs) == 0 {
+		return errors.New("tpm: the TPM reports no hash HMAC can use")
+	}
+	return nil
+}
+
+// Name returns the provider's configured name.
+func (p *Provider) Name() string { return p.cfg.Name }
+
+// Kind returns "tpm".
+func (p *Provider) Kind() string { return "tpm" }
+
+// Algorithms lists the hashes the TPM has.
+func (p *Provider) Algorithms() []providers.Algorithm { return p.algs }
+
+// Swaps is how many objects were swapped out of the TPM to make room.
+func (p *Provider) Swaps() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.swaps
+}
+
+// exchange sends a hand-marshalled command; run reconnects if the
+// connection broke.
+func (p *Provider) exchange(cmd []byte) ([]byte, error) {
+	rsp, err := p.t.exchange(cmd)
+	if err != nil {
+		return nil, err
+	}
+	return rsp, responseCode(rsp)
+}
+
+// reconnectLocked reopens the connection after err broke it; failures are
+// left for the next command to meet.
+func (p *Provider) reconnectLocked(err error) {
+	if errors.Is(err, errTransport) {
+		p.connectLocked()
+	}
+}
+
+// run runs f with the TPM, retrying once on a new connection if the old
+// one broke (objects then reload from their blobs; sequences are lost).
+func (p *Provider) run(f func() error) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return fmt.Errorf("tpm: %w", providers.ErrClosed)
+	}
+	if p.t == nil {
+		if err := p.connectLocked(); err != nil {
+			return err
+		}
+	}
+	err := f()
+	if errors.Is(err, errTransport) {
+		p.reconnectLocked(err)
+		if p.t != nil {
+			err = f()
+		}
+	}
+	if errors.Is(err, errTransport) {
+		return fmt.Errorf("tpm: %s: %w: %w", p.cfg.Device, providers.ErrUnavailable, err)
+	}
+	return err
+}
+
+// Close flushes what the provider loaded and closes the connection.
+func (p *Provider) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	if p.t != nil {
+		for _, o := range p.loaded {
+			tpm2.FlushContext{FlushHandle: o.handle}.Execute(p.t)
+		}
+		p.loaded = nil
+		p.t.Close()
+	}
+	p.keysMu.Lock()
+	for _, k := range p.keys {
+		k.destroy()
+	}
+	p.keysMu.Unlock()
+	return nil
+}
