@@ -95,11 +95,14 @@ func BenchmarkStream(b *testing.B) {
 	}
 	chunk := make([]byte, streamChunk)
 	b.SetBytes(streamChunk)
-	for b.Loop() {
+	b.ResetTimer()
+	for range b.N {
 		if err := h.Update(chunk); err != nil {
 			b.Fatal(err)
 		}
 	}
+	// Updates do not wait; the agent is done with them when Finalize
+	// returns, so it is timed too.
 	if _, err := h.Finalize(ctx); err != nil {
 		b.Fatal(err)
 	}
