@@ -257,11 +257,49 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 		}
 		return c, nil
 	}
+	if m.sess != nil && !m.k.p.noOpState.Load() {
+		if ok, err := c.cloneState(ctx, m); ok || err != nil {
+			return c, err
+		}
+	}
 	c.replay = input
 	if err := c.start(ctx); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// cloneState copies m's operation into c with C_GetOperationState and
+// C_SetOperationState, on tokens that can; it reports false when the token
+// cannot, which it remembers, so that Copy replays instead.
+func (c *mac) cloneState(ctx context.Context, m *mac) (bool, error) {
+	p := m.k.p
+	if err := p.enter(); err != nil {
+		return false, err
+	}
+	defer p.leave()
+	state, err := p.ctx.GetOperationState(m.sess.h)
+	if err != nil {
+		switch rv(err) {
+		case p11.CKR_FUNCTION_NOT_SUPPORTED, p11.CKR_STATE_UNSAVEABLE, p11.CKR_OPERATION_NOT_INITIALIZED:
+			p.noOpState.Store(true)
+		}
+		return false, nil
+	}
+	s, err := p.pool.get(ctx)
+	if err != nil {
+		return false, err
+	}
+	h, err := c.k.objectHandle(s)
+	if err == nil {
+		err = p.ctx.SetOperationState(s.h, state, 0, h)
+	}
+	if err != nil {
+		p.pool.put(s, err)
+		return false, nil // replay will do
+	}
+	c.sess = s
+	return true, nil
 }
 
 // Finalize signs: one C_Sign of the buffer, or C_SignFinal when streaming.
