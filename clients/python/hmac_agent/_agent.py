@@ -1,0 +1,318 @@
+"""The connection to the agent."""
+
+import itertools
+import json
+import os
+import socket
+import struct
+import threading
+
+from . import _wire
+from .errors import AgentNotRunning, ConnectionLost, ContextLost, from_code
+
+SOCKET_ENV = "HMAC_AGENT_SOCK"
+
+
+def default_socket_path():
+    """$HMAC_AGENT_SOCK, else $XDG_RUNTIME_DIR/hmac-agent/agent.sock, else
+    /tmp/hmac-agent-$UID/agent.sock: where the agent listens by default."""
+    path = os.environ.get(SOCKET_ENV)
+    if path:
+        return path
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "hmac-agent", "agent.sock")
+    return "/tmp/hmac-agent-%d/agent.sock" % os.getuid()
+
+
+class _Call:
+    __slots__ = ("event", "type", "payload", "error")
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.type = None
+        self.payload = None
+        self.error = None
+
+
+class _Connection:
+    """One connection: writes under a lock, a reader thread that hands each
+    reply to the caller waiting for its request ID."""
+
+    def __init__(self, path, timeout):
+        self.path = path
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            sock.close()
+            raise AgentNotRunning("no hmac-agent listening at %s (agent not running): %s" % (path, e.strerror)) from None
+        except OSError:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        self.sock = sock
+        self.max_frame = 4096
+        self._write_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._pending = {}
+        self._ids = itertools.count(1)
+        self._contexts = itertools.count(1)
+        self.broken = None
+        hello_id = self._next_id()
+        call = self._register(hello_id)
+        sock.sendall(_wire.hello(hello_id))
+        # The reader thread starts after the handshake is sent; it
+        # delivers the HELLO_REPLY like any other.
+        self._reader = threading.Thread(target=self._read_loop, name="hmac-agent-reader", daemon=True)
+        self._reader.start()
+        msg_type, payload = self._wait(call, timeout)
+        if msg_type == _wire.ERROR:
+            self.close()
+            raise _error(payload)
+        if msg_type != _wire.HELLO_REPLY or len(payload) != 14:
+            self.close()
+            raise ConnectionLost("bad handshake reply from the agent at %s" % path)
+        _version, self.max_frame, _contexts, _in_flight = struct.unpack(">HIII", payload)
+
+    def _next_id(self):
+        with self._lock:
+            return next(self._ids) & 0xFFFFFFFF or next(self._ids)
+
+    def next_context(self):
+        with self._lock:
+            return next(self._contexts) & 0xFFFFFFFF or next(self._contexts)
+
+    def _register(self, request_id):
+        call = _Call()
+        with self._lock:
+            if self.broken is not None:
+                raise ConnectionLost("connection to the agent lost: %s" % self.broken)
+            self._pending[request_id] = call
+        return call
+
+    def _read_loop(self):
+        try:
+            while True:
+                msg_type, request_id, payload = _wire.read_frame(self.sock, 1 << 24)
+                with self._lock:
+                    call = self._pending.pop(request_id, None)
+                if call is None:
+                    continue  # an error for an UPDATE or CLOSE, or a call given up
+                call.type, call.payload = msg_type, payload
+                call.event.set()
+        except Exception as e:  # the connection broke: fail every waiter
+            self._fail(e)
+
+    def _fail(self, err):
+        with self._lock:
+            if self.broken is None:
+                self.broken = err
+            pending, self._pending = self._pending, {}
+        for call in pending.values():
+            call.error = err
+            call.event.set()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def _wait(self, call, timeout=None):
+        if not call.event.wait(timeout):
+            raise ConnectionLost("no reply from the agent within %s s" % timeout)
+        if call.error is not None:
+            raise ConnectionLost("connection to the agent lost: %s" % call.error)
+        return call.type, call.payload
+
+    def send(self, data):
+        with self._write_lock:
+            try:
+                self.sock.sendall(data)
+            except OSError as e:
+                self._fail(e)
+                raise ConnectionLost("connection to the agent lost: %s" % e) from None
+
+    def request(self, msg_type, payload):
+        """Send a request and wait for its reply: (type, payload)."""
+        request_id = self._next_id()
+        call = self._register(request_id)
+        self.send(_wire.frame(msg_type, request_id, payload))
+        return self._wait(call)
+
+    def update(self, context, data):
+        """Stream data into a context without waiting: UPDATE has no reply."""
+        chunk = self.max_frame - 9
+        view = memoryview(data)
+        first = True
+        while first or len(view):
+            first = False
+            part = view[:chunk]
+            view = view[chunk:]
+            self.send(_wire.update_header(self._next_id(), context, len(part)) + bytes(part))
+
+    def close(self):
+        self._fail(ConnectionError("closed"))
+
+
+def _error(payload):
+    (code,) = struct.unpack(">H", payload[:2])
+    return from_code(code, payload[2:].decode("utf-8", "replace"))
+
+
+def _expect(reply, want):
+    msg_type, payload = reply
+    if msg_type == _wire.ERROR:
+        raise _error(payload)
+    if msg_type != want:
+        raise ConnectionLost("the agent replied 0x%02x, expected 0x%02x" % (msg_type, want))
+    return payload
+
+
+class Agent:
+    """A connection to hmac-agent, shared safely by any number of threads.
+
+    It connects on first use to ``path``, or to $HMAC_AGENT_SOCK, else the
+    agent's default path. If the agent restarts, the next call that starts
+    afresh (a new HMAC, ``mac``, ``verify_mac``) connects again; contexts
+    that lived on the old connection raise ContextLost.
+
+    Use it as a context manager to close it, or leave it open for the life
+    of the process.
+    """
+
+    def __init__(self, path=None, timeout=10.0):
+        self.path = path or default_socket_path()
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._conn = None
+        self._closed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Close the connection; the agent frees its contexts."""
+        with self._lock:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _connection(self):
+        with self._lock:
+            if self._closed:
+                raise ConnectionLost("the Agent was closed")
+            if self._conn is None or self._conn.broken is not None:
+                self._conn = _Connection(self.path, self.timeout)
+            return self._conn
+
+    def _request(self, msg_type, payload):
+        """A request that starts afresh: retried once on a new connection
+        if the old one turns out to be dead when sending, since then the
+        agent never saw it."""
+        conn = self._connection()
+        try:
+            return conn.request(msg_type, payload)
+        except ConnectionLost:
+            if conn.broken is None:
+                raise
+            return self._connection().request(msg_type, payload)
+
+    def mac(self, key, algorithm, data):
+        """The tag of data under the named key, in one round trip."""
+        from ._hmac import _algorithm_name, _bytes_like
+
+        name = _algorithm_name(algorithm)
+        data = _bytes_like(data, "data")
+        if len(data) > 60000:
+            h = self.new(key, algorithm)
+            h.update(data)
+            return h.finalize()
+        payload = bytes((_wire.ALGORITHMS[name],)) + _wire.short(_key_name(key)) + data
+        return _expect(self._request(_wire.MAC, payload), _wire.TAG)
+
+    def verify_mac(self, key, algorithm, data, signature):
+        """Check signature over data in the agent, in constant time; raise
+        InvalidSignature if it does not match."""
+        from ._hmac import _algorithm_name, _bytes_like
+        from .errors import InvalidSignature
+
+        name = _algorithm_name(algorithm)
+        data = _bytes_like(data, "data")
+        signature = _bytes_like(signature, "signature")
+        if len(signature) > 255:
+            raise InvalidSignature("Signature did not match digest.")
+        if len(data) > 60000:
+            h = self.new(key, algorithm)
+            h.update(data)
+            return h.verify(signature)
+        payload = bytes((_wire.ALGORITHMS[name],)) + _wire.short(_key_name(key)) + _wire.short(signature) + data
+        _expect(self._request(_wire.VERIFY_MAC, payload), _wire.OK)
+
+    def new(self, key, algorithm):
+        """An HMAC context on the named key (as ``HMAC(key, algorithm, agent)``)."""
+        from ._hmac import HMAC
+
+        return HMAC(key, algorithm, agent=self)
+
+    def import_key(self, name, secret, provider=""):
+        """Store secret as a new key (the agent's owner and root only)."""
+        from ._hmac import _bytes_like
+
+        payload = _wire.short(provider.encode()) + _wire.short(_key_name(name)) + _bytes_like(secret, "secret")
+        return json.loads(_expect(self._request(_wire.IMPORT_KEY, payload), _wire.DATA))
+
+    def keys(self):
+        """The keys the caller may use: a list of dicts, never key bytes."""
+        return json.loads(_expect(self._request(_wire.LIST_KEYS, b""), _wire.DATA))
+
+    def status(self):
+        """The agent's status as a dict."""
+        return json.loads(_expect(self._request(_wire.STATUS, b""), _wire.DATA))
+
+    # Used by HMAC.
+    def _open(self, key, name):
+        """Open a context; return (connection, context ID)."""
+        payload_tail = bytes((_wire.ALGORITHMS[name],)) + _wire.short(_key_name(key))
+        for attempt in (0, 1):
+            conn = self._connection()
+            context = conn.next_context()
+            try:
+                reply = conn.request(_wire.OPEN, struct.pack(">I", context) + payload_tail)
+            except ConnectionLost:
+                if attempt or conn.broken is None:
+                    raise
+                continue
+            _expect(reply, _wire.OK)
+            return conn, context
+        raise ContextLost("could not open a context")  # pragma: no cover
+
+
+def _key_name(key):
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        raise TypeError("key must be the name of a key held by the agent (str), not key bytes")
+    if not isinstance(key, str):
+        raise TypeError("key must be a str, the name of a key held by the agent")
+    b = key.encode("utf-8")
+    if len(b) > 255:
+        from .errors import KeyNotFound
+
+        raise KeyNotFound("key %r not found" % key, _wire.KEY_NOT_FOUND)
+    return b
+
+
+_default = None
+_default_lock = threading.Lock()
+
+
+def default_agent():
+    """The process-wide Agent that HMAC uses when given none."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Agent()
+        return _default

@@ -1,0 +1,133 @@
+"""HMAC with pyca/cryptography's API and a key held by the agent."""
+
+import struct
+
+from . import _wire
+from ._agent import _expect, default_agent
+from .errors import AlreadyFinalized, ConnectionLost, ContextLost, InvalidSignature, UnsupportedAlgorithm
+
+# pyca/cryptography's hash names, and the agent's.
+_NAMES = {
+    "sha1": "sha1",
+    "sha224": "sha224",
+    "sha256": "sha256",
+    "sha384": "sha384",
+    "sha512": "sha512",
+    "sha512-224": "sha512_224",
+    "sha512-256": "sha512_256",
+    "sha3-224": "sha3_224",
+    "sha3-256": "sha3_256",
+    "sha3-384": "sha3_384",
+    "sha3-512": "sha3_512",
+}
+
+
+def _algorithm_name(algorithm):
+    """The agent's name for a cryptography hash instance or a name."""
+    if isinstance(algorithm, str):
+        name = algorithm.lower()
+        name = _NAMES.get(name, name)
+        if name not in _wire.ALGORITHMS:
+            raise UnsupportedAlgorithm("%s is not supported by hmac-agent" % algorithm)
+        return name
+    if isinstance(algorithm, type):
+        raise TypeError("Expected instance of hashes.HashAlgorithm.")
+    name = getattr(algorithm, "name", None)
+    if not isinstance(name, str):
+        raise TypeError("Expected instance of hashes.HashAlgorithm.")
+    if name not in _NAMES:
+        # Extendable-output functions, BLAKE2, MD5, SM3, ...
+        raise UnsupportedAlgorithm("%s is not supported for HMAC by hmac-agent" % name)
+    return _NAMES[name]
+
+
+def _bytes_like(data, what):
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError("%s must be bytes-like" % what)
+
+
+class HMAC:
+    """HMAC on a key held by hmac-agent, with the API of
+    ``cryptography.hazmat.primitives.hmac.HMAC``.
+
+    ``key`` is the key's name in the agent (a str), never key bytes;
+    ``algorithm`` is a cryptography hash instance (``hashes.SHA256()``) or
+    a name (``"sha256"``). ``agent`` is an Agent, or None for the shared
+    default one.
+
+    ``update`` streams to the agent without waiting for it. An HMAC object
+    is not safe for use by several threads at once; many HMAC objects on
+    one Agent are.
+    """
+
+    def __init__(self, key, algorithm, agent=None, backend=None):
+        name = _algorithm_name(algorithm)
+        self._algorithm = algorithm
+        self._name = name
+        self._key = key
+        self._agent = agent if agent is not None else default_agent()
+        self._conn = None
+        self._done = True
+        self._conn, self._context = self._agent._open(key, name)
+        self._done = False
+
+    @property
+    def algorithm(self):
+        """The algorithm object passed in."""
+        return self._algorithm
+
+    def _live(self):
+        if self._done:
+            raise AlreadyFinalized("Context was already finalized.")
+        if self._conn.broken is not None:
+            self._done = True
+            raise ContextLost("the connection to the agent was lost: %s" % self._conn.broken)
+
+    def update(self, data):
+        self._live()
+        data = _bytes_like(data, "data")
+        try:
+            self._conn.update(self._context, data)
+        except ConnectionLost as e:
+            self._done = True
+            raise ContextLost(str(e)) from None
+
+    def copy(self):
+        self._live()
+        context = self._conn.next_context()
+        self._roundtrip(_wire.COPY, struct.pack(">II", self._context, context), _wire.OK)
+        c = HMAC.__new__(HMAC)
+        c._algorithm, c._name, c._key, c._agent = self._algorithm, self._name, self._key, self._agent
+        c._conn, c._context, c._done = self._conn, context, False
+        return c
+
+    def finalize(self):
+        self._live()
+        self._done = True
+        return self._roundtrip(_wire.FINALIZE, struct.pack(">I", self._context), _wire.TAG)
+
+    def verify(self, signature):
+        signature = _bytes_like(signature, "signature")
+        self._live()
+        self._done = True
+        self._roundtrip(_wire.VERIFY, struct.pack(">I", self._context) + signature, _wire.OK)
+
+    def _roundtrip(self, msg_type, payload, want):
+        try:
+            reply = self._conn.request(msg_type, payload)
+        except ConnectionLost as e:
+            self._done = True
+            raise ContextLost(str(e)) from None
+        return _expect(reply, want)
+
+    def __del__(self):
+        # Free an abandoned context in the agent; best effort.
+        try:
+            if not self._done and self._conn is not None and self._conn.broken is None:
+                self._done = True
+                self._conn.send(_wire.frame(_wire.CLOSE, 0, struct.pack(">I", self._context)))
+        except Exception:
+            pass

@@ -1,0 +1,81 @@
+"""Exceptions.
+
+When pyca/cryptography is importable, ``AlreadyFinalized``,
+``InvalidSignature`` and ``UnsupportedAlgorithm`` are its own classes, so
+existing ``except`` clauses keep working; otherwise classes of the same
+names are defined here.
+"""
+
+try:  # pragma: no cover - depends on the environment
+    from cryptography.exceptions import AlreadyFinalized, InvalidSignature, UnsupportedAlgorithm
+except ImportError:  # pragma: no cover
+
+    class AlreadyFinalized(Exception):
+        """The context was already finalized."""
+
+    class InvalidSignature(Exception):
+        """The signature did not match the digest."""
+
+    class UnsupportedAlgorithm(Exception):
+        """The algorithm is unknown, or the key's provider cannot do it."""
+
+        def __init__(self, message, reason=None):
+            super().__init__(message)
+            self._reason = reason
+
+
+class AgentError(Exception):
+    """An error reported by the agent, or in reaching it.
+
+    ``code`` is the protocol's error code (docs/protocol.md), or None for
+    errors of the connection itself.
+    """
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        self.code = code
+
+
+class AgentNotRunning(AgentError):
+    """Nothing listens at the socket path; the message names it."""
+
+
+class ConnectionLost(AgentError):
+    """The connection to the agent broke."""
+
+
+class KeyNotFound(AgentError):
+    """No key has that name."""
+
+
+class PermissionDenied(AgentError):
+    """The caller may not do this with this key."""
+
+
+class ContextLost(AgentError):
+    """The context's state was lost (the agent or its device restarted)."""
+
+
+class KeyExists(AgentError):
+    """A key with that name exists already."""
+
+
+_BY_CODE = {
+    1: AlreadyFinalized,
+    2: InvalidSignature,
+    3: UnsupportedAlgorithm,
+    4: KeyNotFound,
+    5: PermissionDenied,
+    6: KeyExists,
+    11: ContextLost,
+}
+
+
+def from_code(code, message):
+    """The exception for an ERROR reply."""
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        return AgentError(message, code)
+    if cls in (AlreadyFinalized, InvalidSignature, UnsupportedAlgorithm):
+        return cls(message)
+    return cls(message, code)

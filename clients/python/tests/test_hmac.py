@@ -1,0 +1,337 @@
+import binascii
+import hashlib
+import hmac as stdlib_hmac
+import json
+import os
+import random
+import threading
+import unittest
+
+import hmac_agent
+from hmac_agent import HMAC, Agent
+
+from .agentproc import AgentProcess, vectors_dir
+
+try:
+    import cryptography.exceptions
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import hmac as pyca_hmac
+except ImportError:  # the fallback classes are tested then
+    cryptography = None
+    hashes = None
+
+AGENT = None
+PROC = None
+_keys = {}
+_keys_lock = threading.Lock()
+
+STDLIB = {
+    "sha1": hashlib.sha1,
+    "sha224": hashlib.sha224,
+    "sha256": hashlib.sha256,
+    "sha384": hashlib.sha384,
+    "sha512": hashlib.sha512,
+    "sha512_224": lambda *a: hashlib.new("sha512_224", *a),
+    "sha512_256": lambda *a: hashlib.new("sha512_256", *a),
+    "sha3_224": hashlib.sha3_224,
+    "sha3_256": hashlib.sha3_256,
+    "sha3_384": hashlib.sha3_384,
+    "sha3_512": hashlib.sha3_512,
+}
+
+
+def setUpModule():
+    global AGENT, PROC
+    PROC = AgentProcess()
+    PROC.start()
+    AGENT = Agent(PROC.socket)
+
+
+def tearDownModule():
+    AGENT.close()
+    PROC.cleanup()
+
+
+def key(secret):
+    """The name of a key holding secret, imported once."""
+    name = "py-" + hashlib.sha256(secret).hexdigest()[:16]
+    with _keys_lock:
+        if name not in _keys:
+            AGENT.import_key(name, secret)
+            _keys[name] = secret
+    return name
+
+
+def reference(alg, secret, msg):
+    return stdlib_hmac.new(secret, msg, STDLIB[alg]).digest()
+
+
+class PycaBehaviour(unittest.TestCase):
+    def setUp(self):
+        self.secret = b"pyca-behaviour-key"
+        self.name = key(self.secret)
+
+    def test_finalize_then_everything_is_already_finalized(self):
+        h = HMAC(self.name, "sha256", agent=AGENT)
+        h.update(b"abc")
+        self.assertEqual(h.finalize(), reference("sha256", self.secret, b"abc"))
+        for call in (lambda: h.update(b"x"), h.copy, h.finalize, lambda: h.verify(b"x" * 32)):
+            with self.assertRaises(hmac_agent.AlreadyFinalized):
+                call()
+
+    def test_failed_verify_finalizes(self):
+        h = HMAC(self.name, "sha256", agent=AGENT)
+        with self.assertRaises(hmac_agent.InvalidSignature):
+            h.verify(b"\0" * 32)
+        with self.assertRaises(hmac_agent.AlreadyFinalized):
+            h.update(b"x")
+
+    def test_wrong_length_is_invalid_signature(self):
+        tag = reference("sha256", self.secret, b"m")
+        for sig in (b"", tag[:-1], tag + b"\0", tag[:16]):
+            h = HMAC(self.name, "sha256", agent=AGENT)
+            h.update(b"m")
+            with self.assertRaises(hmac_agent.InvalidSignature):
+                h.verify(sig)
+            with self.assertRaises(hmac_agent.InvalidSignature):
+                AGENT.verify_mac(self.name, "sha256", b"m", sig)
+
+    def test_empty_key_and_message(self):
+        name = key(b"")
+        for alg in STDLIB:
+            self.assertEqual(HMAC(name, alg, agent=AGENT).finalize(), reference(alg, b"", b""))
+
+    def test_bytes_like_accepted(self):
+        want = reference("sha256", self.secret, b"abcdef")
+        h = HMAC(self.name, "sha256", agent=AGENT)
+        h.update(b"ab")
+        h.update(bytearray(b"cd"))
+        h.update(memoryview(b"xxefxx")[2:4])
+        h.verify(memoryview(want))
+        self.assertEqual(AGENT.mac(self.name, "sha256", bytearray(b"abcdef")), want)
+
+    def test_type_errors(self):
+        h = HMAC(self.name, "sha256", agent=AGENT)
+        with self.assertRaises(TypeError):
+            h.update("text")
+        with self.assertRaises(TypeError):
+            h.verify("text")
+        with self.assertRaises(TypeError):
+            HMAC(b"key bytes, not a name", "sha256", agent=AGENT)
+        with self.assertRaises(TypeError):
+            HMAC(self.name, object(), agent=AGENT)
+        if hashes is not None:
+            with self.assertRaises(TypeError):
+                HMAC(self.name, hashes.SHA256, agent=AGENT)  # the class, not an instance
+        h.finalize()
+
+    def test_unsupported_algorithms(self):
+        for alg in ("md5", "sm3", "shake128", "blake2b"):
+            with self.assertRaises(hmac_agent.UnsupportedAlgorithm):
+                HMAC(self.name, alg, agent=AGENT)
+        if hashes is not None:
+            for alg in (hashes.SHAKE128(16), hashes.BLAKE2b(64), hashes.MD5(), hashes.SM3()):
+                with self.assertRaises(hmac_agent.UnsupportedAlgorithm):
+                    HMAC(self.name, alg, agent=AGENT)
+
+    def test_algorithm_is_the_object_passed(self):
+        alg = hashes.SHA384() if hashes is not None else "sha384"
+        h = HMAC(self.name, alg, agent=AGENT)
+        self.assertIs(h.algorithm, alg)
+        h.finalize()
+
+    def test_missing_key(self):
+        with self.assertRaises(hmac_agent.KeyNotFound) as cm:
+            HMAC("no-such-key", "sha256", agent=AGENT)
+        self.assertIn("no-such-key", str(cm.exception))
+
+    def test_copy_is_independent(self):
+        h = HMAC(self.name, "sha512", agent=AGENT)
+        h.update(b"abc")
+        c = h.copy()
+        h.update(b"def")
+        c.update(b"xyz")
+        self.assertEqual(h.finalize(), reference("sha512", self.secret, b"abcdef"))
+        self.assertEqual(c.finalize(), reference("sha512", self.secret, b"abcxyz"))
+
+    def test_long_streams(self):
+        msg = os.urandom(3 << 20)  # several frames
+        h = HMAC(self.name, "sha256", agent=AGENT)
+        h.update(msg)
+        self.assertEqual(h.finalize(), reference("sha256", self.secret, msg))
+        self.assertEqual(AGENT.mac(self.name, "sha256", msg), reference("sha256", self.secret, msg))
+
+    @unittest.skipIf(cryptography is None, "cryptography is not installed")
+    def test_exceptions_are_cryptographys_own(self):
+        self.assertIs(hmac_agent.InvalidSignature, cryptography.exceptions.InvalidSignature)
+        self.assertIs(hmac_agent.AlreadyFinalized, cryptography.exceptions.AlreadyFinalized)
+        self.assertIs(hmac_agent.UnsupportedAlgorithm, cryptography.exceptions.UnsupportedAlgorithm)
+        h = HMAC(self.name, hashes.SHA256(), agent=AGENT)
+        try:
+            h.verify(b"\0" * 32)
+        except cryptography.exceptions.InvalidSignature:
+            pass
+        else:
+            self.fail("no InvalidSignature")
+
+    @unittest.skipIf(cryptography is not None, "cryptography is installed")
+    def test_fallback_exceptions(self):
+        self.assertEqual(hmac_agent.InvalidSignature.__module__, "hmac_agent.errors")
+
+
+class Vectors(unittest.TestCase):
+    def test_wycheproof(self):
+        d = os.path.join(vectors_dir(), "wycheproof")
+        count = 0
+        for alg in STDLIB:
+            with open(os.path.join(d, "hmac_%s_test.json" % alg)) as f:
+                data = json.load(f)
+            for group in data["testGroups"]:
+                for t in group["tests"]:
+                    secret, msg, tag = (binascii.unhexlify(t[k]) for k in ("key", "msg", "tag"))
+                    name = key(secret)
+                    full = AGENT.mac(name, alg, msg)
+                    valid = t["result"] == "valid"
+                    self.assertEqual(full[: len(tag)] == tag, valid, "%s tcId %d" % (alg, t["tcId"]))
+                    if len(tag) == len(full):
+                        h = HMAC(name, alg, agent=AGENT)
+                        h.update(msg)
+                        if valid:
+                            h.verify(tag)
+                            AGENT.verify_mac(name, alg, msg, tag)
+                        else:
+                            with self.assertRaises(hmac_agent.InvalidSignature):
+                                h.verify(tag)
+                            with self.assertRaises(hmac_agent.InvalidSignature):
+                                AGENT.verify_mac(name, alg, msg, tag)
+                    count += 1
+        self.assertEqual(count, 1906)
+
+    def test_rfc(self):
+        d = os.path.join(vectors_dir(), "rfc")
+        count = 0
+        for fname, alg in (("rfc-2202-sha1.txt", "sha1"), ("rfc-4231-sha224.txt", "sha224"),
+                           ("rfc-4231-sha256.txt", "sha256"), ("rfc-4231-sha384.txt", "sha384"),
+                           ("rfc-4231-sha512.txt", "sha512")):
+            case = {}
+            with open(os.path.join(d, fname)) as f:
+                for line in f:
+                    line = line.strip()
+                    if not line or line[0] in "#[":
+                        continue
+                    field, _, value = line.partition(" = ")
+                    case[field] = value
+                    if field == "MD":
+                        msg = binascii.unhexlify(case["Msg"])[: int(case["Len"]) // 8]
+                        h = HMAC(key(binascii.unhexlify(case["Key"])), alg, agent=AGENT)
+                        h.update(msg)
+                        self.assertEqual(h.finalize(), binascii.unhexlify(value), fname)
+                        count += 1
+        self.assertEqual(count, 31)
+
+
+@unittest.skipIf(cryptography is None, "cryptography is not installed")
+class ParityWithCryptography(unittest.TestCase):
+    ALGS = {
+        "sha1": lambda: hashes.SHA1(), "sha224": lambda: hashes.SHA224(), "sha256": lambda: hashes.SHA256(),
+        "sha384": lambda: hashes.SHA384(), "sha512": lambda: hashes.SHA512(),
+        "sha512_224": lambda: hashes.SHA512_224(), "sha512_256": lambda: hashes.SHA512_256(),
+        "sha3_224": lambda: hashes.SHA3_224(), "sha3_256": lambda: hashes.SHA3_256(),
+        "sha3_384": lambda: hashes.SHA3_384(), "sha3_512": lambda: hashes.SHA3_512(),
+    }
+
+    def test_random_splits_and_copies(self):
+        rng = random.Random(7)
+        for alg, make in self.ALGS.items():
+            for _ in range(6):
+                secret = rng.randbytes(rng.randrange(0, 200))
+                name = key(secret)
+                ours, theirs = HMAC(name, make(), agent=AGENT), pyca_hmac.HMAC(secret, make())
+                branches = []
+                for _ in range(rng.randrange(1, 8)):
+                    part = rng.randbytes(rng.randrange(0, 3000))
+                    ours.update(part)
+                    theirs.update(part)
+                    if rng.random() < 0.4:
+                        branches.append((ours.copy(), theirs.copy()))
+                self.assertEqual(ours.finalize(), theirs.finalize(), alg)
+                for o, t in branches:
+                    o.update(b"tail")
+                    t.update(b"tail")
+                    tag = t.finalize()
+                    o.verify(tag)
+
+
+class Threads(unittest.TestCase):
+    def test_eight_threads_share_one_agent(self):
+        secret = b"threads"
+        name = key(secret)
+        errors = []
+
+        def work(n):
+            try:
+                for i in range(200):
+                    msg = b"thread %d message %d" % (n, i)
+                    want = reference("sha256", secret, msg)
+                    if i % 2:
+                        self.assertEqual(AGENT.mac(name, "sha256", msg), want)
+                    else:
+                        h = HMAC(name, "sha256", agent=AGENT)
+                        for b in range(0, len(msg), 3):
+                            h.update(msg[b : b + 3])
+                        h.verify(want)
+            except Exception as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+
+
+class Connection(unittest.TestCase):
+    def test_agent_not_running(self):
+        path = os.path.join(PROC.dir, "nobody-here.sock")
+        with self.assertRaises(hmac_agent.AgentNotRunning) as cm:
+            Agent(path).mac("k", "sha256", b"")
+        self.assertIn(path, str(cm.exception))
+
+    def test_environment_variable_and_default_agent(self):
+        old = os.environ.get("HMAC_AGENT_SOCK")
+        os.environ["HMAC_AGENT_SOCK"] = PROC.socket
+        try:
+            self.assertEqual(hmac_agent.default_socket_path(), PROC.socket)
+            h = HMAC(key(b"env"), "sha256")  # the shared default agent
+            self.assertEqual(h.finalize(), reference("sha256", b"env", b""))
+        finally:
+            if old is None:
+                del os.environ["HMAC_AGENT_SOCK"]
+            else:
+                os.environ["HMAC_AGENT_SOCK"] = old
+
+    def test_context_manager(self):
+        with Agent(PROC.socket) as a:
+            self.assertEqual(a.mac(key(b"cm"), "sha1", b"x"), reference("sha1", b"cm", b"x"))
+        with self.assertRaises(hmac_agent.ConnectionLost):
+            a.mac(key(b"cm"), "sha1", b"x")
+
+    def test_reconnects_after_restart(self):
+        a = Agent(PROC.socket)
+        name = key(b"restart")
+        h = HMAC(name, "sha256", agent=a)
+        h.update(b"before")
+        PROC.stop()
+        PROC.start()
+        with self.assertRaises(hmac_agent.ContextLost):
+            h.update(b"after")
+            h.finalize()
+        self.assertEqual(a.mac(name, "sha256", b"after"), reference("sha256", b"restart", b"after"))
+        a.close()
+        # The shared test agent reconnects too.
+        self.assertEqual(AGENT.mac(name, "sha256", b"x"), reference("sha256", b"restart", b"x"))
+
+
+if __name__ == "__main__":
+    unittest.main()
