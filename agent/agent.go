@@ -34,7 +34,10 @@ type Options struct {
 	DefaultPolicy *Policy
 	Limits        Limits
 	Logger        *slog.Logger
-	Version       string
+	// Audit receives one line per key use and per denial; nil turns the
+	// audit log off.
+	Audit   *slog.Logger
+	Version string
 }
 
 // Agent routes key names to providers and holds the limits shared by all
@@ -53,9 +56,18 @@ type Agent struct {
 	mu    sync.RWMutex
 	cache map[string]*resolved // key name -> handle, filled on first use
 
+	audit *slog.Logger
+
 	contexts atomic.Int64
 	sessions atomic.Int64
 	closed   atomic.Bool
+
+	sessionsMu sync.Mutex
+	live       map[*Session]struct{}
+	// now is a coarse clock (seconds since start) for idle contexts:
+	// reading the time on every update would cost more than the update.
+	now  atomic.Int64
+	stop chan struct{}
 }
 
 // resolved is a key found in its provider, with its policy.
@@ -81,6 +93,9 @@ func New(opts Options) (*Agent, error) {
 		uid:     uint32(os.Geteuid()),
 		started: time.Now(),
 		cache:   make(map[string]*resolved),
+		audit:   opts.Audit,
+		live:    make(map[*Session]struct{}),
+		stop:    make(chan struct{}),
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
@@ -110,7 +125,34 @@ func New(opts Options) (*Agent, error) {
 		}
 		a.keys[k.Name] = k
 	}
+	go a.tick()
 	return a, nil
+}
+
+// tick advances the coarse clock and frees idle contexts.
+func (a *Agent) tick() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.stop:
+			return
+		case <-t.C:
+		}
+		now := a.now.Add(1)
+		if idle := a.limits.IdleContextTimeout; idle > 0 {
+			cutoff := now - int64((idle+time.Second-1)/time.Second)
+			a.sessionsMu.Lock()
+			sessions := make([]*Session, 0, len(a.live))
+			for s := range a.live {
+				sessions = append(sessions, s)
+			}
+			a.sessionsMu.Unlock()
+			for _, s := range sessions {
+				s.expire(cutoff)
+			}
+		}
+	}
 }
 
 // Limits returns the agent's limits with defaults filled in.
@@ -121,6 +163,7 @@ func (a *Agent) Close() error {
 	if a.closed.Swap(true) {
 		return nil
 	}
+	close(a.stop)
 	var errs []error
 	for _, p := range a.providers {
 		errs = append(errs, p.Close())

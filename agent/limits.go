@@ -1,5 +1,7 @@
 package agent
 
+import "time"
+
 // Limits bound what one client can take. Past each, that client gets an
 // error wrapping providers.ErrLimit and everyone else is served as before.
 type Limits struct {
@@ -7,6 +9,9 @@ type Limits struct {
 	MaxContextsPerSession int
 	// MaxContexts bounds open contexts in the whole agent.
 	MaxContexts int
+	// IdleContextTimeout frees a context nobody used for this long; the
+	// next request on it says so. Negative disables it.
+	IdleContextTimeout time.Duration
 }
 
 // DefaultLimits are safe for a machine serving many processes: a software
@@ -14,6 +19,7 @@ type Limits struct {
 var DefaultLimits = Limits{
 	MaxContextsPerSession: 16384,
 	MaxContexts:           262144,
+	IdleContextTimeout:    10 * time.Minute,
 }
 
 func (l *Limits) fill() {
@@ -22,5 +28,11 @@ func (l *Limits) fill() {
 	}
 	if l.MaxContexts <= 0 {
 		l.MaxContexts = DefaultLimits.MaxContexts
+	}
+	switch {
+	case l.IdleContextTimeout == 0:
+		l.IdleContextTimeout = DefaultLimits.IdleContextTimeout
+	case l.IdleContextTimeout < 0:
+		l.IdleContextTimeout = 0
 	}
 }

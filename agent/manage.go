@@ -87,7 +87,7 @@ func (a *Agent) GenerateKey(ctx context.Context, peer Peer, provider, name strin
 	}
 	info, err := g.GenerateKey(ctx, name, length)
 	a.forget(name)
-	return info, a.manageError("generate", p, name, err)
+	return info, a.manageError(peer, "generate", p, name, err)
 }
 
 // ImportKey stores secret as a new key in the named provider. The caller
@@ -103,7 +103,7 @@ func (a *Agent) ImportKey(ctx context.Context, peer Peer, provider, name string,
 	}
 	info, err := im.ImportKey(ctx, name, secret)
 	a.forget(name)
-	return info, a.manageError("import", p, name, err)
+	return info, a.manageError(peer, "import", p, name, err)
 }
 
 // ImportWrappedKey unwraps a key under a key the provider already holds
@@ -120,7 +120,7 @@ func (a *Agent) ImportWrappedKey(ctx context.Context, peer Peer, provider, name,
 	}
 	info, err := wi.ImportWrappedKey(ctx, name, wrappingKey, wrapped)
 	a.forget(name)
-	return info, a.manageError("import wrapped", p, name, err)
+	return info, a.manageError(peer, "import_wrapped", p, name, err)
 }
 
 // DeleteKey destroys a key. With no provider named, the key is looked up as
@@ -128,6 +128,7 @@ func (a *Agent) ImportWrappedKey(ctx context.Context, peer Peer, provider, name,
 // or ErrKeyNotFound.
 func (a *Agent) DeleteKey(ctx context.Context, peer Peer, provider, name string) error {
 	if err := a.checkAdmin(peer); err != nil {
+		a.auditUse(peer, "delete", name, 0, err, 0, time.Time{})
 		return err
 	}
 	ref := name
@@ -151,11 +152,12 @@ func (a *Agent) DeleteKey(ctx context.Context, peer Peer, provider, name string)
 	}
 	err = d.DeleteKey(ctx, ref)
 	a.forget(name)
-	return a.manageError("delete", p, name, err)
+	return a.manageError(peer, "delete", p, name, err)
 }
 
 func (a *Agent) managed(peer Peer, provider, name string) (providers.Provider, error) {
 	if err := a.checkAdmin(peer); err != nil {
+		a.auditUse(peer, "manage", name, 0, err, 0, time.Time{})
 		return nil, err
 	}
 	if err := providers.CheckKeyName(name); err != nil {
@@ -164,9 +166,10 @@ func (a *Agent) managed(peer Peer, provider, name string) (providers.Provider, e
 	return a.provider(provider)
 }
 
-// manageError logs a failure in full and returns a message the client may
-// see, naming the key and provider.
-func (a *Agent) manageError(op string, p providers.Provider, name string, err error) error {
+// manageError audits a management operation, logs a failure in full and
+// returns a message the client may see, naming the key and provider.
+func (a *Agent) manageError(peer Peer, op string, p providers.Provider, name string, err error) error {
+	a.auditUse(peer, op, name, 0, err, 0, time.Time{})
 	if err == nil {
 		a.log.Info("key "+op, "key", name, "provider", p.Name())
 		return nil

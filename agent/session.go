@@ -5,9 +5,14 @@ import (
 	"crypto/subtle"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/hmac-agent/hmac-agent/providers"
 )
+
+// maxTombstones bounds how many expired context IDs a session remembers
+// in order to say why a request on one fails.
+const maxTombstones = 1024
 
 // Session is one client connection's view of the agent: who the peer is
 // and which contexts it has open.
@@ -17,21 +22,32 @@ type Session struct {
 
 	mu       sync.Mutex
 	contexts map[uint32]*macContext
+	expired  map[uint32]struct{} // contexts freed for idleness, until reported
 	closed   bool
 }
 
 // macContext is an open context. err is the sticky error of a failed
-// Update, reported by the next Copy, Finalize or Verify.
+// Update, reported by the next Copy, Finalize or Verify. busy is set while
+// a request uses the context, so the idle sweeper leaves it alone.
 type macContext struct {
-	mac providers.MAC
-	key *resolved
-	err error
+	mac     providers.MAC
+	key     *resolved
+	alg     providers.Algorithm
+	err     error
+	bytes   int64
+	opened  time.Time
+	lastUse int64 // the agent's coarse clock
+	busy    bool
 }
 
 // NewSession starts a session for a connected peer.
 func (a *Agent) NewSession(peer Peer) *Session {
+	s := &Session{agent: a, peer: peer, contexts: make(map[uint32]*macContext)}
 	a.sessions.Add(1)
-	return &Session{agent: a, peer: peer, contexts: make(map[uint32]*macContext)}
+	a.sessionsMu.Lock()
+	a.live[s] = struct{}{}
+	a.sessionsMu.Unlock()
+	return s
 }
 
 // Peer returns the session's peer.
@@ -46,6 +62,7 @@ func (s *Session) Open(ctx context.Context, id uint32, key []byte, alg providers
 		return err
 	}
 	if err := s.agent.check(s.peer, r, OpMAC|OpVerify); err != nil {
+		s.agent.auditUse(s.peer, "open", r.name, alg, err, 0, time.Time{})
 		return err
 	}
 	if !r.key.Supports(alg) {
@@ -59,7 +76,7 @@ func (s *Session) Open(ctx context.Context, id uint32, key []byte, alg providers
 		s.release(id)
 		return s.keyFailed(r, err)
 	}
-	return s.install(id, &macContext{mac: m, key: r})
+	return s.install(id, &macContext{mac: m, key: r, alg: alg, opened: time.Now()})
 }
 
 // install puts an opened context in the place reserve made for it.
@@ -70,6 +87,7 @@ func (s *Session) install(id uint32, c *macContext) error {
 		c.mac.Close()
 		return providers.ErrClosed
 	}
+	c.lastUse = s.agent.now.Load()
 	s.contexts[id] = c
 	return nil
 }
@@ -92,6 +110,7 @@ func (s *Session) reserve(id uint32) error {
 		s.agent.contexts.Add(-1)
 		return providers.Publicf(providers.ErrLimit, "too many open contexts in the agent (at most %d)", s.agent.limits.MaxContexts)
 	}
+	delete(s.expired, id)
 	s.contexts[id] = nil
 	return nil
 }
@@ -105,21 +124,39 @@ func (s *Session) release(id uint32) {
 	}
 }
 
-// get returns context id; remove also takes it out of the session.
-func (s *Session) get(id uint32, remove bool) (*macContext, error) {
+// take returns context id for a request, marked busy until done; with
+// remove it takes it out of the session instead.
+func (s *Session) take(id uint32, remove bool) (*macContext, error) {
 	s.mu.Lock()
 	c := s.contexts[id]
-	if c != nil && remove {
-		delete(s.contexts, id)
-	}
-	s.mu.Unlock()
 	if c == nil {
+		_, wasExpired := s.expired[id]
+		delete(s.expired, id)
+		s.mu.Unlock()
+		if wasExpired {
+			return nil, providers.Publicf(providers.ErrLimit,
+				"context %d was idle for more than %s and was freed", id, s.agent.limits.IdleContextTimeout)
+		}
 		return nil, providers.Publicf(providers.ErrUnknownContext, "context %d is not open on this connection", id)
 	}
+	if remove {
+		delete(s.contexts, id)
+	} else {
+		c.busy = true
+	}
+	s.mu.Unlock()
 	if remove {
 		s.agent.contexts.Add(-1)
 	}
 	return c, nil
+}
+
+// done ends a request's use of a context.
+func (s *Session) done(c *macContext) {
+	s.mu.Lock()
+	c.busy = false
+	c.lastUse = s.agent.now.Load()
+	s.mu.Unlock()
 }
 
 // keyFailed turns a provider's error into what the client sees, and drops
@@ -138,7 +175,7 @@ func (s *Session) keyFailed(r *resolved, err error) error {
 // Update appends p to context id. An error from the provider sticks to the
 // context; Update itself fails only when there is no such context.
 func (s *Session) Update(ctx context.Context, id uint32, p []byte) error {
-	c, err := s.get(id, false)
+	c, err := s.take(id, false)
 	if err != nil {
 		return err
 	}
@@ -146,17 +183,20 @@ func (s *Session) Update(ctx context.Context, id uint32, p []byte) error {
 		if err := c.mac.Update(ctx, p); err != nil {
 			c.err = s.keyFailed(c.key, err)
 		}
+		c.bytes += int64(len(p))
 	}
+	s.done(c)
 	return nil
 }
 
 // Copy opens newID as a copy of id. It reports id's sticky error; a failed
 // copy leaves id as it was.
 func (s *Session) Copy(ctx context.Context, id, newID uint32) error {
-	c, err := s.get(id, false)
+	c, err := s.take(id, false)
 	if err != nil {
 		return err
 	}
+	defer s.done(c)
 	if c.err != nil {
 		return c.err
 	}
@@ -168,39 +208,39 @@ func (s *Session) Copy(ctx context.Context, id, newID uint32) error {
 		s.release(newID)
 		return s.keyFailed(c.key, err)
 	}
-	return s.install(newID, &macContext{mac: m, key: c.key})
+	return s.install(newID, &macContext{mac: m, key: c.key, alg: c.alg, bytes: c.bytes, opened: time.Now()})
 }
 
 // Finalize finishes context id and appends its tag to dst. A peer allowed
 // only to verify gets ErrPermissionDenied, and the context is finished all
 // the same.
-func (s *Session) Finalize(ctx context.Context, id uint32, dst []byte) ([]byte, error) {
-	c, err := s.get(id, true)
+func (s *Session) Finalize(ctx context.Context, id uint32, dst []byte) (tag []byte, err error) {
+	c, err := s.take(id, true)
 	if err != nil {
 		return nil, err
 	}
-	defer c.mac.Close()
+	defer func() { s.finish(c, "finalize", err) }()
 	if c.err != nil {
 		return nil, c.err
 	}
 	if err := s.agent.check(s.peer, c.key, OpMAC); err != nil {
 		return nil, err
 	}
-	tag, err := c.mac.Finalize(ctx)
+	t, err := c.mac.Finalize(ctx)
 	if err != nil {
 		return nil, s.keyFailed(c.key, err)
 	}
-	return append(dst, tag...), nil
+	return append(dst, t...), nil
 }
 
 // Verify finishes context id and checks tag in constant time. Errors wrap
 // ErrInvalidSignature, ErrPermissionDenied or the sticky error.
-func (s *Session) Verify(ctx context.Context, id uint32, tag []byte) error {
-	c, err := s.get(id, true)
+func (s *Session) Verify(ctx context.Context, id uint32, tag []byte) (err error) {
+	c, err := s.take(id, true)
 	if err != nil {
 		return err
 	}
-	defer c.mac.Close()
+	defer func() { s.finish(c, "verify", err) }()
 	if c.err != nil {
 		return c.err
 	}
@@ -216,20 +256,36 @@ func (s *Session) Verify(ctx context.Context, id uint32, tag []byte) error {
 	return nil
 }
 
+// finish closes a context taken out of the session and audits its use.
+func (s *Session) finish(c *macContext, op string, err error) {
+	c.mac.Close()
+	s.agent.auditUse(s.peer, op, c.key.name, c.alg, err, c.bytes, c.opened)
+}
+
 // Abandon frees context id without a result. An unknown id is ignored:
 // abandoning is idempotent.
 func (s *Session) Abandon(id uint32) {
-	if c, err := s.get(id, true); err == nil {
-		c.mac.Close()
+	if c, err := s.take(id, true); err == nil {
+		s.finish(c, "abandon", nil)
 	}
 }
 
 // MAC computes a whole tag in one call and appends it to dst.
 func (s *Session) MAC(ctx context.Context, key []byte, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
+	var start time.Time
+	if s.agent.audit != nil {
+		start = time.Now()
+	}
 	r, err := s.oneShotKey(ctx, key, alg, OpMAC)
 	if err != nil {
 		return nil, err
 	}
+	tag, err := s.mac(ctx, r, alg, data, dst)
+	s.agent.auditUse(s.peer, "mac", r.name, alg, err, int64(len(data)), start)
+	return tag, err
+}
+
+func (s *Session) mac(ctx context.Context, r *resolved, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
 	if r.oneShot != nil {
 		tag, err := r.oneShot.SumMAC(ctx, alg, data, dst)
 		if err != nil {
@@ -252,55 +308,64 @@ func (s *Session) MAC(ctx context.Context, key []byte, alg providers.Algorithm, 
 	return append(dst, tag...), nil
 }
 
-// VerifyMAC checks tag over data in one call, in constant time.
+// VerifyMAC checks tag over data in one call, in constant time: in the
+// key's device when it can, else in the agent.
 func (s *Session) VerifyMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, tag []byte) error {
+	var start time.Time
+	if s.agent.audit != nil {
+		start = time.Now()
+	}
 	r, err := s.oneShotKey(ctx, key, alg, OpVerify)
 	if err != nil {
 		return err
 	}
-	if r.verifier != nil {
-		if err := r.verifier.VerifyMAC(ctx, alg, data, tag); err != nil {
-			if errors.Is(err, providers.ErrInvalidSignature) {
-				return providers.ErrInvalidSignature
-			}
-			return s.keyFailed(r, err)
-		}
-		return nil
-	}
-	if r.oneShot != nil {
-		var buf [64]byte
-		sum, err := r.oneShot.SumMAC(ctx, alg, data, buf[:0])
-		if err != nil {
-			return s.keyFailed(r, err)
-		}
-		if subtle.ConstantTimeCompare(sum, tag) != 1 {
-			return providers.ErrInvalidSignature
-		}
-		return nil
-	}
-	m, err := r.key.NewMAC(ctx, alg)
-	if err != nil {
-		return s.keyFailed(r, err)
-	}
-	defer m.Close()
-	if err := m.Update(ctx, data); err != nil {
-		return s.keyFailed(r, err)
-	}
-	if err := m.Verify(ctx, tag); err != nil {
-		if errors.Is(err, providers.ErrInvalidSignature) {
-			return providers.ErrInvalidSignature
-		}
-		return s.keyFailed(r, err)
-	}
-	return nil
+	err = s.verifyMAC(ctx, r, alg, data, tag)
+	s.agent.auditUse(s.peer, "verify_mac", r.name, alg, err, int64(len(data)), start)
+	return err
 }
 
+func (s *Session) verifyMAC(ctx context.Context, r *resolved, alg providers.Algorithm, data, tag []byte) error {
+	var err error
+	switch {
+	case r.verifier != nil:
+		err = r.verifier.VerifyMAC(ctx, alg, data, tag)
+	case r.oneShot != nil:
+		var buf [64]byte
+		var sum []byte
+		if sum, err = r.oneShot.SumMAC(ctx, alg, data, buf[:0]); err == nil && subtle.ConstantTimeCompare(sum, tag) != 1 {
+			err = providers.ErrInvalidSignature
+		}
+	default:
+		var m providers.MAC
+		if m, err = r.key.NewMAC(ctx, alg); err == nil {
+			if err = m.Update(ctx, data); err == nil {
+				err = m.Verify(ctx, tag)
+			}
+			m.Close()
+		}
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, providers.ErrInvalidSignature):
+		return providers.ErrInvalidSignature
+	}
+	return s.keyFailed(r, err)
+}
+
+// oneShotKey resolves a key for a one-shot operation and checks policy
+// and algorithm; a denial is audited.
 func (s *Session) oneShotKey(ctx context.Context, key []byte, alg providers.Algorithm, op Ops) (*resolved, error) {
 	r, err := s.agent.resolve(ctx, key)
 	if err != nil {
 		return nil, err
 	}
 	if err := s.agent.check(s.peer, r, op); err != nil {
+		name := "mac"
+		if op == OpVerify {
+			name = "verify_mac"
+		}
+		s.agent.auditUse(s.peer, name, r.name, alg, err, 0, time.Time{})
 		return nil, err
 	}
 	if !r.key.Supports(alg) {
@@ -316,6 +381,31 @@ func (s *Session) Contexts() int {
 	return len(s.contexts)
 }
 
+// expire frees contexts idle since before cutoff (on the agent's coarse
+// clock), remembering their IDs to say why later.
+func (s *Session) expire(cutoff int64) {
+	s.mu.Lock()
+	var gone []*macContext
+	for id, c := range s.contexts {
+		if c == nil || c.busy || c.lastUse >= cutoff {
+			continue
+		}
+		delete(s.contexts, id)
+		if s.expired == nil {
+			s.expired = make(map[uint32]struct{})
+		}
+		if len(s.expired) < maxTombstones {
+			s.expired[id] = struct{}{}
+		}
+		gone = append(gone, c)
+	}
+	s.mu.Unlock()
+	for _, c := range gone {
+		s.agent.contexts.Add(-1)
+		s.finish(c, "expire", providers.ErrLimit)
+	}
+}
+
 // Close frees every context. The session is unusable afterwards.
 func (s *Session) Close() {
 	s.mu.Lock()
@@ -329,9 +419,12 @@ func (s *Session) Close() {
 	s.mu.Unlock()
 	for _, c := range contexts {
 		if c != nil { // nil: reserved by an Open still running
-			c.mac.Close()
+			s.finish(c, "abandon", nil)
 		}
 		s.agent.contexts.Add(-1)
 	}
 	s.agent.sessions.Add(-1)
+	s.agent.sessionsMu.Lock()
+	delete(s.agent.live, s)
+	s.agent.sessionsMu.Unlock()
 }

@@ -30,6 +30,7 @@ type Config struct {
 
 	Limits        Limits     `toml:"limits"`
 	Log           Log        `toml:"log"`
+	Audit         Audit      `toml:"audit"`
 	DefaultPolicy *Policy    `toml:"default_policy"`
 	Providers     []Provider `toml:"provider"`
 	Keys          []Key      `toml:"key"`
@@ -44,6 +45,15 @@ type Limits struct {
 	MaxInFlight              int `toml:"max_in_flight"`
 	MaxContextsPerConnection int `toml:"max_contexts_per_connection"`
 	MaxContexts              int `toml:"max_contexts"`
+	// IdleContextTimeout frees contexts unused this long ("10m" by
+	// default; "-1s" never).
+	IdleContextTimeout Duration `toml:"idle_context_timeout"`
+}
+
+// Audit says where the audit log goes: "stderr" (the default), "off", or
+// a file path, appended to.
+type Audit struct {
+	Destination string `toml:"destination"`
 }
 
 // Log configures the agent's log.
@@ -177,6 +187,9 @@ func (c *Config) Validate() error {
 	case "", "debug", "info", "warn", "error":
 	default:
 		bad("log.level", "must be debug, info, warn or error, not %q", c.Log.Level)
+	}
+	if d := c.Audit.Destination; d != "" && d != "stderr" && d != "off" && !filepath.IsAbs(d) {
+		bad("audit.destination", "must be stderr, off or an absolute file path, not %q", d)
 	}
 	switch c.Log.Format {
 	case "", "text", "json":

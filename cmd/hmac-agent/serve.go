@@ -89,7 +89,12 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	if err := harden.NoDump(); err != nil {
 		log.Warn("cannot make the process non-dumpable", "err", err)
 	}
-	a, err := buildAgent(ctx, cfg, log)
+	audit, closeAudit, err := openAudit(cfg.Audit)
+	if err != nil {
+		return err
+	}
+	defer closeAudit()
+	a, err := buildAgent(ctx, cfg, log, audit)
 	if err != nil {
 		return err
 	}
@@ -140,8 +145,24 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	}
 }
 
+// openAudit opens the audit log: JSON lines on stderr, in a file (0600,
+// appended to), or nowhere.
+func openAudit(cfg config.Audit) (*slog.Logger, func(), error) {
+	switch cfg.Destination {
+	case "off":
+		return nil, func() {}, nil
+	case "", "stderr":
+		return slog.New(slog.NewJSONHandler(os.Stderr, nil)), func() {}, nil
+	}
+	f, err := os.OpenFile(cfg.Destination, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("audit log: %w", err)
+	}
+	return slog.New(slog.NewJSONHandler(f, nil)), func() { f.Close() }, nil
+}
+
 // buildAgent opens every configured provider and the agent over them.
-func buildAgent(ctx context.Context, cfg *config.Config, log *slog.Logger) (*agent.Agent, error) {
+func buildAgent(ctx context.Context, cfg *config.Config, log, audit *slog.Logger) (*agent.Agent, error) {
 	var opened []providers.Provider
 	closeAll := func() {
 		for _, p := range opened {
@@ -171,8 +192,10 @@ func buildAgent(ctx context.Context, cfg *config.Config, log *slog.Logger) (*age
 		Limits: agent.Limits{
 			MaxContextsPerSession: cfg.Limits.MaxContextsPerConnection,
 			MaxContexts:           cfg.Limits.MaxContexts,
+			IdleContextTimeout:    cfg.Limits.IdleContextTimeout.Duration,
 		},
 		Logger:  log,
+		Audit:   audit,
 		Version: versionString(),
 	}
 	if cfg.DefaultPolicy != nil {
@@ -190,7 +213,14 @@ func buildAgent(ctx context.Context, cfg *config.Config, log *slog.Logger) (*age
 func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (providers.Provider, error) {
 	switch pc.Type {
 	case "software":
-		return software.Open(pc.Name, pc.Path)
+		p, err := software.Open(pc.Name, pc.Path)
+		if err != nil {
+			return nil, err
+		}
+		if err := p.LockError(); err != nil {
+			log.Warn("software key bytes are not locked in memory and could be swapped out", "provider", pc.Name, "err", err)
+		}
+		return p, nil
 	case "pkcs11":
 		pin, err := readPIN(pc)
 		if err != nil {

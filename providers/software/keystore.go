@@ -34,13 +34,14 @@ func openDir(dir string) error {
 
 // loadKeys reads every key file in dir. Any loose, unreadable or corrupt
 // file stops the load: serving with part of the keystore silently missing
-// would turn one broken file into failures that are hard to trace.
-func loadKeys(dir string) (map[string]*key, error) {
+// would turn one broken file into failures that are hard to trace. lockErr
+// is the first failure to lock key bytes in memory, if any.
+func loadKeys(dir string) (keys map[string]*key, lockErr error, err error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("software keystore: %w", err)
+		return nil, nil, fmt.Errorf("software keystore: %w", err)
 	}
-	keys := make(map[string]*key)
+	keys = make(map[string]*key)
 	for _, e := range entries {
 		name, ok := strings.CutSuffix(e.Name(), keyFileSuffix)
 		if !ok || strings.HasPrefix(e.Name(), ".") {
@@ -48,33 +49,44 @@ func loadKeys(dir string) (map[string]*key, error) {
 		}
 		path := filepath.Join(dir, e.Name())
 		if err := providers.CheckKeyName(name); err != nil {
-			return nil, fmt.Errorf("software keystore: %s: %w", path, err)
+			return nil, nil, fmt.Errorf("software keystore: %s: %w", path, err)
 		}
-		k, err := readKeyFile(path, name)
+		k, lerr, err := readKeyFile(path, name)
 		if err != nil {
-			return nil, err
+			for _, k := range keys {
+				k.destroy()
+			}
+			return nil, nil, err
+		}
+		if lockErr == nil {
+			lockErr = lerr
 		}
 		keys[name] = k
 	}
-	return keys, nil
+	return keys, lockErr, nil
 }
 
-func readKeyFile(path, name string) (*key, error) {
+func readKeyFile(path, name string) (k *key, lockErr, err error) {
 	data, err := privfile.Read(path)
 	if err != nil {
-		return nil, fmt.Errorf("software keystore: %w", err)
+		return nil, nil, fmt.Errorf("software keystore: %w", err)
 	}
 	defer clear(data)
 	var kf keyFile
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&kf); err != nil {
-		return nil, fmt.Errorf("software keystore: %s: not a key file: %w", path, err)
+		return nil, nil, fmt.Errorf("software keystore: %s: not a key file: %w", path, err)
 	}
+	defer clear(kf.Secret)
 	if kf.Version != 1 {
-		return nil, fmt.Errorf("software keystore: %s: unknown key file version %d", path, kf.Version)
+		return nil, nil, fmt.Errorf("software keystore: %s: unknown key file version %d", path, kf.Version)
 	}
-	return newKey(name, kf.Secret, kf.Created), nil
+	k, lockErr = newKey(name, kf.Secret, kf.Created)
+	if k == nil {
+		return nil, nil, fmt.Errorf("software keystore: %s: %w", path, lockErr)
+	}
+	return k, lockErr, nil
 }
 
 // writeKeyFile stores a new key atomically. It fails with ErrKeyExists

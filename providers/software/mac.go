@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hmac-agent/hmac-agent/internal/memlock"
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
@@ -20,7 +21,7 @@ type key struct {
 	created time.Time
 
 	mu      sync.Mutex // guards secret and deleted
-	secret  []byte
+	secret  *memlock.Secret
 	deleted bool
 
 	pools [providers.SHA3_512 + 1]sync.Pool // of hash.Hash, keyed, any state
@@ -33,8 +34,14 @@ var (
 	_ providers.MAC       = (*mac)(nil)
 )
 
-func newKey(name string, secret []byte, created time.Time) *key {
-	return &key{name: name, created: created, secret: append([]byte(nil), secret...)}
+// newKey copies secret into locked memory. An error says only that the
+// memory could not be locked; the key works regardless.
+func newKey(name string, secret []byte, created time.Time) (*key, error) {
+	s, err := memlock.New(secret)
+	if s == nil {
+		return nil, err
+	}
+	return &key{name: name, created: created, secret: s}, err
 }
 
 func (k *key) Name() string                          { return k.name }
@@ -55,17 +62,18 @@ func (k *key) state(alg providers.Algorithm) (hash.Hash, error) {
 	if k.deleted {
 		return nil, fmt.Errorf("software: key %q was deleted: %w", k.name, providers.ErrKeyNotFound)
 	}
+	secret := k.secret.Bytes()
 	switch alg {
 	case providers.SHA3_224:
-		return newSHA3HMAC(sha3.New224, k.secret), nil
+		return newSHA3HMAC(sha3.New224, secret), nil
 	case providers.SHA3_256:
-		return newSHA3HMAC(sha3.New256, k.secret), nil
+		return newSHA3HMAC(sha3.New256, secret), nil
 	case providers.SHA3_384:
-		return newSHA3HMAC(sha3.New384, k.secret), nil
+		return newSHA3HMAC(sha3.New384, secret), nil
 	case providers.SHA3_512:
-		return newSHA3HMAC(sha3.New512, k.secret), nil
+		return newSHA3HMAC(sha3.New512, secret), nil
 	}
-	return hmac.New(alg.NewHash(), k.secret), nil
+	return hmac.New(alg.NewHash(), secret), nil
 }
 
 func (k *key) release(alg providers.Algorithm, h hash.Hash) { k.pools[alg].Put(h) }
@@ -74,9 +82,10 @@ func (k *key) release(alg providers.Algorithm, h hash.Hash) { k.pools[alg].Put(h
 // can be keyed from it.
 func (k *key) destroy() {
 	k.mu.Lock()
-	clear(k.secret)
-	k.secret = nil
-	k.deleted = true
+	if !k.deleted {
+		k.secret.Destroy()
+		k.deleted = true
+	}
 	k.mu.Unlock()
 	for i := range k.pools {
 		k.pools[i] = sync.Pool{}

@@ -25,9 +25,10 @@ type Provider struct {
 	name string
 	dir  string
 
-	mu     sync.RWMutex
-	keys   map[string]*key
-	closed bool
+	mu      sync.RWMutex
+	keys    map[string]*key
+	closed  bool
+	lockErr error // the first failure to lock key bytes in memory
 }
 
 var (
@@ -45,11 +46,20 @@ func Open(name, dir string) (*Provider, error) {
 	if err := openDir(dir); err != nil {
 		return nil, err
 	}
-	keys, err := loadKeys(dir)
+	keys, lockErr, err := loadKeys(dir)
 	if err != nil {
 		return nil, err
 	}
-	return &Provider{name: name, dir: dir, keys: keys}, nil
+	return &Provider{name: name, dir: dir, keys: keys, lockErr: lockErr}, nil
+}
+
+// LockError returns the first failure to lock key bytes in memory (the
+// RLIMIT_MEMLOCK limit), or nil if every key's bytes are locked. Keys
+// work either way; the agent logs it.
+func (p *Provider) LockError() error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.lockErr
 }
 
 // Name returns the provider's configured name.
@@ -152,7 +162,14 @@ func (p *Provider) add(name string, secret []byte) (providers.KeyInfo, error) {
 	if err := writeKeyFile(p.dir, name, secret, created); err != nil {
 		return providers.KeyInfo{}, err
 	}
-	k := newKey(name, secret, created)
+	k, lockErr := newKey(name, secret, created)
+	if k == nil {
+		removeKeyFile(p.dir, name)
+		return providers.KeyInfo{}, fmt.Errorf("software: %w", lockErr)
+	}
+	if p.lockErr == nil {
+		p.lockErr = lockErr
+	}
 	p.keys[name] = k
 	return p.infoLocked(k), nil
 }

@@ -26,30 +26,30 @@ var (
 )
 
 // The table of codes. Codes never change meaning; new ones are added at
-// the end.
+// the end. The contract's errors are named by providers.ErrorName.
 var codes = []struct {
 	code Code
 	err  error
 	name string
 }{
-	{1, providers.ErrAlreadyFinalized, "already_finalized"},
-	{2, providers.ErrInvalidSignature, "invalid_signature"},
-	{3, providers.ErrUnsupportedAlgorithm, "unsupported_algorithm"},
-	{4, providers.ErrKeyNotFound, "key_not_found"},
-	{5, providers.ErrPermissionDenied, "permission_denied"},
-	{6, providers.ErrKeyExists, "key_exists"},
-	{7, providers.ErrInvalidArgument, "invalid_argument"},
-	{8, providers.ErrNotSupported, "not_supported"},
-	{9, providers.ErrLimit, "limit"},
-	{10, providers.ErrUnavailable, "unavailable"},
-	{11, providers.ErrContextLost, "context_lost"},
-	{12, providers.ErrUnknownContext, "unknown_context"},
+	{1, providers.ErrAlreadyFinalized, ""},
+	{2, providers.ErrInvalidSignature, ""},
+	{3, providers.ErrUnsupportedAlgorithm, ""},
+	{4, providers.ErrKeyNotFound, ""},
+	{5, providers.ErrPermissionDenied, ""},
+	{6, providers.ErrKeyExists, ""},
+	{7, providers.ErrInvalidArgument, ""},
+	{8, providers.ErrNotSupported, ""},
+	{9, providers.ErrLimit, ""},
+	{10, providers.ErrUnavailable, ""},
+	{11, providers.ErrContextLost, ""},
+	{12, providers.ErrUnknownContext, ""},
 	{13, ErrBadRequest, "bad_request"},
 	{14, ErrUnknownMessage, "unknown_message"},
 	{15, ErrVersion, "version"},
 	{16, ErrInternal, "internal"},
 	{17, ErrShuttingDown, "shutting_down"},
-	{18, providers.ErrClosed, "closed"},
+	{18, providers.ErrClosed, ""},
 }
 
 // Codes of errors the server sends for framing faults.
@@ -84,6 +84,9 @@ func (c Code) Sentinel() error {
 func (c Code) String() string {
 	for _, e := range codes {
 		if e.code == c {
+			if e.name == "" {
+				return providers.ErrorName(e.err)
+			}
 			return e.name
 		}
 	}

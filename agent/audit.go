@@ -1,0 +1,51 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/hmac-agent/hmac-agent/providers"
+)
+
+// The audit log has one JSON line per use of a key (a one-shot MAC or
+// verification, a context finished, abandoned or expired) and per denial,
+// written through log/slog. Fields:
+//
+//	time, msg="key use" or "denied", key, operation, algorithm,
+//	uid, gid, pid, result ("ok" or an error name), bytes, duration (ns)
+//
+// It never holds key bytes, tags or message data.
+
+// auditUse records a use of a key. It costs one nil check when the audit
+// log is off.
+func (a *Agent) auditUse(peer Peer, op, key string, alg providers.Algorithm, err error, bytes int64, start time.Time) {
+	if a.audit == nil {
+		return
+	}
+	msg := "key use"
+	level := slog.LevelInfo
+	if providers.ErrorName(err) == "permission_denied" {
+		msg, level = "denied", slog.LevelWarn
+	}
+	result := providers.ErrorName(err)
+	if result == "" {
+		result = "error"
+	}
+	attrs := []slog.Attr{
+		slog.String("key", key),
+		slog.String("operation", op),
+		slog.Uint64("uid", uint64(peer.UID)),
+		slog.Uint64("gid", uint64(peer.GID)),
+		slog.Int64("pid", int64(peer.PID)),
+		slog.String("result", result),
+		slog.Int64("bytes", bytes),
+	}
+	if alg.Valid() {
+		attrs = append(attrs, slog.String("algorithm", alg.String()))
+	}
+	if !start.IsZero() {
+		attrs = append(attrs, slog.Duration("duration", time.Since(start)))
+	}
+	a.audit.LogAttrs(context.Background(), level, msg, attrs...)
+}

@@ -1,0 +1,5 @@
+//go:build !linux && (darwin || freebsd)
+
+package memlock
+
+func dontDump(mem []byte) {}
