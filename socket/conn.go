@@ -325,11 +325,12 @@ func (c *conn) enqueue(m *wire.Message) {
 	defer c.qmu.Unlock()
 	q := c.queueLocked(o.Context)
 	var target *queue
-	if o.Type == wire.TypeCopy {
-		// The copy's own requests wait until the copy exists.
+	if o.Type == wire.TypeCopy && o.NewContext != o.Context && c.queues[o.NewContext] == nil {
+		// The copy's own requests wait until the copy exists. (A copy
+		// onto an ID in use fails in the agent; its queue, if any, is
+		// left alone.)
 		target = c.queueLocked(o.NewContext)
 		target.blocked = true
-		target.done = false
 	}
 	q.ops = append(q.ops, func() {
 		err := c.contextOp(o, q)
@@ -341,9 +342,11 @@ func (c *conn) enqueue(m *wire.Message) {
 		case wire.TypeFinalize, wire.TypeVerify, wire.TypeClose:
 			q.done = true
 		case wire.TypeCopy:
-			target.blocked = false
-			target.done = err != nil
-			c.startLocked(o.NewContext, target)
+			if target != nil {
+				target.blocked = false
+				target.done = err != nil
+				c.startLocked(o.NewContext, target)
+			}
 		}
 		c.qmu.Unlock()
 		c.releaseToken()

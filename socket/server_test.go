@@ -370,3 +370,5 @@ func TestPipelinedOneShots(t *testing.T) {
 		}
 	}
 }
+
+func bufioReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }
