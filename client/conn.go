@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
@@ -59,6 +60,9 @@ func dialConn(ctx context.Context, path string) (*conn, error) {
 	if err != nil {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return nil, err
+		}
+		if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+			return nil, fmt.Errorf("cannot connect to the agent at %s: %w: %v", path, ErrPermissionDenied, unwrapSyscall(err))
 		}
 		return nil, fmt.Errorf("no hmac-agent listening at %s (%w): %v", path, ErrAgentNotRunning, unwrapSyscall(err))
 	}

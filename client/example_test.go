@@ -18,6 +18,9 @@ import (
 // from RFC 4231) and points HMAC_AGENT_SOCK at it, so the examples run as
 // they would against a real agent.
 func TestMain(m *testing.M) {
+	if os.Getenv("HMAC_AGENT_POLICY_CHILD") != "" {
+		policyChild()
+	}
 	dir, err := os.MkdirTemp("", "hmac-agent-example-")
 	if err != nil {
 		log.Fatal(err)

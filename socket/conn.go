@@ -288,16 +288,25 @@ func (c *conn) own(m *wire.Message) (o *wire.Message, done func()) {
 	return o, func() {}
 }
 
-// acquire takes an in-flight token, flushing first: a reader about to
-// block must not sit on replies the client is waiting for.
-func (c *conn) acquire() {
+// acquire takes an in-flight token for m. A request that has a reply is
+// refused with ErrLimit when the connection has too many in flight; an
+// UPDATE, which has none to carry the error and whose data must not be
+// lost, waits instead, and the reader stops reading meanwhile (flushing
+// first: it must not sit on replies the client is waiting for).
+func (c *conn) acquire(m *wire.Message) bool {
 	select {
 	case c.inflight <- struct{}{}:
 	default:
+		if m.Type != wire.TypeUpdate && m.Type != wire.TypeClose {
+			c.replyError(m.ID, providers.Publicf(providers.ErrLimit,
+				"too many requests in flight on this connection (at most %d)", cap(c.inflight)))
+			return false
+		}
 		c.flush()
 		c.inflight <- struct{}{}
 	}
 	c.wg.Add(1)
+	return true
 }
 
 func (c *conn) releaseToken() {
@@ -306,7 +315,9 @@ func (c *conn) releaseToken() {
 }
 
 func (c *conn) goAsync(m *wire.Message, run func(*wire.Message)) {
-	c.acquire()
+	if !c.acquire(m) {
+		return
+	}
 	o, done := c.own(m)
 	go func() {
 		defer c.releaseToken()
@@ -319,7 +330,9 @@ func (c *conn) goAsync(m *wire.Message, run func(*wire.Message)) {
 // enqueue adds a context request to the context's queue, creating the
 // queue (and, for COPY, the new context's) as needed.
 func (c *conn) enqueue(m *wire.Message) {
-	c.acquire()
+	if !c.acquire(m) {
+		return
+	}
 	o, done := c.own(m)
 	c.qmu.Lock()
 	defer c.qmu.Unlock()

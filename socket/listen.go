@@ -25,6 +25,15 @@ func Listen(path string, gid int) (*net.UnixListener, error) {
 	if err := os.MkdirAll(dir, dirMode); err != nil {
 		return nil, fmt.Errorf("socket directory: %w", err)
 	}
+	if gid >= 0 {
+		// The group must reach the socket through its directory.
+		if err := os.Chown(dir, -1, gid); err != nil {
+			return nil, fmt.Errorf("socket directory %s: %w", dir, err)
+		}
+		if err := os.Chmod(dir, dirMode); err != nil {
+			return nil, fmt.Errorf("socket directory %s: %w", dir, err)
+		}
+	}
 	if err := checkSocketDir(dir); err != nil {
 		return nil, err
 	}

@@ -30,6 +30,7 @@ type Options struct {
 	Limits       agent.Limits
 	SocketLimits socket.Limits
 	Logger       *slog.Logger
+	Audit        *slog.Logger
 }
 
 // SocketDir makes a private directory with a short path: Unix socket paths
@@ -68,6 +69,7 @@ func Run(keyDir, path string, opts Options) (a *Agent, stop func(), err error) {
 		Keys:      opts.Keys,
 		Limits:    opts.Limits,
 		Logger:    opts.Logger,
+		Audit:     opts.Audit,
 		Version:   "test",
 	})
 	if err != nil {

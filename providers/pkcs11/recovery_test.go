@@ -6,12 +6,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
+	"sync"
 	"testing"
 
 	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
+	"github.com/hmac-agent/hmac-agent/providers/providertest"
 )
 
 // recoveryRig is an agent with a token provider and a software key beside
@@ -113,3 +116,26 @@ func TestKeyDeletedUnderneath(t *testing.T) {
 	}
 	r.check(t, "after deleting another key")
 }
+
+func TestLogsHoldNoSecretsOrPIN(t *testing.T) {
+	p, tok := newToken(t, nil)
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	w := writerFunc(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return buf.Write(b) })
+	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	a := agenttest.Start(t, agenttest.Options{Providers: []providers.Provider{p}, Logger: log, Audit: slog.New(slog.NewJSONHandler(w, nil))})
+	c, err := client.Dial(context.Background(), a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	providertest.CheckLogsHoldNoSecrets(t, c, "hsm", client.SHA256, func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return buf.String()
+	}, []byte(tok.PIN), []byte(tok.SOPIN))
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }

@@ -292,3 +292,57 @@ func TestClearedTPM(t *testing.T) {
 		t.Errorf("blob from another TPM: %v", err)
 	}
 }
+
+// TestRestartUnderAgent: swtpm restarts under a running agent; the
+// software key beside it never stops working, and the TPM key works again
+// at once.
+func TestRestartUnderAgent(t *testing.T) {
+	p, sw, _ := newTPM(t)
+	ctx := context.Background()
+	a := agenttest.Start(t, agenttest.Options{Providers: []providers.Provider{p}})
+	a.Soft.ImportKey(ctx, "soft-key", []byte("soft"))
+	c, err := client.Dial(ctx, a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.ImportKey(ctx, "tpm", "tpm-key", []byte("tpm")); err != nil {
+		t.Fatal(err)
+	}
+	h, _ := c.New(ctx, "tpm-key", client.SHA256)
+	h.Update(make([]byte, 5000))
+	if _, err := h.Copy(ctx); err != nil { // the sequence is in the TPM now
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	softErrs := make(chan error, 1)
+	go func() { // the software key is used all through the restart
+		for {
+			select {
+			case <-stop:
+				close(softErrs)
+				return
+			default:
+			}
+			if _, err := c.MAC(ctx, "soft-key", client.SHA256, []byte("x")); err != nil {
+				softErrs <- err
+				close(softErrs)
+				return
+			}
+		}
+	}()
+	if err := sw.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Finalize(ctx); !errors.Is(err, client.ErrContextLost) {
+		t.Errorf("a sequence cut by the restart: %v, want ErrContextLost", err)
+	}
+	tag, err := c.MAC(ctx, "tpm-key", client.SHA256, []byte("after"))
+	if err != nil || !bytes.Equal(tag, reference(providers.SHA256, []byte("tpm"), []byte("after"))) {
+		t.Errorf("the TPM key after the restart: %x %v", tag, err)
+	}
+	close(stop)
+	for err := range softErrs {
+		t.Errorf("the software key during the restart: %v", err)
+	}
+}

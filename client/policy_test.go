@@ -1,0 +1,188 @@
+package client_test
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/hmac-agent/hmac-agent/agent"
+	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
+	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/socket"
+)
+
+// policyChild runs one operation as the child process of
+// TestPolicyMatrix, under another uid, and prints its outcome.
+func policyChild() {
+	ctx := context.Background()
+	key, op := os.Getenv("POLICY_KEY"), os.Getenv("POLICY_OP")
+	tag, _ := hex.DecodeString(os.Getenv("POLICY_TAG"))
+	msg := []byte("policy matrix message")
+	c, err := client.Dial(ctx, os.Getenv("POLICY_SOCK"))
+	if err == nil {
+		switch op {
+		case "mac":
+			_, err = c.MAC(ctx, key, client.SHA256, msg)
+		case "verify_mac":
+			err = c.VerifyMAC(ctx, key, client.SHA256, msg, tag)
+		case "finalize", "verify":
+			var h *client.HMAC
+			if h, err = c.New(ctx, key, client.SHA256); err == nil {
+				h.Update(msg)
+				if op == "finalize" {
+					_, err = h.Finalize(ctx)
+				} else {
+					err = h.Verify(ctx, tag)
+				}
+			}
+		case "generate":
+			_, err = c.GenerateKey(ctx, "", key, 0)
+		case "delete":
+			err = c.DeleteKey(ctx, "", key)
+		}
+	}
+	fmt.Print(providers.ErrorName(err))
+	os.Exit(0)
+}
+
+// TestPolicyMatrix runs clients as other users against an agent whose
+// socket belongs to a group, across users × keys × operations, and checks
+// each is allowed or denied as the policy says. It must run as root, as CI
+// does.
+func TestPolicyMatrix(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI is set but the tests do not run as root; the policy matrix needs root to run clients as other users")
+		}
+		t.Skip("needs root to run clients as other users")
+	}
+	const sockGroup = 2001
+	dir, err := os.MkdirTemp("", "hmac-agent-policy-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o711) // others may pass through to the socket's directory
+	// The test binary, where other users may run it.
+	self := filepath.Join(dir, "child")
+	copyFile(t, os.Args[0], self)
+
+	shared := agent.Policy{UIDs: []uint32{1001}, Ops: agent.OpMAC | agent.OpVerify}
+	groupVerify := agent.Policy{GIDs: []uint32{2002}, Ops: agent.OpVerify}
+	a := agenttest.Start(t, agenttest.Options{Keys: []agent.KeyConfig{
+		{Name: "shared", Provider: "soft", Policy: shared},
+		{Name: "group-verify", Provider: "soft", Policy: groupVerify},
+	}})
+	ctx := context.Background()
+	secret := []byte("policy-matrix-secret")
+	for _, k := range []string{"owner-only", "shared", "group-verify"} {
+		a.Soft.ImportKey(ctx, k, secret)
+	}
+	tag := hex.EncodeToString(hmacOf(client.SHA256, secret, []byte("policy matrix message")))
+	// A second listener on a socket the group may use.
+	path := filepath.Join(dir, "run", "agent.sock")
+	l, err := socket.Listen(path, sockGroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go a.Server.Serve(ctx, l)
+	if fi, _ := os.Stat(filepath.Dir(path)); fi.Mode().Perm() != 0o750 {
+		t.Errorf("socket directory mode %v, want 0750 with a group", fi.Mode().Perm())
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o660 {
+		t.Errorf("socket mode %v, want 0660 with a group", fi.Mode().Perm())
+	}
+
+	type user struct {
+		name     string
+		uid, gid uint32
+		groups   []uint32
+	}
+	users := []user{
+		{"root (the agent's owner)", 0, 0, nil},
+		{"uid 1001 (named by shared)", 1001, 1001, []uint32{sockGroup}},
+		{"uid 1002 (group 2002: verify group-verify)", 1002, 2002, []uint32{sockGroup}},
+		{"uid 1003 (socket group only)", 1003, 1003, []uint32{sockGroup}},
+		{"uid 1004 (not in the socket group)", 1004, 1004, nil},
+	}
+	ok, denied, noSocket := "ok", "permission_denied", "permission_denied"
+	// want[user][key] lists the outcomes of mac, verify_mac, finalize, verify.
+	want := map[string]map[string][4]string{
+		users[0].name: {"owner-only": {ok, ok, ok, ok}, "shared": {denied, denied, denied, denied}, "group-verify": {denied, denied, denied, denied}},
+		users[1].name: {"owner-only": {denied, denied, denied, denied}, "shared": {ok, ok, ok, ok}, "group-verify": {denied, denied, denied, denied}},
+		users[2].name: {"owner-only": {denied, denied, denied, denied}, "shared": {denied, denied, denied, denied}, "group-verify": {denied, ok, denied, ok}},
+		users[3].name: {"owner-only": {denied, denied, denied, denied}, "shared": {denied, denied, denied, denied}, "group-verify": {denied, denied, denied, denied}},
+		users[4].name: {"owner-only": {noSocket, noSocket, noSocket, noSocket}, "shared": {noSocket, noSocket, noSocket, noSocket}, "group-verify": {noSocket, noSocket, noSocket, noSocket}},
+	}
+	run := func(u user, key, op string) string {
+		cmd := exec.Command(self, "-test.run=^$")
+		cmd.Env = append(os.Environ(), "HMAC_AGENT_POLICY_CHILD=1", "POLICY_SOCK="+path, "POLICY_KEY="+key, "POLICY_OP="+op, "POLICY_TAG="+tag)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: u.uid, Gid: u.gid, Groups: u.groups}}
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %s %s: %v: %s", u.name, op, key, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	cases, deniedCount := 0, 0
+	for _, u := range users {
+		for _, key := range []string{"owner-only", "shared", "group-verify"} {
+			for i, op := range []string{"mac", "verify_mac", "finalize", "verify"} {
+				got := run(u, key, op)
+				cases++
+				if got == denied {
+					deniedCount++
+				}
+				if exp := want[u.name][key][i]; got != exp {
+					t.Errorf("%s: %s with %s = %s, want %s", u.name, op, key, got, exp)
+				}
+			}
+		}
+		// Key management is for the agent's owner and root only.
+		wantGen, wantDel := denied, denied
+		if u.uid == 0 {
+			wantGen, wantDel = ok, "key_not_found"
+		}
+		for op, exp := range map[string]string{"generate": wantGen, "delete": wantDel} {
+			key := fmt.Sprintf("made-by-%d", u.uid)
+			if op == "delete" {
+				key = "no-such-key"
+			}
+			got := run(u, key, op)
+			cases++
+			if got == denied {
+				deniedCount++
+			}
+			if got != exp {
+				t.Errorf("%s: %s = %s, want %s", u.name, op, got, exp)
+			}
+		}
+	}
+	t.Logf("%d user × key × operation cases, %d denied as the policy says", cases, deniedCount)
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	src, err := os.Open(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	if _, err := io.Copy(dst, src); err != nil {
+		t.Fatal(err)
+	}
+}

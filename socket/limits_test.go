@@ -1,0 +1,165 @@
+package socket_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
+	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/socket"
+	"github.com/hmac-agent/hmac-agent/socket/wire"
+)
+
+func TestInFlightLimit(t *testing.T) {
+	slow := &slowProvider{secret: testSecret, delay: 300 * time.Millisecond}
+	a := start(t, agenttest.Options{Providers: []providers.Provider{slow}, SocketLimits: socket.Limits{MaxInFlight: 4}})
+	r := dialRaw(t, a.Path, true)
+	for i := uint32(1); i <= 6; i++ {
+		r.send(wire.Message{Type: wire.TypeMAC, ID: i, Algorithm: uint8(providers.SHA256), Key: []byte("slow-key"), Data: []byte("x")})
+	}
+	limited := 0
+	for range 6 {
+		m := r.recv()
+		if m.Type == wire.TypeError {
+			if m.Code != wire.CodeOf(providers.ErrLimit) || !strings.Contains(string(m.Data), "at most 4") {
+				t.Errorf("error %s %q", m.Code, m.Data)
+			}
+			limited++
+		}
+	}
+	if limited != 2 {
+		t.Errorf("%d of 6 requests refused with a limit of 4 in flight, want 2", limited)
+	}
+	dialRaw(t, a.Path, true).mac(1, "others are served")
+}
+
+func TestConnectionLimit(t *testing.T) {
+	a := start(t, agenttest.Options{SocketLimits: socket.Limits{MaxConnections: 2}})
+	dialRaw(t, a.Path, true)
+	dialRaw(t, a.Path, true)
+	r := dialRaw(t, a.Path, false)
+	m := r.expectError(0, providers.ErrLimit)
+	if !strings.Contains(string(m.Data), "too many connections (at most 2)") {
+		t.Errorf("message %q", m.Data)
+	}
+	r.expectClosed()
+}
+
+// TestClientsKilledMidStream: 10 000 connections open contexts, stream
+// part of a message and vanish. Nothing may stay behind.
+func TestClientsKilledMidStream(t *testing.T) {
+	slow := &slowProvider{secret: testSecret}
+	a := start(t, agenttest.Options{Providers: []providers.Provider{slow}})
+	baseGoroutines := runtime.NumGoroutine()
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	const n = 10000
+	for i := range n {
+		nc, err := net.Dial("unix", a.Path)
+		for tries := 0; errors.Is(err, syscall.EAGAIN) && tries < 1000; tries++ {
+			time.Sleep(time.Millisecond) // the listen backlog is full
+			nc, err = net.Dial("unix", a.Path)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := "k"
+		if i%4 == 0 {
+			key = "slow-key"
+		}
+		var b []byte
+		for _, m := range []wire.Message{
+			{Type: wire.TypeHello, MinVersion: 1, MaxVersion: 1},
+			{Type: wire.TypeOpen, ID: 1, Context: 1, Algorithm: uint8(providers.SHA256), Key: []byte(key)},
+			{Type: wire.TypeUpdate, ID: 2, Context: 1, Data: make([]byte, 2000)},
+			{Type: wire.TypeCopy, ID: 3, Context: 1, NewContext: 2},
+			{Type: wire.TypeUpdate, ID: 4, Context: 2, Data: make([]byte, 100)},
+		} {
+			b, _ = m.Append(b)
+		}
+		nc.Write(b[:len(b)-i%50]) // cut off mid-frame, sometimes
+		nc.Close()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st := a.Agent.Status(context.Background())
+		if st.Contexts == 0 && st.Connections == 0 && slow.opened.Load() == 0 && a.Server.Connections() == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %d killed clients: %d contexts, %d sessions, %d connections, %d device contexts",
+				n, st.Contexts, st.Connections, a.Server.Connections(), slow.opened.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	goroutines := runtime.NumGoroutine()
+	if goroutines > baseGoroutines+10 {
+		t.Errorf("goroutines: %d before, %d after %d killed clients", baseGoroutines, goroutines, n)
+	}
+	growth := int64(after.HeapInuse) - int64(before.HeapInuse)
+	if growth > 16<<20 {
+		t.Errorf("heap grew by %d MiB after %d killed clients", growth>>20, n)
+	}
+	t.Logf("%d killed clients: goroutines %d -> %d, heap in use %+d KiB", n, baseGoroutines, goroutines, growth>>10)
+}
+
+func TestListenRefusesUnsafePlaces(t *testing.T) {
+	dir := agenttest.SocketDir(t)
+	sub := filepath.Join(dir, "run")
+	path := filepath.Join(sub, "agent.sock")
+
+	l, err := socket.Listen(path, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(sub); fi.Mode().Perm() != 0o700 {
+		t.Errorf("directory mode %v, want 0700", fi.Mode().Perm())
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode %v, want 0600", fi.Mode().Perm())
+	}
+	// A live socket is not taken over.
+	if _, err := socket.Listen(path, -1); err == nil || !strings.Contains(err.Error(), "another agent is listening") {
+		t.Errorf("second agent on a live socket: %v", err)
+	}
+	// A stale one is removed.
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("stale socket not left for the test: %v", err)
+	}
+	l2, err := socket.Listen(path, -1)
+	if err != nil {
+		t.Fatalf("over a stale socket: %v", err)
+	}
+	l2.Close()
+
+	os.Chmod(sub, 0o777)
+	if _, err := socket.Listen(path, -1); err == nil || !strings.Contains(err.Error(), "must not be writable by group or others") {
+		t.Errorf("world-writable directory: %v", err)
+	}
+	os.Chmod(sub, 0o700)
+	if os.Geteuid() == 0 {
+		os.Chown(sub, 1234, -1)
+		if _, err := socket.Listen(path, -1); err == nil || !strings.Contains(err.Error(), "owned by uid 1234") {
+			t.Errorf("directory of another user: %v", err)
+		}
+		os.Chown(sub, 0, -1)
+	}
+	os.WriteFile(path, []byte("not a socket"), 0o600)
+	if _, err := socket.Listen(path, -1); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("a file in the way: %v", err)
+	}
+}
