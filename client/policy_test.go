@@ -19,37 +19,41 @@ import (
 	"github.com/hmac-agent/hmac-agent/socket"
 )
 
-// policyChild runs one operation as the child process of
-// TestPolicyMatrix, under another uid, and prints its outcome.
+// policyChild runs the operations of TestPolicyMatrix for one user, in
+// the child process running under that user's uid, and prints each
+// outcome on a line.
 func policyChild() {
 	ctx := context.Background()
-	key, op := os.Getenv("POLICY_KEY"), os.Getenv("POLICY_OP")
 	tag, _ := hex.DecodeString(os.Getenv("POLICY_TAG"))
 	msg := []byte("policy matrix message")
-	c, err := client.Dial(ctx, os.Getenv("POLICY_SOCK"))
-	if err == nil {
-		switch op {
-		case "mac":
-			_, err = c.MAC(ctx, key, client.SHA256, msg)
-		case "verify_mac":
-			err = c.VerifyMAC(ctx, key, client.SHA256, msg, tag)
-		case "finalize", "verify":
-			var h *client.HMAC
-			if h, err = c.New(ctx, key, client.SHA256); err == nil {
-				h.Update(msg)
-				if op == "finalize" {
-					_, err = h.Finalize(ctx)
-				} else {
-					err = h.Verify(ctx, tag)
+	for _, kv := range strings.Split(os.Getenv("POLICY_CASES"), ",") {
+		key, op, _ := strings.Cut(kv, ":")
+		c, err := client.Dial(ctx, os.Getenv("POLICY_SOCK"))
+		if err == nil {
+			switch op {
+			case "mac":
+				_, err = c.MAC(ctx, key, client.SHA256, msg)
+			case "verify_mac":
+				err = c.VerifyMAC(ctx, key, client.SHA256, msg, tag)
+			case "finalize", "verify":
+				var h *client.HMAC
+				if h, err = c.New(ctx, key, client.SHA256); err == nil {
+					h.Update(msg)
+					if op == "finalize" {
+						_, err = h.Finalize(ctx)
+					} else {
+						err = h.Verify(ctx, tag)
+					}
 				}
+			case "generate":
+				_, err = c.GenerateKey(ctx, "", key, 0)
+			case "delete":
+				err = c.DeleteKey(ctx, "", key)
 			}
-		case "generate":
-			_, err = c.GenerateKey(ctx, "", key, 0)
-		case "delete":
-			err = c.DeleteKey(ctx, "", key)
+			c.Close()
 		}
+		fmt.Println(providers.ErrorName(err))
 	}
-	fmt.Print(providers.ErrorName(err))
 	os.Exit(0)
 }
 
@@ -122,29 +126,30 @@ func TestPolicyMatrix(t *testing.T) {
 		users[3].name: {"owner-only": {denied, denied, denied, denied}, "shared": {denied, denied, denied, denied}, "group-verify": {denied, denied, denied, denied}},
 		users[4].name: {"owner-only": {noSocket, noSocket, noSocket, noSocket}, "shared": {noSocket, noSocket, noSocket, noSocket}, "group-verify": {noSocket, noSocket, noSocket, noSocket}},
 	}
-	run := func(u user, key, op string) string {
+	// runAll runs a user's cases in one child process running as the user.
+	runAll := func(u user, cases []string) []string {
 		cmd := exec.Command(self, "-test.run=^$")
-		cmd.Env = append(os.Environ(), "HMAC_AGENT_POLICY_CHILD=1", "POLICY_SOCK="+path, "POLICY_KEY="+key, "POLICY_OP="+op, "POLICY_TAG="+tag)
+		cmd.Env = append(os.Environ(), "HMAC_AGENT_POLICY_CHILD=1", "POLICY_SOCK="+path,
+			"POLICY_CASES="+strings.Join(cases, ","), "POLICY_TAG="+tag)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: u.uid, Gid: u.gid, Groups: u.groups}}
 		cmd.Dir = dir
 		out, err := cmd.CombinedOutput()
 		if err != nil {
-			t.Fatalf("%s %s %s: %v: %s", u.name, op, key, err, out)
+			t.Fatalf("%s: %v: %s", u.name, err, out)
 		}
-		return strings.TrimSpace(string(out))
+		got := strings.Fields(string(out))
+		if len(got) != len(cases) {
+			t.Fatalf("%s: %d outcomes for %d cases: %s", u.name, len(got), len(cases), out)
+		}
+		return got
 	}
 	cases, deniedCount := 0, 0
 	for _, u := range users {
+		var todo, expect []string
 		for _, key := range []string{"owner-only", "shared", "group-verify"} {
 			for i, op := range []string{"mac", "verify_mac", "finalize", "verify"} {
-				got := run(u, key, op)
-				cases++
-				if got == denied {
-					deniedCount++
-				}
-				if exp := want[u.name][key][i]; got != exp {
-					t.Errorf("%s: %s with %s = %s, want %s", u.name, op, key, got, exp)
-				}
+				todo = append(todo, key+":"+op)
+				expect = append(expect, want[u.name][key][i])
 			}
 		}
 		// Key management is for the agent's owner and root only.
@@ -152,18 +157,15 @@ func TestPolicyMatrix(t *testing.T) {
 		if u.uid == 0 {
 			wantGen, wantDel = ok, "key_not_found"
 		}
-		for op, exp := range map[string]string{"generate": wantGen, "delete": wantDel} {
-			key := fmt.Sprintf("made-by-%d", u.uid)
-			if op == "delete" {
-				key = "no-such-key"
-			}
-			got := run(u, key, op)
+		todo = append(todo, fmt.Sprintf("made-by-%d:generate", u.uid), "no-such-key:delete")
+		expect = append(expect, wantGen, wantDel)
+		for i, got := range runAll(u, todo) {
 			cases++
 			if got == denied {
 				deniedCount++
 			}
-			if got != exp {
-				t.Errorf("%s: %s = %s, want %s", u.name, op, got, exp)
+			if got != expect[i] {
+				t.Errorf("%s: %s = %s, want %s", u.name, todo[i], got, expect[i])
 			}
 		}
 	}
