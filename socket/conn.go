@@ -15,7 +15,13 @@ import (
 	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
 
-const bufferSize = 64 << 10
+// Buffer sizes per connection. Requests and replies are small; a large
+// UPDATE frame is read past the buffer into a pooled one, so a bigger
+// buffer would only cost memory on every idle connection.
+const (
+	readBufferSize  = 16 << 10
+	writeBufferSize = 16 << 10
+)
 
 // conn is one client connection. The reader goroutine owns fr, msg and
 // scratch; everything that writes holds wmu.
@@ -52,8 +58,8 @@ func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
 		srv:      s,
 		nc:       nc,
-		fr:       wire.NewFrameReader(bufio.NewReaderSize(nc, bufferSize), s.limits.MaxFrame),
-		bw:       bufio.NewWriterSize(nc, bufferSize),
+		fr:       wire.NewFrameReader(bufio.NewReaderSize(nc, readBufferSize), s.limits.MaxFrame),
+		bw:       bufio.NewWriterSize(nc, writeBufferSize),
 		inflight: make(chan struct{}, s.limits.MaxInFlight),
 		queues:   make(map[uint32]*queue),
 	}
@@ -100,6 +106,7 @@ func (c *conn) readLoop() error {
 			if err := c.flush(); err != nil {
 				return err
 			}
+			c.fr.Release()
 		}
 		body, err := c.fr.Next()
 		switch {
@@ -288,16 +295,18 @@ func (c *conn) own(m *wire.Message) (o *wire.Message, done func()) {
 	return o, func() {}
 }
 
-// acquire takes an in-flight token for m. A request that has a reply is
-// refused with ErrLimit when the connection has too many in flight; an
-// UPDATE, which has none to carry the error and whose data must not be
-// lost, waits instead, and the reader stops reading meanwhile (flushing
-// first: it must not sit on replies the client is waiting for).
+// acquire takes an in-flight token for m. An independent request (a
+// one-shot or key management) is refused with ErrLimit when the
+// connection has too many in flight. A request on a context waits
+// instead: it is ordered behind the context's updates anyway, an UPDATE
+// has no reply to carry an error, and a stream must not fail for being
+// fast. The reader stops reading meanwhile, flushing first: it must not
+// sit on replies the client is waiting for.
 func (c *conn) acquire(m *wire.Message) bool {
 	select {
 	case c.inflight <- struct{}{}:
 	default:
-		if m.Type != wire.TypeUpdate && m.Type != wire.TypeClose {
+		if !isContextRequest(m.Type) {
 			c.replyError(m.ID, providers.Publicf(providers.ErrLimit,
 				"too many requests in flight on this connection (at most %d)", cap(c.inflight)))
 			return false
@@ -307,6 +316,14 @@ func (c *conn) acquire(m *wire.Message) bool {
 	}
 	c.wg.Add(1)
 	return true
+}
+
+func isContextRequest(t wire.Type) bool {
+	switch t {
+	case wire.TypeOpen, wire.TypeUpdate, wire.TypeCopy, wire.TypeFinalize, wire.TypeVerify, wire.TypeClose:
+		return true
+	}
+	return false
 }
 
 func (c *conn) releaseToken() {

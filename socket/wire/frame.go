@@ -90,6 +90,15 @@ func unexpected(err error) error {
 	return err
 }
 
+// Release gives the scratch buffer back to the pool, for a reader about
+// to go idle: a connection that once streamed should not keep a megabyte.
+func (f *FrameReader) Release() {
+	if f.scratch != nil && !f.inScratch {
+		Recycle(f.scratch)
+		f.scratch = nil
+	}
+}
+
 // Take hands over the last frame's body, if it was read into the scratch
 // buffer, so that a caller keeping it past the next Next need not copy it;
 // the caller gives it back with Recycle when done. It returns nil when the

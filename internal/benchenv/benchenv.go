@@ -1,0 +1,222 @@
+// Package benchenv starts a real hmac-agent process for the load and
+// benchmark commands: a software keystore, and a SoftHSM2 token and a
+// swtpm when they are installed, each with a key of known bytes, in a
+// temporary directory removed by Close.
+package benchenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/softhsm"
+	"github.com/hmac-agent/hmac-agent/internal/swtpm"
+)
+
+// Secret is the bytes of every key the environment imports, so that
+// callers can check tags.
+var Secret = []byte("benchmark-key-0123456789abcdef0123456789abcdef0123456789abcdef01")
+
+// Key names, one per provider.
+const (
+	SoftKey   = "soft-key"
+	PKCS11Key = "hsm-key"
+	TPMKey    = "tpm-key"
+)
+
+// Options choose what to start.
+type Options struct {
+	// Agent is the hmac-agent binary; empty means next to this program,
+	// then $PATH, then built from the source tree with `go build`.
+	Agent  string
+	PKCS11 bool // a SoftHSM2 token, if SoftHSM2 is installed
+	TPM    bool // a swtpm, if swtpm is installed
+	// Log receives the agent's own output; nil discards it.
+	Log *os.File
+}
+
+// Env is a running agent.
+type Env struct {
+	Socket string
+	Keys   []string // the keys made, SoftKey first
+	Dir    string
+	TPM    *swtpm.TPM
+	Token  *softhsm.Token
+	cmd    *exec.Cmd
+}
+
+// Start starts the agent and imports the keys.
+func Start(opts Options) (*Env, error) {
+	dir, err := os.MkdirTemp("", "hmac-agent-bench-")
+	if err != nil {
+		return nil, err
+	}
+	e := &Env{Dir: dir, Socket: filepath.Join(dir, "run", "agent.sock")}
+	if err := e.start(opts); err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *Env) start(opts Options) error {
+	bin, err := agentBinary(opts.Agent, e.Dir)
+	if err != nil {
+		return err
+	}
+	cfg := fmt.Sprintf(`socket = %q
+[audit]
+destination = "off"
+[log]
+level = "warn"
+[limits]
+max_connections = 4096
+[[provider]]
+name = "soft"
+type = "software"
+path = %q
+`, e.Socket, filepath.Join(e.Dir, "keys"))
+	if opts.PKCS11 && softhsm.Available() == nil {
+		tok, err := softhsm.Create("bench")
+		if err != nil {
+			return err
+		}
+		e.Token = tok
+		pin := filepath.Join(e.Dir, "pin")
+		if err := os.WriteFile(pin, []byte(tok.PIN), 0o600); err != nil {
+			return err
+		}
+		cfg += fmt.Sprintf("[[provider]]\nname = \"hsm\"\ntype = \"pkcs11\"\nmodule = %q\ntoken = %q\npin_file = %q\nsessions = 16\n",
+			softhsm.Module, tok.Label, pin)
+	}
+	if opts.TPM && swtpm.Available() == nil {
+		t, err := swtpm.Start(filepath.Join(e.Dir, "tpm"))
+		if err != nil {
+			return err
+		}
+		e.TPM = t
+		cfg += fmt.Sprintf("[[provider]]\nname = \"tpm\"\ntype = \"tpm\"\ndevice = %q\nstate_dir = %q\n", t.Device(), filepath.Join(e.Dir, "tpmstate"))
+	}
+	conf := filepath.Join(e.Dir, "agent.toml")
+	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
+		return err
+	}
+	e.cmd = exec.Command(bin, "serve", "--config", conf)
+	e.cmd.Env = append(os.Environ(), "XDG_STATE_HOME="+filepath.Join(e.Dir, "state"))
+	if opts.Log != nil {
+		e.cmd.Stdout, e.cmd.Stderr = opts.Log, opts.Log
+	}
+	if err := e.cmd.Start(); err != nil {
+		return err
+	}
+	if err := waitSocket(e.Socket, 15*time.Second); err != nil {
+		return err
+	}
+	c, err := client.Dial(context.Background(), e.Socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	for _, k := range []struct{ provider, name string }{{"soft", SoftKey}, {"hsm", PKCS11Key}, {"tpm", TPMKey}} {
+		if k.provider == "hsm" && e.Token == nil || k.provider == "tpm" && e.TPM == nil {
+			continue
+		}
+		if _, err := c.ImportKey(context.Background(), k.provider, k.name, Secret); err != nil {
+			return fmt.Errorf("import %s: %w", k.name, err)
+		}
+		e.Keys = append(e.Keys, k.name)
+	}
+	return nil
+}
+
+// PID is the agent's process ID.
+func (e *Env) PID() int { return e.cmd.Process.Pid }
+
+// RSS is the agent's resident set size in MiB.
+func (e *Env) RSS() (float64, error) { return RSS(e.PID()) }
+
+// RSS reads a process's resident set size in MiB from /proc.
+func RSS(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+			return float64(kb) / 1024, err
+		}
+	}
+	return 0, errors.New("no VmRSS")
+}
+
+// Close stops the agent, swtpm and removes everything.
+func (e *Env) Close() {
+	if e.cmd != nil && e.cmd.Process != nil {
+		e.cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { e.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			e.cmd.Process.Kill()
+		}
+	}
+	if e.TPM != nil {
+		e.TPM.Stop()
+	}
+	os.RemoveAll(e.Dir)
+}
+
+func waitSocket(path string, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the agent did not come up on %s: %v", path, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// agentBinary finds hmac-agent, or builds it into dir.
+func agentBinary(given, dir string) (string, error) {
+	if given != "" {
+		return given, nil
+	}
+	if self, err := os.Executable(); err == nil {
+		if p := filepath.Join(filepath.Dir(self), "hmac-agent"); fileExists(p) {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("hmac-agent"); err == nil {
+		return p, nil
+	}
+	out := filepath.Join(dir, "hmac-agent")
+	build := exec.Command("go", "build", "-o", out, "github.com/hmac-agent/hmac-agent/cmd/hmac-agent")
+	if msg, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("no hmac-agent binary (give --agent), and go build failed: %v: %s", err, msg)
+	}
+	return out, nil
+}
+
+func fileExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && !fi.IsDir()
+}
+
+// Cleanup removes what SoftHSM2 left in the process's temporary
+// configuration.
+func Cleanup() { softhsm.Cleanup() }
