@@ -5,8 +5,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/providers"
@@ -239,5 +241,38 @@ func TestTotalContextLimit(t *testing.T) {
 	}
 	if st := a.Status(ctx); st.Contexts != 3 || st.Connections != 1 {
 		t.Errorf("status %+v", st)
+	}
+}
+
+func TestIdleContextsExpire(t *testing.T) {
+	ctx := context.Background()
+	soft, _ := software.Open("soft", filepath.Join(t.TempDir(), "keys"))
+	a, _ := agent.New(agent.Options{Providers: []providers.Provider{soft}, Limits: agent.Limits{IdleContextTimeout: time.Second}})
+	defer a.Close()
+	soft.ImportKey(ctx, "k", []byte("k"))
+	s := a.NewSession(owner)
+	defer s.Close()
+	s.Open(ctx, 1, []byte("k"), providers.SHA256)
+	s.Open(ctx, 2, []byte("k"), providers.SHA256)
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Contexts() > 1 && time.Now().Before(deadline) {
+		s.Update(ctx, 2, []byte("kept busy")) // context 2 stays in use
+		time.Sleep(100 * time.Millisecond)
+	}
+	if s.Contexts() != 1 {
+		t.Fatalf("%d contexts open after the idle timeout", s.Contexts())
+	}
+	_, err := s.Finalize(ctx, 1, nil)
+	if !errors.Is(err, providers.ErrLimit) || !strings.Contains(err.Error(), "was idle for more than 1s") {
+		t.Errorf("an expired context: %v", err)
+	}
+	if _, err := s.Finalize(ctx, 1, nil); !errors.Is(err, providers.ErrUnknownContext) {
+		t.Errorf("after the expiry was reported: %v", err)
+	}
+	if _, err := s.Finalize(ctx, 2, nil); err != nil {
+		t.Errorf("the context in use: %v", err)
+	}
+	if st := a.Status(ctx); st.Contexts != 0 {
+		t.Errorf("%d contexts counted", st.Contexts)
 	}
 }
