@@ -101,10 +101,16 @@ func TestClientsKilledMidStream(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// Goroutines finish a moment after their connection is gone: wait
+	// for them, as a leak would not go away.
+	goroutines := runtime.NumGoroutine()
+	for end := time.Now().Add(10 * time.Second); goroutines > baseGoroutines+10 && time.Now().Before(end); {
+		time.Sleep(50 * time.Millisecond)
+		goroutines = runtime.NumGoroutine()
+	}
 	var after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&after)
-	goroutines := runtime.NumGoroutine()
 	if goroutines > baseGoroutines+10 {
 		t.Errorf("goroutines: %d before, %d after %d killed clients", baseGoroutines, goroutines, n)
 	}

@@ -41,6 +41,10 @@ type Options struct {
 	TPM    bool // a swtpm, if swtpm is installed
 	// Log receives the agent's own output; nil discards it.
 	Log *os.File
+	// BeforeAgent, if set, runs once the token and TPM exist and before
+	// the agent starts: swtpm serves one connection at a time, so
+	// whatever else must talk to it does so here.
+	BeforeAgent func(*Env) error
 }
 
 // Env is a running agent.
@@ -104,6 +108,11 @@ path = %q
 		}
 		e.TPM = t
 		cfg += fmt.Sprintf("[[provider]]\nname = \"tpm\"\ntype = \"tpm\"\ndevice = %q\nstate_dir = %q\n", t.Device(), filepath.Join(e.Dir, "tpmstate"))
+	}
+	if opts.BeforeAgent != nil {
+		if err := opts.BeforeAgent(e); err != nil {
+			return err
+		}
 	}
 	conf := filepath.Join(e.Dir, "agent.toml")
 	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {

@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/benchenv"
+)
+
+// measure runs every figure p.runs times into r.
+func measure(r *results, p plan, socket, key, agentBin string, devices bool) error {
+	dir, err := os.MkdirTemp("", "hmac-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	echo, stopEcho, err := startEcho(dir)
+	if err != nil {
+		return err
+	}
+	defer stopEcho()
+
+	var env *benchenv.Env
+	if socket == "" {
+		env, err = benchenv.Start(benchenv.Options{Agent: agentBin, PKCS11: devices, TPM: devices,
+			BeforeAgent: func(e *benchenv.Env) error {
+				if e.TPM == nil {
+					return nil
+				}
+				d, err := openTPMDirect(e.TPM)
+				if err != nil {
+					return fmt.Errorf("go-tpm on swtpm: %w", err)
+				}
+				defer d.close()
+				for range p.runs {
+					v, err := d.oneShot(p.dur)
+					if err != nil {
+						return err
+					}
+					r.add("tpm_direct_oneshot_ops", "ops/s", v)
+					if v, err = d.stream(p.tpm); err != nil {
+						return err
+					}
+					r.add("tpm_direct_stream_mbps", "MB/s", v)
+				}
+				return nil
+			}})
+		if err != nil {
+			return err
+		}
+		defer benchenv.Cleanup()
+		defer env.Close()
+		socket, key = env.Socket, benchenv.SoftKey
+		time.Sleep(500 * time.Millisecond)
+		v, err := env.RSS()
+		if err != nil {
+			return err
+		}
+		r.add("idle_rss_mib", "MiB", v)
+	}
+	ctx := context.Background()
+	c, err := client.Dial(ctx, socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	var hsm *pkcs11Direct
+	if env != nil && env.Token != nil {
+		if hsm, err = openPKCS11Direct(env.Token); err != nil {
+			return fmt.Errorf("miekg/pkcs11 on the token: %w", err)
+		}
+		defer hsm.close()
+	}
+	for range p.runs {
+		ops, p50, p99, err := pingPong(echo, false, p.dur)
+		if err != nil {
+			return fmt.Errorf("echo: %w", err)
+		}
+		r.add("echo_pingpong_ops", "ops/s", ops)
+		r.add("echo_pingpong_p50_us", "us", p50)
+		r.add("echo_pingpong_p99_us", "us", p99)
+
+		ops, p50, p99, err = clientPingPong(c, key, p.dur)
+		if err != nil {
+			return err
+		}
+		r.add("oneshot_pingpong_ops", "ops/s", ops)
+		r.add("oneshot_pingpong_p50_us", "us", p50)
+		r.add("oneshot_pingpong_p99_us", "us", p99)
+
+		ops, _, _, err = pingPong(socket, true, p.dur)
+		if err != nil {
+			return err
+		}
+		r.add("oneshot_pingpong_raw_ops", "ops/s", ops)
+
+		for _, n := range []int{1, 8, 64} {
+			v, err := pipelined(socket, n, 256, p.dur)
+			if err != nil {
+				return fmt.Errorf("pipelined: %w", err)
+			}
+			name := "oneshot_pipelined_ops"
+			if n > 1 {
+				name = fmt.Sprintf("oneshot_pipelined_%dconn_ops", n)
+			}
+			r.add(name, "ops/s", v)
+		}
+		r.add("inprocess_ops", "ops/s", inProcess(p.dur))
+
+		v, err := clientStream(c, key, p.soft)
+		if err != nil {
+			return err
+		}
+		r.add("stream_mbps", "MB/s", v)
+		r.add("inprocess_stream_mbps", "MB/s", inProcessStream(p.soft))
+
+		us, err := copyCost(c, key)
+		if err != nil {
+			return err
+		}
+		r.add("copy_us", "us", us)
+
+		if hsm != nil {
+			if v, err = hsm.oneShot(p.dur); err != nil {
+				return err
+			}
+			r.add("pkcs11_direct_oneshot_ops", "ops/s", v)
+			if v, _, _, err = clientPingPong(c, benchenv.PKCS11Key, p.dur); err != nil {
+				return err
+			}
+			r.add("pkcs11_oneshot_ops", "ops/s", v)
+			if v, err = hsm.stream(p.hsm); err != nil {
+				return err
+			}
+			r.add("pkcs11_direct_stream_mbps", "MB/s", v)
+			if v, err = clientStream(c, benchenv.PKCS11Key, p.hsm); err != nil {
+				return err
+			}
+			r.add("pkcs11_stream_mbps", "MB/s", v)
+		}
+		if env != nil && env.TPM != nil {
+			if v, _, _, err = clientPingPong(c, benchenv.TPMKey, p.dur); err != nil {
+				return err
+			}
+			r.add("tpm_oneshot_ops", "ops/s", v)
+			if v, err = clientStream(c, benchenv.TPMKey, p.tpm); err != nil {
+				return err
+			}
+			r.add("tpm_stream_mbps", "MB/s", v)
+		}
+	}
+	if env != nil {
+		return contextsRSS(r, env, key)
+	}
+	return nil
+}
+
+// clientPingPong is one-shot MACs of 64 bytes through the Go client, one
+// at a time.
+func clientPingPong(c *client.Client, key string, d time.Duration) (ops, p50, p99 float64, err error) {
+	ctx := context.Background()
+	msg := make([]byte, 64)
+	lat := make([]time.Duration, 0, 1<<16)
+	start := time.Now()
+	for time.Since(start) < d {
+		t := time.Now()
+		if _, err := c.MAC(ctx, key, client.SHA256, msg); err != nil {
+			return 0, 0, 0, fmt.Errorf("MAC with %s: %w", key, err)
+		}
+		lat = append(lat, time.Since(t))
+	}
+	elapsed := time.Since(start)
+	slices.Sort(lat)
+	us := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))]) / 1e3 }
+	return float64(len(lat)) / elapsed.Seconds(), us(0.5), us(0.99), nil
+}
+
+// clientStream streams size bytes in 64 KiB updates and finalizes, MB/s.
+func clientStream(c *client.Client, key string, size int) (float64, error) {
+	ctx := context.Background()
+	chunk := make([]byte, 64<<10)
+	start := time.Now()
+	h, err := c.New(ctx, key, client.SHA256)
+	if err != nil {
+		return 0, fmt.Errorf("stream with %s: %w", key, err)
+	}
+	for n := 0; n < size; n += len(chunk) {
+		if err := h.Update(chunk); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := h.Finalize(ctx); err != nil {
+		return 0, fmt.Errorf("stream with %s: %w", key, err)
+	}
+	return float64(size) / 1e6 / time.Since(start).Seconds(), nil
+}
+
+// copyCost is the mean time of a Copy (and the copy's Close) of a
+// software context, in microseconds.
+func copyCost(c *client.Client, key string) (float64, error) {
+	ctx := context.Background()
+	h, err := c.New(ctx, key, client.SHA256)
+	if err != nil {
+		return 0, err
+	}
+	defer h.Close()
+	h.Update(make([]byte, 1000))
+	const n = 2000
+	start := time.Now()
+	for range n {
+		cp, err := h.Copy(ctx)
+		if err != nil {
+			return 0, err
+		}
+		cp.Close()
+	}
+	return float64(time.Since(start).Microseconds()) / n, nil
+}
+
+// contextsRSS opens 10 000 software contexts and reads the agent's RSS.
+func contextsRSS(r *results, env *benchenv.Env, key string) error {
+	ctx := context.Background()
+	before, err := env.RSS()
+	if err != nil {
+		return err
+	}
+	c, err := client.Dial(ctx, env.Socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	for range 10000 {
+		h, err := c.New(ctx, key, client.SHA256)
+		if err != nil {
+			return err
+		}
+		h.Update(make([]byte, 64))
+	}
+	c.Status(ctx) // a round trip: every update has been applied
+	during, err := env.RSS()
+	if err != nil {
+		return err
+	}
+	r.add("contexts_10k_rss_mib", "MiB", during)
+	r.add("contexts_10k_added_mib", "MiB", during-before)
+	return nil
+}
