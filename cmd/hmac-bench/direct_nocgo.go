@@ -16,4 +16,7 @@ func openPKCS11Direct(tok *softhsm.Token) (*pkcs11Direct, error) {
 }
 func (d *pkcs11Direct) oneShot(time.Duration) (float64, error) { return 0, nil }
 func (d *pkcs11Direct) stream(int) (float64, error)            { return 0, nil }
-func (d *pkcs11Direct) close()                                 {}
+func (d *pkcs11Direct) oneShotConcurrent(int, time.Duration) (float64, error) {
+	return 0, nil
+}
+func (d *pkcs11Direct) close() {}

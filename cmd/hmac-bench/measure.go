@@ -134,6 +134,14 @@ func measure(r *results, p plan, socket, key, agentBin string, devices bool) err
 				return err
 			}
 			r.add("pkcs11_oneshot_ops", "ops/s", v)
+			if v, err = hsm.oneShotConcurrent(8, p.dur); err != nil {
+				return err
+			}
+			r.add("pkcs11_direct_oneshot_8_ops", "ops/s", v)
+			if v, err = clientConcurrent(c, benchenv.PKCS11Key, 8, p.dur); err != nil {
+				return err
+			}
+			r.add("pkcs11_oneshot_8_ops", "ops/s", v)
 			if v, err = hsm.stream(p.hsm); err != nil {
 				return err
 			}
@@ -178,6 +186,33 @@ func clientPingPong(c *client.Client, key string, d time.Duration) (ops, p50, p9
 	slices.Sort(lat)
 	us := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))]) / 1e3 }
 	return float64(len(lat)) / elapsed.Seconds(), us(0.5), us(0.99), nil
+}
+
+// clientConcurrent is one-shot MACs of 64 bytes from n goroutines sharing
+// the client, total ops/s.
+func clientConcurrent(c *client.Client, key string, n int, d time.Duration) (float64, error) {
+	res := make(chan float64, n)
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			v, _, _, err := clientPingPong(c, key, d)
+			if err != nil {
+				errs <- err
+				return
+			}
+			res <- v
+		}()
+	}
+	sum := 0.0
+	for range n {
+		select {
+		case v := <-res:
+			sum += v
+		case err := <-errs:
+			return 0, err
+		}
+	}
+	return sum, nil
 }
 
 // clientStream streams size bytes in 64 KiB updates and finalizes, MB/s.
