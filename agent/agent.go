@@ -36,7 +36,10 @@ type Options struct {
 	Logger        *slog.Logger
 	// Audit receives one line per key use and per denial; nil turns the
 	// audit log off.
-	Audit   *slog.Logger
+	Audit *slog.Logger
+	// Observe, if set, is called for every key use and denial, as the
+	// audit log is (metrics use it).
+	Observe func(Use)
 	Version string
 }
 
@@ -53,10 +56,14 @@ type Agent struct {
 	uid           uint32
 	started       time.Time
 
-	mu    sync.RWMutex
+	mu    sync.RWMutex         // guards keys, defaultPolicy and cache
 	cache map[string]*resolved // key name -> handle, filled on first use
+	// gen counts configurations; a resolved key of an older one is
+	// checked again before use, so a reload reaches open contexts.
+	gen atomic.Uint64
 
-	audit *slog.Logger
+	audit   *slog.Logger
+	observe func(Use)
 
 	contexts atomic.Int64
 	sessions atomic.Int64
@@ -72,6 +79,8 @@ type Agent struct {
 
 // resolved is a key found in its provider, with its policy.
 type resolved struct {
+	gen       uint64 // the configuration it was resolved under
+	ref       string // its name in the provider
 	name      string
 	key       providers.Key
 	provider  providers.Provider
@@ -94,6 +103,7 @@ func New(opts Options) (*Agent, error) {
 		started: time.Now(),
 		cache:   make(map[string]*resolved),
 		audit:   opts.Audit,
+		observe: opts.Observe,
 		live:    make(map[*Session]struct{}),
 		stop:    make(chan struct{}),
 	}
@@ -116,17 +126,69 @@ func New(opts Options) (*Agent, error) {
 		a.byName[p.Name()] = p
 		a.providers = append(a.providers, p)
 	}
-	for _, k := range opts.Keys {
+	keys, err := a.keyMap(opts.Keys)
+	if err != nil {
+		return nil, err
+	}
+	a.keys = keys
+	go a.tick()
+	return a, nil
+}
+
+func (a *Agent) keyMap(list []KeyConfig) (map[string]KeyConfig, error) {
+	keys := make(map[string]KeyConfig, len(list))
+	for _, k := range list {
 		if _, ok := a.byName[k.Provider]; !ok {
 			return nil, fmt.Errorf("agent: key %q: no provider named %q", k.Name, k.Provider)
 		}
 		if k.Ref == "" {
 			k.Ref = k.Name
 		}
-		a.keys[k.Name] = k
+		keys[k.Name] = k
 	}
-	go a.tick()
-	return a, nil
+	return keys, nil
+}
+
+// Reload replaces the configured keys and the default policy without
+// touching connections. Requests from now on see the new configuration;
+// an open context whose key was removed, or now names another key, fails
+// at its next request, saying so. Providers cannot change without a
+// restart.
+func (a *Agent) Reload(keys []KeyConfig, defaultPolicy *Policy) error {
+	m, err := a.keyMap(keys)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.keys = m
+	if defaultPolicy != nil {
+		a.defaultPolicy = *defaultPolicy
+	} else {
+		a.defaultPolicy = OwnerPolicy(a.uid)
+	}
+	a.cache = make(map[string]*resolved)
+	a.gen.Add(1)
+	a.mu.Unlock()
+	return nil
+}
+
+// current checks a key resolved under an older configuration: the same
+// name must still find the same key, whose policy may have changed.
+func (a *Agent) current(ctx context.Context, r *resolved) (*resolved, error) {
+	if r.gen == a.gen.Load() {
+		return r, nil
+	}
+	now, err := a.resolve(ctx, []byte(r.name))
+	if errors.Is(err, providers.ErrKeyNotFound) {
+		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q was removed from the agent's configuration", r.name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if now.provider != r.provider || now.ref != r.ref {
+		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q now names another key; this context used the old one", r.name)
+	}
+	return now, nil
 }
 
 // tick advances the coarse clock and frees idle contexts.
@@ -190,14 +252,20 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 	if providers.CheckKeyName(name) != nil {
 		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q not found", name)
 	}
-	r := &resolved{name: name, policy: &a.defaultPolicy}
-	if kc, ok := a.keys[name]; ok {
+	a.mu.RLock()
+	kc, configured := a.keys[name]
+	def := a.defaultPolicy
+	gen := a.gen.Load()
+	a.mu.RUnlock()
+	r := &resolved{name: name, ref: name, gen: gen, policy: &def}
+	if configured {
 		p := a.byName[kc.Provider]
 		k, err := p.Key(ctx, kc.Ref)
 		if err != nil {
 			return nil, a.keyError(name, err)
 		}
-		r.key, r.provider, r.policy = k, p, &kc.Policy
+		pol := kc.Policy
+		r.key, r.provider, r.policy, r.ref = k, p, &pol, kc.Ref
 	} else {
 		for _, p := range a.providers {
 			k, err := p.Key(ctx, name)
@@ -220,7 +288,9 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 	r.oneShot, _ = r.key.(providers.OneShot)
 	r.verifier, _ = r.key.(providers.OneShotVerifier)
 	a.mu.Lock()
-	a.cache[name] = r
+	if a.gen.Load() == gen { // a reload meanwhile: do not cache the old view
+		a.cache[name] = r
+	}
 	a.mu.Unlock()
 	return r, nil
 }

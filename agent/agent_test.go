@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -275,4 +276,62 @@ func TestIdleContextsExpire(t *testing.T) {
 	if st := a.Status(ctx); st.Contexts != 0 {
 		t.Errorf("%d contexts counted", st.Contexts)
 	}
+}
+
+func TestReload(t *testing.T) {
+	ctx := context.Background()
+	a, soft := newAgent(t,
+		agent.KeyConfig{Name: "webhook", Provider: "soft", Ref: "webhook-v1", Policy: agent.OwnerPolicy(owner.UID)},
+		agent.KeyConfig{Name: "billing", Provider: "soft", Policy: agent.OwnerPolicy(owner.UID)},
+		agent.KeyConfig{Name: "gone", Provider: "soft", Ref: "gone-object", Policy: agent.OwnerPolicy(owner.UID)},
+	)
+	// (A keystore key is reachable by its own name, so the configured
+	// name "gone" points at an object of another name.)
+	for _, k := range []string{"webhook-v1", "webhook-v2", "billing", "gone-object"} {
+		soft.ImportKey(ctx, k, []byte(k))
+	}
+	s := a.NewSession(owner)
+	defer s.Close()
+	for id, key := range map[uint32]string{1: "webhook", 2: "billing", 3: "gone"} {
+		if err := s.Open(ctx, id, []byte(key), providers.SHA256); err != nil {
+			t.Fatal(err)
+		}
+		s.Update(ctx, id, []byte("before"))
+	}
+	// webhook now names another key, billing becomes verify-only, gone
+	// is gone, and fresh appears.
+	err := a.Reload([]agent.KeyConfig{
+		{Name: "webhook", Provider: "soft", Ref: "webhook-v2", Policy: agent.OwnerPolicy(owner.UID)},
+		{Name: "billing", Provider: "soft", Policy: agent.Policy{UIDs: []uint32{owner.UID}, Ops: agent.OpVerify}},
+		{Name: "fresh", Provider: "soft", Ref: "billing", Policy: agent.OwnerPolicy(owner.UID)},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Finalize(ctx, 1, nil); !errors.Is(err, providers.ErrKeyNotFound) || !strings.Contains(err.Error(), "now names another key") {
+		t.Errorf("context on a re-pointed key: %v", err)
+	}
+	if _, err := s.Finalize(ctx, 2, nil); !errors.Is(err, providers.ErrPermissionDenied) {
+		t.Errorf("context on a key become verify-only: %v", err)
+	}
+	if _, err := s.Finalize(ctx, 3, nil); !errors.Is(err, providers.ErrKeyNotFound) || !strings.Contains(err.Error(), "was removed") {
+		t.Errorf("context on a removed key: %v", err)
+	}
+	if _, err := s.MAC(ctx, []byte("fresh"), providers.SHA256, nil, nil); err != nil {
+		t.Errorf("a key added by the reload: %v", err)
+	}
+	if tag, _ := s.MAC(ctx, []byte("webhook"), providers.SHA256, []byte("m"), nil); !bytes.Equal(tag, tagOf([]byte("webhook-v2"), []byte("m"))) {
+		t.Error("webhook does not use its new key")
+	}
+	if err := a.Reload([]agent.KeyConfig{{Name: "x", Provider: "nowhere"}}, nil); err == nil {
+		t.Error("a reload naming a missing provider was accepted")
+	}
+	if _, err := s.MAC(ctx, []byte("fresh"), providers.SHA256, nil, nil); err != nil {
+		t.Errorf("after a rejected reload the old configuration stays: %v", err)
+	}
+}
+
+func tagOf(key, msg []byte) []byte {
+	t, _ := providertestTag(key, msg)
+	return t
 }

@@ -17,9 +17,35 @@ import (
 //
 // It never holds key bytes, tags or message data.
 
-// auditUse records a use of a key. It costs one nil check when the audit
-// log is off.
+// Use is one use of a key, or a denial, as the audit log and metrics see
+// it.
+type Use struct {
+	Peer      Peer
+	Operation string
+	Key       string
+	Algorithm providers.Algorithm // 0 when there is none
+	Err       error
+	Bytes     int64
+	Duration  time.Duration // 0 when not measured
+}
+
+// observed reports whether anyone records key uses, so callers can skip
+// reading the clock when nobody does.
+func (a *Agent) observed() bool { return a.audit != nil || a.observe != nil }
+
+// auditUse records a use of a key. It costs one check when neither the
+// audit log nor an observer is on.
 func (a *Agent) auditUse(peer Peer, op, key string, alg providers.Algorithm, err error, bytes int64, start time.Time) {
+	if !a.observed() {
+		return
+	}
+	var d time.Duration
+	if !start.IsZero() {
+		d = time.Since(start)
+	}
+	if a.observe != nil {
+		a.observe(Use{Peer: peer, Operation: op, Key: key, Algorithm: alg, Err: err, Bytes: bytes, Duration: d})
+	}
 	if a.audit == nil {
 		return
 	}
@@ -44,8 +70,8 @@ func (a *Agent) auditUse(peer Peer, op, key string, alg providers.Algorithm, err
 	if alg.Valid() {
 		attrs = append(attrs, slog.String("algorithm", alg.String()))
 	}
-	if !start.IsZero() {
-		attrs = append(attrs, slog.Duration("duration", time.Since(start)))
+	if d > 0 {
+		attrs = append(attrs, slog.Duration("duration", d))
 	}
 	a.audit.LogAttrs(context.Background(), level, msg, attrs...)
 }

@@ -28,7 +28,11 @@ func (a *Agent) ListKeys(ctx context.Context, peer Peer) ([]providers.KeyInfo, e
 	admin := a.checkAdmin(peer) == nil
 	var out []providers.KeyInfo
 	seen := make(map[string]bool)
-	for name, kc := range a.keys {
+	a.mu.RLock()
+	keys := a.keys
+	def := a.defaultPolicy
+	a.mu.RUnlock()
+	for name, kc := range keys {
 		if !admin && !kc.Policy.allows(peer, OpMAC|OpVerify) {
 			continue
 		}
@@ -45,7 +49,7 @@ func (a *Agent) ListKeys(ctx context.Context, peer Peer) ([]providers.KeyInfo, e
 		out = append(out, info)
 		seen[name] = true
 	}
-	if admin || a.defaultPolicy.allows(peer, OpMAC|OpVerify) {
+	if admin || def.allows(peer, OpMAC|OpVerify) {
 		for _, p := range a.providers {
 			infos, err := p.Keys(ctx)
 			if err != nil {
@@ -53,7 +57,7 @@ func (a *Agent) ListKeys(ctx context.Context, peer Peer) ([]providers.KeyInfo, e
 				return nil, providers.Publicf(providers.ErrUnavailable, "provider %q cannot list its keys", p.Name())
 			}
 			for _, info := range infos {
-				if _, configured := a.keys[info.Name]; configured || seen[info.Name] {
+				if _, configured := keys[info.Name]; configured || seen[info.Name] {
 					continue // shadowed by configuration or an earlier provider
 				}
 				seen[info.Name] = true
@@ -137,10 +141,7 @@ func (a *Agent) DeleteKey(ctx context.Context, peer Peer, provider, name string)
 		if err != nil {
 			return err
 		}
-		provider = r.provider.Name()
-		if kc, ok := a.keys[name]; ok {
-			ref = kc.Ref
-		}
+		provider, ref = r.provider.Name(), r.ref
 	}
 	p, err := a.provider(provider)
 	if err != nil {

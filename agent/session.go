@@ -148,6 +148,14 @@ func (s *Session) take(id uint32, remove bool) (*macContext, error) {
 	if remove {
 		s.agent.contexts.Add(-1)
 	}
+	if c.key.gen != s.agent.gen.Load() && c.err == nil {
+		// The configuration was reloaded since the context opened.
+		if r, err := s.agent.current(context.Background(), c.key); err != nil {
+			c.err = err
+		} else {
+			c.key = r
+		}
+	}
 	return c, nil
 }
 
@@ -273,7 +281,7 @@ func (s *Session) Abandon(id uint32) {
 // MAC computes a whole tag in one call and appends it to dst.
 func (s *Session) MAC(ctx context.Context, key []byte, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
 	var start time.Time
-	if s.agent.audit != nil {
+	if s.agent.observed() {
 		start = time.Now()
 	}
 	r, err := s.oneShotKey(ctx, key, alg, OpMAC)
@@ -312,7 +320,7 @@ func (s *Session) mac(ctx context.Context, r *resolved, alg providers.Algorithm,
 // key's device when it can, else in the agent.
 func (s *Session) VerifyMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, tag []byte) error {
 	var start time.Time
-	if s.agent.audit != nil {
+	if s.agent.observed() {
 		start = time.Now()
 	}
 	r, err := s.oneShotKey(ctx, key, alg, OpVerify)
