@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"slices"
 	"time"
@@ -189,6 +188,35 @@ func (a *Agent) manageError(peer Peer, op string, p providers.Provider, name str
 	return providers.Publicf(code, "%s key %q in provider %q: %s", op, name, p.Name(), code)
 }
 
+// Providers lists the agent's providers in lookup order.
+func (a *Agent) Providers() []providers.Provider { return a.providers }
+
+// Health checks a provider: its own check if it has one, else listing its
+// keys. It gives up after five seconds.
+func (a *Agent) Health(ctx context.Context, p providers.Provider) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if h, ok := p.(providers.HealthChecker); ok {
+		return h.Health(ctx)
+	}
+	_, err := p.Keys(ctx)
+	return err
+}
+
+// healthMessage says what failing means for each kind of provider,
+// without the device's own error text, which goes to the log.
+func healthMessage(p providers.Provider) string {
+	switch p.Kind() {
+	case "pkcs11":
+		return "the token is missing or not logged in"
+	case "tpm":
+		return "the TPM does not answer"
+	case "software":
+		return "the keystore directory is missing or not private"
+	}
+	return "unavailable"
+}
+
 // ProviderStatus is one provider's line in a Status.
 type ProviderStatus struct {
 	Name    string `json:"name"`
@@ -222,10 +250,15 @@ func (a *Agent) Status(ctx context.Context) Status {
 	}
 	for _, p := range a.providers {
 		ps := ProviderStatus{Name: p.Name(), Kind: p.Kind(), Healthy: true}
-		infos, err := p.Keys(ctx)
-		if err != nil {
+		if err := a.Health(ctx, p); err != nil {
 			ps.Healthy = false
-			ps.Error = fmt.Sprintf("cannot list keys: %v", providers.ErrUnavailable)
+			ps.Error = healthMessage(p)
+			a.log.Warn("provider unhealthy", "provider", p.Name(), "err", err)
+		}
+		infos, err := p.Keys(ctx)
+		if err != nil && ps.Healthy {
+			ps.Healthy = false
+			ps.Error = "cannot list keys"
 			a.log.Warn("provider unhealthy", "provider", p.Name(), "err", err)
 		}
 		ps.Keys = len(infos)

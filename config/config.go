@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -35,7 +36,10 @@ type Config struct {
 	Providers     []Provider `toml:"provider"`
 	Keys          []Key      `toml:"key"`
 	ShutdownGrace Duration   `toml:"shutdown_grace"`
-	meta          toml.MetaData
+	// Metrics is the address of the Prometheus metrics listener
+	// ("127.0.0.1:9464"); empty means none.
+	Metrics string `toml:"metrics"`
+	meta    toml.MetaData
 }
 
 // Limits are the agent's limits; zero means the default.
@@ -166,6 +170,11 @@ func (c *Config) Validate() error {
 	if len(c.SocketPath()) > 107 {
 		bad("socket", "path is %d bytes; a Unix socket path must be under 108", len(c.SocketPath()))
 	}
+	if c.Metrics != "" {
+		if _, _, err := net.SplitHostPort(c.Metrics); err != nil {
+			bad("metrics", "must be host:port, not %q", c.Metrics)
+		}
+	}
 	if c.SocketGroup != "" {
 		if _, err := LookupGroup(c.SocketGroup); err != nil {
 			bad("socket_group", "%v", err)
@@ -272,6 +281,12 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Empty reports whether the policy names nobody and no operation: a key
+// with such a policy gets the default one.
+func (p *Policy) Empty() bool {
+	return len(p.Users) == 0 && len(p.Groups) == 0 && len(p.Operations) == 0
 }
 
 // Resolve turns names into ids and checks the operations. An empty

@@ -78,6 +78,13 @@ type OneShot interface {
 	SumMAC(ctx context.Context, alg Algorithm, data, dst []byte) ([]byte, error)
 }
 
+// HealthChecker is implemented by providers that can tell whether their
+// device is there and usable (a token present and logged in, a TPM
+// answering). It should be quick; status and metrics call it.
+type HealthChecker interface {
+	Health(ctx context.Context) error
+}
+
 // OneShotVerifier is implemented by keys that verify a whole message inside
 // their device. The agent uses it for VerifyMAC, so the tag is compared
 // where the key lives.

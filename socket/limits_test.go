@@ -1,6 +1,7 @@
 package socket_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -167,5 +168,42 @@ func TestListenRefusesUnsafePlaces(t *testing.T) {
 	os.WriteFile(path, []byte("not a socket"), 0o600)
 	if _, err := socket.Listen(path, -1); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Errorf("a file in the way: %v", err)
+	}
+}
+
+// TestShutdownFinishesRequestsInFlight: requests already sent when the
+// agent is told to stop get their replies; then the connection closes.
+func TestShutdownFinishesRequestsInFlight(t *testing.T) {
+	slow := &slowProvider{secret: testSecret, delay: 300 * time.Millisecond}
+	a := start(t, agenttest.Options{Providers: []providers.Provider{slow}})
+	r := dialRaw(t, a.Path, true)
+	r.send(wire.Message{Type: wire.TypeOpen, ID: 1, Context: 1, Algorithm: uint8(providers.SHA256), Key: []byte("slow-key")})
+	r.send(wire.Message{Type: wire.TypeUpdate, ID: 2, Context: 1, Data: []byte("in flight")})
+	r.send(wire.Message{Type: wire.TypeFinalize, ID: 3, Context: 1})
+	time.Sleep(50 * time.Millisecond) // the finalize is running on the slow device
+	r.send(wire.Message{Type: wire.TypeMAC, ID: 4, Algorithm: uint8(providers.SHA256), Key: []byte("k"), Data: []byte("just sent")})
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done <- a.Server.Shutdown(ctx)
+	}()
+	got := map[uint32]wire.Message{}
+	for range 3 {
+		m := r.recv()
+		got[m.ID] = m
+	}
+	if got[3].Type != wire.TypeTag || !bytes.Equal(got[3].Tag, reference("in flight")) {
+		t.Errorf("finalize in flight: %+v", got[3])
+	}
+	if got[4].Type != wire.TypeTag || !bytes.Equal(got[4].Tag, reference("just sent")) {
+		t.Errorf("request sent before the stop: %+v", got[4])
+	}
+	r.expectClosed()
+	if err := <-done; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	if _, err := net.Dial("unix", a.Path); err == nil {
+		t.Error("new connections are still accepted after Shutdown")
 	}
 }

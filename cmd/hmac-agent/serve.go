@@ -5,16 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/activation"
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 
 	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/config"
 	"github.com/hmac-agent/hmac-agent/internal/harden"
+	"github.com/hmac-agent/hmac-agent/internal/metrics"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
 	"github.com/hmac-agent/hmac-agent/providers/software"
@@ -69,7 +75,7 @@ listens on $XDG_RUNTIME_DIR/hmac-agent/agent.sock (else
 		if err := cfg.Validate(); err != nil {
 			return usageError("%v", err)
 		}
-		return serve(cmd.Context(), cfg)
+		return serve(cmd.Context(), cfg, configPath)
 	}
 	return cmd
 }
@@ -84,7 +90,7 @@ func newLogger(cfg config.Log) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
-func serve(ctx context.Context, cfg *config.Config) error {
+func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 	log := newLogger(cfg.Log)
 	if err := harden.NoDump(); err != nil {
 		log.Warn("cannot make the process non-dumpable", "err", err)
@@ -94,18 +100,17 @@ func serve(ctx context.Context, cfg *config.Config) error {
 		return err
 	}
 	defer closeAudit()
-	a, err := buildAgent(ctx, cfg, log, audit)
+	var m *metrics.Metrics
+	if cfg.Metrics != "" {
+		m = metrics.New()
+	}
+	a, err := buildAgent(ctx, cfg, log, audit, m)
 	if err != nil {
 		return err
 	}
 	defer a.Close()
 
-	gid := -1
-	if cfg.SocketGroup != "" {
-		gid, _ = config.LookupGroup(cfg.SocketGroup) // validated
-	}
-	path := cfg.SocketPath()
-	l, err := socket.Listen(path, gid)
+	listeners, where, err := listen(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -118,31 +123,156 @@ func serve(ctx context.Context, cfg *config.Config) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, l) }()
-	st := a.Status(ctx)
-	log.Info("hmac-agent listening", "socket", path, "version", versionString(), "keys", st.Keys, "providers", len(st.Providers))
-
-	select {
-	case sig := <-sigs:
-		grace := cfg.ShutdownGrace.Duration
-		if grace <= 0 {
-			grace = defaultShutdownGrace
-		}
-		log.Info("stopping", "signal", sig.String(), "grace", grace)
-		sctx, scancel := context.WithTimeout(context.Background(), grace)
-		defer scancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			log.Warn("requests still running at the deadline were cut", "err", err)
-		}
-		<-served
-		log.Info("stopped")
-		return nil
-	case err := <-served:
-		return fmt.Errorf("serving %s: %w", path, err)
+	served := make(chan error, len(listeners))
+	for _, l := range listeners {
+		go func() { served <- srv.Serve(ctx, l) }()
 	}
+	if m != nil {
+		m.Watch(a, srv)
+		stopMetrics, err := serveMetrics(cfg.Metrics, m, log)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
+	}
+	st := a.Status(ctx)
+	log.Info("hmac-agent listening", "socket", where, "version", versionString(), "keys", st.Keys, "providers", len(st.Providers))
+	daemon.SdNotify(false, daemon.SdNotifyReady)
+
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				daemon.SdNotify(false, daemon.SdNotifyReloading)
+				cfg = reload(a, cfg, configPath, log)
+				daemon.SdNotify(false, daemon.SdNotifyReady)
+				continue
+			}
+			daemon.SdNotify(false, daemon.SdNotifyStopping)
+			grace := cfg.ShutdownGrace.Duration
+			if grace <= 0 {
+				grace = defaultShutdownGrace
+			}
+			log.Info("stopping: requests in flight may finish", "signal", sig.String(), "grace", grace)
+			sctx, scancel := context.WithTimeout(context.Background(), grace)
+			defer scancel()
+			if err := srv.Shutdown(sctx); err != nil {
+				log.Warn("requests still running at the deadline were cut", "err", err)
+			}
+			for range listeners {
+				<-served
+			}
+			log.Info("stopped")
+			return nil
+		case err := <-served:
+			return fmt.Errorf("serving %s: %w", where, err)
+		}
+	}
+}
+
+// listen takes the sockets systemd passes (socket activation), or makes
+// the configured one.
+func listen(cfg *config.Config, log *slog.Logger) ([]net.Listener, string, error) {
+	passed, err := activation.Listeners()
+	if err != nil {
+		return nil, "", fmt.Errorf("socket activation: %w", err)
+	}
+	var ls []net.Listener
+	for _, l := range passed {
+		if l != nil {
+			ls = append(ls, l)
+		}
+	}
+	if len(ls) > 0 {
+		log.Info("using sockets passed by systemd", "count", len(ls))
+		return ls, ls[0].Addr().String(), nil
+	}
+	gid := -1
+	if cfg.SocketGroup != "" {
+		gid, _ = config.LookupGroup(cfg.SocketGroup) // validated
+	}
+	path := cfg.SocketPath()
+	l, err := socket.Listen(path, gid)
+	if err != nil {
+		return nil, "", err
+	}
+	return []net.Listener{l}, path, nil
+}
+
+// reload reads the config file again and applies its keys and policies.
+// A file that does not validate is rejected, with every reason in the
+// log, and the running configuration kept; so is one that changes
+// providers or the socket, which need a restart.
+func reload(a *agent.Agent, old *config.Config, path string, log *slog.Logger) *config.Config {
+	if path == "" {
+		log.Warn("reload: the agent runs without a config file; nothing to reload")
+		return old
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			log.Error("reload rejected; keeping the running configuration", "reason", line)
+		}
+		return old
+	}
+	if !sameProviders(old, cfg) || old.Socket != cfg.Socket || old.SocketGroup != cfg.SocketGroup {
+		log.Error("reload rejected; keeping the running configuration", "reason", "providers and the socket change only at a restart")
+		return old
+	}
+	keys, def := agentKeys(cfg)
+	if err := a.Reload(keys, def); err != nil {
+		log.Error("reload rejected; keeping the running configuration", "reason", err.Error())
+		return old
+	}
+	added, removed := diffKeys(old, cfg)
+	log.Info("reloaded", "config", path, "keys", len(cfg.Keys), "added", added, "removed", removed)
+	cfg.Log, cfg.Audit, cfg.Limits, cfg.Metrics = old.Log, old.Audit, old.Limits, old.Metrics // these need a restart too
+	return cfg
+}
+
+func sameProviders(a, b *config.Config) bool {
+	if len(a.Providers) != len(b.Providers) {
+		return false
+	}
+	for i := range a.Providers {
+		if a.Providers[i] != b.Providers[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func diffKeys(old, cur *config.Config) (added, removed []string) {
+	had := map[string]bool{}
+	for _, k := range old.Keys {
+		had[k.Name] = true
+	}
+	for _, k := range cur.Keys {
+		if !had[k.Name] {
+			added = append(added, k.Name)
+		}
+		delete(had, k.Name)
+	}
+	for name := range had {
+		removed = append(removed, name)
+	}
+	return added, removed
+}
+
+// serveMetrics serves /metrics on addr until stopped.
+func serveMetrics(addr string, m *metrics.Metrics, log *slog.Logger) (func(), error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", m.Handler())
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go hs.Serve(l)
+	log.Info("metrics listening", "address", l.Addr().String())
+	return func() { hs.Close() }, nil
 }
 
 // openAudit opens the audit log: JSON lines on stderr, in a file (0600,
@@ -162,7 +292,7 @@ func openAudit(cfg config.Audit) (*slog.Logger, func(), error) {
 }
 
 // buildAgent opens every configured provider and the agent over them.
-func buildAgent(ctx context.Context, cfg *config.Config, log, audit *slog.Logger) (*agent.Agent, error) {
+func buildAgent(ctx context.Context, cfg *config.Config, log, audit *slog.Logger, m *metrics.Metrics) (*agent.Agent, error) {
 	var opened []providers.Provider
 	closeAll := func() {
 		for _, p := range opened {
@@ -177,18 +307,11 @@ func buildAgent(ctx context.Context, cfg *config.Config, log, audit *slog.Logger
 		}
 		opened = append(opened, p)
 	}
-	var keys []agent.KeyConfig
-	for _, k := range cfg.Keys {
-		pol, _ := k.Policy.Resolve() // validated
-		ref := k.Object
-		if k.URI != "" {
-			ref = k.URI
-		}
-		keys = append(keys, agent.KeyConfig{Name: k.Name, Provider: k.Provider, Ref: ref, Policy: pol})
-	}
+	keys, def := agentKeys(cfg)
 	opts := agent.Options{
-		Providers: opened,
-		Keys:      keys,
+		Providers:     opened,
+		Keys:          keys,
+		DefaultPolicy: def,
 		Limits: agent.Limits{
 			MaxContextsPerSession: cfg.Limits.MaxContextsPerConnection,
 			MaxContexts:           cfg.Limits.MaxContexts,
@@ -198,9 +321,8 @@ func buildAgent(ctx context.Context, cfg *config.Config, log, audit *slog.Logger
 		Audit:   audit,
 		Version: versionString(),
 	}
-	if cfg.DefaultPolicy != nil {
-		pol, _ := cfg.DefaultPolicy.Resolve()
-		opts.DefaultPolicy = &pol
+	if m != nil {
+		opts.Observe = m.Observe
 	}
 	a, err := agent.New(opts)
 	if err != nil {
@@ -208,6 +330,33 @@ func buildAgent(ctx context.Context, cfg *config.Config, log, audit *slog.Logger
 		return nil, err
 	}
 	return a, nil
+}
+
+// agentKeys turns the config's keys and default policy into the agent's
+// terms; the config was validated, so names resolve.
+//
+// A key without a policy of its own gets the default policy: only the
+// agent's own user, unless [default_policy] says otherwise.
+func agentKeys(cfg *config.Config) ([]agent.KeyConfig, *agent.Policy) {
+	var def *agent.Policy
+	fallback := agent.OwnerPolicy(uint32(os.Geteuid()))
+	if cfg.DefaultPolicy != nil {
+		pol, _ := cfg.DefaultPolicy.Resolve()
+		def, fallback = &pol, pol
+	}
+	var keys []agent.KeyConfig
+	for _, k := range cfg.Keys {
+		pol := fallback
+		if !k.Policy.Empty() {
+			pol, _ = k.Policy.Resolve()
+		}
+		ref := k.Object
+		if k.URI != "" {
+			ref = k.URI
+		}
+		keys = append(keys, agent.KeyConfig{Name: k.Name, Provider: k.Provider, Ref: ref, Policy: pol})
+	}
+	return keys, def
 }
 
 func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (providers.Provider, error) {

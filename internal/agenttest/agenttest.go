@@ -31,6 +31,7 @@ type Options struct {
 	SocketLimits socket.Limits
 	Logger       *slog.Logger
 	Audit        *slog.Logger
+	Observe      func(agent.Use)
 }
 
 // SocketDir makes a private directory with a short path: Unix socket paths
@@ -70,6 +71,7 @@ func Run(keyDir, path string, opts Options) (a *Agent, stop func(), err error) {
 		Limits:    opts.Limits,
 		Logger:    opts.Logger,
 		Audit:     opts.Audit,
+		Observe:   opts.Observe,
 		Version:   "test",
 	})
 	if err != nil {

@@ -57,3 +57,10 @@ func (c *Config) fill() {
 		c.BufferBytes = DefaultBufferBytes
 	}
 }
+
+// SessionStats is the session pool's state, for metrics.
+type SessionStats struct {
+	Open  int    // sessions open
+	InUse int    // lent out now
+	Waits uint64 // requests that had to wait for a session
+}

@@ -16,3 +16,6 @@ type Provider struct{ providers.Provider }
 func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	return nil, errors.New("pkcs11: this hmac-agent was built without cgo (CGO_ENABLED=0); PKCS#11 needs it")
 }
+
+// Algorithms is empty: the provider cannot open without cgo.
+func (p *Provider) Algorithms() []providers.Algorithm { return nil }

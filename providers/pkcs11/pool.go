@@ -5,6 +5,7 @@ package pkcs11
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	p11 "github.com/miekg/pkcs11"
@@ -25,6 +26,7 @@ type pool struct {
 	wait  time.Duration
 	idle  chan *session
 	slots chan struct{}
+	waits atomic.Uint64 // requests that found no session free at once
 }
 
 func newPool(p *Provider, size int, wait time.Duration) *pool {
@@ -38,6 +40,9 @@ func (pl *pool) get(ctx context.Context) (*session, error) {
 	case s := <-pl.idle:
 		return s, nil
 	default:
+	}
+	if len(pl.slots) == cap(pl.slots) {
+		pl.waits.Add(1)
 	}
 	timer := time.NewTimer(pl.wait)
 	defer timer.Stop()

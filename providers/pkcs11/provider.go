@@ -239,6 +239,25 @@ func (p *Provider) recover(err error) bool {
 	return false
 }
 
+// Health checks that the token is present and the agent logged in.
+func (p *Provider) Health(ctx context.Context) error {
+	return p.withSession(ctx, func(s *session) error {
+		if _, err := p.ctx.GetTokenInfo(p.slot); err != nil {
+			return err
+		}
+		if !p.loggedIn(s) {
+			return p11.Error(p11.CKR_USER_NOT_LOGGED_IN)
+		}
+		return nil
+	})
+}
+
+// Sessions reports the session pool's state.
+func (p *Provider) Sessions() SessionStats {
+	open := len(p.pool.slots)
+	return SessionStats{Open: open, InUse: open - len(p.pool.idle), Waits: p.pool.waits.Load()}
+}
+
 // Close waits for calls in flight, logs out, closes every session and
 // finalizes the module if no other provider uses it.
 func (p *Provider) Close() error {

@@ -7,11 +7,14 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
+	"github.com/hmac-agent/hmac-agent/internal/metrics"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
 	"github.com/hmac-agent/hmac-agent/providers/providertest"
@@ -139,3 +142,28 @@ func TestLogsHoldNoSecretsOrPIN(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
+func TestSessionMetrics(t *testing.T) {
+	p, _ := newToken(t, nil)
+	m := metrics.New()
+	a := agenttest.Start(t, agenttest.Options{Providers: []providers.Provider{p}, Observe: m.Observe})
+	m.Watch(a.Agent, a.Server)
+	ctx := context.Background()
+	p.ImportKey(ctx, "k", []byte("k"))
+	c, _ := client.Dial(ctx, a.Path)
+	defer c.Close()
+	c.MAC(ctx, "k", client.SHA256, nil)
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`hmac_agent_pkcs11_sessions_open{kind="pkcs11",provider="hsm"}`,
+		`hmac_agent_pkcs11_sessions_in_use{kind="pkcs11",provider="hsm"} 0`,
+		`hmac_agent_pkcs11_session_waits_total{kind="pkcs11",provider="hsm"} 0`,
+		`hmac_agent_provider_up{kind="pkcs11",provider="hsm"} 1`,
+		`hmac_agent_operations_total{key="k",operation="mac",result="ok"} 1`,
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}

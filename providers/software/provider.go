@@ -53,6 +53,11 @@ func Open(name, dir string) (*Provider, error) {
 	return &Provider{name: name, dir: dir, keys: keys, lockErr: lockErr}, nil
 }
 
+// Health checks that the keystore directory is still there and private.
+func (p *Provider) Health(ctx context.Context) error {
+	return openDir(p.dir)
+}
+
 // LockError returns the first failure to lock key bytes in memory (the
 // RLIMIT_MEMLOCK limit), or nil if every key's bytes are locked. Keys
 // work either way; the agent logs it.

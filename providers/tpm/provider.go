@@ -221,6 +221,14 @@ func (p *Provider) run(f func() error) error {
 	return err
 }
 
+// Health checks that the TPM answers.
+func (p *Provider) Health(ctx context.Context) error {
+	return p.run(func() error {
+		_, err := tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTFamilyIndicator), PropertyCount: 1}.Execute(p.t)
+		return err
+	})
+}
+
 // Close flushes what the provider loaded and closes the connection.
 func (p *Provider) Close() error {
 	p.mu.Lock()

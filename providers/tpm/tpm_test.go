@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
+	"github.com/hmac-agent/hmac-agent/internal/metrics"
 	"github.com/hmac-agent/hmac-agent/internal/swtpm"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/providers/providertest"
@@ -344,5 +346,27 @@ func TestRestartUnderAgent(t *testing.T) {
 	close(stop)
 	for err := range softErrs {
 		t.Errorf("the software key during the restart: %v", err)
+	}
+}
+
+func TestSwapMetrics(t *testing.T) {
+	p, _, _ := newTPM(t)
+	m := metrics.New()
+	a := agenttest.Start(t, agenttest.Options{Providers: []providers.Provider{p}})
+	m.Watch(a.Agent, a.Server)
+	ctx := context.Background()
+	p.ImportKey(ctx, "k", []byte("k"))
+	k, _ := p.Key(ctx, "k")
+	for _, alg := range p.Algorithms() { // more keys than slots: swaps
+		k.(providers.OneShot).SumMAC(ctx, alg, nil, nil)
+	}
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if !strings.Contains(rec.Body.String(), `hmac_agent_tpm_slot_swaps_total{kind="tpm",provider="tpm"}`) ||
+		!strings.Contains(rec.Body.String(), `hmac_agent_provider_up{kind="tpm",provider="tpm"} 1`) {
+		t.Errorf("TPM metrics missing:\n%s", rec.Body.String())
+	}
+	if p.Swaps() == 0 {
+		t.Error("four keys on three slots made no swaps")
 	}
 }

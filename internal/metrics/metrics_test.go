@@ -1,0 +1,52 @@
+package metrics_test
+
+import (
+	"context"
+	"io"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
+	"github.com/hmac-agent/hmac-agent/internal/metrics"
+)
+
+func TestMetrics(t *testing.T) {
+	m := metrics.New()
+	a := agenttest.Start(t, agenttest.Options{Observe: m.Observe})
+	m.Watch(a.Agent, a.Server)
+	ctx := context.Background()
+	a.Soft.ImportKey(ctx, "k", []byte("k"))
+	c, err := client.Dial(ctx, a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.MAC(ctx, "k", client.SHA256, make([]byte, 100))
+	c.VerifyMAC(ctx, "k", client.SHA256, nil, []byte("wrong"))
+	h, _ := c.New(ctx, "k", client.SHA256)
+	h.Update(make([]byte, 50))
+
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	text := string(body)
+	for _, want := range []string{
+		`hmac_agent_operations_total{key="k",operation="mac",result="ok"} 1`,
+		`hmac_agent_operations_total{key="k",operation="verify_mac",result="invalid_signature"} 1`,
+		`hmac_agent_bytes_total{key="k"} 100`,
+		`hmac_agent_operation_duration_seconds_count{operation="mac"} 1`,
+		`hmac_agent_connections 1`,
+		`hmac_agent_contexts 1`,
+		`hmac_agent_provider_up{kind="software",provider="soft"} 1`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
