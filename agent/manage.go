@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/hmac-agent/hmac-agent/agent/status"
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
@@ -217,26 +218,11 @@ func healthMessage(p providers.Provider) string {
 	return "unavailable"
 }
 
-// ProviderStatus is one provider's line in a Status.
-type ProviderStatus struct {
-	Name    string `json:"name"`
-	Kind    string `json:"kind"`
-	Keys    int    `json:"keys"`
-	Healthy bool   `json:"healthy"`
-	Error   string `json:"error,omitempty"`
-}
-
-// Status is what `hmac-agent status` shows.
-type Status struct {
-	Version     string           `json:"version"`
-	Started     time.Time        `json:"started"`
-	Uptime      float64          `json:"uptime_seconds"`
-	PID         int              `json:"pid"`
-	Providers   []ProviderStatus `json:"providers"`
-	Keys        int              `json:"keys"`
-	Connections int64            `json:"connections"`
-	Contexts    int64            `json:"contexts"`
-}
+// Status and ProviderStatus are the agent's account of itself.
+type (
+	Status         = status.Status
+	ProviderStatus = status.Provider
+)
 
 // Status reports the agent's state. Any connected peer may ask.
 func (a *Agent) Status(ctx context.Context) Status {

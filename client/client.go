@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
+	"github.com/hmac-agent/hmac-agent/agent/status"
 	"github.com/hmac-agent/hmac-agent/internal/paths"
 	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
@@ -225,26 +225,12 @@ func (c *Client) DeleteKey(ctx context.Context, provider, name string) error {
 	return nil
 }
 
-// ProviderStatus is one provider's health.
-type ProviderStatus struct {
-	Name    string `json:"name"`
-	Kind    string `json:"kind"`
-	Keys    int    `json:"keys"`
-	Healthy bool   `json:"healthy"`
-	Error   string `json:"error,omitempty"`
-}
-
-// Status is the agent's own account of itself.
-type Status struct {
-	Version     string           `json:"version"`
-	Started     time.Time        `json:"started"`
-	Uptime      float64          `json:"uptime_seconds"`
-	PID         int              `json:"pid"`
-	Providers   []ProviderStatus `json:"providers"`
-	Keys        int              `json:"keys"`
-	Connections int64            `json:"connections"`
-	Contexts    int64            `json:"contexts"`
-}
+// Status is the agent's account of itself; ProviderStatus is one
+// provider's health.
+type (
+	Status         = status.Status
+	ProviderStatus = status.Provider
+)
 
 // Status asks the agent how it is.
 func (c *Client) Status(ctx context.Context) (Status, error) {

@@ -8,6 +8,8 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/hmac-agent/hmac-agent/internal/swtpm"
+	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/tpm"
 )
 
 // tpmDirect is go-tpm used directly, in this process, on the same swtpm
@@ -31,13 +33,7 @@ func openTPMDirect(sw *swtpm.TPM) (*tpmDirect, error) {
 		conn.Close()
 		return nil, err
 	}
-	tmpl := tpm2.TPMTPublic{
-		Type: tpm2.TPMAlgKeyedHash, NameAlg: tpm2.TPMAlgSHA256,
-		ObjectAttributes: tpm2.TPMAObject{SignEncrypt: true, UserWithAuth: true, NoDA: true, FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true},
-		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{Scheme: tpm2.TPMTKeyedHashScheme{
-			Scheme: tpm2.TPMAlgHMAC, Details: tpm2.NewTPMUSchemeKeyedHash(tpm2.TPMAlgHMAC, &tpm2.TPMSSchemeHMAC{HashAlg: tpm2.TPMAlgSHA256}),
-		}}),
-	}
+	tmpl := tpm.HMACTemplate(providers.SHA256, tpm2.TPMAObject{FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true})
 	parent := tpm2.AuthHandle{Handle: srk.ObjectHandle, Name: srk.Name, Auth: tpm2.PasswordAuth(nil)}
 	created, err := tpm2.Create{ParentHandle: parent, InPublic: tpm2.New2B(tmpl)}.Execute(t)
 	if err != nil {

@@ -36,21 +36,9 @@ func reference(alg providers.Algorithm, key, msg []byte) []byte {
 }
 
 func directSubject(p *pkcs11.Provider) providertest.Subject {
-	return providertest.Subject{
-		Open: func(ctx context.Context, name string, alg providers.Algorithm) (providers.MAC, error) {
-			k, err := p.Key(ctx, name)
-			if err != nil {
-				return nil, err
-			}
-			return k.NewMAC(ctx, alg)
-		},
-		Import: func(ctx context.Context, name string, secret []byte) error {
-			_, err := p.ImportKey(ctx, name, secret)
-			return err
-		},
-		Algorithms:  p.Algorithms(),
-		Concurrency: 64,
-	}
+	s := providertest.ProviderSubject(p, p.Algorithms())
+	s.Concurrency = 64
+	return s
 }
 
 func TestMechanismsFromToken(t *testing.T) {

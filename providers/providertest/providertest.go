@@ -43,6 +43,28 @@ type Subject struct {
 	Concurrency int
 }
 
+// ProviderSubject is the subject for a provider used directly: contexts
+// from its keys, keys imported with its Importer.
+func ProviderSubject(p interface {
+	providers.Provider
+	providers.Importer
+}, algs []providers.Algorithm) Subject {
+	return Subject{
+		Open: func(ctx context.Context, name string, alg providers.Algorithm) (providers.MAC, error) {
+			k, err := p.Key(ctx, name)
+			if err != nil {
+				return nil, err
+			}
+			return k.NewMAC(ctx, alg)
+		},
+		Import: func(ctx context.Context, name string, secret []byte) error {
+			_, err := p.ImportKey(ctx, name, secret)
+			return err
+		},
+		Algorithms: algs,
+	}
+}
+
 // Run runs the whole suite as subtests of t.
 func Run(t *testing.T, s Subject) {
 	if s.MAC == nil {

@@ -25,20 +25,7 @@ func openTemp(t *testing.T) *software.Provider {
 
 func TestConformance(t *testing.T) {
 	p := openTemp(t)
-	providertest.Run(t, providertest.Subject{
-		Open: func(ctx context.Context, name string, alg providers.Algorithm) (providers.MAC, error) {
-			k, err := p.Key(ctx, name)
-			if err != nil {
-				return nil, err
-			}
-			return k.NewMAC(ctx, alg)
-		},
-		Import: func(ctx context.Context, name string, secret []byte) error {
-			_, err := p.ImportKey(ctx, name, secret)
-			return err
-		},
-		Algorithms: providers.Algorithms(),
-	})
+	providertest.Run(t, providertest.ProviderSubject(p, providers.Algorithms()))
 }
 
 func TestKeystoreLifecycle(t *testing.T) {

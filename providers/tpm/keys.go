@@ -143,8 +143,10 @@ func (p *Provider) Keys(ctx context.Context) ([]providers.KeyInfo, error) {
 	return out, nil
 }
 
-// hmacTemplate is the public area of an HMAC key for alg.
-func hmacTemplate(alg providers.Algorithm, attrs tpm2.TPMAObject) tpm2.TPMTPublic {
+// HMACTemplate is the public area of an HMAC key for alg, with attrs
+// plus signing, user auth and no dictionary-attack protection (its auth
+// value is random). Benchmarks use it to make the same keys with go-tpm.
+func HMACTemplate(alg providers.Algorithm, attrs tpm2.TPMAObject) tpm2.TPMTPublic {
 	attrs.SignEncrypt, attrs.UserWithAuth, attrs.NoDA = true, true, true
 	return tpm2.TPMTPublic{
 		Type:             tpm2.TPMAlgKeyedHash,
@@ -167,7 +169,7 @@ func (p *Provider) GenerateKey(ctx context.Context, name string, length int) (pr
 		return providers.KeyInfo{}, fmt.Errorf("tpm: %w: a TPM generates keys of the digest's length; give no length", providers.ErrInvalidArgument)
 	}
 	return p.create(name, func(alg providers.Algorithm, auth []byte) (*blob, error) {
-		tmpl := hmacTemplate(alg, tpm2.TPMAObject{FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true})
+		tmpl := HMACTemplate(alg, tpm2.TPMAObject{FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true})
 		var b *blob
 		err := p.run(func() error {
 			if err := p.loadLocked(p.srk); err != nil {
@@ -205,7 +207,7 @@ func (p *Provider) ImportKey(ctx context.Context, name string, secret []byte) (p
 		h := alg.NewHash()()
 		h.Write(seed)
 		h.Write(value)
-		pub := hmacTemplate(alg, tpm2.TPMAObject{})
+		pub := HMACTemplate(alg, tpm2.TPMAObject{})
 		pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BDigest{Buffer: h.Sum(nil)})
 		sensitive := tpm2.Marshal(tpm2.TPMTSensitive{
 			SensitiveType: tpm2.TPMAlgKeyedHash,

@@ -74,26 +74,9 @@ func TestSmoke(t *testing.T) {
 	}
 }
 
-func directSubject(p *tpm.Provider) providertest.Subject {
-	return providertest.Subject{
-		Open: func(ctx context.Context, name string, alg providers.Algorithm) (providers.MAC, error) {
-			k, err := p.Key(ctx, name)
-			if err != nil {
-				return nil, err
-			}
-			return k.NewMAC(ctx, alg)
-		},
-		Import: func(ctx context.Context, name string, secret []byte) error {
-			_, err := p.ImportKey(ctx, name, secret)
-			return err
-		},
-		Algorithms: p.Algorithms(),
-	}
-}
-
 func TestConformance(t *testing.T) {
 	p, _, _ := newTPM(t)
-	providertest.Run(t, directSubject(p))
+	providertest.Run(t, providertest.ProviderSubject(p, p.Algorithms()))
 }
 
 func TestConformanceThroughAgent(t *testing.T) {
