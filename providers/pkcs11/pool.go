@@ -4,7 +4,6 @@ package pkcs11
 
 import (
 	"context"
-	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -96,8 +95,4 @@ func (pl *pool) closeAll() {
 			return
 		}
 	}
-}
-
-func (pl *pool) String() string {
-	return fmt.Sprintf("%d/%d sessions open", len(pl.slots), cap(pl.slots))
 }
