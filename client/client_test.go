@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
@@ -200,4 +201,46 @@ func hmacOf(alg client.Algorithm, key, msg []byte) []byte {
 	h := hmac.New(alg.NewHash(), key)
 	h.Write(msg)
 	return h.Sum(nil)
+}
+
+// TestCancelWhileWaiting: callers whose context ends while they wait, one
+// of them reading the socket for the others, give up cleanly; the others
+// get their replies and the connection stays usable.
+func TestCancelWhileWaiting(t *testing.T) {
+	slow := &agenttest.SlowProvider{Secret: []byte("slow"), Delay: 200 * time.Millisecond}
+	a := agenttest.Start(t, agenttest.Options{Providers: []providers.Provider{slow}})
+	ctx := context.Background()
+	a.Soft.ImportKey(ctx, "fast", []byte("fast"))
+	c, err := client.Dial(ctx, a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	for i := range 20 {
+		wg.Go(func() { // these give up before the device answers
+			cctx, cancel := context.WithTimeout(ctx, time.Duration(10+i)*time.Millisecond)
+			defer cancel()
+			if _, err := c.MAC(cctx, "slow-key", client.SHA256, []byte("x")); !errors.Is(err, context.DeadlineExceeded) {
+				errs <- fmt.Errorf("cancelled caller: %v", err)
+			}
+		})
+		wg.Go(func() { // these wait for it
+			tag, err := c.MAC(ctx, "slow-key", client.SHA256, []byte("x"))
+			if err != nil || !bytes.Equal(tag, hmacOf(client.SHA256, []byte("slow"), []byte("x"))) {
+				errs <- fmt.Errorf("patient caller: %x %v", tag, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for range 100 {
+		if _, err := c.MAC(ctx, "fast", client.SHA256, []byte("after")); err != nil {
+			t.Fatalf("after cancellations: %v", err)
+		}
+	}
 }

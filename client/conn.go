@@ -6,21 +6,26 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
 
 const bufferSize = 64 << 10
 
-// conn is one connection to the agent: a writer shared by all callers and
-// a reader goroutine that hands each reply to the call waiting for its ID.
+// conn is one connection to the agent: a writer shared by all callers,
+// and no reader goroutine: a caller waiting for a reply reads the socket
+// itself when nobody else is (the leader), handing other callers their
+// replies, and passes the role on when its own reply has come. A reply
+// then costs the caller one read, not a hand-off from another goroutine.
 //
 // Invariants: every ID in pending has a caller waiting on its call's
 // channel or about to remove it; a call is signalled at most once; once
-// err is set, pending is empty and stays so.
+// err is set, pending is empty and stays so; only the holder of rmu reads.
 type conn struct {
 	nc       net.Conn
 	maxFrame int
@@ -41,6 +46,14 @@ type conn struct {
 
 	nextContext atomic.Uint32
 	done        chan struct{}
+
+	rmu     sync.Mutex // the read role
+	fr      *wire.FrameReader
+	msg     wire.Message
+	leadMsg chan struct{} // a token telling a waiter the read role is free
+
+	dmu      sync.Mutex // orders deadline changes of a leader and its ctx
+	leadTurn uint64     // counts leaders, so a late cancellation hits nobody
 }
 
 // call is one request waiting for its reply.
@@ -72,8 +85,9 @@ func dialConn(ctx context.Context, path string) (*conn, error) {
 		bw:       bufio.NewWriterSize(nc, bufferSize),
 		pending:  make(map[uint32]*call),
 		done:     make(chan struct{}),
+		leadMsg:  make(chan struct{}, 1),
 	}
-	go c.readLoop(bufio.NewReaderSize(nc, bufferSize))
+	c.fr = wire.NewFrameReader(bufio.NewReaderSize(nc, bufferSize), wire.DefaultMaxFrame*16)
 	hello := wire.Message{Type: wire.TypeHello, MinVersion: wire.Version, MaxVersion: wire.Version}
 	r, err := c.roundTrip(ctx, &hello)
 	if err != nil {
@@ -127,41 +141,91 @@ func (c *conn) close(err error) {
 	close(c.done)
 }
 
-func (c *conn) readLoop(br *bufio.Reader) {
-	fr := wire.NewFrameReader(br, wire.DefaultMaxFrame*16)
-	var m wire.Message
+// lead reads replies, handing each to its caller, until cl's has come,
+// the connection breaks, or ctx ends; it reports false for the last. The
+// caller holds rmu.
+func (c *conn) lead(ctx context.Context, cl *call) bool {
+	select {
+	case <-cl.ch: // delivered by the leader before this one
+		cl.ch <- struct{}{}
+		return true
+	default:
+	}
+	if ctx.Done() != nil {
+		c.dmu.Lock()
+		c.leadTurn++
+		turn := c.leadTurn
+		c.dmu.Unlock()
+		stop := context.AfterFunc(ctx, func() {
+			c.dmu.Lock()
+			if c.leadTurn == turn { // still this leader: interrupt its read
+				c.nc.SetReadDeadline(time.Now())
+			}
+			c.dmu.Unlock()
+		})
+		defer func() {
+			stop()
+			c.dmu.Lock()
+			c.leadTurn++
+			c.nc.SetReadDeadline(time.Time{})
+			c.dmu.Unlock()
+		}()
+	}
 	for {
-		body, err := fr.Next()
+		body, err := c.fr.Next()
 		if err == nil {
-			err = wire.Decode(body, &m)
+			err = wire.Decode(body, &c.msg)
 		}
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil && !c.fr.MidFrame() {
+				return false
+			}
 			c.close(fmt.Errorf("%w: %v", ErrConnectionLost, err))
-			return
+			return true
 		}
-		c.pmu.Lock()
-		cl := c.pending[m.ID]
-		delete(c.pending, m.ID)
-		c.pmu.Unlock()
-		if cl == nil {
-			// An error for an UPDATE or CLOSE, or a reply to a call
-			// that gave up. Contexts record their own state, so there
-			// is nothing to do.
-			continue
+		if c.deliver(body, &c.msg) == cl {
+			return true
 		}
-		cl.typ = m.Type
-		switch m.Type {
-		case wire.TypeTag:
-			cl.body = append(cl.body[:0], m.Tag...)
-		case wire.TypeError:
-			cl.code = m.Code
-			cl.body = append(cl.body[:0], m.Data...)
-		case wire.TypeHelloReply:
-			cl.body = append(cl.body[:0], body...)
-		default:
-			cl.body = append(cl.body[:0], m.Data...)
+	}
+}
+
+// deliver hands a reply to the call waiting for its ID and returns that
+// call, or nil for a reply nobody waits for (an error for an UPDATE or
+// CLOSE, or a call given up).
+func (c *conn) deliver(body []byte, m *wire.Message) *call {
+	c.pmu.Lock()
+	cl := c.pending[m.ID]
+	delete(c.pending, m.ID)
+	c.pmu.Unlock()
+	if cl == nil {
+		return nil
+	}
+	cl.typ = m.Type
+	switch m.Type {
+	case wire.TypeTag:
+		cl.body = append(cl.body[:0], m.Tag...)
+	case wire.TypeError:
+		cl.code = m.Code
+		cl.body = append(cl.body[:0], m.Data...)
+	case wire.TypeHelloReply:
+		cl.body = append(cl.body[:0], body...)
+	default:
+		cl.body = append(cl.body[:0], m.Data...)
+	}
+	cl.ch <- struct{}{}
+	return cl
+}
+
+// handOver tells a waiting caller, if any, that the read role is free.
+func (c *conn) handOver() {
+	c.pmu.Lock()
+	waiting := len(c.pending) > 0
+	c.pmu.Unlock()
+	if waiting {
+		select {
+		case c.leadMsg <- struct{}{}:
+		default: // a token is there already
 		}
-		cl.ch <- struct{}{}
 	}
 }
 
@@ -224,15 +288,38 @@ func (c *conn) register() (uint32, *call, error) {
 	return c.nextID, cl, nil
 }
 
-// wait waits for cl's reply. On ctx's end it withdraws the call; a reply
-// that arrives later is dropped.
+// wait waits for cl's reply, reading the socket itself when nobody else
+// is. On ctx's end it withdraws the call; a reply that arrives later is
+// dropped.
 func (c *conn) wait(ctx context.Context, id uint32, cl *call) (*call, error) {
-	select {
-	case <-cl.ch:
-	case <-ctx.Done():
-		c.withdraw(id, cl)
-		return nil, ctx.Err()
+	for {
+		select {
+		case <-cl.ch:
+			return c.delivered(cl)
+		default:
+		}
+		if c.rmu.TryLock() {
+			got := c.lead(ctx, cl)
+			c.rmu.Unlock()
+			c.handOver()
+			if !got {
+				c.withdraw(id, cl)
+				return nil, ctx.Err()
+			}
+			continue
+		}
+		select {
+		case <-cl.ch:
+			return c.delivered(cl)
+		case <-c.leadMsg: // the read role is free: try to take it
+		case <-ctx.Done():
+			c.withdraw(id, cl)
+			return nil, ctx.Err()
+		}
 	}
+}
+
+func (c *conn) delivered(cl *call) (*call, error) {
 	if cl.err != nil {
 		err := cl.err
 		callPool.Put(cl)

@@ -33,7 +33,7 @@ func fuzzServer(f *testing.F) *socket.Server {
 		if err != nil {
 			f.Fatal(err)
 		}
-		slow := &slowProvider{secret: testSecret}
+		slow := &agenttest.SlowProvider{Secret: testSecret}
 		a, _, err := agenttest.Run(filepath.Join(dir, "keys"), filepath.Join(dir, "agent.sock"),
 			agenttest.Options{Providers: []providers.Provider{slow}})
 		if err != nil {

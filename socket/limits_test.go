@@ -20,7 +20,7 @@ import (
 )
 
 func TestInFlightLimit(t *testing.T) {
-	slow := &slowProvider{secret: testSecret, delay: 300 * time.Millisecond}
+	slow := &agenttest.SlowProvider{Secret: testSecret, Delay: 300 * time.Millisecond}
 	a := start(t, agenttest.Options{Providers: []providers.Provider{slow}, SocketLimits: socket.Limits{MaxInFlight: 4}})
 	r := dialRaw(t, a.Path, true)
 	for i := uint32(1); i <= 6; i++ {
@@ -57,7 +57,7 @@ func TestConnectionLimit(t *testing.T) {
 // TestClientsKilledMidStream: 10 000 connections open contexts, stream
 // part of a message and vanish. Nothing may stay behind.
 func TestClientsKilledMidStream(t *testing.T) {
-	slow := &slowProvider{secret: testSecret}
+	slow := &agenttest.SlowProvider{Secret: testSecret}
 	a := start(t, agenttest.Options{Providers: []providers.Provider{slow}})
 	baseGoroutines := runtime.NumGoroutine()
 	var before runtime.MemStats
@@ -93,12 +93,12 @@ func TestClientsKilledMidStream(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		st := a.Agent.Status(context.Background())
-		if st.Contexts == 0 && st.Connections == 0 && slow.opened.Load() == 0 && a.Server.Connections() == 0 {
+		if st.Contexts == 0 && st.Connections == 0 && slow.Opened.Load() == 0 && a.Server.Connections() == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("after %d killed clients: %d contexts, %d sessions, %d connections, %d device contexts",
-				n, st.Contexts, st.Connections, a.Server.Connections(), slow.opened.Load())
+				n, st.Contexts, st.Connections, a.Server.Connections(), slow.Opened.Load())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -174,7 +174,7 @@ func TestListenRefusesUnsafePlaces(t *testing.T) {
 // TestShutdownFinishesRequestsInFlight: requests already sent when the
 // agent is told to stop get their replies; then the connection closes.
 func TestShutdownFinishesRequestsInFlight(t *testing.T) {
-	slow := &slowProvider{secret: testSecret, delay: 300 * time.Millisecond}
+	slow := &agenttest.SlowProvider{Secret: testSecret, Delay: 300 * time.Millisecond}
 	a := start(t, agenttest.Options{Providers: []providers.Provider{slow}})
 	r := dialRaw(t, a.Path, true)
 	r.send(wire.Message{Type: wire.TypeOpen, ID: 1, Context: 1, Algorithm: uint8(providers.SHA256), Key: []byte("slow-key")})

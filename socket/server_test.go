@@ -225,7 +225,7 @@ func TestOversizeFrameClosesConnection(t *testing.T) {
 }
 
 func TestStickyUpdateError(t *testing.T) {
-	slow := &slowProvider{secret: testSecret}
+	slow := &agenttest.SlowProvider{Secret: testSecret}
 	a := start(t, agenttest.Options{Providers: []providers.Provider{slow}})
 	r := dialRaw(t, a.Path, true)
 	r.send(wire.Message{Type: wire.TypeOpen, ID: 1, Context: 1, Algorithm: uint8(providers.SHA256), Key: []byte("slow-key")})
@@ -251,7 +251,7 @@ func TestStickyUpdateError(t *testing.T) {
 // TestOutOfOrderReplies: a slow device must not hold up other requests on
 // the same connection.
 func TestOutOfOrderReplies(t *testing.T) {
-	slow := &slowProvider{secret: testSecret, delay: 300 * time.Millisecond}
+	slow := &agenttest.SlowProvider{Secret: testSecret, Delay: 300 * time.Millisecond}
 	a := start(t, agenttest.Options{Providers: []providers.Provider{slow}})
 	r := dialRaw(t, a.Path, true)
 	r.send(wire.Message{Type: wire.TypeOpen, ID: 1, Context: 1, Algorithm: uint8(providers.SHA256), Key: []byte("slow-key")})
@@ -322,7 +322,7 @@ func TestContextLimit(t *testing.T) {
 }
 
 func TestConnectionCloseFreesContexts(t *testing.T) {
-	slow := &slowProvider{secret: testSecret}
+	slow := &agenttest.SlowProvider{Secret: testSecret}
 	a := start(t, agenttest.Options{Providers: []providers.Provider{slow}})
 	for round := range 20 {
 		r := dialRaw(t, a.Path, true)
@@ -342,11 +342,11 @@ func TestConnectionCloseFreesContexts(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		st := a.Agent.Status(context.Background())
-		if st.Contexts == 0 && st.Connections == 0 && slow.opened.Load() == 0 {
+		if st.Contexts == 0 && st.Connections == 0 && slow.Opened.Load() == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after closing: %d contexts, %d connections, %d device contexts", st.Contexts, st.Connections, slow.opened.Load())
+			t.Fatalf("after closing: %d contexts, %d connections, %d device contexts", st.Contexts, st.Connections, slow.Opened.Load())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

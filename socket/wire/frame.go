@@ -26,6 +26,7 @@ type FrameReader struct {
 	scratch   []byte
 	peeked    int  // bytes of the previous frame still to discard
 	inScratch bool // the last frame is in scratch, not in the bufio buffer
+	midFrame  bool // an error came in the middle of a large frame
 }
 
 // NewFrameReader reads frames of at most max body bytes from r.
@@ -56,23 +57,27 @@ func (f *FrameReader) Next() ([]byte, error) {
 		return nil, err
 	}
 	n := int(binary.BigEndian.Uint32(hdr))
-	f.r.Discard(4)
 	switch {
 	case n == 0:
+		f.r.Discard(4)
 		return nil, ErrEmptyFrame
 	case n > f.max:
+		f.r.Discard(4)
 		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrFrameTooLarge, n, f.max)
 	}
 	f.inScratch = false
-	if n <= f.r.Size() {
-		body, err := f.r.Peek(n)
+	if 4+n <= f.r.Size() {
+		// Peeked whole, header and all: an error here (a deadline, say)
+		// leaves the stream where it was.
+		frame, err := f.r.Peek(4 + n)
 		if err != nil {
 			return nil, unexpected(err)
 		}
-		f.peeked = n
-		return body, nil
+		f.peeked = 4 + n
+		return frame[4:], nil
 	}
-	f.inScratch = true
+	f.r.Discard(4)
+	f.inScratch, f.midFrame = true, true
 	if cap(f.scratch) < n {
 		f.scratch = getBuffer(n)
 	}
@@ -80,8 +85,14 @@ func (f *FrameReader) Next() ([]byte, error) {
 	if _, err := io.ReadFull(f.r, body); err != nil {
 		return nil, unexpected(err)
 	}
+	f.midFrame = false
 	return body, nil
 }
+
+// MidFrame reports whether the last error left a frame half read, after
+// which the stream is out of step. Errors on frames that fit the buffer
+// never do.
+func (f *FrameReader) MidFrame() bool { return f.midFrame }
 
 func unexpected(err error) error {
 	if err == io.EOF {

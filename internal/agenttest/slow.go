@@ -1,4 +1,4 @@
-package socket_test
+package agenttest
 
 import (
 	"context"
@@ -12,40 +12,41 @@ import (
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
-// slowProvider is a provider that waits, as a device does: every Finalize
-// takes delay. An Update of "fail" fails, to exercise sticky errors.
-type slowProvider struct {
-	delay  time.Duration
-	secret []byte
-	opened atomic.Int64
+// SlowProvider is a provider that waits, as a device does: every Finalize
+// (and so every one-shot) takes Delay. An Update of "fail" fails, to
+// exercise sticky errors. Its one key is "slow-key", SHA-256 only.
+type SlowProvider struct {
+	Delay  time.Duration
+	Secret []byte
+	Opened atomic.Int64 // contexts open now
 }
 
 var errDevice = errors.New("slow: device said no (CKR_DEVICE_ERROR 0x30)")
 
-func (p *slowProvider) Name() string { return "slow" }
-func (p *slowProvider) Kind() string { return "test" }
-func (p *slowProvider) Close() error { return nil }
-func (p *slowProvider) Keys(context.Context) ([]providers.KeyInfo, error) {
+func (p *SlowProvider) Name() string { return "slow" }
+func (p *SlowProvider) Kind() string { return "test" }
+func (p *SlowProvider) Close() error { return nil }
+func (p *SlowProvider) Keys(context.Context) ([]providers.KeyInfo, error) {
 	return []providers.KeyInfo{{Name: "slow-key", Provider: "slow"}}, nil
 }
-func (p *slowProvider) Key(_ context.Context, name string) (providers.Key, error) {
+func (p *SlowProvider) Key(_ context.Context, name string) (providers.Key, error) {
 	if name != "slow-key" {
 		return nil, fmt.Errorf("slow: %w", providers.ErrKeyNotFound)
 	}
 	return slowKey{p}, nil
 }
 
-type slowKey struct{ p *slowProvider }
+type slowKey struct{ p *SlowProvider }
 
 func (k slowKey) Name() string                        { return "slow-key" }
 func (k slowKey) Supports(a providers.Algorithm) bool { return a == providers.SHA256 }
 func (k slowKey) NewMAC(ctx context.Context, alg providers.Algorithm) (providers.MAC, error) {
-	k.p.opened.Add(1)
-	return &slowMAC{p: k.p, h: hmac.New(alg.NewHash(), k.p.secret)}, nil
+	k.p.Opened.Add(1)
+	return &slowMAC{p: k.p, h: hmac.New(alg.NewHash(), k.p.Secret)}, nil
 }
 
 type slowMAC struct {
-	p *slowProvider
+	p *SlowProvider
 	h hash.Hash
 }
 
@@ -68,7 +69,7 @@ func (m *slowMAC) Copy(context.Context) (providers.MAC, error) {
 	if err != nil {
 		return nil, err
 	}
-	m.p.opened.Add(1)
+	m.p.Opened.Add(1)
 	return &slowMAC{p: m.p, h: c.(hash.Hash)}, nil
 }
 func (m *slowMAC) Finalize(ctx context.Context) ([]byte, error) {
@@ -76,7 +77,7 @@ func (m *slowMAC) Finalize(ctx context.Context) ([]byte, error) {
 		return nil, providers.ErrAlreadyFinalized
 	}
 	select {
-	case <-time.After(m.p.delay):
+	case <-time.After(m.p.Delay):
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -97,6 +98,6 @@ func (m *slowMAC) Verify(ctx context.Context, tag []byte) error {
 func (m *slowMAC) Close() {
 	if m.h != nil {
 		m.h = nil
-		m.p.opened.Add(-1)
+		m.p.Opened.Add(-1)
 	}
 }
