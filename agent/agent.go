@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -56,8 +57,11 @@ type Agent struct {
 	uid           uint32
 	started       time.Time
 
-	mu    sync.RWMutex         // guards keys, defaultPolicy and cache
-	cache map[string]*resolved // key name -> handle, filled on first use
+	mu sync.RWMutex // guards keys and defaultPolicy, and serializes cache writers
+	// cache maps key names to resolved keys, filled on first use. It is
+	// copied on write and read with one atomic load: a read lock taken on
+	// every request would bounce its cache line between CPUs.
+	cache atomic.Pointer[map[string]*resolved]
 	// gen counts configurations; a resolved key of an older one is
 	// checked again before use, so a reload reaches open contexts.
 	gen atomic.Uint64
@@ -101,7 +105,6 @@ func New(opts Options) (*Agent, error) {
 		version: opts.Version,
 		uid:     uint32(os.Geteuid()),
 		started: time.Now(),
-		cache:   make(map[string]*resolved),
 		audit:   opts.Audit,
 		observe: opts.Observe,
 		live:    make(map[*Session]struct{}),
@@ -166,7 +169,7 @@ func (a *Agent) Reload(keys []KeyConfig, defaultPolicy *Policy) error {
 	} else {
 		a.defaultPolicy = OwnerPolicy(a.uid)
 	}
-	a.cache = make(map[string]*resolved)
+	a.cache.Store(&map[string]*resolved{})
 	a.gen.Add(1)
 	a.mu.Unlock()
 	return nil
@@ -236,11 +239,10 @@ func (a *Agent) Close() error {
 // resolve finds the key a client names. Lookups are cached: the hot path is
 // one map read with no allocation.
 func (a *Agent) resolve(ctx context.Context, name []byte) (*resolved, error) {
-	a.mu.RLock()
-	r := a.cache[string(name)]
-	a.mu.RUnlock()
-	if r != nil {
-		return r, nil
+	if m := a.cache.Load(); m != nil {
+		if r := (*m)[string(name)]; r != nil {
+			return r, nil
+		}
 	}
 	return a.resolveSlow(ctx, string(name))
 }
@@ -289,7 +291,7 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 	r.verifier, _ = r.key.(providers.OneShotVerifier)
 	a.mu.Lock()
 	if a.gen.Load() == gen { // a reload meanwhile: do not cache the old view
-		a.cache[name] = r
+		a.updateCacheLocked(func(m map[string]*resolved) { m[name] = r })
 	}
 	a.mu.Unlock()
 	return r, nil
@@ -305,10 +307,23 @@ func (a *Agent) keyError(name string, err error) error {
 	return err
 }
 
+// updateCacheLocked publishes a changed copy of the cache.
+func (a *Agent) updateCacheLocked(change func(map[string]*resolved)) {
+	var m map[string]*resolved
+	if old := a.cache.Load(); old != nil {
+		m = maps.Clone(*old)
+	}
+	if m == nil {
+		m = make(map[string]*resolved)
+	}
+	change(m)
+	a.cache.Store(&m)
+}
+
 // forget drops a cached key, after it was deleted or vanished underneath.
 func (a *Agent) forget(name string) {
 	a.mu.Lock()
-	delete(a.cache, name)
+	a.updateCacheLocked(func(m map[string]*resolved) { delete(m, name) })
 	a.mu.Unlock()
 }
 
