@@ -67,6 +67,7 @@ func main() {
 	key := flag.String("key", benchenv.SoftKey, "with -socket: a software key to use")
 	agentBin := flag.String("agent", "", "the hmac-agent binary to start (default: next to this one, $PATH, or go build)")
 	noDevices := flag.Bool("software-only", false, "leave out SoftHSM2 and swtpm even when installed")
+	maxCopy := flag.Int64("pkcs11-max-copy-bytes", 0, "the token's max_copy_bytes (0: the default 64 MiB; -1: keep no input for Copy)")
 	flag.Parse()
 
 	p := plan{dur: 2 * time.Second, soft: 256 << 20, hsm: 64 << 20, tpm: 16 << 20, runs: *runs}
@@ -74,6 +75,7 @@ func main() {
 		p = plan{dur: 400 * time.Millisecond, soft: 64 << 20, hsm: 16 << 20, tpm: 2 << 20, runs: 1}
 	}
 	r := &results{units: map[string]string{}, runs: map[string][]float64{}}
+	p.maxCopy = *maxCopy
 	if err := measure(r, p, *socket, *key, *agentBin, !*noDevices); err != nil {
 		fmt.Fprintln(os.Stderr, "hmac-bench:", err)
 		os.Exit(1)
@@ -96,6 +98,7 @@ type plan struct {
 	dur            time.Duration
 	soft, hsm, tpm int // bytes streamed
 	runs           int
+	maxCopy        int64 // the token's max_copy_bytes
 }
 
 func printTable(r *results, out []metric) {
