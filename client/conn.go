@@ -45,7 +45,6 @@ type conn struct {
 	err     error // set once the connection is broken
 
 	nextContext atomic.Uint32
-	done        chan struct{}
 
 	rmu     sync.Mutex // the read role
 	fr      *wire.FrameReader
@@ -84,7 +83,6 @@ func dialConn(ctx context.Context, path string) (*conn, error) {
 		maxFrame: wire.MinMaxFrame,
 		bw:       bufio.NewWriterSize(nc, bufferSize),
 		pending:  make(map[uint32]*call),
-		done:     make(chan struct{}),
 		leadMsg:  make(chan struct{}, 1),
 	}
 	c.fr = wire.NewFrameReader(bufio.NewReaderSize(nc, bufferSize), wire.DefaultMaxFrame*16)
@@ -138,7 +136,6 @@ func (c *conn) close(err error) {
 		cl.err = err
 		cl.ch <- struct{}{}
 	}
-	close(c.done)
 }
 
 // lead reads replies, handing each to its caller, until cl's has come,
