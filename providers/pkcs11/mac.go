@@ -149,38 +149,27 @@ func (m *mac) keep(p []byte) {
 
 // start takes a session, starts a sign operation and feeds it the buffer.
 func (m *mac) start(ctx context.Context) error {
-	p := m.k.p
-	if err := p.enter(); err != nil {
-		return err
-	}
-	defer p.leave()
-	var err error
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		var s *session
-		if s, err = p.pool.get(ctx); err != nil {
-			return err
-		}
-		err = m.signInit(s)
+	s, err := m.k.p.attempt(ctx, true, func(s *session) error {
+		err := m.signInit(s)
 		for _, c := range m.replay {
 			if err != nil {
 				break
 			}
-			err = p.ctx.SignUpdate(s.h, c)
+			err = m.k.p.ctx.SignUpdate(s.h, c)
 		}
 		if err == nil && len(m.buf) > 0 {
-			err = p.ctx.SignUpdate(s.h, m.buf)
+			err = m.k.p.ctx.SignUpdate(s.h, m.buf)
 		}
-		if err == nil {
-			m.sess, m.buf, m.replay = s, nil, nil
-			return nil
+		if err != nil {
+			m.cancel(s) // the session goes back to the pool
 		}
-		m.cancel(s)
-		p.pool.put(s, err)
-		if !p.recover(err) {
-			break
-		}
+		return err
+	})
+	if err != nil {
+		return m.failed("start", err)
 	}
-	return m.failed("start", err)
+	m.sess, m.buf, m.replay = s, nil, nil
+	return nil
 }
 
 func (m *mac) signInit(s *session) error {

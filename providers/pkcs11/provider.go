@@ -198,8 +198,15 @@ func (p *Provider) leave() { p.calls.RUnlock() }
 // went stale. One fault can reveal the next (a closed session, then the
 // lost login behind it), so up to maxAttempts. f must be safe to rerun.
 func (p *Provider) withSession(ctx context.Context, f func(s *session) error) error {
+	_, err := p.attempt(ctx, false, f)
+	return err
+}
+
+// attempt is withSession, and with keep returns the session f succeeded
+// on still held: the caller gives it back to the pool.
+func (p *Provider) attempt(ctx context.Context, keep bool, f func(s *session) error) (*session, error) {
 	if err := p.enter(); err != nil {
-		return err
+		return nil, err
 	}
 	defer p.leave()
 	var err error
@@ -207,15 +214,18 @@ func (p *Provider) withSession(ctx context.Context, f func(s *session) error) er
 		var s *session
 		s, err = p.pool.get(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		err = f(s)
+		if err == nil && keep {
+			return s, nil
+		}
 		p.pool.put(s, err)
 		if err == nil || !p.recover(err) {
-			return err
+			return nil, err
 		}
 	}
-	return err
+	return nil, err
 }
 
 const maxAttempts = 3
