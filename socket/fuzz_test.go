@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,30 +18,28 @@ import (
 	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
 
-var (
-	fuzzOnce sync.Once
-	fuzzSrv  *socket.Server
-)
-
-// fuzzServer is one agent for the whole fuzzing run, with a software key
-// "k" and a slow device key, so both the inline and the queued handlers
-// are reached.
+// fuzzServer starts one agent for the whole fuzzing run (one per fuzzing
+// worker process), with a software key "k" and a slow device key, so both
+// the inline and the queued handlers are reached. It is stopped and its
+// files removed when the fuzz target ends.
 func fuzzServer(f *testing.F) *socket.Server {
-	fuzzOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "hmac-agent-fuzz-")
-		if err != nil {
-			f.Fatal(err)
-		}
-		slow := &agenttest.SlowProvider{Secret: testSecret}
-		a, _, err := agenttest.Run(filepath.Join(dir, "keys"), filepath.Join(dir, "agent.sock"),
-			agenttest.Options{Providers: []providers.Provider{slow}})
-		if err != nil {
-			f.Fatal(err)
-		}
-		a.Soft.ImportKey(context.Background(), "k", testSecret)
-		fuzzSrv = a.Server
+	dir, err := os.MkdirTemp("", "hmac-agent-fuzz-")
+	if err != nil {
+		f.Fatal(err)
+	}
+	slow := &agenttest.SlowProvider{Secret: testSecret}
+	a, stop, err := agenttest.Run(filepath.Join(dir, "keys"), filepath.Join(dir, "agent.sock"),
+		agenttest.Options{Providers: []providers.Provider{slow}})
+	if err != nil {
+		os.RemoveAll(dir)
+		f.Fatal(err)
+	}
+	f.Cleanup(func() {
+		stop()
+		os.RemoveAll(dir)
 	})
-	return fuzzSrv
+	a.Soft.ImportKey(context.Background(), "k", testSecret)
+	return a.Server
 }
 
 // pair is a connected pair of Unix sockets: peer credentials work on it as
