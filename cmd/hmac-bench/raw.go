@@ -61,6 +61,7 @@ func pingPong(path string, hello bool, d time.Duration) (opsPerSec, p50, p99 flo
 	}
 	defer rc.c.Close()
 	req := macRequest()
+	reply := make([]byte, replySize)
 	lat := make([]time.Duration, 0, 1<<16)
 	start := time.Now()
 	var id uint32
@@ -75,7 +76,7 @@ func pingPong(path string, hello bool, d time.Duration) (opsPerSec, p50, p99 flo
 			if _, err := rc.fr.Next(); err != nil {
 				return 0, 0, 0, err
 			}
-		} else if _, err := io.ReadFull(rc.r, make([]byte, replySize)); err != nil {
+		} else if _, err := io.ReadFull(rc.r, reply); err != nil {
 			return 0, 0, 0, err
 		}
 		lat = append(lat, time.Since(t))

@@ -7,7 +7,6 @@
 package softhsm
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -115,5 +114,5 @@ func Cleanup() error {
 	if setupDir == "" {
 		return nil
 	}
-	return errors.Join(os.RemoveAll(setupDir))
+	return os.RemoveAll(setupDir)
 }
