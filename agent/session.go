@@ -183,17 +183,41 @@ func (s *Session) keyFailed(r *resolved, err error) error {
 // Update appends p to context id. An error from the provider sticks to the
 // context; Update itself fails only when there is no such context.
 func (s *Session) Update(ctx context.Context, id uint32, p []byte) error {
+	return s.update(ctx, id, p, nil)
+}
+
+// UpdateOwned is Update for a caller that hands p over: a context that
+// keeps its input (see providers.Retainer) keeps p instead of a copy.
+// release(p) is called exactly once, when p is needed no more; the caller
+// must not touch p in between.
+func (s *Session) UpdateOwned(ctx context.Context, id uint32, p []byte, release func([]byte)) error {
+	return s.update(ctx, id, p, release)
+}
+
+func (s *Session) update(ctx context.Context, id uint32, p []byte, release func([]byte)) error {
 	c, err := s.take(id, false)
 	if err != nil {
+		if release != nil {
+			release(p)
+		}
 		return err
 	}
 	if c.err == nil {
-		if err := c.mac.Update(ctx, p); err != nil {
+		if r, ok := c.mac.(providers.Retainer); ok && release != nil {
+			err = r.UpdateRetained(ctx, p, release)
+			release = nil
+		} else {
+			err = c.mac.Update(ctx, p)
+		}
+		if err != nil {
 			c.err = s.keyFailed(c.key, err)
 		}
 		c.bytes += int64(len(p))
 	}
 	s.done(c)
+	if release != nil {
+		release(p)
+	}
 	return nil
 }
 

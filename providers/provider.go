@@ -62,6 +62,16 @@ type Immediate interface {
 	Immediate() bool
 }
 
+// Retainer is implemented by contexts that keep their input past Update,
+// as a PKCS#11 context keeps it to replay for Copy. UpdateRetained is
+// Update for a caller that hands p over: the context may keep p itself
+// rather than a copy. It calls release(p) exactly once, when it needs p no
+// more, which may be before it returns; the caller must not touch p in
+// between.
+type Retainer interface {
+	UpdateRetained(ctx context.Context, p []byte, release func([]byte)) error
+}
+
 // KeyInfo describes a key without revealing it.
 type KeyInfo struct {
 	Name       string      `json:"name"`

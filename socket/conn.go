@@ -172,7 +172,7 @@ func (c *conn) dispatch(m *wire.Message) {
 		q := c.queues[m.Context]
 		c.qmu.Unlock()
 		if q == nil && (m.Type != wire.TypeOpen || c.srv.agent.Immediate(c.ctx, m.Key)) {
-			c.contextOp(m, nil)
+			c.contextOp(m, nil, nil)
 			return
 		}
 		c.enqueue(m)
@@ -192,8 +192,10 @@ func (c *conn) dispatch(m *wire.Message) {
 }
 
 // contextOp runs a request on a context and returns its error. q is the
-// context's queue when the request runs from one.
-func (c *conn) contextOp(m *wire.Message, q *queue) error {
+// context's queue when the request runs from one, and body the frame m
+// was decoded from when the reader handed it over: an UPDATE may give it
+// to the context for good. contextOp recycles body unless it did.
+func (c *conn) contextOp(m *wire.Message, q *queue, body []byte) error {
 	s := c.sess
 	var err error
 	switch m.Type {
@@ -202,7 +204,14 @@ func (c *conn) contextOp(m *wire.Message, q *queue) error {
 		c.replyResult(m.ID, err)
 	case wire.TypeUpdate:
 		// No reply, unless there is no context to keep the error.
-		if err = s.Update(c.ctx, m.Context, m.Data); err != nil {
+		if body == nil {
+			err = s.Update(c.ctx, m.Context, m.Data)
+		} else {
+			b := body
+			err = s.UpdateOwned(c.ctx, m.Context, m.Data, func([]byte) { wire.Recycle(b) })
+			body = nil
+		}
+		if err != nil {
 			c.replyError(m.ID, err)
 		}
 	case wire.TypeCopy:
@@ -217,6 +226,9 @@ func (c *conn) contextOp(m *wire.Message, q *queue) error {
 		c.replyResult(m.ID, err)
 	case wire.TypeClose:
 		s.Abandon(m.Context)
+	}
+	if body != nil {
+		wire.Recycle(body)
 	}
 	return err
 }
@@ -277,22 +289,21 @@ func (c *conn) manage(m *wire.Message) {
 
 // own makes m's byte fields outlive the frame, for a request that runs
 // after the reader has moved on. A large frame is handed over whole
-// instead of copied: streaming to a device would otherwise copy every
-// byte once more.
-//
-// done must be called when the request has run.
-func (c *conn) own(m *wire.Message) (o *wire.Message, done func()) {
+// instead of copied, as body: streaming to a device would otherwise copy
+// every byte once more. The caller recycles body (wire.Recycle) when the
+// request has run, unless it gave body away.
+func (c *conn) own(m *wire.Message) (o *wire.Message, body []byte) {
 	o = new(wire.Message)
 	*o = *m
 	if body := c.fr.Take(); body != nil {
-		return o, func() { wire.Recycle(body) }
+		return o, body
 	}
 	o.Key = append([]byte(nil), m.Key...)
 	o.Provider = append([]byte(nil), m.Provider...)
 	o.Wrapping = append([]byte(nil), m.Wrapping...)
 	o.Tag = append([]byte(nil), m.Tag...)
 	o.Data = append([]byte(nil), m.Data...)
-	return o, func() {}
+	return o, nil
 }
 
 // acquire takes an in-flight token for m. An independent request (a
@@ -335,11 +346,13 @@ func (c *conn) goAsync(m *wire.Message, run func(*wire.Message)) {
 	if !c.acquire(m) {
 		return
 	}
-	o, done := c.own(m)
+	o, body := c.own(m)
 	go func() {
 		defer c.releaseToken()
 		run(o)
-		done()
+		if body != nil {
+			wire.Recycle(body)
+		}
 		c.flush()
 	}()
 }
@@ -350,7 +363,7 @@ func (c *conn) enqueue(m *wire.Message) {
 	if !c.acquire(m) {
 		return
 	}
-	o, done := c.own(m)
+	o, body := c.own(m)
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	q := c.queueLocked(o.Context)
@@ -363,8 +376,7 @@ func (c *conn) enqueue(m *wire.Message) {
 		target.blocked = true
 	}
 	q.ops = append(q.ops, func() {
-		err := c.contextOp(o, q)
-		done()
+		err := c.contextOp(o, q, body)
 		c.qmu.Lock()
 		switch o.Type {
 		case wire.TypeOpen:

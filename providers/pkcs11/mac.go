@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/subtle"
 	"fmt"
-	"sync"
 
 	p11 "github.com/miekg/pkcs11"
 
@@ -15,66 +14,10 @@ import (
 
 var (
 	_ providers.MAC             = (*mac)(nil)
+	_ providers.Retainer        = (*mac)(nil)
 	_ providers.OneShot         = (*key)(nil)
 	_ providers.OneShotVerifier = (*key)(nil)
 )
-
-// inputLog is the input of a context and its copies, kept for replay, as
-// chunks that are never written once appended. A context owns the first n
-// bytes; it appends in place only while it owns them all. A branch that
-// has diverged starts a log of its own that shares the chunks of its
-// prefix, so forking copies no data.
-type inputLog struct {
-	mu     sync.Mutex
-	chunks [][]byte
-	total  int
-}
-
-// logRef is a context's view of a log.
-type logRef struct {
-	log *inputLog
-	n   int
-}
-
-func (r *logRef) append(p []byte) {
-	chunk := append([]byte(nil), p...)
-	r.log.mu.Lock()
-	if r.n == r.log.total {
-		r.log.chunks = append(r.log.chunks, chunk)
-		r.log.total += len(chunk)
-		r.log.mu.Unlock()
-	} else {
-		prefix := r.prefixLocked()
-		r.log.mu.Unlock()
-		r.log = &inputLog{chunks: append(prefix, chunk), total: r.n + len(chunk)}
-	}
-	r.n += len(p)
-}
-
-// prefixLocked returns the chunks holding the first n bytes, the last cut
-// short if need be.
-func (r *logRef) prefixLocked() [][]byte {
-	var out [][]byte
-	left := r.n
-	for _, c := range r.log.chunks {
-		if left == 0 {
-			break
-		}
-		if len(c) > left {
-			c = c[:left:left]
-		}
-		out = append(out, c)
-		left -= len(c)
-	}
-	return out
-}
-
-// chunks returns the context's input; the chunks are never written again.
-func (r *logRef) chunks() [][]byte {
-	r.log.mu.Lock()
-	defer r.log.mu.Unlock()
-	return r.prefixLocked()
-}
 
 // mac is a context. Until its input passes the buffer size it holds no
 // session: buf collects the input and Finalize signs it with one C_Sign.
@@ -103,7 +46,7 @@ func (k *key) NewMAC(ctx context.Context, alg providers.Algorithm) (providers.MA
 	}
 	m := &mac{k: k, alg: alg, mech: k.p.mech[alg]}
 	if k.p.cfg.MaxCopyBytes > 0 {
-		m.log = &logRef{log: &inputLog{}}
+		m.log = newLogRef()
 	}
 	return m, nil
 }
@@ -117,10 +60,27 @@ func (m *mac) mechanism() []*p11.Mechanism {
 // Update appends p. Input beyond the buffer takes a session and streams
 // into the token from then on.
 func (m *mac) Update(ctx context.Context, p []byte) error {
+	return m.update(ctx, p, nil)
+}
+
+// UpdateRetained is Update where the log for Copy keeps p itself: the
+// copy Update would make costs a streaming token as much as its hashing.
+func (m *mac) UpdateRetained(ctx context.Context, p []byte, release func([]byte)) error {
+	return m.update(ctx, p, release)
+}
+
+// update appends p; release, if not nil, means p is handed over, and is
+// called when neither the log nor the token needs p any more.
+func (m *mac) update(ctx context.Context, p []byte, release func([]byte)) error {
 	if m.done {
+		if release != nil {
+			release(p)
+		}
 		return providers.ErrAlreadyFinalized
 	}
-	m.keep(p)
+	if !m.keep(p, release) && release != nil {
+		defer release(p)
+	}
 	if m.sess == nil && len(m.buf)+len(p) <= m.k.p.cfg.BufferBytes {
 		m.buf = append(m.buf, p...)
 		return nil
@@ -133,18 +93,32 @@ func (m *mac) Update(ctx context.Context, p []byte) error {
 	return m.call(func(s *session) error { return m.k.p.ctx.SignUpdate(s.h, p) })
 }
 
-// keep logs input for Copy, until the cap.
-func (m *mac) keep(p []byte) {
+// keep logs input for Copy, until the cap: p itself if handed over (with
+// its release), else a copy. It reports whether the log kept p.
+func (m *mac) keep(p []byte, release func([]byte)) bool {
 	if m.log == nil {
 		m.dropped += int64(len(p))
-		return
+		return false
 	}
 	if int64(m.log.n+len(p)) > m.k.p.cfg.MaxCopyBytes {
 		m.dropped = int64(m.log.n + len(p))
-		m.log = nil
-		return
+		m.dropLog()
+		return false
 	}
-	m.log.append(p)
+	if release == nil {
+		m.log.append(append([]byte(nil), p...), nil)
+		return false
+	}
+	m.log.append(p, release)
+	return true
+}
+
+// dropLog lets go of the input kept for Copy.
+func (m *mac) dropLog() {
+	if m.log != nil {
+		m.log.release()
+		m.log = nil
+	}
 }
 
 // start takes a session, starts a sign operation and feeds it the buffer.
@@ -198,6 +172,7 @@ func (m *mac) call(f func(s *session) error) error {
 	if err != nil {
 		m.releaseSession(err)
 		m.done = true
+		m.dropLog()
 		if notLoggedIn(err) {
 			p.login()
 		}
@@ -238,7 +213,7 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 			"cannot copy: the context has had %d bytes of input and only %d are kept for copies (max_copy_bytes)",
 			m.dropped, m.k.p.cfg.MaxCopyBytes)
 	}
-	c := &mac{k: m.k, alg: m.alg, mech: m.mech, log: &logRef{log: m.log.log, n: m.log.n}}
+	c := &mac{k: m.k, alg: m.alg, mech: m.mech, log: m.log.fork()}
 	input := m.log.chunks()
 	if m.log.n <= m.k.p.cfg.BufferBytes {
 		for _, chunk := range input {
@@ -247,12 +222,18 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 		return c, nil
 	}
 	if m.sess != nil && !m.k.p.noOpState.Load() {
-		if ok, err := c.cloneState(ctx, m); ok || err != nil {
-			return c, err
+		ok, err := c.cloneState(ctx, m)
+		if err != nil {
+			c.dropLog()
+			return nil, err
+		}
+		if ok {
+			return c, nil
 		}
 	}
 	c.replay = input
 	if err := c.start(ctx); err != nil {
+		c.dropLog()
 		return nil, err
 	}
 	return c, nil
@@ -297,7 +278,7 @@ func (m *mac) Finalize(ctx context.Context) ([]byte, error) {
 		return nil, providers.ErrAlreadyFinalized
 	}
 	m.done = true
-	m.log = nil
+	m.dropLog()
 	if m.sess != nil {
 		var tag []byte
 		err := m.call(func(s *session) error {
@@ -336,7 +317,7 @@ func (m *mac) Verify(ctx context.Context, tag []byte) error {
 		return nil
 	}
 	m.done = true
-	m.log = nil
+	m.dropLog()
 	err := m.k.VerifyMAC(ctx, m.alg, m.buf, tag)
 	m.buf = nil
 	return err
@@ -348,7 +329,7 @@ func (m *mac) Close() {
 		return
 	}
 	m.done = true
-	m.log = nil
+	m.dropLog()
 	m.buf, m.replay = nil, nil
 	if m.sess != nil {
 		if m.k.p.enter() == nil {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -451,4 +452,81 @@ func TestConcurrentStreamsUnderRace(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// TestRetainedInputIsReleasedOnce hands every update over to a tree of
+// copies, scribbles on each buffer as soon as it is released (as a reused
+// buffer would be), and checks that every tag is still right and every
+// buffer came back exactly once.
+func TestRetainedInputIsReleasedOnce(t *testing.T) {
+	for _, maxCopy := range []int64{1 << 20, 4 << 10} { // the smaller cap drops logs midway
+		t.Run(fmt.Sprint("cap ", maxCopy), func(t *testing.T) { retainedInputReleasedOnce(t, maxCopy) })
+	}
+}
+
+func retainedInputReleasedOnce(t *testing.T, maxCopy int64) {
+	p, _ := newToken(t, func(c *pkcs11.Config) { c.BufferBytes = 100; c.MaxCopyBytes = maxCopy; c.Sessions = 64 })
+	ctx := context.Background()
+	secret := []byte("retained-input")
+	p.ImportKey(ctx, "k", secret)
+	k, _ := p.Key(ctx, "k")
+	rng := rand.New(rand.NewPCG(5, 6))
+	released := map[*byte]int{}
+	handed := 0
+	release := func(b []byte) {
+		released[&b[0]]++
+		for i := range b {
+			b[i] = 0xee
+		}
+	}
+	type branch struct {
+		m     providers.MAC
+		input []byte
+	}
+	for round := range 10 {
+		m, _ := k.NewMAC(ctx, providers.SHA256)
+		live := []*branch{{m: m}}
+		for range 30 {
+			b := live[rng.IntN(len(live))]
+			switch rng.IntN(4) {
+			case 0:
+				c, err := b.m.Copy(ctx)
+				if errors.Is(err, providers.ErrLimit) {
+					continue
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				live = append(live, &branch{m: c, input: slices.Clone(b.input)})
+			default:
+				data := make([]byte, 1+rng.IntN(1000))
+				for i := range data {
+					data[i] = byte(rng.Uint32())
+				}
+				b.input = append(b.input, data...)
+				handed++
+				if err := b.m.(providers.Retainer).UpdateRetained(ctx, data, release); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		for i, b := range live {
+			if i%3 == 2 {
+				b.m.Close()
+				continue
+			}
+			got, err := b.m.Finalize(ctx)
+			if err != nil || !bytes.Equal(got, reference(providers.SHA256, secret, b.input)) {
+				t.Fatalf("cap %d, round %d: branch %d: wrong tag (%v)", maxCopy, round, i, err)
+			}
+		}
+	}
+	if len(released) != handed {
+		t.Errorf("cap %d: %d buffers handed over, %d released", maxCopy, handed, len(released))
+	}
+	for _, n := range released {
+		if n != 1 {
+			t.Fatalf("cap %d: a buffer was released %d times", maxCopy, n)
+		}
+	}
 }

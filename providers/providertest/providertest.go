@@ -104,6 +104,7 @@ func Run(t *testing.T, s Subject) {
 	t.Run("VerifyLengths", r.testVerifyLengths)
 	t.Run("EmptyKeyAndMessage", r.testEmpty)
 	t.Run("RandomSplitsAndCopies", r.testRandomSplits)
+	t.Run("LargeUpdatesAndCopies", r.testLargeUpdates)
 	t.Run("CopyIndependent", r.testCopyIndependent)
 	t.Run("Concurrent", r.testConcurrent)
 }
@@ -371,14 +372,27 @@ func (r *runner) testEmpty(t *testing.T) {
 // testRandomSplits feeds random messages in random pieces, copying at random
 // points, and checks every branch against crypto/hmac.
 func (r *runner) testRandomSplits(t *testing.T) {
+	r.splitsAndCopies(t, r.Algorithms, 8, 5000, 1200)
+}
+
+// testLargeUpdates is testRandomSplits with updates larger than a server's
+// read buffer, which a server may hand to the provider instead of copying.
+func (r *runner) testLargeUpdates(t *testing.T) {
+	r.splitsAndCopies(t, r.Algorithms[len(r.Algorithms)-1:], 3, 600<<10, 96<<10)
+}
+
+// splitsAndCopies streams random messages of up to maxMsg bytes in random
+// updates of up to maxChunk, copying at random points, and checks the
+// original and every copy.
+func (r *runner) splitsAndCopies(t *testing.T, algs []providers.Algorithm, rounds, maxMsg, maxChunk int) {
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(1, 2))
-	for _, alg := range r.Algorithms {
-		for round := range 8 {
+	for _, alg := range algs {
+		for round := range rounds {
 			secret := make([]byte, rng.IntN(2*alg.BlockSize()+1))
 			fill(rng, secret)
 			name := r.key(t, secret)
-			msg := make([]byte, rng.IntN(5000))
+			msg := make([]byte, rng.IntN(maxMsg))
 			fill(rng, msg)
 
 			m, err := r.Open(ctx, name, alg)
@@ -391,7 +405,7 @@ func (r *runner) testRandomSplits(t *testing.T) {
 			}
 			var copies []branch
 			for pos := 0; pos < len(msg); {
-				n := min(len(msg)-pos, rng.IntN(1200))
+				n := min(len(msg)-pos, rng.IntN(maxChunk))
 				if err := m.Update(ctx, msg[pos:pos+n]); err != nil {
 					t.Fatal(err)
 				}
