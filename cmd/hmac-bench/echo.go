@@ -18,10 +18,8 @@ import (
 
 const echoArg = "__echo-server"
 
-const (
-	requestSize = 4 + 1 + 4 + 1 + 1 + 5 + 64 // a MAC of 64 bytes on key "bench"
-	replySize   = 4 + 1 + 4 + 32             // its TAG
-)
+// replySize is the size of a TAG reply of HMAC-SHA256.
+const replySize = 4 + 1 + 4 + 32
 
 func runEchoServer(path string) {
 	l, err := net.Listen("unix", path)

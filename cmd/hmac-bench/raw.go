@@ -17,10 +17,10 @@ import (
 	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
 
-// macRequest is a MAC frame of 64 bytes on the software key, request ID 0
-// (set per request).
-func macRequest() []byte {
-	m := wire.Message{Type: wire.TypeMAC, Algorithm: 3, Key: []byte(benchenv.SoftKey), Data: make([]byte, 64)}
+// macRequest is a MAC frame of 64 bytes on key, request ID 0 (set per
+// request).
+func macRequest(key string) []byte {
+	m := wire.Message{Type: wire.TypeMAC, Algorithm: 3, Key: []byte(key), Data: make([]byte, 64)}
 	b, _ := m.Append(nil)
 	return b
 }
@@ -52,15 +52,16 @@ func dialRaw(path string, hello bool) (*rawConn, error) {
 	return rc, nil
 }
 
-// pingPong sends one request at a time for d and returns ops/s and the
-// p50 and p99 round-trip times.
-func pingPong(path string, hello bool, d time.Duration) (opsPerSec, p50, p99 float64, err error) {
+// pingPong sends one MAC request on key at a time for d and returns ops/s
+// and the p50 and p99 round-trip times. Without hello, path is the echo
+// server, which answers any frame with one the size of a TAG.
+func pingPong(path, key string, hello bool, d time.Duration) (opsPerSec, p50, p99 float64, err error) {
 	rc, err := dialRaw(path, hello)
 	if err != nil {
 		return 0, 0, 0, err
 	}
 	defer rc.c.Close()
-	req := macRequest()
+	req := macRequest(key)
 	reply := make([]byte, replySize)
 	lat := make([]time.Duration, 0, 1<<16)
 	start := time.Now()
@@ -87,10 +88,10 @@ func pingPong(path string, hello bool, d time.Duration) (opsPerSec, p50, p99 flo
 	return float64(len(lat)) / elapsed.Seconds(), us(0.5), us(0.99), nil
 }
 
-// pipelined keeps up to window MAC requests outstanding on each of conns
-// connections for d and returns replies per second. Every reply must be
-// a TAG.
-func pipelined(path string, conns, window int, d time.Duration) (float64, error) {
+// pipelined keeps up to window MAC requests on key outstanding on each of
+// conns connections for d and returns replies per second. Every reply must
+// be a TAG. Replies may come in any order (a device key's do).
+func pipelined(path, key string, conns, window int, d time.Duration) (float64, error) {
 	var total atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, conns)
@@ -103,37 +104,38 @@ func pipelined(path string, conns, window int, d time.Duration) (float64, error)
 		wg.Go(func() {
 			defer rc.c.Close()
 			credit := make(chan struct{}, window)
+			sent := make(chan int64, 1)
 			go func() { // writer: as many as the window allows, in batches
-				req := macRequest()
-				var id uint32
+				req := macRequest(key)
+				var n int64
 				for time.Now().Before(deadline) {
 					credit <- struct{}{}
-					id++
-					binary.BigEndian.PutUint32(req[5:9], id)
+					n++
+					binary.BigEndian.PutUint32(req[5:9], uint32(n))
 					rc.w.Write(req)
 					if len(credit) == cap(credit) || rc.w.Available() < len(req) {
 						rc.w.Flush()
 					}
 				}
-				// A last request with ID 0: software requests are
-				// answered in order, so its reply comes last.
-				binary.BigEndian.PutUint32(req[5:9], 0)
+				// One more request, sent after the count: its reply wakes
+				// a reader that has all the others.
+				sent <- n + 1
+				binary.BigEndian.PutUint32(req[5:9], uint32(n+1))
 				rc.w.Write(req)
 				rc.w.Flush()
 			}()
 			var got int64
-			for {
+			want := int64(-1)
+			for want < 0 || got < want {
 				body, err := rc.fr.Next()
 				if err != nil {
 					errs <- err
 					return
 				}
 				if wire.Type(body[0]) != wire.TypeTag {
-					errs <- fmt.Errorf("reply %s", wire.Type(body[0]))
-					return
-				}
-				if binary.BigEndian.Uint32(body[1:5]) == 0 {
-					total.Add(got)
+					var m wire.Message
+					wire.Decode(body, &m)
+					errs <- fmt.Errorf("reply %s: %s", m.Type, m.Data)
 					return
 				}
 				got++
@@ -141,7 +143,14 @@ func pipelined(path string, conns, window int, d time.Duration) (float64, error)
 				case <-credit:
 				default:
 				}
+				if want < 0 {
+					select {
+					case want = <-sent:
+					default:
+					}
+				}
 			}
+			total.Add(got)
 		})
 	}
 	wg.Wait()
