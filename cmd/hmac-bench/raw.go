@@ -119,6 +119,7 @@ func pipelined(path, key string, conns, window int, d time.Duration) (float64, e
 				}
 				// One more request, sent after the count: its reply wakes
 				// a reader that has all the others.
+				credit <- struct{}{}
 				sent <- n + 1
 				binary.BigEndian.PutUint32(req[5:9], uint32(n+1))
 				rc.w.Write(req)

@@ -26,6 +26,9 @@ def default_socket_path():
 
 
 class _Call:
+    """A request waiting for its reply. event is set when the reply or an
+    error arrives, and also to ask the caller to take over reading."""
+
     __slots__ = ("event", "type", "payload", "error")
 
     def __init__(self):
@@ -36,8 +39,14 @@ class _Call:
 
 
 class _Connection:
-    """One connection: writes under a lock, a reader thread that hands each
-    reply to the caller waiting for its request ID."""
+    """One connection: writes under a lock; replies are read by a caller
+    waiting for one, which hands the others' replies to them.
+
+    There is no reader thread: a caller alone on the connection reads its
+    own reply, which saves two thread switches per request (most of a
+    one-shot's cost in CPython). Whoever holds _read_lock reads; when it
+    has its reply it lets go and wakes another waiter to take over.
+    """
 
     def __init__(self, path, timeout):
         self.path = path
@@ -55,6 +64,8 @@ class _Connection:
         self.sock = sock
         self.max_frame = 4096
         self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._rbuf = bytearray()
         self._lock = threading.Lock()
         self._pending = {}
         self._ids = itertools.count(1)
@@ -62,12 +73,17 @@ class _Connection:
         self.broken = None
         hello_id = self._next_id()
         call = self._register(hello_id)
-        sock.sendall(_wire.hello(hello_id))
-        # The reader thread starts after the handshake is sent; it
-        # delivers the HELLO_REPLY like any other.
-        self._reader = threading.Thread(target=self._read_loop, name="hmac-agent-reader", daemon=True)
-        self._reader.start()
-        msg_type, payload = self._wait(call, timeout)
+        sock.settimeout(timeout)
+        try:
+            sock.sendall(_wire.hello(hello_id))
+            msg_type, payload = self._wait(call)
+        except ConnectionLost:
+            if isinstance(self.broken, TimeoutError):
+                raise ConnectionLost("no reply from the agent at %s within %s s" % (path, timeout)) from None
+            raise
+        finally:
+            if self.broken is None:
+                sock.settimeout(None)
         if msg_type == _wire.ERROR:
             self.close()
             raise _error(payload)
@@ -92,18 +108,38 @@ class _Connection:
             self._pending[request_id] = call
         return call
 
-    def _read_loop(self):
+    def _read_until(self, call):
+        """Read replies, handing each to its caller, until call has one."""
         try:
-            while True:
-                msg_type, request_id, payload = _wire.read_frame(self.sock, 1 << 24)
+            while call.type is None and call.error is None:
+                msg_type, request_id, payload = self._read_frame()
                 with self._lock:
-                    call = self._pending.pop(request_id, None)
-                if call is None:
-                    continue  # an error for an UPDATE or CLOSE, or a call given up
-                call.type, call.payload = msg_type, payload
-                call.event.set()
+                    other = self._pending.pop(request_id, None)
+                if other is None:
+                    continue  # an error for an UPDATE or CLOSE
+                other.type, other.payload = msg_type, payload
+                if other is not call:
+                    other.event.set()
         except Exception as e:  # the connection broke: fail every waiter
             self._fail(e)
+
+    def _read_frame(self):
+        """One frame from the socket, through a buffer: a reply usually
+        takes one recv."""
+        buf = self._rbuf
+        while True:
+            if len(buf) >= 4:
+                (length,) = struct.unpack_from(">I", buf)
+                if length < 5 or length > 1 << 24:
+                    raise ConnectionError("bad frame length %d from the agent" % length)
+                if len(buf) >= 4 + length:
+                    body = bytes(buf[4 : 4 + length])
+                    del buf[: 4 + length]
+                    return body[0], struct.unpack_from(">I", body, 1)[0], body[5:]
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("the agent closed the connection")
+            buf += chunk
 
     def _fail(self, err):
         with self._lock:
@@ -114,16 +150,39 @@ class _Connection:
             call.error = err
             call.event.set()
         try:
+            # shutdown, not just close: it wakes a caller blocked reading.
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
             self.sock.close()
         except OSError:
             pass
 
-    def _wait(self, call, timeout=None):
-        if not call.event.wait(timeout):
-            raise ConnectionLost("no reply from the agent within %s s" % timeout)
-        if call.error is not None:
+    def _wait(self, call):
+        while call.type is None and call.error is None:
+            if self._read_lock.acquire(blocking=False):
+                try:
+                    self._read_until(call)
+                finally:
+                    self._read_lock.release()
+                    self._hand_over()
+            else:
+                # Woken by the reply, or to take over reading. The flag is
+                # cleared before the checks above run again, so neither
+                # can be missed.
+                call.event.wait()
+                call.event.clear()
+        if call.type is None:
             raise ConnectionLost("connection to the agent lost: %s" % call.error)
         return call.type, call.payload
+
+    def _hand_over(self):
+        """After reading: wake a caller still waiting, to read next."""
+        with self._lock:
+            waiting = next(iter(self._pending.values()), None)
+        if waiting is not None:
+            waiting.event.set()
 
     def send(self, data):
         with self._write_lock:

@@ -290,6 +290,30 @@ class Threads(unittest.TestCase):
             t.join()
         self.assertEqual(errors, [])
 
+    def test_close_wakes_a_caller_reading(self):
+        # A caller waiting for its reply reads the socket itself; closing
+        # the Agent from another thread must wake it with ConnectionLost.
+        agent = Agent(PROC.socket)
+        agent.keys()
+        conn = agent._connection()
+        call = conn._register(0xFFFFFFF0)  # a request the agent never saw
+        errors = []
+
+        def wait():
+            try:
+                conn._wait(call)
+            except hmac_agent.ConnectionLost as e:
+                errors.append(e)
+
+        t = threading.Thread(target=wait)
+        t.start()
+        t.join(0.2)
+        self.assertTrue(t.is_alive(), "the waiter returned without a reply")
+        agent.close()
+        t.join(5)
+        self.assertFalse(t.is_alive(), "close left the reading caller blocked")
+        self.assertEqual(len(errors), 1)
+
 
 class Connection(unittest.TestCase):
     def test_agent_not_running(self):
