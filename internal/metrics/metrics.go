@@ -1,52 +1,62 @@
 // Package metrics exports the agent's Prometheus metrics: operations by
 // key, operation and result, their latency, bytes, open connections and
-// contexts, PKCS#11 sessions, TPM slot swaps and provider health.
+// contexts, PKCS#11 sessions, TPM slot swaps and provider health, and the
+// Go runtime's and the process's own.
+//
+// It is built on VictoriaMetrics/metrics rather than client_golang: the
+// text format is all the agent serves, and client_golang with its
+// protobuf dependency made the binary 4.7 MB larger, memory that is
+// resident in every agent.
 //
 // A Metrics is safe for concurrent use.
 package metrics
 
 import (
 	"context"
+	"io"
 	"net/http"
-	"time"
+	"strings"
+	"sync"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	vm "github.com/VictoriaMetrics/metrics"
 
 	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
 )
 
-// Metrics holds the agent's metrics in a registry of its own.
+// latencyBuckets are 5 µs to about 80 s, by factors of 4: from a software
+// one-shot to a long stream.
+var latencyBuckets = func() []float64 {
+	b := make([]float64, 12)
+	for i, v := 0, 5e-6; i < len(b); i, v = i+1, v*4 {
+		b[i] = v
+	}
+	return b
+}()
+
+// Metrics holds the agent's metrics in a set of its own.
 type Metrics struct {
-	reg     *prometheus.Registry
-	ops     *prometheus.CounterVec
-	latency *prometheus.HistogramVec
-	bytes   *prometheus.CounterVec
+	set *vm.Set
+
+	mu      sync.RWMutex
+	ops     map[opSeries]*vm.Counter
+	bytes   map[string]*vm.Counter
+	latency map[string]*vm.PrometheusHistogram
 }
 
+type opSeries struct{ key, op, result string }
+
 // New makes the metrics. Observe must be given to the agent as its
-// observer; Watch adds the gauges read from a running agent and server.
+// observer; Watch adds the values read from a running agent and server.
 func New() *Metrics {
-	m := &Metrics{reg: prometheus.NewRegistry()}
-	m.ops = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "hmac_agent_operations_total",
-		Help: "Key uses and denials, by key, operation and result (ok or an error name).",
-	}, []string{"key", "operation", "result"})
-	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "hmac_agent_operation_duration_seconds",
-		Help:    "Time of one-shot operations, and of contexts from open to end, by operation.",
-		Buckets: prometheus.ExponentialBuckets(5e-6, 4, 12), // 5 µs to about 80 s
-	}, []string{"operation"})
-	m.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "hmac_agent_bytes_total",
-		Help: "Message bytes MACed or verified, by key.",
-	}, []string{"key"})
-	m.reg.MustRegister(m.ops, m.latency, m.bytes,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return m
+	vm.ExposeMetadata(true) // TYPE lines, so counters and histograms are typed
+	return &Metrics{
+		set:     vm.NewSet(),
+		ops:     make(map[opSeries]*vm.Counter),
+		bytes:   make(map[string]*vm.Counter),
+		latency: make(map[string]*vm.PrometheusHistogram),
+	}
 }
 
 // Observe records a key use; give it to the agent as Options.Observe.
@@ -55,56 +65,106 @@ func (m *Metrics) Observe(u agent.Use) {
 	if result == "" {
 		result = "error"
 	}
-	m.ops.WithLabelValues(u.Key, u.Operation, result).Inc()
+	s := opSeries{u.Key, u.Operation, result}
+	m.mu.RLock()
+	ops, bytes, latency := m.ops[s], m.bytes[u.Key], m.latency[u.Operation]
+	m.mu.RUnlock()
+	if ops == nil || bytes == nil || latency == nil {
+		ops, bytes, latency = m.series(s)
+	}
+	ops.Inc()
 	if u.Duration > 0 {
-		m.latency.WithLabelValues(u.Operation).Observe(u.Duration.Seconds())
+		latency.Update(u.Duration.Seconds())
 	}
 	if u.Bytes > 0 {
-		m.bytes.WithLabelValues(u.Key).Add(float64(u.Bytes))
+		bytes.AddInt64(u.Bytes)
 	}
 }
+
+// series makes the series of a key use seen for the first time. The set
+// formats and parses their names; the maps spare every later use that.
+func (m *Metrics) series(s opSeries) (*vm.Counter, *vm.Counter, *vm.PrometheusHistogram) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ops[s] == nil {
+		m.ops[s] = m.set.GetOrCreateCounter(name("hmac_agent_operations_total", "key", s.key, "operation", s.op, "result", s.result))
+	}
+	if m.bytes[s.key] == nil {
+		m.bytes[s.key] = m.set.GetOrCreateCounter(name("hmac_agent_bytes_total", "key", s.key))
+	}
+	if m.latency[s.op] == nil {
+		m.latency[s.op] = m.set.GetOrCreatePrometheusHistogramExt(
+			name("hmac_agent_operation_duration_seconds", "operation", s.op), latencyBuckets)
+	}
+	return m.ops[s], m.bytes[s.key], m.latency[s.op]
+}
+
+// name is a series name: the metric and its labels, given as name, value
+// pairs in the order the text format lists them (sorted).
+func name(metric string, labels ...string) string {
+	var b strings.Builder
+	b.WriteString(metric)
+	for i := 0; i < len(labels); i += 2 {
+		if i == 0 {
+			b.WriteByte('{')
+		} else {
+			b.WriteByte(',')
+		}
+		b.WriteString(labels[i])
+		b.WriteString(`="`)
+		b.WriteString(labelEscaper.Replace(strings.ToValidUTF8(labels[i+1], "\uFFFD")))
+		b.WriteByte('"')
+	}
+	if len(labels) > 0 {
+		b.WriteByte('}')
+	}
+	return b.String()
+}
+
+// labelEscaper escapes a label value as the text format wants. Key names
+// are an administrator's, but PKCS#11 labels may hold anything.
+var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
 
 // Server is what the metrics read from the socket server.
 type Server interface{ Connections() int }
 
-// Watch registers gauges read at each scrape from the agent, the server
-// and the agent's providers.
+// Watch adds values read at each scrape from the agent, the server and the
+// agent's providers.
 func (m *Metrics) Watch(a *agent.Agent, srv Server) {
-	m.reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hmac_agent_connections", Help: "Open client connections."},
-			func() float64 { return float64(srv.Connections()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hmac_agent_contexts", Help: "Open HMAC contexts."},
-			func() float64 { return float64(a.Status(context.Background()).Contexts) }),
-	)
+	m.set.RegisterMetricsWriter(func(w io.Writer) {
+		vm.WriteGaugeUint64(w, "hmac_agent_connections", uint64(srv.Connections()))
+		vm.WriteGaugeUint64(w, "hmac_agent_contexts", uint64(a.Status(context.Background()).Contexts))
+	})
 	for _, p := range a.Providers() {
-		labels := prometheus.Labels{"provider": p.Name(), "kind": p.Kind()}
-		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "hmac_agent_provider_up", Help: "1 if the provider's device answers and is usable, else 0.", ConstLabels: labels,
-		}, func() float64 {
+		labels := []string{"kind", p.Kind(), "provider", p.Name()}
+		m.set.RegisterMetricsWriter(func(w io.Writer) {
+			up := uint64(1)
 			if a.Health(context.Background(), p) != nil {
-				return 0
+				up = 0
 			}
-			return 1
-		}))
+			vm.WriteGaugeUint64(w, name("hmac_agent_provider_up", labels...), up)
+		})
 		if hp, ok := p.(interface{ Sessions() pkcs11.SessionStats }); ok {
-			m.reg.MustRegister(
-				prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hmac_agent_pkcs11_sessions_open", Help: "PKCS#11 sessions open.", ConstLabels: labels},
-					func() float64 { return float64(hp.Sessions().Open) }),
-				prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hmac_agent_pkcs11_sessions_in_use", Help: "PKCS#11 sessions lent to a request.", ConstLabels: labels},
-					func() float64 { return float64(hp.Sessions().InUse) }),
-				prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "hmac_agent_pkcs11_session_waits_total", Help: "Requests that waited for a free PKCS#11 session.", ConstLabels: labels},
-					func() float64 { return float64(hp.Sessions().Waits) }),
-			)
+			m.set.RegisterMetricsWriter(func(w io.Writer) {
+				st := hp.Sessions()
+				vm.WriteGaugeUint64(w, name("hmac_agent_pkcs11_sessions_open", labels...), uint64(st.Open))
+				vm.WriteGaugeUint64(w, name("hmac_agent_pkcs11_sessions_in_use", labels...), uint64(st.InUse))
+				vm.WriteCounterUint64(w, name("hmac_agent_pkcs11_session_waits_total", labels...), st.Waits)
+			})
 		}
 		if sw, ok := p.(interface{ Swaps() uint64 }); ok {
-			m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-				Name: "hmac_agent_tpm_slot_swaps_total", Help: "Objects swapped out of the TPM to make room.", ConstLabels: labels,
-			}, func() float64 { return float64(sw.Swaps()) }))
+			m.set.RegisterMetricsWriter(func(w io.Writer) {
+				vm.WriteCounterUint64(w, name("hmac_agent_tpm_slot_swaps_total", labels...), sw.Swaps())
+			})
 		}
 	}
 }
 
 // Handler serves the metrics in Prometheus' text format.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Timeout: 10 * time.Second})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		m.set.WritePrometheus(w)
+		vm.WriteProcessMetrics(w)
+	})
 }

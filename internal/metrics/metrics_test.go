@@ -44,6 +44,10 @@ func TestMetrics(t *testing.T) {
 		`hmac_agent_connections 1`,
 		`hmac_agent_contexts 1`,
 		`hmac_agent_provider_up{kind="software",provider="soft"} 1`,
+		"# TYPE hmac_agent_operations_total counter",
+		"# TYPE hmac_agent_operation_duration_seconds histogram",
+		"process_resident_memory_bytes ",
+		"go_goroutines ",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("metrics lack %s", want)
