@@ -90,6 +90,7 @@ type resolved struct {
 	provider  providers.Provider
 	policy    *Policy
 	immediate bool
+	oneShots  *latency                  // how long the key's one-shots take
 	oneShot   providers.OneShot         // nil if the key has no fast path
 	verifier  providers.OneShotVerifier // nil if the key cannot verify in its device
 }
@@ -259,7 +260,7 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 	def := a.defaultPolicy
 	gen := a.gen.Load()
 	a.mu.RUnlock()
-	r := &resolved{name: name, ref: name, gen: gen, policy: &def}
+	r := &resolved{name: name, ref: name, gen: gen, policy: &def, oneShots: new(latency)}
 	if configured {
 		p := a.byName[kc.Provider]
 		k, err := p.Key(ctx, kc.Ref)
@@ -334,6 +335,47 @@ func (a *Agent) Immediate(ctx context.Context, name []byte) bool {
 	r, err := a.resolve(ctx, name)
 	return err != nil || r.immediate
 }
+
+// Quick reports whether a one-shot on the named key is cheap enough for a
+// server to run inline rather than hand to another goroutine: the key's
+// operations run on the CPU, or its recent one-shots took less than
+// inlineBelow and its provider is not busy now. Such a call costs less
+// than the hand-off would, and holds up the requests behind it no longer
+// than that. Unknown keys report true: their requests fail at once.
+func (a *Agent) Quick(ctx context.Context, name []byte) bool {
+	r, err := a.resolve(ctx, name)
+	if err != nil || r.immediate {
+		return true
+	}
+	if avg := r.oneShots.average(); avg == 0 || avg > inlineBelow {
+		return false
+	}
+	if b, ok := r.provider.(providers.BusyReporter); ok && b.Busy() {
+		return false
+	}
+	return true
+}
+
+// inlineBelow is the one-shot time under which a device key's one-shots
+// run inline: a few goroutine hand-offs. A local token or software TPM is
+// under it; a hardware TPM or a network HSM, at milliseconds, is not.
+const inlineBelow = 100 * time.Microsecond
+
+// latency is a moving average of a key's one-shot times, which many
+// goroutines update: an update lost to a race only slows the average.
+type latency struct{ ns atomic.Int64 }
+
+func (l *latency) observe(d time.Duration) {
+	old := l.ns.Load()
+	if old == 0 {
+		l.ns.Store(max(int64(d), 1))
+		return
+	}
+	l.ns.Store(max(old+(int64(d)-old)/8, 1))
+}
+
+// average is 0 until the first one-shot.
+func (l *latency) average() time.Duration { return time.Duration(l.ns.Load()) }
 
 // check returns nil if peer may do one of ops with r.
 func (a *Agent) check(peer Peer, r *resolved, ops Ops) error {

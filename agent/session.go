@@ -312,7 +312,14 @@ func (s *Session) MAC(ctx context.Context, key []byte, alg providers.Algorithm, 
 	if err != nil {
 		return nil, err
 	}
+	var t0 time.Time
+	if !r.immediate {
+		t0 = time.Now()
+	}
 	tag, err := s.mac(ctx, r, alg, data, dst)
+	if !r.immediate {
+		r.oneShots.observe(time.Since(t0))
+	}
 	s.agent.auditUse(s.peer, "mac", r.name, alg, err, int64(len(data)), start)
 	return tag, err
 }
@@ -351,7 +358,14 @@ func (s *Session) VerifyMAC(ctx context.Context, key []byte, alg providers.Algor
 	if err != nil {
 		return err
 	}
+	var t0 time.Time
+	if !r.immediate {
+		t0 = time.Now()
+	}
 	err = s.verifyMAC(ctx, r, alg, data, tag)
+	if !r.immediate {
+		r.oneShots.observe(time.Since(t0))
+	}
 	s.agent.auditUse(s.peer, "verify_mac", r.name, alg, err, int64(len(data)), start)
 	return err
 }

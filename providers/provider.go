@@ -62,6 +62,14 @@ type Immediate interface {
 	Immediate() bool
 }
 
+// BusyReporter is implemented by providers whose calls can wait for one
+// another: a session pool, a device that runs one command at a time. Busy
+// reports whether a call made now would wait. It is a hint, which may be
+// stale by the time the call is made.
+type BusyReporter interface {
+	Busy() bool
+}
+
 // Retainer is implemented by contexts that keep their input past Update,
 // as a PKCS#11 context keeps it to replay for Copy. UpdateRetained is
 // Update for a caller that hands p over: the context may keep p itself

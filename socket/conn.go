@@ -164,7 +164,9 @@ func (c *conn) handshake() error {
 }
 
 // dispatch runs a request inline, or hands it to its context's queue or a
-// goroutine when it may wait on a device.
+// goroutine when it may wait on a device. A one-shot on a device key runs
+// inline while the agent finds that key quick (agent.Quick): a token call
+// of 20 µs costs less than the hand-off to a goroutine.
 func (c *conn) dispatch(m *wire.Message) {
 	switch m.Type {
 	case wire.TypeOpen, wire.TypeUpdate, wire.TypeCopy, wire.TypeFinalize, wire.TypeVerify, wire.TypeClose:
@@ -177,7 +179,7 @@ func (c *conn) dispatch(m *wire.Message) {
 		}
 		c.enqueue(m)
 	case wire.TypeMAC, wire.TypeVerifyMAC:
-		if c.srv.agent.Immediate(c.ctx, m.Key) {
+		if c.srv.agent.Quick(c.ctx, m.Key) {
 			c.oneShot(m, c.scratch[:0])
 			return
 		}

@@ -63,10 +63,11 @@ type Provider struct {
 }
 
 var (
-	_ providers.Provider  = (*Provider)(nil)
-	_ providers.Generator = (*Provider)(nil)
-	_ providers.Importer  = (*Provider)(nil)
-	_ providers.Deleter   = (*Provider)(nil)
+	_ providers.Provider     = (*Provider)(nil)
+	_ providers.Generator    = (*Provider)(nil)
+	_ providers.Importer     = (*Provider)(nil)
+	_ providers.Deleter      = (*Provider)(nil)
+	_ providers.BusyReporter = (*Provider)(nil)
 )
 
 // Open loads the module, finds the token, logs in and reads the token's
@@ -266,6 +267,12 @@ func (p *Provider) Health(ctx context.Context) error {
 func (p *Provider) Sessions() SessionStats {
 	open := len(p.pool.slots)
 	return SessionStats{Open: open, InUse: open - len(p.pool.idle), Waits: p.pool.waits.Load()}
+}
+
+// Busy reports that every session is lent out and the pool is full: a call
+// now would wait for a session.
+func (p *Provider) Busy() bool {
+	return len(p.pool.idle) == 0 && len(p.pool.slots) == cap(p.pool.slots)
 }
 
 // Close waits for calls in flight, logs out, closes every session and
