@@ -61,6 +61,11 @@ func measure(r *results, p plan, socket, key, agentBin string, devices bool) err
 			return err
 		}
 		r.add("idle_rss_mib", "MiB", v)
+		// Before anything else has grown the heap, so that the figure
+		// is what the contexts add.
+		if err := contextsRSS(r, env, key); err != nil {
+			return err
+		}
 	}
 	ctx := context.Background()
 	c, err := client.Dial(ctx, socket)
@@ -176,9 +181,6 @@ func measure(r *results, p plan, socket, key, agentBin string, devices bool) err
 			r.add("tpm_stream_mbps", "MB/s", v)
 		}
 	}
-	if env != nil {
-		return contextsRSS(r, env, key)
-	}
 	return nil
 }
 
@@ -271,7 +273,8 @@ func copyCost(c *client.Client, key string) (float64, error) {
 	return float64(time.Since(start).Microseconds()) / n, nil
 }
 
-// contextsRSS opens 10 000 software contexts and reads the agent's RSS.
+// contextsRSS opens 10 000 software contexts and reads the agent's RSS; it
+// closes them when done.
 func contextsRSS(r *results, env *benchenv.Env, key string) error {
 	ctx := context.Background()
 	before, err := env.RSS()
