@@ -96,6 +96,15 @@ type OneShot interface {
 	SumMAC(ctx context.Context, alg Algorithm, data, dst []byte) ([]byte, error)
 }
 
+// Preparer is implemented by keys whose one-shots cost less when the
+// device is made ready beforehand, as a PKCS#11 token does with
+// C_SignInit before the data is known. Prepare readies it for one
+// one-shot with alg; callers call it when they have nothing else to do.
+// It is a hint: it may do nothing, and errors are not reported.
+type Preparer interface {
+	Prepare(ctx context.Context, alg Algorithm)
+}
+
 // HealthChecker is implemented by providers that can tell whether their
 // device is there and usable (a token present and logged in, a TPM
 // answering). It should be quick; status and metrics call it.

@@ -25,6 +25,9 @@ type Config struct {
 	// BufferBytes is how much input a context buffers before it takes a
 	// session (default 64 KiB).
 	BufferBytes int
+	// PreparedSessions bounds the sessions kept with C_SignInit done for
+	// the next one-shot (default half of Sessions; negative: none).
+	PreparedSessions int
 }
 
 // Defaults for zero Config fields.
@@ -56,11 +59,21 @@ func (c *Config) fill() {
 	if c.BufferBytes <= 0 {
 		c.BufferBytes = DefaultBufferBytes
 	}
+	switch {
+	case c.PreparedSessions == 0:
+		c.PreparedSessions = c.Sessions / 2
+	case c.PreparedSessions < 0:
+		c.PreparedSessions = 0
+	}
+	// One session at least stays for everything else.
+	c.PreparedSessions = min(c.PreparedSessions, c.Sessions-1)
 }
 
 // SessionStats is the session pool's state, for metrics.
 type SessionStats struct {
-	Open  int    // sessions open
-	InUse int    // lent out now
-	Waits uint64 // requests that had to wait for a session
+	Open     int    // sessions open
+	InUse    int    // lent out to requests now
+	Prepared int    // held with C_SignInit done for a one-shot
+	Waits    uint64 // requests that had to wait for a session
+	Used     uint64 // one-shots signed on a prepared session
 }

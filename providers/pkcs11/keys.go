@@ -397,6 +397,12 @@ func (p *Provider) DeleteKey(ctx context.Context, ref string) error {
 		return p.ctx.DestroyObject(s.h, h)
 	})
 	p.forgetKey(ref)
+	// Another name may reach the same object: drop every prepared
+	// operation, not only this name's.
+	if p.enter() == nil {
+		p.dropPrepared()
+		p.leave()
+	}
 	if err != nil && rv(err) != 0 {
 		return classify("delete key "+ref, err)
 	}

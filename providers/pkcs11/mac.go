@@ -342,6 +342,9 @@ func (m *mac) Close() {
 
 // sign computes a whole tag with one C_SignInit and C_Sign.
 func (k *key) sign(ctx context.Context, mech uint, data []byte) ([]byte, error) {
+	if tag, ok := k.signPrepared(ctx, mech, data); ok {
+		return tag, nil
+	}
 	var tag []byte
 	err := k.p.withSession(ctx, func(s *session) error {
 		h, err := k.objectHandle(s)

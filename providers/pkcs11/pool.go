@@ -41,6 +41,9 @@ func (pl *pool) get(ctx context.Context) (*session, error) {
 	default:
 	}
 	if len(pl.slots) == cap(pl.slots) {
+		if s := pl.p.reclaimPrepared(); s != nil {
+			return s, nil
+		}
 		pl.waits.Add(1)
 	}
 	timer := time.NewTimer(pl.wait)
@@ -62,6 +65,27 @@ func (pl *pool) get(ctx context.Context) (*session, error) {
 			"no PKCS#11 session free within %s (provider %q has %d; raise sessions or session_wait)",
 			pl.wait, pl.p.cfg.Name, cap(pl.slots))
 	}
+}
+
+// tryGet returns an idle session, or opens one if the pool has room; nil
+// if neither can be done at once.
+func (pl *pool) tryGet() *session {
+	select {
+	case s := <-pl.idle:
+		return s
+	default:
+	}
+	select {
+	case pl.slots <- struct{}{}:
+	default:
+		return nil
+	}
+	h, err := pl.p.ctx.OpenSession(pl.p.slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
+	if err != nil {
+		<-pl.slots
+		return nil
+	}
+	return &session{h: h}
 }
 
 // put returns a session after use; err is the last call's result. A

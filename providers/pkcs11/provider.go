@@ -49,6 +49,12 @@ type Provider struct {
 
 	pool *pool
 
+	prepMu    sync.Mutex
+	prep      []*prepared   // sessions with C_SignInit done or under way
+	reaping   bool          // a timer will drop expired ones
+	prepEpoch atomic.Uint64 // counts deletions
+	prepUsed  atomic.Uint64 // one-shots signed on a prepared session
+
 	loginMu sync.Mutex
 	// gen counts logins; object handles found under an older login are
 	// looked up again.
@@ -240,6 +246,7 @@ func (p *Provider) recover(err error) bool {
 	case sessionBroken(err):
 		return true
 	case handleStale(err):
+		p.dropPrepared()
 		p.keysMu.Lock()
 		for _, k := range p.keys {
 			k.forget()
@@ -265,8 +272,17 @@ func (p *Provider) Health(ctx context.Context) error {
 
 // Sessions reports the session pool's state.
 func (p *Provider) Sessions() SessionStats {
+	p.prepMu.Lock()
+	prepared := len(p.prep)
+	p.prepMu.Unlock()
 	open := len(p.pool.slots)
-	return SessionStats{Open: open, InUse: open - len(p.pool.idle), Waits: p.pool.waits.Load()}
+	return SessionStats{
+		Open:     open,
+		InUse:    max(open-len(p.pool.idle)-prepared, 0),
+		Prepared: prepared,
+		Waits:    p.pool.waits.Load(),
+		Used:     p.prepUsed.Load(),
+	}
 }
 
 // Busy reports that every session is lent out and the pool is full: a call
@@ -284,6 +300,10 @@ func (p *Provider) Close() error {
 		return nil
 	}
 	p.closed = true
+	// Prepared sessions are closed with the rest.
+	p.prepMu.Lock()
+	p.prep = nil
+	p.prepMu.Unlock()
 	p.pool.closeAll()
 	clear(p.cfg.PIN)
 	p.mod.release()

@@ -6,11 +6,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
@@ -30,7 +32,16 @@ type recoveryRig struct {
 }
 
 func newRecoveryRig(t *testing.T) *recoveryRig {
-	p, tok := newToken(t, func(c *pkcs11.Config) { c.BufferBytes = 64 })
+	return newRecoveryRigWith(t, nil)
+}
+
+func newRecoveryRigWith(t *testing.T, tweak func(*pkcs11.Config)) *recoveryRig {
+	p, tok := newToken(t, func(c *pkcs11.Config) {
+		c.BufferBytes = 64
+		if tweak != nil {
+			tweak(c)
+		}
+	})
 	ctx := context.Background()
 	r := &recoveryRig{p: p, secretA: []byte("recovery-key-a")}
 	p.ImportKey(ctx, "a", r.secretA)
@@ -109,15 +120,27 @@ func TestRecoverLogout(t *testing.T) {
 	r.check(t, "after C_Logout")
 }
 
+// A key another program deletes stops signing: at once without prepared
+// sessions, else once the operations prepared before the deletion have
+// expired.
 func TestKeyDeletedUnderneath(t *testing.T) {
-	r := newRecoveryRig(t)
-	if err := r.d.ctx.DestroyObject(r.d.s, r.d.find("b")); err != nil {
-		t.Fatal(err)
+	for _, prepared := range []int{-1, 0} {
+		t.Run(fmt.Sprintf("prepared_sessions=%d", prepared), func(t *testing.T) {
+			maxAge := 20 * time.Millisecond
+			pkcs11.SetPreparedMaxAge(t, maxAge)
+			r := newRecoveryRigWith(t, func(c *pkcs11.Config) { c.PreparedSessions = prepared })
+			if err := r.d.ctx.DestroyObject(r.d.s, r.d.find("b")); err != nil {
+				t.Fatal(err)
+			}
+			if prepared >= 0 {
+				time.Sleep(2 * maxAge)
+			}
+			if _, err := r.c.MAC(context.Background(), "b", client.SHA256, nil); !errors.Is(err, client.ErrKeyNotFound) {
+				t.Errorf("deleted key: %v, want ErrKeyNotFound", err)
+			}
+			r.check(t, "after deleting another key")
+		})
 	}
-	if _, err := r.c.MAC(context.Background(), "b", client.SHA256, nil); !errors.Is(err, client.ErrKeyNotFound) {
-		t.Errorf("deleted key: %v, want ErrKeyNotFound", err)
-	}
-	r.check(t, "after deleting another key")
 }
 
 func TestLogsHoldNoSecretsOrPIN(t *testing.T) {
