@@ -93,6 +93,7 @@ type resolved struct {
 	oneShots  *latency                  // how long the key's one-shots take
 	oneShot   providers.OneShot         // nil if the key has no fast path
 	verifier  providers.OneShotVerifier // nil if the key cannot verify in its device
+	preparer  providers.Preparer        // nil if the key has nothing to prepare
 }
 
 // New returns an agent serving the given providers. It fails if a key names
@@ -290,6 +291,7 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 	}
 	r.oneShot, _ = r.key.(providers.OneShot)
 	r.verifier, _ = r.key.(providers.OneShotVerifier)
+	r.preparer, _ = r.key.(providers.Preparer)
 	a.mu.Lock()
 	if a.gen.Load() == gen { // a reload meanwhile: do not cache the old view
 		a.updateCacheLocked(func(m map[string]*resolved) { m[name] = r })
@@ -344,7 +346,11 @@ func (a *Agent) Immediate(ctx context.Context, name []byte) bool {
 // than that. Unknown keys report true: their requests fail at once.
 func (a *Agent) Quick(ctx context.Context, name []byte) bool {
 	r, err := a.resolve(ctx, name)
-	if err != nil || r.immediate {
+	return err != nil || r.quick()
+}
+
+func (r *resolved) quick() bool {
+	if r.immediate {
 		return true
 	}
 	if avg := r.oneShots.average(); avg == 0 || avg > inlineBelow {

@@ -66,3 +66,74 @@ func TestQuickFollowsOneShotTimes(t *testing.T) {
 		t.Error("not quick again after fast one-shots")
 	}
 }
+
+// TestIdlePreparesForTheLastOneShot: Idle readies a device for a one-shot
+// like the session's last successful one, once; before returning when the
+// device is quick, on another goroutine when it is slow. PrepareNext
+// always readies it before returning.
+func TestIdlePreparesForTheLastOneShot(t *testing.T) {
+	slow := &agenttest.SlowProvider{Secret: []byte("prepare")}
+	a, err := agent.New(agent.Options{Providers: []providers.Provider{slow}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx := context.Background()
+	s := a.NewSession(owner)
+	defer s.Close()
+	key := []byte("slow-key")
+	mac := func(alg providers.Algorithm) error {
+		_, err := s.MAC(ctx, key, alg, []byte("m"), nil)
+		return err
+	}
+
+	s.Idle(ctx)
+	if n := slow.Prepared.Load(); n != 0 {
+		t.Fatalf("prepared before any one-shot: %d", n)
+	}
+	for range 20 {
+		if err := mac(providers.SHA256); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Idle(ctx)
+	if n := slow.Prepared.Load(); n != 1 {
+		t.Fatalf("after one-shots on a quick device, Idle prepared %d times, want 1 before returning", n)
+	}
+	s.Idle(ctx)
+	if err := mac(providers.SHA1); err == nil {
+		t.Fatal("SHA-1 on a SHA-256 key succeeded")
+	}
+	s.Idle(ctx)
+	if n := slow.Prepared.Load(); n != 1 {
+		t.Errorf("prepared again with no new one-shot, or after a failed one: %d", n)
+	}
+
+	slow.Delay = 5 * time.Millisecond
+	if err := mac(providers.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	gate := make(chan struct{})
+	slow.PrepareGate = gate
+	idle := make(chan struct{})
+	go func() { s.Idle(ctx); close(idle) }()
+	select {
+	case <-idle:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Idle waited for a slow device to be prepared")
+	}
+	close(gate)
+	for deadline := time.Now().Add(10 * time.Second); slow.Prepared.Load() != 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a slow device was never prepared")
+		}
+	}
+	// A goroutine that may wait prepares before PrepareNext returns.
+	if err := mac(providers.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	s.PrepareNext(ctx)
+	if n := slow.Prepared.Load(); n != 3 {
+		t.Errorf("PrepareNext returned before preparing: %d", n)
+	}
+}

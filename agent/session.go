@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/providers"
@@ -19,6 +20,11 @@ const maxTombstones = 1024
 type Session struct {
 	agent *Agent
 	peer  Peer
+
+	// next is the key of the last one-shot that has something to
+	// prepare, and its algorithm; Idle prepares for another.
+	next    atomic.Pointer[resolved]
+	nextAlg atomic.Uint32
 
 	mu       sync.Mutex
 	contexts map[uint32]*macContext
@@ -320,6 +326,10 @@ func (s *Session) MAC(ctx context.Context, key []byte, alg providers.Algorithm, 
 	if !r.immediate {
 		r.oneShots.observe(time.Since(t0))
 	}
+	if r.preparer != nil && err == nil {
+		s.nextAlg.Store(uint32(alg))
+		s.next.Store(r)
+	}
 	s.agent.auditUse(s.peer, "mac", r.name, alg, err, int64(len(data)), start)
 	return tag, err
 }
@@ -345,6 +355,44 @@ func (s *Session) mac(ctx context.Context, r *resolved, alg providers.Algorithm,
 		return nil, s.keyFailed(r, err)
 	}
 	return append(dst, tag...), nil
+}
+
+// Idle is called by a server's reader with nothing to do for the session:
+// no request waiting and the replies sent. It readies the device for a
+// one-shot like the session's last, which the client is likely to make
+// next. A quick device is readied before Idle returns: the reader would
+// only wait for the next request meanwhile, and a hand-off to another
+// goroutine costs more on a busy machine than it saves. A slow one is
+// readied on another goroutine, so that the next request does not wait
+// behind it.
+func (s *Session) Idle(ctx context.Context) {
+	r, alg := s.takeNext()
+	if r == nil {
+		return
+	}
+	if r.quick() {
+		r.preparer.Prepare(ctx, alg)
+		return
+	}
+	go r.preparer.Prepare(context.WithoutCancel(ctx), alg)
+}
+
+// PrepareNext is Idle for a goroutine that may wait, such as one that ran
+// a one-shot off the reader and sent its reply: it readies the device
+// before returning.
+func (s *Session) PrepareNext(ctx context.Context) {
+	if r, alg := s.takeNext(); r != nil {
+		r.preparer.Prepare(ctx, alg)
+	}
+}
+
+// takeNext returns the key and algorithm to prepare for, once.
+func (s *Session) takeNext() (*resolved, providers.Algorithm) {
+	r := s.next.Swap(nil)
+	if r == nil || r.gen != s.agent.gen.Load() { // none, or the configuration was reloaded
+		return nil, 0
+	}
+	return r, providers.Algorithm(s.nextAlg.Load())
 }
 
 // VerifyMAC checks tag over data in one call, in constant time: in the

@@ -107,6 +107,7 @@ func (c *conn) readLoop() error {
 				return err
 			}
 			c.fr.Release()
+			c.sess.Idle(c.ctx)
 		}
 		body, err := c.fr.Next()
 		switch {
@@ -356,6 +357,7 @@ func (c *conn) goAsync(m *wire.Message, run func(*wire.Message)) {
 			wire.Recycle(body)
 		}
 		c.flush()
+		c.sess.PrepareNext(c.ctx)
 	}()
 }
 

@@ -15,7 +15,12 @@
 // a queue that keeps its requests in order, one-shot and management
 // requests run on their own, and replies come back as they finish, in any
 // order, matched by request ID. A cap on such requests in flight makes the
-// reader stop reading when a client outruns its device.
+// reader stop reading when a client outruns its device. A device one-shot
+// runs inline too while the agent finds its key quick (agent.Quick).
+//
+// After flushing, before it waits for more input, the reader lets the
+// session prepare the device for the client's likely next one-shot
+// (agent.Session.Idle): that time would otherwise be spent waiting.
 //
 // # Concurrency
 //
