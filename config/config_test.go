@@ -68,6 +68,7 @@ type = "software"
 [[provider]]
 name = "a"
 type = "pkcs11"
+prepared_sessions = -2
 [[provider]]
 type = "quantum"
 [[key]]
@@ -91,6 +92,7 @@ operations = ["sign"]
 		"provider[1].module: required",
 		"provider[1].token:",
 		"provider[1].pin_file:",
+		"provider[1].prepared_sessions: must be -1",
 		"provider[2].name: required",
 		"provider[2].type: unknown provider type \"quantum\"",
 		"key[0].name:",

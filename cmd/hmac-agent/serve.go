@@ -303,6 +303,7 @@ func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (pr
 		p, err := pkcs11.Open(ctx, pkcs11.Config{
 			Name: pc.Name, Module: pc.Module, TokenLabel: pc.TokenLabel, TokenSerial: pc.TokenSerial,
 			PIN: pin, Sessions: pc.Sessions, SessionWait: pc.SessionWait.Duration, MaxCopyBytes: pc.MaxCopyBytes,
+			PreparedSessions: pc.PreparedSessions,
 		})
 		if err != nil {
 			return nil, err
