@@ -176,6 +176,14 @@ func TestSessionMetrics(t *testing.T) {
 	c, _ := client.Dial(ctx, a.Path)
 	defer c.Close()
 	c.MAC(ctx, "k", client.SHA256, nil)
+	// The second finds the operation the first left prepared, once the
+	// reader has prepared it.
+	for deadline := time.Now().Add(5 * time.Second); p.Sessions().Prepared == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("nothing prepared after a one-shot")
+		}
+	}
+	c.MAC(ctx, "k", client.SHA256, nil)
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	for _, want := range []string{
@@ -183,7 +191,8 @@ func TestSessionMetrics(t *testing.T) {
 		`hmac_agent_pkcs11_sessions_in_use{kind="pkcs11",provider="hsm"} 0`,
 		`hmac_agent_pkcs11_session_waits_total{kind="pkcs11",provider="hsm"} 0`,
 		`hmac_agent_provider_up{kind="pkcs11",provider="hsm"} 1`,
-		`hmac_agent_operations_total{key="k",operation="mac",result="ok"} 1`,
+		`hmac_agent_pkcs11_prepared_used_total{kind="pkcs11",provider="hsm"} 1`,
+		`hmac_agent_operations_total{key="k",operation="mac",result="ok"} 2`,
 	} {
 		if !strings.Contains(rec.Body.String(), want) {
 			t.Errorf("metrics lack %s", want)
