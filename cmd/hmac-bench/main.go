@@ -68,6 +68,7 @@ func main() {
 	agentBin := flag.String("agent", "", "the hmac-agent binary to start (default: next to this one, $PATH, or go build)")
 	noDevices := flag.Bool("software-only", false, "leave out SoftHSM2 and swtpm even when installed")
 	maxCopy := flag.Int64("pkcs11-max-copy-bytes", 0, "the token's max_copy_bytes (0: the default 64 MiB; -1: keep no input for Copy)")
+	prepared := flag.Int("pkcs11-prepared-sessions", 0, "the token's prepared_sessions (0: the default, 8 of 16; -1: none)")
 	flag.Parse()
 
 	p := plan{dur: 2 * time.Second, soft: 256 << 20, hsm: 64 << 20, tpm: 16 << 20, runs: *runs}
@@ -76,6 +77,7 @@ func main() {
 	}
 	r := &results{units: map[string]string{}, runs: map[string][]float64{}}
 	p.maxCopy = *maxCopy
+	p.prepared = *prepared
 	if err := measure(r, p, *socket, *key, *agentBin, !*noDevices); err != nil {
 		fmt.Fprintln(os.Stderr, "hmac-bench:", err)
 		os.Exit(1)
@@ -99,6 +101,7 @@ type plan struct {
 	soft, hsm, tpm int // bytes streamed
 	runs           int
 	maxCopy        int64 // the token's max_copy_bytes
+	prepared       int   // the token's prepared_sessions
 }
 
 func printTable(r *results, out []metric) {

@@ -27,6 +27,7 @@ func measure(r *results, p plan, socket, key, agentBin string, devices bool) err
 	var env *benchenv.Env
 	if socket == "" {
 		env, err = benchenv.Start(benchenv.Options{Agent: agentBin, PKCS11: devices, TPM: devices, PKCS11MaxCopyBytes: p.maxCopy,
+			PKCS11PreparedSessions: p.prepared,
 			BeforeAgent: func(e *benchenv.Env) error {
 				if e.TPM == nil {
 					return nil
