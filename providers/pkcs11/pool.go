@@ -52,12 +52,7 @@ func (pl *pool) get(ctx context.Context) (*session, error) {
 	case s := <-pl.idle:
 		return s, nil
 	case pl.slots <- struct{}{}:
-		h, err := pl.p.ctx.OpenSession(pl.p.slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
-		if err != nil {
-			<-pl.slots
-			return nil, classify("open session", err)
-		}
-		return &session{h: h}, nil
+		return pl.open()
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-timer.C:
@@ -80,12 +75,19 @@ func (pl *pool) tryGet() *session {
 	default:
 		return nil
 	}
+	s, _ := pl.open()
+	return s
+}
+
+// open opens a session in the slot the caller took, and gives the slot
+// back if it cannot.
+func (pl *pool) open() (*session, error) {
 	h, err := pl.p.ctx.OpenSession(pl.p.slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
 	if err != nil {
 		<-pl.slots
-		return nil
+		return nil, classify("open session", err)
 	}
-	return &session{h: h}
+	return &session{h: h}, nil
 }
 
 // put returns a session after use; err is the last call's result. A

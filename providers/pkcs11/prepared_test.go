@@ -164,6 +164,11 @@ func TestPreparedBoundedAndReclaimed(t *testing.T) {
 			t.Fatalf("context %d beside prepared sessions: %v", i, err)
 		}
 		held = append(held, m)
+		// A prepared session can be taken back: the pool is busy only
+		// when none is left.
+		if busy, want := p.Busy(), i == 2; busy != want {
+			t.Errorf("Busy with %d contexts holding sessions: %v, want %v", i+1, busy, want)
+		}
 	}
 	for _, m := range held {
 		if err := m.Verify(ctx, reference(providers.SHA256, secret, big)); err != nil {

@@ -285,10 +285,21 @@ func (p *Provider) Sessions() SessionStats {
 	}
 }
 
-// Busy reports that every session is lent out and the pool is full: a call
-// now would wait for a session.
+// Busy reports that every session is lent out, the pool is full and no
+// prepared session can be taken back: a call now would wait for a
+// session.
 func (p *Provider) Busy() bool {
-	return len(p.pool.idle) == 0 && len(p.pool.slots) == cap(p.pool.slots)
+	if len(p.pool.idle) > 0 || len(p.pool.slots) < cap(p.pool.slots) {
+		return false
+	}
+	p.prepMu.Lock()
+	defer p.prepMu.Unlock()
+	for _, pr := range p.prep {
+		if pr.done {
+			return false
+		}
+	}
+	return true
 }
 
 // Close waits for calls in flight, logs out, closes every session and
