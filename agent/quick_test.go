@@ -67,8 +67,8 @@ func TestQuickFollowsOneShotTimes(t *testing.T) {
 	}
 }
 
-// TestIdlePreparesForTheLastOneShot: Idle readies a device for a one-shot
-// like the session's last successful one, once; before returning when the
+// TestIdlePreparesForTheLastOneShot: after two like successful one-shots,
+// Idle readies a device for another, once; before returning when the
 // device is quick, on another goroutine when it is slow. PrepareNext
 // always readies it before returning.
 func TestIdlePreparesForTheLastOneShot(t *testing.T) {
@@ -90,6 +90,13 @@ func TestIdlePreparesForTheLastOneShot(t *testing.T) {
 	s.Idle(ctx)
 	if n := slow.Prepared.Load(); n != 0 {
 		t.Fatalf("prepared before any one-shot: %d", n)
+	}
+	if err := mac(providers.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	s.Idle(ctx)
+	if n := slow.Prepared.Load(); n != 0 {
+		t.Fatalf("prepared after a single one-shot: %d", n)
 	}
 	for range 20 {
 		if err := mac(providers.SHA256); err != nil {

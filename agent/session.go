@@ -21,8 +21,13 @@ type Session struct {
 	agent *Agent
 	peer  Peer
 
-	// next is the key of the last one-shot that has something to
-	// prepare, and its algorithm; Idle prepares for another.
+	// last is the key and algorithm of the session's last one-shot
+	// that has something to prepare. next is set to them when two in a
+	// row were alike, and Idle prepares for another: a client that
+	// connects for one MAC is not prepared for, which would double its
+	// token calls.
+	last    atomic.Pointer[resolved]
+	lastAlg atomic.Uint32
 	next    atomic.Pointer[resolved]
 	nextAlg atomic.Uint32
 
@@ -327,8 +332,7 @@ func (s *Session) MAC(ctx context.Context, key []byte, alg providers.Algorithm, 
 		r.oneShots.observe(time.Since(t0))
 	}
 	if r.preparer != nil && err == nil {
-		s.nextAlg.Store(uint32(alg))
-		s.next.Store(r)
+		s.expectAnother(r, alg)
 	}
 	s.agent.auditUse(s.peer, "mac", r.name, alg, err, int64(len(data)), start)
 	return tag, err
@@ -358,9 +362,9 @@ func (s *Session) mac(ctx context.Context, r *resolved, alg providers.Algorithm,
 }
 
 // Idle is called by a server's reader with nothing to do for the session:
-// no request waiting and the replies sent. It readies the device for a
-// one-shot like the session's last, which the client is likely to make
-// next. A quick device is readied before Idle returns: the reader would
+// no request waiting and the replies sent. After two like one-shots in a
+// row, it readies the device for a third, which the client is likely to
+// make next. A quick device is readied before Idle returns: the reader would
 // only wait for the next request meanwhile, and a hand-off to another
 // goroutine costs more on a busy machine than it saves. A slow one is
 // readied on another goroutine, so that the next request does not wait
@@ -383,6 +387,18 @@ func (s *Session) Idle(ctx context.Context) {
 func (s *Session) PrepareNext(ctx context.Context) {
 	if r, alg := s.takeNext(); r != nil {
 		r.preparer.Prepare(ctx, alg)
+	}
+}
+
+// expectAnother notes a successful one-shot on r with alg, and marks a
+// like one for Idle to prepare if the one before was alike. Concurrent
+// one-shots may mix their notes up: that costs at most a preparation.
+func (s *Session) expectAnother(r *resolved, alg providers.Algorithm) {
+	sameKey := s.last.Swap(r) == r
+	sameAlg := s.lastAlg.Swap(uint32(alg)) == uint32(alg)
+	if sameKey && sameAlg {
+		s.nextAlg.Store(uint32(alg))
+		s.next.Store(r)
 	}
 }
 
