@@ -21,15 +21,15 @@ type Session struct {
 	agent *Agent
 	peer  Peer
 
-	// last is the key and algorithm of the session's last one-shot
-	// that has something to prepare. next is set to them when two in a
-	// row were alike, and Idle prepares for another: a client that
-	// connects for one MAC is not prepared for, which would double its
-	// token calls.
-	last    atomic.Pointer[resolved]
-	lastAlg atomic.Uint32
-	next    atomic.Pointer[resolved]
-	nextAlg atomic.Uint32
+	// last is the key of the session's last one-shot that has something
+	// to prepare, and lastKind its algorithm and operation. next is set
+	// to them when two in a row were alike, and Idle prepares for
+	// another: a client that connects for one MAC is not prepared for,
+	// which would double its token calls.
+	last     atomic.Pointer[resolved]
+	lastKind atomic.Uint32 // a oneShotKind
+	next     atomic.Pointer[resolved]
+	nextKind atomic.Uint32
 
 	mu       sync.Mutex
 	contexts map[uint32]*macContext
@@ -332,7 +332,7 @@ func (s *Session) MAC(ctx context.Context, key []byte, alg providers.Algorithm, 
 		r.oneShots.observe(time.Since(t0))
 	}
 	if r.preparer != nil && err == nil {
-		s.expectAnother(r, alg)
+		s.expectAnother(r, alg, false)
 	}
 	s.agent.auditUse(s.peer, "mac", r.name, alg, err, int64(len(data)), start)
 	return tag, err
@@ -370,45 +370,61 @@ func (s *Session) mac(ctx context.Context, r *resolved, alg providers.Algorithm,
 // readied on another goroutine, so that the next request does not wait
 // behind it.
 func (s *Session) Idle(ctx context.Context) {
-	r, alg := s.takeNext()
+	r, alg, verify := s.takeNext()
 	if r == nil {
 		return
 	}
 	if r.quick() {
-		r.preparer.Prepare(ctx, alg)
+		r.preparer.Prepare(ctx, alg, verify)
 		return
 	}
-	go r.preparer.Prepare(context.WithoutCancel(ctx), alg)
+	go r.preparer.Prepare(context.WithoutCancel(ctx), alg, verify)
 }
 
 // PrepareNext is Idle for a goroutine that may wait, such as one that ran
 // a one-shot off the reader and sent its reply: it readies the device
 // before returning.
 func (s *Session) PrepareNext(ctx context.Context) {
-	if r, alg := s.takeNext(); r != nil {
-		r.preparer.Prepare(ctx, alg)
+	if r, alg, verify := s.takeNext(); r != nil {
+		r.preparer.Prepare(ctx, alg, verify)
 	}
 }
 
-// expectAnother notes a successful one-shot on r with alg, and marks a
-// like one for Idle to prepare if the one before was alike. Concurrent
+// oneShotKind packs a one-shot's algorithm and whether it verifies, so
+// that one atomic word holds both.
+type oneShotKind uint32
+
+const verifyKind oneShotKind = 1 << 8
+
+func kindOf(alg providers.Algorithm, verify bool) oneShotKind {
+	k := oneShotKind(alg)
+	if verify {
+		k |= verifyKind
+	}
+	return k
+}
+
+// expectAnother notes a one-shot on r that reached the device, and marks
+// a like one for Idle to prepare if the one before was alike. Concurrent
 // one-shots may mix their notes up: that costs at most a preparation.
-func (s *Session) expectAnother(r *resolved, alg providers.Algorithm) {
+func (s *Session) expectAnother(r *resolved, alg providers.Algorithm, verify bool) {
+	kind := uint32(kindOf(alg, verify))
 	sameKey := s.last.Swap(r) == r
-	sameAlg := s.lastAlg.Swap(uint32(alg)) == uint32(alg)
-	if sameKey && sameAlg {
-		s.nextAlg.Store(uint32(alg))
+	sameKind := s.lastKind.Swap(kind) == kind
+	if sameKey && sameKind {
+		s.nextKind.Store(kind)
 		s.next.Store(r)
 	}
 }
 
-// takeNext returns the key and algorithm to prepare for, once.
-func (s *Session) takeNext() (*resolved, providers.Algorithm) {
-	r := s.next.Swap(nil)
+// takeNext returns what to prepare for, once.
+func (s *Session) takeNext() (r *resolved, alg providers.Algorithm, verify bool) {
+	r = s.next.Swap(nil)
 	if r == nil || r.gen != s.agent.gen.Load() { // none, or the configuration was reloaded
-		return nil, 0
+		return nil, 0, false
 	}
-	return r, providers.Algorithm(s.nextAlg.Load())
+	kind := oneShotKind(s.nextKind.Load())
+	return r, providers.Algorithm(kind &^ verifyKind), kind&verifyKind != 0
 }
 
 // VerifyMAC checks tag over data in one call, in constant time: in the
@@ -429,6 +445,10 @@ func (s *Session) VerifyMAC(ctx context.Context, key []byte, alg providers.Algor
 	err = s.verifyMAC(ctx, r, alg, data, tag)
 	if !r.immediate {
 		r.oneShots.observe(time.Since(t0))
+	}
+	if r.preparer != nil && (err == nil || errors.Is(err, providers.ErrInvalidSignature)) {
+		// A key that cannot verify in its device verifies by signing.
+		s.expectAnother(r, alg, r.verifier != nil)
 	}
 	s.agent.auditUse(s.peer, "verify_mac", r.name, alg, err, int64(len(data)), start)
 	return err

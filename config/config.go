@@ -83,8 +83,8 @@ type Provider struct {
 	Sessions     int      `toml:"sessions"`
 	SessionWait  Duration `toml:"session_wait"`
 	MaxCopyBytes int64    `toml:"max_copy_bytes"`
-	// PreparedSessions: sessions kept with C_SignInit done for the next
-	// one-shot (0: half of sessions; -1: none).
+	// PreparedSessions: sessions kept with C_SignInit or C_VerifyInit
+	// done for the next one-shot (0: half of sessions; -1: none).
 	PreparedSessions int `toml:"prepared_sessions"`
 
 	// tpm

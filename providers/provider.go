@@ -98,11 +98,12 @@ type OneShot interface {
 
 // Preparer is implemented by keys whose one-shots cost less when the
 // device is made ready beforehand, as a PKCS#11 token does with
-// C_SignInit before the data is known. Prepare readies it for one
-// one-shot with alg; callers call it when they have nothing else to do.
-// It is a hint: it may do nothing, and errors are not reported.
+// C_SignInit or C_VerifyInit before the data is known. Prepare readies it
+// for one SumMAC (verify false) or VerifyMAC (verify true) with alg;
+// callers call it when they have nothing else to do. It is a hint: it may
+// do nothing, and errors are not reported.
 type Preparer interface {
-	Prepare(ctx context.Context, alg Algorithm)
+	Prepare(ctx context.Context, alg Algorithm, verify bool)
 }
 
 // HealthChecker is implemented by providers that can tell whether their

@@ -48,7 +48,7 @@ func (p *SlowProvider) Key(_ context.Context, name string) (providers.Key, error
 type slowKey struct{ p *SlowProvider }
 
 // Prepare counts the call, as a token would run C_SignInit.
-func (k slowKey) Prepare(ctx context.Context, alg providers.Algorithm) {
+func (k slowKey) Prepare(ctx context.Context, alg providers.Algorithm, verify bool) {
 	if k.p.PrepareGate != nil {
 		<-k.p.PrepareGate
 	}

@@ -25,8 +25,8 @@ type Config struct {
 	// BufferBytes is how much input a context buffers before it takes a
 	// session (default 64 KiB).
 	BufferBytes int
-	// PreparedSessions bounds the sessions kept with C_SignInit done for
-	// the next one-shot (default half of Sessions; negative: none).
+	// PreparedSessions bounds the sessions kept with C_SignInit or
+	// C_VerifyInit done for the next one-shot (default half of Sessions; negative: none).
 	PreparedSessions int
 }
 
@@ -73,7 +73,7 @@ func (c *Config) fill() {
 type SessionStats struct {
 	Open     int    // sessions open
 	InUse    int    // lent out to requests now
-	Prepared int    // held with C_SignInit done for a one-shot
+	Prepared int    // held with an init call done for a one-shot
 	Waits    uint64 // requests that had to wait for a session
-	Used     uint64 // one-shots signed on a prepared session
+	Used     uint64 // one-shots run on a prepared session
 }

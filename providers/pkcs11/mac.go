@@ -384,21 +384,24 @@ func (k *key) VerifyMAC(ctx context.Context, alg providers.Algorithm, data, tag 
 	if len(tag) != alg.Size() {
 		return providers.ErrInvalidSignature
 	}
-	mech := []*p11.Mechanism{p11.NewMechanism(k.p.mech[alg], nil)}
-	err := k.p.withSession(ctx, func(s *session) error {
-		h, err := k.objectHandle(s)
-		if err != nil {
-			return err
-		}
-		if err := k.p.ctx.VerifyInit(s.h, mech, h); err != nil {
-			return err
-		}
-		return k.p.ctx.Verify(s.h, data, tag)
-	})
+	ok, err := k.verifyPrepared(ctx, k.p.mech[alg], data, tag)
+	if !ok {
+		mech := []*p11.Mechanism{p11.NewMechanism(k.p.mech[alg], nil)}
+		err = k.p.withSession(ctx, func(s *session) error {
+			h, err := k.objectHandle(s)
+			if err != nil {
+				return err
+			}
+			if err := k.p.ctx.VerifyInit(s.h, mech, h); err != nil {
+				return err
+			}
+			return k.p.ctx.Verify(s.h, data, tag)
+		})
+	}
 	switch {
 	case err == nil:
 		return nil
-	case rv(err) == p11.CKR_SIGNATURE_INVALID || rv(err) == p11.CKR_SIGNATURE_LEN_RANGE:
+	case signatureRejected(err):
 		return providers.ErrInvalidSignature
 	case rv(err) != 0:
 		return classify(fmt.Sprintf("key %q: verify", k.name), err)

@@ -14,26 +14,32 @@ import (
 
 // A one-shot MAC is C_SignInit then C_Sign, and C_SignInit is most of its
 // cost: SoftHSM2 checks the key object's file, and a network HSM answers
-// each call over the network. A prepared session has had C_SignInit run
-// for a key and mechanism, on another goroutine, while the agent waited
-// for the client's next request; that request is then C_Sign alone.
+// each call over the network; VerifyMAC is the same with C_VerifyInit. A
+// prepared session has had the init call run for a key, mechanism and
+// operation while the agent waited for the client's next request; that
+// request is then C_Sign or C_Verify alone.
 //
 // A prepared operation has the key loaded, so a key deleted from the token
-// by another program could still sign through it. It is used only within
-// preparedMaxAge of its C_SignInit, dropped when the agent deletes a key
-// or logs in again, and never kept past Close.
+// by another program could still be used through it. It is used only
+// within preparedMaxAge of its init call, dropped when the agent deletes a
+// key or logs in again, and never kept past Close.
 
-// preparedMaxAge bounds how long after C_SignInit a prepared session may
-// sign. A variable for tests.
+// preparedMaxAge bounds how long after its init call a prepared session
+// may be used. A variable for tests.
 var preparedMaxAge = 200 * time.Millisecond
 
-// prepared is a session on which C_SignInit runs or has run for k and
-// mech. ready is closed, and done set under prepMu, when it has; s is nil
-// then if C_SignInit failed. Whoever removes it from Provider.prep owns
-// it.
+// operation is what a session is prepared for.
+type operation struct {
+	k      *key
+	mech   uint
+	verify bool // C_VerifyInit, else C_SignInit
+}
+
+// prepared is a session on which the init call for op runs or has run.
+// ready is closed, and done set under prepMu, when it has; s is nil then
+// if the call failed. Whoever removes it from Provider.prep owns it.
 type prepared struct {
-	k     *key
-	mech  uint
+	op    operation
 	gen   uint64 // the login, and
 	epoch uint64 // the deletions it was prepared under
 	at    time.Time
@@ -44,9 +50,10 @@ type prepared struct {
 
 // Prepare readies a session for a one-shot on k with alg: it takes a free
 // session, if the pool has one now and fewer than the configured number
-// are prepared, and runs C_SignInit on it. A one-shot that comes
-// meanwhile, on another goroutine, waits for it rather than start its own.
-func (k *key) Prepare(_ context.Context, alg providers.Algorithm) {
+// are prepared, and runs C_SignInit (or C_VerifyInit) on it. A one-shot
+// that comes meanwhile, on another goroutine, waits for it rather than
+// start its own.
+func (k *key) Prepare(_ context.Context, alg providers.Algorithm, verify bool) {
 	p := k.p
 	mech, ok := p.mech[alg]
 	if !ok || !k.algs[alg] || p.cfg.PreparedSessions == 0 {
@@ -56,13 +63,18 @@ func (k *key) Prepare(_ context.Context, alg providers.Algorithm) {
 		return
 	}
 	defer p.leave()
-	pr := p.reservePrepared(k, mech)
+	pr := p.reservePrepared(operation{k: k, mech: mech, verify: verify})
 	if pr == nil {
 		return
 	}
 	h, err := k.objectHandle(pr.s)
 	if err == nil {
-		err = p.ctx.SignInit(pr.s.h, []*p11.Mechanism{p11.NewMechanism(mech, nil)}, h)
+		m := []*p11.Mechanism{p11.NewMechanism(mech, nil)}
+		if verify {
+			err = p.ctx.VerifyInit(pr.s.h, m, h)
+		} else {
+			err = p.ctx.SignInit(pr.s.h, m, h)
+		}
 	}
 	p.prepMu.Lock()
 	defer p.prepMu.Unlock()
@@ -75,9 +87,9 @@ func (k *key) Prepare(_ context.Context, alg providers.Algorithm) {
 	close(pr.ready)
 }
 
-// reservePrepared lists a prepared operation for k and mech, not ready
-// yet, with a free session; nil if there is no room or no free session.
-func (p *Provider) reservePrepared(k *key, mech uint) *prepared {
+// reservePrepared lists a prepared operation for op, not ready yet, with a
+// free session; nil if there is no room or no free session.
+func (p *Provider) reservePrepared(op operation) *prepared {
 	p.prepMu.Lock()
 	defer p.prepMu.Unlock()
 	p.dropExpiredLocked(time.Now())
@@ -88,7 +100,7 @@ func (p *Provider) reservePrepared(k *key, mech uint) *prepared {
 	if s == nil {
 		return nil
 	}
-	pr := &prepared{k: k, mech: mech, gen: p.gen.Load(), epoch: p.prepEpoch.Load(),
+	pr := &prepared{op: op, gen: p.gen.Load(), epoch: p.prepEpoch.Load(),
 		at: time.Now(), ready: make(chan struct{}), s: s}
 	p.prep = append(p.prep, pr)
 	if !p.reaping {
@@ -98,24 +110,46 @@ func (p *Provider) reservePrepared(k *key, mech uint) *prepared {
 	return pr
 }
 
-// signPrepared signs data on a session prepared for k and mech, if there
-// is one, waiting for its C_SignInit if need be. A failure is not
-// reported: the caller signs again from the start, with the retries that
-// brings.
-func (k *key) signPrepared(ctx context.Context, mech uint, data []byte) ([]byte, bool) {
-	p := k.p
+// signPrepared signs data on a session prepared for it, if there is one.
+// ok false means none was used: the caller signs from the start, with the
+// retries that brings.
+func (k *key) signPrepared(ctx context.Context, mech uint, data []byte) (tag []byte, ok bool) {
+	k.p.usePrepared(ctx, operation{k: k, mech: mech}, func(s *session) error {
+		var err error
+		tag, err = k.p.ctx.Sign(s.h, data)
+		ok = err == nil
+		return err
+	})
+	return tag, ok
+}
+
+// verifyPrepared verifies tag on a session prepared for it, if there is
+// one, and returns the token's answer. ok false means none was used or it
+// failed for another reason: the caller verifies from the start.
+func (k *key) verifyPrepared(ctx context.Context, mech uint, data, tag []byte) (ok bool, err error) {
+	k.p.usePrepared(ctx, operation{k: k, mech: mech, verify: true}, func(s *session) error {
+		err = k.p.ctx.Verify(s.h, data, tag)
+		ok = err == nil || signatureRejected(err)
+		return err
+	})
+	return ok, err
+}
+
+// usePrepared runs call on a session prepared for op, if there is one,
+// waiting for its init call if need be, and gives the session back.
+func (p *Provider) usePrepared(ctx context.Context, op operation, call func(s *session) error) {
 	if p.enter() != nil {
-		return nil, false
+		return
 	}
 	defer p.leave()
-	pr := p.claimPrepared(k, mech)
+	pr := p.claimPrepared(op)
 	if pr == nil {
-		return nil, false
+		return
 	}
 	select {
 	case <-pr.ready:
 	case <-ctx.Done():
-		// Its session goes back once C_SignInit is done.
+		// Its session goes back once the init call is done.
 		go func() {
 			<-pr.ready
 			if p.enter() == nil {
@@ -123,27 +157,25 @@ func (k *key) signPrepared(ctx context.Context, mech uint, data []byte) ([]byte,
 				p.leave()
 			}
 		}()
-		return nil, false
+		return
 	}
 	if !p.current(pr) { // a login or a deletion while it was readied
 		p.cancelPrepared(pr)
-		return nil, false
+		return
 	}
 	if pr.s == nil {
-		return nil, false
+		return
 	}
-	tag, err := p.ctx.Sign(pr.s.h, data)
+	err := call(pr.s)
 	p.pool.put(pr.s, err)
-	if err != nil {
-		return nil, false
+	if err == nil || signatureRejected(err) {
+		p.prepUsed.Add(1)
 	}
-	p.prepUsed.Add(1)
-	return tag, true
 }
 
 // claimPrepared removes and returns an operation prepared or being
-// prepared for k and mech that may still sign, or nil.
-func (p *Provider) claimPrepared(k *key, mech uint) *prepared {
+// prepared for op that may still be used, or nil.
+func (p *Provider) claimPrepared(op operation) *prepared {
 	p.prepMu.Lock()
 	defer p.prepMu.Unlock()
 	if len(p.prep) == 0 {
@@ -151,7 +183,7 @@ func (p *Provider) claimPrepared(k *key, mech uint) *prepared {
 	}
 	p.dropExpiredLocked(time.Now())
 	for i, pr := range p.prep {
-		if pr.k == k && pr.mech == mech && p.current(pr) {
+		if pr.op == op && p.current(pr) {
 			p.prep = slices.Delete(p.prep, i, i+1)
 			return pr
 		}
@@ -226,7 +258,7 @@ func (p *Provider) reclaimPrepared() *session {
 			continue
 		}
 		p.prep = slices.Delete(p.prep, i, i+1)
-		if err := p.endOperation(pr.s); err != nil {
+		if err := p.endOperation(pr); err != nil {
 			p.pool.discard(pr.s)
 			return nil
 		}
@@ -235,20 +267,35 @@ func (p *Provider) reclaimPrepared() *session {
 	return nil
 }
 
-// cancelPrepared ends pr's operation, if C_SignInit succeeded, and gives
-// its session back. pr must be ready.
+// cancelPrepared ends pr's operation, if its init call succeeded, and
+// gives its session back. pr must be ready.
 func (p *Provider) cancelPrepared(pr *prepared) {
 	if pr.s == nil {
 		return
 	}
-	p.pool.put(pr.s, p.endOperation(pr.s))
+	p.pool.put(pr.s, p.endOperation(pr))
 }
 
-// endOperation ends the sign operation active on s with C_SignFinal, whose
-// tag is thrown away. A session that cannot end it is reported broken.
-func (p *Provider) endOperation(s *session) error {
-	if _, err := p.ctx.SignFinal(s.h); err != nil {
+// endOperation ends the operation active on pr's session: C_SignFinal,
+// whose tag is thrown away, or C_VerifyFinal with a one-byte tag, which
+// the token refuses. A session that cannot end it is reported broken.
+func (p *Provider) endOperation(pr *prepared) error {
+	var err error
+	if pr.op.verify {
+		if err = p.ctx.VerifyFinal(pr.s.h, []byte{0}); signatureRejected(err) {
+			err = nil
+		}
+	} else {
+		_, err = p.ctx.SignFinal(pr.s.h)
+	}
+	if err != nil {
 		return p11.Error(p11.CKR_SESSION_CLOSED)
 	}
 	return nil
+}
+
+// signatureRejected reports whether the token answered a verification
+// with "wrong tag", which also ends the operation.
+func signatureRejected(err error) bool {
+	return rv(err) == p11.CKR_SIGNATURE_INVALID || rv(err) == p11.CKR_SIGNATURE_LEN_RANGE
 }

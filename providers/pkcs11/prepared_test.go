@@ -7,10 +7,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	p11 "github.com/miekg/pkcs11"
+
+	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
 )
@@ -58,7 +63,7 @@ func TestPreparedSignsOnlyItsKeyAndAlgorithm(t *testing.T) {
 	ctx := context.Background()
 	msg := []byte("message")
 
-	keys["a"].Prepare(ctx, providers.SHA256)
+	keys["a"].Prepare(ctx, providers.SHA256, false)
 	if n := p.Prepared(); n != 1 {
 		t.Fatalf("prepared after Prepare: %d, want 1", n)
 	}
@@ -97,8 +102,8 @@ func TestPreparedDroppedOnDelete(t *testing.T) {
 	p, _ := newToken(t, nil)
 	keys := preparedKeys(t, p, map[string][]byte{"a": []byte("delete-me-a"), "b": []byte("keep-me-b")})
 	ctx := context.Background()
-	keys["a"].Prepare(ctx, providers.SHA256)
-	keys["b"].Prepare(ctx, providers.SHA256)
+	keys["a"].Prepare(ctx, providers.SHA256, false)
+	keys["b"].Prepare(ctx, providers.SHA256, false)
 	if err := p.DeleteKey(ctx, "a"); err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +125,7 @@ func TestPreparedExpire(t *testing.T) {
 	pkcs11.SetPreparedMaxAge(t, maxAge)
 	p, _ := newToken(t, nil)
 	keys := preparedKeys(t, p, map[string][]byte{"a": []byte("expiring")})
-	keys["a"].Prepare(context.Background(), providers.SHA256)
+	keys["a"].Prepare(context.Background(), providers.SHA256, false)
 	deadline := time.Now().Add(5 * time.Second)
 	for p.Prepared() > 0 && time.Now().Before(deadline) {
 		time.Sleep(maxAge)
@@ -149,7 +154,7 @@ func TestPreparedBoundedAndReclaimed(t *testing.T) {
 	keys := preparedKeys(t, p, map[string][]byte{"a": secret})
 	ctx := context.Background()
 	for range 5 {
-		keys["a"].Prepare(ctx, providers.SHA256)
+		keys["a"].Prepare(ctx, providers.SHA256, false)
 	}
 	if n := p.Prepared(); n != 2 {
 		t.Errorf("prepared after 5 calls with prepared_sessions=2: %d", n)
@@ -200,7 +205,14 @@ func TestPreparedConcurrent(t *testing.T) {
 				k := keys[name]
 				msg := []byte(fmt.Sprintf("%d/%d", g, i))
 				if i%3 != 0 {
-					k.Prepare(ctx, alg)
+					k.Prepare(ctx, alg, i%4 == 0)
+				}
+				if i%4 == 0 {
+					if err := k.VerifyMAC(ctx, alg, msg, reference(alg, secrets[name], msg)); err != nil {
+						t.Errorf("goroutine %d op %d %s %s: VerifyMAC: %v", g, i, name, alg, err)
+						return
+					}
+					continue
 				}
 				if i%5 == 4 {
 					tag, err := k.SumMAC(cancelled, alg, msg, nil)
@@ -219,9 +231,9 @@ func TestPreparedConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 	// Every session comes back, abandoned preparations included.
-	for deadline := time.Now().Add(5 * time.Second); p.Sessions().InUse != p.Prepared(); time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); p.Sessions().InUse != 0; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("sessions in use: %d, prepared: %d", p.Sessions().InUse, p.Prepared())
+			t.Fatalf("sessions still in use: %+v", p.Sessions())
 		}
 	}
 }
@@ -232,13 +244,186 @@ func TestPreparedClose(t *testing.T) {
 	p, _ := newToken(t, nil)
 	keys := preparedKeys(t, p, map[string][]byte{"a": []byte("closing")})
 	ctx := context.Background()
-	keys["a"].Prepare(ctx, providers.SHA256)
-	keys["a"].Prepare(ctx, providers.SHA1)
+	keys["a"].Prepare(ctx, providers.SHA256, false)
+	keys["a"].Prepare(ctx, providers.SHA1, false)
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}
-	keys["a"].Prepare(ctx, providers.SHA256)
+	keys["a"].Prepare(ctx, providers.SHA256, false)
 	if _, err := keys["a"].SumMAC(ctx, providers.SHA256, nil, nil); !errors.Is(err, providers.ErrClosed) {
 		t.Errorf("after Close: %v, want ErrClosed", err)
+	}
+}
+
+// VerifyMAC uses operations prepared with C_VerifyInit, and only those;
+// a rejected tag is still the token's answer, and the session goes back
+// usable.
+func TestPreparedVerify(t *testing.T) {
+	p, _ := newToken(t, nil)
+	secret := []byte("prepared-verify")
+	keys := preparedKeys(t, p, map[string][]byte{"a": secret})
+	a := keys["a"]
+	ctx := context.Background()
+	msg := []byte("webhook body")
+	good := reference(providers.SHA256, secret, msg)
+	bad := bytes.Clone(good)
+	bad[0] ^= 1
+
+	a.Prepare(ctx, providers.SHA256, false)
+	if err := a.VerifyMAC(ctx, providers.SHA256, msg, good); err != nil {
+		t.Fatalf("VerifyMAC beside a prepared signature: %v", err)
+	}
+	if n := p.Prepared(); n != 1 {
+		t.Errorf("VerifyMAC used an operation prepared for signing")
+	}
+	sumMAC(t, a, providers.SHA256, msg)
+
+	for _, c := range []struct {
+		tag  []byte
+		want error
+	}{{good, nil}, {bad, providers.ErrInvalidSignature}, {good, nil}} {
+		a.Prepare(ctx, providers.SHA256, true)
+		used := p.Sessions().Used
+		if err := a.VerifyMAC(ctx, providers.SHA256, msg, c.tag); !errors.Is(err, c.want) {
+			t.Errorf("VerifyMAC on a prepared operation: %v, want %v", err, c.want)
+		}
+		if p.Sessions().Used != used+1 || p.Prepared() != 0 {
+			t.Errorf("the prepared verification was not used")
+		}
+	}
+	if tag := sumMAC(t, a, providers.SHA256, msg); !bytes.Equal(tag, good) {
+		t.Error("signing after prepared verifications: wrong tag")
+	}
+}
+
+// Prepared verifications that expire or are taken back leave their
+// sessions fit for anything.
+func TestPreparedVerifyCancelled(t *testing.T) {
+	maxAge := 20 * time.Millisecond
+	pkcs11.SetPreparedMaxAge(t, maxAge)
+	p, _ := newToken(t, func(c *pkcs11.Config) { c.Sessions = 2; c.PreparedSessions = 1; c.BufferBytes = 16 })
+	secret := []byte("cancelled-verify")
+	keys := preparedKeys(t, p, map[string][]byte{"a": secret})
+	a := keys["a"]
+	ctx := context.Background()
+	big := bytes.Repeat([]byte("z"), 100)
+
+	a.Prepare(ctx, providers.SHA256, true)
+	for deadline := time.Now().Add(5 * time.Second); p.Prepared() > 0; time.Sleep(maxAge) {
+		if time.Now().After(deadline) {
+			t.Fatal("a prepared verification never expired")
+		}
+	}
+	// Both sessions, the expired one among them, stream.
+	var held []providers.MAC
+	for range 2 {
+		m, _ := a.NewMAC(ctx, providers.SHA256)
+		if err := m.Update(ctx, big); err != nil {
+			t.Fatalf("streaming on a session whose verification expired: %v", err)
+		}
+		held = append(held, m)
+	}
+	for _, m := range held {
+		if err := m.Verify(ctx, reference(providers.SHA256, secret, big)); err != nil {
+			t.Error(err)
+		}
+	}
+
+	// Taken back by a context that finds the pool empty.
+	a.Prepare(ctx, providers.SHA256, true)
+	m1, _ := a.NewMAC(ctx, providers.SHA256)
+	m2, _ := a.NewMAC(ctx, providers.SHA256)
+	for _, m := range []providers.MAC{m1, m2} {
+		if err := m.Update(ctx, big); err != nil {
+			t.Fatalf("streaming beside a prepared verification: %v", err)
+		}
+	}
+	for _, m := range []providers.MAC{m1, m2} {
+		if err := m.Verify(ctx, reference(providers.SHA256, secret, big)); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// Cancelling a prepared verification relies on the token ending the
+// operation when C_VerifyFinal gets a tag of the wrong length.
+func TestVerifyFinalOfWrongLengthEndsTheOperation(t *testing.T) {
+	p, tok := newToken(t, nil)
+	if _, err := p.ImportKey(context.Background(), "a", []byte("wrong-length")); err != nil {
+		t.Fatal(err)
+	}
+	d := direct(t, tok)
+	mech := []*p11.Mechanism{p11.NewMechanism(p11.CKM_SHA256_HMAC, nil)}
+	h := d.find("a")
+	if err := d.ctx.VerifyInit(d.s, mech, h); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ctx.VerifyFinal(d.s, []byte{0}); err == nil || !strings.Contains(err.Error(), "CKR_SIGNATURE_LEN_RANGE") {
+		t.Errorf("C_VerifyFinal with a 1-byte tag: %v", err)
+	}
+	if err := d.ctx.SignInit(d.s, mech, h); err != nil {
+		t.Errorf("C_SignInit after it: %v", err)
+	}
+	d.ctx.SignFinal(d.s)
+}
+
+// Through a socket: after two like one-shots, MAC or VerifyMAC, the agent
+// prepares the third, which uses it; one-shots of different kinds in turn
+// prepare nothing.
+func TestPreparedThroughAgent(t *testing.T) {
+	p, _ := newToken(t, nil)
+	ctx := context.Background()
+	secret := []byte("through-the-agent")
+	p.ImportKey(ctx, "k", secret)
+	a := agenttest.Start(t, agenttest.Options{Providers: []providers.Provider{p}})
+	c, err := client.Dial(ctx, a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msg := []byte("body")
+	good := reference(providers.SHA256, secret, msg)
+	mac := func() {
+		t.Helper()
+		if tag, err := c.MAC(ctx, "k", client.SHA256, msg); err != nil || !bytes.Equal(tag, good) {
+			t.Fatalf("MAC: %x %v", tag, err)
+		}
+	}
+	verify := func(tag []byte, want error) {
+		t.Helper()
+		if err := c.VerifyMAC(ctx, "k", client.SHA256, msg, tag); !errors.Is(err, want) {
+			t.Fatalf("VerifyMAC: %v, want %v", err, want)
+		}
+	}
+	bad := bytes.Clone(good)
+	bad[1] ^= 1
+
+	for range 3 { // MAC, VerifyMAC, MAC, ...: nothing alike twice
+		mac()
+		verify(good, nil)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if st := p.Sessions(); st.Prepared != 0 || st.Used != 0 {
+		t.Fatalf("prepared for one-shots of different kinds in turn: %+v", st)
+	}
+
+	mac()
+	mac()
+	waitPrepared(t, p)
+	mac()
+	if st := p.Sessions(); st.Used != 1 {
+		t.Errorf("the third MAC did not use the prepared signature: %+v", st)
+	}
+	// Two verifications, the rejected one too, have the agent prepare
+	// for a third. (It prepares off the reader if the token is not
+	// quick at the moment: then a verification may come first.)
+	used := p.Sessions().Used
+	verify(bad, client.ErrInvalidSignature)
+	verify(good, nil)
+	for deadline := time.Now().Add(5 * time.Second); p.Sessions().Used == used; {
+		if time.Now().After(deadline) {
+			t.Fatal("no VerifyMAC used a prepared verification")
+		}
+		verify(good, nil)
 	}
 }

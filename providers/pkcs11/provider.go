@@ -50,7 +50,7 @@ type Provider struct {
 	pool *pool
 
 	prepMu    sync.Mutex
-	prep      []*prepared   // sessions with C_SignInit done or under way
+	prep      []*prepared   // sessions with an init call done or under way
 	reaping   bool          // a timer will drop expired ones
 	prepEpoch atomic.Uint64 // counts deletions
 	prepUsed  atomic.Uint64 // one-shots signed on a prepared session
@@ -272,13 +272,15 @@ func (p *Provider) Health(ctx context.Context) error {
 
 // Sessions reports the session pool's state.
 func (p *Provider) Sessions() SessionStats {
+	// Under prepMu, as a session moves from the pool to the prepared
+	// list: it must not count as in use on the way.
 	p.prepMu.Lock()
 	prepared := len(p.prep)
+	open, idle := len(p.pool.slots), len(p.pool.idle)
 	p.prepMu.Unlock()
-	open := len(p.pool.slots)
 	return SessionStats{
 		Open:     open,
-		InUse:    max(open-len(p.pool.idle)-prepared, 0),
+		InUse:    max(open-idle-prepared, 0),
 		Prepared: prepared,
 		Waits:    p.pool.waits.Load(),
 		Used:     p.prepUsed.Load(),
