@@ -62,13 +62,40 @@ func (d *pkcs11Direct) mech() []*p11.Mechanism {
 // oneShot is C_SignInit and C_Sign of 64 bytes, ops/s.
 func (d *pkcs11Direct) oneShot(dur time.Duration) (float64, error) {
 	msg := make([]byte, 64)
+	return loop(dur, func() error {
+		if err := d.ctx.SignInit(d.s, d.mech(), d.key); err != nil {
+			return err
+		}
+		_, err := d.ctx.Sign(d.s, msg)
+		return err
+	})
+}
+
+// verifyOneShot is C_VerifyInit and C_Verify of 64 bytes and their tag,
+// ops/s.
+func (d *pkcs11Direct) verifyOneShot(dur time.Duration) (float64, error) {
+	msg := make([]byte, 64)
+	if err := d.ctx.SignInit(d.s, d.mech(), d.key); err != nil {
+		return 0, err
+	}
+	tag, err := d.ctx.Sign(d.s, msg)
+	if err != nil {
+		return 0, err
+	}
+	return loop(dur, func() error {
+		if err := d.ctx.VerifyInit(d.s, d.mech(), d.key); err != nil {
+			return err
+		}
+		return d.ctx.Verify(d.s, msg, tag)
+	})
+}
+
+// loop calls f for dur, calls per second.
+func loop(dur time.Duration, f func() error) (float64, error) {
 	n := 0
 	start := time.Now()
 	for time.Since(start) < dur {
-		if err := d.ctx.SignInit(d.s, d.mech(), d.key); err != nil {
-			return 0, err
-		}
-		if _, err := d.ctx.Sign(d.s, msg); err != nil {
+		if err := f(); err != nil {
 			return 0, err
 		}
 		n++

@@ -132,6 +132,7 @@ func printTable(r *results, out []metric) {
 	}
 	ratio("software streaming / in-process", "stream_mbps", "inprocess_stream_mbps", 0.7)
 	ratio("PKCS#11 one-shot / direct, 1 client", "pkcs11_oneshot_ops", "pkcs11_direct_oneshot_ops", 0.8)
+	ratio("PKCS#11 VerifyMAC / direct, 1 client", "pkcs11_verify_ops", "pkcs11_direct_verify_ops", 0.8)
 	ratio("PKCS#11 one-shot / direct, 8 clients", "pkcs11_oneshot_8_ops", "pkcs11_direct_oneshot_8_ops", 0.8)
 	ratio("PKCS#11 one-shot / direct, 64 in flight", "pkcs11_oneshot_pipelined_w64_ops", "pkcs11_direct_oneshot_ops", 0.8)
 	ratio("PKCS#11 streaming / direct", "pkcs11_stream_mbps", "pkcs11_direct_stream_mbps", 0.8)

@@ -148,6 +148,14 @@ func measure(r *results, p plan, socket, key, agentBin string, devices bool) err
 				return err
 			}
 			r.add("pkcs11_oneshot_ops", "ops/s", v)
+			if v, err = hsm.verifyOneShot(p.dur); err != nil {
+				return err
+			}
+			r.add("pkcs11_direct_verify_ops", "ops/s", v)
+			if v, err = clientVerifyPingPong(c, benchenv.PKCS11Key, p.dur); err != nil {
+				return err
+			}
+			r.add("pkcs11_verify_ops", "ops/s", v)
 			for _, w := range []int{8, 64} {
 				if v, err = pipelined(socket, benchenv.PKCS11Key, 1, w, p.dur); err != nil {
 					return err
@@ -190,12 +198,41 @@ func measure(r *results, p plan, socket, key, agentBin string, devices bool) err
 func clientPingPong(c *client.Client, key string, d time.Duration) (ops, p50, p99 float64, err error) {
 	ctx := context.Background()
 	msg := make([]byte, 64)
+	return timeCalls(d, func() error {
+		if _, err := c.MAC(ctx, key, client.SHA256, msg); err != nil {
+			return fmt.Errorf("MAC with %s: %w", key, err)
+		}
+		return nil
+	})
+}
+
+// clientVerifyPingPong is one-shot VerifyMACs of 64 bytes and their tag
+// through the Go client, one at a time.
+func clientVerifyPingPong(c *client.Client, key string, d time.Duration) (float64, error) {
+	ctx := context.Background()
+	msg := make([]byte, 64)
+	tag, err := c.MAC(ctx, key, client.SHA256, msg)
+	if err != nil {
+		return 0, fmt.Errorf("MAC with %s: %w", key, err)
+	}
+	ops, _, _, err := timeCalls(d, func() error {
+		if err := c.VerifyMAC(ctx, key, client.SHA256, msg, tag); err != nil {
+			return fmt.Errorf("VerifyMAC with %s: %w", key, err)
+		}
+		return nil
+	})
+	return ops, err
+}
+
+// timeCalls makes call one at a time for d: calls per second, and the
+// median and 99th percentile call in µs.
+func timeCalls(d time.Duration, call func() error) (ops, p50, p99 float64, err error) {
 	lat := make([]time.Duration, 0, 1<<16)
 	start := time.Now()
 	for time.Since(start) < d {
 		t := time.Now()
-		if _, err := c.MAC(ctx, key, client.SHA256, msg); err != nil {
-			return 0, 0, 0, fmt.Errorf("MAC with %s: %w", key, err)
+		if err := call(); err != nil {
+			return 0, 0, 0, err
 		}
 		lat = append(lat, time.Since(t))
 	}

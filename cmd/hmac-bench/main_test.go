@@ -1,0 +1,53 @@
+package main
+
+import (
+	"os"
+	"testing"
+	"time"
+
+	"github.com/hmac-agent/hmac-agent/internal/benchenv"
+	"github.com/hmac-agent/hmac-agent/internal/softhsm"
+	"github.com/hmac-agent/hmac-agent/internal/swtpm"
+)
+
+func TestMain(m *testing.M) {
+	// The echo baseline runs as this binary in a process of its own.
+	if len(os.Args) == 3 && os.Args[1] == echoArg {
+		runEchoServer(os.Args[2])
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// TestEveryFigureIsMeasured runs the whole bench, briefly, and checks that
+// every figure it promises comes out. It times nothing.
+func TestEveryFigureIsMeasured(t *testing.T) {
+	names := []string{
+		"oneshot_pingpong_ops", "echo_pingpong_ops", "oneshot_pipelined_ops",
+		"oneshot_pipelined_8conn_ops", "oneshot_pipelined_64conn_ops",
+		"inprocess_ops", "stream_mbps", "inprocess_stream_mbps", "copy_us",
+		"idle_rss_mib", "contexts_10k_rss_mib", "contexts_10k_added_mib",
+	}
+	devices := softhsm.Available() == nil && swtpm.Available() == nil
+	if !devices && os.Getenv("CI") != "" {
+		t.Fatalf("CI is set and SoftHSM2 or swtpm is missing: %v %v", softhsm.Available(), swtpm.Available())
+	}
+	if devices {
+		names = append(names,
+			"pkcs11_oneshot_ops", "pkcs11_direct_oneshot_ops", "pkcs11_verify_ops", "pkcs11_direct_verify_ops",
+			"pkcs11_oneshot_8_ops", "pkcs11_direct_oneshot_8_ops",
+			"pkcs11_oneshot_pipelined_w8_ops", "pkcs11_oneshot_pipelined_w64_ops",
+			"pkcs11_stream_mbps", "pkcs11_direct_stream_mbps", "pkcs11_stream_first_mbps",
+			"tpm_oneshot_ops", "tpm_direct_oneshot_ops", "tpm_stream_mbps", "tpm_direct_stream_mbps")
+	}
+	r := &results{units: map[string]string{}, runs: map[string][]float64{}}
+	p := plan{dur: 50 * time.Millisecond, soft: 1 << 20, hsm: 1 << 20, tpm: 64 << 10, runs: 1}
+	if err := measure(r, p, "", benchenv.SoftKey, "", devices); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		if v := r.median(name); v <= 0 {
+			t.Errorf("%s: %v", name, v)
+		}
+	}
+}
