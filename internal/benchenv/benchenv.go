@@ -104,8 +104,11 @@ path = %q
 		if err := os.WriteFile(pin, []byte(tok.PIN), 0o600); err != nil {
 			return err
 		}
-		cfg += fmt.Sprintf("[[provider]]\nname = \"hsm\"\ntype = \"pkcs11\"\nmodule = %q\ntoken = %q\npin_file = %q\nsessions = 16\nmax_copy_bytes = %d\nprepared_sessions = %d\n",
-			softhsm.Module, tok.Label, pin, opts.PKCS11MaxCopyBytes, opts.PKCS11PreparedSessions)
+		cfg += fmt.Sprintf("[[provider]]\nname = \"hsm\"\ntype = \"pkcs11\"\nmodule = %q\ntoken = %q\npin_file = %q\nsessions = 16\nmax_copy_bytes = %d\n",
+			softhsm.Module, tok.Label, pin, opts.PKCS11MaxCopyBytes)
+		if opts.PKCS11PreparedSessions != 0 { // left out, an older agent can be measured
+			cfg += fmt.Sprintf("prepared_sessions = %d\n", opts.PKCS11PreparedSessions)
+		}
 	}
 	if opts.TPM && swtpm.Available() == nil {
 		t, err := swtpm.Start(filepath.Join(e.Dir, "tpm"))
