@@ -26,6 +26,8 @@ func measure(r *results, p plan, socket, key, agentBin string, devices bool) err
 
 	var env *benchenv.Env
 	if socket == "" {
+		// Also when the agent does not start: the token was made first.
+		defer benchenv.Cleanup()
 		env, err = benchenv.Start(benchenv.Options{Agent: agentBin, PKCS11: devices, TPM: devices, PKCS11MaxCopyBytes: p.maxCopy,
 			PKCS11PreparedSessions: p.prepared,
 			BeforeAgent: func(e *benchenv.Env) error {
@@ -53,7 +55,6 @@ func measure(r *results, p plan, socket, key, agentBin string, devices bool) err
 		if err != nil {
 			return err
 		}
-		defer benchenv.Cleanup()
 		defer env.Close()
 		socket, key = env.Socket, benchenv.SoftKey
 		time.Sleep(500 * time.Millisecond)
