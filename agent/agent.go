@@ -91,6 +91,7 @@ type resolved struct {
 	policy    *Policy
 	immediate bool
 	oneShots  *latency                  // how long the key's one-shots take
+	prepares  *latency                  // how long readying its device takes (Preparer)
 	oneShot   providers.OneShot         // nil if the key has no fast path
 	verifier  providers.OneShotVerifier // nil if the key cannot verify in its device
 	preparer  providers.Preparer        // nil if the key has nothing to prepare
@@ -261,7 +262,7 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 	def := a.defaultPolicy
 	gen := a.gen.Load()
 	a.mu.RUnlock()
-	r := &resolved{name: name, ref: name, gen: gen, policy: &def, oneShots: new(latency)}
+	r := &resolved{name: name, ref: name, gen: gen, policy: &def, oneShots: new(latency), prepares: new(latency)}
 	if configured {
 		p := a.byName[kc.Provider]
 		k, err := p.Key(ctx, kc.Ref)

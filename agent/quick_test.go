@@ -68,9 +68,10 @@ func TestQuickFollowsOneShotTimes(t *testing.T) {
 }
 
 // TestIdlePreparesForTheLastOneShot: after two like successful one-shots,
-// Idle readies a device for another, once; before returning when the
-// device is quick, on another goroutine when it is slow. PrepareNext
-// always readies it before returning.
+// Idle readies a device for another, once. It does so before returning
+// only once both the device's one-shots and its readying have been
+// measured quick; else on another goroutine. PrepareNext always readies
+// it before returning.
 func TestIdlePreparesForTheLastOneShot(t *testing.T) {
 	slow := &agenttest.SlowProvider{Secret: []byte("prepare")}
 	a, err := agent.New(agent.Options{Providers: []providers.Provider{slow}})
@@ -86,61 +87,108 @@ func TestIdlePreparesForTheLastOneShot(t *testing.T) {
 		_, err := s.MAC(ctx, key, alg, []byte("m"), nil)
 		return err
 	}
+	prepared := func(want int64, what string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); slow.Prepared.Load() < want; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: prepared %d times, want %d", what, slow.Prepared.Load(), want)
+			}
+		}
+		if n := slow.Prepared.Load(); n != want {
+			t.Fatalf("%s: prepared %d times, want %d", what, n, want)
+		}
+	}
+	// idleReturns runs Idle and fails if it waits for the gate.
+	idleReturns := func(gate chan struct{}, what string) {
+		t.Helper()
+		slow.PrepareGate = gate
+		done := make(chan struct{})
+		go func() { s.Idle(ctx); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: Idle waited for the device to be readied", what)
+		}
+	}
 
 	s.Idle(ctx)
-	if n := slow.Prepared.Load(); n != 0 {
-		t.Fatalf("prepared before any one-shot: %d", n)
-	}
 	if err := mac(providers.SHA256); err != nil {
 		t.Fatal(err)
 	}
 	s.Idle(ctx)
-	if n := slow.Prepared.Load(); n != 0 {
-		t.Fatalf("prepared after a single one-shot: %d", n)
-	}
+	prepared(0, "before any or after a single one-shot")
 	for range 20 {
 		if err := mac(providers.SHA256); err != nil {
 			t.Fatal(err)
 		}
 	}
-	s.Idle(ctx)
-	if n := slow.Prepared.Load(); n != 1 {
-		t.Fatalf("after one-shots on a quick device, Idle prepared %d times, want 1 before returning", n)
-	}
+	// Quick one-shots, but readying not yet measured.
+	gate := make(chan struct{})
+	idleReturns(gate, "first readying")
+	close(gate)
+	prepared(1, "first readying")
 	s.Idle(ctx)
 	if err := mac(providers.SHA1); err == nil {
 		t.Fatal("SHA-1 on a SHA-256 key succeeded")
 	}
 	s.Idle(ctx)
-	if n := slow.Prepared.Load(); n != 1 {
-		t.Errorf("prepared again with no new one-shot, or after a failed one: %d", n)
+	prepared(1, "with no new one-shot, or after a failed one")
+
+	// Readyings measured fast (the first one's time included the gate):
+	// then before Idle returns.
+	slow.PrepareGate = nil
+	for range 40 {
+		if err := mac(providers.SHA256); err != nil {
+			t.Fatal(err)
+		}
+		s.Idle(ctx)
+	}
+	prepared(41, "fast readyings")
+	if err := mac(providers.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	s.Idle(ctx)
+	if n := slow.Prepared.Load(); n != 42 {
+		t.Fatalf("quick device: Idle returned with %d readyings, want 42", n)
 	}
 
+	// A slow readying (20 ms, an eighth of which moves the average past
+	// a millisecond) sends the next off the reader, though one-shots are
+	// quick.
+	if err := mac(providers.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	slowGate := make(chan struct{})
+	slow.PrepareGate = slowGate
+	done := make(chan struct{})
+	go func() { s.Idle(ctx); close(done) }()
+	time.Sleep(20 * time.Millisecond)
+	close(slowGate)
+	<-done
+	if err := mac(providers.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	gate = make(chan struct{})
+	idleReturns(gate, "after a 20 ms readying")
+	close(gate)
+	prepared(44, "after a 20 ms readying")
+
+	// Slow one-shots: off the reader too.
 	slow.Delay = 5 * time.Millisecond
 	if err := mac(providers.SHA256); err != nil {
 		t.Fatal(err)
 	}
-	gate := make(chan struct{})
-	slow.PrepareGate = gate
-	idle := make(chan struct{})
-	go func() { s.Idle(ctx); close(idle) }()
-	select {
-	case <-idle:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Idle waited for a slow device to be prepared")
-	}
+	gate = make(chan struct{})
+	idleReturns(gate, "after a 5 ms one-shot")
 	close(gate)
-	for deadline := time.Now().Add(10 * time.Second); slow.Prepared.Load() != 2; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("a slow device was never prepared")
-		}
-	}
-	// A goroutine that may wait prepares before PrepareNext returns.
+	prepared(45, "after a 5 ms one-shot")
+
+	// A goroutine that may wait readies before PrepareNext returns.
 	if err := mac(providers.SHA256); err != nil {
 		t.Fatal(err)
 	}
 	s.PrepareNext(ctx)
-	if n := slow.Prepared.Load(); n != 3 {
-		t.Errorf("PrepareNext returned before preparing: %d", n)
+	if n := slow.Prepared.Load(); n != 46 {
+		t.Errorf("PrepareNext returned before readying: %d", n)
 	}
 }
