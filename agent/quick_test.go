@@ -98,9 +98,17 @@ func TestIdlePreparesForTheLastOneShot(t *testing.T) {
 			t.Fatalf("%s: prepared %d times, want %d", what, n, want)
 		}
 	}
-	// idleReturns runs Idle and fails if it waits for the gate.
-	idleReturns := func(gate chan struct{}, what string) {
+	mustMAC := func() {
 		t.Helper()
+		if err := mac(providers.SHA256); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// offReader runs Idle, fails if it waits for the device to be
+	// readied, and checks that the readying happens after all.
+	offReader := func(want int64, what string) {
+		t.Helper()
+		gate := make(chan struct{})
 		slow.PrepareGate = gate
 		done := make(chan struct{})
 		go func() { s.Idle(ctx); close(done) }()
@@ -109,24 +117,19 @@ func TestIdlePreparesForTheLastOneShot(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("%s: Idle waited for the device to be readied", what)
 		}
+		close(gate)
+		prepared(want, what)
 	}
 
 	s.Idle(ctx)
-	if err := mac(providers.SHA256); err != nil {
-		t.Fatal(err)
-	}
+	mustMAC()
 	s.Idle(ctx)
 	prepared(0, "before any or after a single one-shot")
 	for range 20 {
-		if err := mac(providers.SHA256); err != nil {
-			t.Fatal(err)
-		}
+		mustMAC()
 	}
 	// Quick one-shots, but readying not yet measured.
-	gate := make(chan struct{})
-	idleReturns(gate, "first readying")
-	close(gate)
-	prepared(1, "first readying")
+	offReader(1, "first readying")
 	s.Idle(ctx)
 	if err := mac(providers.SHA1); err == nil {
 		t.Fatal("SHA-1 on a SHA-256 key succeeded")
@@ -138,15 +141,11 @@ func TestIdlePreparesForTheLastOneShot(t *testing.T) {
 	// then before Idle returns.
 	slow.PrepareGate = nil
 	for range 40 {
-		if err := mac(providers.SHA256); err != nil {
-			t.Fatal(err)
-		}
+		mustMAC()
 		s.Idle(ctx)
 	}
 	prepared(41, "fast readyings")
-	if err := mac(providers.SHA256); err != nil {
-		t.Fatal(err)
-	}
+	mustMAC()
 	s.Idle(ctx)
 	if n := slow.Prepared.Load(); n != 42 {
 		t.Fatalf("quick device: Idle returned with %d readyings, want 42", n)
@@ -155,9 +154,7 @@ func TestIdlePreparesForTheLastOneShot(t *testing.T) {
 	// A slow readying (20 ms, an eighth of which moves the average past
 	// a millisecond) sends the next off the reader, though one-shots are
 	// quick.
-	if err := mac(providers.SHA256); err != nil {
-		t.Fatal(err)
-	}
+	mustMAC()
 	slowGate := make(chan struct{})
 	slow.PrepareGate = slowGate
 	done := make(chan struct{})
@@ -165,28 +162,16 @@ func TestIdlePreparesForTheLastOneShot(t *testing.T) {
 	time.Sleep(20 * time.Millisecond)
 	close(slowGate)
 	<-done
-	if err := mac(providers.SHA256); err != nil {
-		t.Fatal(err)
-	}
-	gate = make(chan struct{})
-	idleReturns(gate, "after a 20 ms readying")
-	close(gate)
-	prepared(44, "after a 20 ms readying")
+	mustMAC()
+	offReader(44, "after a 20 ms readying")
 
 	// Slow one-shots: off the reader too.
 	slow.Delay = 5 * time.Millisecond
-	if err := mac(providers.SHA256); err != nil {
-		t.Fatal(err)
-	}
-	gate = make(chan struct{})
-	idleReturns(gate, "after a 5 ms one-shot")
-	close(gate)
-	prepared(45, "after a 5 ms one-shot")
+	mustMAC()
+	offReader(45, "after a 5 ms one-shot")
 
 	// A goroutine that may wait readies before PrepareNext returns.
-	if err := mac(providers.SHA256); err != nil {
-		t.Fatal(err)
-	}
+	mustMAC()
 	s.PrepareNext(ctx)
 	if n := slow.Prepared.Load(); n != 46 {
 		t.Errorf("PrepareNext returned before readying: %d", n)

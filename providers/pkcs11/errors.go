@@ -47,6 +47,12 @@ func handleStale(err error) bool {
 
 func notLoggedIn(err error) bool { return rv(err) == p11.CKR_USER_NOT_LOGGED_IN }
 
+// signatureRejected reports whether the token answered a verification
+// with "wrong tag", which also ends the operation.
+func signatureRejected(err error) bool {
+	return rv(err) == p11.CKR_SIGNATURE_INVALID || rv(err) == p11.CKR_SIGNATURE_LEN_RANGE
+}
+
 // classify wraps a PKCS#11 error in the contract's sentinel, keeping the
 // return code reachable with errors.As for the log.
 func classify(op string, err error) error {

@@ -293,9 +293,3 @@ func (p *Provider) endOperation(pr *prepared) error {
 	}
 	return nil
 }
-
-// signatureRejected reports whether the token answered a verification
-// with "wrong tag", which also ends the operation.
-func signatureRejected(err error) bool {
-	return rv(err) == p11.CKR_SIGNATURE_INVALID || rv(err) == p11.CKR_SIGNATURE_LEN_RANGE
-}
