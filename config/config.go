@@ -47,6 +47,7 @@ type Limits struct {
 	MaxFrame                 int `toml:"max_frame"`
 	MaxConnections           int `toml:"max_connections"`
 	MaxInFlight              int `toml:"max_in_flight"`
+	MaxQueuedBytes           int `toml:"max_queued_bytes"`
 	MaxContextsPerConnection int `toml:"max_contexts_per_connection"`
 	MaxContexts              int `toml:"max_contexts"`
 	// IdleContextTimeout frees contexts unused this long ("10m" by
@@ -186,7 +187,7 @@ func (c *Config) Validate() error {
 	for field, v := range map[string]int{
 		"limits.max_frame": c.Limits.MaxFrame, "limits.max_connections": c.Limits.MaxConnections,
 		"limits.max_in_flight": c.Limits.MaxInFlight, "limits.max_contexts_per_connection": c.Limits.MaxContextsPerConnection,
-		"limits.max_contexts": c.Limits.MaxContexts,
+		"limits.max_contexts": c.Limits.MaxContexts, "limits.max_queued_bytes": c.Limits.MaxQueuedBytes,
 	} {
 		if v < 0 {
 			bad(field, "must not be negative")

@@ -25,6 +25,7 @@ socket = "/run/hmac-agent/agent.sock"
 shutdown_grace = "5s"
 [limits]
 max_contexts_per_connection = 100
+max_queued_bytes = 1048576
 [log]
 level = "debug"
 format = "json"
@@ -44,7 +45,7 @@ operations = ["verify"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.SocketPath() != "/run/hmac-agent/agent.sock" || c.ShutdownGrace.Seconds() != 5 || c.Limits.MaxContextsPerConnection != 100 {
+	if c.SocketPath() != "/run/hmac-agent/agent.sock" || c.ShutdownGrace.Seconds() != 5 || c.Limits.MaxContextsPerConnection != 100 || c.Limits.MaxQueuedBytes != 1<<20 {
 		t.Errorf("decoded %+v", c)
 	}
 	pol, err := c.Keys[0].Policy.Resolve()

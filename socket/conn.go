@@ -40,6 +40,7 @@ type conn struct {
 	werr error
 
 	inflight chan struct{} // a token per request running outside the reader
+	queued   *backlog      // the data of those requests
 	wg       sync.WaitGroup
 
 	qmu    sync.Mutex
@@ -61,6 +62,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		fr:       wire.NewFrameReader(bufio.NewReaderSize(nc, readBufferSize), s.limits.MaxFrame),
 		bw:       bufio.NewWriterSize(nc, writeBufferSize),
 		inflight: make(chan struct{}, s.limits.MaxInFlight),
+		queued:   newBacklog(s.limits.MaxQueuedBytes),
 		queues:   make(map[uint32]*queue),
 	}
 }
@@ -345,10 +347,17 @@ func (c *conn) releaseToken() {
 	c.wg.Done()
 }
 
+// held is how much of the backlog m counts for.
+func held(m *wire.Message) int {
+	return len(m.Data) + len(m.Tag) + len(m.Key) + len(m.Provider) + len(m.Wrapping)
+}
+
 func (c *conn) goAsync(m *wire.Message, run func(*wire.Message)) {
 	if !c.acquire(m) {
 		return
 	}
+	n := held(m)
+	c.queued.add(n, c.flush)
 	o, body := c.own(m)
 	go func() {
 		defer c.releaseToken()
@@ -356,6 +365,7 @@ func (c *conn) goAsync(m *wire.Message, run func(*wire.Message)) {
 		if body != nil {
 			wire.Recycle(body)
 		}
+		c.queued.done(n)
 		c.flush()
 		c.sess.PrepareNext(c.ctx)
 	}()
@@ -367,6 +377,8 @@ func (c *conn) enqueue(m *wire.Message) {
 	if !c.acquire(m) {
 		return
 	}
+	n := held(m)
+	c.queued.add(n, c.flush)
 	o, body := c.own(m)
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
@@ -381,6 +393,7 @@ func (c *conn) enqueue(m *wire.Message) {
 	}
 	q.ops = append(q.ops, func() {
 		err := c.contextOp(o, q, body)
+		c.queued.done(n)
 		c.qmu.Lock()
 		switch o.Type {
 		case wire.TypeOpen:

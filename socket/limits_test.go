@@ -3,6 +3,8 @@ package socket_test
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"errors"
 	"net"
 	"os"
@@ -205,5 +207,84 @@ func TestShutdownFinishesRequestsInFlight(t *testing.T) {
 	}
 	if _, err := net.Dial("unix", a.Path); err == nil {
 		t.Error("new connections are still accepted after Shutdown")
+	}
+}
+
+// TestQueuedBytesLimit: a client streaming faster than its device is held
+// to max_queued_bytes, the reader resumes only once half has drained, and
+// the whole stream still arrives.
+func TestQueuedBytesLimit(t *testing.T) {
+	gate := make(chan struct{})
+	slow := &agenttest.SlowProvider{Secret: testSecret, UpdateGate: gate}
+	const limit, part, parts = 64 << 10, 16 << 10, 64
+	a := start(t, agenttest.Options{Providers: []providers.Provider{slow}, SocketLimits: socket.Limits{MaxQueuedBytes: limit}})
+	r := dialRaw(t, a.Path, true)
+	r.send(wire.Message{Type: wire.TypeOpen, ID: 1, Context: 1, Algorithm: uint8(providers.SHA256), Key: []byte("slow-key")})
+	if m := r.recv(); m.Type != wire.TypeOK || m.ID != 1 {
+		t.Fatalf("OPEN reply %s id=%d %q", m.Type, m.ID, m.Data)
+	}
+	var stream []byte
+	data := make([]byte, part)
+	for i := range parts {
+		data[0] = byte(i)
+		stream, _ = (&wire.Message{Type: wire.TypeUpdate, ID: uint32(2 + i), Context: 1, Data: data}).Append(stream)
+	}
+	stream, _ = (&wire.Message{Type: wire.TypeFinalize, ID: 100, Context: 1}).Append(stream)
+	written := make(chan error, 1)
+	go func() {
+		_, err := r.nc.Write(stream) // 1 MiB: more than the socket buffers and the limit hold
+		written <- err
+	}()
+
+	// The first UPDATE waits at the gate; the reader fills the backlog
+	// and stops.
+	deadline := time.Now().Add(5 * time.Second)
+	for a.Server.QueuedBytes() < limit-part && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := a.Server.QueuedBytes(); n != limit {
+		t.Fatalf("%d bytes queued behind a held device, want %d", n, limit)
+	}
+	select {
+	case err := <-written:
+		t.Fatalf("the client wrote 1 MiB while the device held its first update (%v)", err)
+	default:
+	}
+
+	// One update done leaves the backlog above half: the reader stays
+	// put, rather than waking for every frame.
+	gate <- struct{}{}
+	time.Sleep(100 * time.Millisecond)
+	if n := a.Server.QueuedBytes(); n != limit-part {
+		t.Fatalf("%d bytes queued after one update of %d finished, want %d", n, limit, limit-part)
+	}
+
+	most := 0
+	close(gate)
+	for done := false; !done; {
+		most = max(most, a.Server.QueuedBytes())
+		select {
+		case err := <-written:
+			if err != nil {
+				t.Fatal(err)
+			}
+			done = true
+		case <-time.After(time.Millisecond):
+		}
+	}
+	if most > limit {
+		t.Errorf("%d bytes queued while draining, limit %d", most, limit)
+	}
+	want := hmac.New(sha256.New, testSecret)
+	for i := range parts {
+		data[0] = byte(i)
+		want.Write(data)
+	}
+	if m := r.recv(); m.Type != wire.TypeTag || m.ID != 100 || !bytes.Equal(m.Tag, want.Sum(nil)) {
+		t.Fatalf("FINALIZE reply %s id=%d %x %q", m.Type, m.ID, m.Tag, m.Data)
+	}
+	if n := a.Server.QueuedBytes(); n != 0 {
+		t.Errorf("%d bytes still queued after the stream", n)
 	}
 }

@@ -21,6 +21,9 @@ type Limits struct {
 	// MaxInFlight bounds requests of one connection that run outside its
 	// reader (on providers that may wait).
 	MaxInFlight int
+	// MaxQueuedBytes bounds the data of those requests: past it the
+	// reader stops reading until half has drained.
+	MaxQueuedBytes int
 	// MaxConnections bounds open connections; one more is told so and
 	// closed.
 	MaxConnections int
@@ -30,6 +33,7 @@ type Limits struct {
 var DefaultLimits = Limits{
 	MaxFrame:       wire.DefaultMaxFrame,
 	MaxInFlight:    256,
+	MaxQueuedBytes: 4 << 20,
 	MaxConnections: 1024,
 }
 
@@ -55,6 +59,9 @@ func NewServer(a *agent.Agent, limits Limits, log *slog.Logger) *Server {
 	limits.MaxFrame = max(limits.MaxFrame, wire.MinMaxFrame)
 	if limits.MaxInFlight <= 0 {
 		limits.MaxInFlight = DefaultLimits.MaxInFlight
+	}
+	if limits.MaxQueuedBytes <= 0 {
+		limits.MaxQueuedBytes = DefaultLimits.MaxQueuedBytes
 	}
 	if limits.MaxConnections <= 0 {
 		limits.MaxConnections = DefaultLimits.MaxConnections
@@ -166,6 +173,18 @@ func (s *Server) Connections() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.conns)
+}
+
+// QueuedBytes is the request data connections hold for requests running
+// outside their readers.
+func (s *Server) QueuedBytes() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for c := range s.conns {
+		n += c.queued.bytes()
+	}
+	return n
 }
 
 // Shutdown stops accepting, lets every connection finish the requests it

@@ -115,6 +115,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 	srv := socket.NewServer(a, socket.Limits{
 		MaxFrame:       cfg.Limits.MaxFrame,
 		MaxInFlight:    cfg.Limits.MaxInFlight,
+		MaxQueuedBytes: cfg.Limits.MaxQueuedBytes,
 		MaxConnections: cfg.Limits.MaxConnections,
 	}, log)
 

@@ -25,6 +25,9 @@ type SlowProvider struct {
 	// to close if it is set.
 	Prepared    atomic.Int64
 	PrepareGate chan struct{}
+	// UpdateGate, if set, holds each Update until it receives a value
+	// (or the channel is closed).
+	UpdateGate chan struct{}
 }
 
 // Busy reports Occupied, as a device reports a call running.
@@ -71,6 +74,9 @@ func (m *slowMAC) Algorithm() providers.Algorithm { return providers.SHA256 }
 func (m *slowMAC) Update(_ context.Context, b []byte) error {
 	if m.h == nil {
 		return providers.ErrAlreadyFinalized
+	}
+	if m.p.UpdateGate != nil {
+		<-m.p.UpdateGate
 	}
 	if string(b) == "fail" {
 		return fmt.Errorf("%w: %w", providers.ErrUnavailable, errDevice)

@@ -126,13 +126,17 @@ func name(metric string, labels ...string) string {
 var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
 
 // Server is what the metrics read from the socket server.
-type Server interface{ Connections() int }
+type Server interface {
+	Connections() int
+	QueuedBytes() int
+}
 
 // Watch adds values read at each scrape from the agent, the server and the
 // agent's providers.
 func (m *Metrics) Watch(a *agent.Agent, srv Server) {
 	m.set.RegisterMetricsWriter(func(w io.Writer) {
 		vm.WriteGaugeUint64(w, "hmac_agent_connections", uint64(srv.Connections()))
+		vm.WriteGaugeUint64(w, "hmac_agent_queued_bytes", uint64(srv.QueuedBytes()))
 		vm.WriteGaugeUint64(w, "hmac_agent_contexts", uint64(a.Status(context.Background()).Contexts))
 	})
 	for _, p := range a.Providers() {

@@ -42,6 +42,7 @@ func TestMetrics(t *testing.T) {
 		`hmac_agent_bytes_total{key="k"} 100`,
 		`hmac_agent_operation_duration_seconds_count{operation="mac"} 1`,
 		`hmac_agent_connections 1`,
+		`hmac_agent_queued_bytes 0`,
 		`hmac_agent_contexts 1`,
 		`hmac_agent_provider_up{kind="software",provider="soft"} 1`,
 		"# TYPE hmac_agent_operations_total counter",
