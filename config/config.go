@@ -87,6 +87,9 @@ type Provider struct {
 	// PreparedSessions: sessions kept with C_SignInit or C_VerifyInit
 	// done for the next one-shot (0: half of sessions; -1: none).
 	PreparedSessions int `toml:"prepared_sessions"`
+	// SessionKeyCopies: keys used through session-object copies (default
+	// true).
+	SessionKeyCopies *bool `toml:"session_key_copies"`
 
 	// tpm
 	Device   string `toml:"device"`    // /dev/tpmrm0, unix:/path or tcp:host:port

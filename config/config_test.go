@@ -33,6 +33,13 @@ format = "json"
 name = "soft"
 type = "software"
 path = "/var/lib/hmac-agent/keys"
+[[provider]]
+name = "hsm"
+type = "pkcs11"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token = "agent"
+pin_env = "PIN"
+session_key_copies = false
 [[key]]
 name = "webhook"
 provider = "soft"
@@ -47,6 +54,9 @@ operations = ["verify"]
 	}
 	if c.SocketPath() != "/run/hmac-agent/agent.sock" || c.ShutdownGrace.Seconds() != 5 || c.Limits.MaxContextsPerConnection != 100 || c.Limits.MaxQueuedBytes != 1<<20 {
 		t.Errorf("decoded %+v", c)
+	}
+	if len(c.Providers) != 2 || c.Providers[0].SessionKeyCopies != nil || c.Providers[1].SessionKeyCopies == nil || *c.Providers[1].SessionKeyCopies {
+		t.Errorf("session_key_copies decoded as %+v", c.Providers)
 	}
 	pol, err := c.Keys[0].Policy.Resolve()
 	if err != nil {

@@ -305,6 +305,7 @@ func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (pr
 			Name: pc.Name, Module: pc.Module, TokenLabel: pc.TokenLabel, TokenSerial: pc.TokenSerial,
 			PIN: pin, Sessions: pc.Sessions, SessionWait: pc.SessionWait.Duration, MaxCopyBytes: pc.MaxCopyBytes,
 			PreparedSessions: pc.PreparedSessions,
+			NoKeyCopies:      pc.SessionKeyCopies != nil && !*pc.SessionKeyCopies,
 		})
 		if err != nil {
 			return nil, err

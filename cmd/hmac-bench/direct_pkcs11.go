@@ -42,7 +42,7 @@ func openPKCS11Direct(tok *softhsm.Token) (*pkcs11Direct, error) {
 		if err := ctx.Login(s, p11.CKU_USER, tok.PIN); err != nil && !strings.Contains(err.Error(), "ALREADY_LOGGED_IN") {
 			return nil, err
 		}
-		if err := ctx.FindObjectsInit(s, []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, benchenv.PKCS11Key)}); err != nil {
+		if err := ctx.FindObjectsInit(s, []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, benchenv.PKCS11Key), p11.NewAttribute(p11.CKA_TOKEN, true)}); err != nil {
 			return nil, err
 		}
 		hs, _, err := ctx.FindObjects(s, 1)

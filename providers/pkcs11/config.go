@@ -28,6 +28,9 @@ type Config struct {
 	// PreparedSessions bounds the sessions kept with C_SignInit or
 	// C_VerifyInit done for the next one-shot (default half of Sessions; negative: none).
 	PreparedSessions int
+	// NoKeyCopies keeps keys from being copied into session objects for
+	// speed (copies.go).
+	NoKeyCopies bool
 }
 
 // Defaults for zero Config fields.
@@ -76,4 +79,5 @@ type SessionStats struct {
 	Prepared int    // held with an init call done for a one-shot
 	Waits    uint64 // requests that had to wait for a session
 	Used     uint64 // one-shots run on a prepared session
+	Copies   int    // keys' session copies alive
 }

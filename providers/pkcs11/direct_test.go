@@ -51,7 +51,7 @@ func direct(t testing.TB, tok *softhsm.Token) *directToken {
 
 func (d *directToken) find(label string) p11.ObjectHandle {
 	d.t.Helper()
-	if err := d.ctx.FindObjectsInit(d.s, []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, label)}); err != nil {
+	if err := d.ctx.FindObjectsInit(d.s, []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, label), p11.NewAttribute(p11.CKA_TOKEN, true)}); err != nil {
 		d.t.Fatal(err)
 	}
 	hs, _, err := d.ctx.FindObjects(d.s, 1)

@@ -7,12 +7,12 @@ import (
 	"time"
 )
 
-// SetPreparedMaxAge shortens how long a prepared operation may sign, for
-// the test's duration.
-func SetPreparedMaxAge(t testing.TB, d time.Duration) {
-	old := preparedMaxAge
-	preparedMaxAge = d
-	t.Cleanup(func() { preparedMaxAge = old })
+// SetStaleAfter shortens how long a prepared operation or a key's session
+// copy is used unchecked, for the test's duration.
+func SetStaleAfter(t testing.TB, d time.Duration) {
+	old := staleAfter
+	staleAfter = d
+	t.Cleanup(func() { staleAfter = old })
 }
 
 // Prepared counts the operations prepared or being prepared.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 
@@ -25,15 +26,22 @@ type key struct {
 	mu     sync.Mutex
 	handle p11.ObjectHandle
 	gen    uint64 // the login the handle was found under; 0: not found
+	// copy is the key's session copy (copies.go), 0 if none; copyAttrs
+	// are the original's checked attributes when copied, checked when
+	// the original was last seen unchanged.
+	copy      p11.ObjectHandle
+	copyAttrs []byte
+	checked   time.Time
 }
 
 var (
 	_ providers.Key = (*key)(nil)
 )
 
-// template is the search template for the key.
+// template is the search template for the key: a token object, never one
+// of the agent's session copies.
 func (k *key) template() []*p11.Attribute {
-	t := []*p11.Attribute{p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY)}
+	t := []*p11.Attribute{p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY), p11.NewAttribute(p11.CKA_TOKEN, true)}
 	if k.label != "" {
 		t = append(t, p11.NewAttribute(p11.CKA_LABEL, k.label))
 	}
@@ -43,11 +51,36 @@ func (k *key) template() []*p11.Attribute {
 	return t
 }
 
-// objectHandle returns the key's handle, finding it again when the login
-// changed since it was found.
+// objectHandle returns the handle operations use: the key's session copy,
+// made on first use, or else the token object.
 func (k *key) objectHandle(s *session) (p11.ObjectHandle, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if c, err := k.usableCopy(s); c != 0 || err != nil {
+		return c, err
+	}
+	h, err := k.tokenHandleLocked(s)
+	if err != nil {
+		return 0, err
+	}
+	if k.copy, k.copyAttrs = k.p.copyKey(s, h); k.copy != 0 {
+		k.checked = time.Now()
+		return k.copy, nil
+	}
+	return h, nil
+}
+
+// tokenHandle returns the token object's handle: for looking at or
+// deleting the key itself.
+func (k *key) tokenHandle(s *session) (p11.ObjectHandle, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.tokenHandleLocked(s)
+}
+
+// tokenHandleLocked finds the token object again when the login changed
+// since it was found. k.mu is held.
+func (k *key) tokenHandleLocked(s *session) (p11.ObjectHandle, error) {
 	gen := k.p.gen.Load()
 	if k.gen == gen {
 		return k.handle, nil
@@ -72,9 +105,11 @@ func (k *key) objectHandle(s *session) (p11.ObjectHandle, error) {
 	return k.handle, nil
 }
 
+// forget drops the handle and destroys the copy. The caller holds enter().
 func (k *key) forget() {
 	k.mu.Lock()
 	k.gen = 0
+	k.dropCopy()
 	k.mu.Unlock()
 }
 
@@ -154,7 +189,7 @@ func (p *Provider) Key(ctx context.Context, ref string) (providers.Key, error) {
 	}
 	k = &key{p: p, name: ref, label: label, id: id}
 	err = p.withSession(ctx, func(s *session) error {
-		h, err := k.objectHandle(s)
+		h, err := k.tokenHandle(s)
 		if err != nil {
 			return err
 		}
@@ -216,6 +251,7 @@ func (p *Provider) Keys(ctx context.Context) ([]providers.KeyInfo, error) {
 		infos = infos[:0]
 		hs, err := findObjects(p.ctx, s, []*p11.Attribute{
 			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+			p11.NewAttribute(p11.CKA_TOKEN, true),
 			p11.NewAttribute(p11.CKA_SIGN, true),
 		}, 10000)
 		if err != nil {
@@ -283,6 +319,7 @@ func (p *Provider) create(ctx context.Context, name string, make func(s *session
 	err := p.withSession(ctx, func(s *session) error {
 		hs, err := findObjects(p.ctx, s, []*p11.Attribute{
 			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+			p11.NewAttribute(p11.CKA_TOKEN, true),
 			p11.NewAttribute(p11.CKA_LABEL, name),
 		}, 1)
 		if err != nil {
@@ -372,7 +409,7 @@ func (p *Provider) ImportWrappedKey(ctx context.Context, name, wrappingKey strin
 	}
 	wk := &key{p: p, name: wrappingKey, label: label, id: id}
 	return p.create(ctx, name, func(s *session) error {
-		h, err := wk.objectHandle(s)
+		h, err := wk.tokenHandle(s)
 		if err != nil {
 			return err
 		}
@@ -389,20 +426,23 @@ func (p *Provider) DeleteKey(ctx context.Context, ref string) error {
 		return err
 	}
 	k := &key{p: p, name: ref, label: label, id: id}
+	var deleted p11.ObjectHandle
 	err = p.withSession(ctx, func(s *session) error {
-		h, err := k.objectHandle(s)
+		h, err := k.tokenHandle(s)
 		if err != nil {
 			return err
 		}
+		deleted = h
 		return p.ctx.DestroyObject(s.h, h)
 	})
-	p.forgetKey(ref)
 	// Another name may reach the same object: drop every prepared
-	// operation, not only this name's.
+	// operation, and the copies of whatever reached it.
 	if p.enter() == nil {
 		p.dropPrepared()
+		p.forgetObject(ref, deleted)
 		p.leave()
 	}
+	p.forgetKey(ref)
 	if err != nil && rv(err) != 0 {
 		return classify("delete key "+ref, err)
 	}

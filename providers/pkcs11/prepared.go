@@ -21,12 +21,14 @@ import (
 //
 // A prepared operation has the key loaded, so a key deleted from the token
 // by another program could still be used through it. It is used only
-// within preparedMaxAge of its init call, dropped when the agent deletes a
+// within staleAfter of its init call, dropped when the agent deletes a
 // key or logs in again, and never kept past Close.
 
-// preparedMaxAge bounds how long after its init call a prepared session
-// may be used. A variable for tests.
-var preparedMaxAge = 200 * time.Millisecond
+// staleAfter bounds how long the agent may go on using what it holds of a
+// key without asking the token whether the key is still there: a prepared
+// session after its init call, a session copy after its last check. A
+// variable for tests.
+var staleAfter = 200 * time.Millisecond
 
 // operation is what a session is prepared for.
 type operation struct {
@@ -105,7 +107,7 @@ func (p *Provider) reservePrepared(op operation) *prepared {
 	p.prep = append(p.prep, pr)
 	if !p.reaping {
 		p.reaping = true
-		time.AfterFunc(preparedMaxAge, p.reapPrepared)
+		time.AfterFunc(staleAfter, p.reapPrepared)
 	}
 	return pr
 }
@@ -205,7 +207,7 @@ func (p *Provider) dropExpiredLocked(now time.Time) {
 		if !pr.done { // being readied
 			return false
 		}
-		if p.current(pr) && now.Sub(pr.at) < preparedMaxAge {
+		if p.current(pr) && now.Sub(pr.at) < staleAfter {
 			return false
 		}
 		p.cancelPrepared(pr)
@@ -228,7 +230,7 @@ func (p *Provider) reapPrepared() {
 		p.reaping = false
 		return
 	}
-	time.AfterFunc(preparedMaxAge, p.reapPrepared)
+	time.AfterFunc(staleAfter, p.reapPrepared)
 }
 
 // dropPrepared makes every operation prepared so far unusable, as after a

@@ -122,7 +122,7 @@ func TestPreparedDroppedOnDelete(t *testing.T) {
 // one-shots stop.
 func TestPreparedExpire(t *testing.T) {
 	maxAge := 20 * time.Millisecond
-	pkcs11.SetPreparedMaxAge(t, maxAge)
+	pkcs11.SetStaleAfter(t, maxAge)
 	p, _ := newToken(t, nil)
 	keys := preparedKeys(t, p, map[string][]byte{"a": []byte("expiring")})
 	keys["a"].Prepare(context.Background(), providers.SHA256, false)
@@ -300,7 +300,7 @@ func TestPreparedVerify(t *testing.T) {
 // sessions fit for anything.
 func TestPreparedVerifyCancelled(t *testing.T) {
 	maxAge := 20 * time.Millisecond
-	pkcs11.SetPreparedMaxAge(t, maxAge)
+	pkcs11.SetStaleAfter(t, maxAge)
 	p, _ := newToken(t, func(c *pkcs11.Config) { c.Sessions = 2; c.PreparedSessions = 1; c.BufferBytes = 16 })
 	secret := []byte("cancelled-verify")
 	keys := preparedKeys(t, p, map[string][]byte{"a": secret})

@@ -63,6 +63,14 @@ type Provider struct {
 	keysMu sync.Mutex
 	keys   map[string]*key // by reference (name or URI)
 
+	// copyMu guards copySess, the session that holds keys' session
+	// copies (copies.go).
+	copyMu   sync.Mutex
+	copySess p11.SessionHandle
+	copyOpen bool
+	copies   atomic.Int64 // copies alive
+	noCopies atomic.Bool  // configured off, or the token cannot copy keys
+
 	// noOpState is set once the token says it cannot save operation
 	// state; Copy then always replays.
 	noOpState atomic.Bool
@@ -88,6 +96,7 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 		return nil, err
 	}
 	p := &Provider{cfg: cfg, mod: mod, ctx: mod.ctx, keys: map[string]*key{}}
+	p.noCopies.Store(cfg.NoKeyCopies)
 	p.cfg.PIN = bytes.Clone(cfg.PIN)
 	if err := p.findToken(); err != nil {
 		mod.release()
@@ -247,11 +256,7 @@ func (p *Provider) recover(err error) bool {
 		return true
 	case handleStale(err):
 		p.dropPrepared()
-		p.keysMu.Lock()
-		for _, k := range p.keys {
-			k.forget()
-		}
-		p.keysMu.Unlock()
+		p.forgetAll()
 		return true
 	}
 	return false
@@ -284,6 +289,7 @@ func (p *Provider) Sessions() SessionStats {
 		Prepared: prepared,
 		Waits:    p.pool.waits.Load(),
 		Used:     p.prepUsed.Load(),
+		Copies:   int(p.copies.Load()),
 	}
 }
 
@@ -317,6 +323,9 @@ func (p *Provider) Close() error {
 	p.prepMu.Lock()
 	p.prep = nil
 	p.prepMu.Unlock()
+	p.copyMu.Lock()
+	p.closeCopiesLocked()
+	p.copyMu.Unlock()
 	p.pool.closeAll()
 	clear(p.cfg.PIN)
 	p.mod.release()

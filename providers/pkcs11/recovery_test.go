@@ -121,14 +121,17 @@ func TestRecoverLogout(t *testing.T) {
 }
 
 // A key another program deletes stops signing: at once without prepared
-// sessions, else once the operations prepared before the deletion have
-// expired.
+// sessions or session copies, else within staleAfter.
 func TestKeyDeletedUnderneath(t *testing.T) {
-	for _, prepared := range []int{-1, 0} {
-		t.Run(fmt.Sprintf("prepared_sessions=%d", prepared), func(t *testing.T) {
+	for _, tc := range []struct {
+		prepared int
+		copies   bool
+	}{{-1, false}, {0, false}, {-1, true}, {0, true}} {
+		t.Run(fmt.Sprintf("prepared_sessions=%d,session_key_copies=%v", tc.prepared, tc.copies), func(t *testing.T) {
+			prepared := tc.prepared
 			maxAge := 20 * time.Millisecond
-			pkcs11.SetPreparedMaxAge(t, maxAge)
-			r := newRecoveryRigWith(t, func(c *pkcs11.Config) { c.PreparedSessions = prepared })
+			pkcs11.SetStaleAfter(t, maxAge)
+			r := newRecoveryRigWith(t, func(c *pkcs11.Config) { c.PreparedSessions, c.NoKeyCopies = prepared, !tc.copies })
 			if prepared >= 0 {
 				// An operation prepared for b before it goes.
 				for range 2 {
@@ -141,7 +144,7 @@ func TestKeyDeletedUnderneath(t *testing.T) {
 			if err := r.d.ctx.DestroyObject(r.d.s, r.d.find("b")); err != nil {
 				t.Fatal(err)
 			}
-			if prepared >= 0 {
+			if prepared >= 0 || tc.copies {
 				time.Sleep(2 * maxAge)
 			}
 			if _, err := r.c.MAC(context.Background(), "b", client.SHA256, nil); !errors.Is(err, client.ErrKeyNotFound) {
@@ -209,6 +212,7 @@ func TestSessionMetrics(t *testing.T) {
 		`hmac_agent_pkcs11_session_waits_total{kind="pkcs11",provider="hsm"} 0`,
 		`hmac_agent_provider_up{kind="pkcs11",provider="hsm"} 1`,
 		`hmac_agent_pkcs11_prepared_used_total{kind="pkcs11",provider="hsm"} 1`,
+		`hmac_agent_pkcs11_key_copies{kind="pkcs11",provider="hsm"} 1`,
 		`hmac_agent_operations_total{key="k",operation="mac",result="ok"} 3`,
 	} {
 		if !strings.Contains(rec.Body.String(), want) {

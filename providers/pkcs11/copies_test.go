@@ -1,0 +1,191 @@
+//go:build cgo
+
+package pkcs11_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os/exec"
+	"testing"
+	"time"
+
+	p11 "github.com/miekg/pkcs11"
+
+	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
+	"github.com/hmac-agent/hmac-agent/internal/softhsm"
+	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
+)
+
+// copiesRig is an agent on a token whose key "k" the tests change past
+// the agent.
+type copiesRig struct {
+	p      *pkcs11.Provider
+	tok    *softhsm.Token
+	c      *client.Client
+	d      *directToken
+	secret []byte
+}
+
+func newCopiesRig(t *testing.T, tweak func(*pkcs11.Config)) *copiesRig {
+	t.Helper()
+	p, tok := newToken(t, tweak)
+	ctx := context.Background()
+	r := &copiesRig{p: p, tok: tok, secret: []byte("session-copy-key"), d: direct(t, tok)}
+	if _, err := p.ImportKey(ctx, "k", r.secret); err != nil {
+		t.Fatal(err)
+	}
+	a := agenttest.Start(t, agenttest.Options{Providers: []providers.Provider{p}})
+	c, err := client.Dial(ctx, a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	r.c = c
+	return r
+}
+
+// mac checks a MAC and a VerifyMAC of k against the reference.
+func (r *copiesRig) mac(t *testing.T, what string) {
+	t.Helper()
+	ctx := context.Background()
+	want := reference(providers.SHA256, r.secret, []byte(what))
+	tag, err := r.c.MAC(ctx, "k", client.SHA256, []byte(what))
+	if err != nil || !bytes.Equal(tag, want) {
+		t.Fatalf("%s: MAC %x %v, want %x", what, tag, err, want)
+	}
+	if err := r.c.VerifyMAC(ctx, "k", client.SHA256, []byte(what), want); err != nil {
+		t.Fatalf("%s: VerifyMAC: %v", what, err)
+	}
+}
+
+func (r *copiesRig) copies() int { return r.p.Sessions().Copies }
+
+// TestSessionCopies: a key in use gets one session copy, invisible to
+// lookups and listings; a change to the original's CKA_SIGN made past the
+// agent takes effect within staleAfter; deleting through the agent
+// destroys the copy at once.
+func TestSessionCopies(t *testing.T) {
+	staleAfter := 20 * time.Millisecond
+	pkcs11.SetStaleAfter(t, staleAfter)
+	r := newCopiesRig(t, nil)
+	ctx := context.Background()
+	for range 3 {
+		r.mac(t, "first")
+	}
+	if n := r.copies(); n != 1 {
+		t.Fatalf("%d session copies after using one key, want 1", n)
+	}
+	keys, err := r.c.Keys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := countKey(keys, "k"); n != 1 {
+		t.Errorf("key k listed %d times with a session copy, want once", n)
+	}
+
+	orig := r.d.find("k") // fails on more than one token object
+	if err := r.d.ctx.SetAttributeValue(r.d.s, orig, []*p11.Attribute{p11.NewAttribute(p11.CKA_SIGN, false)}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * staleAfter)
+	if _, err := r.c.MAC(ctx, "k", client.SHA256, []byte("refused")); err == nil {
+		t.Error("MAC still signs with a key whose CKA_SIGN was turned off")
+	}
+	if err := r.d.ctx.SetAttributeValue(r.d.s, orig, []*p11.Attribute{p11.NewAttribute(p11.CKA_SIGN, true)}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * staleAfter)
+	r.mac(t, "allowed again")
+	if n := r.copies(); n != 1 {
+		t.Errorf("%d session copies after the original changed twice, want 1", n)
+	}
+
+	if err := r.c.DeleteKey(ctx, "hsm", "k"); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.copies(); n != 0 {
+		t.Errorf("%d session copies after deleting the key, want 0", n)
+	}
+	if _, err := r.c.MAC(ctx, "k", client.SHA256, nil); !errors.Is(err, client.ErrKeyNotFound) {
+		t.Errorf("MAC right after deleting through the agent: %v, want ErrKeyNotFound", err)
+	}
+}
+
+func countKey(keys []client.KeyInfo, name string) int {
+	n := 0
+	for _, k := range keys {
+		if k.Name == name {
+			n++
+		}
+	}
+	return n
+}
+
+// TestSessionCopyOfKeyDeletedByAnotherProcess: pkcs11-tool, a process of
+// its own, deletes the key; the agent's copy stops signing within
+// staleAfter.
+func TestSessionCopyOfKeyDeletedByAnotherProcess(t *testing.T) {
+	if _, err := exec.LookPath("pkcs11-tool"); err != nil {
+		t.Fatalf("pkcs11-tool (Debian package opensc) is needed: %v", err)
+	}
+	staleAfter := 50 * time.Millisecond
+	pkcs11.SetStaleAfter(t, staleAfter)
+	r := newCopiesRig(t, nil)
+	r.mac(t, "before")
+	out, err := exec.Command("pkcs11-tool", "--module", softhsm.Module, "--token-label", r.tok.Label, "--login", "--pin", r.tok.PIN,
+		"--delete-object", "--type", "secrkey", "--label", "k").CombinedOutput()
+	if err != nil {
+		t.Fatalf("pkcs11-tool: %v: %s", err, out)
+	}
+	time.Sleep(2 * staleAfter)
+	if _, err := r.c.MAC(context.Background(), "k", client.SHA256, nil); !errors.Is(err, client.ErrKeyNotFound) {
+		t.Errorf("MAC with a key another process deleted: %v, want ErrKeyNotFound", err)
+	}
+	if n := r.copies(); n != 0 {
+		t.Errorf("%d session copies of a deleted key, want 0", n)
+	}
+}
+
+// TestNoSessionCopies: keys the token may not copy (CKA_COPYABLE false),
+// and every key with copies turned off, are used as they are.
+func TestNoSessionCopies(t *testing.T) {
+	t.Run("not copyable", func(t *testing.T) {
+		r := newCopiesRig(t, nil)
+		secret := []byte("a key that stays put")
+		if _, err := r.d.ctx.CreateObject(r.d.s, []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+			p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_GENERIC_SECRET),
+			p11.NewAttribute(p11.CKA_TOKEN, true),
+			p11.NewAttribute(p11.CKA_PRIVATE, true),
+			p11.NewAttribute(p11.CKA_SENSITIVE, true),
+			p11.NewAttribute(p11.CKA_SIGN, true),
+			p11.NewAttribute(p11.CKA_VERIFY, true),
+			p11.NewAttribute(p11.CKA_COPYABLE, false),
+			p11.NewAttribute(p11.CKA_LABEL, "fixed"),
+			p11.NewAttribute(p11.CKA_VALUE, append(secret, make([]byte, 64-len(secret))...)),
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			tag, err := r.c.MAC(context.Background(), "fixed", client.SHA256, []byte("m"))
+			if err != nil || !bytes.Equal(tag, reference(providers.SHA256, secret, []byte("m"))) {
+				t.Fatalf("MAC with an uncopyable key: %x %v", tag, err)
+			}
+		}
+		if n := r.copies(); n != 0 {
+			t.Errorf("%d session copies of an uncopyable key", n)
+		}
+	})
+	t.Run("session_key_copies=false", func(t *testing.T) {
+		r := newCopiesRig(t, func(c *pkcs11.Config) { c.NoKeyCopies = true })
+		for range 3 {
+			r.mac(t, "uncopied")
+		}
+		if n := r.copies(); n != 0 {
+			t.Errorf("%d session copies with copies turned off", n)
+		}
+	})
+}
