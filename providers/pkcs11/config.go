@@ -79,5 +79,5 @@ type SessionStats struct {
 	Prepared int    // held with an init call done for a one-shot
 	Waits    uint64 // requests that had to wait for a session
 	Used     uint64 // one-shots run on a prepared session
-	Copies   int    // keys' session copies alive
+	Copies   int    // keys' session copies held
 }

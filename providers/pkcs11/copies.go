@@ -86,15 +86,14 @@ func checkedValues(ctx *p11.Ctx, s *session, h p11.ObjectHandle) ([]byte, error)
 	return b, nil
 }
 
-// destroyCopy destroys a session copy. It may already be gone with its
-// session; either way it is not used again.
+// destroyCopy destroys a session copy. It may already be gone (with its
+// session, or a logout); either way it is not used again.
 func (p *Provider) destroyCopy(c p11.ObjectHandle) {
 	p.copyMu.Lock()
 	defer p.copyMu.Unlock()
 	if p.copyOpen {
-		if p.ctx.DestroyObject(p.copySess, c) == nil {
-			p.copies.Add(-1)
-		}
+		p.ctx.DestroyObject(p.copySess, c)
+		p.copies.Add(-1)
 	}
 }
 

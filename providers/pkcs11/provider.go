@@ -68,7 +68,7 @@ type Provider struct {
 	copyMu   sync.Mutex
 	copySess p11.SessionHandle
 	copyOpen bool
-	copies   atomic.Int64 // copies alive
+	copies   atomic.Int64 // copies held
 	noCopies atomic.Bool  // configured off, or the token cannot copy keys
 
 	// noOpState is set once the token says it cannot save operation
