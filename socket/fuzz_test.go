@@ -20,8 +20,9 @@ import (
 
 // fuzzServer starts one agent for the whole fuzzing run (one per fuzzing
 // worker process), with a software key "k" and a slow device key, so both
-// the inline and the queued handlers are reached. It is stopped and its
-// files removed when the fuzz target ends.
+// the inline and the queued handlers are reached, and a backlog small
+// enough that the reader waits for it. It is stopped and its files
+// removed when the fuzz target ends.
 func fuzzServer(f *testing.F) *socket.Server {
 	dir, err := os.MkdirTemp("", "hmac-agent-fuzz-")
 	if err != nil {
@@ -29,7 +30,7 @@ func fuzzServer(f *testing.F) *socket.Server {
 	}
 	slow := &agenttest.SlowProvider{Secret: testSecret}
 	a, stop, err := agenttest.Run(filepath.Join(dir, "keys"), filepath.Join(dir, "agent.sock"),
-		agenttest.Options{Providers: []providers.Provider{slow}})
+		agenttest.Options{Providers: []providers.Provider{slow}, SocketLimits: socket.Limits{MaxQueuedBytes: 256}})
 	if err != nil {
 		os.RemoveAll(dir)
 		f.Fatal(err)
