@@ -2,6 +2,8 @@ package main
 
 import (
 	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,6 +50,40 @@ func TestEveryFigureIsMeasured(t *testing.T) {
 	for _, name := range names {
 		if v := r.median(name); v <= 0 {
 			t.Errorf("%s: %v", name, v)
+		}
+	}
+}
+
+// TestCompare runs -compare briefly, the same build against itself, and
+// checks that each figure has a ratio for both. It times nothing. It runs
+// in a process of its own: SoftHSM2 reads its configuration once per
+// process, and the whole bench's run has removed the one this process had.
+func TestCompare(t *testing.T) {
+	if err := softhsm.Available(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI is set and SoftHSM2 is missing: %v", err)
+		}
+		t.Skipf("SoftHSM2 is not installed: %v", err)
+	}
+	if os.Getenv("HMAC_BENCH_COMPARE_CHILD") == "" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCompare$", "-test.v")
+		cmd.Env = append(os.Environ(), "HMAC_BENCH_COMPARE_CHILD=1")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v:\n%s", err, out)
+		}
+		return
+	}
+	var out strings.Builder
+	if err := compare(&out, "", "", 4, 30*time.Millisecond, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	rows := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(rows) != 4 {
+		t.Fatalf("got %d lines, want a heading and 3 figures:\n%s", len(rows), out.String())
+	}
+	for _, row := range rows[1:] {
+		if n := strings.Count(row, "("); n != 2 {
+			t.Errorf("row without both builds' ratios: %q", row)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/client"
@@ -24,6 +25,9 @@ import (
 // Secret is the bytes of every key the environment imports, so that
 // callers can check tags.
 var Secret = []byte("benchmark-key-0123456789abcdef0123456789abcdef0123456789abcdef01")
+
+// tokens numbers the SoftHSM2 tokens made in this process.
+var tokens atomic.Int32
 
 // Key names, one per provider.
 const (
@@ -95,7 +99,9 @@ type = "software"
 path = %q
 `, e.Socket, filepath.Join(e.Dir, "keys"))
 	if opts.PKCS11 && softhsm.Available() == nil {
-		tok, err := softhsm.Create("bench")
+		// Labels differ so that two agents started side by side
+		// (hmac-bench -compare) each find their own token.
+		tok, err := softhsm.Create(fmt.Sprintf("bench%d", tokens.Add(1)))
 		if err != nil {
 			return err
 		}
