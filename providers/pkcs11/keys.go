@@ -54,20 +54,29 @@ func (k *key) template() []*p11.Attribute {
 // objectHandle returns the handle operations use: the key's session copy,
 // made on first use, or else the token object.
 func (k *key) objectHandle(s *session) (p11.ObjectHandle, error) {
+	h, _, err := k.checkedHandle(s)
+	return h, err
+}
+
+// checkedHandle is objectHandle, and when the token last confirmed the
+// key: for a copy, its last check; for the token object, now, since the
+// call that uses the handle checks it.
+func (k *key) checkedHandle(s *session) (p11.ObjectHandle, time.Time, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if c, err := k.usableCopy(s); c != 0 || err != nil {
-		return c, err
+		return c, k.checked, err
 	}
 	h, err := k.tokenHandleLocked(s)
 	if err != nil {
-		return 0, err
+		return 0, time.Time{}, err
 	}
+	now := time.Now()
 	if k.copy, k.copyAttrs = k.p.copyKey(s, h); k.copy != 0 {
-		k.checked = time.Now()
-		return k.copy, nil
+		k.checked = now
+		return k.copy, now, nil
 	}
-	return h, nil
+	return h, now, nil
 }
 
 // tokenHandle returns the token object's handle: for looking at or

@@ -21,8 +21,9 @@ import (
 //
 // A prepared operation has the key loaded, so a key deleted from the token
 // by another program could still be used through it. It is used only
-// within staleAfter of its init call, dropped when the agent deletes a
-// key or logs in again, and never kept past Close.
+// within staleAfter of the token's last word on the key (its init call, or
+// the last check of the session copy it was made on), dropped when the
+// agent deletes a key or logs in again, and never kept past Close.
 
 // staleAfter bounds how long the agent may go on using what it holds of a
 // key without asking the token whether the key is still there: a prepared
@@ -69,7 +70,7 @@ func (k *key) Prepare(_ context.Context, alg providers.Algorithm, verify bool) {
 	if pr == nil {
 		return
 	}
-	h, err := k.objectHandle(pr.s)
+	h, checked, err := k.checkedHandle(pr.s)
 	if err == nil {
 		m := []*p11.Mechanism{p11.NewMechanism(mech, nil)}
 		if verify {
@@ -84,6 +85,10 @@ func (k *key) Prepare(_ context.Context, alg providers.Algorithm, verify bool) {
 		p.pool.put(pr.s, err)
 		pr.s = nil
 		p.removeLocked(pr) // unless a one-shot has claimed it
+	} else if checked.Before(pr.at) {
+		// On a session copy, the key was last confirmed at its check:
+		// the prepared operation's age counts from then.
+		pr.at = checked
 	}
 	pr.done = true
 	close(pr.ready)
