@@ -11,7 +11,7 @@
 //	go run ./cmd/hmac-bench            # a readable table, about 2 minutes
 //	go run ./cmd/hmac-bench -quick     # under a minute
 //	go run ./cmd/hmac-bench -json      # [{"name","value","unit"}, ...]
-//	go run ./cmd/hmac-bench -compare OLD_BINARY   # PKCS#11 figures of two builds, alternating
+//	go run ./cmd/hmac-bench -compare OLD_BINARY   # two builds in alternating rounds
 package main
 
 import (
@@ -70,7 +70,7 @@ func main() {
 	noDevices := flag.Bool("software-only", false, "leave out SoftHSM2 and swtpm even when installed")
 	maxCopy := flag.Int64("pkcs11-max-copy-bytes", 0, "the token's max_copy_bytes (0: the default 64 MiB; -1: keep no input for Copy)")
 	prepared := flag.Int("pkcs11-prepared-sessions", 0, "the token's prepared_sessions (0: the default, 8 of 16; -1: none)")
-	other := flag.String("compare", "", "another hmac-agent binary: measure the PKCS#11 figures of both, in alternating rounds")
+	other := flag.String("compare", "", "another hmac-agent binary: measure the PKCS#11 figures and software pipelining of both, in alternating rounds")
 	rounds := flag.Int("rounds", 40, "with -compare: rounds")
 	flag.Parse()
 	if *other != "" {

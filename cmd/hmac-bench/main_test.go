@@ -78,8 +78,8 @@ func TestCompare(t *testing.T) {
 		t.Fatal(err)
 	}
 	rows := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(rows) != 4 {
-		t.Fatalf("got %d lines, want a heading and 3 figures:\n%s", len(rows), out.String())
+	if len(rows) != 5 {
+		t.Fatalf("got %d lines, want a heading and 4 figures:\n%s", len(rows), out.String())
 	}
 	for _, row := range rows[1:] {
 		if n := strings.Count(row, "("); n != 2 {
