@@ -36,15 +36,23 @@ func checkedAttributes() []*p11.Attribute {
 	return []*p11.Attribute{p11.NewAttribute(p11.CKA_SIGN, nil), p11.NewAttribute(p11.CKA_VERIFY, nil)}
 }
 
-// copyKey makes a session copy of the token object h, read through s; 0
-// when it cannot. attrs are the original's checkedAttributes.
-func (p *Provider) copyKey(s *session, h p11.ObjectHandle) (c p11.ObjectHandle, attrs []byte) {
+// keyCopy is a session copy: its handle, the copies' session it lives in
+// (see copyEpoch), and its original's checkedAttributes when made.
+type keyCopy struct {
+	h     p11.ObjectHandle
+	epoch uint64
+	attrs []byte
+}
+
+// copyKey makes a session copy of the token object h, read through s; h
+// 0 when it cannot.
+func (p *Provider) copyKey(s *session, h p11.ObjectHandle) keyCopy {
 	if p.noCopies.Load() {
-		return 0, nil
+		return keyCopy{}
 	}
 	attrs, err := checkedValues(p.ctx, s, h)
 	if err != nil {
-		return 0, nil
+		return keyCopy{}
 	}
 	p.copyMu.Lock()
 	defer p.copyMu.Unlock()
@@ -52,7 +60,7 @@ func (p *Provider) copyKey(s *session, h p11.ObjectHandle) (c p11.ObjectHandle, 
 		if !p.copyOpen {
 			cs, err := p.ctx.OpenSession(p.slot, p11.CKF_SERIAL_SESSION)
 			if err != nil {
-				return 0, nil
+				return keyCopy{}
 			}
 			p.copySess, p.copyOpen = cs, true
 		}
@@ -60,17 +68,17 @@ func (p *Provider) copyKey(s *session, h p11.ObjectHandle) (c p11.ObjectHandle, 
 		switch {
 		case err == nil:
 			p.copies.Add(1)
-			return c, attrs
+			return keyCopy{h: c, epoch: p.copyEpoch, attrs: attrs}
 		case sessionBroken(err):
 			p.closeCopiesLocked() // and once more on a new session
 		case rv(err) == p11.CKR_FUNCTION_NOT_SUPPORTED:
 			p.noCopies.Store(true)
-			return 0, nil
+			return keyCopy{}
 		default: // CKR_ACTION_PROHIBITED: not copyable; or out of memory
-			return 0, nil
+			return keyCopy{}
 		}
 	}
-	return 0, nil
+	return keyCopy{}
 }
 
 // checkedValues reads h's checkedAttributes, concatenated.
@@ -86,13 +94,14 @@ func checkedValues(ctx *p11.Ctx, s *session, h p11.ObjectHandle) ([]byte, error)
 	return b, nil
 }
 
-// destroyCopy destroys a session copy. It may already be gone (with its
-// session, or a logout); either way it is not used again.
-func (p *Provider) destroyCopy(c p11.ObjectHandle) {
+// destroyCopy destroys a session copy. It may already be gone (with a
+// logout); either way it is not used again. One made in an earlier
+// copies' session went with it, and its handle may now name another copy.
+func (p *Provider) destroyCopy(c keyCopy) {
 	p.copyMu.Lock()
 	defer p.copyMu.Unlock()
-	if p.copyOpen {
-		p.ctx.DestroyObject(p.copySess, c)
+	if p.copyOpen && c.epoch == p.copyEpoch {
+		p.ctx.DestroyObject(p.copySess, c.h)
 		p.copies.Add(-1)
 	}
 }
@@ -102,6 +111,7 @@ func (p *Provider) closeCopiesLocked() {
 	if p.copyOpen {
 		p.ctx.CloseSession(p.copySess)
 		p.copyOpen = false
+		p.copyEpoch++
 		p.copies.Store(0)
 	}
 }
@@ -137,18 +147,18 @@ func (p *Provider) forgetObject(ref string, h p11.ObjectHandle) {
 // original when the last check is older than staleAfter. It drops a copy
 // whose original is gone or changed. k.mu is held.
 func (k *key) usableCopy(s *session) (p11.ObjectHandle, error) {
-	if k.copy == 0 {
+	if k.copy.h == 0 {
 		return 0, nil
 	}
 	if k.gen == k.p.gen.Load() {
 		if time.Since(k.checked) < staleAfter {
-			return k.copy, nil
+			return k.copy.h, nil
 		}
 		attrs, err := checkedValues(k.p.ctx, s, k.handle)
 		switch {
-		case err == nil && bytes.Equal(attrs, k.copyAttrs):
+		case err == nil && bytes.Equal(attrs, k.copy.attrs):
 			k.checked = time.Now()
-			return k.copy, nil
+			return k.copy.h, nil
 		case err != nil && !handleStale(err):
 			return 0, err // the session or login, not the key: recovered and retried
 		}
@@ -160,8 +170,8 @@ func (k *key) usableCopy(s *session) (p11.ObjectHandle, error) {
 
 // dropCopy destroys the key's copy, if any. k.mu is held.
 func (k *key) dropCopy() {
-	if k.copy != 0 {
+	if k.copy.h != 0 {
 		k.p.destroyCopy(k.copy)
-		k.copy, k.copyAttrs = 0, nil
+		k.copy = keyCopy{}
 	}
 }

@@ -26,12 +26,10 @@ type key struct {
 	mu     sync.Mutex
 	handle p11.ObjectHandle
 	gen    uint64 // the login the handle was found under; 0: not found
-	// copy is the key's session copy (copies.go), 0 if none; copyAttrs
-	// are the original's checked attributes when copied, checked when
-	// the original was last seen unchanged.
-	copy      p11.ObjectHandle
-	copyAttrs []byte
-	checked   time.Time
+	// copy is the key's session copy (copies.go), if copy.h is not 0;
+	// checked is when the original was last seen unchanged.
+	copy    keyCopy
+	checked time.Time
 }
 
 var (
@@ -72,9 +70,9 @@ func (k *key) checkedHandle(s *session) (p11.ObjectHandle, time.Time, error) {
 		return 0, time.Time{}, err
 	}
 	now := time.Now()
-	if k.copy, k.copyAttrs = k.p.copyKey(s, h); k.copy != 0 {
+	if k.copy = k.p.copyKey(s, h); k.copy.h != 0 {
 		k.checked = now
-		return k.copy, now, nil
+		return k.copy.h, now, nil
 	}
 	return h, now, nil
 }

@@ -64,12 +64,13 @@ type Provider struct {
 	keys   map[string]*key // by reference (name or URI)
 
 	// copyMu guards copySess, the session that holds keys' session
-	// copies (copies.go).
-	copyMu   sync.Mutex
-	copySess p11.SessionHandle
-	copyOpen bool
-	copies   atomic.Int64 // copies held
-	noCopies atomic.Bool  // configured off, or the token cannot copy keys
+	// copies (copies.go), and copyEpoch, which counts such sessions.
+	copyMu    sync.Mutex
+	copySess  p11.SessionHandle
+	copyOpen  bool
+	copyEpoch uint64
+	copies    atomic.Int64 // copies held
+	noCopies  atomic.Bool  // configured off, or the token cannot copy keys
 
 	// noOpState is set once the token says it cannot save operation
 	// state; Copy then always replays.

@@ -107,6 +107,11 @@ func TestRecoverAllSessionsClosed(t *testing.T) {
 		t.Errorf("streaming context cut underneath: %v, want ErrContextLost", err)
 	}
 	r.check(t, "after C_CloseAllSessions")
+	// The copies' session went too, with every copy: the keys used since
+	// have new ones, and only those are counted.
+	if n := r.p.Sessions().Copies; n != 1 {
+		t.Errorf("%d session copies after C_CloseAllSessions and using one key, want 1", n)
+	}
 	if tag, err := buffered.Finalize(context.Background()); err != nil || !bytes.Equal(tag, reference(providers.SHA256, r.secretA, []byte("small"))) {
 		t.Errorf("a buffered context lives through it: %x %v", tag, err)
 	}
