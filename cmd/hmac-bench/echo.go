@@ -26,6 +26,13 @@ func runEchoServer(path string) {
 	if err != nil {
 		os.Exit(1)
 	}
+	// Standard input is a pipe from hmac-bench: its end, even by a kill,
+	// ends this server, which removes the directory made for its socket.
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		os.RemoveAll(filepath.Dir(path))
+		os.Exit(0)
+	}()
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -60,15 +67,24 @@ func runEchoServer(path string) {
 	}
 }
 
-// startEcho runs the echo server as a child process.
+// startEcho runs the echo server as a child process, its socket in dir,
+// a directory of its own that it removes if hmac-bench dies first.
 func startEcho(dir string) (path string, stop func(), err error) {
 	path = filepath.Join(dir, "echo.sock")
 	self, err := os.Executable()
 	if err != nil {
 		return "", nil, err
 	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return "", nil, err
+	}
 	cmd := exec.Command(self, echoArg, path)
-	if err := cmd.Start(); err != nil {
+	cmd.Stdin = r
+	err = cmd.Start()
+	r.Close()
+	if err != nil {
+		w.Close()
 		return "", nil, err
 	}
 	for i := 0; i < 500; i++ {
@@ -78,5 +94,5 @@ func startEcho(dir string) (path string, stop func(), err error) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return path, func() { cmd.Process.Kill(); cmd.Wait() }, nil
+	return path, func() { w.Close(); cmd.Process.Kill(); cmd.Wait() }, nil
 }

@@ -73,6 +73,7 @@ func main() {
 	other := flag.String("compare", "", "another hmac-agent binary: measure the PKCS#11 figures and software pipelining of both, in alternating rounds")
 	rounds := flag.Int("rounds", 40, "with -compare: rounds")
 	flag.Parse()
+	benchenv.StopOnSignal(nil)
 	if *other != "" {
 		if err := compare(os.Stdout, *agentBin, *other, *rounds, 300*time.Millisecond, 64<<20); err != nil {
 			fmt.Fprintln(os.Stderr, "hmac-bench:", err)

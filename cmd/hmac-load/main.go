@@ -53,6 +53,7 @@ func main() {
 	agentBin := flag.String("agent", "", "the hmac-agent binary to start (default: next to this one, $PATH, or go build)")
 	asJSON := flag.Bool("json", false, "print the result as JSON")
 	flag.Parse()
+	benchenv.StopOnSignal(nil)
 
 	var env *benchenv.Env
 	keys := strings.Split(*keysFlag, ",")
@@ -62,6 +63,7 @@ func main() {
 		var err error
 		env, err = benchenv.Start(benchenv.Options{Agent: *agentBin, PKCS11: true, TPM: true})
 		if err != nil {
+			benchenv.Cleanup() // the token was made first
 			fmt.Fprintln(os.Stderr, "hmac-load:", err)
 			os.Exit(1)
 		}

@@ -11,10 +11,13 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/client"
@@ -28,6 +31,38 @@ var Secret = []byte("benchmark-key-0123456789abcdef0123456789abcdef0123456789abc
 
 // tokens numbers the SoftHSM2 tokens made in this process.
 var tokens atomic.Int32
+
+// live are the environments started and not yet closed, for StopOnSignal.
+var (
+	liveMu sync.Mutex
+	live   = map[*Env]struct{}{}
+)
+
+// StopOnSignal makes SIGINT and SIGTERM close every environment still
+// running and remove SoftHSM2's directory, then run stop and exit: a run
+// cut short leaves no agent, swtpm or files behind.
+func StopOnSignal(stop func()) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		liveMu.Lock()
+		envs := make([]*Env, 0, len(live))
+		for e := range live {
+			envs = append(envs, e)
+		}
+		liveMu.Unlock()
+		for _, e := range envs {
+			e.Close()
+		}
+		Cleanup()
+		if stop != nil {
+			stop()
+		}
+		fmt.Fprintln(os.Stderr, "stopped:", s)
+		os.Exit(1)
+	}()
+}
 
 // Key names, one per provider.
 const (
@@ -74,6 +109,9 @@ func Start(opts Options) (*Env, error) {
 		return nil, err
 	}
 	e := &Env{Dir: dir, Socket: filepath.Join(dir, "run", "agent.sock")}
+	liveMu.Lock()
+	live[e] = struct{}{}
+	liveMu.Unlock()
 	if err := e.start(opts); err != nil {
 		e.Close()
 		return nil, err
@@ -135,6 +173,7 @@ path = %q
 	}
 	e.cmd = exec.Command(bin, "serve", "--config", conf)
 	e.cmd.Env = append(os.Environ(), "XDG_STATE_HOME="+filepath.Join(e.Dir, "state"))
+	e.cmd.SysProcAttr = childAttr()
 	if opts.Log != nil {
 		e.cmd.Stdout, e.cmd.Stderr = opts.Log, opts.Log
 	}
@@ -184,6 +223,9 @@ func RSS(pid int) (float64, error) {
 
 // Close stops the agent, swtpm and removes everything.
 func (e *Env) Close() {
+	liveMu.Lock()
+	delete(live, e)
+	liveMu.Unlock()
 	if e.cmd != nil && e.cmd.Process != nil {
 		e.cmd.Process.Signal(os.Interrupt)
 		done := make(chan struct{})
