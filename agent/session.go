@@ -369,8 +369,8 @@ func (s *Session) mac(ctx context.Context, r *resolved, alg providers.Algorithm,
 // another goroutine costs more on a busy machine than it saves. Quick
 // means its one-shots have been measured under inlineBelow and its
 // readying under prepareInlineBelow: once a one-shot is prepared, it
-// alone no longer shows the device's cost. A slow device is readied on another goroutine, so that
-// the next request does not wait behind it.
+// alone no longer shows the device's cost. A slow device is readied on
+// another goroutine, so that the next request does not wait behind it.
 func (s *Session) Idle(ctx context.Context) {
 	r, alg, verify := s.takeNext()
 	if r == nil {

@@ -311,27 +311,31 @@ func (c *conn) own(m *wire.Message) (o *wire.Message, body []byte) {
 	return o, nil
 }
 
-// acquire takes an in-flight token for m. An independent request (a
-// one-shot or key management) is refused with ErrLimit when the
+// acquire takes an in-flight token for m, and counts its data in the
+// backlog; it returns what release must give back. An independent request
+// (a one-shot or key management) is refused with ErrLimit when the
 // connection has too many in flight. A request on a context waits
 // instead: it is ordered behind the context's updates anyway, an UPDATE
 // has no reply to carry an error, and a stream must not fail for being
-// fast. The reader stops reading meanwhile, flushing first: it must not
-// sit on replies the client is waiting for.
-func (c *conn) acquire(m *wire.Message) bool {
+// fast. Any request waits while the backlog is full. The reader stops
+// reading meanwhile, flushing first: it must not sit on replies the
+// client is waiting for.
+func (c *conn) acquire(m *wire.Message) (held int, ok bool) {
 	select {
 	case c.inflight <- struct{}{}:
 	default:
 		if !isContextRequest(m.Type) {
 			c.replyError(m.ID, providers.Publicf(providers.ErrLimit,
 				"too many requests in flight on this connection (at most %d)", cap(c.inflight)))
-			return false
+			return 0, false
 		}
 		c.flush()
 		c.inflight <- struct{}{}
 	}
 	c.wg.Add(1)
-	return true
+	held = len(m.Data) + len(m.Tag) + len(m.Key) + len(m.Provider) + len(m.Wrapping)
+	c.queued.add(held, c.flush)
+	return held, true
 }
 
 func isContextRequest(t wire.Type) bool {
@@ -342,30 +346,25 @@ func isContextRequest(t wire.Type) bool {
 	return false
 }
 
-func (c *conn) releaseToken() {
+// release gives back what acquire took for a request that has run.
+func (c *conn) release(held int) {
+	c.queued.done(held)
 	<-c.inflight
 	c.wg.Done()
 }
 
-// held is how much of the backlog m counts for.
-func held(m *wire.Message) int {
-	return len(m.Data) + len(m.Tag) + len(m.Key) + len(m.Provider) + len(m.Wrapping)
-}
-
 func (c *conn) goAsync(m *wire.Message, run func(*wire.Message)) {
-	if !c.acquire(m) {
+	n, ok := c.acquire(m)
+	if !ok {
 		return
 	}
-	n := held(m)
-	c.queued.add(n, c.flush)
 	o, body := c.own(m)
 	go func() {
-		defer c.releaseToken()
+		defer c.release(n)
 		run(o)
 		if body != nil {
 			wire.Recycle(body)
 		}
-		c.queued.done(n)
 		c.flush()
 		c.sess.PrepareNext(c.ctx)
 	}()
@@ -374,11 +373,10 @@ func (c *conn) goAsync(m *wire.Message, run func(*wire.Message)) {
 // enqueue adds a context request to the context's queue, creating the
 // queue (and, for COPY, the new context's) as needed.
 func (c *conn) enqueue(m *wire.Message) {
-	if !c.acquire(m) {
+	n, ok := c.acquire(m)
+	if !ok {
 		return
 	}
-	n := held(m)
-	c.queued.add(n, c.flush)
 	o, body := c.own(m)
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
@@ -393,7 +391,6 @@ func (c *conn) enqueue(m *wire.Message) {
 	}
 	q.ops = append(q.ops, func() {
 		err := c.contextOp(o, q, body)
-		c.queued.done(n)
 		c.qmu.Lock()
 		switch o.Type {
 		case wire.TypeOpen:
@@ -408,7 +405,7 @@ func (c *conn) enqueue(m *wire.Message) {
 			}
 		}
 		c.qmu.Unlock()
-		c.releaseToken()
+		c.release(n)
 	})
 	c.startLocked(o.Context, q)
 }

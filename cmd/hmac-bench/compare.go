@@ -54,25 +54,20 @@ func compare(w io.Writer, this, other string, rounds int, dur time.Duration, siz
 	}
 	defer hsm.close()
 
-	figures := []struct {
+	type figure struct {
 		name   string
 		direct func() (float64, error) // nil: none, the rate is shown
 		agent  func(i int) (float64, error)
-	}{
-		{"software pipelined, M ops/s", nil,
-			func(i int) (float64, error) {
-				v, err := pipelined(sockets[i], benchenv.SoftKey, 1, 256, dur)
-				return v / 1e6, err
-			}},
-		{"PKCS#11 one-shot MAC, 1 client", func() (float64, error) { return hsm.oneShot(dur) },
-			func(i int) (float64, error) {
-				v, _, _, err := clientPingPong(clients[i], benchenv.PKCS11Key, dur)
-				return v, err
-			}},
-		{"PKCS#11 VerifyMAC, 1 client", func() (float64, error) { return hsm.verifyOneShot(dur) },
-			func(i int) (float64, error) { return clientVerifyPingPong(clients[i], benchenv.PKCS11Key, dur) }},
-		{"PKCS#11 streaming", func() (float64, error) { return hsm.stream(size) },
-			func(i int) (float64, error) { return clientStream(clients[i], benchenv.PKCS11Key, size) }},
+	}
+	figures := []figure{{"software pipelined, M ops/s", nil,
+		func(i int) (float64, error) {
+			v, err := pipelined(sockets[i], benchenv.SoftKey, 1, 256, dur)
+			return v / 1e6, err
+		}}}
+	mac, verify, stream := pkcs11Figures(hsm, dur, size)
+	for _, f := range []pkcs11Figure{mac, verify, stream} {
+		figures = append(figures, figure{f.label, f.measureDirect,
+			func(i int) (float64, error) { return f.measureAgent(clients[i]) }})
 	}
 	fmt.Fprintf(w, "%-32s %-24s %-24s\n", "median (q1-q3), ratio to direct", "this: "+label(this), "other: "+label(other))
 	for _, f := range figures {

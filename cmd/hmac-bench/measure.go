@@ -145,22 +145,13 @@ func measure(r *results, p plan, socket, key, agentBin string, devices bool) err
 		r.add("copy_us", "us", us)
 
 		if hsm != nil {
-			if v, err = hsm.oneShot(p.dur); err != nil {
+			mac, verify, stream := pkcs11Figures(hsm, p.dur, p.hsm)
+			if err := mac.record(r, c); err != nil {
 				return err
 			}
-			r.add("pkcs11_direct_oneshot_ops", "ops/s", v)
-			if v, _, _, err = clientPingPong(c, benchenv.PKCS11Key, p.dur); err != nil {
+			if err := verify.record(r, c); err != nil {
 				return err
 			}
-			r.add("pkcs11_oneshot_ops", "ops/s", v)
-			if v, err = hsm.verifyOneShot(p.dur); err != nil {
-				return err
-			}
-			r.add("pkcs11_direct_verify_ops", "ops/s", v)
-			if v, err = clientVerifyPingPong(c, benchenv.PKCS11Key, p.dur); err != nil {
-				return err
-			}
-			r.add("pkcs11_verify_ops", "ops/s", v)
 			for _, w := range []int{8, 64} {
 				if v, err = pipelined(socket, benchenv.PKCS11Key, 1, w, p.dur); err != nil {
 					return err
@@ -178,14 +169,9 @@ func measure(r *results, p plan, socket, key, agentBin string, devices bool) err
 			// A 64 MiB stream lasts under 100 ms, against 2 s for a
 			// one-shot figure: alternating pairs give it a like sample.
 			for range hsmStreamPairs {
-				if v, err = hsm.stream(p.hsm); err != nil {
+				if err := stream.record(r, c); err != nil {
 					return err
 				}
-				r.add("pkcs11_direct_stream_mbps", "MB/s", v)
-				if v, err = clientStream(c, benchenv.PKCS11Key, p.hsm); err != nil {
-					return err
-				}
-				r.add("pkcs11_stream_mbps", "MB/s", v)
 			}
 		}
 		if env != nil && env.TPM != nil {

@@ -26,7 +26,8 @@ type Config struct {
 	// session (default 64 KiB).
 	BufferBytes int
 	// PreparedSessions bounds the sessions kept with C_SignInit or
-	// C_VerifyInit done for the next one-shot (default half of Sessions; negative: none).
+	// C_VerifyInit done for the next one-shot (default half of Sessions;
+	// negative: none).
 	PreparedSessions int
 	// NoKeyCopies keeps keys from being copied into session objects for
 	// speed (copies.go).

@@ -136,8 +136,7 @@ func (p *Provider) forgetObject(ref string, h p11.ObjectHandle) {
 	for name, k := range p.keys {
 		k.mu.Lock()
 		if name == ref || (h != 0 && k.gen != 0 && k.handle == h) {
-			k.gen = 0
-			k.dropCopy()
+			k.forgetLocked()
 		}
 		k.mu.Unlock()
 	}
@@ -163,8 +162,7 @@ func (k *key) usableCopy(s *session) (p11.ObjectHandle, error) {
 			return 0, err // the session or login, not the key: recovered and retried
 		}
 	}
-	k.dropCopy()
-	k.gen = 0 // look the key up again
+	k.forgetLocked()
 	return 0, nil
 }
 

@@ -112,12 +112,18 @@ func (k *key) tokenHandleLocked(s *session) (p11.ObjectHandle, error) {
 	return k.handle, nil
 }
 
-// forget drops the handle and destroys the copy. The caller holds enter().
+// forget drops the handle and destroys the copy, so that the next use
+// looks the key up again. The caller holds enter().
 func (k *key) forget() {
 	k.mu.Lock()
+	k.forgetLocked()
+	k.mu.Unlock()
+}
+
+// forgetLocked is forget with k.mu held.
+func (k *key) forgetLocked() {
 	k.gen = 0
 	k.dropCopy()
-	k.mu.Unlock()
 }
 
 func findObjects(ctx *p11.Ctx, s *session, tmpl []*p11.Attribute, max int) ([]p11.ObjectHandle, error) {
