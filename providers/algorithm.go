@@ -1,12 +1,17 @@
 package providers
 
 import (
+	"crypto/md5"
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/sha3"
 	"crypto/sha512"
 	"fmt"
 	"hash"
+
+	"github.com/emmansun/gmsm/sm3"
+	"golang.org/x/crypto/blake2b"
+	"golang.org/x/crypto/blake2s"
 )
 
 // Algorithm names a hash function for HMAC. The numeric values are part of
@@ -26,6 +31,14 @@ const (
 	SHA3_256   Algorithm = 9
 	SHA3_384   Algorithm = 10
 	SHA3_512   Algorithm = 11
+	MD5        Algorithm = 12
+	// BLAKE2b is unkeyed BLAKE2b-512 inside HMAC (RFC 2104), not BLAKE2's
+	// own keyed mode: the one size pyca/cryptography's HMAC accepts.
+	BLAKE2b Algorithm = 13
+	// BLAKE2s is unkeyed BLAKE2s-256 inside HMAC, likewise.
+	BLAKE2s Algorithm = 14
+	// SM3 is the hash of GB/T 32905-2016 (ISO/IEC 10118-3), TPM_ALG_SM3_256.
+	SM3 Algorithm = 15
 )
 
 type algorithmInfo struct {
@@ -35,6 +48,9 @@ type algorithmInfo struct {
 	newHash   func() hash.Hash
 }
 
+// algorithms is the one list of algorithms. Every other copy (the Go
+// client's constants, the Python client's tables, docs/protocol.md) is
+// checked against it by a test.
 var algorithms = [...]algorithmInfo{
 	SHA1:       {"sha1", sha1.Size, sha1.BlockSize, sha1.New},
 	SHA224:     {"sha224", sha256.Size224, sha256.BlockSize, sha256.New224},
@@ -47,21 +63,49 @@ var algorithms = [...]algorithmInfo{
 	SHA3_256:   {"sha3_256", 32, 136, func() hash.Hash { return sha3.New256() }},
 	SHA3_384:   {"sha3_384", 48, 104, func() hash.Hash { return sha3.New384() }},
 	SHA3_512:   {"sha3_512", 64, 72, func() hash.Hash { return sha3.New512() }},
+	MD5:        {"md5", md5.Size, md5.BlockSize, md5.New},
+	BLAKE2b:    {"blake2b", blake2b.Size, blake2b.BlockSize, newBLAKE2b512},
+	BLAKE2s:    {"blake2s", blake2s.Size, blake2s.BlockSize, newBLAKE2s256},
+	SM3:        {"sm3", sm3.Size, sm3.BlockSize, sm3.New},
 }
+
+// The unkeyed constructors fail only for a key longer than BLAKE2 allows.
+func newBLAKE2b512() hash.Hash {
+	h, err := blake2b.New512(nil)
+	if err != nil {
+		panic("providers: blake2b.New512: " + err.Error())
+	}
+	return h
+}
+
+func newBLAKE2s256() hash.Hash {
+	h, err := blake2s.New256(nil)
+	if err != nil {
+		panic("providers: blake2s.New256: " + err.Error())
+	}
+	return h
+}
+
+// MaxAlgorithm is the highest defined algorithm, to size arrays indexed by
+// Algorithm.
+const MaxAlgorithm = Algorithm(len(algorithms) - 1)
+
+const firstAlgorithm, lastAlgorithm = SHA1, MaxAlgorithm
 
 // Algorithms lists every algorithm the contract knows, in wire order.
 func Algorithms() []Algorithm {
-	all := make([]Algorithm, 0, len(algorithms)-1)
-	for a := SHA1; a <= SHA3_512; a++ {
+	all := make([]Algorithm, 0, lastAlgorithm)
+	for a := firstAlgorithm; a <= lastAlgorithm; a++ {
 		all = append(all, a)
 	}
 	return all
 }
 
 // ParseAlgorithm returns the algorithm with the given name ("sha256",
-// "sha3_512", ...). An unknown name is [ErrUnsupportedAlgorithm].
+// "sha3_512", "blake2b", ...). An unknown name is
+// [ErrUnsupportedAlgorithm].
 func ParseAlgorithm(name string) (Algorithm, error) {
-	for a := SHA1; a <= SHA3_512; a++ {
+	for a := firstAlgorithm; a <= lastAlgorithm; a++ {
 		if algorithms[a].name == name {
 			return a, nil
 		}
@@ -70,7 +114,7 @@ func ParseAlgorithm(name string) (Algorithm, error) {
 }
 
 // Valid reports whether a is one of the defined algorithms.
-func (a Algorithm) Valid() bool { return a >= SHA1 && a <= SHA3_512 }
+func (a Algorithm) Valid() bool { return a >= firstAlgorithm && a <= lastAlgorithm }
 
 // String returns the algorithm's name as ParseAlgorithm accepts it.
 func (a Algorithm) String() string {

@@ -3,7 +3,6 @@ package software
 import (
 	"context"
 	"crypto/hmac"
-	"crypto/sha3"
 	"fmt"
 	"hash"
 	"sync"
@@ -24,7 +23,7 @@ type key struct {
 	secret  *memlock.Secret
 	deleted bool
 
-	pools [providers.SHA3_512 + 1]sync.Pool // of hash.Hash, keyed, any state
+	pools [providers.MaxAlgorithm + 1]sync.Pool // of hash.Hash, keyed, any state
 }
 
 var (
@@ -63,15 +62,8 @@ func (k *key) state(alg providers.Algorithm) (hash.Hash, error) {
 		return nil, fmt.Errorf("software: key %q was deleted: %w", k.name, providers.ErrKeyNotFound)
 	}
 	secret := k.secret.Bytes()
-	switch alg {
-	case providers.SHA3_224:
-		return newSHA3HMAC(sha3.New224, secret), nil
-	case providers.SHA3_256:
-		return newSHA3HMAC(sha3.New256, secret), nil
-	case providers.SHA3_384:
-		return newSHA3HMAC(sha3.New384, secret), nil
-	case providers.SHA3_512:
-		return newSHA3HMAC(sha3.New512, secret), nil
+	if stateHMACs[alg] {
+		return newStateHMAC(alg, secret), nil
 	}
 	return hmac.New(alg.NewHash(), secret), nil
 }
