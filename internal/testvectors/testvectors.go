@@ -1,9 +1,14 @@
 // Package testvectors loads the Wycheproof and RFC 2202/4231 HMAC vectors
 // from the shared vectors directory beside the repository. The vectors are
-// read where they are, never copied into the project.
+// read where they are, never copied into the project. The one exception is
+// RFC 2202's HMAC-MD5 cases, which the shared directory lacks: they are
+// transcribed from the RFC into this package's testdata.
 //
 // The directory is $HMAC_AGENT_VECTORS if set, else ../shared/vectors
 // relative to the repository root (the directory holding go.mod).
+//
+// BLAKE2b and BLAKE2s HMAC have no published vectors; the conformance suite
+// checks them against an independent implementation instead.
 package testvectors
 
 import (
@@ -41,20 +46,30 @@ func Dir() (string, error) {
 	if d := os.Getenv("HMAC_AGENT_VECTORS"); d != "" {
 		return d, nil
 	}
+	root, err := repoRoot()
+	if err != nil {
+		return "", fmt.Errorf("%w; set HMAC_AGENT_VECTORS", err)
+	}
+	v := filepath.Join(root, "..", "shared", "vectors")
+	if _, err := os.Stat(v); err != nil {
+		return "", fmt.Errorf("testvectors: %s not found; set HMAC_AGENT_VECTORS", v)
+	}
+	return v, nil
+}
+
+// repoRoot is the nearest directory above the working directory holding
+// go.mod.
+func repoRoot() (string, error) {
 	wd, err := os.Getwd()
 	if err != nil {
 		return "", err
 	}
 	for d := wd; ; d = filepath.Dir(d) {
 		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			v := filepath.Join(d, "..", "shared", "vectors")
-			if _, err := os.Stat(v); err != nil {
-				return "", fmt.Errorf("testvectors: %s not found; set HMAC_AGENT_VECTORS", v)
-			}
-			return v, nil
+			return d, nil
 		}
 		if filepath.Dir(d) == d {
-			return "", errors.New("testvectors: no go.mod above the working directory; set HMAC_AGENT_VECTORS")
+			return "", errors.New("testvectors: no go.mod above the working directory")
 		}
 	}
 }
@@ -71,6 +86,7 @@ var wycheproofFiles = map[providers.Algorithm]string{
 	providers.SHA3_256:   "hmac_sha3_256_test.json",
 	providers.SHA3_384:   "hmac_sha3_384_test.json",
 	providers.SHA3_512:   "hmac_sha3_512_test.json",
+	providers.SM3:        "hmac_sm3_test.json",
 }
 
 var rfcFiles = map[providers.Algorithm]string{
@@ -81,6 +97,11 @@ var rfcFiles = map[providers.Algorithm]string{
 	providers.SHA512: "rfc-4231-sha512.txt",
 }
 
+// localRFCFiles are in this package's testdata, not the shared directory.
+var localRFCFiles = map[providers.Algorithm]string{
+	providers.MD5: "rfc-2202-md5.txt",
+}
+
 type hexBytes []byte
 
 func (h *hexBytes) UnmarshalText(b []byte) error {
@@ -89,15 +110,16 @@ func (h *hexBytes) UnmarshalText(b []byte) error {
 	return err
 }
 
-// Wycheproof returns every case of the Wycheproof file for alg.
+// Wycheproof returns every case of the Wycheproof file for alg, or none
+// for an algorithm Wycheproof does not cover (MD5, BLAKE2b, BLAKE2s).
 func Wycheproof(alg providers.Algorithm) ([]Vector, error) {
+	name, ok := wycheproofFiles[alg]
+	if !ok {
+		return nil, nil
+	}
 	dir, err := Dir()
 	if err != nil {
 		return nil, err
-	}
-	name, ok := wycheproofFiles[alg]
-	if !ok {
-		return nil, fmt.Errorf("testvectors: no Wycheproof file for %s", alg)
 	}
 	data, err := os.ReadFile(filepath.Join(dir, "wycheproof", name))
 	if err != nil {
@@ -138,18 +160,27 @@ func Wycheproof(alg providers.Algorithm) ([]Vector, error) {
 	return out, nil
 }
 
-// RFC returns the RFC 2202 (SHA-1) or RFC 4231 (SHA-2) cases for alg, or
-// none for an algorithm those RFCs do not cover.
+// RFC returns the RFC 2202 (MD5, SHA-1) or RFC 4231 (SHA-2) cases for
+// alg, or none for an algorithm those RFCs do not cover.
 func RFC(alg providers.Algorithm) ([]Vector, error) {
-	name, ok := rfcFiles[alg]
-	if !ok {
+	var path string
+	if name, ok := rfcFiles[alg]; ok {
+		dir, err := Dir()
+		if err != nil {
+			return nil, err
+		}
+		path = filepath.Join(dir, "rfc", name)
+	} else if name, ok := localRFCFiles[alg]; ok {
+		root, err := repoRoot()
+		if err != nil {
+			return nil, err
+		}
+		path = filepath.Join(root, "internal", "testvectors", "testdata", name)
+	} else {
 		return nil, nil
 	}
-	dir, err := Dir()
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.Open(filepath.Join(dir, "rfc", name))
+	name := filepath.Base(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}

@@ -4,8 +4,10 @@
 //
 // A subject is described by a [Subject]; [Run] exercises it with the
 // Wycheproof and RFC 2202/4231 vectors, pyca/cryptography's finalize and
-// verify semantics, random update splits and copies checked against
-// crypto/hmac, and concurrent use.
+// verify semantics, keys of every length around the digest and block
+// sizes and random update splits and copies, both checked against
+// crypto/hmac (the only check for BLAKE2b and BLAKE2s, which have no
+// published HMAC vectors), and concurrent use.
 package providertest
 
 import (
@@ -98,6 +100,7 @@ func Run(t *testing.T, s Subject) {
 	}
 	r := &runner{Subject: s, names: map[string]string{}}
 	t.Run("Vectors", r.testVectors)
+	t.Run("KeyLengths", r.testKeyLengths)
 	t.Run("UnsupportedAlgorithm", r.testUnsupported)
 	t.Run("KeyNotFound", r.testKeyNotFound)
 	t.Run("Finalized", r.testFinalized)
@@ -165,6 +168,49 @@ func (r *runner) testVectors(t *testing.T) {
 				n++
 			}
 			t.Logf("%s: %d vectors (%d RFC)", alg, n, len(rfc))
+		})
+	}
+}
+
+// testKeyLengths checks keys of every length where HMAC changes its
+// handling (empty, around the digest size, around the block size, longer
+// than a block) with a random message in random pieces, against
+// crypto/hmac, through every path checkVector takes.
+func (r *runner) testKeyLengths(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, alg := range r.Algorithms {
+		t.Run(alg.String(), func(t *testing.T) {
+			n := 0
+			size, block := alg.Size(), alg.BlockSize()
+			seen := map[int]bool{}
+			for _, keyLen := range []int{0, 1, size - 1, size, size + 1, block - 1, block, block + 1, 2*block + 1} {
+				if seen[keyLen] {
+					continue
+				}
+				seen[keyLen] = true
+				// The key bytes depend only on the length, so every
+				// algorithm shares one key of each length.
+				secret := bytes.Repeat([]byte{byte(keyLen)}, keyLen)
+				for i := range secret {
+					secret[i] += byte(i)
+				}
+				for range 3 {
+					msg := make([]byte, rng.IntN(3*block+1))
+					fill(rng, msg)
+					tag := reference(alg, secret, msg)
+					v := testvectors.Vector{
+						Source: fmt.Sprintf("%s key of %d bytes, message of %d", alg, keyLen, len(msg)),
+						Alg:    alg, Key: secret, Msg: msg, Tag: tag, Valid: true,
+					}
+					r.checkVector(t, v)
+					tag = bytes.Clone(tag)
+					tag[rng.IntN(len(tag))] ^= 1 << rng.IntN(8)
+					v.Tag, v.Valid = tag, false
+					r.checkVector(t, v)
+					n += 2
+				}
+			}
+			t.Logf("%s: %d vectors against crypto/hmac", alg, n)
 		})
 	}
 }
