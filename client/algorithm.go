@@ -18,9 +18,13 @@ const (
 	SHA3_256   = providers.SHA3_256
 	SHA3_384   = providers.SHA3_384
 	SHA3_512   = providers.SHA3_512
+	MD5        = providers.MD5
+	BLAKE2b    = providers.BLAKE2b // BLAKE2b-512
+	BLAKE2s    = providers.BLAKE2s // BLAKE2s-256
+	SM3        = providers.SM3
 )
 
-// ParseAlgorithm returns the algorithm named "sha256", "sha3_512", ...;
+// ParseAlgorithm returns the algorithm named "sha256", "sha3_512", "sm3", ...;
 // an unknown name is ErrUnsupportedAlgorithm.
 func ParseAlgorithm(name string) (Algorithm, error) { return providers.ParseAlgorithm(name) }
 

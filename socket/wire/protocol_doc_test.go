@@ -3,9 +3,12 @@ package wire
 import (
 	"bytes"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/hmac-agent/hmac-agent/providers"
 )
 
 // TestProtocolDocExamples decodes every ```hex block in docs/protocol.md
@@ -43,4 +46,32 @@ func TestProtocolDocExamples(t *testing.T) {
 		}
 	}
 	t.Logf("%d examples, %d message types", len(blocks), len(seen))
+}
+
+// TestProtocolDocAlgorithms checks docs/protocol.md's algorithm table
+// against providers' table, row for row, so a client written from the
+// document speaks the codes the agent does.
+func TestProtocolDocAlgorithms(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/protocol.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, ok := strings.Cut(string(doc), "| code | name | tag bytes | block bytes |\n| --- | --- | --- | --- |\n")
+	if !ok {
+		t.Fatal("docs/protocol.md has no algorithm table")
+	}
+	var rows []string
+	for _, line := range strings.Split(table, "\n") {
+		if !strings.HasPrefix(line, "|") {
+			break
+		}
+		rows = append(rows, line)
+	}
+	var want []string
+	for _, alg := range providers.Algorithms() {
+		want = append(want, fmt.Sprintf("| %d | %s | %d | %d |", alg, alg, alg.Size(), alg.BlockSize()))
+	}
+	if strings.Join(rows, "\n") != strings.Join(want, "\n") {
+		t.Errorf("docs/protocol.md's algorithm table:\n%s\nwant:\n%s", strings.Join(rows, "\n"), strings.Join(want, "\n"))
+	}
 }

@@ -6,7 +6,8 @@ from . import _wire
 from ._agent import _expect, default_agent
 from .errors import AlreadyFinalized, ConnectionLost, ContextLost, InvalidSignature, UnsupportedAlgorithm
 
-# pyca/cryptography's hash names, and the agent's.
+# pyca/cryptography's hash names (HashAlgorithm.name), and the agent's.
+# Checked against the agent's table by providers/algorithm_test.go.
 _NAMES = {
     "sha1": "sha1",
     "sha224": "sha224",
@@ -19,6 +20,10 @@ _NAMES = {
     "sha3-256": "sha3_256",
     "sha3-384": "sha3_384",
     "sha3-512": "sha3_512",
+    "md5": "md5",
+    "blake2b": "blake2b",
+    "blake2s": "blake2s",
+    "sm3": "sm3",
 }
 
 
@@ -36,9 +41,21 @@ def _algorithm_name(algorithm):
     if not isinstance(name, str):
         raise TypeError("Expected instance of hashes.HashAlgorithm.")
     if name not in _NAMES:
-        # Extendable-output functions, BLAKE2, MD5, SM3, ...
+        # Extendable-output functions (SHAKE), and any other hash pyca
+        # cannot use in HMAC either.
         raise UnsupportedAlgorithm("%s is not supported for HMAC by hmac-agent" % name)
-    return _NAMES[name]
+    agent_name = _NAMES[name]
+    size = getattr(algorithm, "digest_size", None)
+    if size != _wire.DIGEST_SIZES[agent_name]:
+        # BLAKE2 of another size (pyca allows only BLAKE2b(64) and
+        # BLAKE2s(32), but a HashAlgorithm of one's own may say otherwise):
+        # the agent computes one size, and a tag of another would never
+        # verify.
+        raise UnsupportedAlgorithm(
+            "%s with a %r-byte digest is not supported by hmac-agent (only %d)"
+            % (name, size, _wire.DIGEST_SIZES[agent_name])
+        )
+    return agent_name
 
 
 def _bytes_like(data, what):

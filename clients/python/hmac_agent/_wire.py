@@ -28,7 +28,8 @@ TAG = 0x82
 DATA = 0x83
 ERROR = 0x8F
 
-# Algorithm codes.
+# Algorithm codes (docs/protocol.md; checked against the agent's table by
+# providers/algorithm_test.go).
 ALGORITHMS = {
     "sha1": 1,
     "sha224": 2,
@@ -41,6 +42,10 @@ ALGORITHMS = {
     "sha3_256": 9,
     "sha3_384": 10,
     "sha3_512": 11,
+    "md5": 12,
+    "blake2b": 13,
+    "blake2s": 14,
+    "sm3": 15,
 }
 
 DIGEST_SIZES = {
@@ -55,6 +60,10 @@ DIGEST_SIZES = {
     "sha3_256": 32,
     "sha3_384": 48,
     "sha3_512": 64,
+    "md5": 16,
+    "blake2b": 64,
+    "blake2s": 32,
+    "sm3": 32,
 }
 
 # Error codes.
