@@ -313,7 +313,7 @@ class Agent:
         _expect(self._request(_wire.VERIFY_MAC, payload), _wire.OK)
 
     def new(self, key, algorithm):
-        """An HMAC context on the named key (as ``HMAC(key, algorithm, agent)``)."""
+        """An HMAC context on the named key (as ``HMAC(key, algorithm, agent=self)``)."""
         from ._hmac import HMAC
 
         return HMAC(key, algorithm, agent=self)

@@ -71,16 +71,20 @@ class HMAC:
     ``cryptography.hazmat.primitives.hmac.HMAC``.
 
     ``key`` is the key's name in the agent (a str), never key bytes;
-    ``algorithm`` is a cryptography hash instance (``hashes.SHA256()``) or
-    a name (``"sha256"``). ``agent`` is an Agent, or None for the shared
-    default one.
+    ``algorithm`` is a cryptography hash instance (``hashes.SHA256()``,
+    ``hashes.MD5()``, ``hashes.BLAKE2b(64)``, ``hashes.SM3()``, ...) or the
+    agent's name for it (``"sha256"``, ``"sha3_256"``, ``"blake2b"``).
+    ``backend`` is pyca's old third parameter, accepted and ignored as pyca
+    does, so ``HMAC(key, hashes.SHA256(), default_backend())`` runs
+    unchanged. ``agent`` (by keyword only) is an Agent, or None for the
+    shared default one.
 
     ``update`` streams to the agent without waiting for it. An HMAC object
     is not safe for use by several threads at once; many HMAC objects on
     one Agent are.
     """
 
-    def __init__(self, key, algorithm, agent=None, backend=None):
+    def __init__(self, key, algorithm, backend=None, *, agent=None):
         name = _algorithm_name(algorithm)
         self._algorithm = algorithm
         self._name = name
