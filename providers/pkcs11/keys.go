@@ -152,7 +152,7 @@ func (p *Provider) keyAlgorithms(keyType uint, valueLen int) map[providers.Algor
 		p11.CKK_SHA256_HMAC: providers.SHA256, p11.CKK_SHA384_HMAC: providers.SHA384,
 		p11.CKK_SHA512_HMAC: providers.SHA512, p11.CKK_SHA3_224_HMAC: providers.SHA3_224,
 		p11.CKK_SHA3_256_HMAC: providers.SHA3_256, p11.CKK_SHA3_384_HMAC: providers.SHA3_384,
-		p11.CKK_SHA3_512_HMAC: providers.SHA3_512,
+		p11.CKK_SHA3_512_HMAC: providers.SHA3_512, p11.CKK_MD5_HMAC: providers.MD5,
 	}
 	out := map[providers.Algorithm]bool{}
 	for _, alg := range p.algs {

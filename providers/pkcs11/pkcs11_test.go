@@ -28,7 +28,7 @@ import (
 )
 
 // softHSMAlgorithms are the HMAC mechanisms SoftHSM2 2.6 has.
-var softHSMAlgorithms = []providers.Algorithm{providers.SHA1, providers.SHA224, providers.SHA256, providers.SHA384, providers.SHA512}
+var softHSMAlgorithms = []providers.Algorithm{providers.SHA1, providers.SHA224, providers.SHA256, providers.SHA384, providers.SHA512, providers.MD5}
 
 func reference(alg providers.Algorithm, key, msg []byte) []byte {
 	h := hmac.New(alg.NewHash(), key)

@@ -16,7 +16,10 @@ import (
 )
 
 // mechanisms maps algorithms to HMAC mechanisms. Which the token has is
-// asked with C_GetMechanismList, never assumed.
+// asked with C_GetMechanismList, never assumed. There is no standard
+// mechanism for HMAC-BLAKE2s or HMAC-SM3 (SM3 exists only as vendor
+// mechanisms). PKCS#11 3.0's CKM_BLAKE2B_512_HMAC is left out until a
+// token that has it can be tested: SoftHSM2 has none.
 var mechanisms = map[providers.Algorithm]uint{
 	providers.SHA1:       p11.CKM_SHA_1_HMAC,
 	providers.SHA224:     p11.CKM_SHA224_HMAC,
@@ -29,6 +32,7 @@ var mechanisms = map[providers.Algorithm]uint{
 	providers.SHA3_256:   p11.CKM_SHA3_256_HMAC,
 	providers.SHA3_384:   p11.CKM_SHA3_384_HMAC,
 	providers.SHA3_512:   p11.CKM_SHA3_512_HMAC,
+	providers.MD5:        p11.CKM_MD5_HMAC,
 }
 
 // Provider is a PKCS#11 token. Create it with [Open].
@@ -178,7 +182,9 @@ func (p *Provider) readMechanisms() error {
 	}
 	p.mech = map[providers.Algorithm]uint{}
 	for _, alg := range providers.Algorithms() {
-		if m := mechanisms[alg]; have[m] {
+		// A missing entry must not read as mechanism 0, which is
+		// CKM_RSA_PKCS_KEY_PAIR_GEN and listed by most tokens.
+		if m, ok := mechanisms[alg]; ok && have[m] {
 			p.mech[alg] = m
 			p.algs = append(p.algs, alg)
 		}
