@@ -26,7 +26,10 @@ type Config struct {
 	Slots int
 }
 
-// hashes maps algorithms to TPM hash algorithm IDs.
+// hashes maps algorithms to TPM hash algorithm IDs: every hash of the TCG
+// algorithm registry a keyedHash HMAC key can use that the agent also
+// knows. Which the TPM has is asked with TPM2_GetCapability, never
+// assumed. The TCG defines no MD5 or BLAKE2 for TPM 2.0.
 var hashes = map[providers.Algorithm]tpm2.TPMAlgID{
 	providers.SHA1:     tpm2.TPMAlgSHA1,
 	providers.SHA256:   tpm2.TPMAlgSHA256,
@@ -35,6 +38,7 @@ var hashes = map[providers.Algorithm]tpm2.TPMAlgID{
 	providers.SHA3_256: tpm2.TPMAlgSHA3256,
 	providers.SHA3_384: tpm2.TPMAlgSHA3384,
 	providers.SHA3_512: tpm2.TPMAlgSHA3512,
+	providers.SM3:      tpm2.TPMAlgSM3256,
 }
 
 // Provider is a TPM. Create it with [Open].

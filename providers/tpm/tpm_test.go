@@ -13,6 +13,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
+
 	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/internal/metrics"
@@ -352,4 +355,67 @@ func TestSwapMetrics(t *testing.T) {
 	if p.Swaps() == 0 {
 		t.Error("four keys on three slots made no swaps")
 	}
+}
+
+// TestAlgorithmsFromTPM asks the TPM itself which hashes it implements
+// (TPM2_GetCapability for algorithms and for PCR banks) and checks the
+// provider offers exactly those the agent knows, SM3 included where the
+// TPM has SM3_256.
+func TestAlgorithmsFromTPM(t *testing.T) {
+	p, sw, _ := newTPM(t)
+	offered := fmt.Sprint(p.Algorithms())
+	p.Close() // swtpm serves one connection at a time
+
+	tp, err := linuxudstpm.Open(sw.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Close()
+	rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapAlgs, PropertyCount: 256}.Execute(tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	algs, err := rsp.CapabilityData.Data.Algorithms()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The TCG registry's IDs, written out here rather than taken from the
+	// provider, so the test is a second reading of the registry.
+	tcgHashes := map[tpm2.TPMAlgID]providers.Algorithm{
+		0x0004: providers.SHA1, 0x000B: providers.SHA256, 0x000C: providers.SHA384, 0x000D: providers.SHA512,
+		0x0012: providers.SM3, 0x0027: providers.SHA3_256, 0x0028: providers.SHA3_384, 0x0029: providers.SHA3_512,
+	}
+	have := map[providers.Algorithm]bool{}
+	var reported []string
+	for _, a := range algs.AlgProperties {
+		if a.AlgProperties.Hash {
+			reported = append(reported, fmt.Sprintf("0x%04x", uint16(a.Alg)))
+		}
+		if alg, ok := tcgHashes[a.Alg]; ok {
+			have[alg] = true
+		}
+	}
+	var want []providers.Algorithm
+	for _, alg := range providers.Algorithms() {
+		if have[alg] {
+			want = append(want, alg)
+		}
+	}
+	if offered != fmt.Sprint(want) {
+		t.Errorf("provider offers %s, the TPM has %v", offered, want)
+	}
+
+	rsp, err = tpm2.GetCapability{Capability: tpm2.TPMCapPCRs, PropertyCount: 1}.Execute(tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcrs, err := rsp.CapabilityData.Data.AssignedPCR()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var banks []string
+	for _, b := range pcrs.PCRSelections {
+		banks = append(banks, fmt.Sprintf("0x%04x", uint16(b.Hash)))
+	}
+	t.Logf("TPM hash algorithms %v, PCR banks %v; offered %s", reported, banks, offered)
 }
