@@ -29,13 +29,18 @@ func dial(cmd *cobra.Command, path string) (*client.Client, error) {
 func parseAlgorithm(name string) (providers.Algorithm, error) {
 	alg, err := providers.ParseAlgorithm(strings.ToLower(name))
 	if err != nil {
-		names := make([]string, 0, 11)
-		for _, a := range providers.Algorithms() {
-			names = append(names, a.String())
-		}
-		return 0, usageError("unknown algorithm %q (want one of %s)", name, strings.Join(names, ", "))
+		return 0, usageError("unknown algorithm %q (want one of %s)", name, algorithmNames())
 	}
 	return alg, nil
+}
+
+// algorithmNames lists every algorithm's name, from the one table.
+func algorithmNames() string {
+	var names []string
+	for _, a := range providers.Algorithms() {
+		names = append(names, a.String())
+	}
+	return strings.Join(names, ", ")
 }
 
 // openInput opens FILE, or stdin for "-" or no argument.

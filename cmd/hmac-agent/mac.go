@@ -21,12 +21,13 @@ func newMACCommand() *cobra.Command {
 		Long: `Print the HMAC of FILE (or standard input, for "-" or no FILE) under a key
 held by the agent: lowercase hex and a newline, or base64 with --base64.`,
 		Example: `  printf 'payload' | hmac-agent mac --key webhook --alg sha256
-  hmac-agent mac --key webhook --alg sha3_256 --base64 body.json`,
+  hmac-agent mac --key webhook --alg sha3_256 --base64 body.json
+  hmac-agent mac --key radius --alg md5 packet.bin`,
 		Args: cobra.MaximumNArgs(1),
 	}
 	socket := socketFlag(cmd)
 	cmd.Flags().StringVar(&key, "key", "", "the key's name (required)")
-	cmd.Flags().StringVar(&alg, "alg", "", "the hash: sha1, sha224, sha256, sha384, sha512, sha512_224, sha512_256, sha3_224, sha3_256, sha3_384, sha3_512 (required)")
+	cmd.Flags().StringVar(&alg, "alg", "", "the hash: "+algorithmNames()+" (blake2b is BLAKE2b-512, blake2s BLAKE2s-256) (required)")
 	cmd.Flags().BoolVar(&b64, "base64", false, "print standard base64 instead of hex")
 	cmd.MarkFlagRequired("key")
 	cmd.MarkFlagRequired("alg")
