@@ -13,7 +13,7 @@ import (
 	"github.com/hmac-agent/hmac-agent/providers/software"
 )
 
-func openTemp(t *testing.T) *software.Provider {
+func openTemp(t testing.TB) *software.Provider {
 	t.Helper()
 	p, err := software.Open("soft", filepath.Join(t.TempDir(), "keys"))
 	if err != nil {
