@@ -1,5 +1,8 @@
 // Package software is the provider that keeps HMAC keys in a keystore on
-// disk and computes with crypto/hmac.
+// disk and computes every algorithm of the contract: crypto/hmac for MD5,
+// SHA-1 and SHA-2, and its own RFC 2104 HMAC over marshalled hash states
+// for SHA-3, BLAKE2b-512, BLAKE2s-256 and SM3, whose states crypto/hmac
+// cannot clone.
 //
 // # Keystore
 //
@@ -13,7 +16,8 @@
 //
 // Keying HMAC costs about four times a short MAC, so each key keeps, per
 // algorithm, a pool of keyed states that are reset rather than rebuilt.
-// [MAC.Copy] clones the hash state (hash.Cloner); it never replays input.
+// Copy clones the hash state (hash.Cloner, or a marshalled copy); it never
+// replays input.
 //
 // # Concurrency
 //
