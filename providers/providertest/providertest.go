@@ -279,7 +279,7 @@ func checkVerify(t *testing.T, v testvectors.Vector, what string, err error) {
 func (r *runner) testUnsupported(t *testing.T) {
 	ctx := context.Background()
 	name := r.key(t, []byte("unsupported-algorithm-test-key-0"))
-	for _, alg := range append(providers.Algorithms(), 0, 200) {
+	for _, alg := range append(providers.Algorithms(), 0, providers.MaxAlgorithm+1, 200) {
 		if r.supports(alg) {
 			continue
 		}
