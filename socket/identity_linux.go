@@ -21,8 +21,8 @@ import (
 // the agent reads anything. So the kernel's own reference to the peer
 // (SO_PEERPIDFD, a pidfd taken at connect time) is held while /proc/PID is
 // read, and afterwards the pidfd must still name a process that has not
-// been reaped. A pid cannot be reused before its process is reaped, so
-// what was read then belonged to the peer. If the peer is gone, or the
+// exited. A pid cannot be reused before its process exits and is reaped,
+// so what was read then belonged to the peer. If the peer is gone, or the
 // kernel has no SO_PEERPIDFD, the identity is unknown: a pidfd_open of
 // the SO_PEERCRED pid could pin a process that reused the number.
 
@@ -50,10 +50,20 @@ func identityOf(fd int, pid int32, need agent.IdentityNeed) *agent.Identity {
 	return id
 }
 
-// pinned reports whether the pidfd's process has not been reaped, so its
-// pid still names it. Signal 0 checks without sending.
+// pinned reports whether the pidfd's process has not exited, so its pid
+// still names it. A pidfd polls readable once its process exits; polling
+// needs no permission over the process, where pidfd_send_signal with
+// signal 0 would fail for an agent that is not root and a caller of
+// another uid.
 func pinned(pidfd int) bool {
-	return unix.PidfdSendSignal(pidfd, 0, nil, 0) == nil
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		return err == nil && n == 0
+	}
 }
 
 // readIdentity reads /proc/pid. The caller checks afterwards that pid was
