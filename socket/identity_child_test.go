@@ -14,11 +14,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/internal/softhsm"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/socket/wire"
@@ -32,6 +35,8 @@ func TestMain(m *testing.M) {
 		identityCasesChild()
 	case "pending":
 		identityPendingChild()
+	case "agent":
+		identityAgentChild()
 	}
 	code := m.Run()
 	softhsm.Cleanup()
@@ -104,6 +109,31 @@ func identityPendingChild() {
 	os.Exit(0)
 }
 
+// identityAgentChild runs an agent, as whatever user it was started as,
+// whose key "svc" may be used by IDENTITY_UNIT only, on a socket in
+// IDENTITY_DIR that anyone may reach. It says "ready" and serves until
+// stdin closes.
+func identityAgentChild() {
+	dir := os.Getenv("IDENTITY_DIR")
+	sock := filepath.Join(dir, "run", "agent.sock")
+	keys := []agent.KeyConfig{{Name: "svc", Provider: "soft", Policy: agent.Policy{Units: []string{os.Getenv("IDENTITY_UNIT")}, Ops: agent.OpMAC | agent.OpVerify}}}
+	a, stop, err := agenttest.Run(filepath.Join(dir, "keys"), sock, agenttest.Options{Keys: keys})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	if _, err := a.Soft.ImportKey(context.Background(), "svc", []byte(os.Getenv("IDENTITY_SECRET"))); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	os.Chmod(filepath.Dir(sock), 0o711)
+	os.Chmod(sock, 0o666)
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin)
+	stop()
+	os.Exit(0)
+}
+
 // caller is a child process of one of the test's binaries.
 type caller struct {
 	cmd   *exec.Cmd
@@ -116,7 +146,16 @@ type caller struct {
 // startCaller starts bin in mode with env, waiting on stdin.
 func startCaller(t *testing.T, bin, mode string, env ...string) *caller {
 	t.Helper()
+	return startCallerAs(t, nil, bin, mode, env...)
+}
+
+// startCallerAs starts bin in mode as the given user (nil: this one).
+func startCallerAs(t *testing.T, cred *syscall.Credential, bin, mode string, env ...string) *caller {
+	t.Helper()
 	c := &caller{cmd: exec.Command(bin, "-test.run=^$")}
+	if cred != nil {
+		c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
 	c.cmd.Env = append(append(os.Environ(), "HMAC_AGENT_IDENTITY_CHILD="+mode), env...)
 	c.cmd.Stdout, c.cmd.Stderr = &c.out, &c.out
 	if mode == "pending" {

@@ -1,6 +1,7 @@
 package socket_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/hmac"
@@ -11,11 +12,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/hmac-agent/hmac-agent/agent"
@@ -347,6 +350,67 @@ func TestPIDReuseGrantsNothing(t *testing.T) {
 		{"caller that took webhook.service's pid", usurper, "permission_denied"},
 	} {
 		if got := c.c.reply(t); got != c.want {
+			t.Errorf("%s: %s, want %s", c.name, got, c.want)
+		}
+	}
+}
+
+// TestNonRootAgentJudgesOtherUsers: an agent running as an ordinary user,
+// as the packaged unit does, reads the unit of callers of other uids and
+// judges them by it.
+func TestNonRootAgentJudgesOtherUsers(t *testing.T) {
+	r := newIdentityRig(t)
+	dir, err := os.MkdirTemp("", "hmac-agent-nonroot-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755)
+	os.Chown(dir, 1002, 1002)
+	// The binaries' directories must be reachable by the other users.
+	for d := filepath.Dir(r.allowedBin); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	secret := "nonroot-agent-secret-0123456789ab"
+	agentCmd := exec.Command(r.allowedBin, "-test.run=^$")
+	agentCmd.Env = append(os.Environ(), "HMAC_AGENT_IDENTITY_CHILD=agent", "IDENTITY_DIR="+dir, "IDENTITY_UNIT="+r.webhookUnit, "IDENTITY_SECRET="+secret)
+	agentCmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1002, Gid: 1002}}
+	var agentErr bytes.Buffer
+	agentCmd.Stderr = &agentErr
+	stdin, _ := agentCmd.StdinPipe()
+	stdout, _ := agentCmd.StdoutPipe()
+	if err := agentCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		if err := agentCmd.Wait(); err != nil {
+			t.Errorf("agent as uid 1002: %v: %s", err, agentErr.String())
+		}
+	}()
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); line != "ready\n" {
+		stdin.Close()
+		agentCmd.Wait()
+		t.Fatalf("agent as uid 1002 did not start: %q %v: %s", line, err, agentErr.String())
+	}
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write([]byte("identity matrix message"))
+	tag := hex.EncodeToString(mac.Sum(nil))
+	cases := "svc:mac,svc:verify_mac,svc:finalize,svc:verify"
+	for _, c := range []struct {
+		name   string
+		cgroup string
+		want   string
+	}{
+		{"uid 1001 in webhook.service", r.webhookCG, "ok ok ok ok"},
+		{"uid 1001 in no unit", "", "permission_denied permission_denied permission_denied permission_denied"},
+	} {
+		ch := startCallerAs(t, &syscall.Credential{Uid: 1001, Gid: 1001}, r.allowedBin, "cases",
+			"IDENTITY_SOCK="+filepath.Join(dir, "run", "agent.sock"), "IDENTITY_CASES="+cases, "IDENTITY_TAG="+tag)
+		if c.cgroup != "" {
+			moveInto(t, c.cgroup, ch.pid())
+		}
+		if got := strings.Join(ch.run(t), " "); got != c.want {
 			t.Errorf("%s: %s, want %s", c.name, got, c.want)
 		}
 	}
