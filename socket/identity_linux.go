@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -207,10 +208,44 @@ func CheckIdentitySupport(cgroups, executables bool) error {
 			return errors.New("no systemd cgroup hierarchy: /proc/self/cgroup shows neither a cgroup v2 line nor a v1 name=systemd one")
 		}
 	}
+	if mode := procHidePID(); mode != "" && os.Geteuid() != 0 {
+		return fmt.Errorf("/proc is mounted with hidepid=%s (systemd's ProtectProc=): the agent cannot see other users' processes; run it with ProtectProc=default", mode)
+	}
 	if executables {
 		if _, err := os.Readlink("/proc/self/exe"); err != nil {
 			return fmt.Errorf("cannot read /proc/self/exe (is /proc mounted?): %w", err)
 		}
 	}
 	return nil
+}
+
+// procHidePID returns the hidepid= option /proc is mounted with, or ""
+// when other users' processes are visible.
+func procHidePID() string {
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	return hidePIDOf(string(info))
+}
+
+// hidePIDOf finds /proc's hidepid option in the text of a mountinfo file.
+func hidePIDOf(mountinfo string) string {
+	for line := range strings.SplitSeq(mountinfo, "\n") {
+		fields := strings.Fields(line)
+		_, after, ok := strings.Cut(line, " - ")
+		if !ok || len(fields) < 5 || fields[4] != "/proc" {
+			continue
+		}
+		super := strings.Fields(after)
+		if len(super) < 3 || super[0] != "proc" {
+			continue
+		}
+		for opt := range strings.SplitSeq(super[2], ",") {
+			if v, ok := strings.CutPrefix(opt, "hidepid="); ok && v != "0" && v != "off" {
+				return v
+			}
+		}
+	}
+	return ""
 }

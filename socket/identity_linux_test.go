@@ -61,3 +61,17 @@ func TestIdentityOfSelf(t *testing.T) {
 		t.Errorf("pid 0 gave identity %+v", id)
 	}
 }
+
+func TestHidePID(t *testing.T) {
+	for _, tt := range []struct{ info, want string }{
+		{"22 27 0:21 / /proc rw,relatime - proc proc rw\n", ""},
+		{"22 27 0:21 / /proc rw,relatime - proc proc rw,hidepid=invisible\n", "invisible"},
+		{"22 27 0:21 / /proc rw,relatime - proc proc rw,hidepid=2,gid=4\n", "2"},
+		{"22 27 0:21 / /proc rw,relatime - proc proc rw,hidepid=0\n", ""},
+		{"30 27 0:21 / /other/proc rw - proc proc rw,hidepid=2\n", ""},
+	} {
+		if got := hidePIDOf(tt.info); got != tt.want {
+			t.Errorf("%q: %q, want %q", tt.info, got, tt.want)
+		}
+	}
+}
