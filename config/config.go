@@ -294,7 +294,9 @@ func (c *Config) Validate() error {
 			bad(f+".uri", "give object or uri, not both")
 		}
 		if _, err := k.Policy.Resolve(); err != nil {
-			bad(f+".policy", "%v", err)
+			for _, e := range flatten(err) {
+				bad(f+".policy", "%v", e)
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -78,7 +78,9 @@ func (ps Policies) Resolve() (agent.Policy, error) {
 			err = errors.New("names no caller (users, groups, units, cgroups or executables), so it allows nobody")
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("[%d]: %w", i, err))
+			for _, e := range flatten(err) {
+				errs = append(errs, fmt.Errorf("[%d]: %w", i, e))
+			}
 			continue
 		}
 		if i == 0 {
@@ -160,4 +162,17 @@ func parseExecutable(s string) (agent.Executable, error) {
 		x.SHA256 = sum
 	}
 	return x, nil
+}
+
+// flatten lists the errors inside joined ones, so each can be reported on
+// its own line with its field.
+func flatten(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
 }
