@@ -206,8 +206,10 @@ func (c *caller) run(t *testing.T) []string {
 func (c *caller) connect(t *testing.T) {
 	t.Helper()
 	c.stdin.Write([]byte{1})
+	// Close-on-exec: a later caller must not inherit the connection
+	// (holding it would make that caller the peer on older kernels).
 	oob := make([]byte, unix.CmsgSpace(4))
-	_, oobn, _, _, err := unix.Recvmsg(int(c.fds.Fd()), make([]byte, 1), oob, 0)
+	_, oobn, _, _, err := unix.Recvmsg(int(c.fds.Fd()), make([]byte, 1), oob, unix.MSG_CMSG_CLOEXEC)
 	if err != nil {
 		t.Fatalf("receiving the caller's connection: %v (%s)", err, c.out.String())
 	}

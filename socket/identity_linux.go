@@ -20,12 +20,11 @@ import (
 // A peer's identity is read from /proc/PID, and PID is only a number: the
 // process that connected may exit and its pid go to another process before
 // the agent reads anything. So the kernel's own reference to the peer
-// (SO_PEERPIDFD, a pidfd taken at connect time) is held while /proc/PID is
-// read, and afterwards the pidfd must still name a process that has not
-// exited. A pid cannot be reused before its process exits and is reaped,
-// so what was read then belonged to the peer. If the peer is gone, or the
-// kernel has no SO_PEERPIDFD, the identity is unknown: a pidfd_open of
-// the SO_PEERCRED pid could pin a process that reused the number.
+// (SO_PEERPIDFD, a pidfd taken at connect time; pidfd_fallback_linux.go
+// for older kernels) is held while /proc/PID is read, and afterwards the
+// pidfd must still name a process that has not exited. A pid cannot be
+// reused before its process exits and is reaped, so what was read then
+// belonged to the peer. If the peer is gone, the identity is unknown.
 
 // maxHashedExecutable bounds the bytes hashed for one executable: a caller
 // must not make the agent read a huge file. A larger binary has no digest,
@@ -39,7 +38,7 @@ func identityOf(fd int, pid int32, need agent.IdentityNeed) *agent.Identity {
 	if pid <= 0 { // a peer in a pid namespace the agent cannot see
 		return nil
 	}
-	pidfd, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEERPIDFD)
+	pidfd, err := peerPidfd(fd, pid)
 	if err != nil {
 		return nil
 	}
@@ -171,23 +170,49 @@ var hierarchyOnce = sync.OnceValue(func() int {
 // hierarchy is the cgroup hierarchy this system's units live in.
 func hierarchy() int { return hierarchyOnce() }
 
-var errNoPeerPidfd = errors.New("this kernel has no SO_PEERPIDFD (Linux 6.5 or later): a caller's process cannot be pinned at connect time, so its pid could be reused by another process before its identity is read")
-
-// peerPidfdSupport probes SO_PEERPIDFD on a socket pair, once.
+// peerPidfdSupport probes, once, that a socket pair's peer can be pinned
+// the way connections' peers will be.
 var peerPidfdSupport = sync.OnceValue(func() error {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("probing SO_PEERPIDFD: %w", err)
+		return fmt.Errorf("probing the peer's pidfd: %w", err)
 	}
 	defer unix.Close(fds[0])
 	defer unix.Close(fds[1])
 	pidfd, err := unix.GetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_PEERPIDFD)
-	if err != nil {
-		return errNoPeerPidfd
+	if err == nil {
+		unix.Close(pidfd)
+		return nil
+	}
+	// Older kernels: pidfd_open (Linux 5.3) and the connection check.
+	if pidfd, err = pidfdByPID(fds[0], int32(os.Getpid())); err != nil {
+		if errors.Is(err, unix.ENOSYS) {
+			return errors.New("this kernel has neither SO_PEERPIDFD (Linux 6.5) nor pidfd_open (Linux 5.3): a caller's process cannot be pinned, so its pid could be reused by another process before its identity is read")
+		}
+		return fmt.Errorf("this kernel has no SO_PEERPIDFD (Linux 6.5) and pinning a caller by its pid failed: %w", err)
 	}
 	unix.Close(pidfd)
+	if os.Geteuid() != 0 && !hasCapSysPtrace() {
+		return errors.New("this kernel has no SO_PEERPIDFD (Linux 6.5): the agent confirms a caller by its open files, which it may read only as root or with CAP_SYS_PTRACE")
+	}
 	return nil
 })
+
+// hasCapSysPtrace reports whether CAP_SYS_PTRACE is in the agent's
+// effective set.
+func hasCapSysPtrace() bool {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for line := range strings.SplitSeq(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && caps&(1<<unix.CAP_SYS_PTRACE) != 0
+		}
+	}
+	return false
+}
 
 // CheckIdentitySupport says why conditions on a caller's cgroup or unit
 // (cgroups) or executable (executables) cannot be judged on this system,

@@ -160,6 +160,14 @@ func newIdentityRig(t *testing.T) *identityRig {
 // operations, through the client, the socket, the agent, and SoftHSM2 or
 // the software keystore.
 func TestServiceIdentityMatrix(t *testing.T) {
+	t.Run("SO_PEERPIDFD", testServiceIdentityMatrix)
+	t.Run("pidfd_open", func(t *testing.T) {
+		t.Cleanup(socket.WithoutPeerPidfd())
+		testServiceIdentityMatrix(t)
+	})
+}
+
+func testServiceIdentityMatrix(t *testing.T) {
 	r := newIdentityRig(t)
 	type callerCase struct {
 		name, bin, cgroup string
@@ -301,6 +309,16 @@ func reusePID(t *testing.T, pid int, start func() *caller) *caller {
 // nobody, never as the process that now has its pid; and the process
 // that reused it is judged as itself.
 func TestPIDReuseGrantsNothing(t *testing.T) {
+	t.Run("SO_PEERPIDFD", testPIDReuse)
+	// Kernels before 6.5: pidfd_open of the SO_PEERCRED pid, and a check
+	// that the process holds the connection.
+	t.Run("pidfd_open", func(t *testing.T) {
+		t.Cleanup(socket.WithoutPeerPidfd())
+		testPIDReuse(t)
+	})
+}
+
+func testPIDReuse(t *testing.T) {
 	r := newIdentityRig(t)
 	path := filepath.Join(agenttest.SocketDir(t), "gated.sock")
 	l, err := socket.Listen(path, -1)
