@@ -152,7 +152,13 @@ func startCaller(t *testing.T, bin, mode string, env ...string) *caller {
 // startCallerAs starts bin in mode as the given user (nil: this one).
 func startCallerAs(t *testing.T, cred *syscall.Credential, bin, mode string, env ...string) *caller {
 	t.Helper()
-	c := &caller{cmd: exec.Command(bin, "-test.run=^$")}
+	return startCommand(t, exec.Command(bin, "-test.run=^$"), cred, mode, env...)
+}
+
+// startCommand starts cmd, which runs a copy of the test binary in mode.
+func startCommand(t *testing.T, cmd *exec.Cmd, cred *syscall.Credential, mode string, env ...string) *caller {
+	t.Helper()
+	c := &caller{cmd: cmd}
 	if cred != nil {
 		c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}

@@ -433,3 +433,37 @@ func TestNonRootAgentJudgesOtherUsers(t *testing.T) {
 		}
 	}
 }
+
+// TestExecutableFromAnotherMountNamespace: a caller that mounts another
+// binary over the allowed one's path in a mount namespace of its own, and
+// runs it from there, shows the allowed path in /proc/PID/exe; the agent
+// looks the path up in its own namespace, finds another file, and does not
+// count it.
+func TestExecutableFromAnotherMountNamespace(t *testing.T) {
+	r := newIdentityRig(t)
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Fatalf("unshare (util-linux) is needed: %v", err)
+	}
+	cases := "webhook:mac,pinned:mac,uid-0:mac"
+	env := []string{"IDENTITY_SOCK=" + r.a.Path, "IDENTITY_CASES=" + cases, "IDENTITY_TAG=" + r.tag}
+	for _, c := range []struct {
+		name   string
+		script string
+		want   string
+	}{
+		// The control: the same route, mounting the allowed binary on
+		// itself, is allowed, so the denial below is the file's doing.
+		{"allowed binary via its own path", "mount --bind \"$1\" \"$1\" && exec \"$1\" -test.run=^$", "ok ok ok"},
+		{"other binary mounted at the allowed path", "mount --bind \"$2\" \"$1\" && exec \"$1\" -test.run=^$", "permission_denied permission_denied ok"},
+	} {
+		cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", "read go && "+c.script, "sh", r.allowedBin, r.otherBin)
+		// The child reads its go-ahead byte itself once it runs the test
+		// binary; sh's read consumes a line first, so send both.
+		ch := startCommand(t, cmd, nil, "cases", env...)
+		moveInto(t, r.webhookCG, ch.pid())
+		ch.stdin.Write([]byte("go\n"))
+		if got := strings.Join(ch.run(t), " "); got != c.want {
+			t.Errorf("%s: %s, want %s", c.name, got, c.want)
+		}
+	}
+}
