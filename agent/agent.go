@@ -68,6 +68,7 @@ type Agent struct {
 
 	audit   *slog.Logger
 	observe func(Use)
+	needs   identityNeeds
 
 	contexts atomic.Int64
 	sessions atomic.Int64
@@ -137,6 +138,7 @@ func New(opts Options) (*Agent, error) {
 		return nil, err
 	}
 	a.keys = keys
+	a.noteIdentityNeedsLocked(a.keys, a.defaultPolicy)
 	go a.tick()
 	return a, nil
 }
@@ -172,6 +174,7 @@ func (a *Agent) Reload(keys []KeyConfig, defaultPolicy *Policy) error {
 	} else {
 		a.defaultPolicy = OwnerPolicy(a.uid)
 	}
+	a.noteIdentityNeedsLocked(a.keys, a.defaultPolicy)
 	a.cache.Store(&map[string]*resolved{})
 	a.gen.Add(1)
 	a.mu.Unlock()

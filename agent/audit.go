@@ -13,7 +13,12 @@ import (
 // written through log/slog. Fields:
 //
 //	time, msg="key use" or "denied", key, operation, algorithm,
-//	uid, gid, pid, result ("ok" or an error name), bytes, duration (ns)
+//	uid, gid, pid, unit (or cgroup when there is no unit), container,
+//	exe, result ("ok" or an error name), bytes, duration (ns)
+//
+// unit, cgroup and exe are "unknown" when the caller's identity could not
+// be read (see docs/security.md); container appears only when there is
+// one.
 //
 // It never holds key bytes, tags or message data.
 
@@ -64,9 +69,12 @@ func (a *Agent) auditUse(peer Peer, op, key string, alg providers.Algorithm, err
 		slog.Uint64("uid", uint64(peer.UID)),
 		slog.Uint64("gid", uint64(peer.GID)),
 		slog.Int64("pid", int64(peer.PID)),
+	}
+	attrs = appendIdentity(attrs, peer.Identity)
+	attrs = append(attrs,
 		slog.String("result", result),
 		slog.Int64("bytes", bytes),
-	}
+	)
 	if alg.Valid() {
 		attrs = append(attrs, slog.String("algorithm", alg.String()))
 	}
@@ -74,4 +82,29 @@ func (a *Agent) auditUse(peer Peer, op, key string, alg providers.Algorithm, err
 		attrs = append(attrs, slog.Duration("duration", d))
 	}
 	a.audit.LogAttrs(context.Background(), level, msg, attrs...)
+}
+
+// appendIdentity adds the caller's unit (or cgroup), container and
+// executable to an audit line.
+func appendIdentity(attrs []slog.Attr, id *Identity) []slog.Attr {
+	const unknown = "unknown"
+	if id == nil {
+		return append(attrs, slog.String("unit", unknown), slog.String("exe", unknown))
+	}
+	switch {
+	case id.Unit != "":
+		attrs = append(attrs, slog.String("unit", id.Unit))
+	case id.Cgroup != "":
+		attrs = append(attrs, slog.String("cgroup", id.Cgroup))
+	default:
+		attrs = append(attrs, slog.String("unit", unknown))
+	}
+	if id.Container != "" {
+		attrs = append(attrs, slog.String("container", id.Container))
+	}
+	exe := id.Executable
+	if exe == "" {
+		exe = unknown
+	}
+	return append(attrs, slog.String("exe", exe))
 }

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"cmp"
 	"context"
+	"encoding/hex"
 	"errors"
 	"os"
 	"slices"
@@ -223,6 +225,46 @@ type (
 	Status         = status.Status
 	ProviderStatus = status.Provider
 )
+
+// StatusFor is Status as peer may see it: with the open connections
+// peer may know of. Another user's executables and units are theirs to
+// know, so only the agent's owner and root see every connection.
+func (a *Agent) StatusFor(ctx context.Context, peer Peer) Status {
+	st := a.Status(ctx)
+	if !peer.Known {
+		return st
+	}
+	admin := a.checkAdmin(peer) == nil
+	a.sessionsMu.Lock()
+	sessions := make([]*Session, 0, len(a.live))
+	for s := range a.live {
+		sessions = append(sessions, s)
+	}
+	a.sessionsMu.Unlock()
+	for _, s := range sessions {
+		p := s.peer
+		if !p.Known || (!admin && p.UID != peer.UID) {
+			continue
+		}
+		sp := status.Peer{UID: p.UID, GID: p.GID, PID: p.PID, Contexts: s.openContexts()}
+		if id := p.Identity; id != nil {
+			sp.Unit, sp.Cgroup, sp.Container, sp.Executable = id.Unit, id.Cgroup, id.Container, id.Executable
+			if id.ExecutableSHA256 != nil {
+				sp.ExecutableSHA256 = hex.EncodeToString(id.ExecutableSHA256)
+			}
+		}
+		st.Peers = append(st.Peers, sp)
+	}
+	slices.SortFunc(st.Peers, func(x, y status.Peer) int { return cmp.Compare(x.PID, y.PID) })
+	return st
+}
+
+// openContexts counts the session's open contexts.
+func (s *Session) openContexts() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.contexts)
+}
 
 // Status reports the agent's state. Any connected peer may ask.
 func (a *Agent) Status(ctx context.Context) Status {

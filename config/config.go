@@ -105,15 +105,22 @@ type Key struct {
 	Object string `toml:"object"`
 	// URI names the key in the provider's own terms, such as
 	// "pkcs11:token=agent;object=webhook". It replaces Object.
-	URI    string `toml:"uri"`
-	Policy Policy `toml:"policy"`
+	URI string `toml:"uri"`
+	// Policy is one [key.policy] table or several [[key.policy]] ones.
+	Policy Policies `toml:"policy"`
 }
 
-// Policy lists who may use a key and for what.
+// Policy lists who may use a key and for what. Every condition it lists
+// must hold (users and groups together are one condition: either).
 type Policy struct {
 	Users      []any    `toml:"users"`  // names or numeric uids
 	Groups     []any    `toml:"groups"` // names or numeric gids
 	Operations []string `toml:"operations"`
+	// Units, Cgroups and Executables name the caller's process
+	// (policy.go).
+	Units       []string `toml:"units"`
+	Cgroups     []string `toml:"cgroups"`
+	Executables []string `toml:"executables"`
 }
 
 // Duration is a time.Duration written as "30s" in TOML.
@@ -287,7 +294,9 @@ func (c *Config) Validate() error {
 			bad(f+".uri", "give object or uri, not both")
 		}
 		if _, err := k.Policy.Resolve(); err != nil {
-			bad(f+".policy", "%v", err)
+			for _, e := range flatten(err) {
+				bad(f+".policy", "%v", e)
+			}
 		}
 	}
 	return errors.Join(errs...)
@@ -296,7 +305,7 @@ func (c *Config) Validate() error {
 // Empty reports whether the policy names nobody and no operation: a key
 // with such a policy gets the default one.
 func (p *Policy) Empty() bool {
-	return len(p.Users) == 0 && len(p.Groups) == 0 && len(p.Operations) == 0
+	return len(p.Users) == 0 && len(p.Groups) == 0 && len(p.Operations) == 0 && !p.namesProcess()
 }
 
 // Resolve turns names into ids and checks the operations. An empty
@@ -342,6 +351,7 @@ func (p *Policy) Resolve() (agent.Policy, error) {
 		}
 		out.Ops |= op
 	}
+	errs = append(errs, p.resolveProcess(&out)...)
 	return out, errors.Join(errs...)
 }
 

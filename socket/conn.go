@@ -80,7 +80,7 @@ func (c *conn) drain() {
 func (c *conn) serve(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	c.ctx = ctx
-	peer := peerOf(c.nc)
+	peer := peerOf(c.nc, c.srv.agent.IdentityNeed())
 	c.sess = c.srv.agent.NewSession(peer)
 	log := c.srv.log.With("peer", peer.String())
 	log.Debug("connection opened")
@@ -278,7 +278,7 @@ func (c *conn) manage(m *wire.Message) {
 	case wire.TypeDeleteKey:
 		err = a.DeleteKey(c.ctx, peer, string(m.Provider), string(m.Key))
 	case wire.TypeStatus:
-		v = a.Status(c.ctx)
+		v = a.StatusFor(c.ctx, peer)
 	}
 	if err != nil || v == nil {
 		c.replyResult(m.ID, err)

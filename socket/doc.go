@@ -22,6 +22,18 @@
 // session prepare the device for the client's likely next one-shot
 // (agent.Session.Idle): that time would otherwise be spent waiting.
 //
+// # Peers
+//
+// A connection's peer is read once, when its reader starts: credentials
+// with SO_PEERCRED and, when the agent's configuration or audit log needs
+// it ([agent.Agent.IdentityNeed]), the executable, cgroup, systemd unit
+// and container of the peer's process, pinned by SO_PEERPIDFD (or, on
+// older kernels, pidfd_open and a check that the process holds the
+// connection) so that a reused pid cannot lend another process's
+// identity. [CheckIdentitySupport]
+// says whether this system can judge such conditions. The parser of
+// /proc/PID/cgroup is fuzzed.
+//
 // # Concurrency
 //
 // [Server] is safe for concurrent use.

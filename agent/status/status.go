@@ -25,4 +25,23 @@ type Status struct {
 	Keys        int        `json:"keys"`
 	Connections int64      `json:"connections"`
 	Contexts    int64      `json:"contexts"`
+	// Peers lists open connections with their callers' identity: all of
+	// them for the agent's owner and root, the asker's own uid's for
+	// anyone else.
+	Peers []Peer `json:"peers,omitempty"`
+}
+
+// Peer is one open connection's caller, as read at connect time. Unit,
+// Cgroup, Container and Executable are empty when unknown or not read.
+type Peer struct {
+	UID        uint32 `json:"uid"`
+	GID        uint32 `json:"gid"`
+	PID        int32  `json:"pid"`
+	Unit       string `json:"unit,omitempty"`
+	Cgroup     string `json:"cgroup,omitempty"`
+	Container  string `json:"container,omitempty"`
+	Executable string `json:"exe,omitempty"`
+	// ExecutableSHA256 is hex, present when a policy names a digest.
+	ExecutableSHA256 string `json:"exe_sha256,omitempty"`
+	Contexts         int    `json:"contexts"`
 }

@@ -51,9 +51,32 @@ func newStatusCommand() *cobra.Command {
 			}
 			fmt.Fprintf(tw, "  %s\t%s\t%d keys\t%s\n", p.Name, p.Kind, p.Keys, health)
 		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		if len(st.Peers) == 0 {
+			return nil
+		}
+		// Another user sees only their own uid's connections.
+		fmt.Fprintln(out, "peers:")
+		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		for _, p := range st.Peers {
+			where := p.Unit
+			if where == "" {
+				where = p.Cgroup
+			}
+			fmt.Fprintf(tw, "  pid %d\tuid %d\tgid %d\t%s\t%s\t%d contexts\n", p.PID, p.UID, p.GID, orUnknown(where), orUnknown(p.Executable), p.Contexts)
+		}
 		return tw.Flush()
 	}
 	return cmd
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
 }
 
 func newVersionCommand() *cobra.Command {
