@@ -71,6 +71,17 @@ func (p *Policy) allows(peer Peer, ops Ops) bool {
 	return slices.Contains(p.UIDs, peer.UID) || slices.Contains(p.GIDs, peer.GID)
 }
 
+// opsFor returns the operations p allows peer.
+func (p *Policy) opsFor(peer Peer) Ops {
+	var ops Ops
+	for _, op := range []Ops{OpMAC, OpVerify} {
+		if p.allows(peer, op) {
+			ops |= op
+		}
+	}
+	return ops
+}
+
 // OwnerPolicy is the default: only uid may use the key, for both
 // operations.
 func OwnerPolicy(uid uint32) Policy {
