@@ -45,6 +45,41 @@ func (a *Agent) lookup(ctx context.Context, peer Peer, name []byte, ops Ops) (*r
 	return r, nil
 }
 
+// allowedNothing reports, without asking a provider, whether peer may
+// use no key of name at all: the name's policy, configured or default,
+// does not list it, and it is neither the agent's owner nor root.
+func (a *Agent) allowedNothing(peer Peer, name []byte) bool {
+	if a.isAdmin(peer) {
+		return false
+	}
+	if m := a.cache.Load(); m != nil {
+		if r := (*m)[string(name)]; r != nil {
+			return !r.policy.allows(peer, OpMAC|OpVerify)
+		}
+	}
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	pol := &a.defaultPolicy
+	if kc, ok := a.keys[string(name)]; ok {
+		pol = &kc.Policy
+	}
+	return !pol.allows(peer, OpMAC|OpVerify)
+}
+
+// Immediate is Agent.Immediate for the session's peer. A name the peer
+// may use no key of reports true without a lookup: its requests are
+// denied at once, and a caller allowed nothing never makes the agent ask
+// a provider about a name.
+func (s *Session) Immediate(ctx context.Context, name []byte) bool {
+	return s.agent.allowedNothing(s.peer, name) || s.agent.Immediate(ctx, name)
+}
+
+// Quick is Agent.Quick for the session's peer, with names treated as by
+// Immediate.
+func (s *Session) Quick(ctx context.Context, name []byte) bool {
+	return s.agent.allowedNothing(s.peer, name) || s.agent.Quick(ctx, name)
+}
+
 // denied is the reply to a peer that pol does not allow ops. A peer
 // allowed nothing at all gets one message for every name, so that the
 // message, like the code, does not depend on whether the key exists.
