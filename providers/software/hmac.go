@@ -125,6 +125,9 @@ func (ps *padStates) restore(h hash.Hash, s []byte) error {
 type hmacState struct {
 	ps           *padStates
 	inner, outer hash.Hash
+	// digest holds the inner digest during Sum: a local array would
+	// escape to the heap through the hash.Hash interface on every call.
+	digest [64]byte
 }
 
 var _ hash.Hash = (*hmacState)(nil)
@@ -154,13 +157,12 @@ func (s *hmacState) BlockSize() int              { return s.ps.block }
 // Sum appends the tag, leaving the inner state as it was, as hash.Hash
 // requires.
 func (s *hmacState) Sum(b []byte) []byte {
-	var buf [64]byte
-	in := s.inner.Sum(buf[:0])
+	in := s.inner.Sum(s.digest[:0])
 	if err := s.ps.restore(s.outer, s.ps.outer); err != nil {
 		panic("software: keyed hash state does not load: " + err.Error())
 	}
 	s.outer.Write(in)
-	clear(buf[:])
+	clear(s.digest[:])
 	b = s.outer.Sum(b)
 	s.outer.Reset() // the outer keyed state stays only in locked memory
 	return b
