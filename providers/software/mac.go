@@ -48,16 +48,26 @@ func newKey(name string, secret []byte, created time.Time) (*key, error) {
 		size += arenaSize(alg.NewHash())
 		scratch = max(scratch, 2*alg.NewHash()().BlockSize())
 	}
-	arena, lockErr := memlock.Alloc(size + scratch)
-	if arena == nil {
+	// The padded key is built in scratch memory of its own, unmapped
+	// once the states are keyed, so that the arena a key keeps holds
+	// the states alone: a page for the algorithms of today.
+	pad, lockErr := memlock.Alloc(scratch)
+	if pad == nil {
 		return nil, lockErr
+	}
+	defer pad.Destroy()
+	arena, err := memlock.Alloc(size)
+	if arena == nil {
+		return nil, err
+	}
+	if lockErr == nil {
+		lockErr = err
 	}
 	k := &key{name: name, created: created, arena: arena}
 	mem := arena.Bytes()
-	scratchMem, mem := mem[:scratch], mem[scratch:]
 	for _, alg := range algs {
 		n := arenaSize(alg.NewHash())
-		ps, err := keyStates(alg.NewHash(), secret, mem[:n:n], scratchMem)
+		ps, err := keyStates(alg.NewHash(), secret, mem[:n:n], pad.Bytes())
 		if err != nil {
 			arena.Destroy()
 			return nil, err
