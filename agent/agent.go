@@ -369,11 +369,17 @@ func (a *Agent) updateCacheLocked(change func(map[string]*resolved)) {
 }
 
 // forget drops what is cached about a name, after a key of that name was
-// made, deleted or vanished underneath.
+// made, deleted or vanished underneath, and about the configured names
+// that refer to an object of that name.
 func (a *Agent) forget(name string) {
 	a.mu.Lock()
 	a.updateCacheLocked(func(m map[string]*resolved) { delete(m, name) })
 	a.unknown.remove(name)
+	for _, kc := range a.keys {
+		if kc.Ref == name {
+			a.unknown.remove(kc.Name)
+		}
+	}
 	a.made.Add(1)
 	a.mu.Unlock()
 }

@@ -86,3 +86,22 @@ func TestStrangerNeverCausesLookups(t *testing.T) {
 		t.Errorf("owner, a key that exists: %v", err)
 	}
 }
+
+// TestMissingConfiguredKeyFoundOnceMade: a configured key whose object
+// is missing is remembered as missing, but importing the object through
+// the agent, under the object's own name, makes the key usable at once.
+func TestMissingConfiguredKeyFoundOnceMade(t *testing.T) {
+	ctx := context.Background()
+	a, _ := newAgent(t, agent.KeyConfig{Name: "webhook", Provider: "soft", Ref: "webhook-2026", Policy: agent.OwnerPolicy(owner.UID)})
+	s := a.NewSession(owner)
+	defer s.Close()
+	if _, err := s.MAC(ctx, []byte("webhook"), providers.SHA256, nil, nil); !errors.Is(err, providers.ErrKeyNotFound) {
+		t.Fatalf("before the import: %v", err)
+	}
+	if _, err := a.ImportKey(ctx, owner, "soft", "webhook-2026", []byte("secret")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.MAC(ctx, []byte("webhook"), providers.SHA256, nil, nil); err != nil {
+		t.Errorf("the configured key right after its object was imported: %v", err)
+	}
+}
