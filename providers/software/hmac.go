@@ -1,6 +1,7 @@
 package software
 
 import (
+	"bytes"
 	"encoding"
 	"errors"
 	"fmt"
@@ -33,7 +34,12 @@ type padStates struct {
 	// or the padded blocks themselves when blocks is set.
 	inner, outer []byte
 	blocks       bool
-	size, block  int
+	// keepsBlock is set for a hash that keeps the last whole block it
+	// was given unprocessed (BLAKE2 must, to flag the final block): its
+	// keyed state holds the padded block itself, so a state is scrubbed
+	// as soon as it is done with rather than left keyed in a pool.
+	keepsBlock  bool
+	size, block int
 }
 
 // arenaSize is how much locked memory keying newHash takes.
@@ -90,6 +96,9 @@ func keyStates(newHash func() hash.Hash, secret, arena, scratch []byte) (*padSta
 		h.Write(padded)
 		if s, err := h.(stateMarshaler).AppendBinary(x.dst[:0]); err != nil || len(s) != len(x.dst) || &s[0] != &x.dst[0] {
 			return nil, errors.New("software: a hash state did not fit in its locked memory")
+		}
+		if bytes.Contains(x.dst, padded) {
+			ps.keepsBlock = true
 		}
 	}
 	ps.blocks = !marshals
@@ -164,8 +173,22 @@ func (s *hmacState) Sum(b []byte) []byte {
 	s.outer.Write(in)
 	clear(s.digest[:])
 	b = s.outer.Sum(b)
-	s.outer.Reset() // the outer keyed state stays only in locked memory
+	// The outer keyed state stays only in locked memory.
+	if s.ps.keepsBlock {
+		scrub(s.outer)
+	} else {
+		s.outer.Reset()
+	}
 	return b
+}
+
+// done is called when a computation is over and s goes back to a pool: a
+// state that would hold a padded block is scrubbed now, and keyed again
+// when it is next taken.
+func (s *hmacState) done() {
+	if s.ps.keepsBlock {
+		scrub(s.inner)
+	}
 }
 
 // clone copies the computation: the inner hash's state is cloned, never

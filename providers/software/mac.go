@@ -105,7 +105,10 @@ func (k *key) stateRLocked(alg providers.Algorithm) (*hmacState, error) {
 	return newHMACState(k.states[alg])
 }
 
-func (k *key) release(alg providers.Algorithm, h *hmacState) { k.pools[alg].Put(h) }
+func (k *key) release(alg providers.Algorithm, h *hmacState) {
+	h.done()
+	k.pools[alg].Put(h)
+}
 
 // destroy zeroes and unmaps the keyed states and drops pooled states, so
 // that no state can be keyed again. Contexts still open on the key fail
