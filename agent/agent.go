@@ -16,7 +16,8 @@ import (
 
 // KeyConfig is a key named in the configuration: where it lives and who
 // may use it. Keys a provider holds that the configuration does not name
-// are reachable by their own names, under the default policy.
+// are reachable by their own names, under the default policy; an object
+// a KeyConfig names is reachable only through it.
 type KeyConfig struct {
 	Name     string // the name clients use
 	Provider string // the provider's name
@@ -65,6 +66,11 @@ type Agent struct {
 	// gen counts configurations; a resolved key of an older one is
 	// checked again before use, so a reload reaches open contexts.
 	gen atomic.Uint64
+	// unknown holds names recently found in no provider; made counts
+	// keys made or deleted through the agent, so that a lookup that
+	// raced with one does not remember its name as unknown.
+	unknown unknownNames
+	made    atomic.Uint64
 
 	audit   *slog.Logger
 	observe func(Use)
@@ -176,28 +182,48 @@ func (a *Agent) Reload(keys []KeyConfig, defaultPolicy *Policy) error {
 	}
 	a.noteIdentityNeedsLocked(a.keys, a.defaultPolicy)
 	a.cache.Store(&map[string]*resolved{})
+	a.unknown.reset()
 	a.gen.Add(1)
 	a.mu.Unlock()
+	a.revalidateSessions()
 	return nil
 }
 
 // current checks a key resolved under an older configuration: the same
-// name must still find the same key, whose policy may have changed.
+// name must still find the same key, whose policy may have changed. A
+// key the name no longer finds is lost to the context, which the error
+// says as a denial: the caller lost every operation on it.
 func (a *Agent) current(ctx context.Context, r *resolved) (*resolved, error) {
 	if r.gen == a.gen.Load() {
 		return r, nil
 	}
 	now, err := a.resolve(ctx, []byte(r.name))
 	if errors.Is(err, providers.ErrKeyNotFound) {
-		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q was removed from the agent's configuration", r.name)
+		return nil, providers.Publicf(providers.ErrPermissionDenied, "key %q was removed from the agent's configuration; the context was ended", r.name)
 	}
 	if err != nil {
 		return nil, err
 	}
 	if now.provider != r.provider || now.ref != r.ref {
-		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q now names another key; this context used the old one", r.name)
+		return nil, providers.Publicf(providers.ErrPermissionDenied, "key %q now names another key; the context, which used the old one, was ended", r.name)
 	}
 	return now, nil
+}
+
+// revalidateSessions ends, at once, the open contexts that a reload
+// revoked, so that they hold no device state until their next request;
+// that request is told why. Contexts in use now are checked by their
+// request instead.
+func (a *Agent) revalidateSessions() {
+	a.sessionsMu.Lock()
+	sessions := make([]*Session, 0, len(a.live))
+	for s := range a.live {
+		sessions = append(sessions, s)
+	}
+	a.sessionsMu.Unlock()
+	for _, s := range sessions {
+		s.revalidateAll()
+	}
 }
 
 // tick advances the coarse clock and frees idle contexts.
@@ -261,16 +287,20 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q not found", name)
 	}
 	a.mu.RLock()
-	kc, configured := a.keys[name]
+	keys := a.keys
+	kc, configured := keys[name]
 	def := a.defaultPolicy
-	gen := a.gen.Load()
+	gen, made := a.gen.Load(), a.made.Load()
 	a.mu.RUnlock()
+	if a.unknown.has(name, time.Now()) {
+		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q not found", name)
+	}
 	r := &resolved{name: name, ref: name, gen: gen, policy: &def, oneShots: new(latency), prepares: new(latency)}
 	if configured {
 		p := a.byName[kc.Provider]
 		k, err := p.Key(ctx, kc.Ref)
 		if err != nil {
-			return nil, a.keyError(name, err)
+			return nil, a.keyError(gen, made, name, err)
 		}
 		pol := kc.Policy
 		r.key, r.provider, r.policy, r.ref = k, p, &pol, kc.Ref
@@ -281,13 +311,21 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 				continue
 			}
 			if err != nil {
-				return nil, a.keyError(name, err)
+				return nil, a.keyError(gen, made, name, err)
+			}
+			entry, err := a.claimedBy(ctx, keys, p, name, k)
+			if err != nil {
+				return nil, a.keyError(gen, made, name, err)
+			}
+			if entry != "" {
+				a.log.Debug("key name refers to a configured key's object; not reachable by it", "key", name, "provider", p.Name(), "configured", entry)
+				continue
 			}
 			r.key, r.provider = k, p
 			break
 		}
 		if r.key == nil {
-			return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q not found", name)
+			return nil, a.keyError(gen, made, name, providers.ErrKeyNotFound)
 		}
 	}
 	if im, ok := r.key.(providers.Immediate); ok {
@@ -305,9 +343,15 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 }
 
 // keyError logs a provider's error in full and returns what the client may
-// see.
-func (a *Agent) keyError(name string, err error) error {
+// see. A name found nowhere is remembered for a while, unless a reload
+// came meanwhile.
+func (a *Agent) keyError(gen, made uint64, name string, err error) error {
 	if errors.Is(err, providers.ErrKeyNotFound) {
+		a.mu.RLock()
+		if a.gen.Load() == gen && a.made.Load() == made {
+			a.unknown.add(name, time.Now())
+		}
+		a.mu.RUnlock()
 		return providers.Publicf(providers.ErrKeyNotFound, "key %q not found", name)
 	}
 	a.log.Warn("key lookup failed", "key", name, "err", err)
@@ -327,10 +371,19 @@ func (a *Agent) updateCacheLocked(change func(map[string]*resolved)) {
 	a.cache.Store(&m)
 }
 
-// forget drops a cached key, after it was deleted or vanished underneath.
+// forget drops what is cached about a name, after a key of that name was
+// made, deleted or vanished underneath, and about the configured names
+// that refer to an object of that name.
 func (a *Agent) forget(name string) {
 	a.mu.Lock()
 	a.updateCacheLocked(func(m map[string]*resolved) { delete(m, name) })
+	a.unknown.remove(name)
+	for _, kc := range a.keys {
+		if kc.Ref == name {
+			a.unknown.remove(kc.Name)
+		}
+	}
+	a.made.Add(1)
 	a.mu.Unlock()
 }
 
@@ -392,11 +445,11 @@ func (a *Agent) check(peer Peer, r *resolved, ops Ops) error {
 	if r.policy.allows(peer, ops) {
 		return nil
 	}
-	return providers.Publicf(providers.ErrPermissionDenied, "%s may not %s with key %q", peer, ops, r.name)
+	return a.denied(peer, r.policy, r.name, ops)
 }
 
 func (a *Agent) checkAdmin(peer Peer) error {
-	if peer.Known && (peer.UID == a.uid || peer.UID == 0) {
+	if a.isAdmin(peer) {
 		return nil
 	}
 	return providers.Publicf(providers.ErrPermissionDenied, "key management is for uid %d or root; %s", a.uid, peer)

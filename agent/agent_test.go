@@ -168,10 +168,14 @@ func TestPolicy(t *testing.T) {
 			_, err := s.Finalize(ctx, 1, nil)
 			return err
 		}, providers.ErrPermissionDenied},
-		{"configured object is not reachable by its own name", owner, func(s *agent.Session) error {
+		{"a configured key's object is not reachable by its own name", owner, func(s *agent.Session) error {
 			_, err := s.MAC(ctx, []byte("shared-v1"), providers.SHA256, nil, nil)
 			return err
-		}, nil},
+		}, providers.ErrKeyNotFound},
+		{"nor by a verify-only caller", verifier, func(s *agent.Session) error {
+			_, err := s.MAC(ctx, []byte("shared-v1"), providers.SHA256, nil, nil)
+			return err
+		}, providers.ErrPermissionDenied},
 	} {
 		s := a.NewSession(tc.peer)
 		err := tc.do(s)
@@ -308,13 +312,13 @@ func TestReload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Finalize(ctx, 1, nil); !errors.Is(err, providers.ErrKeyNotFound) || !strings.Contains(err.Error(), "now names another key") {
+	if _, err := s.Finalize(ctx, 1, nil); !errors.Is(err, providers.ErrPermissionDenied) || !strings.Contains(err.Error(), "now names another key") {
 		t.Errorf("context on a re-pointed key: %v", err)
 	}
 	if _, err := s.Finalize(ctx, 2, nil); !errors.Is(err, providers.ErrPermissionDenied) {
 		t.Errorf("context on a key become verify-only: %v", err)
 	}
-	if _, err := s.Finalize(ctx, 3, nil); !errors.Is(err, providers.ErrKeyNotFound) || !strings.Contains(err.Error(), "was removed") {
+	if _, err := s.Finalize(ctx, 3, nil); !errors.Is(err, providers.ErrPermissionDenied) || !strings.Contains(err.Error(), "was removed") {
 		t.Errorf("context on a removed key: %v", err)
 	}
 	if _, err := s.MAC(ctx, []byte("fresh"), providers.SHA256, nil, nil); err != nil {

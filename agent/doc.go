@@ -12,7 +12,17 @@
 // client can stream UPDATEs without waiting for replies. An error during
 // Update sticks to its context and is returned by the next Copy, Finalize
 // or Verify on it. Finalize, Verify and Abandon free the context; Close
-// frees them all.
+// frees them all. A reload ([Agent.Reload]) that takes an operation away
+// from a context's caller frees the context too, and its next request is
+// denied.
+//
+// # Names
+//
+// An object that a [KeyConfig] names is reachable only through it, never
+// by its own name under the default policy. A caller that may use no key
+// of a name is denied before any provider is asked, in the same words
+// whether the key exists or not; names found in no provider are
+// remembered for a short while, so that guesses do not reach a device.
 //
 // # Concurrency
 //

@@ -62,6 +62,9 @@ func (a *Agent) ListKeys(ctx context.Context, peer Peer) ([]providers.KeyInfo, e
 				if _, configured := keys[info.Name]; configured || seen[info.Name] {
 					continue // shadowed by configuration or an earlier provider
 				}
+				if a.claimedObject(ctx, keys, p, info.Name) {
+					continue // reachable only through its [[key]] entry
+				}
 				seen[info.Name] = true
 				out = append(out, info)
 			}
@@ -77,6 +80,17 @@ func (a *Agent) ListKeys(ctx context.Context, peer Peer) ([]providers.KeyInfo, e
 		return 0
 	})
 	return out, nil
+}
+
+// claimedObject reports whether the object p lists as name is one a
+// [[key]] entry names, or cannot be told apart from one.
+func (a *Agent) claimedObject(ctx context.Context, keys map[string]KeyConfig, p providers.Provider, name string) bool {
+	k, err := p.Key(ctx, name)
+	if err != nil {
+		return true
+	}
+	entry, err := a.claimedBy(ctx, keys, p, name, k)
+	return err != nil || entry != ""
 }
 
 // GenerateKey creates a key in the named provider (empty: the default).

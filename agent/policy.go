@@ -232,6 +232,17 @@ func (p *Policy) IdentityNeed() IdentityNeed {
 	return need
 }
 
+// opsFor returns the operations p allows peer.
+func (p *Policy) opsFor(peer Peer) Ops {
+	var ops Ops
+	for _, op := range []Ops{OpMAC, OpVerify} {
+		if p.allows(peer, op) {
+			ops |= op
+		}
+	}
+	return ops
+}
+
 // OwnerPolicy is the default: only uid may use the key, for both
 // operations.
 func OwnerPolicy(uid uint32) Policy {

@@ -11,8 +11,8 @@ import (
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
-// maxTombstones bounds how many expired context IDs a session remembers
-// in order to say why a request on one fails.
+// maxTombstones bounds how many context IDs freed for idleness a session
+// remembers in order to say why a request on one fails.
 const maxTombstones = 1024
 
 // Session is one client connection's view of the agent: who the peer is
@@ -33,16 +33,22 @@ type Session struct {
 
 	mu       sync.Mutex
 	contexts map[uint32]*macContext
-	expired  map[uint32]struct{} // contexts freed for idleness, until reported
-	closed   bool
+	// ended holds contexts the agent ended on its own (idle, or revoked
+	// by a reload) with the error their next request gets, until it is
+	// reported.
+	ended  map[uint32]error
+	closed bool
 }
 
 // macContext is an open context. err is the sticky error of a failed
 // Update, reported by the next Copy, Finalize or Verify. busy is set while
 // a request uses the context, so the idle sweeper leaves it alone.
 type macContext struct {
-	mac     providers.MAC
-	key     *resolved
+	mac providers.MAC
+	key *resolved
+	// ops are the operations the peer had on key when the context
+	// opened; a reload that takes one away ends the context.
+	ops     Ops
 	alg     providers.Algorithm
 	err     error
 	bytes   int64
@@ -68,12 +74,11 @@ func (s *Session) Peer() Peer { return s.peer }
 // ErrPermissionDenied, ErrUnsupportedAlgorithm, ErrLimit, or
 // ErrInvalidArgument if id is in use.
 func (s *Session) Open(ctx context.Context, id uint32, key []byte, alg providers.Algorithm) error {
-	r, err := s.agent.resolve(ctx, key)
+	r, err := s.agent.lookup(ctx, s.peer, key, OpMAC|OpVerify)
 	if err != nil {
-		return err
-	}
-	if err := s.agent.check(s.peer, r, OpMAC|OpVerify); err != nil {
-		s.agent.auditUse(s.peer, "open", r.name, alg, err, 0, time.Time{})
+		if errors.Is(err, providers.ErrPermissionDenied) {
+			s.agent.auditUse(s.peer, "open", string(key), alg, err, 0, time.Time{})
+		}
 		return err
 	}
 	if !r.key.Supports(alg) {
@@ -87,7 +92,7 @@ func (s *Session) Open(ctx context.Context, id uint32, key []byte, alg providers
 		s.release(id)
 		return s.keyFailed(r, err)
 	}
-	return s.install(id, &macContext{mac: m, key: r, alg: alg, opened: time.Now()})
+	return s.install(id, &macContext{mac: m, key: r, ops: r.policy.opsFor(s.peer), alg: alg, opened: time.Now()})
 }
 
 // install puts an opened context in the place reserve made for it.
@@ -121,7 +126,7 @@ func (s *Session) reserve(id uint32) error {
 		s.agent.contexts.Add(-1)
 		return providers.Publicf(providers.ErrLimit, "too many open contexts in the agent (at most %d)", s.agent.limits.MaxContexts)
 	}
-	delete(s.expired, id)
+	delete(s.ended, id)
 	s.contexts[id] = nil
 	return nil
 }
@@ -136,17 +141,21 @@ func (s *Session) release(id uint32) {
 }
 
 // take returns context id for a request, marked busy until done; with
-// remove it takes it out of the session instead.
-func (s *Session) take(id uint32, remove bool) (*macContext, error) {
+// remove it takes it out of the session instead. A context that a reload
+// since it opened revoked is ended here: take frees it and returns the
+// reason, and for a request that has no reply of its own (update) the
+// reason waits for the context's next request.
+func (s *Session) take(id uint32, remove, replies bool) (*macContext, error) {
 	s.mu.Lock()
 	c := s.contexts[id]
 	if c == nil {
-		_, wasExpired := s.expired[id]
-		delete(s.expired, id)
+		err, ended := s.ended[id]
+		if replies || !errors.Is(err, providers.ErrPermissionDenied) {
+			delete(s.ended, id) // reported now
+		}
 		s.mu.Unlock()
-		if wasExpired {
-			return nil, providers.Publicf(providers.ErrLimit,
-				"context %d was idle for more than %s and was freed", id, s.agent.limits.IdleContextTimeout)
+		if ended {
+			return nil, err
 		}
 		return nil, providers.Publicf(providers.ErrUnknownContext, "context %d is not open on this connection", id)
 	}
@@ -155,19 +164,68 @@ func (s *Session) take(id uint32, remove bool) (*macContext, error) {
 	} else {
 		c.busy = true
 	}
+	key := c.key
 	s.mu.Unlock()
 	if remove {
 		s.agent.contexts.Add(-1)
 	}
-	if c.key.gen != s.agent.gen.Load() && c.err == nil {
-		// The configuration was reloaded since the context opened.
-		if r, err := s.agent.current(context.Background(), c.key); err != nil {
-			c.err = err
-		} else {
-			c.key = r
+	if key.gen != s.agent.gen.Load() {
+		r, err := s.revalidate(key, c.ops)
+		if err != nil {
+			if !remove {
+				s.end(id, c, err, replies)
+			} else {
+				s.finish(c, "revoke", err)
+			}
+			return nil, err
 		}
+		s.mu.Lock() // revalidateAll reads c.key
+		c.key = r
+		s.mu.Unlock()
 	}
 	return c, nil
+}
+
+// revalidate checks a context's key and operations against the
+// configuration reloaded since it opened: its name must still find the
+// same key, and the peer must still have every operation it had.
+// Otherwise the peer lost an operation, and the error says which way.
+func (s *Session) revalidate(key *resolved, ops Ops) (*resolved, error) {
+	r, err := s.agent.current(context.Background(), key)
+	if err != nil {
+		return nil, err
+	}
+	if lost := ops &^ r.policy.opsFor(s.peer); lost != 0 {
+		return nil, providers.Publicf(providers.ErrPermissionDenied,
+			"the agent's configuration changed: %s may no longer %s with key %q; the context was ended", s.peer, lost, r.name)
+	}
+	return r, nil
+}
+
+// end frees context id, which a request holds busy, for err. When the
+// request replies, its reply says err; otherwise the context's next
+// request will.
+func (s *Session) end(id uint32, c *macContext, err error, replied bool) {
+	s.mu.Lock()
+	if s.closed || s.contexts[id] != c {
+		s.mu.Unlock()
+		return // Close took it meanwhile, and frees it
+	}
+	s.endLocked(id, c, err, replied)
+}
+
+// endLocked is end with s.mu held, which it unlocks.
+func (s *Session) endLocked(id uint32, c *macContext, err error, replied bool) {
+	delete(s.contexts, id)
+	if !replied {
+		if s.ended == nil {
+			s.ended = make(map[uint32]error)
+		}
+		s.ended[id] = err
+	}
+	s.mu.Unlock()
+	s.agent.contexts.Add(-1)
+	s.finish(c, "revoke", err)
 }
 
 // done ends a request's use of a context.
@@ -206,10 +264,13 @@ func (s *Session) UpdateOwned(ctx context.Context, id uint32, p []byte, release 
 }
 
 func (s *Session) update(ctx context.Context, id uint32, p []byte, release func([]byte)) error {
-	c, err := s.take(id, false)
+	c, err := s.take(id, false, false)
 	if err != nil {
 		if release != nil {
 			release(p)
+		}
+		if errors.Is(err, providers.ErrPermissionDenied) {
+			return nil // reported by the context's next request
 		}
 		return err
 	}
@@ -235,7 +296,7 @@ func (s *Session) update(ctx context.Context, id uint32, p []byte, release func(
 // Copy opens newID as a copy of id. It reports id's sticky error; a failed
 // copy leaves id as it was.
 func (s *Session) Copy(ctx context.Context, id, newID uint32) error {
-	c, err := s.take(id, false)
+	c, err := s.take(id, false, true)
 	if err != nil {
 		return err
 	}
@@ -251,14 +312,14 @@ func (s *Session) Copy(ctx context.Context, id, newID uint32) error {
 		s.release(newID)
 		return s.keyFailed(c.key, err)
 	}
-	return s.install(newID, &macContext{mac: m, key: c.key, alg: c.alg, bytes: c.bytes, opened: time.Now()})
+	return s.install(newID, &macContext{mac: m, key: c.key, ops: c.ops, alg: c.alg, bytes: c.bytes, opened: time.Now()})
 }
 
 // Finalize finishes context id and appends its tag to dst. A peer allowed
 // only to verify gets ErrPermissionDenied, and the context is finished all
 // the same.
 func (s *Session) Finalize(ctx context.Context, id uint32, dst []byte) (tag []byte, err error) {
-	c, err := s.take(id, true)
+	c, err := s.take(id, true, true)
 	if err != nil {
 		return nil, err
 	}
@@ -279,7 +340,7 @@ func (s *Session) Finalize(ctx context.Context, id uint32, dst []byte) (tag []by
 // Verify finishes context id and checks tag in constant time. Errors wrap
 // ErrInvalidSignature, ErrPermissionDenied or the sticky error.
 func (s *Session) Verify(ctx context.Context, id uint32, tag []byte) (err error) {
-	c, err := s.take(id, true)
+	c, err := s.take(id, true, true)
 	if err != nil {
 		return err
 	}
@@ -308,7 +369,7 @@ func (s *Session) finish(c *macContext, op string, err error) {
 // Abandon frees context id without a result. An unknown id is ignored:
 // abandoning is idempotent.
 func (s *Session) Abandon(id uint32) {
-	if c, err := s.take(id, true); err == nil {
+	if c, err := s.take(id, true, true); err == nil {
 		s.finish(c, "abandon", nil)
 	}
 }
@@ -504,16 +565,15 @@ func (s *Session) verifyMAC(ctx context.Context, r *resolved, alg providers.Algo
 // oneShotKey resolves a key for a one-shot operation and checks policy
 // and algorithm; a denial is audited.
 func (s *Session) oneShotKey(ctx context.Context, key []byte, alg providers.Algorithm, op Ops) (*resolved, error) {
-	r, err := s.agent.resolve(ctx, key)
+	r, err := s.agent.lookup(ctx, s.peer, key, op)
 	if err != nil {
-		return nil, err
-	}
-	if err := s.agent.check(s.peer, r, op); err != nil {
-		name := "mac"
-		if op == OpVerify {
-			name = "verify_mac"
+		if errors.Is(err, providers.ErrPermissionDenied) {
+			name := "mac"
+			if op == OpVerify {
+				name = "verify_mac"
+			}
+			s.agent.auditUse(s.peer, name, string(key), alg, err, 0, time.Time{})
 		}
-		s.agent.auditUse(s.peer, name, r.name, alg, err, 0, time.Time{})
 		return nil, err
 	}
 	if !r.key.Supports(alg) {
@@ -539,11 +599,12 @@ func (s *Session) expire(cutoff int64) {
 			continue
 		}
 		delete(s.contexts, id)
-		if s.expired == nil {
-			s.expired = make(map[uint32]struct{})
+		if s.ended == nil {
+			s.ended = make(map[uint32]error)
 		}
-		if len(s.expired) < maxTombstones {
-			s.expired[id] = struct{}{}
+		if len(s.ended) < maxTombstones {
+			s.ended[id] = providers.Publicf(providers.ErrLimit,
+				"context %d was idle for more than %s and was freed", id, s.agent.limits.IdleContextTimeout)
 		}
 		gone = append(gone, c)
 	}
@@ -575,4 +636,36 @@ func (s *Session) Close() {
 	s.agent.sessionsMu.Lock()
 	delete(s.agent.live, s)
 	s.agent.sessionsMu.Unlock()
+}
+
+// revalidateAll ends the contexts that a reload revoked, leaving each
+// one's reason for its next request. A context that a request uses
+// meanwhile is left to that request, which checks it again.
+func (s *Session) revalidateAll() {
+	gen := s.agent.gen.Load()
+	type check struct {
+		c   *macContext
+		key *resolved
+	}
+	s.mu.Lock()
+	var stale map[uint32]check
+	for id, c := range s.contexts {
+		if c != nil && c.key.gen != gen {
+			if stale == nil {
+				stale = make(map[uint32]check)
+			}
+			stale[id] = check{c, c.key}
+		}
+	}
+	s.mu.Unlock()
+	for id, ck := range stale {
+		if _, err := s.revalidate(ck.key, ck.c.ops); err != nil {
+			s.mu.Lock()
+			if s.closed || s.contexts[id] != ck.c || ck.c.busy || ck.c.key != ck.key {
+				s.mu.Unlock()
+				continue
+			}
+			s.endLocked(id, ck.c, err, false)
+		}
+	}
 }

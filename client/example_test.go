@@ -12,6 +12,7 @@ import (
 
 	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
+	"github.com/hmac-agent/hmac-agent/internal/softhsm"
 )
 
 // TestMain starts an agent holding the key "webhook" (the bytes "Jefe",
@@ -20,6 +21,9 @@ import (
 func TestMain(m *testing.M) {
 	if os.Getenv("HMAC_AGENT_POLICY_CHILD") != "" {
 		policyChild()
+	}
+	if os.Getenv("HMAC_AGENT_PROBE_CHILD") != "" {
+		probeChild()
 	}
 	dir, err := os.MkdirTemp("", "hmac-agent-example-")
 	if err != nil {
@@ -36,6 +40,7 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	stop()
 	os.RemoveAll(dir)
+	softhsm.Cleanup() // tokens of the tests that use SoftHSM2
 	os.Exit(code)
 }
 

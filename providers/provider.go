@@ -150,3 +150,13 @@ type Deleter interface {
 	// DeleteKey destroys the named key. ErrKeyNotFound if there is none.
 	DeleteKey(ctx context.Context, name string) error
 }
+
+// Identified is implemented by keys whose provider can reach one object
+// under more than one reference, as a PKCS#11 token finds one object by
+// its label or by its CKA_ID. Identity is equal for two keys exactly when
+// they are the same object; the agent uses it so that an object a
+// configured key names cannot be reached under another name. Keys of
+// providers whose only reference is the key's name need not implement it.
+type Identified interface {
+	Identity() string
+}

@@ -168,7 +168,7 @@ func (c *conn) handshake() error {
 
 // dispatch runs a request inline, or hands it to its context's queue or a
 // goroutine when it may wait on a device. A one-shot on a device key runs
-// inline while the agent finds that key quick (agent.Quick): a token call
+// inline while the agent finds that key quick (Session.Quick): a token call
 // of 20 µs costs less than the hand-off to a goroutine.
 func (c *conn) dispatch(m *wire.Message) {
 	switch m.Type {
@@ -176,13 +176,13 @@ func (c *conn) dispatch(m *wire.Message) {
 		c.qmu.Lock()
 		q := c.queues[m.Context]
 		c.qmu.Unlock()
-		if q == nil && (m.Type != wire.TypeOpen || c.srv.agent.Immediate(c.ctx, m.Key)) {
+		if q == nil && (m.Type != wire.TypeOpen || c.sess.Immediate(c.ctx, m.Key)) {
 			c.contextOp(m, nil, nil)
 			return
 		}
 		c.enqueue(m)
 	case wire.TypeMAC, wire.TypeVerifyMAC:
-		if c.srv.agent.Quick(c.ctx, m.Key) {
+		if c.sess.Quick(c.ctx, m.Key) {
 			c.oneShot(m, c.scratch[:0])
 			return
 		}

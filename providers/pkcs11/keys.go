@@ -22,6 +22,9 @@ type key struct {
 	label string
 	id    []byte
 	algs  map[providers.Algorithm]bool
+	// identity is the object's own CKA_LABEL and CKA_ID, as read from
+	// the token: the same whether the key was found by label or by id.
+	identity string
 
 	mu     sync.Mutex
 	handle p11.ObjectHandle
@@ -33,8 +36,13 @@ type key struct {
 }
 
 var (
-	_ providers.Key = (*key)(nil)
+	_ providers.Key        = (*key)(nil)
+	_ providers.Identified = (*key)(nil)
 )
+
+// Identity is the object's CKA_LABEL and CKA_ID. Two objects alike in
+// both cannot be told apart by any reference to them.
+func (k *key) Identity() string { return k.identity }
 
 // template is the search template for the key: a token object, never one
 // of the agent's session copies.
@@ -210,14 +218,22 @@ func (p *Provider) Key(ctx context.Context, ref string) (providers.Key, error) {
 			p11.NewAttribute(p11.CKA_KEY_TYPE, nil),
 			p11.NewAttribute(p11.CKA_VALUE_LEN, nil),
 			p11.NewAttribute(p11.CKA_SIGN, nil),
+			p11.NewAttribute(p11.CKA_LABEL, nil),
+			p11.NewAttribute(p11.CKA_ID, nil),
 		})
 		if err != nil {
 			return err
 		}
 		var keyType uint
 		var valueLen int
+		var label, id []byte
+		defer func() { k.identity = fmt.Sprintf("label=%x;id=%x", label, id) }()
 		for _, a := range attrs {
 			switch a.Type {
+			case p11.CKA_LABEL:
+				label = a.Value
+			case p11.CKA_ID:
+				id = a.Value
 			case p11.CKA_KEY_TYPE:
 				keyType = uint(bytesToUint(a.Value))
 			case p11.CKA_VALUE_LEN:

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -198,7 +199,9 @@ func TestWrappedImport(t *testing.T) {
 	}
 }
 
-// TestOtherToolsKeys: keys made by pkcs11-tool are found by label and by id.
+// TestOtherToolsKeys: keys made by pkcs11-tool are found by label and by
+// id. Both entries name the object; its label alone, which an entry
+// claims, does not reach it.
 func TestOtherToolsKeys(t *testing.T) {
 	if _, err := exec.LookPath("pkcs11-tool"); err != nil {
 		t.Fatalf("pkcs11-tool (Debian package opensc) is needed: %v", err)
@@ -212,17 +215,22 @@ func TestOtherToolsKeys(t *testing.T) {
 	}
 	a := agenttest.Start(t, agenttest.Options{
 		Providers: []providers.Provider{p},
-		Keys: []agent.KeyConfig{{Name: "by-id", Provider: "hsm", Ref: "pkcs11:token=" + tok.Label + ";id=%0a%0b",
-			Policy: agent.OwnerPolicy(uint32(0))}},
+		Keys: []agent.KeyConfig{
+			{Name: "by-id", Provider: "hsm", Ref: "pkcs11:token=" + tok.Label + ";id=%0a%0b", Policy: agent.OwnerPolicy(uint32(os.Geteuid()))},
+			{Name: "by-label", Provider: "hsm", Ref: "made-elsewhere", Policy: agent.OwnerPolicy(uint32(os.Geteuid()))},
+		},
 	})
 	c, err := client.Dial(ctx, a.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	byLabel, err := c.MAC(ctx, "made-elsewhere", client.SHA256, []byte("m"))
+	byLabel, err := c.MAC(ctx, "by-label", client.SHA256, []byte("m"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := c.MAC(ctx, "made-elsewhere", client.SHA256, []byte("m")); !errors.Is(err, client.ErrKeyNotFound) {
+		t.Errorf("the object by its label, which entries claim: %v", err)
 	}
 	byID, err := c.MAC(ctx, "by-id", client.SHA256, []byte("m"))
 	if err != nil {
@@ -231,7 +239,7 @@ func TestOtherToolsKeys(t *testing.T) {
 	if !bytes.Equal(byLabel, byID) {
 		t.Error("the same key by label and by id gives different tags")
 	}
-	if err := c.VerifyMAC(ctx, "by-id", client.SHA512, []byte("m"), mustMAC(t, c, "made-elsewhere", client.SHA512)); err != nil {
+	if err := c.VerifyMAC(ctx, "by-id", client.SHA512, []byte("m"), mustMAC(t, c, "by-label", client.SHA512)); err != nil {
 		t.Errorf("verify: %v", err)
 	}
 }

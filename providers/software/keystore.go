@@ -2,27 +2,23 @@ package software
 
 import (
 	"bytes"
-	"encoding/json"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/hmac-agent/hmac-agent/internal/memlock"
 	"github.com/hmac-agent/hmac-agent/internal/privfile"
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
 const keyFileSuffix = ".key"
-
-// keyFile is the on-disk form of one key.
-type keyFile struct {
-	Version int       `json:"version"`
-	Created time.Time `json:"created"`
-	Secret  []byte    `json:"secret"` // base64 in JSON
-}
 
 // openDir creates dir (0700) if it is missing and checks it is private.
 func openDir(dir string) error {
@@ -67,37 +63,142 @@ func loadKeys(dir string) (keys map[string]*key, lockErr error, err error) {
 }
 
 func readKeyFile(path, name string) (k *key, lockErr, err error) {
-	data, err := privfile.Read(path)
+	file, err := readLocked(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("software keystore: %w", err)
 	}
-	defer clear(data)
-	var kf keyFile
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&kf); err != nil {
+	defer file.Destroy()
+	created, secret, err := parseKeyFile(file.Bytes())
+	if err != nil {
 		return nil, nil, fmt.Errorf("software keystore: %s: not a key file: %w", path, err)
 	}
-	defer clear(kf.Secret)
-	if kf.Version != 1 {
-		return nil, nil, fmt.Errorf("software keystore: %s: unknown key file version %d", path, kf.Version)
-	}
-	k, lockErr = newKey(name, kf.Secret, kf.Created)
+	defer secret.Destroy()
+	k, lockErr = newKey(name, secret.Bytes(), created)
 	if k == nil {
 		return nil, nil, fmt.Errorf("software keystore: %s: %w", path, lockErr)
 	}
 	return k, lockErr, nil
 }
 
-// writeKeyFile stores a new key atomically. It fails with ErrKeyExists
-// rather than replace a key.
-func writeKeyFile(dir, name string, secret []byte, created time.Time) error {
-	data, err := json.Marshal(keyFile{Version: 1, Created: created, Secret: secret})
+// readLocked reads a private key file into locked memory: its base64
+// text is as secret as the key. It refuses a symlink, and a file that
+// privfile.Check refuses, checked on the open descriptor.
+func readLocked(path string) (*memlock.Secret, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer clear(data)
-	if err := privfile.Create(filepath.Join(dir, name+keyFileSuffix), data); err != nil {
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if err := privfile.Check(path, info, false); err != nil {
+		return nil, err
+	}
+	if info.Size() > maxKeyFileSize {
+		return nil, fmt.Errorf("%s: %d bytes is too large for a key file", path, info.Size())
+	}
+	buf, _ := memlock.Alloc(int(info.Size()))
+	if buf == nil {
+		return nil, fmt.Errorf("%s: no memory to read it into", path)
+	}
+	if _, err := io.ReadFull(f, buf.Bytes()); err != nil {
+		buf.Destroy()
+		return nil, err
+	}
+	return buf, nil
+}
+
+// maxKeyFileSize bounds a key file: base64 of MaxKeyLength and the rest.
+const maxKeyFileSize = 4*MaxKeyLength/3 + 256
+
+// The key file is JSON in exactly this layout, which encoding/json also
+// wrote for earlier versions:
+//
+//	{"version":1,"created":"2026-11-30T09:00:00Z","secret":"BASE64"}
+//
+// It is parsed and formatted by hand because encoding/json would leave
+// copies of the base64 text in its buffers on the heap.
+const (
+	keyFilePrefix = `{"version":1,"created":"`
+	keyFileMiddle = `","secret":`
+)
+
+// parseKeyFile decodes a key file held in locked memory. The secret is
+// decoded straight into locked memory; nothing secret is copied
+// elsewhere.
+func parseKeyFile(data []byte) (created time.Time, secret *memlock.Secret, err error) {
+	rest, ok := bytes.CutPrefix(data, []byte(keyFilePrefix))
+	if !ok {
+		return time.Time{}, nil, errors.New(`want {"version":1,"created":...`)
+	}
+	i := bytes.Index(rest, []byte(keyFileMiddle))
+	if i < 0 || i > 64 {
+		return time.Time{}, nil, errors.New("no creation time and secret")
+	}
+	if err := created.UnmarshalText(rest[:i]); err != nil {
+		return time.Time{}, nil, fmt.Errorf("creation time: %w", err)
+	}
+	value := bytes.TrimSuffix(rest[i+len(keyFileMiddle):], []byte("\n"))
+	value, ok = bytes.CutSuffix(value, []byte("}"))
+	if !ok {
+		return time.Time{}, nil, errors.New("no closing brace")
+	}
+	if string(value) == "null" { // an empty key, as encoding/json wrote it
+		value = []byte(`""`)
+	}
+	if len(value) < 2 || value[0] != '"' || value[len(value)-1] != '"' {
+		return time.Time{}, nil, errors.New("secret is not a string")
+	}
+	value = value[1 : len(value)-1]
+	secret, _ = memlock.Alloc(base64.StdEncoding.DecodedLen(len(value)))
+	if secret == nil {
+		return time.Time{}, nil, errors.New("no memory to decode the secret into")
+	}
+	n, err := base64.StdEncoding.Strict().Decode(secret.Bytes(), value)
+	if err != nil {
+		secret.Destroy()
+		return time.Time{}, nil, errors.New("secret is not base64")
+	}
+	secret.Truncate(n)
+	return created, secret, nil
+}
+
+// formatKeyFile writes a key file's text into locked memory.
+func formatKeyFile(secret []byte, created time.Time) (*memlock.Secret, error) {
+	ts, err := created.MarshalText()
+	if err != nil {
+		return nil, err
+	}
+	n := len(keyFilePrefix) + len(ts) + len(keyFileMiddle) + 2 + base64.StdEncoding.EncodedLen(len(secret)) + 1
+	buf, _ := memlock.Alloc(n)
+	if buf == nil {
+		return nil, errors.New("no memory to write the key file in")
+	}
+	b := buf.Bytes()[:0]
+	b = append(b, keyFilePrefix...)
+	b = append(b, ts...)
+	b = append(b, keyFileMiddle...)
+	b = append(b, '"')
+	b = base64.StdEncoding.AppendEncode(b, secret)
+	b = append(b, '"', '}')
+	if len(b) != n {
+		buf.Destroy()
+		return nil, errors.New("key file text did not fit in its locked memory")
+	}
+	return buf, nil
+}
+
+// writeKeyFile stores a new key atomically (see createKeyFile). It fails
+// with ErrKeyExists rather than replace a key.
+func writeKeyFile(dir, name string, secret []byte, created time.Time) error {
+	text, err := formatKeyFile(secret, created)
+	if err != nil {
+		return fmt.Errorf("software keystore: %w", err)
+	}
+	defer text.Destroy()
+	if err := createKeyFile(dir, name+keyFileSuffix, text.Bytes()); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("software keystore: %q: %w", name, providers.ErrKeyExists)
 		}

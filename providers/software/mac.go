@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/hmac"
 	"fmt"
-	"hash"
 	"sync"
 	"time"
 
@@ -12,18 +11,23 @@ import (
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
-// key is one software key. Its secret is kept only to key new HMAC states;
-// states are pooled per algorithm because keying costs more than a short
-// MAC.
+// key is one software key. It keeps no copy of the secret itself: only,
+// for each algorithm, the hash states after the padded key blocks, in
+// locked memory (see hmac.go). Keyed states are pooled per algorithm
+// because restoring one is cheaper than allocating it.
 type key struct {
 	name    string
 	created time.Time
 
-	mu      sync.Mutex // guards secret and deleted
-	secret  *memlock.Secret
+	// mu guards arena and deleted. It is held for reading while a state
+	// reads the arena, so that delete, which takes it for writing, never
+	// unmaps memory in use.
+	mu      sync.RWMutex
+	arena   *memlock.Secret
+	states  [providers.MaxAlgorithm + 1]*padStates
 	deleted bool
 
-	pools [providers.MaxAlgorithm + 1]sync.Pool // of hash.Hash, keyed, any state
+	pools [providers.MaxAlgorithm + 1]sync.Pool // of *hmacState, any input
 }
 
 var (
@@ -33,61 +37,107 @@ var (
 	_ providers.MAC       = (*mac)(nil)
 )
 
-// newKey copies secret into locked memory. An error says only that the
-// memory could not be locked; the key works regardless.
+// newKey keys every algorithm's states from secret into a new locked
+// arena. secret is not kept; the caller zeroes it. An error with a key
+// says only that the memory could not be locked; the key works
+// regardless.
 func newKey(name string, secret []byte, created time.Time) (*key, error) {
-	s, err := memlock.New(secret)
-	if s == nil {
+	algs := providers.Algorithms()
+	size, scratch := 0, 0
+	for _, alg := range algs {
+		size += arenaSize(alg.NewHash())
+		scratch = max(scratch, 2*alg.NewHash()().BlockSize())
+	}
+	// The padded key is built in scratch memory of its own, unmapped
+	// once the states are keyed, so that the arena a key keeps holds
+	// the states alone: a page for the algorithms of today.
+	pad, lockErr := memlock.Alloc(scratch)
+	if pad == nil {
+		return nil, lockErr
+	}
+	defer pad.Destroy()
+	arena, err := memlock.Alloc(size)
+	if arena == nil {
 		return nil, err
 	}
-	return &key{name: name, created: created, secret: s}, err
+	if lockErr == nil {
+		lockErr = err
+	}
+	k := &key{name: name, created: created, arena: arena}
+	mem := arena.Bytes()
+	for _, alg := range algs {
+		n := arenaSize(alg.NewHash())
+		ps, err := keyStates(alg.NewHash(), secret, mem[:n:n], pad.Bytes())
+		if err != nil {
+			arena.Destroy()
+			return nil, err
+		}
+		k.states[alg], mem = ps, mem[n:]
+	}
+	return k, lockErr
 }
 
 func (k *key) Name() string                          { return k.name }
 func (k *key) Supports(alg providers.Algorithm) bool { return alg.Valid() }
 func (k *key) Immediate() bool                       { return true }
 
-// state returns a keyed HMAC state, reset to empty input.
-func (k *key) state(alg providers.Algorithm) (hash.Hash, error) {
+// errDeleted is what a context on a deleted key gets: its keyed states
+// are gone.
+func (k *key) errDeleted() error {
+	return fmt.Errorf("software: key %q was deleted: %w", k.name, providers.ErrKeyNotFound)
+}
+
+// state returns a keyed HMAC state, reset to empty input. k.mu is held
+// for reading.
+func (k *key) stateRLocked(alg providers.Algorithm) (*hmacState, error) {
 	if !alg.Valid() {
 		return nil, fmt.Errorf("software: %w: %s", providers.ErrUnsupportedAlgorithm, alg)
 	}
-	if h, ok := k.pools[alg].Get().(hash.Hash); ok {
-		h.Reset()
+	if k.deleted {
+		return nil, k.errDeleted()
+	}
+	if h, ok := k.pools[alg].Get().(*hmacState); ok {
+		if err := h.reset(); err != nil {
+			return nil, err
+		}
 		return h, nil
 	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.deleted {
-		return nil, fmt.Errorf("software: key %q was deleted: %w", k.name, providers.ErrKeyNotFound)
-	}
-	secret := k.secret.Bytes()
-	if stateHMACs[alg] {
-		return newStateHMAC(alg, secret), nil
-	}
-	return hmac.New(alg.NewHash(), secret), nil
+	return newHMACState(k.states[alg])
 }
 
-func (k *key) release(alg providers.Algorithm, h hash.Hash) { k.pools[alg].Put(h) }
+func (k *key) release(alg providers.Algorithm, h *hmacState) {
+	h.done()
+	k.pools[alg].Put(h)
+}
 
-// destroy zeroes the secret and drops pooled states, so that no new state
-// can be keyed from it.
+// destroy zeroes and unmaps the keyed states and drops pooled states, so
+// that no state can be keyed again. Contexts still open on the key fail
+// at their next Copy, Finalize or Verify.
 func (k *key) destroy() {
 	k.mu.Lock()
 	if !k.deleted {
-		k.secret.Destroy()
+		k.arena.Destroy()
 		k.deleted = true
 	}
 	k.mu.Unlock()
 	for i := range k.pools {
+		for {
+			h, ok := k.pools[i].Get().(*hmacState)
+			if !ok {
+				break
+			}
+			h.wipe()
+		}
 		k.pools[i] = sync.Pool{}
 	}
 }
 
 // NewMAC opens a context. Errors wrap ErrUnsupportedAlgorithm for an
-// invalid algorithm.
+// invalid algorithm, or ErrKeyNotFound once the key is deleted.
 func (k *key) NewMAC(ctx context.Context, alg providers.Algorithm) (providers.MAC, error) {
-	h, err := k.state(alg)
+	k.mu.RLock()
+	h, err := k.stateRLocked(alg)
+	k.mu.RUnlock()
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +146,9 @@ func (k *key) NewMAC(ctx context.Context, alg providers.Algorithm) (providers.MA
 
 // SumMAC appends the tag of data to dst without allocating in steady state.
 func (k *key) SumMAC(ctx context.Context, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
-	h, err := k.state(alg)
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	h, err := k.stateRLocked(alg)
 	if err != nil {
 		return nil, err
 	}
@@ -110,7 +162,7 @@ func (k *key) SumMAC(ctx context.Context, alg providers.Algorithm, data, dst []b
 type mac struct {
 	key *key
 	alg providers.Algorithm
-	h   hash.Hash
+	h   *hmacState
 }
 
 func (m *mac) Algorithm() providers.Algorithm { return m.alg }
@@ -128,20 +180,37 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 	if m.h == nil {
 		return nil, providers.ErrAlreadyFinalized
 	}
-	c, err := m.h.(hash.Cloner).Clone()
+	m.key.mu.RLock()
+	defer m.key.mu.RUnlock()
+	if m.key.deleted {
+		return nil, m.key.errDeleted()
+	}
+	c, err := m.h.clone()
 	if err != nil {
 		return nil, fmt.Errorf("software: copy: %w", err)
 	}
-	return &mac{key: m.key, alg: m.alg, h: c.(hash.Hash)}, nil
+	return &mac{key: m.key, alg: m.alg, h: c}, nil
+}
+
+// sum appends the tag to b and finishes the context.
+func (m *mac) sum(b []byte) ([]byte, error) {
+	m.key.mu.RLock()
+	defer m.key.mu.RUnlock()
+	if m.key.deleted {
+		m.h.wipe()
+		m.h = nil
+		return nil, m.key.errDeleted()
+	}
+	b = m.h.Sum(b)
+	m.closeRLocked()
+	return b, nil
 }
 
 func (m *mac) Finalize(ctx context.Context) ([]byte, error) {
 	if m.h == nil {
 		return nil, providers.ErrAlreadyFinalized
 	}
-	tag := m.h.Sum(nil)
-	m.Close()
-	return tag, nil
+	return m.sum(nil)
 }
 
 func (m *mac) Verify(ctx context.Context, tag []byte) error {
@@ -149,8 +218,10 @@ func (m *mac) Verify(ctx context.Context, tag []byte) error {
 		return providers.ErrAlreadyFinalized
 	}
 	var buf [64]byte
-	sum := m.h.Sum(buf[:0])
-	m.Close()
+	sum, err := m.sum(buf[:0])
+	if err != nil {
+		return err
+	}
 	if !hmac.Equal(sum, tag) {
 		return providers.ErrInvalidSignature
 	}
@@ -159,7 +230,19 @@ func (m *mac) Verify(ctx context.Context, tag []byte) error {
 
 func (m *mac) Close() {
 	if m.h != nil {
-		m.key.release(m.alg, m.h)
-		m.h = nil
+		m.key.mu.RLock()
+		m.closeRLocked()
+		m.key.mu.RUnlock()
 	}
+}
+
+// closeRLocked returns the state to the key's pool, or wipes it if the
+// key is gone. m.key.mu is held for reading.
+func (m *mac) closeRLocked() {
+	if m.key.deleted {
+		m.h.wipe()
+	} else {
+		m.key.release(m.alg, m.h)
+	}
+	m.h = nil
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hmac-agent/hmac-agent/internal/memlock"
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
@@ -135,10 +136,14 @@ func (p *Provider) GenerateKey(ctx context.Context, name string, length int) (pr
 	if length < 1 || length > MaxKeyLength {
 		return providers.KeyInfo{}, fmt.Errorf("software: key length %d: %w: must be 1 to %d bytes", length, providers.ErrInvalidArgument, MaxKeyLength)
 	}
-	secret := make([]byte, length)
-	rand.Read(secret)
-	defer clear(secret)
-	return p.add(name, secret)
+	// Made in locked memory, so that the new key has no copy on the heap.
+	buf, err := memlock.Alloc(length)
+	if buf == nil {
+		return providers.KeyInfo{}, fmt.Errorf("software: %w", err)
+	}
+	defer buf.Destroy()
+	rand.Read(buf.Bytes())
+	return p.add(name, buf.Bytes())
 }
 
 // ImportKey stores a copy of secret under name. An empty secret is allowed,
@@ -179,9 +184,10 @@ func (p *Provider) add(name string, secret []byte) (providers.KeyInfo, error) {
 	return p.infoLocked(k), nil
 }
 
-// DeleteKey removes the key from disk and memory and zeroes its bytes.
-// Contexts already open on it run to completion. Errors wrap
-// ErrKeyNotFound or ErrClosed.
+// DeleteKey removes the key from disk and memory and zeroes what was
+// derived from it. Contexts still open on it fail at their next Copy,
+// Finalize or Verify with ErrKeyNotFound. Errors wrap ErrKeyNotFound or
+// ErrClosed.
 func (p *Provider) DeleteKey(ctx context.Context, name string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -1,0 +1,195 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/hmac-agent/hmac-agent/providers"
+)
+
+// lookup resolves the key a peer names for an operation in ops and checks
+// the peer may do it. A peer that may use no key of that name, whether
+// one exists or not, gets the same denial, decided before any provider
+// is asked: otherwise permission_denied against key_not_found would tell
+// it which names exist, and its guesses would cost token lookups. The
+// agent's owner and root are told which of the two it is.
+func (a *Agent) lookup(ctx context.Context, peer Peer, name []byte, ops Ops) (*resolved, error) {
+	if m := a.cache.Load(); m != nil {
+		if r := (*m)[string(name)]; r != nil {
+			if r.policy.allows(peer, ops) {
+				return r, nil
+			}
+			return nil, a.denied(peer, r.policy, r.name, ops)
+		}
+	}
+	if !a.isAdmin(peer) {
+		a.mu.RLock()
+		pol := a.defaultPolicy
+		if kc, ok := a.keys[string(name)]; ok {
+			pol = kc.Policy
+		}
+		a.mu.RUnlock()
+		if !pol.allows(peer, OpMAC|OpVerify) {
+			return nil, a.denied(peer, &pol, string(name), ops)
+		}
+	}
+	r, err := a.resolveSlow(ctx, string(name))
+	if err != nil {
+		return nil, err
+	}
+	if !r.policy.allows(peer, ops) {
+		return nil, a.denied(peer, r.policy, r.name, ops)
+	}
+	return r, nil
+}
+
+// allowedNothing reports, without asking a provider, whether peer may
+// use no key of name at all: the name's policy, configured or default,
+// does not list it, and it is neither the agent's owner nor root.
+func (a *Agent) allowedNothing(peer Peer, name []byte) bool {
+	if a.isAdmin(peer) {
+		return false
+	}
+	if m := a.cache.Load(); m != nil {
+		if r := (*m)[string(name)]; r != nil {
+			return !r.policy.allows(peer, OpMAC|OpVerify)
+		}
+	}
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	pol := &a.defaultPolicy
+	if kc, ok := a.keys[string(name)]; ok {
+		pol = &kc.Policy
+	}
+	return !pol.allows(peer, OpMAC|OpVerify)
+}
+
+// Immediate is Agent.Immediate for the session's peer. A name the peer
+// may use no key of reports true without a lookup: its requests are
+// denied at once, and a caller allowed nothing never makes the agent ask
+// a provider about a name.
+func (s *Session) Immediate(ctx context.Context, name []byte) bool {
+	return s.agent.allowedNothing(s.peer, name) || s.agent.Immediate(ctx, name)
+}
+
+// Quick is Agent.Quick for the session's peer, with names treated as by
+// Immediate.
+func (s *Session) Quick(ctx context.Context, name []byte) bool {
+	return s.agent.allowedNothing(s.peer, name) || s.agent.Quick(ctx, name)
+}
+
+// denied is the reply to a peer that pol does not allow ops. A peer
+// allowed nothing at all gets one message for every name, so that the
+// message, like the code, does not depend on whether the key exists.
+func (a *Agent) denied(peer Peer, pol *Policy, name string, ops Ops) error {
+	if !pol.allows(peer, OpMAC|OpVerify) {
+		return providers.Publicf(providers.ErrPermissionDenied, "%s may not use key %q", peer, name)
+	}
+	return providers.Publicf(providers.ErrPermissionDenied, "%s may not %s with key %q", peer, ops, name)
+}
+
+func (a *Agent) isAdmin(peer Peer) bool {
+	return peer.Known && (peer.UID == a.uid || peer.UID == 0)
+}
+
+// claimedBy returns the name of the [[key]] entry whose object is k,
+// which p found under name for a caller under the default policy. Such an
+// object is reachable only through its entry: otherwise a caller denied
+// the entry could use the key by the object's own name. Entries are
+// compared by reference first and then, for providers that reach one
+// object by several references (a PKCS#11 label or CKA_ID), by the
+// identity the provider gives the object. An entry whose object cannot
+// be looked up for another reason than its absence is an error: the
+// answer is unknown, and the agent does not guess in the caller's
+// favour.
+func (a *Agent) claimedBy(ctx context.Context, keys map[string]KeyConfig, p providers.Provider, name string, k providers.Key) (string, error) {
+	id, hasID := k.(providers.Identified)
+	for _, kc := range keys {
+		if kc.Provider != p.Name() {
+			continue
+		}
+		if kc.Ref == name {
+			return kc.Name, nil
+		}
+		if !hasID {
+			continue
+		}
+		ck, err := p.Key(ctx, kc.Ref)
+		if errors.Is(err, providers.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		if other, ok := ck.(providers.Identified); ok && other.Identity() == id.Identity() {
+			return kc.Name, nil
+		}
+	}
+	return "", nil
+}
+
+// Unknown names are remembered for unknownTTL, at most maxUnknown of
+// them, so that a caller guessing names does not turn each guess into a
+// token lookup. The bound keeps a flood of random names from growing
+// memory: when it is reached the older half is dropped, and a name
+// dropped early costs one more lookup.
+const (
+	unknownTTL = 2 * time.Second
+	maxUnknown = 8192
+)
+
+// unknownNames is a bounded, short-lived set of names no provider had.
+// It is two generations of a map: new names go into cur, and when cur is
+// full it becomes prev and cur starts empty. It is safe for concurrent
+// use.
+type unknownNames struct {
+	mu        sync.Mutex
+	cur, prev map[string]time.Time // name → when it was found missing
+}
+
+// has reports whether name was found missing less than unknownTTL ago.
+func (u *unknownNames) has(name string, now time.Time) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	t, ok := u.cur[name]
+	if !ok {
+		t, ok = u.prev[name]
+	}
+	return ok && now.Sub(t) < unknownTTL
+}
+
+func (u *unknownNames) add(name string, now time.Time) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.cur) >= maxUnknown/2 {
+		u.prev, u.cur = u.cur, nil
+	}
+	if u.cur == nil {
+		u.cur = make(map[string]time.Time)
+	}
+	u.cur[name] = now
+}
+
+// remove forgets name, after a key of that name was made.
+func (u *unknownNames) remove(name string) {
+	u.mu.Lock()
+	delete(u.cur, name)
+	delete(u.prev, name)
+	u.mu.Unlock()
+}
+
+// reset forgets every name, after a reload.
+func (u *unknownNames) reset() {
+	u.mu.Lock()
+	u.cur, u.prev = nil, nil
+	u.mu.Unlock()
+}
+
+// size is how many names are remembered, for tests of the bound.
+func (u *unknownNames) size() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.cur) + len(u.prev)
+}

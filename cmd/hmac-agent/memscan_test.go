@@ -1,0 +1,214 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/providers"
+)
+
+// mapping is one line of /proc/PID/smaps with what the scan needs.
+type mapping struct {
+	start, end uint64
+	readable   bool
+	locked     bool // VmFlags lo, or Locked: above 0 kB
+	name       string
+}
+
+func readMappings(t *testing.T, pid int) []mapping {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var maps []mapping
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		fields := strings.Fields(line)
+		if len(fields) >= 5 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":") {
+			lo, hi, _ := strings.Cut(fields[0], "-")
+			start, err1 := strconv.ParseUint(lo, 16, 64)
+			end, err2 := strconv.ParseUint(hi, 16, 64)
+			if err1 == nil && err2 == nil {
+				m := mapping{start: start, end: end, readable: fields[1][0] == 'r'}
+				if len(fields) >= 6 {
+					m.name = fields[5]
+				}
+				maps = append(maps, m)
+				continue
+			}
+		}
+		if len(maps) == 0 {
+			continue
+		}
+		m := &maps[len(maps)-1]
+		switch {
+		case strings.HasPrefix(line, "Locked:") && len(fields) >= 2 && fields[1] != "0":
+			m.locked = true
+		case strings.HasPrefix(line, "VmFlags:"):
+			for _, fl := range fields[1:] {
+				if fl == "lo" {
+					m.locked = true
+				}
+			}
+		}
+	}
+	return maps
+}
+
+// scanMemory reads every readable mapping of pid that is not a file
+// mapping and reports which patterns occur, and whether in locked pages.
+func scanMemory(t *testing.T, pid int, patterns map[string][]byte) (outside, inside []string) {
+	t.Helper()
+	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	for _, m := range readMappings(t, pid) {
+		if !m.readable || m.name == "[vvar]" || m.name == "[vsyscall]" || m.name == "[vvar_vclock]" {
+			continue
+		}
+		buf := make([]byte, m.end-m.start)
+		n, _ := mem.ReadAt(buf, int64(m.start))
+		buf = buf[:n]
+		for name, p := range patterns {
+			if bytes.Contains(buf, p) {
+				where := fmt.Sprintf("%s at %x-%x %s", name, m.start, m.end, m.name)
+				if m.locked {
+					inside = append(inside, where)
+				} else {
+					outside = append(outside, where)
+				}
+			}
+		}
+	}
+	return outside, inside
+}
+
+// TestKeyMaterialOnlyInLockedMemory runs a real agent process, imports
+// a key, MACs with it in every algorithm (one-shots, contexts, copies),
+// and reads the agent's memory: K, each K⊕ipad and K⊕opad block (for
+// every block size) and base64(K) must occur in locked pages only; after
+// the key is deleted, nowhere. It must run as root, as CI does: only
+// root can read a non-dumpable process's memory.
+func TestKeyMaterialOnlyInLockedMemory(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI is set but the tests do not run as root; reading the agent's memory needs root")
+		}
+		t.Skip("needs root to read the agent's memory")
+	}
+	dir, err := os.MkdirTemp("", "hmac-agent-memscan-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "hmac-agent")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v: %s", err, out)
+	}
+	sock := filepath.Join(dir, "agent.sock")
+	cmd := exec.Command(bin, "serve", "--socket", sock)
+	cmd.Env = append(os.Environ(), "XDG_STATE_HOME="+filepath.Join(dir, "state"), "XDG_RUNTIME_DIR="+dir, "HOME="+dir)
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	ctx := context.Background()
+	var c *client.Client
+	for i := 0; ; i++ {
+		if c, err = client.Dial(ctx, sock); err == nil {
+			break
+		}
+		if i > 500 {
+			t.Fatalf("agent did not start: %v\n%s", err, logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	defer c.Close()
+
+	secret := make([]byte, 40)
+	rand.Read(secret)
+	patterns := map[string][]byte{"K": secret, "base64(K)": []byte(base64.StdEncoding.EncodeToString(secret))}
+	for _, alg := range providers.Algorithms() {
+		b := alg.NewHash()().BlockSize()
+		for _, pad := range []struct {
+			name string
+			x    byte
+		}{{"ipad", 0x36}, {"opad", 0x5c}} {
+			name := fmt.Sprintf("K⊕%s (%d-byte block)", pad.name, b)
+			if _, ok := patterns[name]; ok {
+				continue
+			}
+			block := make([]byte, b)
+			copy(block, secret)
+			for i := range block {
+				block[i] ^= pad.x
+			}
+			patterns[name] = block
+		}
+	}
+	if _, err := c.ImportKey(ctx, "", "scan", secret); err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("memory scan message")
+	for _, alg := range providers.Algorithms() {
+		if _, err := c.MAC(ctx, "scan", alg, msg); err != nil {
+			t.Fatal(err)
+		}
+		h, err := c.New(ctx, "scan", alg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Update(msg)
+		h2, err := h.Copy(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.Finalize(ctx); err != nil {
+			t.Fatal(err)
+		}
+		h2.Update(msg)
+		if _, err := h2.Finalize(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pid := cmd.Process.Pid
+	outside, inside := scanMemory(t, pid, patterns)
+	for _, w := range inside {
+		t.Logf("in locked memory: %s", w)
+	}
+	for _, w := range outside {
+		t.Errorf("outside locked memory after %d algorithms' MACs: %s", len(providers.Algorithms()), w)
+	}
+	t.Logf("%d patterns, after MACs: %d found outside locked pages, %d in locked pages", len(patterns), len(outside), len(inside))
+
+	if err := c.DeleteKey(ctx, "", "scan"); err != nil {
+		t.Fatal(err)
+	}
+	outside, inside = scanMemory(t, pid, patterns)
+	for _, w := range append(outside, inside...) {
+		t.Errorf("after delete: %s", w)
+	}
+	t.Logf("after delete: %d found", len(outside)+len(inside))
+}
