@@ -1,0 +1,38 @@
+// The ES module entry point: the same objects as the CommonJS one.
+import cjs from './index.js';
+
+export const {
+  createHmac,
+  mac,
+  verifyMac,
+  getAlgorithms,
+  Agent,
+  Hmac,
+  defaultAgent,
+  defaultSocketPath,
+  SOCKET_ENV,
+  UID_ENV,
+  AgentError,
+  AlreadyFinalized,
+  InvalidSignature,
+  UnsupportedAlgorithm,
+  KeyNotFound,
+  PermissionDenied,
+  KeyExists,
+  InvalidArgument,
+  NotSupported,
+  LimitReached,
+  Unavailable,
+  ContextLost,
+  UnknownContext,
+  BadRequest,
+  UnknownMessage,
+  VersionMismatch,
+  InternalError,
+  ShuttingDown,
+  Closed,
+  AgentNotRunning,
+  ConnectionLost,
+  UntrustedAgent,
+} = cjs;
+export default cjs;
