@@ -189,19 +189,16 @@ class Agent {
   /** Stores secret as a new key in the agent (its owner and root only);
    * resolves with the key's description. */
   async importKey(name, secret, options = {}) {
-    const payload = Buffer.concat([
-      wire.short(Buffer.from(options.provider || '', 'utf8')),
-      wire.short(keyNameBytes(name)),
-      toBytes(secret, undefined, 'secret'),
-    ]);
-    const reply = await this._request(MSG.IMPORT_KEY, (id) => wire.frame(MSG.IMPORT_KEY, id, payload));
+    const provider = Buffer.from(options.provider || '', 'utf8');
+    const bytes = toBytes(secret, undefined, 'secret');
+    const reply = await this._request(MSG.IMPORT_KEY, (id) => wire.importKey(id, provider, keyNameBytes(name), bytes));
     return JSON.parse(expect(reply, MSG.DATA).toString('utf8'));
   }
 
   /** Deletes a key (the agent's owner and root only). */
   async deleteKey(name, options = {}) {
-    const payload = Buffer.concat([wire.short(Buffer.from(options.provider || '', 'utf8')), wire.short(keyNameBytes(name))]);
-    const reply = await this._request(MSG.DELETE_KEY, (id) => wire.frame(MSG.DELETE_KEY, id, payload));
+    const provider = Buffer.from(options.provider || '', 'utf8');
+    const reply = await this._request(MSG.DELETE_KEY, (id) => wire.deleteKey(id, provider, keyNameBytes(name)));
     expect(reply, MSG.OK);
   }
 

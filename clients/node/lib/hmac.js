@@ -17,7 +17,7 @@ const MAX_SIGNATURE = 1024;
 // agent when it is garbage-collected, instead of living until the agent's
 // idle timeout. The held value must not refer to the Hmac itself.
 const abandoned = new FinalizationRegistry(({ conn, context }) => {
-  conn.send(wire.frame(MSG.CLOSE, conn.sendID(), wire.u32(context)));
+  conn.send(wire.close(conn.sendID(), context));
 });
 
 function noop() {}
@@ -191,7 +191,7 @@ class Hmac extends Writable {
     this._finish();
     const p = this._afterStream(() =>
       this._roundTrip(
-        (conn) => conn.requestWith((id) => wire.frame(MSG.FINALIZE, id, wire.u32(this._context))),
+        (conn) => conn.requestWith((id) => wire.finalize(id, this._context)),
         MSG.TAG,
       ),
     );
@@ -215,7 +215,7 @@ class Hmac extends Writable {
     this._finish();
     if (sig.length > MAX_SIGNATURE) {
       return this._afterStream(() => {
-        this._call((conn) => conn.send(wire.frame(MSG.CLOSE, conn.sendID(), wire.u32(this._context))));
+        this._call((conn) => conn.send(wire.close(conn.sendID(), this._context)));
         return this._opened.then(() => {
           throw new InvalidSignature();
         });
@@ -224,7 +224,7 @@ class Hmac extends Writable {
     const p = this._afterStream(() =>
       this._roundTrip(
         (conn) =>
-          conn.requestWith((id) => wire.frame(MSG.VERIFY, id, Buffer.concat([wire.u32(this._context), sig]))),
+          conn.requestWith((id) => wire.verify(id, this._context, sig)),
         MSG.OK,
       ),
     );
@@ -244,9 +244,7 @@ class Hmac extends Writable {
     const p = this._afterStream(() =>
       this._roundTrip((conn) => {
         target = conn.nextContext();
-        return conn.requestWith((id) =>
-          wire.frame(MSG.COPY, id, Buffer.concat([wire.u32(this._context), wire.u32(target)])),
-        );
+        return conn.requestWith((id) => wire.copy(id, this._context, target));
       }, MSG.OK),
     );
     return p.then(() => {
@@ -306,14 +304,17 @@ class Hmac extends Writable {
     }
   }
 
+  // A stream that finished is destroyed by autoDestroy before digest() is
+  // called on it: only one destroyed early, or by an error, drops its
+  // context at once (the rest are closed when collected).
   _destroy(err, callback) {
-    if (!this._done) {
+    if (!this._done && (err || !this.writableFinished)) {
       this._finish();
       const context = this._context;
       if (this._conn) {
-        this._conn.send(wire.frame(MSG.CLOSE, this._conn.sendID(), wire.u32(context)));
+        this._conn.send(wire.close(this._conn.sendID(), context));
       } else {
-        this._queue.push({ fn: (conn) => conn.send(wire.frame(MSG.CLOSE, conn.sendID(), wire.u32(this._context))) });
+        this._queue.push({ fn: (conn) => conn.send(wire.close(conn.sendID(), this._context)) });
       }
     }
     callback(err);

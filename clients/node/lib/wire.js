@@ -134,6 +134,33 @@ function open(requestID, context, algCode, keyName) {
   return frame(MSG.OPEN, requestID, p);
 }
 
+function copy(requestID, context, newContext) {
+  const p = Buffer.allocUnsafe(8);
+  p.writeUInt32BE(context >>> 0, 0);
+  p.writeUInt32BE(newContext >>> 0, 4);
+  return frame(MSG.COPY, requestID, p);
+}
+
+function finalize(requestID, context) {
+  return frame(MSG.FINALIZE, requestID, u32(context));
+}
+
+function verify(requestID, context, tag) {
+  return frame(MSG.VERIFY, requestID, Buffer.concat([u32(context), tag]));
+}
+
+function close(requestID, context) {
+  return frame(MSG.CLOSE, requestID, u32(context));
+}
+
+function importKey(requestID, provider, name, secret) {
+  return frame(MSG.IMPORT_KEY, requestID, Buffer.concat([short(provider), short(name), secret]));
+}
+
+function deleteKey(requestID, provider, name) {
+  return frame(MSG.DELETE_KEY, requestID, Buffer.concat([short(provider), short(name)]));
+}
+
 /** MAC and VERIFY_MAC payloads: algorithm, key name[, tag], data. */
 function oneShot(requestID, algCode, keyName, data, tag) {
   const tagLen = tag ? 1 + tag.length : 0;
@@ -238,6 +265,12 @@ module.exports = {
   hello,
   update,
   open,
+  copy,
+  finalize,
+  verify,
+  close,
+  importKey,
+  deleteKey,
   oneShot,
   parseHelloReply,
   parseError,
