@@ -32,6 +32,9 @@ class Connection {
     this._flushScheduled = false;
     this._decoder = new wire.FrameDecoder();
     this._drainWaiters = [];
+    this._onWritten = (err) => {
+      if (err) this._fail(err);
+    };
   }
 
   /**
@@ -187,13 +190,17 @@ class Connection {
     this._out = [];
     this._outBytes = 0;
     if (this.broken || out.length === 0) return;
+    // A write that fails (the agent went away) fails every request
+    // waiting on this connection, even if the socket reports nothing else.
+    const onWritten = this._onWritten;
     if (out.length === 1) {
-      this.socket.write(out[0]);
+      this.socket.write(out[0], onWritten);
     } else if (bytes <= BATCH_CONCAT) {
-      this.socket.write(Buffer.concat(out, bytes));
+      this.socket.write(Buffer.concat(out, bytes), onWritten);
     } else {
       this.socket.cork();
-      for (const b of out) this.socket.write(b);
+      for (let i = 0; i < out.length - 1; i++) this.socket.write(out[i]);
+      this.socket.write(out[out.length - 1], onWritten);
       this.socket.uncork();
     }
     if (!this.socket.writableNeedDrain) this._onDrain();

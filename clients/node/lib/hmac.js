@@ -89,7 +89,7 @@ class Hmac extends Writable {
     conn
       .requestWith((id) => wire.open(id, context, this._alg.code, this._keyName))
       .then((reply) => expect(reply, MSG.OK))
-      .then(this._settleOpen.resolve, this._settleOpen.reject);
+      .then(this._settleOpen.resolve, (err) => this._settleOpen.reject(asContextLost(err)));
     this._watch();
     this._drainQueue();
   }
