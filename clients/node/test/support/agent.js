@@ -44,6 +44,12 @@ class AgentProcess {
       stdio: ['ignore', log, log],
     });
     fs.closeSync(log);
+    // The agent must not outlive the tests, even when the runner stops
+    // this process for a timeout.
+    const child = this.proc;
+    const killChild = () => child.kill('SIGKILL');
+    process.once('exit', killChild);
+    child.once('exit', () => process.removeListener('exit', killChild));
     let exited = false;
     this.proc.once('exit', () => {
       exited = true;
@@ -79,6 +85,10 @@ class AgentProcess {
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
 }
+
+// A runner that stops this file for a timeout sends SIGTERM: exit through
+// the 'exit' handlers above so that no agent is left running.
+process.once('SIGTERM', () => process.exit(143));
 
 function canConnect(socketPath) {
   return new Promise((resolve) => {
