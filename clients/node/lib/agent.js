@@ -139,11 +139,11 @@ class Agent {
   async _request(type, make) {
     const conn = await this._connection();
     try {
-      return await conn.requestWith(make);
+      return await conn.request(make);
     } catch (err) {
       if (!(err instanceof ConnectionLost) || !IDEMPOTENT.has(type) || this._closed) throw err;
       const again = await this._connection();
-      return again.requestWith(make);
+      return again.request(make);
     }
   }
 

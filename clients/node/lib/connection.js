@@ -124,16 +124,11 @@ class Connection {
   }
 
   /**
-   * Sends a request and resolves with its reply {type, payload}; rejects
-   * with ConnectionLost if the connection ends first.
+   * Sends the request make(id) builds for a fresh request ID and resolves
+   * with its reply {type, payload}; rejects with ConnectionLost if the
+   * connection ends first.
    */
-  request(type, payload) {
-    const id = this._id();
-    return this._await(id, wire.frame(type, id, payload));
-  }
-
-  /** Like request, with the frame made from the request ID by make(id). */
-  requestWith(make) {
+  request(make) {
     const id = this._id();
     return this._await(id, make(id));
   }

@@ -87,7 +87,7 @@ class Hmac extends Writable {
     this._context = conn.nextContext();
     const context = this._context;
     conn
-      .requestWith((id) => wire.open(id, context, this._alg.code, this._keyName))
+      .request((id) => wire.open(id, context, this._alg.code, this._keyName))
       .then((reply) => expect(reply, MSG.OK))
       .then(this._settleOpen.resolve, (err) => this._settleOpen.reject(asContextLost(err)));
     this._watch();
@@ -191,7 +191,7 @@ class Hmac extends Writable {
     this._finish();
     const p = this._afterStream(() =>
       this._roundTrip(
-        (conn) => conn.requestWith((id) => wire.finalize(id, this._context)),
+        (conn) => conn.request((id) => wire.finalize(id, this._context)),
         MSG.TAG,
       ),
     );
@@ -224,7 +224,7 @@ class Hmac extends Writable {
     const p = this._afterStream(() =>
       this._roundTrip(
         (conn) =>
-          conn.requestWith((id) => wire.verify(id, this._context, sig)),
+          conn.request((id) => wire.verify(id, this._context, sig)),
         MSG.OK,
       ),
     );
@@ -244,7 +244,7 @@ class Hmac extends Writable {
     const p = this._afterStream(() =>
       this._roundTrip((conn) => {
         target = conn.nextContext();
-        return conn.requestWith((id) => wire.copy(id, this._context, target));
+        return conn.request((id) => wire.copy(id, this._context, target));
       }, MSG.OK),
     );
     return p.then(() => {
