@@ -5,7 +5,7 @@
 const path = require('path');
 const wire = require('./wire');
 const { MSG } = wire;
-const { Connection, expect } = require('./connection');
+const { Connection, expect, expectTag } = require('./connection');
 const { ConnectionLost, KeyNotFound, UnsupportedAlgorithm } = require('./errors');
 
 const SOCKET_ENV = 'HMAC_AGENT_SOCK';
@@ -160,7 +160,7 @@ class Agent {
       return h.digest();
     }
     const reply = await this._request(MSG.MAC, (id) => wire.oneShot(id, alg.code, name, bytes));
-    return Buffer.from(expect(reply, MSG.TAG));
+    return expectTag(reply, alg.size);
   }
 
   /** Checks tag over data in the agent, in constant time; rejects with

@@ -11,7 +11,7 @@
 const net = require('net');
 const wire = require('./wire');
 const { MSG } = wire;
-const { AgentNotRunning, ConnectionLost, UntrustedAgent, VersionMismatch, fromCode } = require('./errors');
+const { AgentNotRunning, ConnectionLost, InternalError, UntrustedAgent, VersionMismatch, fromCode } = require('./errors');
 const { acceptedUIDs, checkSocketPath } = require('./trust');
 
 const BATCH_CONCAT = 64 * 1024; // batches up to this are joined into one buffer
@@ -262,4 +262,11 @@ function expect(reply, want) {
   throw new ConnectionLost(`the agent replied 0x${reply.type.toString(16)}, expected 0x${want.toString(16)}`);
 }
 
-module.exports = { Connection, expect, errorFromPayload };
+/** A TAG reply's tag, which must be the algorithm's full length. */
+function expectTag(reply, size) {
+  const tag = expect(reply, MSG.TAG);
+  if (tag.length !== size) throw new InternalError(`the agent sent a ${tag.length}-byte tag where ${size} bytes belong`);
+  return tag;
+}
+
+module.exports = { Connection, expect, expectTag, errorFromPayload };

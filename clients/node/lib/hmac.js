@@ -5,7 +5,7 @@
 const { Writable } = require('stream');
 const wire = require('./wire');
 const { MSG } = wire;
-const { expect } = require('./connection');
+const { expect, expectTag } = require('./connection');
 const { AlreadyFinalized, ConnectionLost, ContextLost, InvalidSignature } = require('./errors');
 const { algorithmName, keyNameBytes, toBytes, toTag } = require('./agent');
 
@@ -162,18 +162,16 @@ class Hmac extends Writable {
   }
 
   /** Sends a request that ends or copies the context, and resolves with
-   * its reply's payload once the context is known to have opened. */
-  async _roundTrip(make, want) {
+   * its reply once the context is known to have opened. */
+  async _roundTrip(make) {
     const reply = this._call(make);
     reply.catch(noop);
     await this._opened; // KeyNotFound and the like come first
-    let r;
     try {
-      r = await reply;
+      return await reply;
     } catch (err) {
       throw asContextLost(err);
     }
-    return expect(r, want);
   }
 
   _finish() {
@@ -190,12 +188,12 @@ class Hmac extends Writable {
     if (this._done) return Promise.reject(new AlreadyFinalized());
     this._finish();
     const p = this._afterStream(() =>
-      this._roundTrip(
-        (conn) => conn.request((id) => wire.finalize(id, this._context)),
-        MSG.TAG,
-      ),
+      this._roundTrip((conn) => conn.request((id) => wire.finalize(id, this._context))),
     );
-    return p.then((tag) => (encoding && encoding !== 'buffer' ? tag.toString(encoding) : tag));
+    return p.then((reply) => {
+      const tag = expectTag(reply, this._alg.size);
+      return encoding && encoding !== 'buffer' ? tag.toString(encoding) : tag;
+    });
   }
 
   /**
@@ -221,14 +219,10 @@ class Hmac extends Writable {
         });
       });
     }
-    const p = this._afterStream(() =>
-      this._roundTrip(
-        (conn) =>
-          conn.request((id) => wire.verify(id, this._context, sig)),
-        MSG.OK,
-      ),
-    );
-    return p.then(noop);
+    const p = this._afterStream(() => this._roundTrip((conn) => conn.request((id) => wire.verify(id, this._context, sig))));
+    return p.then((reply) => {
+      expect(reply, MSG.OK);
+    });
   }
 
   /**
@@ -245,9 +239,10 @@ class Hmac extends Writable {
       this._roundTrip((conn) => {
         target = conn.nextContext();
         return conn.request((id) => wire.copy(id, this._context, target));
-      }, MSG.OK),
+      }),
     );
-    return p.then(() => {
+    return p.then((reply) => {
+      expect(reply, MSG.OK);
       twin._bindCopy(this._conn, target);
       return twin;
     });

@@ -171,6 +171,21 @@ test('a server that sends garbage, an oversize frame or a short error fails the 
   }
 });
 
+test('a tag of the wrong length is an InternalError, in one shot and from a context', async () => {
+  const fake = await fakeAgent((s, type, id) => {
+    if (type === wire.MSG.MAC || type === wire.MSG.FINALIZE) s.write(wire.frame(wire.MSG.TAG, id, Buffer.alloc(31)));
+    else if (type === wire.MSG.OPEN) s.write(wire.frame(wire.MSG.OK, id));
+  });
+  const a = new hmacAgent.Agent({ path: fake.path });
+  try {
+    await assert.rejects(a.mac('k', 'sha256', 'x'), hmacAgent.InternalError);
+    await assert.rejects(hmacAgent.createHmac('sha256', 'k', { agent: a }).update('x').digest(), hmacAgent.InternalError);
+  } finally {
+    a.close();
+    await fake.close();
+  }
+});
+
 test('a handshake refused, malformed or never answered', async () => {
   const cases = [
     ['version', (s, id) => s.write(wire.frame(wire.MSG.ERROR, id, Buffer.concat([Buffer.from([0, 15]), Buffer.from('no common version')]))), hmacAgent.VersionMismatch],
