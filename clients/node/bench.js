@@ -53,7 +53,11 @@ async function main() {
     console.log(`${label.padEnd(52)} ${value.toFixed(1).padStart(12)} ${unit}`);
   };
 
-  row('oneshot_ops (agent.mac, 64 B, one at a time)', await rate(async () => (await agent.mac(name, 'sha256', msg), 1)), 'ops/s');
+  row(
+    'oneshot_ops (agent.mac, 64 B, one at a time)',
+    await rate(async () => (await agent.mac(name, 'sha256', msg), 1)),
+    'ops/s',
+  );
   row(
     `oneshot_ops (agent.mac, 64 B, ${IN_FLIGHT} in flight)`,
     await rate(async () => {

@@ -55,8 +55,19 @@ export class Agent {
   /** The tag of data under the named key, in one round trip. */
   mac(key: string, algorithm: AlgorithmName | string, data: BinaryLike, encoding?: BufferEncoding): Promise<Buffer>;
   /** Rejects with InvalidSignature unless tag is data's tag under the key. */
-  verifyMac(key: string, algorithm: AlgorithmName | string, data: BinaryLike, tag: NodeJS.ArrayBufferView): Promise<void>;
-  verifyMac(key: string, algorithm: AlgorithmName | string, data: BinaryLike, tag: string, tagEncoding: BinaryToTextEncoding): Promise<void>;
+  verifyMac(
+    key: string,
+    algorithm: AlgorithmName | string,
+    data: BinaryLike,
+    tag: NodeJS.ArrayBufferView,
+  ): Promise<void>;
+  verifyMac(
+    key: string,
+    algorithm: AlgorithmName | string,
+    data: BinaryLike,
+    tag: string,
+    tagEncoding: BinaryToTextEncoding,
+  ): Promise<void>;
   createHmac(algorithm: AlgorithmName | string, key: string, options?: WritableOptions): Hmac;
   importKey(name: string, secret: NodeJS.ArrayBufferView, options?: { provider?: string }): Promise<KeyInfo>;
   deleteKey(name: string, options?: { provider?: string }): Promise<void>;
@@ -81,9 +92,25 @@ export class Hmac extends Writable {
 }
 
 export function createHmac(algorithm: AlgorithmName | string, keyName: string, options?: HmacOptions): Hmac;
-export function mac(keyName: string, algorithm: AlgorithmName | string, data: BinaryLike, encoding?: BufferEncoding): Promise<Buffer>;
-export function verifyMac(keyName: string, algorithm: AlgorithmName | string, data: BinaryLike, tag: NodeJS.ArrayBufferView): Promise<void>;
-export function verifyMac(keyName: string, algorithm: AlgorithmName | string, data: BinaryLike, tag: string, tagEncoding: BinaryToTextEncoding): Promise<void>;
+export function mac(
+  keyName: string,
+  algorithm: AlgorithmName | string,
+  data: BinaryLike,
+  encoding?: BufferEncoding,
+): Promise<Buffer>;
+export function verifyMac(
+  keyName: string,
+  algorithm: AlgorithmName | string,
+  data: BinaryLike,
+  tag: NodeJS.ArrayBufferView,
+): Promise<void>;
+export function verifyMac(
+  keyName: string,
+  algorithm: AlgorithmName | string,
+  data: BinaryLike,
+  tag: string,
+  tagEncoding: BinaryToTextEncoding,
+): Promise<void>;
 export function getAlgorithms(): AlgorithmName[];
 export function defaultAgent(): Agent;
 export function defaultSocketPath(): string;

@@ -11,7 +11,14 @@
 const net = require('net');
 const wire = require('./wire');
 const { MSG } = wire;
-const { AgentNotRunning, ConnectionLost, InternalError, UntrustedAgent, VersionMismatch, fromCode } = require('./errors');
+const {
+  AgentNotRunning,
+  ConnectionLost,
+  InternalError,
+  UntrustedAgent,
+  VersionMismatch,
+  fromCode,
+} = require('./errors');
 const { acceptedUIDs, checkSocketPath } = require('./trust');
 
 const BATCH_CONCAT = 64 * 1024; // batches up to this are joined into one buffer
@@ -265,7 +272,8 @@ function expect(reply, want) {
 /** A TAG reply's tag, which must be the algorithm's full length. */
 function expectTag(reply, size) {
   const tag = expect(reply, MSG.TAG);
-  if (tag.length !== size) throw new InternalError(`the agent sent a ${tag.length}-byte tag where ${size} bytes belong`);
+  if (tag.length !== size)
+    throw new InternalError(`the agent sent a ${tag.length}-byte tag where ${size} bytes belong`);
   return tag;
 }
 

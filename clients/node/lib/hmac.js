@@ -219,7 +219,9 @@ class Hmac extends Writable {
         });
       });
     }
-    const p = this._afterStream(() => this._roundTrip((conn) => conn.request((id) => wire.verify(id, this._context, sig))));
+    const p = this._afterStream(() =>
+      this._roundTrip((conn) => conn.request((id) => wire.verify(id, this._context, sig))),
+    );
     return p.then((reply) => {
       expect(reply, MSG.OK);
     });

@@ -110,7 +110,13 @@ async function checkSocketPath(socketPath, uids) {
     const p = path.join(dir, name);
     st = await fs.promises.lstat(p);
     if (!ok(st)) {
-      const kind = st.isSymbolicLink() ? 'a symlink' : st.isDirectory() ? 'a directory' : st.isSocket() ? 'the socket' : 'a file';
+      const kind = st.isSymbolicLink()
+        ? 'a symlink'
+        : st.isDirectory()
+          ? 'a directory'
+          : st.isSocket()
+            ? 'the socket'
+            : 'a file';
       throw refuse(socketPath, `${kind} on the way, ${p}, is owned by uid ${st.uid}, not ${describeUID(uids)}`);
     }
     if (st.isSymbolicLink()) {

@@ -44,7 +44,10 @@ test('after the agent restarts, open contexts are ContextLost and new work recon
   h.update('after'); // never throws for the agent's sake
   await assert.rejects(h.digest(), hmacAgent.ContextLost);
   assert.deepStrictEqual(await a.mac(name, 'sha256', 'after'), ref('sha256', secret, 'after'));
-  assert.deepStrictEqual(await hmacAgent.createHmac('sha256', name, { agent: a }).update('y').digest(), ref('sha256', secret, 'y'));
+  assert.deepStrictEqual(
+    await hmacAgent.createHmac('sha256', name, { agent: a }).update('y').digest(),
+    ref('sha256', secret, 'y'),
+  );
   // The shared test Agent, idle meanwhile, reconnects too.
   assert.deepStrictEqual(await agent.mac(name, 'sha1', 'z'), ref('sha1', secret, 'z'));
   a.close();
@@ -70,7 +73,10 @@ test('no agent at the path, or a stale socket file: AgentNotRunning naming the p
   assert.ok(err.message.includes(missing), err.message);
   // A socket file left by a server that died: nothing accepts on it.
   const stale = path.join(proc.dir, 'stale.sock');
-  spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(stale)}, () => process.kill(process.pid, 'SIGKILL'))`]);
+  spawnSync(process.execPath, [
+    '-e',
+    `require('net').createServer().listen(${JSON.stringify(stale)}, () => process.kill(process.pid, 'SIGKILL'))`,
+  ]);
   assert.ok(fs.existsSync(stale), 'a stale socket file');
   const err2 = await new hmacAgent.Agent({ path: stale }).mac('k', 'sha256', '').catch((e) => e);
   assert.ok(err2 instanceof hmacAgent.AgentNotRunning, String(err2));
@@ -141,16 +147,24 @@ test('replies out of order reach their own requests; replies to no request are i
     }
   });
   const a = new hmacAgent.Agent({ path: fake.path });
-  const want = [];
-  const got = [];
-  for (let i = 0; i < 50; i++) {
-    const data = Buffer.from(`m${i}`);
-    want.push(crypto.createHash('sha256').update(wire.oneShot(0, 3, Buffer.from('k'), data).subarray(9)).digest());
-    got.push(a.mac('k', 'sha256', data));
+  try {
+    const want = [];
+    const got = [];
+    for (let i = 0; i < 50; i++) {
+      const data = Buffer.from(`m${i}`);
+      want.push(
+        crypto
+          .createHash('sha256')
+          .update(wire.oneShot(0, 3, Buffer.from('k'), data).subarray(9))
+          .digest(),
+      );
+      got.push(a.mac('k', 'sha256', data));
+    }
+    assert.deepStrictEqual(await Promise.all(got), want);
+  } finally {
+    a.close();
+    await fake.close();
   }
-  assert.deepStrictEqual(await Promise.all(got), want);
-  a.close();
-  await fake.close();
 });
 
 test('a server that sends garbage, an oversize frame or a short error fails the calls, not the process', async () => {
@@ -165,9 +179,9 @@ test('a server that sends garbage, an oversize frame or a short error fails the 
     const fake = await fakeAgent((s, type, id) => act(s, id));
     const a = new hmacAgent.Agent({ path: fake.path });
     const err = await a.mac('k', 'sha256', 'x').catch((e) => e);
-    assert.ok(err instanceof hmacAgent.ConnectionLost, `${what}: ${err}`);
     a.close();
     await fake.close();
+    assert.ok(err instanceof hmacAgent.ConnectionLost, `${what}: ${err}`);
   }
 });
 
@@ -179,7 +193,10 @@ test('a tag of the wrong length is an InternalError, in one shot and from a cont
   const a = new hmacAgent.Agent({ path: fake.path });
   try {
     await assert.rejects(a.mac('k', 'sha256', 'x'), hmacAgent.InternalError);
-    await assert.rejects(hmacAgent.createHmac('sha256', 'k', { agent: a }).update('x').digest(), hmacAgent.InternalError);
+    await assert.rejects(
+      hmacAgent.createHmac('sha256', 'k', { agent: a }).update('x').digest(),
+      hmacAgent.InternalError,
+    );
   } finally {
     a.close();
     await fake.close();
@@ -188,18 +205,33 @@ test('a tag of the wrong length is an InternalError, in one shot and from a cont
 
 test('a handshake refused, malformed or never answered', async () => {
   const cases = [
-    ['version', (s, id) => s.write(wire.frame(wire.MSG.ERROR, id, Buffer.concat([Buffer.from([0, 15]), Buffer.from('no common version')]))), hmacAgent.VersionMismatch],
-    ['short reply', (s, id) => s.write(wire.frame(wire.MSG.HELLO_REPLY, id, Buffer.alloc(3))), hmacAgent.ConnectionLost],
-    ['tiny max_frame', (s, id) => s.write(wire.frame(wire.MSG.HELLO_REPLY, id, Buffer.from('0001000000100000006400000064', 'hex'))), hmacAgent.ConnectionLost],
+    [
+      'version',
+      (s, id) =>
+        s.write(
+          wire.frame(wire.MSG.ERROR, id, Buffer.concat([Buffer.from([0, 15]), Buffer.from('no common version')])),
+        ),
+      hmacAgent.VersionMismatch,
+    ],
+    [
+      'short reply',
+      (s, id) => s.write(wire.frame(wire.MSG.HELLO_REPLY, id, Buffer.alloc(3))),
+      hmacAgent.ConnectionLost,
+    ],
+    [
+      'tiny max_frame',
+      (s, id) => s.write(wire.frame(wire.MSG.HELLO_REPLY, id, Buffer.from('0001000000100000006400000064', 'hex'))),
+      hmacAgent.ConnectionLost,
+    ],
     ['silence', () => {}, hmacAgent.ConnectionLost],
   ];
   for (const [what, hello, cls] of cases) {
     const fake = await fakeAgent(Object.assign(() => {}, { hello }));
     const a = new hmacAgent.Agent({ path: fake.path, timeout: 300 });
     const err = await a.mac('k', 'sha256', 'x').catch((e) => e);
-    assert.ok(err instanceof cls, `${what}: ${err}`);
     a.close();
     await fake.close();
+    assert.ok(err instanceof cls, `${what}: ${err}`);
   }
 });
 
@@ -212,7 +244,8 @@ test('a one-shot whose connection dies unanswered is sent once more on a new one
         const n = s.n;
         seen.set(type, (seen.get(type) || 0) + 1);
         if (n === 1) return s.destroy(); // the first connection dies with the request unanswered
-        if (type === wire.MSG.MAC) s.write(wire.frame(wire.MSG.TAG, id, crypto.createHash('sha256').update(payload).digest()));
+        if (type === wire.MSG.MAC)
+          s.write(wire.frame(wire.MSG.TAG, id, crypto.createHash('sha256').update(payload).digest()));
         else s.write(wire.frame(wire.MSG.DATA, id, Buffer.from('{}')));
       },
       {
@@ -224,17 +257,27 @@ test('a one-shot whose connection dies unanswered is sent once more on a new one
     ),
   );
   const a = new hmacAgent.Agent({ path: fake.path });
-  const tag = await a.mac('k', 'sha256', 'x');
-  assert.deepStrictEqual(tag, crypto.createHash('sha256').update(wire.oneShot(0, 3, Buffer.from('k'), Buffer.from('x')).subarray(9)).digest());
-  assert.strictEqual(connections, 2);
-  assert.strictEqual(seen.get(wire.MSG.MAC), 2);
-  a.close();
-  connections = 0;
   const b = new hmacAgent.Agent({ path: fake.path });
-  await assert.rejects(b.importKey('k', Buffer.from('secret')), hmacAgent.ConnectionLost);
-  assert.strictEqual(seen.get(wire.MSG.IMPORT_KEY), 1, 'an import is never sent twice');
-  b.close();
-  await fake.close();
+  try {
+    const tag = await a.mac('k', 'sha256', 'x');
+    assert.deepStrictEqual(
+      tag,
+      crypto
+        .createHash('sha256')
+        .update(wire.oneShot(0, 3, Buffer.from('k'), Buffer.from('x')).subarray(9))
+        .digest(),
+    );
+    assert.strictEqual(connections, 2);
+    assert.strictEqual(seen.get(wire.MSG.MAC), 2);
+    a.close();
+    connections = 0;
+    await assert.rejects(b.importKey('k', Buffer.from('secret')), hmacAgent.ConnectionLost);
+    assert.strictEqual(seen.get(wire.MSG.IMPORT_KEY), 1, 'an import is never sent twice');
+  } finally {
+    a.close();
+    b.close();
+    await fake.close();
+  }
 });
 
 test('a tag longer than any is refused without sending it; the context is closed', async () => {
@@ -242,7 +285,13 @@ test('a tag longer than any is refused without sending it; the context is closed
   const a = new hmacAgent.Agent({ path: proc.socket });
   await a.mac(name, 'sha256', 'x');
   const before = (await a.status()).contexts;
-  await assert.rejects(hmacAgent.createHmac('sha256', name, { agent: a }).update('x').verify(Buffer.alloc(1 << 21)), hmacAgent.InvalidSignature);
+  await assert.rejects(
+    hmacAgent
+      .createHmac('sha256', name, { agent: a })
+      .update('x')
+      .verify(Buffer.alloc(1 << 21)),
+    hmacAgent.InvalidSignature,
+  );
   await sleep(10);
   assert.strictEqual((await a.status()).contexts, before);
   assert.ok(!a._current().broken, 'the connection is intact');

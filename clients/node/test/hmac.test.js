@@ -66,7 +66,14 @@ test('after digest or verify: update throws and copy, digest and verify reject w
 test('a tag of any other length is InvalidSignature, through a context and in one shot', async () => {
   const name = await key(SECRET);
   const tag = ref('sha256', SECRET, 'm');
-  const wrong = [Buffer.alloc(0), tag.subarray(0, 31), Buffer.concat([tag, Buffer.alloc(1)]), tag.subarray(0, 16), Buffer.alloc(300), Buffer.alloc(5000)];
+  const wrong = [
+    Buffer.alloc(0),
+    tag.subarray(0, 31),
+    Buffer.concat([tag, Buffer.alloc(1)]),
+    tag.subarray(0, 16),
+    Buffer.alloc(300),
+    Buffer.alloc(5000),
+  ];
   for (const sig of wrong) {
     const h = createHmac('sha256', name, { agent }).update('m');
     await assert.rejects(h.verify(sig), hmacAgent.InvalidSignature, `${sig.length} bytes`);
@@ -75,7 +82,9 @@ test('a tag of any other length is InvalidSignature, through a context and in on
   await agent.verifyMac(name, 'sha256', 'm', tag);
   await agent.verifyMac(name, 'sha256', 'm', tag.toString('hex'), 'hex');
   await createHmac('sha256', name, { agent }).update('m').verify(tag.toString('base64'), 'base64');
-  const err = await createHmac('sha256', name, { agent }).verify(Buffer.alloc(32)).catch((e) => e);
+  const err = await createHmac('sha256', name, { agent })
+    .verify(Buffer.alloc(32))
+    .catch((e) => e);
   assert.strictEqual(err.code, 'invalid_signature');
   assert.strictEqual(err.wireCode, 2);
 });
@@ -125,7 +134,14 @@ test('the caller may reuse its buffer as soon as update returns, connected or no
 
 test("algorithm names: the agent's and Node's; unknown ones throw UnsupportedAlgorithm at once", async () => {
   const name = await key(SECRET);
-  const pairs = [['sha3-256', 'sha3_256'], ['SHA256', 'sha256'], ['sha512-256', 'sha512_256'], ['RSA-SHA256', null], ['shake128', null], ['ripemd160', null]];
+  const pairs = [
+    ['sha3-256', 'sha3_256'],
+    ['SHA256', 'sha256'],
+    ['sha512-256', 'sha512_256'],
+    ['RSA-SHA256', null],
+    ['shake128', null],
+    ['ripemd160', null],
+  ];
   for (const [given, agentName] of pairs) {
     if (agentName) {
       const h = createHmac(given, name, { agent });
@@ -211,7 +227,9 @@ test('digest right after end() includes every chunk the stream still held', asyn
   for (; n < 64; n++) h.write(chunk);
   h.end('tail');
   assert.ok(h.writableLength > 0, 'the stream holds chunks');
-  const parts = Array(n).fill(chunk).concat([Buffer.from('tail')]);
+  const parts = Array(n)
+    .fill(chunk)
+    .concat([Buffer.from('tail')]);
   assert.deepStrictEqual(await h.digest(), ref('sha256', SECRET, ...parts));
   const errors = [];
   h.on('error', (e) => errors.push(e));
@@ -222,6 +240,7 @@ test('digest right after end() includes every chunk the stream still held', asyn
 
 test('thousands of operations at once share one connection and each gets its own answer', async () => {
   const name = await key(Buffer.from('many'));
+  const connectionsBefore = (await agent.status()).connections;
   const a = new Agent({ path: proc.socket });
   const jobs = [];
   for (let i = 0; i < 3000; i++) {
@@ -237,7 +256,7 @@ test('thousands of operations at once share one connection and each gets its own
   }
   await Promise.all(jobs);
   const status = await agent.status();
-  assert.strictEqual(status.connections, 2, 'this Agent and the shared test one');
+  assert.strictEqual(status.connections, connectionsBefore + 1, 'one connection for all of them');
   a.close();
 });
 
@@ -281,8 +300,11 @@ test('an idle Agent does not keep the process alive', async () => {
   const script = `const h = require(${JSON.stringify(path.resolve(__dirname, '..'))});
     h.mac(${JSON.stringify(name)}, 'sha256', 'x').then((t) => console.log(t.toString('hex')));`;
   const out = await new Promise((resolve, reject) => {
-    execFile(process.execPath, ['-e', script], { env: { ...process.env, HMAC_AGENT_SOCK: proc.socket }, timeout: 20000 }, (err, stdout) =>
-      err ? reject(err) : resolve(stdout),
+    execFile(
+      process.execPath,
+      ['-e', script],
+      { env: { ...process.env, HMAC_AGENT_SOCK: proc.socket }, timeout: 20000 },
+      (err, stdout) => (err ? reject(err) : resolve(stdout)),
     );
   });
   assert.strictEqual(out.trim(), ref('sha256', SECRET, 'x').toString('hex'));

@@ -99,7 +99,11 @@ test('algorithms the agent does not have yet are refused as UnsupportedAlgorithm
   const absent = Object.keys(wire.ALGORITHMS).filter((a) => !algorithms.includes(a));
   for (const alg of absent) {
     assert.ok(LATER.includes(alg), alg);
-    await assert.rejects(hmacAgent.createHmac(alg, name, { agent }).update('x').digest(), hmacAgent.UnsupportedAlgorithm, alg);
+    await assert.rejects(
+      hmacAgent.createHmac(alg, name, { agent }).update('x').digest(),
+      hmacAgent.UnsupportedAlgorithm,
+      alg,
+    );
     await assert.rejects(agent.mac(name, alg, 'x'), hmacAgent.UnsupportedAlgorithm, alg);
   }
   t.diagnostic(`tested: ${algorithms.join(' ')}; not in this agent yet: ${absent.join(' ') || 'none'}`);

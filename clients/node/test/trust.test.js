@@ -93,9 +93,13 @@ process.stdin.on('end', () => {
 class OtherUIDServer {
   static async start(socketPath) {
     fs.rmSync(socketPath, { force: true });
-    const child = spawn('setpriv', [`--reuid=${OTHER}`, `--regid=${OTHER}`, '--clear-groups', process.execPath, '-e', FAKE, socketPath], {
-      stdio: ['pipe', 'pipe', 'inherit'],
-    });
+    const child = spawn(
+      'setpriv',
+      [`--reuid=${OTHER}`, `--regid=${OTHER}`, '--clear-groups', process.execPath, '-e', FAKE, socketPath],
+      {
+        stdio: ['pipe', 'pipe', 'inherit'],
+      },
+    );
     const s = new OtherUIDServer();
     s.child = child;
     s.seen = { conns: 0, bytes: 0 };
@@ -153,7 +157,10 @@ test("a socket bound by another uid in that uid's directory is refused; it recei
     const a = new hmacAgent.Agent({ path: sock });
     await assert.rejects(a.verifyMac('webhook', 'sha256', 'body', Buffer.alloc(32)), hmacAgent.UntrustedAgent);
     await assert.rejects(a.importKey('stolen', Buffer.from('key bytes')), hmacAgent.UntrustedAgent);
-    await assert.rejects(hmacAgent.createHmac('sha256', 'webhook', { agent: a }).update('x').digest(), hmacAgent.UntrustedAgent);
+    await assert.rejects(
+      hmacAgent.createHmac('sha256', 'webhook', { agent: a }).update('x').digest(),
+      hmacAgent.UntrustedAgent,
+    );
     a.close();
     await new Promise((resolve) => setTimeout(resolve, 50));
     assert.deepStrictEqual(fake.seen, { conns: 0, bytes: 0 });
@@ -179,7 +186,15 @@ test('symlinks another uid planted on the way are refused, even one to the real 
   const theirs = path.join(base, 'theirs', 'agent.sock');
   const fake = await OtherUIDServer.start(theirs);
   const asOther = (target, link) => {
-    const r = spawnSync('setpriv', [`--reuid=${OTHER}`, `--regid=${OTHER}`, '--clear-groups', 'ln', '-s', target, link]);
+    const r = spawnSync('setpriv', [
+      `--reuid=${OTHER}`,
+      `--regid=${OTHER}`,
+      '--clear-groups',
+      'ln',
+      '-s',
+      target,
+      link,
+    ]);
     assert.strictEqual(r.status, 0, String(r.stderr));
     assert.strictEqual(fs.lstatSync(link).uid, OTHER);
   };
@@ -200,17 +215,21 @@ test('symlinks another uid planted on the way are refused, even one to the real 
   }
 });
 
-test('a directory on the way that others may write (no sticky bit) is refused, even with our own server in it', opts, async () => {
-  const sock = path.join(base, 'open', 'agent.sock');
-  const own = await ownServer(sock);
-  try {
-    const err = await refused(sock);
-    assert.match(err.message, /mode 0777\) is writable by others/);
-    assert.deepStrictEqual(own.seen, { conns: 0, bytes: 0 });
-  } finally {
-    await own.close();
-  }
-});
+test(
+  'a directory on the way that others may write (no sticky bit) is refused, even with our own server in it',
+  opts,
+  async () => {
+    const sock = path.join(base, 'open', 'agent.sock');
+    const own = await ownServer(sock);
+    try {
+      const err = await refused(sock);
+      assert.match(err.message, /mode 0777\) is writable by others/);
+      assert.deepStrictEqual(own.seen, { conns: 0, bytes: 0 });
+    } finally {
+      await own.close();
+    }
+  },
+);
 
 test('a symlink of our own to the agent, and the real agent, are accepted', opts, async () => {
   const link = path.join(base, 'own-link.sock');
@@ -227,7 +246,13 @@ test('HMAC_AGENT_UID and the agentUid option accept the uid they name, by number
   const old = process.env.HMAC_AGENT_UID;
   try {
     let conns = 0;
-    for (const [env, option] of [[String(OTHER), undefined], ['nobody', undefined], [undefined, OTHER], [undefined, 'nobody'], ['1', 'nobody']]) {
+    for (const [env, option] of [
+      [String(OTHER), undefined],
+      ['nobody', undefined],
+      [undefined, OTHER],
+      [undefined, 'nobody'],
+      ['1', 'nobody'],
+    ]) {
       if (env === undefined) delete process.env.HMAC_AGENT_UID;
       else process.env.HMAC_AGENT_UID = env;
       const a = new hmacAgent.Agent({ path: sock, agentUid: option });
@@ -241,7 +266,10 @@ test('HMAC_AGENT_UID and the agentUid option accept the uid they name, by number
     process.env.HMAC_AGENT_UID = 'no-such-user-here';
     await assert.rejects(new hmacAgent.Agent({ path: sock }).mac('k', 'sha256', 'x'), hmacAgent.InvalidArgument);
     delete process.env.HMAC_AGENT_UID;
-    await assert.rejects(new hmacAgent.Agent({ path: sock, agentUid: 'bad name!' }).mac('k', 'sha256', 'x'), hmacAgent.InvalidArgument);
+    await assert.rejects(
+      new hmacAgent.Agent({ path: sock, agentUid: 'bad name!' }).mac('k', 'sha256', 'x'),
+      hmacAgent.InvalidArgument,
+    );
     assert.strictEqual(fake.seen.conns, conns, 'nothing reached the server after');
   } finally {
     if (old === undefined) delete process.env.HMAC_AGENT_UID;
@@ -277,11 +305,15 @@ test('a client running as another uid accepts an agent of its own uid', opts, as
   const fake = await OtherUIDServer.start(sock);
   try {
     const script = `require(${JSON.stringify(PKG)}).mac('k', 'sha256', 'x').then((t) => console.log(t.length), (e) => { console.log(e.name); process.exitCode = 1; })`;
-    const r = spawnSync('setpriv', [`--reuid=${OTHER}`, `--regid=${OTHER}`, '--clear-groups', process.execPath, '-e', script], {
-      env: { ...process.env, HMAC_AGENT_SOCK: sock, HMAC_AGENT_UID: '' },
-      encoding: 'utf8',
-      timeout: 20000,
-    });
+    const r = spawnSync(
+      'setpriv',
+      [`--reuid=${OTHER}`, `--regid=${OTHER}`, '--clear-groups', process.execPath, '-e', script],
+      {
+        env: { ...process.env, HMAC_AGENT_SOCK: sock, HMAC_AGENT_UID: '' },
+        encoding: 'utf8',
+        timeout: 20000,
+      },
+    );
     assert.strictEqual(r.stdout.trim(), '32', r.stderr);
   } finally {
     await fake.stop();

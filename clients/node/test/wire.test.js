@@ -21,10 +21,13 @@ function decodeAll(bytes, splits) {
   try {
     let off = 0;
     for (const n of splits || [bytes.length]) {
-      d.push(bytes.subarray(off, off + n), (type, id, payload) => frames.push({ type, id, payload: payload.toString('hex') }));
+      d.push(bytes.subarray(off, off + n), (type, id, payload) =>
+        frames.push({ type, id, payload: payload.toString('hex') }),
+      );
       off += n;
     }
-    if (off < bytes.length) d.push(bytes.subarray(off), (type, id, payload) => frames.push({ type, id, payload: payload.toString('hex') }));
+    if (off < bytes.length)
+      d.push(bytes.subarray(off), (type, id, payload) => frames.push({ type, id, payload: payload.toString('hex') }));
   } catch (err) {
     assert.ok(err instanceof RangeError, `decoder threw ${err}`);
     error = err.message;
@@ -115,7 +118,10 @@ function docTable(heading) {
   for (const line of DOC.slice(start).split('\n').slice(1)) {
     if (line.startsWith('|')) {
       inTable = true;
-      const cells = line.split('|').slice(1, -1).map((c) => c.trim());
+      const cells = line
+        .split('|')
+        .slice(1, -1)
+        .map((c) => c.trim());
       if (/^[0-9]+$/.test(cells[0])) rows.push(cells);
     } else if (inTable) {
       break;
@@ -166,7 +172,7 @@ function checkSplits(bytes, rng) {
   assert.deepStrictEqual(byteWise, whole);
   for (let i = 0; i < 20; i++) {
     const splits = [];
-    for (let left = bytes.length; left > 0; ) {
+    for (let left = bytes.length; left > 0;) {
       const n = Math.min(left, 1 + Math.floor(rng() * 40));
       splits.push(n);
       left -= n;
