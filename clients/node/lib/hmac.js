@@ -117,8 +117,8 @@ class Hmac extends Writable {
     const queue = this._queue;
     this._queue = [];
     for (const q of queue) {
-      const p = q.fn(this._conn);
-      if (q.resolve) p.then(q.resolve, q.reject);
+      const result = q.fn(this._conn);
+      if (q.resolve) Promise.resolve(result).then(q.resolve, q.reject);
     }
   }
 

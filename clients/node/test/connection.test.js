@@ -296,4 +296,9 @@ test('a tag longer than any is refused without sending it; the context is closed
   assert.strictEqual((await a.status()).contexts, before);
   assert.ok(!a._current().broken, 'the connection is intact');
   a.close();
+  // The same before the connection is up, when the close is queued.
+  const fresh = new hmacAgent.Agent({ path: proc.socket });
+  const h = hmacAgent.createHmac('sha256', name, { agent: fresh }).update('x');
+  await assert.rejects(h.verify(Buffer.alloc(5000)), hmacAgent.InvalidSignature);
+  fresh.close();
 });
