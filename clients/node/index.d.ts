@@ -32,6 +32,8 @@ export interface AgentOptions {
   timeout?: number;
   /** A uid (or user name) the agent may run as besides root and the caller's own; default `$HMAC_AGENT_UID`. */
   agentUid?: number | string;
+  /** Milliseconds to wait for each reply before rejecting with RequestTimeout; default 0, as long as the agent takes. */
+  requestTimeout?: number;
 }
 
 export interface KeyInfo {
@@ -52,6 +54,7 @@ export class Agent {
   readonly path: string;
   readonly timeout: number;
   readonly agentUid: number | string | undefined;
+  readonly requestTimeout: number;
   /** The tag of data under the named key, in one round trip. */
   mac(key: string, algorithm: AlgorithmName | string, data: BinaryLike, encoding?: BufferEncoding): Promise<Buffer>;
   /** Rejects with InvalidSignature unless tag is data's tag under the key. */
@@ -147,3 +150,5 @@ export class AgentNotRunning extends AgentError {}
 export class ConnectionLost extends AgentError {}
 /** The socket could have been bound by a uid that is not accepted; nothing was sent. */
 export class UntrustedAgent extends AgentError {}
+/** No reply within the Agent's requestTimeout; the request may still complete in the agent. */
+export class RequestTimeout extends AgentError {}

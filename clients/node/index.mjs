@@ -34,5 +34,6 @@ export const {
   AgentNotRunning,
   ConnectionLost,
   UntrustedAgent,
+  RequestTimeout,
 } = cjs;
 export default cjs;

@@ -97,6 +97,7 @@ class Agent {
     this.path = options.path || defaultSocketPath();
     this.timeout = options.timeout === undefined ? 10000 : options.timeout;
     this.agentUid = options.agentUid;
+    this.requestTimeout = options.requestTimeout || 0;
     this._conn = null;
     this._connecting = null;
     this._closed = false;
@@ -114,7 +115,7 @@ class Agent {
     const c = this._current();
     if (c) return Promise.resolve(c);
     if (!this._connecting) {
-      const conn = new Connection(this.path);
+      const conn = new Connection(this.path, this.requestTimeout);
       this._connecting = conn.connect({ timeout: this.timeout, agentUid: this.agentUid }).then(
         () => {
           this._connecting = null;

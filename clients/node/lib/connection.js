@@ -7,6 +7,9 @@
 // system call, and the agent answers them with one too. The socket is
 // unreferenced while no reply is awaited, so an idle connection does not
 // keep the process alive.
+//
+// A request given up on for its timeout keeps its ID until the agent
+// answers it, so that the late reply cannot be taken for another's.
 
 const net = require('net');
 const wire = require('./wire');
@@ -15,6 +18,7 @@ const {
   AgentNotRunning,
   ConnectionLost,
   InternalError,
+  RequestTimeout,
   UntrustedAgent,
   VersionMismatch,
   fromCode,
@@ -24,14 +28,16 @@ const { acceptedUIDs, checkSocketPath } = require('./trust');
 const BATCH_CONCAT = 64 * 1024; // batches up to this are joined into one buffer
 
 class Connection {
-  constructor(socketPath) {
+  constructor(socketPath, requestTimeout = 0) {
     this.path = socketPath;
+    this.requestTimeout = requestTimeout; // ms; 0 waits as long as the agent takes
     this.socket = null;
     this.broken = null; // the error that ended the connection
     this.maxFrame = 4096;
     this.maxContexts = 0;
     this.maxInFlight = 0;
-    this._pending = new Map(); // request ID -> {resolve, reject}
+    this._pending = new Map(); // request ID -> {resolve, reject, timer, abandoned}
+    this._waiting = 0; // pending requests not given up on: the socket is referenced while > 0
     this._nextID = 1;
     this._nextContext = 1;
     this._out = [];
@@ -87,7 +93,7 @@ class Connection {
     let reply;
     try {
       const id = this._id();
-      reply = await this._await(id, wire.hello(id), timeout);
+      reply = await this._await(id, wire.hello(id), timeout, true);
     } catch (err) {
       this.close();
       throw err;
@@ -110,7 +116,6 @@ class Connection {
     this.maxFrame = hello.maxFrame;
     this.maxContexts = hello.maxContexts;
     this.maxInFlight = hello.maxInFlight;
-    this.socket.unref();
     return this;
   }
 
@@ -133,24 +138,33 @@ class Connection {
   /**
    * Sends the request make(id) builds for a fresh request ID and resolves
    * with its reply {type, payload}; rejects with ConnectionLost if the
-   * connection ends first.
+   * connection ends first, or RequestTimeout after requestTimeout ms.
    */
   request(make) {
     const id = this._id();
-    return this._await(id, make(id));
+    return this._await(id, make(id), this.requestTimeout, false);
   }
 
-  _await(id, frame, timeout) {
+  _await(id, frame, timeout, failConnection) {
     if (this.broken) return Promise.reject(lost(this.path, this.broken));
     return new Promise((resolve, reject) => {
-      if (this._pending.size === 0) this.socket.ref();
-      const call = { resolve, reject };
+      const call = { resolve, reject, timer: null, abandoned: false };
       if (timeout) {
-        call.timer = setTimeout(() => this._fail(new Error(`no reply within ${timeout} ms`)), timeout);
+        call.timer = setTimeout(() => {
+          if (failConnection) return this._fail(new Error(`no reply within ${timeout} ms`));
+          call.abandoned = true;
+          this._settled();
+          reject(new RequestTimeout(`no reply from the agent at ${this.path} within ${timeout} ms`));
+        }, timeout);
       }
       this._pending.set(id, call);
+      if (this._waiting++ === 0) this.socket.ref();
       this._write(frame);
     });
+  }
+
+  _settled() {
+    if (--this._waiting === 0 && this.socket) this.socket.unref();
   }
 
   /** Sends a frame that has no reply (UPDATE, CLOSE). */
@@ -221,8 +235,9 @@ class Connection {
         const call = this._pending.get(id);
         if (!call) return; // an error for an UPDATE or CLOSE, or for no request (ID 0)
         this._pending.delete(id);
-        if (call.timer) clearTimeout(call.timer);
-        if (this._pending.size === 0) this.socket.unref();
+        if (call.abandoned) return; // its caller gave up on it
+        clearTimeout(call.timer);
+        this._settled();
         call.resolve({ type, payload });
       });
     } catch (err) {
@@ -235,12 +250,13 @@ class Connection {
     this.broken = err;
     const pending = this._pending;
     this._pending = new Map();
+    this._waiting = 0;
     this._out = [];
     this._outBytes = 0;
     const e = lost(this.path, err);
     for (const call of pending.values()) {
-      if (call.timer) clearTimeout(call.timer);
-      call.reject(e);
+      clearTimeout(call.timer);
+      if (!call.abandoned) call.reject(e);
     }
     for (const w of this._drainWaiters) w();
     this._drainWaiters = [];

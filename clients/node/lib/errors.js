@@ -3,7 +3,7 @@
 // for its protocol code (docs/protocol.md), with `code` set to the
 // protocol's name for it ('invalid_signature', ...) and `wireCode` to its
 // number. Errors of the connection itself (AgentNotRunning,
-// ConnectionLost, UntrustedAgent) have a `code` of their own and no
+// ConnectionLost, UntrustedAgent, RequestTimeout) have a `code` of their own and no
 // `wireCode`. All are subclasses of AgentError.
 
 const { ERROR_CODES } = require('./wire');
@@ -52,6 +52,7 @@ const Closed = define('Closed', 'closed', 18, 'the agent or provider was closed'
 const AgentNotRunning = define('AgentNotRunning', 'agent_not_running', undefined, 'no hmac-agent listening');
 const ConnectionLost = define('ConnectionLost', 'connection_lost', undefined, 'connection to the agent lost');
 const UntrustedAgent = define('UntrustedAgent', 'untrusted_agent', undefined, 'the agent could not be trusted');
+const RequestTimeout = define('RequestTimeout', 'timeout', undefined, 'no reply from the agent in time');
 
 const BY_CODE = {
   1: AlreadyFinalized,
@@ -104,6 +105,7 @@ module.exports = {
   AgentNotRunning,
   ConnectionLost,
   UntrustedAgent,
+  RequestTimeout,
   BY_CODE,
   fromCode,
 };

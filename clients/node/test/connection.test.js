@@ -203,6 +203,34 @@ test('a tag of the wrong length is an InternalError, in one shot and from a cont
   }
 });
 
+test('a stalled request rejects with RequestTimeout; others go on, and its late reply is dropped', async () => {
+  const stalled = [];
+  const fake = await fakeAgent((s, type, id, payload) => {
+    const slow = payload.includes(Buffer.from('slow'));
+    if (type === wire.MSG.OPEN) return s.write(wire.frame(wire.MSG.OK, id));
+    if (slow || (type === wire.MSG.FINALIZE && stalled.length === 1)) return stalled.push({ s, id });
+    s.write(wire.frame(wire.MSG.TAG, id, Buffer.alloc(32, 7)));
+  });
+  const a = new hmacAgent.Agent({ path: fake.path, requestTimeout: 200 });
+  try {
+    const slow = a.mac('slow', 'sha256', 'x');
+    assert.deepStrictEqual(await a.mac('fast', 'sha256', 'x'), Buffer.alloc(32, 7), 'not held up by the stalled one');
+    await assert.rejects(slow, hmacAgent.RequestTimeout);
+    await assert.rejects(
+      hmacAgent.createHmac('sha256', 'fast', { agent: a }).update('x').digest(),
+      hmacAgent.RequestTimeout,
+    );
+    assert.strictEqual(stalled.length, 2);
+    // The late replies carry IDs still reserved: they reach no other request.
+    for (const { s, id } of stalled) s.write(wire.frame(wire.MSG.TAG, id, Buffer.alloc(32, 9)));
+    assert.deepStrictEqual(await a.mac('fast', 'sha256', 'y'), Buffer.alloc(32, 7));
+    assert.strictEqual(a._current()._waiting, 0, 'nothing holds the process open');
+  } finally {
+    a.close();
+    await fake.close();
+  }
+});
+
 test('a handshake refused, malformed or never answered', async () => {
   const cases = [
     [
