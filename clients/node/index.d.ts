@@ -87,8 +87,8 @@ export class Hmac extends Writable {
   readonly digestSize: number;
   update(data: BinaryLike): this;
   update(data: string, inputEncoding: BufferEncoding): this;
-  digest(): Promise<Buffer>;
-  digest(encoding: BinaryToTextEncoding | 'buffer'): Promise<string>;
+  digest(encoding?: 'buffer'): Promise<Buffer>;
+  digest(encoding: BinaryToTextEncoding): Promise<string>;
   verify(signature: NodeJS.ArrayBufferView): Promise<void>;
   verify(signature: string, encoding: BinaryToTextEncoding): Promise<void>;
   copy(): Promise<Hmac>;

@@ -8,6 +8,8 @@ async function uses(body: Buffer, signature: string): Promise<void> {
   const h: Hmac = createHmac('sha256', 'webhook').update(body).update('text', 'utf8');
   const tag: Buffer = await h.digest();
   const hex: string = await createHmac('sha3-256', 'webhook').digest('hex');
+  const raw: Buffer = await createHmac('sha256', 'webhook').digest('buffer');
+  void raw;
   const copy: Hmac = await createHmac('sha512', 'webhook').copy();
   await copy.verify(signature, 'hex');
   await pipeline(fs.createReadStream('file'), createHmac('sha256', 'webhook'));
