@@ -215,6 +215,11 @@ test('a file piped into the Hmac as a Writable', async () => {
   const h = createHmac('sha256', name, { agent });
   await stream.promises.pipeline(fs.createReadStream(file, { highWaterMark: 64 << 10 }), h);
   assert.deepStrictEqual(await h.digest(), ref('sha256', SECRET, data));
+  // The older .pipe() form, with digest() on 'finish'.
+  const piped = createHmac('sha256', name, { agent });
+  fs.createReadStream(file).pipe(piped);
+  await new Promise((resolve) => piped.once('finish', resolve));
+  assert.strictEqual(await piped.digest('hex'), ref('sha256', SECRET, data).toString('hex'));
 });
 
 test('digest right after end() includes every chunk the stream still held', async () => {
