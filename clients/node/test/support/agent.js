@@ -20,9 +20,21 @@ function sleep(ms) {
 }
 
 class AgentProcess {
-  constructor() {
+  /**
+   * options.config: a function of the temporary directory returning
+   * {toml, socket}, to start the agent with that configuration.
+   */
+  constructor(options = {}) {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hmac-agent-node-'));
     this.socket = path.join(this.dir, 'run', 'agent.sock');
+    this.args = ['serve', '--socket', this.socket, '--log-level', 'warn'];
+    if (options.config) {
+      const { toml, socket } = options.config(this.dir);
+      const file = path.join(this.dir, 'agent.toml');
+      fs.writeFileSync(file, toml, { mode: 0o600 });
+      this.socket = socket;
+      this.args = ['serve', '--config', file, '--log-level', 'warn'];
+    }
     this.binary = process.env.HMAC_AGENT_BIN;
     if (!this.binary) {
       this.binary = path.join(this.dir, 'hmac-agent');
@@ -39,7 +51,7 @@ class AgentProcess {
 
   async start() {
     const log = fs.openSync(this.logPath, 'a');
-    this.proc = spawn(this.binary, ['serve', '--socket', this.socket, '--log-level', 'warn'], {
+    this.proc = spawn(this.binary, this.args, {
       env: this.env(),
       stdio: ['ignore', log, log],
     });
