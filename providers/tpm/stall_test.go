@@ -69,18 +69,24 @@ func TestStalledTPM(t *testing.T) {
 	if !errors.Is(err, client.ErrUnavailable) || !strings.Contains(err.Error(), `"tpm"`) {
 		t.Errorf("MAC on a stalled TPM: %v, want ErrUnavailable naming provider \"tpm\"", err)
 	}
-	if err := p.Health(ctx); !errors.Is(err, providers.ErrUnavailable) {
-		t.Errorf("health of a stalled TPM: %v, want ErrUnavailable", err)
-	}
 	if err := sw.Resume(); err != nil {
 		t.Fatal(err)
 	}
+	// Let swtpm answer the cut command, into a connection the provider
+	// must no longer read.
+	time.Sleep(100 * time.Millisecond)
 	// Service returns by itself; then every reply is the reply to its own
 	// command.
+	// Each message differs, so that a reply read for the wrong command
+	// shows as a wrong tag.
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, err := c.MAC(ctx, "k", client.SHA256, []byte("probe"))
+	for i := 0; ; i++ {
+		probe := []byte(fmt.Sprintf("probe %d", i))
+		tag, err := c.MAC(ctx, "k", client.SHA256, probe)
 		if err == nil {
+			if !bytes.Equal(tag, reference(providers.SHA256, secret, probe)) {
+				t.Fatalf("the first MAC after the stall: %x, the wrong tag", tag)
+			}
 			break
 		}
 		if !errors.Is(err, client.ErrUnavailable) || time.Now().After(deadline) {
@@ -97,5 +103,48 @@ func TestStalledTPM(t *testing.T) {
 	}
 	if err := p.Health(ctx); err != nil {
 		t.Errorf("health after the stall: %v", err)
+	}
+}
+
+// TestStalledTPMHealth: the health check of a stalled TPM answers within
+// about the timeout, even while a command is stuck, and is good again
+// when the TPM goes on.
+func TestStalledTPMHealth(t *testing.T) {
+	sw := swtpm.Require(t)
+	const timeout = 300 * time.Millisecond
+	p := openWith(t, sw, t.TempDir()+"/state", func(c *tpm.Config) { c.Timeout = timeout })
+	ctx := context.Background()
+	if _, err := p.ImportKey(ctx, "k", []byte("health")); err != nil {
+		t.Fatal(err)
+	}
+	k, _ := p.Key(ctx, "k")
+	if err := sw.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	defer sw.Resume()
+	stuck := make(chan error, 1)
+	go func() {
+		m, _ := k.NewMAC(ctx, providers.SHA256)
+		err := m.Update(ctx, make([]byte, 3000))
+		stuck <- err
+	}()
+	go func() {
+		_, err := k.(providers.OneShot).SumMAC(ctx, providers.SHA256, []byte("stuck"), nil)
+		stuck <- err
+	}()
+	for range 3 {
+		if err := p.Health(ctx); !errors.Is(err, providers.ErrUnavailable) {
+			t.Errorf("health of a stalled TPM: %v, want ErrUnavailable", err)
+		}
+	}
+	sw.Resume()
+	<-stuck
+	<-stuck
+	deadline := time.Now().Add(10 * time.Second)
+	for p.Health(ctx) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("health after the stall: %v", p.Health(ctx))
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
