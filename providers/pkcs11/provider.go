@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 
@@ -83,6 +84,7 @@ var (
 	_ providers.Importer     = (*Provider)(nil)
 	_ providers.Deleter      = (*Provider)(nil)
 	_ providers.BusyReporter = (*Provider)(nil)
+	_ providers.Deadliner    = (*Provider)(nil)
 )
 
 // Open loads the module, finds the token, logs in and reads the token's
@@ -194,6 +196,10 @@ func (p *Provider) Name() string { return p.cfg.Name }
 
 // Kind returns "pkcs11".
 func (p *Provider) Kind() string { return "pkcs11" }
+
+// Timeout is how long the agent waits for one call before it answers
+// ErrUnavailable.
+func (p *Provider) Timeout() time.Duration { return p.cfg.Timeout }
 
 // Algorithms lists the HMAC algorithms the token offers.
 func (p *Provider) Algorithms() []providers.Algorithm { return p.algs }
