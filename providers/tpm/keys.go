@@ -175,11 +175,15 @@ func (p *Provider) GenerateKey(ctx context.Context, name string, length int) (pr
 			if err := p.loadLocked(p.srk); err != nil {
 				return err
 			}
-			rsp, err := tpm2.Create{
-				ParentHandle: tpm2.AuthHandle{Handle: p.srk.handle, Name: p.srk.name, Auth: tpm2.PasswordAuth(nil)},
-				InSensitive:  tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: auth}}},
-				InPublic:     tpm2.New2B(tmpl),
-			}.Execute(p.t)
+			var rsp *tpm2.CreateResponse
+			err := p.roomLocked([]*object{p.srk}, func() (err error) {
+				rsp, err = tpm2.Create{
+					ParentHandle: tpm2.AuthHandle{Handle: p.srk.handle, Name: p.srk.name, Auth: tpm2.PasswordAuth(nil)},
+					InSensitive:  tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: auth}}},
+					InPublic:     tpm2.New2B(tmpl),
+				}.Execute(p.t)
+				return err
+			})
 			if err != nil {
 				return fmt.Errorf("tpm: create %s key: %w", alg, err)
 			}
@@ -233,12 +237,16 @@ func (p *Provider) ImportKey(ctx context.Context, name string, secret []byte) (p
 			if err != nil {
 				return err
 			}
-			rsp, err := tpm2.Import{
-				ParentHandle: tpm2.AuthHandle{Handle: p.srk.handle, Name: p.srk.name, Auth: tpm2.PasswordAuth(nil)},
-				ObjectPublic: tpm2.New2B(pub),
-				Duplicate:    tpm2.TPM2BPrivate{Buffer: dup},
-				InSymSeed:    tpm2.TPM2BEncryptedSecret{Buffer: seedCipher},
-			}.Execute(p.t)
+			var rsp *tpm2.ImportResponse
+			err = p.roomLocked([]*object{p.srk}, func() (err error) {
+				rsp, err = tpm2.Import{
+					ParentHandle: tpm2.AuthHandle{Handle: p.srk.handle, Name: p.srk.name, Auth: tpm2.PasswordAuth(nil)},
+					ObjectPublic: tpm2.New2B(pub),
+					Duplicate:    tpm2.TPM2BPrivate{Buffer: dup},
+					InSymSeed:    tpm2.TPM2BEncryptedSecret{Buffer: seedCipher},
+				}.Execute(p.t)
+				return err
+			})
 			if err != nil {
 				return fmt.Errorf("tpm: import %s key: %w", alg, err)
 			}
