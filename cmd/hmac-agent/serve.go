@@ -307,6 +307,7 @@ func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (pr
 			PreparedSessions: pc.PreparedSessions,
 			NoKeyCopies:      pc.SessionKeyCopies != nil && !*pc.SessionKeyCopies,
 			Timeout:          pc.Timeout.Duration,
+			ReadPIN:          func() ([]byte, error) { return readPIN(pc) },
 		})
 		if err != nil {
 			return nil, err

@@ -15,6 +15,9 @@ type Config struct {
 	// PIN is the user PIN, read by the caller from a file or the
 	// environment; the provider keeps a copy for logging in again.
 	PIN []byte
+	// ReadPIN, if set, reads the PIN again when the provider logs in
+	// anew after its token came back, so a changed PIN file is used.
+	ReadPIN func() ([]byte, error)
 	// Sessions bounds the session pool (default 8).
 	Sessions int
 	// SessionWait bounds the wait for a free session (default 5s).
