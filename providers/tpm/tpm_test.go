@@ -296,7 +296,8 @@ func TestRestartUnderAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	h, _ := c.New(ctx, "tpm-key", client.SHA256)
-	h.Update(make([]byte, tpm.MaxReplay+5000)) // more than a context keeps to replay
+	// More input than a context keeps to replay.
+	h.Update(make([]byte, tpm.MaxReplay+5000))
 	if _, err := h.Copy(ctx); err != nil { // the sequence is in the TPM now
 		t.Fatal(err)
 	}
