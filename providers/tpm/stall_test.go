@@ -35,7 +35,7 @@ func openWith(t testing.TB, sw *swtpm.TPM, state string, tweak func(*tpm.Config)
 // is never taken for another command's: every tag after it is right.
 func TestStalledTPM(t *testing.T) {
 	sw := swtpm.Require(t)
-	const timeout = 300 * time.Millisecond
+	const timeout = time.Second
 	p := openWith(t, sw, t.TempDir()+"/state", func(c *tpm.Config) { c.Timeout = timeout })
 	if p.Timeout() != timeout {
 		t.Errorf("Timeout() = %s, want %s", p.Timeout(), timeout)
@@ -111,7 +111,7 @@ func TestStalledTPM(t *testing.T) {
 // when the TPM goes on.
 func TestStalledTPMHealth(t *testing.T) {
 	sw := swtpm.Require(t)
-	const timeout = 300 * time.Millisecond
+	const timeout = time.Second
 	p := openWith(t, sw, t.TempDir()+"/state", func(c *tpm.Config) { c.Timeout = timeout })
 	ctx := context.Background()
 	if _, err := p.ImportKey(ctx, "k", []byte("health")); err != nil {
