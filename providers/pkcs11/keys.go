@@ -191,6 +191,10 @@ func (p *Provider) reference(ref string) (label string, id []byte, err error) {
 // Key finds a key by name (its label) or by RFC 7512 URI. Errors wrap
 // ErrKeyNotFound, ErrInvalidArgument or ErrUnavailable.
 func (p *Provider) Key(ctx context.Context, ref string) (providers.Key, error) {
+	if err := p.enter(); err != nil { // closed, or the token is down
+		return nil, err
+	}
+	p.leave()
 	p.keysMu.Lock()
 	k := p.keys[ref]
 	p.keysMu.Unlock()
