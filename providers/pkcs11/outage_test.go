@@ -155,3 +155,133 @@ func TestTokenOutageUnderLoad(t *testing.T) {
 		t.Errorf("VerifyMAC after the outage: %v", err)
 	}
 }
+
+// outage moves the token directory away until Health finds the token
+// gone, then brings it back.
+func outage(t *testing.T, p *pkcs11.Provider) {
+	t.Helper()
+	dir := softhsm.TokenDir()
+	if err := os.Rename(dir, dir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	err := p.Health(context.Background())
+	if err := os.Rename(dir+".away", dir); err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(err, providers.ErrUnavailable) {
+		t.Fatalf("health with the token away: %v, want ErrUnavailable", err)
+	}
+}
+
+// waitHealthy waits for the provider to recover.
+func waitHealthy(t *testing.T, p *pkcs11.Provider) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); p.Health(context.Background()) != nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not recovered: %v", p.Health(context.Background()))
+		}
+	}
+}
+
+// TestStreamAcrossRecovery: a streaming context holds a session when the
+// module is re-initialized. Its session's handle may now name a session
+// lent to someone else, so the context must never use it: it reports
+// ErrContextLost, while new contexts and one-shots, many at once, get
+// right tags.
+func TestStreamAcrossRecovery(t *testing.T) {
+	p, _ := newToken(t, func(c *pkcs11.Config) { c.BufferBytes = 64 })
+	ctx := context.Background()
+	secret := []byte("stream key")
+	if _, err := p.ImportKey(ctx, "a", secret); err != nil {
+		t.Fatal(err)
+	}
+	k, _ := p.Key(ctx, "a")
+	var old []providers.MAC
+	for range 4 {
+		m, _ := k.NewMAC(ctx, providers.SHA256)
+		if err := m.Update(ctx, make([]byte, 1000)); err != nil { // holds a session
+			t.Fatal(err)
+		}
+		old = append(old, m)
+	}
+	outage(t, p)
+	waitHealthy(t, p)
+	// New streams take sessions, whose handles may be the old ones'.
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg := bytes.Repeat([]byte{byte(i)}, 5000)
+			for range 20 {
+				m, err := k.NewMAC(ctx, providers.SHA256)
+				if err == nil {
+					err = m.Update(ctx, msg)
+				}
+				var tag []byte
+				if err == nil {
+					tag, err = m.Finalize(ctx)
+				}
+				if err == nil && !bytes.Equal(tag, reference(providers.SHA256, secret, msg)) {
+					err = errors.New("wrong tag")
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for _, m := range old {
+		err := m.Update(ctx, []byte("more"))
+		if err == nil {
+			_, err = m.Finalize(ctx)
+		}
+		if !errors.Is(err, providers.ErrContextLost) {
+			t.Errorf("a stream from before the recovery: %v, want ErrContextLost", err)
+		}
+		m.Close()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("a stream after the recovery: %v", err)
+	}
+}
+
+// TestCloseWhileRecovering: the provider is closed while its token is
+// away and the recovery loop runs; nothing crashes, and a provider opened
+// after the token's return works.
+func TestCloseWhileRecovering(t *testing.T) {
+	p, tok := newToken(t, nil)
+	ctx := context.Background()
+	p.ImportKey(ctx, "a", []byte("a"))
+	dir := softhsm.TokenDir()
+	if err := os.Rename(dir, dir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Health(ctx); !errors.Is(err, providers.ErrUnavailable) {
+		t.Errorf("health with the token away: %v", err)
+	}
+	time.Sleep(100 * time.Millisecond) // a try or two of the loop
+	p.Close()
+	if err := os.Rename(dir+".away", dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Key(ctx, "a"); !errors.Is(err, providers.ErrClosed) {
+		t.Errorf("a closed provider: %v, want ErrClosed", err)
+	}
+	p2, err := pkcs11.Open(ctx, pkcs11.Config{Name: "hsm", Module: softhsm.Module, TokenLabel: tok.Label, PIN: []byte(tok.PIN)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.Close()
+	k, err := p2.Key(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tag, err := k.(providers.OneShot).SumMAC(ctx, providers.SHA256, []byte("m"), nil); err != nil || !bytes.Equal(tag, reference(providers.SHA256, []byte("a"), []byte("m"))) {
+		t.Errorf("after reopening: %x %v", tag, err)
+	}
+}
