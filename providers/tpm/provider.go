@@ -255,9 +255,10 @@ func (p *Provider) runLocked(f func() error) error {
 	err := f()
 	if errors.Is(err, errTransport) && !errors.Is(err, errTimeout) {
 		p.disconnectLocked()
-		if err = p.connectLocked(); err == nil {
-			err = f()
+		if err := p.connectLocked(); err != nil {
+			return p.brokenLocked(err)
 		}
+		err = f()
 	}
 	if errors.Is(err, errTransport) {
 		return p.brokenLocked(err)
