@@ -110,6 +110,25 @@ func (t *TPM) Stop() error {
 	return syscall.Kill(pid, syscall.SIGKILL)
 }
 
+// Kill ends swtpm with SIGKILL, as a crash would, and waits for it to go.
+// Start on the same directory brings the same TPM back.
+func (t *TPM) Kill() error {
+	pid, err := t.Pid()
+	if err != nil {
+		return err
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return err
+	}
+	for i := 0; i < 500; i++ {
+		if syscall.Kill(pid, 0) != nil {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("swtpm %d outlived SIGKILL", pid)
+}
+
 // Restart stops swtpm and starts it again on the same state: the same TPM,
 // as after a reboot, with everything loaded in it gone.
 func (t *TPM) Restart() error {

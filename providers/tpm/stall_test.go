@@ -5,7 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -148,3 +151,102 @@ func TestStalledTPMHealth(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestTPMKilledUnderLoad: swtpm is SIGKILLed while clients make MACs on a
+// TPM key through an agent, and started again on the same state a second
+// later. Clients see only ErrUnavailable naming the provider meanwhile,
+// never a wrong tag, and success again once the TPM is back.
+func TestTPMKilledUnderLoad(t *testing.T) {
+	sw := swtpm.Require(t)
+	p := openWith(t, sw, t.TempDir()+"/state", func(c *tpm.Config) { c.Timeout = time.Second })
+	ctx := context.Background()
+	secret := []byte("killed")
+	if _, err := p.ImportKey(ctx, "k", secret); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	var logMu sync.Mutex
+	a := agenttest.Start(t, agenttest.Options{Providers: []providers.Provider{p}, Logger: slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil))})
+	c, err := client.Dial(ctx, a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	defer func() {
+		if t.Failed() { // the agent's log has the errors in full
+			logMu.Lock()
+			t.Log(logs.String())
+			logMu.Unlock()
+		}
+	}()
+	var mu sync.Mutex
+	var lastOK time.Time
+	counts := map[string]int{}
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for w := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; !stop.Load(); i++ {
+				msg := []byte(fmt.Sprintf("worker %d message %d", w, i))
+				tag, err := c.MAC(ctx, "k", client.SHA256, msg)
+				mu.Lock()
+				switch {
+				case err == nil && bytes.Equal(tag, reference(providers.SHA256, secret, msg)):
+					counts["ok"]++
+					lastOK = time.Now()
+				case err == nil:
+					counts["wrong tag"]++
+				case errors.Is(err, client.ErrUnavailable) && strings.Contains(err.Error(), `"tpm"`):
+					counts["unavailable"]++
+				default:
+					counts[err.Error()]++
+				}
+				mu.Unlock()
+				if err != nil {
+					time.Sleep(time.Millisecond)
+				}
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	if err := sw.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	nt, err := swtpm.Start(sw.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	*sw = *nt
+	back := time.Now()
+	var firstOK time.Duration
+	for deadline := back.Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		mu.Lock()
+		ok := lastOK.After(back)
+		mu.Unlock()
+		if ok {
+			firstOK = time.Since(back)
+			break
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	for what, n := range counts {
+		if what != "ok" && what != "unavailable" {
+			t.Errorf("clients saw %q %d times; only ErrUnavailable naming the provider is right", what, n)
+		}
+	}
+	if firstOK == 0 {
+		t.Fatalf("no MAC succeeded within 10 s of swtpm's return: %v", counts)
+	}
+	t.Logf("swtpm killed for 1 s: %v; first success within %s of its return", counts, firstOK.Round(time.Millisecond))
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.w.Write(b) }
