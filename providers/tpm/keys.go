@@ -333,7 +333,7 @@ func (p *Provider) create(name string, newObject func(alg providers.Algorithm, a
 			if errors.Is(err, errTransport) || errors.Is(err, providers.ErrUnavailable) {
 				return providers.KeyInfo{}, err
 			}
-			return providers.KeyInfo{}, fmt.Errorf("tpm: key %q: %w: %w", name, providers.ErrUnavailable, err)
+			return providers.KeyInfo{}, fmt.Errorf("tpm: key %q: %w: %w", name, p.refused("the key could not be made"), err)
 		}
 		k.objs[alg] = &object{kind: objKey, blob: b, label: fmt.Sprintf("%q (%s)", name, alg)}
 	}

@@ -86,7 +86,7 @@ func (k *key) SumMAC(ctx context.Context, alg providers.Algorithm, data, dst []b
 // failed turns a TPM error into the contract's terms.
 func (p *Provider) failed(o *object, op string, err error) error {
 	if _, ok := err.(tpm2.TPMRC); ok {
-		return fmt.Errorf("tpm: %s with key %s: %w: %w", op, o.label, providers.ErrUnavailable, err)
+		return fmt.Errorf("tpm: %s with key %s: %w: %w", op, o.label, p.refused("the TPM refused "+op), err)
 	}
 	return err
 }

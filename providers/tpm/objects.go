@@ -159,13 +159,13 @@ func (p *Provider) roomLocked(protect []*object, cmd func() error) error {
 func (p *Provider) wrapLoad(o *object, err error) error {
 	switch {
 	case errors.Is(err, tpm2.TPMRCIntegrity):
-		return fmt.Errorf("tpm: key %s: %w: %w (%w)", o.label, providers.ErrUnavailable, ErrTPMCleared, err)
+		return fmt.Errorf("tpm: key %s: %w: %w (%w)", o.label, p.refused("the TPM cannot load the key: it was cleared"), ErrTPMCleared, err)
 	case errors.Is(err, errTransport):
 		return err
 	case o.kind == objSeq:
 		return fmt.Errorf("tpm: %w: cannot load the sequence: %w", providers.ErrContextLost, err)
 	}
-	return fmt.Errorf("tpm: load key %s: %w: %w", o.label, providers.ErrUnavailable, err)
+	return fmt.Errorf("tpm: load key %s: %w: %w", o.label, p.refused("the TPM cannot load the key"), err)
 }
 
 // makeRoomLocked swaps out least recently used objects until a slot is
@@ -182,7 +182,7 @@ func (p *Provider) makeRoomLocked(pins []*object) error {
 			}
 		}
 		if victim < 0 {
-			return fmt.Errorf("tpm: %w: a command needs more objects than the TPM's %d slots", providers.ErrUnavailable, p.slots)
+			return fmt.Errorf("tpm: %w", p.refused(fmt.Sprintf("a command needs more objects than the TPM's %d slots", p.slots)))
 		}
 		if err := p.swapOutLocked(p.loaded[victim]); err != nil {
 			return err

@@ -286,6 +286,13 @@ func (p *Provider) unavailable(err error) error {
 	return fmt.Errorf("tpm: %s: %w: %w", p.cfg.Device, providers.Publicf(providers.ErrUnavailable, "provider %q is unavailable: %s", p.cfg.Name, msg), err)
 }
 
+// refused is ErrUnavailable for a command the TPM answered with an error,
+// in a message a client may see: it names the provider and what failed,
+// never the TPM's return code.
+func (p *Provider) refused(what string) error {
+	return providers.Publicf(providers.ErrUnavailable, "provider %q is unavailable: %s", p.cfg.Name, what)
+}
+
 // Health checks that the TPM answers. It waits for a command in flight at
 // most the provider's timeout (or until ctx ends), and its own command is
 // bounded by the timeout too.
