@@ -91,6 +91,10 @@ type Provider struct {
 	// true).
 	SessionKeyCopies *bool `toml:"session_key_copies"`
 
+	// Timeout bounds one call to a device (pkcs11, tpm): past it the
+	// request is answered ErrUnavailable (default 5s).
+	Timeout Duration `toml:"timeout"`
+
 	// tpm
 	Device   string `toml:"device"`    // /dev/tpmrm0, unix:/path or tcp:host:port
 	StateDir string `toml:"state_dir"` // key blobs
@@ -236,6 +240,13 @@ func (c *Config) Validate() error {
 			bad(f+".name", "%q is also the name of %s", p.Name, prev)
 		} else {
 			names[p.Name] = f
+		}
+		if p.Timeout.Duration < 0 {
+			bad(f+".timeout", "must not be negative")
+		} else if p.Timeout.Duration != 0 && p.Type != "pkcs11" && p.Type != "tpm" {
+			bad(f+".timeout", "applies to pkcs11 and tpm providers only")
+		} else if p.Timeout.Duration != 0 && p.Timeout.Duration < 10*time.Millisecond {
+			bad(f+".timeout", "%s is too short for any device; give 10ms or more", p.Timeout.Duration)
 		}
 		switch p.Type {
 		case "software":

@@ -40,6 +40,7 @@ module = "/usr/lib/softhsm/libsofthsm2.so"
 token = "agent"
 pin_env = "PIN"
 session_key_copies = false
+timeout = "2s"
 [[key]]
 name = "webhook"
 provider = "soft"
@@ -57,6 +58,9 @@ operations = ["verify"]
 	}
 	if len(c.Providers) != 2 || c.Providers[0].SessionKeyCopies != nil || c.Providers[1].SessionKeyCopies == nil || *c.Providers[1].SessionKeyCopies {
 		t.Errorf("session_key_copies decoded as %+v", c.Providers)
+	}
+	if c.Providers[0].Timeout.Duration != 0 || c.Providers[1].Timeout.Seconds() != 2 {
+		t.Errorf("timeout decoded as %v, %v", c.Providers[0].Timeout, c.Providers[1].Timeout)
 	}
 	pol, err := c.Keys[0].Policy.Resolve()
 	if err != nil {
@@ -76,10 +80,18 @@ level = "loud"
 [[provider]]
 name = "a"
 type = "software"
+timeout = "1s"
 [[provider]]
 name = "a"
 type = "pkcs11"
 prepared_sessions = -2
+timeout = "-1s"
+[[provider]]
+name = "t"
+type = "tpm"
+device = "/dev/tpmrm0"
+state_dir = "/var/lib/hmac-agent/tpm"
+timeout = "1ms"
 [[provider]]
 type = "quantum"
 [[key]]
@@ -104,8 +116,11 @@ operations = ["sign"]
 		"provider[1].token:",
 		"provider[1].pin_file:",
 		"provider[1].prepared_sessions: must be -1",
-		"provider[2].name: required",
-		"provider[2].type: unknown provider type \"quantum\"",
+		"provider[0].timeout: applies to pkcs11 and tpm providers only",
+		"provider[1].timeout: must not be negative",
+		"provider[2].timeout: 1ms is too short",
+		"provider[3].name: required",
+		"provider[3].type: unknown provider type \"quantum\"",
 		"key[0].name:",
 		"key[0].provider: no provider named \"nowhere\"",
 		"key[0].uri: give object or uri, not both",

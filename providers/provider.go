@@ -113,6 +113,10 @@ type HealthChecker interface {
 	Health(ctx context.Context) error
 }
 
+// Deadliner is implemented by providers whose calls can stall (a device). Timeout is how long the
+// agent waits for one call before answering ErrUnavailable.
+type Deadliner interface{ Timeout() time.Duration }
+
 // OneShotVerifier is implemented by keys that verify a whole message inside
 // their device. The agent uses it for VerifyMAC, so the tag is compared
 // where the key lives.

@@ -306,6 +306,8 @@ func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (pr
 			PIN: pin, Sessions: pc.Sessions, SessionWait: pc.SessionWait.Duration, MaxCopyBytes: pc.MaxCopyBytes,
 			PreparedSessions: pc.PreparedSessions,
 			NoKeyCopies:      pc.SessionKeyCopies != nil && !*pc.SessionKeyCopies,
+			Timeout:          pc.Timeout.Duration,
+			ReadPIN:          func() ([]byte, error) { return readPIN(pc) },
 		})
 		if err != nil {
 			return nil, err
@@ -313,7 +315,7 @@ func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (pr
 		log.Info("pkcs11 token ready", "provider", pc.Name, "token", pc.TokenLabel, "algorithms", fmt.Sprint(p.Algorithms()))
 		return p, nil
 	case "tpm":
-		p, err := tpm.Open(ctx, tpm.Config{Name: pc.Name, Device: pc.Device, StateDir: pc.StateDir, Slots: pc.Slots})
+		p, err := tpm.Open(ctx, tpm.Config{Name: pc.Name, Device: pc.Device, StateDir: pc.StateDir, Slots: pc.Slots, Timeout: pc.Timeout.Duration})
 		if err != nil {
 			return nil, err
 		}

@@ -68,16 +68,38 @@ func Start(dir string) (*TPM, error) {
 	}
 }
 
-// Stop kills swtpm and waits for it to go.
-func (t *TPM) Stop() error {
+// Pid is swtpm's process ID, from its pid file.
+func (t *TPM) Pid() (int, error) {
 	b, err := os.ReadFile(filepath.Join(t.Dir, "pid"))
 	if err != nil {
-		return err
+		return 0, err
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// Pause stops swtpm with SIGSTOP: it keeps its connections and stops
+// answering, as a stalled device does.
+func (t *TPM) Pause() error { return t.signal(syscall.SIGSTOP) }
+
+// Resume lets a paused swtpm go on (SIGCONT).
+func (t *TPM) Resume() error { return t.signal(syscall.SIGCONT) }
+
+func (t *TPM) signal(sig syscall.Signal) error {
+	pid, err := t.Pid()
 	if err != nil {
 		return err
 	}
+	return syscall.Kill(pid, sig)
+}
+
+// Stop kills swtpm and waits for it to go.
+func (t *TPM) Stop() error {
+	pid, err := t.Pid()
+	if err != nil {
+		return err
+	}
+	// A paused swtpm would not act on SIGTERM.
+	syscall.Kill(pid, syscall.SIGCONT)
 	syscall.Kill(pid, syscall.SIGTERM)
 	for i := 0; i < 500; i++ {
 		if syscall.Kill(pid, 0) != nil {
@@ -86,6 +108,25 @@ func (t *TPM) Stop() error {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// Kill ends swtpm with SIGKILL, as a crash would, and waits for it to go.
+// Start on the same directory brings the same TPM back.
+func (t *TPM) Kill() error {
+	pid, err := t.Pid()
+	if err != nil {
+		return err
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return err
+	}
+	for i := 0; i < 500; i++ {
+		if syscall.Kill(pid, 0) != nil {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("swtpm %d outlived SIGKILL", pid)
 }
 
 // Restart stops swtpm and starts it again on the same state: the same TPM,

@@ -15,6 +15,9 @@ type Config struct {
 	// PIN is the user PIN, read by the caller from a file or the
 	// environment; the provider keeps a copy for logging in again.
 	PIN []byte
+	// ReadPIN, if set, reads the PIN again when the provider logs in
+	// anew after its token came back, so a changed PIN file is used.
+	ReadPIN func() ([]byte, error)
 	// Sessions bounds the session pool (default 8).
 	Sessions int
 	// SessionWait bounds the wait for a free session (default 5s).
@@ -29,6 +32,10 @@ type Config struct {
 	// C_VerifyInit done for the next one-shot (default half of Sessions;
 	// negative: none).
 	PreparedSessions int
+	// Timeout is how long the agent waits for one call into the token
+	// before it answers ErrUnavailable (default DefaultTimeout). A PKCS#11
+	// call cannot be interrupted: the call itself runs on.
+	Timeout time.Duration
 	// NoKeyCopies keeps keys from being copied into session objects for
 	// speed (copies.go).
 	NoKeyCopies bool
@@ -40,6 +47,7 @@ const (
 	DefaultSessionWait  = 5 * time.Second
 	DefaultMaxCopyBytes = 64 << 20
 	DefaultBufferBytes  = 64 << 10
+	DefaultTimeout      = 5 * time.Second
 	// DefaultKeyLength is the length of a generated key: 64 bytes, so
 	// the key is long enough for every HMAC mechanism (tokens refuse keys
 	// shorter than the digest).
@@ -59,6 +67,9 @@ func (c *Config) fill() {
 	}
 	if c.MaxCopyBytes == 0 {
 		c.MaxCopyBytes = DefaultMaxCopyBytes
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = DefaultTimeout
 	}
 	if c.BufferBytes <= 0 {
 		c.BufferBytes = DefaultBufferBytes

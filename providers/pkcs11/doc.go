@@ -39,4 +39,10 @@
 // looked up again by label or ID. Contexts that held a failed session
 // report ErrContextLost; other keys and contexts go on. The module is
 // finalized only when no call is in flight.
+//
+// A token that fails as a whole (gone, a device error, C_GetTokenInfo
+// failing) makes the provider unavailable: calls fail at once with
+// ErrUnavailable, never ErrKeyNotFound, while a recovery loop
+// re-initializes the module, finds the token by label and logs in again,
+// with backoff, until it is back (recovery.go, module.go).
 package pkcs11

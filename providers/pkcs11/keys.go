@@ -4,6 +4,7 @@ package pkcs11
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -198,6 +199,10 @@ func (p *Provider) reference(ref string) (label string, id []byte, err error) {
 // Key finds a key by name (its label) or by RFC 7512 URI. Errors wrap
 // ErrKeyNotFound, ErrInvalidArgument or ErrUnavailable.
 func (p *Provider) Key(ctx context.Context, ref string) (providers.Key, error) {
+	if err := p.enter(); err != nil { // closed, or the token is down
+		return nil, err
+	}
+	p.leave()
 	p.keysMu.Lock()
 	k := p.keys[ref]
 	p.keysMu.Unlock()
@@ -308,7 +313,9 @@ func (p *Provider) Keys(ctx context.Context) ([]providers.KeyInfo, error) {
 			}
 			infos = append(infos, info)
 		}
-		return nil
+		// A token that went away lists nothing: that is not an empty
+		// token.
+		return p.tokenPresent()
 	})
 	if err != nil {
 		return nil, classify("list keys", err)
@@ -383,6 +390,20 @@ func (p *Provider) forgetKey(name string) {
 	p.keysMu.Lock()
 	delete(p.keys, name)
 	p.keysMu.Unlock()
+}
+
+// gone drops k from the provider's keys if err says the token no longer
+// has it (another program deleted it), so the next lookup asks the token
+// and a listing does not show it. It returns err.
+func (k *key) gone(err error) error {
+	if errors.Is(err, providers.ErrKeyNotFound) {
+		k.p.keysMu.Lock()
+		if k.p.keys[k.name] == k {
+			delete(k.p.keys, k.name)
+		}
+		k.p.keysMu.Unlock()
+	}
+	return err
 }
 
 // GenerateKey creates a key inside the token with CKM_GENERIC_SECRET_KEY_GEN

@@ -140,7 +140,7 @@ func (m *mac) start(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
-		return m.failed("start", err)
+		return m.k.gone(m.failed("start", err))
 	}
 	m.sess, m.buf, m.replay = s, nil, nil
 	return nil
@@ -168,6 +168,14 @@ func (m *mac) call(f func(s *session) error) error {
 		return err
 	}
 	defer p.leave()
+	if p.pool.stale(m.sess) {
+		// The module was re-initialized: the operation is gone, and the
+		// handle may now be another session's.
+		m.sess = nil
+		m.done = true
+		m.dropLog()
+		return fmt.Errorf("pkcs11: key %q: %w: the token was re-initialized", m.k.name, providers.ErrContextLost)
+	}
 	err := f(m.sess)
 	if err != nil {
 		m.releaseSession(err)
@@ -176,6 +184,7 @@ func (m *mac) call(f func(s *session) error) error {
 		if notLoggedIn(err) {
 			p.login()
 		}
+		p.checkToken(err) // a token gone starts its recovery
 		return m.failed("update", err)
 	}
 	return nil
@@ -193,7 +202,7 @@ func (m *mac) failed(op string, err error) error {
 
 func (m *mac) releaseSession(err error) {
 	if m.sess != nil {
-		if err == nil || !sessionBroken(err) {
+		if (err == nil || !sessionBroken(err)) && !m.k.p.pool.stale(m.sess) {
 			m.cancel(m.sess)
 		}
 		m.k.p.pool.put(m.sess, err)
@@ -248,6 +257,9 @@ func (c *mac) cloneState(ctx context.Context, m *mac) (bool, error) {
 		return false, err
 	}
 	defer p.leave()
+	if p.pool.stale(m.sess) {
+		return false, nil // replay will do
+	}
 	state, err := p.ctx.GetOperationState(m.sess.h)
 	if err != nil {
 		switch rv(err) {
@@ -358,9 +370,9 @@ func (k *key) sign(ctx context.Context, mech uint, data []byte) ([]byte, error) 
 		return err
 	})
 	if err != nil && rv(err) != 0 {
-		return nil, classify(fmt.Sprintf("key %q: sign", k.name), err)
+		err = classify(fmt.Sprintf("key %q: sign", k.name), err)
 	}
-	return tag, err
+	return tag, k.gone(err)
 }
 
 // SumMAC is the one-shot MAC: one session, C_SignInit and C_Sign.
@@ -404,7 +416,7 @@ func (k *key) VerifyMAC(ctx context.Context, alg providers.Algorithm, data, tag 
 	case signatureRejected(err):
 		return providers.ErrInvalidSignature
 	case rv(err) != 0:
-		return classify(fmt.Sprintf("key %q: verify", k.name), err)
+		return k.gone(classify(fmt.Sprintf("key %q: verify", k.name), err))
 	}
-	return err
+	return k.gone(err)
 }

@@ -5,6 +5,8 @@ package pkcs11
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 )
@@ -20,7 +22,19 @@ var (
 type module struct {
 	ctx  *p11.Ctx
 	path string
-	refs int
+	refs int // guarded by modulesMu
+
+	// calls is held shared by every call into the module, by every
+	// provider on it, and exclusively to finalize it: a call in flight
+	// during C_Finalize crashes the process.
+	calls sync.RWMutex
+	// users are the providers open on the module; dead is set when the
+	// last one closed it. Both are guarded by calls, taken exclusively
+	// to change them.
+	users map[*Provider]bool
+	dead  bool
+
+	recovering atomic.Bool // a recovery loop runs
 }
 
 func openModule(path string) (*module, error) {
@@ -38,13 +52,13 @@ func openModule(path string) (*module, error) {
 		ctx.Destroy()
 		return nil, fmt.Errorf("pkcs11: initialize %s: %w", path, err)
 	}
-	m := &module{ctx: ctx, path: path, refs: 1}
+	m := &module{ctx: ctx, path: path, refs: 1, users: map[*Provider]bool{}}
 	modules[path] = m
 	return m, nil
 }
 
 // release drops a reference; the last one finalizes the module. The caller
-// guarantees none of its calls is in flight.
+// holds calls exclusively, or is the only user.
 func (m *module) release() {
 	modulesMu.Lock()
 	defer modulesMu.Unlock()
@@ -52,7 +66,91 @@ func (m *module) release() {
 	if m.refs > 0 {
 		return
 	}
+	m.dead = true
 	delete(modules, m.path)
 	m.ctx.Finalize()
 	m.ctx.Destroy()
+}
+
+// Recovery backoff: the first try comes soon, the later ones less often,
+// so a token that stays away costs little.
+const (
+	firstRetry = 50 * time.Millisecond
+	maxRetry   = 2 * time.Second
+)
+
+// startRecovery starts the recovery loop unless one runs.
+func (m *module) startRecovery() {
+	if m.recovering.CompareAndSwap(false, true) {
+		go m.recoverLoop()
+	}
+}
+
+// recoverLoop re-initializes the module until every provider on it has
+// its token back, or none is left.
+func (m *module) recoverLoop() {
+	wait := firstRetry
+	for {
+		time.Sleep(wait)
+		if m.tryRecover() {
+			m.recovering.Store(false)
+			// A provider that went down after the last look would
+			// have found the loop running: look once more.
+			if !m.anyDown() || !m.recovering.CompareAndSwap(false, true) {
+				return
+			}
+			wait = firstRetry
+			continue
+		}
+		wait = min(2*wait, maxRetry)
+	}
+}
+
+func (m *module) anyDown() bool {
+	m.calls.RLock()
+	defer m.calls.RUnlock()
+	for p := range m.users {
+		if p.down.Load() {
+			return true
+		}
+	}
+	return false
+}
+
+// tryRecover waits until no call is in flight, finalizes and initializes
+// the module, and opens every provider on it again: token found by label,
+// logged in anew. It reports whether the loop is done: all are up, or
+// nobody is left.
+func (m *module) tryRecover() bool {
+	// TryLock rather than Lock: a waiting Lock would hold up every new
+	// call behind a call that may be stuck in the token. Down providers
+	// fail at once without entering, so only others' calls are waited
+	// for.
+	for !m.calls.TryLock() {
+		time.Sleep(time.Millisecond)
+	}
+	defer m.calls.Unlock()
+	if m.dead || len(m.users) == 0 {
+		return true
+	}
+	for p := range m.users {
+		p.resetLocked()
+	}
+	m.ctx.Finalize()
+	if err := m.ctx.Initialize(); err != nil && rv(err) != p11.CKR_CRYPTOKI_ALREADY_INITIALIZED {
+		for p := range m.users {
+			p.setDown(fmt.Errorf("pkcs11: initialize %s: %w", m.path, err))
+		}
+		return false
+	}
+	up := true
+	for p := range m.users {
+		if err := p.reopenLocked(); err != nil {
+			p.setDown(err)
+			up = false
+			continue
+		}
+		p.setUp()
+	}
+	return up
 }

@@ -14,7 +14,8 @@ import (
 
 // session is a PKCS#11 session lent to one goroutine at a time.
 type session struct {
-	h p11.SessionHandle
+	h     p11.SessionHandle
+	epoch uint64 // the pool's epoch when opened
 }
 
 // pool bounds the sessions open on the token. idle holds sessions not in
@@ -26,6 +27,9 @@ type pool struct {
 	idle  chan *session
 	slots chan struct{}
 	waits atomic.Uint64 // requests that found no session free at once
+	// epoch counts module re-initializations: a session of an older
+	// epoch is gone, and its handle may now name another session.
+	epoch atomic.Uint64
 }
 
 func newPool(p *Provider, size int, wait time.Duration) *pool {
@@ -87,12 +91,37 @@ func (pl *pool) open() (*session, error) {
 		<-pl.slots
 		return nil, classify("open session", err)
 	}
-	return &session{h: h}, nil
+	return &session{h: h, epoch: pl.epoch.Load()}, nil
+}
+
+// stale reports whether s is from before the module was re-initialized.
+func (pl *pool) stale(s *session) bool { return s.epoch != pl.epoch.Load() }
+
+// reset forgets every session, when the module is about to be finalized,
+// which closes them all. Sessions lent out are stale from here on: put
+// drops them without touching their handles. The caller holds the
+// module's calls exclusively, so no one is in get.
+func (pl *pool) reset() {
+	pl.epoch.Add(1)
+	for {
+		select {
+		case <-pl.idle:
+			continue
+		default:
+		}
+		break
+	}
+	for len(pl.slots) > 0 {
+		<-pl.slots
+	}
 }
 
 // put returns a session after use; err is the last call's result. A
 // session that err says is broken is closed and its place freed.
 func (pl *pool) put(s *session, err error) {
+	if pl.stale(s) {
+		return // its place went with the old module
+	}
 	if err != nil && sessionBroken(err) {
 		pl.discard(s)
 		return
@@ -105,6 +134,9 @@ func (pl *pool) put(s *session, err error) {
 }
 
 func (pl *pool) discard(s *session) {
+	if pl.stale(s) {
+		return
+	}
 	pl.p.ctx.CloseSession(s.h)
 	<-pl.slots
 }

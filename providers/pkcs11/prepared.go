@@ -287,6 +287,9 @@ func (p *Provider) cancelPrepared(pr *prepared) {
 // whose tag is thrown away, or C_VerifyFinal with a one-byte tag, which
 // the token refuses. A session that cannot end it is reported broken.
 func (p *Provider) endOperation(pr *prepared) error {
+	if p.pool.stale(pr.s) {
+		return nil // gone with the module's re-initialization; put drops it
+	}
 	var err error
 	if pr.op.verify {
 		if err = p.ctx.VerifyFinal(pr.s.h, []byte{0}); signatureRejected(err) {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 
@@ -45,11 +46,12 @@ type Provider struct {
 	algs []providers.Algorithm // the token's HMAC mechanisms
 	mech map[providers.Algorithm]uint
 
-	// calls is held shared by every call into the module and exclusively
-	// by Close, which finalizes the module: a call in flight during
-	// C_Finalize crashes the process.
-	calls  sync.RWMutex
+	// closed is set by Close, with mod.calls held exclusively; every
+	// call into the module holds mod.calls shared (enter).
 	closed bool
+	// down is set while the token is gone (recovery.go).
+	down   atomic.Bool
+	health health
 
 	pool *pool
 
@@ -87,6 +89,7 @@ var (
 	_ providers.Importer     = (*Provider)(nil)
 	_ providers.Deleter      = (*Provider)(nil)
 	_ providers.BusyReporter = (*Provider)(nil)
+	_ providers.Deadliner    = (*Provider)(nil)
 )
 
 // Open loads the module, finds the token, logs in and reads the token's
@@ -118,6 +121,9 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 		mod.release()
 		return nil, err
 	}
+	mod.calls.Lock()
+	mod.users[p] = true
+	mod.calls.Unlock()
 	return p, nil
 }
 
@@ -201,20 +207,29 @@ func (p *Provider) Name() string { return p.cfg.Name }
 // Kind returns "pkcs11".
 func (p *Provider) Kind() string { return "pkcs11" }
 
+// Timeout is how long the agent waits for one call before it answers
+// ErrUnavailable.
+func (p *Provider) Timeout() time.Duration { return p.cfg.Timeout }
+
 // Algorithms lists the HMAC algorithms the token offers.
 func (p *Provider) Algorithms() []providers.Algorithm { return p.algs }
 
 // enter starts a call into the module; leave must follow.
+// While the token is down it fails at once with ErrUnavailable.
 func (p *Provider) enter() error {
-	p.calls.RLock()
+	p.mod.calls.RLock()
 	if p.closed {
-		p.calls.RUnlock()
+		p.mod.calls.RUnlock()
 		return fmt.Errorf("pkcs11: %w", providers.ErrClosed)
+	}
+	if p.down.Load() {
+		p.mod.calls.RUnlock()
+		return p.unavailable()
 	}
 	return nil
 }
 
-func (p *Provider) leave() { p.calls.RUnlock() }
+func (p *Provider) leave() { p.mod.calls.RUnlock() }
 
 // withSession runs f on a pooled session, retrying on a fresh session when
 // it failed because the session broke, the login was lost or a key handle
@@ -244,6 +259,9 @@ func (p *Provider) attempt(ctx context.Context, keep bool, f func(s *session) er
 			return s, nil
 		}
 		p.pool.put(s, err)
+		if err = p.checkToken(err); p.down.Load() {
+			return nil, err
+		}
 		if err == nil || !p.recover(err) {
 			return nil, err
 		}
@@ -269,8 +287,21 @@ func (p *Provider) recover(err error) bool {
 	return false
 }
 
-// Health checks that the token is present and the agent logged in.
+// Health checks that the token is present and the agent logged in. A
+// token found gone marks the provider down and starts its recovery.
 func (p *Provider) Health(ctx context.Context) error {
+	if err := p.enter(); err != nil {
+		return err
+	}
+	err := p.tokenPresent()
+	if err != nil {
+		p.setDown(err)
+		err = p.unavailable()
+	}
+	p.leave()
+	if err != nil {
+		return err
+	}
 	return p.withSession(ctx, func(s *session) error {
 		if _, err := p.ctx.GetTokenInfo(p.slot); err != nil {
 			return err
@@ -320,12 +351,13 @@ func (p *Provider) Busy() bool {
 // Close waits for calls in flight, logs out, closes every session and
 // finalizes the module if no other provider uses it.
 func (p *Provider) Close() error {
-	p.calls.Lock()
-	defer p.calls.Unlock()
+	p.mod.calls.Lock()
+	defer p.mod.calls.Unlock()
 	if p.closed {
 		return nil
 	}
 	p.closed = true
+	delete(p.mod.users, p)
 	// Prepared sessions are closed with the rest.
 	p.prepMu.Lock()
 	p.prep = nil

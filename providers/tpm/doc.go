@@ -31,8 +31,18 @@
 // and TPM2_SequenceUpdate are marshalled by hand (go-tpm's reflection is
 // too slow for data); everything else goes through go-tpm. When the TPM
 // restarts underneath, the provider reconnects, derives the storage key
-// again and reloads keys from their blobs; sequences do not survive a
-// restart and their contexts report ErrContextLost.
+// again and reloads keys from their blobs. Sequences do not survive a
+// restart: a context that kept its input (up to 64 KiB) replays it into a
+// new sequence, and a longer one reports ErrContextLost. Every command is
+// bounded by the configured timeout; one past it fails with
+// ErrUnavailable and the connection is dropped, so its late reply is never
+// read.
+//
+// # Keys on disk
+//
+// A key's blobs are written in a temporary directory renamed into place
+// once whole, so a crash leaves a key whole or absent; leftovers are
+// removed at start.
 //
 // [Provider] and its keys are safe for concurrent use; a MAC context is
 // not.

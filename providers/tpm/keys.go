@@ -69,14 +69,29 @@ func (p *Provider) blobPath(name string, alg providers.Algorithm) string {
 	return filepath.Join(p.keysDir, name, alg.String()+".json")
 }
 
-// readKeys loads every key's blobs from the state directory. A loose or
-// corrupt file stops the agent, naming the file.
+// tmpPrefix starts the names of directories a key is built in before it
+// is renamed into place, and of deleted keys' directories before they are
+// removed. No key name starts with a dot.
+const tmpPrefix = ".tmp-"
+
+// readKeys removes what a crash left half done, then loads every key's
+// blobs from the state directory. A loose or corrupt file stops the agent,
+// naming the file.
 func (p *Provider) readKeys() error {
 	entries, err := os.ReadDir(p.keysDir)
 	if err != nil {
 		return fmt.Errorf("tpm: %w", err)
 	}
 	for _, e := range entries {
+		path := filepath.Join(p.keysDir, e.Name())
+		if strings.HasPrefix(e.Name(), tmpPrefix) {
+			// A key being built or deleted when the agent stopped: it
+			// was never acknowledged, or its deletion was.
+			if err := os.RemoveAll(path); err != nil {
+				return fmt.Errorf("tpm: remove the leftover %s: %w", path, err)
+			}
+			continue
+		}
 		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
@@ -84,11 +99,15 @@ func (p *Provider) readKeys() error {
 		if err != nil {
 			return err
 		}
-		if len(k.objs) > 0 {
-			p.keys[k.name] = k
+		if len(k.objs) == 0 {
+			// An empty directory, left by versions that made keys in
+			// place: it would block the name.
+			os.Remove(path)
+			continue
 		}
+		p.keys[k.name] = k
 	}
-	return nil
+	return privfile.SyncDir(p.keysDir)
 }
 
 func (p *Provider) readKey(name string) (*key, error) {
@@ -175,11 +194,15 @@ func (p *Provider) GenerateKey(ctx context.Context, name string, length int) (pr
 			if err := p.loadLocked(p.srk); err != nil {
 				return err
 			}
-			rsp, err := tpm2.Create{
-				ParentHandle: tpm2.AuthHandle{Handle: p.srk.handle, Name: p.srk.name, Auth: tpm2.PasswordAuth(nil)},
-				InSensitive:  tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: auth}}},
-				InPublic:     tpm2.New2B(tmpl),
-			}.Execute(p.t)
+			var rsp *tpm2.CreateResponse
+			err := p.roomLocked([]*object{p.srk}, func() (err error) {
+				rsp, err = tpm2.Create{
+					ParentHandle: tpm2.AuthHandle{Handle: p.srk.handle, Name: p.srk.name, Auth: tpm2.PasswordAuth(nil)},
+					InSensitive:  tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: auth}}},
+					InPublic:     tpm2.New2B(tmpl),
+				}.Execute(p.t)
+				return err
+			})
 			if err != nil {
 				return fmt.Errorf("tpm: create %s key: %w", alg, err)
 			}
@@ -233,12 +256,16 @@ func (p *Provider) ImportKey(ctx context.Context, name string, secret []byte) (p
 			if err != nil {
 				return err
 			}
-			rsp, err := tpm2.Import{
-				ParentHandle: tpm2.AuthHandle{Handle: p.srk.handle, Name: p.srk.name, Auth: tpm2.PasswordAuth(nil)},
-				ObjectPublic: tpm2.New2B(pub),
-				Duplicate:    tpm2.TPM2BPrivate{Buffer: dup},
-				InSymSeed:    tpm2.TPM2BEncryptedSecret{Buffer: seedCipher},
-			}.Execute(p.t)
+			var rsp *tpm2.ImportResponse
+			err = p.roomLocked([]*object{p.srk}, func() (err error) {
+				rsp, err = tpm2.Import{
+					ParentHandle: tpm2.AuthHandle{Handle: p.srk.handle, Name: p.srk.name, Auth: tpm2.PasswordAuth(nil)},
+					ObjectPublic: tpm2.New2B(pub),
+					Duplicate:    tpm2.TPM2BPrivate{Buffer: dup},
+					InSymSeed:    tpm2.TPM2BEncryptedSecret{Buffer: seedCipher},
+				}.Execute(p.t)
+				return err
+			})
 			if err != nil {
 				return fmt.Errorf("tpm: import %s key: %w", alg, err)
 			}
@@ -265,7 +292,10 @@ func hmacKeyFor(alg providers.Algorithm, secret []byte) []byte {
 }
 
 // create makes one object per algorithm with newObject and stores the
-// blobs.
+// blobs. The key appears whole or not at all: its blobs are written and
+// synced in a directory of its own under a temporary name, which is then
+// renamed to the key's name. A crash before the rename leaves only the
+// temporary directory, removed at the next start.
 func (p *Provider) create(name string, newObject func(alg providers.Algorithm, auth []byte) (*blob, error)) (providers.KeyInfo, error) {
 	if err := providers.CheckKeyName(name); err != nil {
 		return providers.KeyInfo{}, fmt.Errorf("tpm: %w", err)
@@ -275,13 +305,11 @@ func (p *Provider) create(name string, newObject func(alg providers.Algorithm, a
 	if _, ok := p.keys[name]; ok {
 		return providers.KeyInfo{}, fmt.Errorf("tpm: %q: %w", name, providers.ErrKeyExists)
 	}
-	dir := filepath.Join(p.keysDir, name)
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return providers.KeyInfo{}, fmt.Errorf("tpm: %q: %w (%s exists)", name, providers.ErrKeyExists, dir)
-		}
+	tmp, err := os.MkdirTemp(p.keysDir, tmpPrefix+"new-*")
+	if err != nil {
 		return providers.KeyInfo{}, fmt.Errorf("tpm: %w", err)
 	}
+	defer os.RemoveAll(tmp) // nothing to remove once renamed
 	created := time.Now().UTC().Truncate(time.Second)
 	k := &key{p: p, name: name, created: created, objs: map[providers.Algorithm]*object{}}
 	for _, alg := range p.algs {
@@ -295,19 +323,41 @@ func (p *Provider) create(name string, newObject func(alg providers.Algorithm, a
 			var data []byte
 			data, err = json.Marshal(b)
 			if err == nil {
-				err = privfile.Create(p.blobPath(name, alg), data)
+				// Create syncs the file and tmp.
+				err = privfile.Create(filepath.Join(tmp, alg.String()+".json"), data)
 			}
 		}
 		if err != nil {
-			os.RemoveAll(dir)
+			k.destroy()
+			clear(auth)
 			if errors.Is(err, errTransport) || errors.Is(err, providers.ErrUnavailable) {
 				return providers.KeyInfo{}, err
 			}
-			return providers.KeyInfo{}, fmt.Errorf("tpm: key %q: %w: %w", name, providers.ErrUnavailable, err)
+			return providers.KeyInfo{}, fmt.Errorf("tpm: key %q: %w: %w", name, p.refused("the key could not be made"), err)
 		}
 		k.objs[alg] = &object{kind: objKey, blob: b, label: fmt.Sprintf("%q (%s)", name, alg)}
 	}
-	privfile.SyncDir(p.keysDir)
+	dir := filepath.Join(p.keysDir, name)
+	err = os.Rename(tmp, dir)
+	if errors.Is(err, fs.ErrExist) && os.Remove(dir) == nil {
+		// An empty directory, which only a crash of an older version
+		// leaves: the name is free.
+		err = os.Rename(tmp, dir)
+	}
+	if err != nil {
+		k.destroy()
+		if errors.Is(err, fs.ErrExist) {
+			return providers.KeyInfo{}, fmt.Errorf("tpm: %q: %w (%s exists)", name, providers.ErrKeyExists, dir)
+		}
+		return providers.KeyInfo{}, fmt.Errorf("tpm: %w", err)
+	}
+	if err := privfile.SyncDir(p.keysDir); err != nil {
+		// The key may or may not survive a crash now: undo it rather
+		// than acknowledge it.
+		os.RemoveAll(dir)
+		k.destroy()
+		return providers.KeyInfo{}, fmt.Errorf("tpm: %w", err)
+	}
 	p.keys[name] = k
 	return providers.KeyInfo{Name: name, Provider: p.cfg.Name, Kind: p.Kind(), Algorithms: k.algorithms(), Created: created}, nil
 }
@@ -331,7 +381,16 @@ func (p *Provider) DeleteKey(ctx context.Context, name string) error {
 		return nil
 	})
 	k.destroy()
-	if err := os.RemoveAll(filepath.Join(p.keysDir, name)); err != nil {
+	// The key goes at once, by a rename; its files after, and a crash
+	// between leaves a temporary directory the next start removes.
+	gone := filepath.Join(p.keysDir, tmpPrefix+"deleted-"+rand.Text())
+	if err := os.Rename(filepath.Join(p.keysDir, name), gone); err != nil {
+		return fmt.Errorf("tpm: %w", err)
+	}
+	if err := privfile.SyncDir(p.keysDir); err != nil {
+		return fmt.Errorf("tpm: %w", err)
+	}
+	if err := os.RemoveAll(gone); err != nil {
 		return fmt.Errorf("tpm: %w", err)
 	}
 	return privfile.SyncDir(p.keysDir)

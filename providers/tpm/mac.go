@@ -3,6 +3,7 @@ package tpm
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
@@ -16,6 +17,14 @@ var _ providers.MAC = (*mac)(nil)
 // (1024 bytes) has come: a short message is then one TPM2_HMAC, and a long
 // one a sequence fed in 1024-byte commands, whose last part goes with
 // TPM2_SequenceComplete.
+//
+// A sequence does not survive a TPM restart or a dropped connection. The
+// input sent to it is kept up to maxReplay bytes, so that a cut sequence
+// is made again and fed that input, and the stream goes on; a longer
+// stream reports ErrContextLost instead. 64 KiB covers the messages a TPM
+// key is mostly used for at a bounded cost per context, where keeping all
+// of a long stream's input would cost its length in memory for an event
+// as rare as a TPM restart.
 type mac struct {
 	p    *Provider
 	k    *key
@@ -24,7 +33,15 @@ type mac struct {
 	seq  *object // nil until the input outgrows one command
 	buf  []byte  // at most maxBuffer bytes not yet sent
 	done bool
+	// sent is the input the sequence has had, for replay; nil with
+	// noReplay once it outgrew maxReplay.
+	sent     []byte
+	noReplay bool
 }
+
+// maxReplay bounds the input a context keeps to replay into a new
+// sequence after its sequence was cut.
+const maxReplay = 64 << 10
 
 // NewMAC opens a context; the key must have an object for alg.
 func (k *key) NewMAC(ctx context.Context, alg providers.Algorithm) (providers.MAC, error) {
@@ -69,7 +86,7 @@ func (k *key) SumMAC(ctx context.Context, alg providers.Algorithm, data, dst []b
 // failed turns a TPM error into the contract's terms.
 func (p *Provider) failed(o *object, op string, err error) error {
 	if _, ok := err.(tpm2.TPMRC); ok {
-		return fmt.Errorf("tpm: %s with key %s: %w: %w", op, o.label, providers.ErrUnavailable, err)
+		return fmt.Errorf("tpm: %s with key %s: %w: %w", op, o.label, p.refused("the TPM refused "+op), err)
 	}
 	return err
 }
@@ -107,13 +124,13 @@ func (m *mac) Update(ctx context.Context, p []byte) error {
 
 // send feeds one chunk to the sequence, starting it first if need be.
 func (m *mac) send(chunk []byte) error {
-	return m.p.run(func() error {
+	err := m.p.run(func() error {
 		if m.seq == nil {
 			if err := m.startLocked(); err != nil {
 				return err
 			}
 		}
-		if err := m.p.loadLocked(m.seq); err != nil {
+		if err := m.loadSeqLocked(); err != nil {
 			return err
 		}
 		if err := m.p.sequenceUpdate(m.seq.handle, chunk); err != nil {
@@ -121,6 +138,48 @@ func (m *mac) send(chunk []byte) error {
 		}
 		return nil
 	})
+	if err == nil {
+		m.keep(chunk)
+	}
+	return err
+}
+
+// keep adds chunk to the input kept for replay, until it outgrows
+// maxReplay.
+func (m *mac) keep(chunk []byte) {
+	switch {
+	case m.noReplay:
+	case len(m.sent)+len(chunk) > maxReplay:
+		clear(m.sent)
+		m.sent, m.noReplay = nil, true
+	default:
+		m.sent = append(m.sent, chunk...)
+	}
+}
+
+// loadSeqLocked loads the context's sequence. One cut by a TPM restart or
+// a new connection is made again from the kept input, if it was kept.
+func (m *mac) loadSeqLocked() error {
+	err := m.p.loadLocked(m.seq)
+	if err == nil || m.noReplay || m.seq.epoch == m.p.epoch || !errors.Is(err, providers.ErrContextLost) {
+		return err
+	}
+	m.p.releaseLocked(m.seq)
+	m.seq = nil
+	if err := m.startLocked(); err != nil {
+		return err
+	}
+	for rest := m.sent; len(rest) > 0; {
+		n := min(len(rest), maxBuffer)
+		if err := m.p.loadLocked(m.seq); err != nil {
+			return err
+		}
+		if err := m.p.sequenceUpdate(m.seq.handle, rest[:n]); err != nil {
+			return m.p.failed(m.obj, "TPM2_SequenceUpdate", err)
+		}
+		rest = rest[n:]
+	}
+	return m.p.loadLocked(m.seq)
 }
 
 // startLocked runs TPM2_HMAC_Start; the sequence's own auth is empty.
@@ -166,6 +225,8 @@ func (m *mac) release() {
 	}
 	clear(m.buf)
 	m.buf = nil
+	clear(m.sent)
+	m.sent = nil
 }
 
 // Copy saves the sequence's context and loads it again as an independent
@@ -174,13 +235,17 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 	if m.done {
 		return nil, providers.ErrAlreadyFinalized
 	}
-	c := &mac{p: m.p, k: m.k, obj: m.obj, alg: m.alg, buf: append([]byte(nil), m.buf...)}
+	c := &mac{p: m.p, k: m.k, obj: m.obj, alg: m.alg, buf: append([]byte(nil), m.buf...),
+		sent: append([]byte(nil), m.sent...), noReplay: m.noReplay}
 	if m.seq == nil {
 		return c, nil
 	}
 	err := m.p.run(func() error {
-		if err := m.p.fresh(m.seq); err != nil {
-			return err
+		if m.p.fresh(m.seq) != nil {
+			// Cut by a restart: made again, if it can be.
+			if err := m.loadSeqLocked(); err != nil {
+				return err
+			}
 		}
 		saved := m.seq.saved
 		if m.seq.handle != 0 {
@@ -212,7 +277,7 @@ func (m *mac) Finalize(ctx context.Context) ([]byte, error) {
 	}
 	var tag []byte
 	err := m.p.run(func() error {
-		if err := m.p.loadLocked(m.seq); err != nil {
+		if err := m.loadSeqLocked(); err != nil {
 			return err
 		}
 		rsp, err := tpm2.SequenceComplete{

@@ -128,18 +128,26 @@ func (p *Provider) ensureLocked(o *object, pins []*object) error {
 }
 
 // withRoomLocked frees a slot, never one of protect's, and runs load,
-// which puts o in it. If the TPM has fewer slots than thought (another
-// user holds some), it believes the TPM and tries again.
+// which puts o in it.
 func (p *Provider) withRoomLocked(o *object, protect []*object, load func() error) error {
+	if err := p.roomLocked(protect, load); err != nil {
+		return err
+	}
+	p.loaded = append(p.loaded, o)
+	return nil
+}
+
+// roomLocked frees a slot, never one of protect's, and runs cmd, which
+// needs it: to load an object, or for a while (TPM2_Create and
+// TPM2_Import build the new object in a slot). If the TPM has fewer slots
+// than thought (another user holds some), it believes the TPM and tries
+// again.
+func (p *Provider) roomLocked(protect []*object, cmd func() error) error {
 	for attempt := 0; ; attempt++ {
 		if err := p.makeRoomLocked(protect); err != nil {
 			return err
 		}
-		err := load()
-		if err == nil {
-			p.loaded = append(p.loaded, o)
-			return nil
-		}
+		err := cmd()
 		if errors.Is(err, tpm2.TPMRCObjectMemory) && attempt < 3 && len(p.loaded) > 0 {
 			p.slots = max(len(p.loaded), 2)
 			continue
@@ -151,13 +159,13 @@ func (p *Provider) withRoomLocked(o *object, protect []*object, load func() erro
 func (p *Provider) wrapLoad(o *object, err error) error {
 	switch {
 	case errors.Is(err, tpm2.TPMRCIntegrity):
-		return fmt.Errorf("tpm: key %s: %w: %w (%w)", o.label, providers.ErrUnavailable, ErrTPMCleared, err)
+		return fmt.Errorf("tpm: key %s: %w: %w (%w)", o.label, p.refused("the TPM cannot load the key: it was cleared"), ErrTPMCleared, err)
 	case errors.Is(err, errTransport):
 		return err
 	case o.kind == objSeq:
 		return fmt.Errorf("tpm: %w: cannot load the sequence: %w", providers.ErrContextLost, err)
 	}
-	return fmt.Errorf("tpm: load key %s: %w: %w", o.label, providers.ErrUnavailable, err)
+	return fmt.Errorf("tpm: load key %s: %w: %w", o.label, p.refused("the TPM cannot load the key"), err)
 }
 
 // makeRoomLocked swaps out least recently used objects until a slot is
@@ -174,7 +182,7 @@ func (p *Provider) makeRoomLocked(pins []*object) error {
 			}
 		}
 		if victim < 0 {
-			return fmt.Errorf("tpm: %w: a command needs more objects than the TPM's %d slots", providers.ErrUnavailable, p.slots)
+			return fmt.Errorf("tpm: %w", p.refused(fmt.Sprintf("a command needs more objects than the TPM's %d slots", p.slots)))
 		}
 		if err := p.swapOutLocked(p.loaded[victim]); err != nil {
 			return err

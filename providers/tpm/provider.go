@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -24,7 +25,13 @@ type Config struct {
 	StateDir string
 	// Slots is how many objects the TPM can hold loaded (default 3).
 	Slots int
+	// Timeout bounds each command (default DefaultTimeout). A command
+	// past it fails with ErrUnavailable and the connection is dropped.
+	Timeout time.Duration
 }
+
+// DefaultTimeout is Config.Timeout's default.
+const DefaultTimeout = 5 * time.Second
 
 // hashes maps algorithms to TPM hash algorithm IDs: every hash of the TCG
 // algorithm registry a keyedHash HMAC key can use that the agent also
@@ -64,6 +71,9 @@ type Provider struct {
 
 	// swaps counts slot swaps, for status and metrics.
 	swaps uint64
+	// retryAt: after a command timed out, commands fail at once until
+	// then rather than each waiting out the timeout on a stalled TPM.
+	retryAt time.Time
 }
 
 var (
@@ -72,6 +82,7 @@ var (
 	_ providers.Importer     = (*Provider)(nil)
 	_ providers.Deleter      = (*Provider)(nil)
 	_ providers.BusyReporter = (*Provider)(nil)
+	_ providers.Deadliner    = (*Provider)(nil)
 )
 
 // Open connects to the TPM, starts it if needed, flushes transient objects
@@ -79,6 +90,9 @@ var (
 func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.Slots <= 0 {
 		cfg.Slots = 3
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
 	}
 	p := &Provider{cfg: cfg, keysDir: filepath.Join(cfg.StateDir, "keys"), slots: cfg.Slots, keys: map[string]*key{}}
 	if err := privfile.MkdirCheck(p.keysDir); err != nil {
@@ -112,7 +126,7 @@ func (p *Provider) connectLocked() error {
 		p.t.Close()
 		p.t = nil
 	}
-	t, err := dial(p.cfg.Device)
+	t, err := dial(p.cfg.Device, p.cfg.Timeout)
 	if err != nil {
 		return fmt.Errorf("%w: %w", providers.ErrUnavailable, err)
 	}
@@ -120,9 +134,23 @@ func (p *Provider) connectLocked() error {
 	p.epoch++
 	p.loaded = nil
 	if _, err := (tpm2.Startup{StartupType: tpm2.TPMSUClear}).Execute(t); err != nil && !errors.Is(err, tpm2.TPMRCInitialize) {
+		p.disconnectLocked()
 		return fmt.Errorf("tpm: startup: %w: %w", providers.ErrUnavailable, err)
 	}
-	return p.flushLeftoversLocked()
+	if err := p.flushLeftoversLocked(); err != nil {
+		p.disconnectLocked()
+		return err
+	}
+	return nil
+}
+
+// disconnectLocked drops the connection; the next command dials anew.
+func (p *Provider) disconnectLocked() {
+	if p.t != nil {
+		p.t.Close()
+		p.t = nil
+	}
+	p.loaded = nil
 }
 
 // flushLeftoversLocked flushes transient objects nobody owns: they survive
@@ -175,6 +203,10 @@ func (p *Provider) Kind() string { return "tpm" }
 // Algorithms lists the hashes the TPM has.
 func (p *Provider) Algorithms() []providers.Algorithm { return p.algs }
 
+// Timeout is how long one command may take before it fails with
+// ErrUnavailable.
+func (p *Provider) Timeout() time.Duration { return p.cfg.Timeout }
+
 // Busy reports that a command is running: a call now would wait for it.
 func (p *Provider) Busy() bool {
 	if !p.mu.TryLock() {
@@ -201,43 +233,86 @@ func (p *Provider) exchange(cmd []byte) ([]byte, error) {
 	return rsp, responseCode(rsp)
 }
 
-// reconnectLocked reopens the connection after err broke it; failures are
-// left for the next command to meet.
-func (p *Provider) reconnectLocked(err error) {
-	if errors.Is(err, errTransport) {
-		p.connectLocked()
-	}
-}
-
 // run runs f with the TPM, retrying once on a new connection if the old
 // one broke (objects then reload from their blobs; sequences are lost).
+// A command that timed out is not retried: the TPM is stalled, and
+// another try would only double the wait. Errors of the connection wrap
+// ErrUnavailable with a message naming the provider.
 func (p *Provider) run(f func() error) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	return p.runLocked(f)
+}
+
+func (p *Provider) runLocked(f func() error) error {
 	if p.closed {
 		return fmt.Errorf("tpm: %w", providers.ErrClosed)
 	}
 	if p.t == nil {
+		if time.Now().Before(p.retryAt) {
+			return p.unavailable(fmt.Errorf("%w: %w (waiting before the next try)", errTransport, errTimeout))
+		}
 		if err := p.connectLocked(); err != nil {
-			return err
+			return p.brokenLocked(err)
 		}
 	}
 	err := f()
-	if errors.Is(err, errTransport) {
-		p.reconnectLocked(err)
-		if p.t != nil {
-			err = f()
+	if errors.Is(err, errTransport) && !errors.Is(err, errTimeout) {
+		p.disconnectLocked()
+		if err := p.connectLocked(); err != nil {
+			return p.brokenLocked(err)
 		}
+		err = f()
 	}
 	if errors.Is(err, errTransport) {
-		return fmt.Errorf("tpm: %s: %w: %w", p.cfg.Device, providers.ErrUnavailable, err)
+		return p.brokenLocked(err)
 	}
 	return err
 }
 
-// Health checks that the TPM answers.
+// brokenLocked drops a connection that failed with err and returns the
+// error for the caller.
+func (p *Provider) brokenLocked(err error) error {
+	p.disconnectLocked()
+	if errors.Is(err, errTimeout) {
+		p.retryAt = time.Now().Add(min(p.cfg.Timeout/4, time.Second))
+	}
+	return p.unavailable(err)
+}
+
+// unavailable wraps a failure to reach the TPM in a message a client may
+// see, naming the provider but nothing of the device.
+func (p *Provider) unavailable(err error) error {
+	msg := "the TPM cannot be reached"
+	if errors.Is(err, errTimeout) {
+		msg = fmt.Sprintf("the TPM did not answer within %s", p.cfg.Timeout)
+	}
+	return fmt.Errorf("tpm: %s: %w: %w", p.cfg.Device, providers.Publicf(providers.ErrUnavailable, "provider %q is unavailable: %s", p.cfg.Name, msg), err)
+}
+
+// refused is ErrUnavailable for a command the TPM answered with an error,
+// in a message a client may see: it names the provider and what failed,
+// never the TPM's return code.
+func (p *Provider) refused(what string) error {
+	return providers.Publicf(providers.ErrUnavailable, "provider %q is unavailable: %s", p.cfg.Name, what)
+}
+
+// Health checks that the TPM answers. It waits for a command in flight at
+// most the provider's timeout (or until ctx ends), and its own command is
+// bounded by the timeout too.
 func (p *Provider) Health(ctx context.Context) error {
-	return p.run(func() error {
+	deadline := time.Now().Add(p.cfg.Timeout)
+	for !p.mu.TryLock() {
+		if time.Now().After(deadline) {
+			return p.unavailable(fmt.Errorf("%w: %w (a command has been running since before the check)", errTransport, errTimeout))
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("tpm: health: %w: %w", providers.ErrUnavailable, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	defer p.mu.Unlock()
+	return p.runLocked(func() error {
 		_, err := tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTFamilyIndicator), PropertyCount: 1}.Execute(p.t)
 		return err
 	})

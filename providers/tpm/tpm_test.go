@@ -230,8 +230,9 @@ func TestRestart(t *testing.T) {
 	secret := []byte("restart")
 	p.ImportKey(ctx, "k", secret)
 	k, _ := p.Key(ctx, "k")
+	// A sequence whose input is past what a context keeps to replay.
 	cut, _ := k.NewMAC(ctx, providers.SHA256)
-	if err := cut.Update(ctx, make([]byte, 3000)); err != nil { // a sequence in the TPM
+	if err := cut.Update(ctx, make([]byte, tpm.MaxReplay+3000)); err != nil {
 		t.Fatal(err)
 	}
 	short, _ := k.NewMAC(ctx, providers.SHA256)
@@ -298,7 +299,8 @@ func TestRestartUnderAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	h, _ := c.New(ctx, "tpm-key", client.SHA256)
-	h.Update(make([]byte, 5000))
+	// More input than a context keeps to replay.
+	h.Update(make([]byte, tpm.MaxReplay+5000))
 	if _, err := h.Copy(ctx); err != nil { // the sequence is in the TPM now
 		t.Fatal(err)
 	}
