@@ -21,6 +21,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("HMAC_AGENT_POLICY_CHILD") != "" {
 		policyChild()
 	}
+	agenttest.RunForgerIfAsked()
 	dir, err := os.MkdirTemp("", "hmac-agent-example-")
 	if err != nil {
 		log.Fatal(err)
