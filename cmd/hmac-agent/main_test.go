@@ -13,9 +13,12 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 )
 
 func TestMain(m *testing.M) {
+	agenttest.RunForgerIfAsked()
 	testscript.Main(m, map[string]func(){
 		"hmac-agent": func() { os.Exit(run(os.Args[1:])) },
 	})

@@ -33,6 +33,7 @@ func RunForgerIfAsked() {
 		return
 	}
 	os.MkdirAll(filepath.Dir(path), 0o755)
+	os.Remove(path) // an earlier forger's
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		fmt.Println("error", err)
