@@ -72,6 +72,9 @@ func (p *Provider) blobPath(name string, alg providers.Algorithm) string {
 // readKeys loads every key's blobs from the state directory. A loose or
 // corrupt file stops the agent, naming the file.
 func (p *Provider) readKeys() error {
+	if _, err := privfile.RemoveStale(p.keysDir); err != nil {
+		return fmt.Errorf("tpm: %w", err)
+	}
 	entries, err := os.ReadDir(p.keysDir)
 	if err != nil {
 		return fmt.Errorf("tpm: %w", err)
@@ -79,6 +82,11 @@ func (p *Provider) readKeys() error {
 	for _, e := range entries {
 		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 			continue
+		}
+		// A blob written when the agent crashed is still in its temporary
+		// file, beside the key's other blobs.
+		if _, err := privfile.RemoveStale(filepath.Join(p.keysDir, e.Name())); err != nil {
+			return fmt.Errorf("tpm: %w", err)
 		}
 		k, err := p.readKey(e.Name())
 		if err != nil {
@@ -93,7 +101,7 @@ func (p *Provider) readKeys() error {
 
 func (p *Provider) readKey(name string) (*key, error) {
 	dir := filepath.Join(p.keysDir, name)
-	info, err := os.Stat(dir)
+	info, err := os.Lstat(dir) // a link is refused by Check, never followed
 	if err != nil {
 		return nil, fmt.Errorf("tpm: %w", err)
 	}
