@@ -296,7 +296,7 @@ func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (pr
 		}
 		return p, nil
 	case "pkcs11":
-		pin, err := readPIN(pc)
+		pin, err := readPIN(pc, log)
 		if err != nil {
 			return nil, err
 		}
@@ -323,9 +323,17 @@ func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (pr
 	return nil, errors.New("provider type " + pc.Type + " is not available in this build")
 }
 
-// readPIN reads a provider's PIN from its file (which must be private) or
-// its environment variable; never from the config text or argv.
-func readPIN(pc config.Provider) ([]byte, error) {
+// readPIN reads a provider's PIN from its file (owned by the agent's
+// user, 0600 or stricter, not a link) or its environment variable; never
+// from the config text or argv.
+//
+// A PIN in the environment can be read from /proc/PID/environ by any
+// process of the same user until the agent has made itself non-dumpable,
+// and by root always; so pin_env is warned about. The variable is removed
+// from the agent's own environment once read, so that nothing the agent
+// starts inherits it and no later lookup finds it; the copy the kernel
+// keeps in /proc/PID/environ is not changed by that.
+func readPIN(pc config.Provider, log *slog.Logger) ([]byte, error) {
 	if pc.PINFile != "" {
 		pin, err := config.ReadSecretFile(pc.PINFile)
 		if err != nil {
@@ -337,5 +345,8 @@ func readPIN(pc config.Provider) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("pin_env: $%s is not set", pc.PINEnv)
 	}
+	os.Unsetenv(pc.PINEnv)
+	log.Warn("the PIN comes from the environment, which processes of the same user could read (/proc/PID/environ) until the agent started; use pin_file",
+		"provider", pc.Name, "pin_env", pc.PINEnv)
 	return []byte(v), nil
 }
