@@ -201,7 +201,8 @@ func listen(cfg *config.Config, log *slog.Logger) ([]net.Listener, string, error
 }
 
 // openAudit opens the audit log: JSON lines on stderr, in a file (0600,
-// appended to), or nowhere.
+// appended to), or nowhere. A link in the file's place is refused: a root
+// agent must not be made to append to a file someone else chose.
 func openAudit(cfg config.Audit) (*slog.Logger, func(), error) {
 	switch cfg.Destination {
 	case "off":
@@ -209,7 +210,10 @@ func openAudit(cfg config.Audit) (*slog.Logger, func(), error) {
 	case "", "stderr":
 		return slog.New(slog.NewJSONHandler(os.Stderr, nil)), func() {}, nil
 	}
-	f, err := os.OpenFile(cfg.Destination, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(cfg.Destination, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, nil, fmt.Errorf("audit log: %s is a symbolic link: the agent does not follow links for its files", cfg.Destination)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("audit log: %w", err)
 	}
