@@ -173,3 +173,16 @@ func TestRemoveStale(t *testing.T) {
 		t.Error("RemoveStale followed a link for its directory")
 	}
 }
+
+func TestReadRefusesLink(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "real.key")
+	os.WriteFile(key, []byte("{}"), 0o600)
+	link := filepath.Join(dir, "webhook.key")
+	os.Symlink(key, link)
+	_, err := Read(link)
+	wantErr(t, err, link, "is a symbolic link")
+	if b, err := Read(key); err != nil || string(b) != "{}" {
+		t.Errorf("Read of the file itself: %q %v", b, err)
+	}
+}
