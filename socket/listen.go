@@ -22,9 +22,10 @@ import (
 // symbolic link or a renamed directory.
 type Listener struct {
 	*net.UnixListener
-	dir  *os.File // the socket's directory, opened O_NOFOLLOW
-	name string   // the socket's name in dir
-	path string   // as configured, for messages
+	dir     *os.File // the socket's directory, opened O_NOFOLLOW
+	dirPath string   // the directory's path as checked (parents resolved)
+	name    string   // the socket's name in dir
+	path    string   // as configured, for messages
 
 	mu       sync.Mutex
 	dev, ino uint64 // the socket file Listen created
@@ -47,11 +48,11 @@ func Listen(path string, gid int) (*Listener, error) {
 	if gid >= 0 {
 		rule.Mode, sockMode = 0o750, 0o660
 	}
-	dir, _, err := privfile.OpenDir(filepath.Dir(path), rule)
+	dir, dirPath, err := privfile.OpenDir(filepath.Dir(path), rule)
 	if err != nil {
 		return nil, fmt.Errorf("socket directory: %w", err)
 	}
-	l := &Listener{dir: dir, name: filepath.Base(path), path: path, unlink: true}
+	l := &Listener{dir: dir, dirPath: dirPath, name: filepath.Base(path), path: path, unlink: true}
 	if err := l.listen(gid, rule.Mode, sockMode); err != nil {
 		if l.UnixListener != nil {
 			l.Close()
@@ -108,9 +109,16 @@ func (l *Listener) listen(gid int, dirMode os.FileMode, sockMode uint32) error {
 }
 
 // inDir names the socket through the open directory descriptor, for bind
-// and connect, which take only paths.
+// and connect, which take only paths. Without /proc it is the checked
+// path, whose parents only root and the agent's user can change; the
+// fstatat through the descriptor after bind then finds no socket if the
+// two ever differ, and Listen fails rather than serve elsewhere.
 func (l *Listener) inDir() string {
-	return "/proc/self/fd/" + strconv.Itoa(int(l.dir.Fd())) + "/" + l.name
+	fdDir := "/proc/self/fd/" + strconv.Itoa(int(l.dir.Fd()))
+	if _, err := os.Stat(fdDir); err != nil {
+		return filepath.Join(l.dirPath, l.name)
+	}
+	return fdDir + "/" + l.name
 }
 
 // removeStale removes a socket nobody listens on, and refuses one somebody
