@@ -22,7 +22,14 @@
 // session prepare the device for the client's likely next one-shot
 // (agent.Session.Idle): that time would otherwise be spent waiting.
 //
+// # The socket file
+//
+// [Listen] makes the agent's socket in a directory it holds open (see
+// [Listener]): the directory is checked through that descriptor, changed
+// through it, and the socket is removed through it at Close, so a link or
+// a swapped directory cannot redirect any of that.
+//
 // # Concurrency
 //
-// [Server] is safe for concurrent use.
+// [Server] and [Listener] are safe for concurrent use.
 package socket

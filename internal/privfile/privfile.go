@@ -1,7 +1,11 @@
 // Package privfile keeps files that only the agent's user may read: key
-// stores and TPM key blobs. It refuses a directory or file that group or
-// others may access, or that another user owns, as ssh refuses a loose
-// private key, and writes files atomically.
+// stores, TPM key blobs and PIN files. It refuses a directory or file that
+// group or others may access, that another user owns, or that is a
+// symbolic link, and a directory under parents others may change, as ssh
+// refuses a loose private key ([OpenDir], [ReadSecret]); it writes files
+// atomically and removes the temporary files a crash left ([RemoveStale]).
+//
+// Its functions keep no state and are safe for concurrent use.
 package privfile
 
 import (
