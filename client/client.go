@@ -20,7 +20,8 @@ func SocketPath() string { return paths.ClientSocket() }
 // Client is a connection to the agent, redialled when it breaks. It is safe
 // for concurrent use.
 type Client struct {
-	path string
+	path    string
+	trusted []uint32 // the uids the agent may run as
 
 	mu     sync.Mutex
 	conn   *conn
@@ -30,11 +31,26 @@ type Client struct {
 // Dial connects to the agent at path, or at SocketPath() if path is empty.
 // If nothing listens there, the error wraps ErrAgentNotRunning and names
 // the path.
-func Dial(ctx context.Context, path string) (*Client, error) {
+//
+// Before it sends anything, on this and every later connection, Dial
+// checks who listens: the agent must run as root, as the client's own
+// uid, as the uid $HMAC_AGENT_UID names (a number or a user name) or as
+// one given with [WithAgentUID]. Anything else is an error wrapping
+// ErrUntrustedAgent that names the path and the uid found; an
+// $HMAC_AGENT_UID that names no user is an error too.
+func Dial(ctx context.Context, path string, opts ...Option) (*Client, error) {
 	if path == "" {
 		path = SocketPath()
 	}
-	c := &Client{path: path}
+	var o dialOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	trusted, err := trustedUIDs(o)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{path: path, trusted: trusted}
 	if _, err := c.current(ctx); err != nil {
 		return nil, err
 	}
@@ -55,7 +71,7 @@ func (c *Client) current(ctx context.Context) (*conn, error) {
 	if c.conn != nil && c.conn.broken() == nil {
 		return c.conn, nil
 	}
-	cn, err := dialConn(ctx, c.path)
+	cn, err := dialConn(ctx, c.path, c.trusted)
 	if err != nil {
 		return nil, err
 	}

@@ -66,7 +66,7 @@ type call struct {
 
 var callPool = sync.Pool{New: func() any { return &call{ch: make(chan struct{}, 1)} }}
 
-func dialConn(ctx context.Context, path string) (*conn, error) {
+func dialConn(ctx context.Context, path string, trusted []uint32) (*conn, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
@@ -77,6 +77,10 @@ func dialConn(ctx context.Context, path string) (*conn, error) {
 			return nil, fmt.Errorf("cannot connect to the agent at %s: %w: %v", path, ErrPermissionDenied, unwrapSyscall(err))
 		}
 		return nil, fmt.Errorf("no hmac-agent listening at %s (%w): %v", path, ErrAgentNotRunning, unwrapSyscall(err))
+	}
+	if err := checkAgent(nc, path, trusted); err != nil {
+		nc.Close()
+		return nil, err
 	}
 	c := &conn{
 		nc:       nc,

@@ -17,6 +17,15 @@
 // dials again; contexts that lived on the old connection report
 // [ErrContextLost].
 //
+// # Trusting the agent
+//
+// Whoever can create the socket path can pretend to be the agent, accept
+// forged tags and collect imported keys. So on every connection, before
+// sending anything, the client reads the listener's uid (SO_PEERCRED) and
+// accepts only root (which includes systemd's socket activation), its
+// own uid, the uid $HMAC_AGENT_UID names, or one given with
+// [WithAgentUID]; anything else fails with [ErrUntrustedAgent].
+//
 // # Concurrency
 //
 // A Client is safe for concurrent use. An HMAC, like a hash.Hash, is used

@@ -30,4 +30,8 @@ var (
 	ErrAgentNotRunning = errors.New("agent not running")
 	// ErrConnectionLost: the connection to the agent broke.
 	ErrConnectionLost = errors.New("connection to the agent lost")
+	// ErrUntrustedAgent: the process listening at the socket path runs as
+	// a uid the client does not trust (see WithAgentUID); nothing was sent
+	// to it. The error's text names the path and the uid.
+	ErrUntrustedAgent = errors.New("untrusted agent")
 )

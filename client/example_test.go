@@ -25,6 +25,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("HMAC_AGENT_PROBE_CHILD") != "" {
 		probeChild()
 	}
+	agenttest.RunForgerIfAsked()
 	dir, err := os.MkdirTemp("", "hmac-agent-example-")
 	if err != nil {
 		log.Fatal(err)

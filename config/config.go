@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/internal/paths"
+	"github.com/hmac-agent/hmac-agent/internal/privfile"
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
@@ -399,17 +399,11 @@ func LookupGroup(g string) (int, error) {
 	return int(id), err
 }
 
-// ReadSecretFile reads a PIN or auth value from a file that only its owner
-// may read, without a trailing newline.
+// ReadSecretFile reads a PIN or auth value, without a trailing newline,
+// from a file the agent's user owns with mode 0600 or stricter, never
+// through a symbolic link (privfile.ReadSecret).
 func ReadSecretFile(path string) ([]byte, error) {
-	info, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if info.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s has mode %04o: a secret file must not be readable by group or others", path, info.Mode().Perm())
-	}
-	b, err := os.ReadFile(path)
+	b, err := privfile.ReadSecret(path)
 	if err != nil {
 		return nil, err
 	}

@@ -34,7 +34,14 @@
 // says whether this system can judge such conditions. The parser of
 // /proc/PID/cgroup is fuzzed.
 //
+// # The socket file
+//
+// [Listen] makes the agent's socket in a directory it holds open (see
+// [Listener]): the directory is checked through that descriptor, changed
+// through it, and the socket is removed through it at Close, so a link or
+// a swapped directory cannot redirect any of that.
+//
 // # Concurrency
 //
-// [Server] is safe for concurrent use.
+// [Server] and [Listener] are safe for concurrent use.
 package socket

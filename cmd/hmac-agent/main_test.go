@@ -13,9 +13,12 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 )
 
 func TestMain(m *testing.M) {
+	agenttest.RunForgerIfAsked()
 	testscript.Main(m, map[string]func(){
 		"hmac-agent": func() { os.Exit(run(os.Args[1:])) },
 	})
@@ -52,8 +55,11 @@ func TestScripts(t *testing.T) {
 		// [ci] is true when CI is set: tests that need SoftHSM2 or swtpm
 		// may skip without them on a developer's machine, never in CI.
 		Condition: func(cond string) (bool, error) {
-			if cond == "ci" {
+			switch cond {
+			case "ci":
 				return os.Getenv("CI") != "", nil
+			case "root":
+				return os.Geteuid() == 0, nil
 			}
 			return false, fmt.Errorf("unknown condition %q", cond)
 		},
@@ -61,6 +67,11 @@ func TestScripts(t *testing.T) {
 			"waitsock": waitSocket,
 			"chmod":    chmod,
 			"trimnl":   trimNewline,
+			"chown":    chown,
+			"owner":    owner,
+			"expand":   expand,
+			"fatal":    fatal,
+			"sticky":   sticky,
 		},
 	})
 }
@@ -116,4 +127,55 @@ func trimNewline(ts *testscript.TestScript, neg bool, args []string) {
 		}
 		ts.Check(os.WriteFile(ts.MkAbs(f), b, 0o600))
 	}
+}
+
+// chown UID:GID PATH changes a file's owner without following a link.
+func chown(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: chown UID:GID PATH")
+	}
+	u, g, _ := strings.Cut(args[0], ":")
+	uid, err := strconv.Atoi(u)
+	ts.Check(err)
+	gid, err := strconv.Atoi(g)
+	ts.Check(err)
+	ts.Check(os.Lchown(ts.MkAbs(args[1]), uid, gid))
+}
+
+// owner PATH UID:GID MODE checks a file's owner and mode (octal) without
+// following a link.
+func owner(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 3 {
+		ts.Fatalf("usage: owner PATH UID:GID MODE")
+	}
+	fi, err := os.Lstat(ts.MkAbs(args[0]))
+	ts.Check(err)
+	st := fi.Sys().(*syscall.Stat_t)
+	got := fmt.Sprintf("%d:%d %o", st.Uid, st.Gid, fi.Mode().Perm())
+	if want := args[1] + " " + strings.TrimLeft(args[2], "0"); (got == want) == neg {
+		ts.Fatalf("%s is %s, want %s", args[0], got, want)
+	}
+}
+
+// expand FILE... replaces $VAR and ${VAR} in files with the script's
+// environment, for configuration files that need absolute paths.
+func expand(ts *testscript.TestScript, neg bool, args []string) {
+	for _, f := range args {
+		b, err := os.ReadFile(ts.MkAbs(f))
+		ts.Check(err)
+		ts.Check(os.WriteFile(ts.MkAbs(f), []byte(os.Expand(string(b), ts.Getenv)), 0o600))
+	}
+}
+
+// fatal MESSAGE fails the script: for what CI must not skip.
+func fatal(ts *testscript.TestScript, neg bool, args []string) {
+	ts.Fatalf("%s", strings.Join(args, " "))
+}
+
+// sticky PATH makes a directory like /tmp: mode 1777.
+func sticky(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 1 {
+		ts.Fatalf("usage: sticky PATH")
+	}
+	ts.Check(syscall.Chmod(ts.MkAbs(args[0]), 0o1777))
 }

@@ -201,7 +201,8 @@ func listen(cfg *config.Config, log *slog.Logger) ([]net.Listener, string, error
 }
 
 // openAudit opens the audit log: JSON lines on stderr, in a file (0600,
-// appended to), or nowhere.
+// appended to), or nowhere. A link in the file's place is refused: a root
+// agent must not be made to append to a file someone else chose.
 func openAudit(cfg config.Audit) (*slog.Logger, func(), error) {
 	switch cfg.Destination {
 	case "off":
@@ -209,7 +210,10 @@ func openAudit(cfg config.Audit) (*slog.Logger, func(), error) {
 	case "", "stderr":
 		return slog.New(slog.NewJSONHandler(os.Stderr, nil)), func() {}, nil
 	}
-	f, err := os.OpenFile(cfg.Destination, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(cfg.Destination, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, nil, fmt.Errorf("audit log: %s is a symbolic link: the agent does not follow links for its files", cfg.Destination)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("audit log: %w", err)
 	}
@@ -296,7 +300,7 @@ func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (pr
 		}
 		return p, nil
 	case "pkcs11":
-		pin, err := readPIN(pc)
+		pin, err := readPIN(pc, log)
 		if err != nil {
 			return nil, err
 		}
@@ -307,7 +311,7 @@ func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (pr
 			PreparedSessions: pc.PreparedSessions,
 			NoKeyCopies:      pc.SessionKeyCopies != nil && !*pc.SessionKeyCopies,
 			Timeout:          pc.Timeout.Duration,
-			ReadPIN:          func() ([]byte, error) { return readPIN(pc) },
+			ReadPIN:          rereadPIN(pc),
 		})
 		if err != nil {
 			return nil, err
@@ -325,9 +329,27 @@ func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (pr
 	return nil, errors.New("provider type " + pc.Type + " is not available in this build")
 }
 
-// readPIN reads a provider's PIN from its file (which must be private) or
-// its environment variable; never from the config text or argv.
-func readPIN(pc config.Provider) ([]byte, error) {
+// rereadPIN reads a PIN file again when the token is logged in anew, so a
+// changed file is used. A PIN from the environment is not read again: the
+// variable is gone by then, and the provider keeps its own copy.
+func rereadPIN(pc config.Provider) func() ([]byte, error) {
+	if pc.PINFile == "" {
+		return nil
+	}
+	return func() ([]byte, error) { return config.ReadSecretFile(pc.PINFile) }
+}
+
+// readPIN reads a provider's PIN from its file (owned by the agent's
+// user, 0600 or stricter, not a link) or its environment variable; never
+// from the config text or argv.
+//
+// A PIN in the environment can be read from /proc/PID/environ by any
+// process of the same user until the agent has made itself non-dumpable,
+// and by root always; so pin_env is warned about. The variable is removed
+// from the agent's own environment once read, so that nothing the agent
+// starts inherits it and no later lookup finds it; the copy the kernel
+// keeps in /proc/PID/environ is not changed by that.
+func readPIN(pc config.Provider, log *slog.Logger) ([]byte, error) {
 	if pc.PINFile != "" {
 		pin, err := config.ReadSecretFile(pc.PINFile)
 		if err != nil {
@@ -339,5 +361,8 @@ func readPIN(pc config.Provider) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("pin_env: $%s is not set", pc.PINEnv)
 	}
+	os.Unsetenv(pc.PINEnv)
+	log.Warn("the PIN comes from the environment, which processes of the same user could read (/proc/PID/environ) until the agent started; use pin_file",
+		"provider", pc.Name, "pin_env", pc.PINEnv)
 	return []byte(v), nil
 }

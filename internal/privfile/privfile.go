@@ -1,7 +1,11 @@
 // Package privfile keeps files that only the agent's user may read: key
-// stores and TPM key blobs. It refuses a directory or file that group or
-// others may access, or that another user owns, as ssh refuses a loose
-// private key, and writes files atomically.
+// stores, TPM key blobs and PIN files. It refuses a directory or file that
+// group or others may access, that another user owns, or that is a
+// symbolic link, and a directory under parents others may change, as ssh
+// refuses a loose private key ([OpenDir], [ReadSecret]); it writes files
+// atomically and removes the temporary files a crash left ([RemoveStale]).
+//
+// Its functions keep no state and are safe for concurrent use.
 package privfile
 
 import (
@@ -40,21 +44,19 @@ func Check(path string, info fs.FileInfo, wantDir bool) error {
 }
 
 // MkdirCheck creates dir (0700) and its parents if missing and checks
-// that dir is private.
+// dir and its parents by the rules of OpenDir.
 func MkdirCheck(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	info, err := os.Stat(dir)
-	if err != nil {
-		return err
-	}
-	return Check(dir, info, true)
+	_, err := CheckDir(dir, PrivateDir)
+	return err
 }
 
-// Read reads a file after checking it is private.
+// Read reads a file after checking it is private. A symbolic link is
+// refused, not followed.
 func Read(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%s is a symbolic link: the agent does not follow links for its files", path)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -20,12 +20,15 @@ import (
 
 const keyFileSuffix = ".key"
 
-// openDir creates dir (0700) if it is missing and checks it is private.
-func openDir(dir string) error {
-	if err := privfile.MkdirCheck(dir); err != nil {
-		return fmt.Errorf("software keystore: %w", err)
+// openDir creates dir (0700) if it is missing, checks it and its parents
+// (privfile.OpenDir: no symbolic link, private, parents only the agent's
+// user or root may change) and returns the path to use from then on.
+func openDir(dir string) (string, error) {
+	real, err := privfile.CheckDir(dir, privfile.PrivateDir)
+	if err != nil {
+		return "", fmt.Errorf("software keystore: %w", err)
 	}
-	return nil
+	return real, nil
 }
 
 // loadKeys reads every key file in dir. Any loose, unreadable or corrupt

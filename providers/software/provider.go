@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/internal/memlock"
+	"github.com/hmac-agent/hmac-agent/internal/privfile"
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
@@ -40,12 +41,18 @@ var (
 )
 
 // Open opens the keystore in dir, creating the directory if it is missing,
-// and loads every key. It fails, naming the file, if the directory or any
-// key file may be read or written by group or others, is owned by another
-// user, or is corrupt.
+// removes temporary key files a crash left there, and loads every key. It
+// fails, naming the file and the rule, if the directory is a symbolic
+// link, if it or any key file may be read or written by group or others
+// or is owned by another user, if a parent directory may be changed by
+// anyone but the agent's user or root, or if a key file is corrupt.
 func Open(name, dir string) (*Provider, error) {
-	if err := openDir(dir); err != nil {
+	dir, err := openDir(dir)
+	if err != nil {
 		return nil, err
+	}
+	if _, err := privfile.RemoveStale(dir); err != nil {
+		return nil, fmt.Errorf("software keystore: %w", err)
 	}
 	keys, lockErr, err := loadKeys(dir)
 	if err != nil {
@@ -56,7 +63,8 @@ func Open(name, dir string) (*Provider, error) {
 
 // Health checks that the keystore directory is still there and private.
 func (p *Provider) Health(ctx context.Context) error {
-	return openDir(p.dir)
+	_, err := openDir(p.dir)
+	return err
 }
 
 // LockError returns the first failure to lock key bytes in memory (the

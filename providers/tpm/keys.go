@@ -78,6 +78,9 @@ const tmpPrefix = ".tmp-"
 // blobs from the state directory. A loose or corrupt file stops the agent,
 // naming the file.
 func (p *Provider) readKeys() error {
+	if _, err := privfile.RemoveStale(p.keysDir); err != nil {
+		return fmt.Errorf("tpm: %w", err)
+	}
 	entries, err := os.ReadDir(p.keysDir)
 	if err != nil {
 		return fmt.Errorf("tpm: %w", err)
@@ -94,6 +97,11 @@ func (p *Provider) readKeys() error {
 		}
 		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 			continue
+		}
+		// A blob written when the agent crashed is still in its temporary
+		// file, beside the key's other blobs.
+		if _, err := privfile.RemoveStale(filepath.Join(p.keysDir, e.Name())); err != nil {
+			return fmt.Errorf("tpm: %w", err)
 		}
 		k, err := p.readKey(e.Name())
 		if err != nil {
@@ -112,7 +120,7 @@ func (p *Provider) readKeys() error {
 
 func (p *Provider) readKey(name string) (*key, error) {
 	dir := filepath.Join(p.keysDir, name)
-	info, err := os.Stat(dir)
+	info, err := os.Lstat(dir) // a link is refused by Check, never followed
 	if err != nil {
 		return nil, fmt.Errorf("tpm: %w", err)
 	}

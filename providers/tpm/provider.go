@@ -94,13 +94,20 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	p := &Provider{cfg: cfg, keysDir: filepath.Join(cfg.StateDir, "keys"), slots: cfg.Slots, keys: map[string]*key{}}
-	if err := privfile.MkdirCheck(p.keysDir); err != nil {
+	// Neither the state directory nor its keys directory may be a
+	// symbolic link or reachable through parents others may change.
+	stateDir, err := privfile.CheckDir(cfg.StateDir, privfile.PrivateDir)
+	if err != nil {
 		return nil, fmt.Errorf("tpm: state directory: %w", err)
 	}
+	keysDir, err := privfile.CheckDir(filepath.Join(stateDir, "keys"), privfile.PrivateDir)
+	if err != nil {
+		return nil, fmt.Errorf("tpm: state directory: %w", err)
+	}
+	p := &Provider{cfg: cfg, keysDir: keysDir, slots: cfg.Slots, keys: map[string]*key{}}
 	p.srk = &object{kind: objSRK}
 	p.mu.Lock()
-	err := p.connectLocked()
+	err = p.connectLocked()
 	if err == nil {
 		err = p.readAlgorithmsLocked()
 	}

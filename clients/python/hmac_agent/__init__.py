@@ -27,6 +27,7 @@ from .errors import (
     KeyNotFound,
     PermissionDenied,
     UnsupportedAlgorithm,
+    UntrustedAgent,
 )
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "KeyNotFound",
     "PermissionDenied",
     "UnsupportedAlgorithm",
+    "UntrustedAgent",
 ]
 
 __version__ = "0.1.0"

@@ -3,14 +3,17 @@
 import itertools
 import json
 import os
+import pwd
 import socket
 import struct
 import threading
 
 from . import _wire
-from .errors import AgentNotRunning, ConnectionLost, ContextLost, from_code
+from .errors import AgentNotRunning, ConnectionLost, ContextLost, UntrustedAgent, from_code
 
 SOCKET_ENV = "HMAC_AGENT_SOCK"
+AGENT_UID_ENV = "HMAC_AGENT_UID"
+_UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 
 def default_socket_path():
@@ -23,6 +26,49 @@ def default_socket_path():
     if runtime:
         return os.path.join(runtime, "hmac-agent", "agent.sock")
     return "/tmp/hmac-agent-%d/agent.sock" % os.getuid()
+
+
+def _parse_uid(value, where):
+    """A uid given as a number or a user name."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("%s: %d is not a uid" % (where, value))
+        return value
+    value = str(value)
+    if value.isdigit():
+        return int(value)
+    try:
+        return pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise ValueError("%s: %r is neither a uid nor a known user name" % (where, value)) from None
+
+
+def _trusted_uids(agent_uid):
+    """Root, this process's uids, $HMAC_AGENT_UID and agent_uid: the users
+    an agent may run as. A value naming no user raises ValueError rather
+    than being ignored."""
+    uids = {0, os.getuid(), os.geteuid()}
+    env = os.environ.get(AGENT_UID_ENV)
+    if env:
+        uids.add(_parse_uid(env, "$" + AGENT_UID_ENV))
+    if agent_uid is not None:
+        uids.add(_parse_uid(agent_uid, "agent_uid"))
+    return frozenset(uids)
+
+
+def _check_agent(sock, path, trusted):
+    """Refuse a listener whose uid (SO_PEERCRED) is not trusted, before
+    anything is sent: a server another user planted at the path must not
+    see a handshake, a key name, data or key bytes."""
+    try:
+        pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    except OSError as e:
+        raise UntrustedAgent("cannot read the credentials of the agent at %s: %s" % (path, e)) from None
+    if uid not in trusted:
+        raise UntrustedAgent(
+            "the server at %s runs as uid %d (pid %d), which is not root, this user (uid %d) or $%s: "
+            "untrusted agent; nothing was sent to it" % (path, uid, pid, os.getuid(), AGENT_UID_ENV)
+        )
 
 
 class _Call:
@@ -48,16 +94,17 @@ class _Connection:
     has its reply it lets go and wakes another waiter to take over.
     """
 
-    def __init__(self, path, timeout):
+    def __init__(self, path, timeout, trusted):
         self.path = path
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
             sock.connect(path)
+            _check_agent(sock, path, trusted)
         except (FileNotFoundError, ConnectionRefusedError) as e:
             sock.close()
             raise AgentNotRunning("no hmac-agent listening at %s (agent not running): %s" % (path, e.strerror)) from None
-        except OSError:
+        except BaseException:
             sock.close()
             raise
         sock.settimeout(None)
@@ -236,13 +283,20 @@ class Agent:
     afresh (a new HMAC, ``mac``, ``verify_mac``) connects again; contexts
     that lived on the old connection raise ContextLost.
 
+    Before sending anything on each connection, it checks who listens
+    (SO_PEERCRED): the agent must run as root (which includes systemd's
+    socket activation), as this process's user, as the uid or user name in
+    $HMAC_AGENT_UID, or as ``agent_uid`` (a uid or user name); anything else
+    raises UntrustedAgent. A value that names no user raises ValueError.
+
     Use it as a context manager to close it, or leave it open for the life
     of the process.
     """
 
-    def __init__(self, path=None, timeout=10.0):
+    def __init__(self, path=None, timeout=10.0, agent_uid=None):
         self.path = path or default_socket_path()
         self.timeout = timeout
+        self._trusted = _trusted_uids(agent_uid)
         self._lock = threading.Lock()
         self._conn = None
         self._closed = False
@@ -266,7 +320,7 @@ class Agent:
             if self._closed:
                 raise ConnectionLost("the Agent was closed")
             if self._conn is None or self._conn.broken is not None:
-                self._conn = _Connection(self.path, self.timeout)
+                self._conn = _Connection(self.path, self.timeout, self._trusted)
             return self._conn
 
     def _request(self, msg_type, payload):

@@ -40,6 +40,13 @@ class AgentNotRunning(AgentError):
     """Nothing listens at the socket path; the message names it."""
 
 
+class UntrustedAgent(AgentError):
+    """The process listening at the socket path runs as a user the client
+    does not trust (not root, not this user, not $HMAC_AGENT_UID or the
+    Agent's ``agent_uid``); nothing was sent to it. The message names the
+    path and the uid."""
+
+
 class ConnectionLost(AgentError):
     """The connection to the agent broke."""
 
