@@ -424,7 +424,8 @@ func TestNonRootAgentJudgesOtherUsers(t *testing.T) {
 		{"uid 1001 in no unit", "", "permission_denied permission_denied permission_denied permission_denied"},
 	} {
 		ch := startCallerAs(t, &syscall.Credential{Uid: 1001, Gid: 1001}, r.allowedBin, "cases",
-			"IDENTITY_SOCK="+filepath.Join(dir, "run", "agent.sock"), "IDENTITY_CASES="+cases, "IDENTITY_TAG="+tag)
+			"IDENTITY_SOCK="+filepath.Join(dir, "run", "agent.sock"), "IDENTITY_CASES="+cases, "IDENTITY_TAG="+tag,
+			"HMAC_AGENT_UID=1002") // the client trusts only the uids it is told to
 		if c.cgroup != "" {
 			moveInto(t, c.cgroup, ch.pid())
 		}

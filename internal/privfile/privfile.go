@@ -50,24 +50,34 @@ func MkdirCheck(dir string) error {
 	return err
 }
 
-// Read reads a file after checking it is private. A symbolic link is
-// refused, not followed.
-func Read(path string) ([]byte, error) {
+// Open opens a file for reading after checking, on the open descriptor,
+// that it is private. A symbolic link is refused, not followed.
+func Open(path string) (*os.File, fs.FileInfo, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if errors.Is(err, syscall.ELOOP) {
-		return nil, fmt.Errorf("%s is a symbolic link: the agent does not follow links for its files", path)
+		return nil, nil, fmt.Errorf("%s is a symbolic link: the agent does not follow links for its files", path)
 	}
+	if err != nil {
+		return nil, nil, err
+	}
+	info, err := f.Stat()
+	if err == nil {
+		err = Check(path, info, false)
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, info, nil
+}
+
+// Read reads a file after checking it is private, as Open does.
+func Read(path string) ([]byte, error) {
+	f, info, err := Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	info, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if err := Check(path, info, false); err != nil {
-		return nil, err
-	}
 	data := make([]byte, info.Size())
 	if _, err := io.ReadFull(f, data); err != nil {
 		return nil, err

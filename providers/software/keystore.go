@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/internal/memlock"
@@ -87,18 +86,11 @@ func readKeyFile(path, name string) (k *key, lockErr, err error) {
 // text is as secret as the key. It refuses a symlink, and a file that
 // privfile.Check refuses, checked on the open descriptor.
 func readLocked(path string) (*memlock.Secret, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, info, err := privfile.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	info, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if err := privfile.Check(path, info, false); err != nil {
-		return nil, err
-	}
 	if info.Size() > maxKeyFileSize {
 		return nil, fmt.Errorf("%s: %d bytes is too large for a key file", path, info.Size())
 	}
