@@ -147,3 +147,50 @@ func TestSecretFileMustBePrivate(t *testing.T) {
 		t.Errorf("pin file: %q, %v", b, err)
 	}
 }
+
+// TestPolicyWithOperationsButNobody: a policy that lists operations but
+// no users or groups would deny everyone, the owner included; it is a
+// configuration error that says so, for a key and for default_policy.
+func TestPolicyWithOperationsButNobody(t *testing.T) {
+	_, err := Load(write(t, `
+[default_policy]
+operations = ["mac"]
+[[provider]]
+name = "soft"
+type = "software"
+path = "/var/lib/hmac-agent/keys"
+[[key]]
+name = "webhook"
+provider = "soft"
+[key.policy]
+operations = ["verify"]
+`))
+	if err == nil {
+		t.Fatal("a policy naming operations but nobody was accepted")
+	}
+	for _, want := range []string{
+		"default_policy: operations are given but no users or groups",
+		"key[0].policy: operations are given but no users or groups",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+	// Naming a user or a group alone is enough.
+	for _, who := range []string{`users = [0]`, `groups = [0]`} {
+		if _, err := Load(write(t, `
+[[provider]]
+name = "soft"
+type = "software"
+path = "/var/lib/hmac-agent/keys"
+[[key]]
+name = "webhook"
+provider = "soft"
+[key.policy]
+`+who+`
+operations = ["verify"]
+`)); err != nil {
+			t.Errorf("policy with %s: %v", who, err)
+		}
+	}
+}
