@@ -17,6 +17,15 @@
 // dials again; contexts that lived on the old connection report
 // [ErrContextLost].
 //
+// # Errors
+//
+// Errors are compared with errors.Is against the package's Err values,
+// which keep their identity across the socket. [ErrUnavailable] means the
+// key's provider cannot serve now: its device is gone, did not answer
+// within the provider's timeout, or is restarting. The message names the
+// provider, and a later call may succeed; keys in other providers are not
+// held up meanwhile.
+//
 // # Concurrency
 //
 // A Client is safe for concurrent use. An HMAC, like a hash.Hash, is used

@@ -26,6 +26,7 @@ from .errors import (
     KeyExists,
     KeyNotFound,
     PermissionDenied,
+    Unavailable,
     UnsupportedAlgorithm,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "KeyExists",
     "KeyNotFound",
     "PermissionDenied",
+    "Unavailable",
     "UnsupportedAlgorithm",
 ]
 
