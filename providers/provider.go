@@ -106,9 +106,15 @@ type Preparer interface {
 	Prepare(ctx context.Context, alg Algorithm, verify bool)
 }
 
+// Deadliner is implemented by providers whose calls can stall (a device). Timeout is how long the
+// agent waits for one call before answering ErrUnavailable.
+type Deadliner interface{ Timeout() time.Duration }
+
 // HealthChecker is implemented by providers that can tell whether their
 // device is there and usable (a token present and logged in, a TPM
-// answering). It should be quick; status and metrics call it.
+// answering). The agent calls it in the background, within the
+// provider's timeout (Deadliner); status and metrics report the last
+// answer and never wait for it.
 type HealthChecker interface {
 	Health(ctx context.Context) error
 }

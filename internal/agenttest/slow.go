@@ -21,10 +21,6 @@ type SlowProvider struct {
 	Opened atomic.Int64 // contexts open now
 	// Occupied is what Busy reports.
 	Occupied atomic.Bool
-	// Prepared counts Prepare calls, each of which waits for PrepareGate
-	// to close if it is set.
-	Prepared    atomic.Int64
-	PrepareGate chan struct{}
 	// UpdateGate, if set, holds each Update until it receives a value
 	// (or the channel is closed).
 	UpdateGate chan struct{}
@@ -49,14 +45,6 @@ func (p *SlowProvider) Key(_ context.Context, name string) (providers.Key, error
 }
 
 type slowKey struct{ p *SlowProvider }
-
-// Prepare counts the call, as a token would run C_SignInit.
-func (k slowKey) Prepare(ctx context.Context, alg providers.Algorithm, verify bool) {
-	if k.p.PrepareGate != nil {
-		<-k.p.PrepareGate
-	}
-	k.p.Prepared.Add(1)
-}
 
 func (k slowKey) Name() string                        { return "slow-key" }
 func (k slowKey) Supports(a providers.Algorithm) bool { return a == providers.SHA256 }
