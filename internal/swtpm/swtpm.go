@@ -68,16 +68,62 @@ func Start(dir string) (*TPM, error) {
 	}
 }
 
-// Stop kills swtpm and waits for it to go.
-func (t *TPM) Stop() error {
+// PID is swtpm's process id, from its pid file.
+func (t *TPM) PID() (int, error) {
 	b, err := os.ReadFile(filepath.Join(t.Dir, "pid"))
 	if err != nil {
-		return err
+		return 0, err
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// Pause stops swtpm with SIGSTOP: it keeps its connections and answers
+// nothing, as a hung device does, until Continue.
+func (t *TPM) Pause() error { return t.signal(syscall.SIGSTOP) }
+
+// Continue resumes a paused swtpm (SIGCONT).
+func (t *TPM) Continue() error { return t.signal(syscall.SIGCONT) }
+
+func (t *TPM) signal(sig syscall.Signal) error {
+	pid, err := t.PID()
 	if err != nil {
 		return err
 	}
+	return syscall.Kill(pid, sig)
+}
+
+// Kill kills swtpm with SIGKILL, as a crash would, and waits for it to
+// go. Start on the same directory brings the same TPM back.
+func (t *TPM) Kill() error {
+	pid, err := t.PID()
+	if err != nil {
+		return err
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return err
+	}
+	return waitGone(pid)
+}
+
+// waitGone waits up to 5 s for a process to go.
+func waitGone(pid int) error {
+	for range 500 {
+		if syscall.Kill(pid, 0) != nil {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("swtpm (pid %d) is still there", pid)
+}
+
+// Stop kills swtpm and waits for it to go. A paused swtpm is continued
+// first, so that it can go.
+func (t *TPM) Stop() error {
+	pid, err := t.PID()
+	if err != nil {
+		return err
+	}
+	syscall.Kill(pid, syscall.SIGCONT)
 	syscall.Kill(pid, syscall.SIGTERM)
 	for i := 0; i < 500; i++ {
 		if syscall.Kill(pid, 0) != nil {

@@ -1,0 +1,291 @@
+//go:build cgo
+
+package agent_test
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
+	"github.com/hmac-agent/hmac-agent/internal/softhsm"
+	"github.com/hmac-agent/hmac-agent/internal/swtpm"
+	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
+	"github.com/hmac-agent/hmac-agent/providers/tpm"
+)
+
+// shortTimeout is the TPM's deadline in these tests: short, so that a
+// test of a 3 s stall sees requests fail at it several times over.
+const shortTimeout = 500 * time.Millisecond
+
+// heldUp is the time no software or PKCS#11 request may take while the
+// TPM is stopped: half the TPM's timeout, which a request that waited
+// behind a TPM call would pass. It is a bound for correctness, far above
+// what such a request takes (about a millisecond at p99 here).
+const heldUp = shortTimeout / 2
+
+// tpmWithTimeout is the TPM provider with the deadline these tests want.
+type tpmWithTimeout struct{ *tpm.Provider }
+
+func (tpmWithTimeout) Timeout() time.Duration { return shortTimeout }
+
+var _ providers.Deadliner = tpmWithTimeout{}
+
+// faultRig is an agent with software, PKCS#11 (SoftHSM2) and TPM (swtpm)
+// keys, and one client connection shared by every request, as the README
+// recommends.
+type faultRig struct {
+	tpm    *swtpm.TPM
+	agent  *agenttest.Agent
+	client *client.Client
+	secret []byte
+}
+
+func newFaultRig(t *testing.T) *faultRig {
+	t.Helper()
+	sw := swtpm.Require(t)
+	tok := softhsm.Require(t, fmt.Sprintf("stall%d", time.Now().UnixNano()%1e6))
+	t.Cleanup(func() { softhsm.Cleanup() })
+	ctx := context.Background()
+	hsm, err := pkcs11.Open(ctx, pkcs11.Config{Name: "hsm", Module: softhsm.Module, TokenLabel: tok.Label, PIN: []byte(tok.PIN)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp, err := tpm.Open(ctx, tpm.Config{Name: "tpm", Device: sw.Device(), StateDir: filepath.Join(t.TempDir(), "tpm")})
+	if err != nil {
+		hsm.Close()
+		t.Fatal(err)
+	}
+	r := &faultRig{tpm: sw, secret: []byte("a key for all three providers, 32")}
+	r.agent = agenttest.Start(t, agenttest.Options{
+		Providers:      []providers.Provider{hsm, tpmWithTimeout{tp}},
+		HealthInterval: time.Second,
+	})
+	for _, imp := range []struct {
+		p    providers.Importer
+		name string
+	}{{r.agent.Soft, "soft-key"}, {hsm, "hsm-key"}, {tp, "tpm-key"}} {
+		if _, err := imp.p.ImportKey(ctx, imp.name, r.secret); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.client, err = client.Dial(ctx, r.agent.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.client.Close() })
+	return r
+}
+
+// sample is one request's outcome.
+type sample struct {
+	start time.Time
+	took  time.Duration
+	err   error
+}
+
+// load sends one-shot MACs on key from workers goroutines over the shared
+// client until stop is closed, checking every tag, and returns what each
+// request did.
+func (r *faultRig) load(t *testing.T, key string, workers int, stop <-chan struct{}) func() []sample {
+	var (
+		mu  sync.Mutex
+		all []sample
+		wg  sync.WaitGroup
+	)
+	msg := []byte("webhook body")
+	m := hmac.New(sha256.New, r.secret)
+	m.Write(msg)
+	want := m.Sum(nil)
+	for range workers {
+		wg.Go(func() {
+			var mine []sample
+			for {
+				select {
+				case <-stop:
+					mu.Lock()
+					all = append(all, mine...)
+					mu.Unlock()
+					return
+				default:
+				}
+				start := time.Now()
+				tag, err := r.client.MAC(context.Background(), key, client.SHA256, msg)
+				took := time.Since(start)
+				if err == nil && !hmac.Equal(tag, want) {
+					err = fmt.Errorf("wrong tag %x", tag)
+				}
+				mine = append(mine, sample{start, took, err})
+				if err != nil {
+					time.Sleep(time.Millisecond) // an outage is not a reason to spin
+				}
+			}
+		})
+	}
+	return func() []sample {
+		wg.Wait()
+		slices.SortFunc(all, func(a, b sample) int { return a.start.Compare(b.start) })
+		return all
+	}
+}
+
+// window returns the samples that started in [from, to).
+func window(s []sample, from, to time.Time) []sample {
+	var out []sample
+	for _, x := range s {
+		if !x.start.Before(from) && x.start.Before(to) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// quantiles returns the p50 and p99 of the samples' times, the longest,
+// and the first error.
+func quantiles(s []sample) (p50, p99, longest time.Duration, err error) {
+	d := make([]time.Duration, 0, len(s))
+	for _, x := range s {
+		d = append(d, x.took)
+		if err == nil && x.err != nil {
+			err = x.err
+		}
+	}
+	if len(d) == 0 {
+		return 0, 0, 0, err
+	}
+	slices.Sort(d)
+	return d[len(d)/2], d[len(d)*99/100], d[len(d)-1], err
+}
+
+// TestTPMStallHoldsUpNothingElse stops swtpm with SIGSTOP for 3 s while
+// software, PKCS#11 and TPM one-shots flow on one shared connection. The
+// software and PKCS#11 requests must go on completing throughout, none
+// waiting as long as the TPM's timeout (a correctness bound: before the
+// fix, they waited for the whole stall behind a TPM call on the
+// connection's reader); TPM requests must fail at the TPM's timeout with
+// unavailable naming the provider, and succeed again once swtpm
+// continues; status on another connection must answer within a second
+// and say the TPM is down.
+func TestTPMStallHoldsUpNothingElse(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 3 s stall")
+	}
+	r := newFaultRig(t)
+	stop := make(chan struct{})
+	softDone := r.load(t, "soft-key", 2, stop)
+	hsmDone := r.load(t, "hsm-key", 2, stop)
+	tpmDone := r.load(t, "tpm-key", 1, stop)
+	stopped := false
+	defer func() {
+		if stopped {
+			r.tpm.Continue()
+		}
+	}()
+
+	quietFrom := time.Now()
+	time.Sleep(time.Second)
+	stallFrom := time.Now()
+	if err := r.tpm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	stopped = true
+
+	// Status on a connection of its own, while the TPM is stopped.
+	time.Sleep(1500 * time.Millisecond)
+	sc, err := client.Dial(context.Background(), r.agent.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	statusStart := time.Now()
+	st, err := sc.Status(sctx)
+	statusTook := time.Since(statusStart)
+	cancel()
+	if err != nil {
+		t.Errorf("status while the TPM is stopped: %v (after %s)", err, statusTook)
+	}
+	t.Logf("status while the TPM is stopped answered in %s", statusTook)
+	for _, p := range st.Providers {
+		t.Logf("status: %s healthy=%v error=%q down_since=%v failed_requests=%d check_age=%.1fs",
+			p.Name, p.Healthy, p.Error, p.DownSince, p.FailedRequests, p.CheckAge)
+		if wantHealthy := p.Name != "tpm"; p.Healthy != wantHealthy {
+			t.Errorf("status: %s healthy=%v during the TPM's stall, want %v", p.Name, p.Healthy, wantHealthy)
+		}
+	}
+
+	time.Sleep(stallFrom.Add(3 * time.Second).Sub(time.Now()))
+	stallTo := time.Now()
+	if err := r.tpm.Continue(); err != nil {
+		t.Fatal(err)
+	}
+	stopped = false
+	// Service returns by itself: wait for a TPM success after the stall.
+	var back time.Duration
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := r.client.MAC(context.Background(), "tpm-key", client.SHA256, []byte("x")); err == nil {
+			back = time.Since(stallTo)
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the TPM did not serve again within 10 s of SIGCONT: %v", err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	soft, hsm, tpms := softDone(), hsmDone(), tpmDone()
+	t.Logf("first TPM success %s after SIGCONT", back.Round(time.Millisecond))
+
+	for _, c := range []struct {
+		name string
+		s    []sample
+	}{{"software", soft}, {"PKCS#11", hsm}} {
+		qp50, qp99, _, qerr := quantiles(window(c.s, quietFrom, stallFrom))
+		during := window(c.s, stallFrom, stallTo)
+		sp50, sp99, longest, serr := quantiles(during)
+		t.Logf("%s on the shared connection: quiet p50 %s p99 %s; during the stall (%d requests) p50 %s p99 %s, longest %s",
+			c.name, qp50, qp99, len(during), sp50, sp99, longest)
+		if qerr != nil || serr != nil {
+			t.Errorf("%s: errors: quiet %v, during the stall %v", c.name, qerr, serr)
+		}
+		if len(during) < 100 {
+			t.Errorf("%s: only %d requests during the 3 s stall: held up", c.name, len(during))
+		}
+		// A request held up by a TPM call would wait for the TPM's
+		// timeout at least (for the whole stall, without deadlines).
+		if longest > heldUp {
+			t.Errorf("%s: a request took %s during the stall: held up by the TPM", c.name, longest)
+		}
+		if _, _, l, _ := quantiles(window(c.s, quietFrom, stallTo)); l > heldUp {
+			t.Errorf("%s: a request took %s", c.name, l)
+		}
+	}
+
+	var failed, other int
+	for _, x := range window(tpms, stallFrom.Add(100*time.Millisecond), stallTo) {
+		switch {
+		case x.err == nil:
+			other++ // it may have been answered before the stop reached it
+		case errors.Is(x.err, client.ErrUnavailable) && strings.Contains(x.err.Error(), `"tpm"`):
+			failed++
+			if x.took < shortTimeout*9/10 || x.took > shortTimeout+time.Second {
+				t.Errorf("TPM request failed after %s, want about its timeout %s", x.took, shortTimeout)
+			}
+		default:
+			t.Errorf("TPM request during the stall: %v, want unavailable naming the provider", x.err)
+		}
+	}
+	t.Logf("TPM during the stall: %d unavailable at the timeout, %d answered", failed, other)
+	if failed < 2 {
+		t.Errorf("only %d TPM requests failed at the timeout during a 3 s stall", failed)
+	}
+}
