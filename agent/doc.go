@@ -14,6 +14,17 @@
 // or Verify on it. Finalize, Verify and Abandon free the context; Close
 // frees them all.
 //
+// # Devices
+//
+// Every call into a provider that may wait (all but the operations of
+// providers.Immediate keys) waits at most the provider's timeout
+// (providers.Deadliner, else [DefaultTimeout]) and then fails with
+// ErrUnavailable naming the provider. The call itself cannot be
+// interrupted and goes on in the background, keeping its input and
+// whatever it holds in the device until it returns; a context whose call
+// passed the deadline is ended and answers ErrContextLost. [Agent.Status]
+// never calls a provider: health is probed in the background.
+//
 // # Concurrency
 //
 // [Agent] is safe for concurrent use. A [Session] is safe for concurrent
