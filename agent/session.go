@@ -410,31 +410,30 @@ func (s *Session) MAC(ctx context.Context, key []byte, alg providers.Algorithm, 
 			tag, err = s.mac(ctx, r, alg, data, dst)
 			return err
 		}, nil)
-		err = s.deviceFailed(r, err)
+	}
+	if err != nil {
+		tag, err = nil, s.keyFailed(r, err)
 	}
 	s.agent.auditUse(s.peer, "mac", r.name, alg, err, int64(len(data)), start)
 	return tag, err
 }
 
+// mac computes a one-shot's tag; its errors are the provider's own.
 func (s *Session) mac(ctx context.Context, r *resolved, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
 	if r.oneShot != nil {
-		tag, err := r.oneShot.SumMAC(ctx, alg, data, dst)
-		if err != nil {
-			return nil, s.keyFailed(r, err)
-		}
-		return tag, nil
+		return r.oneShot.SumMAC(ctx, alg, data, dst)
 	}
 	m, err := r.key.NewMAC(ctx, alg)
 	if err != nil {
-		return nil, s.keyFailed(r, err)
+		return nil, err
 	}
 	defer m.Close()
 	if err := m.Update(ctx, data); err != nil {
-		return nil, s.keyFailed(r, err)
+		return nil, err
 	}
 	tag, err := m.Finalize(ctx)
 	if err != nil {
-		return nil, s.keyFailed(r, err)
+		return nil, err
 	}
 	return append(dst, tag...), nil
 }
@@ -454,12 +453,16 @@ func (s *Session) VerifyMAC(ctx context.Context, key []byte, alg providers.Algor
 		err = s.verifyMAC(ctx, r, alg, data, tag)
 	} else {
 		err = r.dev.call(ctx, func(ctx context.Context) error { return s.verifyMAC(ctx, r, alg, data, tag) }, nil)
-		err = s.deviceFailed(r, err)
+	}
+	if err != nil && err != providers.ErrInvalidSignature {
+		err = s.keyFailed(r, err)
 	}
 	s.agent.auditUse(s.peer, "verify_mac", r.name, alg, err, int64(len(data)), start)
 	return err
 }
 
+// verifyMAC checks a one-shot's tag; its errors are ErrInvalidSignature or
+// the provider's own.
 func (s *Session) verifyMAC(ctx context.Context, r *resolved, alg providers.Algorithm, data, tag []byte) error {
 	var err error
 	switch {
@@ -480,23 +483,10 @@ func (s *Session) verifyMAC(ctx context.Context, r *resolved, alg providers.Algo
 			m.Close()
 		}
 	}
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, providers.ErrInvalidSignature):
+	if errors.Is(err, providers.ErrInvalidSignature) {
 		return providers.ErrInvalidSignature
 	}
-	return s.keyFailed(r, err)
-}
-
-// deviceFailed turns what a one-shot's deadline returned into what the
-// client sees: the one-shot reports its own errors (keyFailed), so only a
-// deadline passed is new here.
-func (s *Session) deviceFailed(r *resolved, err error) error {
-	if timedOut(err) {
-		return s.keyFailed(r, err)
-	}
-	return err
+	return err // the provider's own
 }
 
 // oneShotKey resolves a key for a one-shot operation and checks policy

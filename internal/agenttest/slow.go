@@ -22,9 +22,16 @@ type SlowProvider struct {
 	// Occupied is what Busy reports.
 	Occupied atomic.Bool
 	// UpdateGate, if set, holds each Update until it receives a value
-	// (or the channel is closed).
+	// (or the channel is closed), whatever its ctx says: a device that
+	// stopped answering mid-call.
 	UpdateGate chan struct{}
+	// Deadline is what Timeout reports (providers.Deadliner); zero lets
+	// the agent choose.
+	Deadline time.Duration
 }
+
+// Timeout reports Deadline.
+func (p *SlowProvider) Timeout() time.Duration { return p.Deadline }
 
 // Busy reports Occupied, as a device reports a call running.
 func (p *SlowProvider) Busy() bool { return p.Occupied.Load() }
