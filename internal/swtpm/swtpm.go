@@ -105,15 +105,33 @@ func (t *TPM) Kill() error {
 	return waitGone(pid)
 }
 
-// waitGone waits up to 5 s for a process to go.
+// waitGone waits up to 5 s for a process to go. A zombie has gone: swtpm
+// runs as a daemon, and whoever inherits it may be slow to reap it.
 func waitGone(pid int) error {
 	for range 500 {
-		if syscall.Kill(pid, 0) != nil {
+		if !alive(pid) {
 			return nil
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	return fmt.Errorf("swtpm (pid %d) is still there", pid)
+}
+
+// alive reports whether pid runs (or is stopped), and is not a zombie.
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// The state follows the command name in parentheses, which may
+	// itself hold spaces or parentheses.
+	if i := strings.LastIndexByte(string(b), ')'); i >= 0 && i+2 < len(b) {
+		return b[i+2] != 'Z'
+	}
+	return true
 }
 
 // Stop kills swtpm and waits for it to go. A paused swtpm is continued
@@ -125,11 +143,8 @@ func (t *TPM) Stop() error {
 	}
 	syscall.Kill(pid, syscall.SIGCONT)
 	syscall.Kill(pid, syscall.SIGTERM)
-	for i := 0; i < 500; i++ {
-		if syscall.Kill(pid, 0) != nil {
-			return nil
-		}
-		time.Sleep(10 * time.Millisecond)
+	if waitGone(pid) == nil {
+		return nil
 	}
 	return syscall.Kill(pid, syscall.SIGKILL)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -58,8 +59,9 @@ type Provider struct {
 	keysMu sync.RWMutex
 	keys   map[string]*key
 
-	// swaps counts slot swaps, for status and metrics.
-	swaps uint64
+	// swaps counts slot swaps, for status and metrics: atomic, so that
+	// reading it never waits for a TPM command that holds mu.
+	swaps atomic.Uint64
 }
 
 var (
@@ -181,11 +183,7 @@ func (p *Provider) Busy() bool {
 }
 
 // Swaps is how many objects were swapped out of the TPM to make room.
-func (p *Provider) Swaps() uint64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.swaps
-}
+func (p *Provider) Swaps() uint64 { return p.swaps.Load() }
 
 // exchange sends a hand-marshalled command; run reconnects if the
 // connection broke.
