@@ -354,16 +354,9 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 
 // lookup finds a key in p, within p's timeout.
 func (a *Agent) lookup(ctx context.Context, p providers.Provider, ref string) (providers.Key, error) {
-	var k providers.Key // written by the call; read only once it returned
-	err := a.devices[p].call(ctx, func(ctx context.Context) error {
-		var err error
-		k, err = p.Key(ctx, ref)
-		return err
+	return onDevice(ctx, a.devices[p], func(ctx context.Context) (providers.Key, error) {
+		return p.Key(ctx, ref)
 	}, nil)
-	if err != nil {
-		return nil, err
-	}
-	return k, nil
 }
 
 // keyError logs a provider's error in full (rate-limited) and returns

@@ -118,6 +118,34 @@ func (d *device) call(ctx context.Context, f func(context.Context) error, late f
 	return pc.err
 }
 
+// onDevice is call for a call with a result. The result is read only
+// once f has returned in time: past the deadline it belongs to f, and
+// late gets it when f returns at last.
+func onDevice[T any](ctx context.Context, d *device, f func(context.Context) (T, error), late func(T)) (T, error) {
+	var out T
+	err := d.call(ctx, func(ctx context.Context) error {
+		var err error
+		out, err = f(ctx)
+		return err
+	}, func() {
+		if late != nil {
+			late(out)
+		}
+	})
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return out, nil
+}
+
+// closeMAC closes what a call past its deadline opened, if anything.
+func closeMAC(m providers.MAC) {
+	if m != nil {
+		m.Close()
+	}
+}
+
 // deadlinePassed records a call that did not return within the timeout
 // and returns what its caller answers.
 func (d *device) deadlinePassed() error {

@@ -51,12 +51,7 @@ func (a *Agent) ListKeys(ctx context.Context, peer Peer) ([]providers.KeyInfo, e
 	}
 	if admin || def.allows(peer, OpMAC|OpVerify) {
 		for _, p := range a.providers {
-			var infos []providers.KeyInfo
-			err := a.devices[p].call(ctx, func(ctx context.Context) error {
-				var err error
-				infos, err = p.Keys(ctx)
-				return err
-			}, nil)
+			infos, err := onDevice(ctx, a.devices[p], p.Keys, nil)
 			if timedOut(err) {
 				return nil, err
 			}
@@ -97,11 +92,8 @@ func (a *Agent) GenerateKey(ctx context.Context, peer Peer, provider, name strin
 	if !ok {
 		return providers.KeyInfo{}, providers.Publicf(providers.ErrNotSupported, "provider %q cannot generate keys", p.Name())
 	}
-	var info providers.KeyInfo
-	err = a.manageCall(ctx, p, "generate", name, func(ctx context.Context) error {
-		var err error
-		info, err = g.GenerateKey(ctx, name, length)
-		return err
+	info, err := a.manageCall(ctx, p, "generate", name, func(ctx context.Context) (providers.KeyInfo, error) {
+		return g.GenerateKey(ctx, name, length)
 	})
 	a.forget(name)
 	return info, a.manageError(peer, "generate", p, name, err)
@@ -118,11 +110,8 @@ func (a *Agent) ImportKey(ctx context.Context, peer Peer, provider, name string,
 	if !ok {
 		return providers.KeyInfo{}, providers.Publicf(providers.ErrNotSupported, "provider %q cannot import keys", p.Name())
 	}
-	var info providers.KeyInfo
-	err = a.manageCall(ctx, p, "import", name, func(ctx context.Context) error {
-		var err error
-		info, err = im.ImportKey(ctx, name, secret)
-		return err
+	info, err := a.manageCall(ctx, p, "import", name, func(ctx context.Context) (providers.KeyInfo, error) {
+		return im.ImportKey(ctx, name, secret)
 	})
 	a.forget(name)
 	return info, a.manageError(peer, "import", p, name, err)
@@ -140,11 +129,8 @@ func (a *Agent) ImportWrappedKey(ctx context.Context, peer Peer, provider, name,
 	if !ok {
 		return providers.KeyInfo{}, providers.Publicf(providers.ErrNotSupported, "provider %q cannot import wrapped keys", p.Name())
 	}
-	var info providers.KeyInfo
-	err = a.manageCall(ctx, p, "import_wrapped", name, func(ctx context.Context) error {
-		var err error
-		info, err = wi.ImportWrappedKey(ctx, name, wrappingKey, wrapped)
-		return err
+	info, err := a.manageCall(ctx, p, "import_wrapped", name, func(ctx context.Context) (providers.KeyInfo, error) {
+		return wi.ImportWrappedKey(ctx, name, wrappingKey, wrapped)
 	})
 	a.forget(name)
 	return info, a.manageError(peer, "import_wrapped", p, name, err)
@@ -174,7 +160,9 @@ func (a *Agent) DeleteKey(ctx context.Context, peer Peer, provider, name string)
 	if !ok {
 		return providers.Publicf(providers.ErrNotSupported, "provider %q cannot delete keys", p.Name())
 	}
-	err = a.manageCall(ctx, p, "delete", name, func(ctx context.Context) error { return d.DeleteKey(ctx, ref) })
+	_, err = a.manageCall(ctx, p, "delete", name, func(ctx context.Context) (providers.KeyInfo, error) {
+		return providers.KeyInfo{}, d.DeleteKey(ctx, ref)
+	})
 	a.forget(name)
 	return a.manageError(peer, "delete", p, name, err)
 }
@@ -182,17 +170,18 @@ func (a *Agent) DeleteKey(ctx context.Context, peer Peer, provider, name string)
 // manageCall runs a key management call within p's timeout. One that
 // passes it may still finish: the key's cached view is dropped then, and
 // the log says how it ended, since the client was told it is unavailable.
-func (a *Agent) manageCall(ctx context.Context, p providers.Provider, op, name string, f func(context.Context) error) error {
+func (a *Agent) manageCall(ctx context.Context, p providers.Provider, op, name string, f func(context.Context) (providers.KeyInfo, error)) (providers.KeyInfo, error) {
 	d := a.devices[p]
 	change := 1
 	if op == "delete" {
 		change = -1
 	}
-	var lateErr error
-	err := d.call(ctx, func(ctx context.Context) error {
-		lateErr = f(ctx)
-		return lateErr
-	}, func() {
+	var lateErr error // the late call's own, written and read on its goroutine
+	info, err := onDevice(ctx, d, func(ctx context.Context) (providers.KeyInfo, error) {
+		info, err := f(ctx)
+		lateErr = err
+		return info, err
+	}, func(providers.KeyInfo) {
 		a.forget(name)
 		if lateErr == nil {
 			d.keysChanged(change)
@@ -202,7 +191,7 @@ func (a *Agent) manageCall(ctx context.Context, p providers.Provider, op, name s
 	if err == nil {
 		d.keysChanged(change)
 	}
-	return err
+	return info, err
 }
 
 func (a *Agent) managed(peer Peer, provider, name string) (providers.Provider, error) {

@@ -79,15 +79,9 @@ func (s *Session) Open(ctx context.Context, id uint32, key []byte, alg providers
 	if r.immediate {
 		m, err = r.key.NewMAC(ctx, alg)
 	} else {
-		err = r.dev.call(ctx, func(ctx context.Context) error {
-			var err error
-			m, err = r.key.NewMAC(ctx, alg)
-			return err
-		}, func() {
-			if m != nil {
-				m.Close()
-			}
-		})
+		m, err = onDevice(ctx, r.dev, func(ctx context.Context) (providers.MAC, error) {
+			return r.key.NewMAC(ctx, alg)
+		}, closeMAC)
 	}
 	if err != nil {
 		s.release(id)
@@ -291,15 +285,9 @@ func (s *Session) Copy(ctx context.Context, id, newID uint32) error {
 		m, err = c.mac.Copy(ctx)
 	} else {
 		src := c.mac
-		err = c.key.dev.call(ctx, func(ctx context.Context) error {
-			var err error
-			m, err = src.Copy(ctx)
-			return err
-		}, func() {
+		m, err = onDevice(ctx, c.key.dev, src.Copy, func(m providers.MAC) {
 			src.Close()
-			if m != nil {
-				m.Close()
-			}
+			closeMAC(m)
 		})
 		if timedOut(err) {
 			s.lose(c)
@@ -332,11 +320,7 @@ func (s *Session) Finalize(ctx context.Context, id uint32, dst []byte) (tag []by
 		t, err = c.mac.Finalize(ctx)
 	} else {
 		mac := c.mac
-		err = c.key.dev.call(ctx, func(ctx context.Context) error {
-			var err error
-			t, err = mac.Finalize(ctx)
-			return err
-		}, mac.Close)
+		t, err = onDevice(ctx, c.key.dev, mac.Finalize, func([]byte) { mac.Close() })
 		c.lost = timedOut(err)
 	}
 	if err != nil {
@@ -405,10 +389,8 @@ func (s *Session) MAC(ctx context.Context, key []byte, alg providers.Algorithm, 
 	if r.immediate {
 		tag, err = s.mac(ctx, r, alg, data, dst)
 	} else {
-		err = r.dev.call(ctx, func(ctx context.Context) error {
-			var err error
-			tag, err = s.mac(ctx, r, alg, data, dst)
-			return err
+		tag, err = onDevice(ctx, r.dev, func(ctx context.Context) ([]byte, error) {
+			return s.mac(ctx, r, alg, data, dst)
 		}, nil)
 	}
 	if err != nil {
