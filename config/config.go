@@ -84,9 +84,6 @@ type Provider struct {
 	Sessions     int      `toml:"sessions"`
 	SessionWait  Duration `toml:"session_wait"`
 	MaxCopyBytes int64    `toml:"max_copy_bytes"`
-	// PreparedSessions: sessions kept with C_SignInit or C_VerifyInit
-	// done for the next one-shot (0: half of sessions; -1: none).
-	PreparedSessions int `toml:"prepared_sessions"`
 	// SessionKeyCopies: keys used through session-object copies (default
 	// true).
 	SessionKeyCopies *bool `toml:"session_key_copies"`
@@ -249,9 +246,6 @@ func (c *Config) Validate() error {
 			}
 			if p.Sessions < 0 {
 				bad(f+".sessions", "must not be negative")
-			}
-			if p.PreparedSessions < -1 {
-				bad(f+".prepared_sessions", "must be -1 (none), 0 (the default: half of sessions) or more")
 			}
 		case "tpm":
 			if p.Device == "" {

@@ -79,7 +79,7 @@ type = "software"
 [[provider]]
 name = "a"
 type = "pkcs11"
-prepared_sessions = -2
+sessions = -2
 [[provider]]
 type = "quantum"
 [[key]]
@@ -103,7 +103,7 @@ operations = ["sign"]
 		"provider[1].module: required",
 		"provider[1].token:",
 		"provider[1].pin_file:",
-		"provider[1].prepared_sessions: must be -1",
+		"provider[1].sessions: must not be negative",
 		"provider[2].name: required",
 		"provider[2].type: unknown provider type \"quantum\"",
 		"key[0].name:",

@@ -304,8 +304,7 @@ func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (pr
 		p, err := pkcs11.Open(ctx, pkcs11.Config{
 			Name: pc.Name, Module: pc.Module, TokenLabel: pc.TokenLabel, TokenSerial: pc.TokenSerial,
 			PIN: pin, Sessions: pc.Sessions, SessionWait: pc.SessionWait.Duration, MaxCopyBytes: pc.MaxCopyBytes,
-			PreparedSessions: pc.PreparedSessions,
-			NoKeyCopies:      pc.SessionKeyCopies != nil && !*pc.SessionKeyCopies,
+			NoKeyCopies: pc.SessionKeyCopies != nil && !*pc.SessionKeyCopies,
 		})
 		if err != nil {
 			return nil, err

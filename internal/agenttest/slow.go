@@ -19,8 +19,6 @@ type SlowProvider struct {
 	Delay  time.Duration
 	Secret []byte
 	Opened atomic.Int64 // contexts open now
-	// Occupied is what Busy reports.
-	Occupied atomic.Bool
 	// UpdateGate, if set, holds each Update until it receives a value
 	// (or the channel is closed), whatever its ctx says: a device that
 	// stopped answering mid-call.
@@ -32,9 +30,6 @@ type SlowProvider struct {
 
 // Timeout reports Deadline.
 func (p *SlowProvider) Timeout() time.Duration { return p.Deadline }
-
-// Busy reports Occupied, as a device reports a call running.
-func (p *SlowProvider) Busy() bool { return p.Occupied.Load() }
 
 var errDevice = errors.New("slow: device said no (CKR_DEVICE_ERROR 0x30)")
 

@@ -153,8 +153,6 @@ func (m *Metrics) Watch(a *agent.Agent, srv Server) {
 				vm.WriteGaugeUint64(w, name("hmac_agent_pkcs11_sessions_open", labels...), uint64(st.Open))
 				vm.WriteGaugeUint64(w, name("hmac_agent_pkcs11_sessions_in_use", labels...), uint64(st.InUse))
 				vm.WriteCounterUint64(w, name("hmac_agent_pkcs11_session_waits_total", labels...), st.Waits)
-				vm.WriteGaugeUint64(w, name("hmac_agent_pkcs11_sessions_prepared", labels...), uint64(st.Prepared))
-				vm.WriteCounterUint64(w, name("hmac_agent_pkcs11_prepared_used_total", labels...), st.Used)
 				vm.WriteGaugeUint64(w, name("hmac_agent_pkcs11_key_copies", labels...), uint64(st.Copies))
 			})
 		}

@@ -65,11 +65,10 @@ type Provider struct {
 }
 
 var (
-	_ providers.Provider     = (*Provider)(nil)
-	_ providers.Generator    = (*Provider)(nil)
-	_ providers.Importer     = (*Provider)(nil)
-	_ providers.Deleter      = (*Provider)(nil)
-	_ providers.BusyReporter = (*Provider)(nil)
+	_ providers.Provider  = (*Provider)(nil)
+	_ providers.Generator = (*Provider)(nil)
+	_ providers.Importer  = (*Provider)(nil)
+	_ providers.Deleter   = (*Provider)(nil)
 )
 
 // Open connects to the TPM, starts it if needed, flushes transient objects
@@ -172,15 +171,6 @@ func (p *Provider) Kind() string { return "tpm" }
 
 // Algorithms lists the hashes the TPM has.
 func (p *Provider) Algorithms() []providers.Algorithm { return p.algs }
-
-// Busy reports that a command is running: a call now would wait for it.
-func (p *Provider) Busy() bool {
-	if !p.mu.TryLock() {
-		return true
-	}
-	p.mu.Unlock()
-	return false
-}
 
 // Swaps is how many objects were swapped out of the TPM to make room.
 func (p *Provider) Swaps() uint64 { return p.swaps.Load() }
