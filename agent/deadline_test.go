@@ -167,3 +167,40 @@ func TestProviderStateLoggedOnce(t *testing.T) {
 		t.Errorf("the warnings left out were not counted: %q", left)
 	}
 }
+
+// TestStuckCallsBounded: a device that never answers again does not
+// gather a goroutine per request without end. Once MaxStuck calls wait
+// past their deadline, further calls fail at once, naming the provider;
+// when the device answers, they are served again.
+func TestStuckCallsBounded(t *testing.T) {
+	const timeout = 50 * time.Millisecond
+	gate := make(chan struct{})
+	slow := &agenttest.SlowProvider{Secret: []byte("k"), Deadline: timeout, UpdateGate: gate}
+	a, _ := newSlowAgent(t, slow)
+	ctx := context.Background()
+	s := a.NewSession(owner)
+	defer s.Close()
+	key := []byte("slow-key")
+	var wg sync.WaitGroup
+	for range agent.MaxStuck {
+		wg.Go(func() {
+			if _, err := s.MAC(ctx, key, providers.SHA256, []byte("m"), nil); !errors.Is(err, providers.ErrUnavailable) {
+				t.Errorf("MAC on a stuck device: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	start := time.Now()
+	_, err := s.MAC(ctx, key, providers.SHA256, []byte("m"), nil)
+	if took := time.Since(start); !errors.Is(err, providers.ErrUnavailable) || !strings.Contains(err.Error(), `provider "slow"`) || took >= timeout {
+		t.Errorf("with %d calls stuck, MAC = %v after %s; want unavailable at once", agent.MaxStuck, err, took)
+	}
+	close(gate)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := s.MAC(ctx, key, providers.SHA256, []byte("m"), nil); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the device answers again, but calls still fail: %v", err)
+		}
+	}
+}

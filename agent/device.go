@@ -28,6 +28,12 @@ const DefaultHealthInterval = 5 * time.Second
 // the count given with the next warning.
 const warnEvery = 10 * time.Second
 
+// maxStuck bounds the calls into one provider that passed their deadline
+// and have not returned. Each holds a goroutine and its request's data; a
+// device that never answers again would otherwise gather them without
+// end, one per request. Past it, calls fail at once.
+const maxStuck = 64
+
 // errDeadline is what a call past its provider's timeout fails with. It
 // is ErrUnavailable to every client; the agent tells it apart to end a
 // context whose state the stuck call leaves unknown.
@@ -41,7 +47,8 @@ type device struct {
 	timeout time.Duration
 	log     *slog.Logger
 
-	down atomic.Bool // read on every call's success; mu guards changes
+	down  atomic.Bool  // read on every call's success; mu guards changes
+	stuck atomic.Int32 // calls past their deadline still running
 
 	mu         sync.Mutex
 	downSince  time.Time
@@ -87,6 +94,11 @@ type pendingCall struct {
 // the caller must leave alone everything f uses (its input, its output,
 // the context it runs on).
 func (d *device) call(ctx context.Context, f func(context.Context) error, late func()) error {
+	if n := d.stuck.Load(); n >= maxStuck {
+		d.failure(fmt.Sprintf("%d calls stuck", n), errDeadline, true)
+		return providers.Publicf(providers.ErrUnavailable,
+			"provider %q is not answering: %d calls have been waiting past its %s timeout", d.p.Name(), n, d.timeout)
+	}
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	pc := &pendingCall{done: make(chan struct{})}
 	go func() {
@@ -98,15 +110,17 @@ func (d *device) call(ctx context.Context, f func(context.Context) error, late f
 			return
 		}
 		cancel()
-		d.log.Info("a call that passed its deadline returned", "provider", d.p.Name(), "err", err)
+		d.log.Debug("a call that passed its deadline returned", "provider", d.p.Name(), "err", err)
 		if late != nil {
 			late()
 		}
+		d.stuck.Add(-1)
 	}()
 	select {
 	case <-pc.done:
 	case <-ctx.Done():
 		if pc.state.CompareAndSwap(callRunning, callAbandoned) {
+			d.stuck.Add(1) // before the call can return and take it off
 			if errors.Is(ctx.Err(), context.Canceled) { // the connection went away
 				return fmt.Errorf("%w: %w", providers.ErrClosed, ctx.Err())
 			}

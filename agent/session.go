@@ -520,7 +520,13 @@ func (s *Session) expire(cutoff int64) {
 	s.mu.Unlock()
 	for _, c := range gone {
 		s.agent.contexts.Add(-1)
-		s.finish(c, "expire", providers.ErrLimit)
+		if c.key.immediate {
+			s.finish(c, "expire", providers.ErrLimit)
+		} else {
+			// Closing a device's context may call the device; the
+			// sweeper, which keeps the agent's clock, must not wait.
+			go s.finish(c, "expire", providers.ErrLimit)
+		}
 	}
 }
 
