@@ -6,10 +6,12 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -213,6 +215,7 @@ func TestTPMStallHoldsUpNothingElse(t *testing.T) {
 		t.Fatal(err)
 	}
 	stopped = true
+	py := r.pythonLoad(t, stallFor-time.Second)
 
 	// Status on a connection of its own, while the TPM is stopped.
 	time.Sleep(2 * time.Second) // the TPM's first requests have passed their deadline
@@ -321,6 +324,7 @@ func TestTPMStallHoldsUpNothingElse(t *testing.T) {
 		}
 	}
 	t.Logf("TPM during the stall: %d unavailable at the timeout, %d answered", failed, other)
+	py(t)
 	// Sent one at a time, at least one starts and fails within the stall.
 	if failed < 1 {
 		t.Errorf("no TPM request failed at the timeout during a %s stall", stallFor)
@@ -397,4 +401,66 @@ func TestTPMKilledHoldsUpNothingElse(t *testing.T) {
 	if failed == 0 {
 		t.Error("no TPM request failed while swtpm was dead")
 	}
+}
+
+// pythonLoad runs testdata/stall_load.py, which sends software, PKCS#11
+// and TPM one-shots through Python's default Agent (one connection) for
+// d, and returns a function that waits for it and checks what it saw:
+// the software and PKCS#11 requests all answered and none held up, the
+// TPM's failed only as Unavailable naming the provider.
+func (r *faultRig) pythonLoad(t *testing.T, d time.Duration) func(*testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI is set and python3 is missing: %v", err)
+		}
+		t.Logf("python3 is missing: Python's default Agent is left out: %v", err)
+		return func(*testing.T) {}
+	}
+	clientDir, err := filepath.Abs("../clients/python")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(python, "testdata/stall_load.py", fmt.Sprint(d.Seconds()), string(r.secret))
+	cmd.Env = append(os.Environ(), "PYTHONPATH="+clientDir, "HMAC_AGENT_SOCK="+r.agent.Path)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return func(t *testing.T) {
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("stall_load.py: %v\n%s", err, stderr.String())
+		}
+		var got map[string]struct {
+			Requests          int
+			P50, P99, Longest float64
+			Errors            map[string]int
+		}
+		if err := json.Unmarshal([]byte(stdout.String()), &got); err != nil {
+			t.Fatalf("stall_load.py: %v: %q", err, stdout.String())
+		}
+		for _, key := range []string{"soft-key", "hsm-key", "tpm-key"} {
+			g := got[key]
+			sec := func(f float64) time.Duration { return time.Duration(f * float64(time.Second)).Round(time.Microsecond) }
+			t.Logf("Python default Agent, %s during the stall: %d requests, p50 %s p99 %s, longest %s, errors %v",
+				key, g.Requests, sec(g.P50), sec(g.P99), sec(g.Longest), g.Errors)
+			if key == "tpm-key" {
+				if n := g.Errors["Unavailable"]; n == 0 || n != sumErrors(g.Errors) {
+					t.Errorf("Python, TPM during the stall: errors %v, want Unavailable naming the provider", g.Errors)
+				}
+				continue
+			}
+			if g.Requests < 50 || sumErrors(g.Errors) != 0 || sec(g.Longest) > heldUp {
+				t.Errorf("Python, %s during the stall: %d requests, longest %s, errors %v: held up", key, g.Requests, sec(g.Longest), g.Errors)
+			}
+		}
+	}
+}
+
+func sumErrors(m map[string]int) (n int) {
+	for _, v := range m {
+		n += v
+	}
+	return n
 }
