@@ -295,9 +295,11 @@ func (d *device) probe() {
 		d.keys = n
 	}
 	d.mu.Unlock()
-	if err != nil {
+	switch {
+	case errors.Is(err, providers.ErrClosed): // the agent is stopping
+	case err != nil:
 		d.failure(healthMessage(d.p), err, false)
-	} else {
+	default:
 		d.up()
 	}
 }
