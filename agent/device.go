@@ -120,7 +120,9 @@ func (d *device) call(ctx context.Context, f func(context.Context) error, late f
 	case <-pc.done:
 	case <-ctx.Done():
 		if pc.state.CompareAndSwap(callRunning, callAbandoned) {
-			d.stuck.Add(1) // before the call can return and take it off
+			// The call may return and take itself off first; the count
+			// is right again at once.
+			d.stuck.Add(1)
 			if errors.Is(ctx.Err(), context.Canceled) { // the connection went away
 				return fmt.Errorf("%w: %w", providers.ErrClosed, ctx.Err())
 			}
