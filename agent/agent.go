@@ -396,12 +396,16 @@ func (a *Agent) forget(name string) {
 // and a key not resolved yet reports false, since finding it may wait on
 // a device.
 func (a *Agent) Immediate(name []byte) bool {
+	r := a.cached(name)
+	return r != nil && r.immediate
+}
+
+// cached returns the named key if it is resolved already, else nil.
+func (a *Agent) cached(name []byte) *resolved {
 	if m := a.cache.Load(); m != nil {
-		if r := (*m)[string(name)]; r != nil {
-			return r.immediate
-		}
+		return (*m)[string(name)]
 	}
-	return false
+	return nil
 }
 
 // check returns nil if peer may do one of ops with r.

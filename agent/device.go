@@ -70,43 +70,53 @@ func newDevice(p providers.Provider, log *slog.Logger) *device {
 	return d
 }
 
-// callState is where a call stands; the caller and the goroutine running
-// the call race to move it from running, and whoever wins decides who
-// cleans up after the call.
+// Where a call stands: its goroutine and its deadline race to move it
+// from running, and whoever wins answers the caller; the other cleans up.
 const (
 	callRunning int32 = iota
 	callFinished
 	callAbandoned
 )
 
-type pendingCall struct {
-	state atomic.Int32
-	err   error
-	done  chan struct{}
-}
-
-// call runs f, a call into the provider, and waits for it at most the
-// provider's timeout. A device call cannot be interrupted (a PKCS#11
-// library has no way to, a TPM command is in the device), so one past
-// the deadline goes on in the background while call returns an error
-// wrapping ErrUnavailable that names the provider. late, if not nil, runs
-// when such a call returns at last, to release what it holds: until then
-// the caller must leave alone everything f uses (its input, its output,
-// the context it runs on).
-func (d *device) call(ctx context.Context, f func(context.Context) error, late func()) error {
+// start runs f, a call into the provider, on a goroutine of its own and
+// returns at once. finish is called exactly once: with f's error if f
+// returns within the provider's timeout, on f's goroutine, or else when
+// the timeout passes, with an error wrapping ErrUnavailable that names the
+// provider, on a timer's goroutine; or before start returns, without
+// running f, when the provider has too many calls stuck already. A device call cannot be interrupted (a
+// PKCS#11 library has no way to, a TPM command is in the device), so one
+// past the deadline goes on in the background; late, if not nil, runs on
+// its goroutine when it returns at last, to release what it holds. Until
+// then the caller must leave alone everything f uses (its input, its
+// output, the context it runs on).
+func (d *device) start(ctx context.Context, f func(context.Context) error, finish func(error), late func()) {
 	if n := d.stuck.Load(); n >= maxStuck {
 		d.failure(fmt.Sprintf("%d calls stuck", n), errDeadline, true)
-		return providers.Publicf(providers.ErrUnavailable,
-			"provider %q is not answering: %d calls have been waiting past its %s timeout", d.p.Name(), n, d.timeout)
+		finish(providers.Publicf(providers.ErrUnavailable,
+			"provider %q is not answering: %d calls have been waiting past its %s timeout", d.p.Name(), n, d.timeout))
+		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, d.timeout)
-	pc := &pendingCall{done: make(chan struct{})}
+	// Not tied to the request's context: a connection's context is one
+	// that every request on it would otherwise register with, under one
+	// lock. A connection that goes away leaves its calls to their
+	// deadline.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.timeout)
+	var state atomic.Int32
+	stop := context.AfterFunc(ctx, func() {
+		if state.CompareAndSwap(callRunning, callAbandoned) {
+			// The call may return and take itself off first; the count
+			// is right again at once.
+			d.stuck.Add(1)
+			finish(d.deadlinePassed())
+		}
+	})
 	go func() {
 		err := f(ctx)
-		pc.err = err
-		if pc.state.CompareAndSwap(callRunning, callFinished) {
-			close(pc.done)
-			cancel() // only now: the caller takes a cancelled ctx for a deadline
+		if state.CompareAndSwap(callRunning, callFinished) {
+			stop()
+			cancel()
+			d.observe(err)
+			finish(err)
 			return
 		}
 		cancel()
@@ -116,22 +126,13 @@ func (d *device) call(ctx context.Context, f func(context.Context) error, late f
 		}
 		d.stuck.Add(-1)
 	}()
-	select {
-	case <-pc.done:
-	case <-ctx.Done():
-		if pc.state.CompareAndSwap(callRunning, callAbandoned) {
-			// The call may return and take itself off first; the count
-			// is right again at once.
-			d.stuck.Add(1)
-			if errors.Is(ctx.Err(), context.Canceled) { // the connection went away
-				return fmt.Errorf("%w: %w", providers.ErrClosed, ctx.Err())
-			}
-			return d.deadlinePassed()
-		}
-		<-pc.done // it finished as the deadline passed
-	}
-	d.observe(pc.err)
-	return pc.err
+}
+
+// call is start for a caller that waits: it returns what finish would get.
+func (d *device) call(ctx context.Context, f func(context.Context) error, late func()) error {
+	done := make(chan error, 1)
+	d.start(ctx, f, func(err error) { done <- err }, late)
+	return <-done
 }
 
 // onDevice is call for a call with a result. The result is read only

@@ -471,6 +471,72 @@ func (s *Session) verifyMAC(ctx context.Context, r *resolved, alg providers.Algo
 	return err // the provider's own
 }
 
+// StartMAC is MAC for a caller that must not wait, such as a
+// connection's reader: it returns without waiting on a device, and done
+// gets the tag or the error exactly once, on another goroutine (a device
+// call's, or its deadline's), or before StartMAC returns for an error
+// found at once (a denial, an algorithm the key lacks, a device with too
+// many calls stuck); done must not wait either. dst and data are the
+// call's until done, and past the deadline until the stuck call returns.
+// On a key not resolved yet, finding it may wait on a device too, so that
+// happens on the other goroutine.
+func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, dst []byte, done func(tag []byte, err error)) {
+	r := s.agent.cached(key)
+	if r == nil || r.immediate {
+		go func() { done(s.MAC(ctx, key, alg, data, dst)) }()
+		return
+	}
+	var start time.Time
+	if s.agent.observed() {
+		start = time.Now()
+	}
+	if err := s.allowOneShot(r, alg, OpMAC); err != nil {
+		done(nil, err)
+		return
+	}
+	var tag []byte // f's; read only when f returned in time
+	r.dev.start(ctx, func(ctx context.Context) error {
+		var err error
+		tag, err = s.mac(ctx, r, alg, data, dst)
+		return err
+	}, func(err error) {
+		var out []byte
+		if err == nil {
+			out = tag
+		} else {
+			err = s.keyFailed(r, err)
+		}
+		s.agent.auditUse(s.peer, "mac", r.name, alg, err, int64(len(data)), start)
+		done(out, err)
+	}, nil)
+}
+
+// StartVerifyMAC is VerifyMAC as StartMAC is MAC.
+func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, tag []byte, done func(error)) {
+	r := s.agent.cached(key)
+	if r == nil || r.immediate {
+		go func() { done(s.VerifyMAC(ctx, key, alg, data, tag)) }()
+		return
+	}
+	var start time.Time
+	if s.agent.observed() {
+		start = time.Now()
+	}
+	if err := s.allowOneShot(r, alg, OpVerify); err != nil {
+		done(err)
+		return
+	}
+	r.dev.start(ctx, func(ctx context.Context) error {
+		return s.verifyMAC(ctx, r, alg, data, tag)
+	}, func(err error) {
+		if err != nil && err != providers.ErrInvalidSignature {
+			err = s.keyFailed(r, err)
+		}
+		s.agent.auditUse(s.peer, "verify_mac", r.name, alg, err, int64(len(data)), start)
+		done(err)
+	}, nil)
+}
+
 // oneShotKey resolves a key for a one-shot operation and checks policy
 // and algorithm; a denial is audited.
 func (s *Session) oneShotKey(ctx context.Context, key []byte, alg providers.Algorithm, op Ops) (*resolved, error) {
@@ -478,18 +544,27 @@ func (s *Session) oneShotKey(ctx context.Context, key []byte, alg providers.Algo
 	if err != nil {
 		return nil, err
 	}
+	if err := s.allowOneShot(r, alg, op); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// allowOneShot checks policy and algorithm for a one-shot on r; a denial
+// is audited.
+func (s *Session) allowOneShot(r *resolved, alg providers.Algorithm, op Ops) error {
 	if err := s.agent.check(s.peer, r, op); err != nil {
 		name := "mac"
 		if op == OpVerify {
 			name = "verify_mac"
 		}
 		s.agent.auditUse(s.peer, name, r.name, alg, err, 0, time.Time{})
-		return nil, err
+		return err
 	}
 	if !r.key.Supports(alg) {
-		return nil, providers.Publicf(providers.ErrUnsupportedAlgorithm, "key %q (provider %q) cannot do %s", r.name, r.provider.Name(), alg)
+		return providers.Publicf(providers.ErrUnsupportedAlgorithm, "key %q (provider %q) cannot do %s", r.name, r.provider.Name(), alg)
 	}
-	return r, nil
+	return nil
 }
 
 // Contexts is how many contexts the session has open.

@@ -188,7 +188,7 @@ func (c *conn) dispatch(m *wire.Message) {
 			c.oneShot(m, c.scratch[:0])
 			return
 		}
-		c.goAsync(m, func(m *wire.Message) error { return c.oneShot(m, make([]byte, 0, 64)) })
+		c.startOneShot(m)
 	case wire.TypeListKeys, wire.TypeGenerateKey, wire.TypeImportKey, wire.TypeImportWrapped, wire.TypeDeleteKey, wire.TypeStatus:
 		c.goAsync(m, c.manage)
 	case wire.TypeHello:
@@ -258,16 +258,44 @@ func (c *conn) scratchFor(q *queue) []byte {
 
 // oneShot runs MAC or VERIFY_MAC; dst is where the tag goes, the
 // reader's scratch only when running in the reader.
-func (c *conn) oneShot(m *wire.Message, dst []byte) error {
+func (c *conn) oneShot(m *wire.Message, dst []byte) {
 	alg := providers.Algorithm(m.Algorithm)
 	if m.Type == wire.TypeMAC {
 		tag, err := c.sess.MAC(c.ctx, m.Key, alg, m.Data, dst)
 		c.replyTag(m.ID, tag, err)
-		return err
+		return
 	}
-	err := c.sess.VerifyMAC(c.ctx, m.Key, alg, m.Data, m.Tag)
-	c.replyResult(m.ID, err)
-	return err
+	c.replyResult(m.ID, c.sess.VerifyMAC(c.ctx, m.Key, alg, m.Data, m.Tag))
+}
+
+// startOneShot hands a one-shot that may wait on a device to the agent,
+// which answers on a goroutine of its own (the device call's, or its
+// deadline's), or at once for an error it finds without the device: one
+// hand-off, where a goroutine of the connection's waiting for the call
+// would be a second.
+func (c *conn) startOneShot(m *wire.Message) {
+	n, ok := c.acquire(m)
+	if !ok {
+		return
+	}
+	o, body := c.own(m)
+	finish := func(err error) {
+		recycle(body, err)
+		c.flush()
+		c.release(n)
+	}
+	alg := providers.Algorithm(o.Algorithm)
+	if o.Type == wire.TypeMAC {
+		c.sess.StartMAC(c.ctx, o.Key, alg, o.Data, make([]byte, 0, 64), func(tag []byte, err error) {
+			c.replyTag(o.ID, tag, err)
+			finish(err)
+		})
+		return
+	}
+	c.sess.StartVerifyMAC(c.ctx, o.Key, alg, o.Data, o.Tag, func(err error) {
+		c.replyResult(o.ID, err)
+		finish(err)
+	})
 }
 
 func (c *conn) manage(m *wire.Message) error {
