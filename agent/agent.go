@@ -43,13 +43,23 @@ type Options struct {
 	// audit log is (metrics use it).
 	Observe func(Use)
 	Version string
+	// HealthInterval is how often each provider's health is probed in
+	// the background; zero means DefaultHealthInterval.
+	HealthInterval time.Duration
 }
 
 // Agent routes key names to providers and holds the limits shared by all
 // sessions.
+//
+// Every call into a provider that may wait (a key lookup, key management,
+// an operation on a key that is not providers.Immediate) waits at most the
+// provider's timeout (providers.Deadliner, else DefaultTimeout), then
+// fails with ErrUnavailable naming the provider. Status never calls a
+// provider: each one's health is probed in the background.
 type Agent struct {
 	providers     []providers.Provider
 	byName        map[string]providers.Provider
+	devices       map[providers.Provider]*device
 	keys          map[string]KeyConfig
 	defaultPolicy Policy
 	limits        Limits
@@ -95,13 +105,11 @@ type resolved struct {
 	name      string
 	key       providers.Key
 	provider  providers.Provider
+	dev       *device
 	policy    *Policy
 	immediate bool
-	oneShots  *latency                  // how long the key's one-shots take
-	prepares  *latency                  // how long readying its device takes (Preparer)
 	oneShot   providers.OneShot         // nil if the key has no fast path
 	verifier  providers.OneShotVerifier // nil if the key cannot verify in its device
-	preparer  providers.Preparer        // nil if the key has nothing to prepare
 }
 
 // New returns an agent serving the given providers. It fails if a key names
@@ -109,6 +117,7 @@ type resolved struct {
 func New(opts Options) (*Agent, error) {
 	a := &Agent{
 		byName:  make(map[string]providers.Provider),
+		devices: make(map[providers.Provider]*device),
 		keys:    make(map[string]KeyConfig),
 		limits:  opts.Limits,
 		log:     opts.Logger,
@@ -138,6 +147,7 @@ func New(opts Options) (*Agent, error) {
 		}
 		a.byName[p.Name()] = p
 		a.providers = append(a.providers, p)
+		a.devices[p] = newDevice(p, a.log)
 	}
 	keys, err := a.keyMap(opts.Keys)
 	if err != nil {
@@ -146,7 +156,35 @@ func New(opts Options) (*Agent, error) {
 	a.keys = keys
 	a.noteIdentityNeedsLocked(a.keys, a.defaultPolicy)
 	go a.tick()
+	a.watch(opts.HealthInterval)
 	return a, nil
+}
+
+// watch starts a prober per provider and waits for the first probes, at
+// most the longest timeout: a status asked for at once then reports what
+// the devices said rather than nothing.
+func (a *Agent) watch(interval time.Duration) {
+	if interval <= 0 {
+		interval = DefaultHealthInterval
+	}
+	var longest time.Duration
+	firsts := make([]chan struct{}, 0, len(a.providers))
+	for _, p := range a.providers {
+		d := a.devices[p]
+		first := make(chan struct{})
+		firsts = append(firsts, first)
+		longest = max(longest, d.timeout)
+		go d.watch(interval, a.stop, first)
+	}
+	deadline := time.NewTimer(longest)
+	defer deadline.Stop()
+	for _, first := range firsts {
+		select {
+		case <-first:
+		case <-deadline.C:
+			return
+		}
+	}
 }
 
 func (a *Agent) keyMap(list []KeyConfig) (map[string]KeyConfig, error) {
@@ -190,24 +228,37 @@ func (a *Agent) Reload(keys []KeyConfig, defaultPolicy *Policy) error {
 }
 
 // current checks a key resolved under an older configuration: the same
-// name must still find the same key, whose policy may have changed. A
-// key the name no longer finds is lost to the context, which the error
-// says as a denial: the caller lost every operation on it.
-func (a *Agent) current(ctx context.Context, r *resolved) (*resolved, error) {
+// name must still name the same key, whose policy may have changed. It
+// reads only the configuration, never a provider, so it may run
+// anywhere: a name that was found by searching the providers is taken to
+// find the same key still. A key the name no longer finds is lost to the
+// context, which the error says as a denial: the caller lost every
+// operation on it.
+func (a *Agent) current(r *resolved) (*resolved, error) {
 	if r.gen == a.gen.Load() {
 		return r, nil
 	}
-	now, err := a.resolve(ctx, []byte(r.name))
-	if errors.Is(err, providers.ErrKeyNotFound) {
-		return nil, providers.Publicf(providers.ErrPermissionDenied, "key %q was removed from the agent's configuration; the context was ended", r.name)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if now.provider != r.provider || now.ref != r.ref {
+	a.mu.RLock()
+	kc, configured := a.keys[r.name]
+	def := a.defaultPolicy
+	gen := a.gen.Load()
+	a.mu.RUnlock()
+	now := *r
+	now.gen = gen
+	switch {
+	case configured && (a.byName[kc.Provider] != r.provider || kc.Ref != r.ref):
 		return nil, providers.Publicf(providers.ErrPermissionDenied, "key %q now names another key; the context, which used the old one, was ended", r.name)
+	case configured:
+		pol := kc.Policy
+		now.policy = &pol
+	case r.ref != r.name: // configured under another name before
+		return nil, providers.Publicf(providers.ErrPermissionDenied, "key %q was removed from the agent's configuration; the context was ended", r.name)
+	case a.refClaimed(r):
+		return nil, providers.Publicf(providers.ErrPermissionDenied, "key %q is now reachable only through the configured key that names its object; the context was ended", r.name)
+	default:
+		now.policy = &def
 	}
-	return now, nil
+	return &now, nil
 }
 
 // revalidateSessions ends, at once, the open contexts that a reload
@@ -295,27 +346,29 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 	if a.unknown.has(name, time.Now()) {
 		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q not found", name)
 	}
-	r := &resolved{name: name, ref: name, gen: gen, policy: &def, oneShots: new(latency), prepares: new(latency)}
+	r := &resolved{name: name, ref: name, gen: gen, policy: &def}
 	if configured {
 		p := a.byName[kc.Provider]
-		k, err := p.Key(ctx, kc.Ref)
+		k, err := a.findIn(ctx, p, kc.Ref)
 		if err != nil {
-			return nil, a.keyError(gen, made, name, err)
+			return nil, a.keyError(gen, made, name, p, err)
 		}
 		pol := kc.Policy
 		r.key, r.provider, r.policy, r.ref = k, p, &pol, kc.Ref
 	} else {
+		// A provider that cannot answer stops the search: a later one's
+		// key of the same name is not the key this name means.
 		for _, p := range a.providers {
-			k, err := p.Key(ctx, name)
+			k, err := a.findIn(ctx, p, name)
 			if errors.Is(err, providers.ErrKeyNotFound) {
 				continue
 			}
 			if err != nil {
-				return nil, a.keyError(gen, made, name, err)
+				return nil, a.keyError(gen, made, name, p, err)
 			}
 			entry, err := a.claimedBy(ctx, keys, p, name, k)
 			if err != nil {
-				return nil, a.keyError(gen, made, name, err)
+				return nil, a.keyError(gen, made, name, p, err)
 			}
 			if entry != "" {
 				a.log.Debug("key name refers to a configured key's object; not reachable by it", "key", name, "provider", p.Name(), "configured", entry)
@@ -325,15 +378,15 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 			break
 		}
 		if r.key == nil {
-			return nil, a.keyError(gen, made, name, providers.ErrKeyNotFound)
+			return nil, a.keyError(gen, made, name, nil, providers.ErrKeyNotFound)
 		}
 	}
+	r.dev = a.devices[r.provider]
 	if im, ok := r.key.(providers.Immediate); ok {
 		r.immediate = im.Immediate()
 	}
 	r.oneShot, _ = r.key.(providers.OneShot)
 	r.verifier, _ = r.key.(providers.OneShotVerifier)
-	r.preparer, _ = r.key.(providers.Preparer)
 	a.mu.Lock()
 	if a.gen.Load() == gen { // a reload meanwhile: do not cache the old view
 		a.updateCacheLocked(func(m map[string]*resolved) { m[name] = r })
@@ -342,10 +395,17 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 	return r, nil
 }
 
-// keyError logs a provider's error in full and returns what the client may
-// see. A name found nowhere is remembered for a while, unless a reload
-// came meanwhile.
-func (a *Agent) keyError(gen, made uint64, name string, err error) error {
+// findIn finds a key in p, within p's timeout.
+func (a *Agent) findIn(ctx context.Context, p providers.Provider, ref string) (providers.Key, error) {
+	return onDevice(ctx, a.devices[p], func(ctx context.Context) (providers.Key, error) {
+		return p.Key(ctx, ref)
+	}, nil)
+}
+
+// keyError logs a provider's error in full (rate-limited) and returns
+// what the client may see. A name found nowhere is remembered for a
+// while, unless a reload came meanwhile.
+func (a *Agent) keyError(gen, made uint64, name string, p providers.Provider, err error) error {
 	if errors.Is(err, providers.ErrKeyNotFound) {
 		a.mu.RLock()
 		if a.gen.Load() == gen && a.made.Load() == made {
@@ -354,8 +414,9 @@ func (a *Agent) keyError(gen, made uint64, name string, err error) error {
 		a.mu.RUnlock()
 		return providers.Publicf(providers.ErrKeyNotFound, "key %q not found", name)
 	}
-	a.log.Warn("key lookup failed", "key", name, "err", err)
-	return err
+	d := a.devices[p]
+	d.warn("key lookup failed", "key", name, "err", err)
+	return d.public(err)
 }
 
 // updateCacheLocked publishes a changed copy of the cache.
@@ -388,57 +449,22 @@ func (a *Agent) forget(name string) {
 }
 
 // Immediate reports whether operations on the named key run on the CPU
-// without waiting, so a server may run them inline. Unknown keys report
-// true: their requests fail at once.
-func (a *Agent) Immediate(ctx context.Context, name []byte) bool {
-	r, err := a.resolve(ctx, name)
-	return err != nil || r.immediate
+// without waiting (providers.Immediate), so a server may run them inline.
+// It never calls a provider: it answers from the keys already resolved,
+// and a key not resolved yet reports false, since finding it may wait on
+// a device.
+func (a *Agent) Immediate(name []byte) bool {
+	r := a.cached(name)
+	return r != nil && r.immediate
 }
 
-// Quick reports whether a one-shot on the named key is cheap enough for a
-// server to run inline rather than hand to another goroutine: the key's
-// operations run on the CPU, or its recent one-shots took less than
-// inlineBelow and its provider is not busy now. Such a call costs less
-// than the hand-off would, and holds up the requests behind it no longer
-// than that. Unknown keys report true: their requests fail at once.
-func (a *Agent) Quick(ctx context.Context, name []byte) bool {
-	r, err := a.resolve(ctx, name)
-	return err != nil || r.quick()
+// cached returns the named key if it is resolved already, else nil.
+func (a *Agent) cached(name []byte) *resolved {
+	if m := a.cache.Load(); m != nil {
+		return (*m)[string(name)]
+	}
+	return nil
 }
-
-func (r *resolved) quick() bool {
-	if r.immediate {
-		return true
-	}
-	if avg := r.oneShots.average(); avg == 0 || avg > inlineBelow {
-		return false
-	}
-	if b, ok := r.provider.(providers.BusyReporter); ok && b.Busy() {
-		return false
-	}
-	return true
-}
-
-// inlineBelow is the one-shot time under which a device key's one-shots
-// run inline: a few goroutine hand-offs. A local token or software TPM is
-// under it; a hardware TPM or a network HSM, at milliseconds, is not.
-const inlineBelow = 100 * time.Microsecond
-
-// latency is a moving average of a key's one-shot times, which many
-// goroutines update: an update lost to a race only slows the average.
-type latency struct{ ns atomic.Int64 }
-
-func (l *latency) observe(d time.Duration) {
-	old := l.ns.Load()
-	if old == 0 {
-		l.ns.Store(max(int64(d), 1))
-		return
-	}
-	l.ns.Store(max(old+(int64(d)-old)/8, 1))
-}
-
-// average is 0 until the first one-shot.
-func (l *latency) average() time.Duration { return time.Duration(l.ns.Load()) }
 
 // check returns nil if peer may do one of ops with r.
 func (a *Agent) check(peer Peer, r *resolved, ops Ops) error {

@@ -24,6 +24,17 @@
 // whether the key exists or not; names found in no provider are
 // remembered for a short while, so that guesses do not reach a device.
 //
+// # Devices
+//
+// Every call into a provider that may wait (all but the operations of
+// providers.Immediate keys) waits at most the provider's timeout
+// (providers.Deadliner, else [DefaultTimeout]) and then fails with
+// ErrUnavailable naming the provider. The call itself cannot be
+// interrupted and goes on in the background, keeping its input and
+// whatever it holds in the device until it returns; a context whose call
+// passed the deadline is ended and answers ErrContextLost. [Agent.Status]
+// never calls a provider: health is probed in the background.
+//
 // # Concurrency
 //
 // [Agent] is safe for concurrent use. A [Session] is safe for concurrent

@@ -68,16 +68,9 @@ func (a *Agent) allowedNothing(peer Peer, name []byte) bool {
 
 // Immediate is Agent.Immediate for the session's peer. A name the peer
 // may use no key of reports true without a lookup: its requests are
-// denied at once, and a caller allowed nothing never makes the agent ask
-// a provider about a name.
-func (s *Session) Immediate(ctx context.Context, name []byte) bool {
-	return s.agent.allowedNothing(s.peer, name) || s.agent.Immediate(ctx, name)
-}
-
-// Quick is Agent.Quick for the session's peer, with names treated as by
-// Immediate.
-func (s *Session) Quick(ctx context.Context, name []byte) bool {
-	return s.agent.allowedNothing(s.peer, name) || s.agent.Quick(ctx, name)
+// denied at once, so they may as well be denied inline.
+func (s *Session) Immediate(name []byte) bool {
+	return s.agent.allowedNothing(s.peer, name) || s.agent.Immediate(name)
 }
 
 // denied is the reply to a peer that pol does not allow ops. A peer
@@ -116,7 +109,7 @@ func (a *Agent) claimedBy(ctx context.Context, keys map[string]KeyConfig, p prov
 		if !hasID {
 			continue
 		}
-		ck, err := p.Key(ctx, kc.Ref)
+		ck, err := a.findIn(ctx, p, kc.Ref)
 		if errors.Is(err, providers.ErrKeyNotFound) {
 			continue
 		}
@@ -192,4 +185,19 @@ func (u *unknownNames) size() int {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return len(u.cur) + len(u.prev)
+}
+
+// refClaimed reports whether a configured key now names r's object under
+// another name, so that r's name may no longer reach it. It reads only
+// the configuration: an alias the configuration does not spell the same
+// way is caught when the name is next looked up, not for open contexts.
+func (a *Agent) refClaimed(r *resolved) bool {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	for _, kc := range a.keys {
+		if kc.Name != r.name && kc.Ref == r.ref && a.byName[kc.Provider] == r.provider {
+			return true
+		}
+	}
+	return false
 }

@@ -53,9 +53,12 @@ func (a *Agent) ListKeys(ctx context.Context, peer Peer) ([]providers.KeyInfo, e
 	}
 	if admin || def.allows(peer, OpMAC|OpVerify) {
 		for _, p := range a.providers {
-			infos, err := p.Keys(ctx)
+			infos, err := onDevice(ctx, a.devices[p], p.Keys, nil)
+			if timedOut(err) {
+				return nil, err
+			}
 			if err != nil {
-				a.log.Warn("listing keys failed", "provider", p.Name(), "err", err)
+				a.devices[p].warn("listing keys failed", "err", err)
 				return nil, providers.Publicf(providers.ErrUnavailable, "provider %q cannot list its keys", p.Name())
 			}
 			for _, info := range infos {
@@ -105,7 +108,9 @@ func (a *Agent) GenerateKey(ctx context.Context, peer Peer, provider, name strin
 	if !ok {
 		return providers.KeyInfo{}, providers.Publicf(providers.ErrNotSupported, "provider %q cannot generate keys", p.Name())
 	}
-	info, err := g.GenerateKey(ctx, name, length)
+	info, err := a.manageCall(ctx, p, "generate", name, func(ctx context.Context) (providers.KeyInfo, error) {
+		return g.GenerateKey(ctx, name, length)
+	})
 	a.forget(name)
 	return info, a.manageError(peer, "generate", p, name, err)
 }
@@ -121,7 +126,9 @@ func (a *Agent) ImportKey(ctx context.Context, peer Peer, provider, name string,
 	if !ok {
 		return providers.KeyInfo{}, providers.Publicf(providers.ErrNotSupported, "provider %q cannot import keys", p.Name())
 	}
-	info, err := im.ImportKey(ctx, name, secret)
+	info, err := a.manageCall(ctx, p, "import", name, func(ctx context.Context) (providers.KeyInfo, error) {
+		return im.ImportKey(ctx, name, secret)
+	})
 	a.forget(name)
 	return info, a.manageError(peer, "import", p, name, err)
 }
@@ -138,7 +145,9 @@ func (a *Agent) ImportWrappedKey(ctx context.Context, peer Peer, provider, name,
 	if !ok {
 		return providers.KeyInfo{}, providers.Publicf(providers.ErrNotSupported, "provider %q cannot import wrapped keys", p.Name())
 	}
-	info, err := wi.ImportWrappedKey(ctx, name, wrappingKey, wrapped)
+	info, err := a.manageCall(ctx, p, "import_wrapped", name, func(ctx context.Context) (providers.KeyInfo, error) {
+		return wi.ImportWrappedKey(ctx, name, wrappingKey, wrapped)
+	})
 	a.forget(name)
 	return info, a.manageError(peer, "import_wrapped", p, name, err)
 }
@@ -167,9 +176,38 @@ func (a *Agent) DeleteKey(ctx context.Context, peer Peer, provider, name string)
 	if !ok {
 		return providers.Publicf(providers.ErrNotSupported, "provider %q cannot delete keys", p.Name())
 	}
-	err = d.DeleteKey(ctx, ref)
+	_, err = a.manageCall(ctx, p, "delete", name, func(ctx context.Context) (providers.KeyInfo, error) {
+		return providers.KeyInfo{}, d.DeleteKey(ctx, ref)
+	})
 	a.forget(name)
 	return a.manageError(peer, "delete", p, name, err)
+}
+
+// manageCall runs a key management call within p's timeout. One that
+// passes it may still finish: the key's cached view is dropped then, and
+// the log says how it ended, since the client was told it is unavailable.
+func (a *Agent) manageCall(ctx context.Context, p providers.Provider, op, name string, f func(context.Context) (providers.KeyInfo, error)) (providers.KeyInfo, error) {
+	d := a.devices[p]
+	change := 1
+	if op == "delete" {
+		change = -1
+	}
+	var lateErr error // the late call's own, written and read on its goroutine
+	info, err := onDevice(ctx, d, func(ctx context.Context) (providers.KeyInfo, error) {
+		info, err := f(ctx)
+		lateErr = err
+		return info, err
+	}, func(providers.KeyInfo) {
+		a.forget(name)
+		if lateErr == nil {
+			d.keysChanged(change)
+		}
+		a.log.Warn("key "+op+" finished after its deadline", "key", name, "provider", p.Name(), "err", lateErr)
+	})
+	if err == nil {
+		d.keysChanged(change)
+	}
+	return info, err
 }
 
 func (a *Agent) managed(peer Peer, provider, name string) (providers.Provider, error) {
@@ -200,7 +238,7 @@ func (a *Agent) manageError(peer Peer, op string, p providers.Provider, name str
 		}
 	}
 	if pe, ok := errors.AsType[*providers.PublicError](err); ok {
-		return pe
+		return a.devices[p].public(pe)
 	}
 	return providers.Publicf(code, "%s key %q in provider %q: %s", op, name, p.Name(), code)
 }
@@ -208,30 +246,11 @@ func (a *Agent) manageError(peer Peer, op string, p providers.Provider, name str
 // Providers lists the agent's providers in lookup order.
 func (a *Agent) Providers() []providers.Provider { return a.providers }
 
-// Health checks a provider: its own check if it has one, else listing its
-// keys. It gives up after five seconds.
-func (a *Agent) Health(ctx context.Context, p providers.Provider) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if h, ok := p.(providers.HealthChecker); ok {
-		return h.Health(ctx)
-	}
-	_, err := p.Keys(ctx)
-	return err
-}
-
-// healthMessage says what failing means for each kind of provider,
-// without the device's own error text, which goes to the log.
-func healthMessage(p providers.Provider) string {
-	switch p.Kind() {
-	case "pkcs11":
-		return "the token is missing or not logged in"
-	case "tpm":
-		return "the TPM does not answer"
-	case "software":
-		return "the keystore directory is missing or not private"
-	}
-	return "unavailable"
+// Healthy reports p's health as last found, without asking it: by the
+// background probes, and by the requests it served since.
+func (a *Agent) Healthy(p providers.Provider) bool {
+	d := a.devices[p]
+	return d != nil && d.healthy(time.Now())
 }
 
 // Status and ProviderStatus are the agent's account of itself.
@@ -280,31 +299,25 @@ func (s *Session) openContexts() int {
 	return len(s.contexts)
 }
 
-// Status reports the agent's state. Any connected peer may ask.
-func (a *Agent) Status(ctx context.Context) Status {
+// Contexts is how many contexts are open in the agent.
+func (a *Agent) Contexts() int64 { return a.contexts.Load() }
+
+// Status reports the agent's state. Any connected peer may ask. It never
+// waits on a device: each provider's health and key count are what its
+// background probe found last, with their age.
+func (a *Agent) Status(context.Context) Status {
+	now := time.Now()
 	st := Status{
 		Version:     a.version,
 		Started:     a.started.UTC().Truncate(time.Second),
-		Uptime:      time.Since(a.started).Seconds(),
+		Uptime:      now.Sub(a.started).Seconds(),
 		PID:         os.Getpid(),
 		Connections: a.sessions.Load(),
 		Contexts:    a.contexts.Load(),
 	}
 	for _, p := range a.providers {
-		ps := ProviderStatus{Name: p.Name(), Kind: p.Kind(), Healthy: true}
-		if err := a.Health(ctx, p); err != nil {
-			ps.Healthy = false
-			ps.Error = healthMessage(p)
-			a.log.Warn("provider unhealthy", "provider", p.Name(), "err", err)
-		}
-		infos, err := p.Keys(ctx)
-		if err != nil && ps.Healthy {
-			ps.Healthy = false
-			ps.Error = "cannot list keys"
-			a.log.Warn("provider unhealthy", "provider", p.Name(), "err", err)
-		}
-		ps.Keys = len(infos)
-		st.Keys += len(infos)
+		ps := a.devices[p].status(now)
+		st.Keys += ps.Keys
 		st.Providers = append(st.Providers, ps)
 	}
 	return st

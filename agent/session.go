@@ -5,7 +5,6 @@ import (
 	"crypto/subtle"
 	"errors"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/providers"
@@ -20,16 +19,6 @@ const maxTombstones = 1024
 type Session struct {
 	agent *Agent
 	peer  Peer
-
-	// last is the key of the session's last one-shot that has something
-	// to prepare, and lastKind its algorithm and operation. next is set
-	// to them when two in a row were alike, and Idle prepares for
-	// another: a client that connects for one MAC is not prepared for,
-	// which would double its token calls.
-	last     atomic.Pointer[resolved]
-	lastKind atomic.Uint32 // a oneShotKind
-	next     atomic.Pointer[resolved]
-	nextKind atomic.Uint32
 
 	mu       sync.Mutex
 	contexts map[uint32]*macContext
@@ -55,6 +44,10 @@ type macContext struct {
 	opened  time.Time
 	lastUse int64 // the agent's coarse clock
 	busy    bool
+	// lost is set when a call on the context passed its provider's
+	// deadline: the call, still running, owns mac and closes it when it
+	// returns, and the context answers err (ErrContextLost) from then on.
+	lost bool
 }
 
 // NewSession starts a session for a connected peer.
@@ -87,7 +80,14 @@ func (s *Session) Open(ctx context.Context, id uint32, key []byte, alg providers
 	if err := s.reserve(id); err != nil {
 		return err
 	}
-	m, err := r.key.NewMAC(ctx, alg)
+	var m providers.MAC
+	if r.immediate {
+		m, err = r.key.NewMAC(ctx, alg)
+	} else {
+		m, err = onDevice(ctx, r.dev, func(ctx context.Context) (providers.MAC, error) {
+			return r.key.NewMAC(ctx, alg)
+		}, closeMAC)
+	}
 	if err != nil {
 		s.release(id)
 		return s.keyFailed(r, err)
@@ -191,7 +191,7 @@ func (s *Session) take(id uint32, remove, replies bool) (*macContext, error) {
 // same key, and the peer must still have every operation it had.
 // Otherwise the peer lost an operation, and the error says which way.
 func (s *Session) revalidate(key *resolved, ops Ops) (*resolved, error) {
-	r, err := s.agent.current(context.Background(), key)
+	r, err := s.agent.current(key)
 	if err != nil {
 		return nil, err
 	}
@@ -236,17 +236,29 @@ func (s *Session) done(c *macContext) {
 	s.mu.Unlock()
 }
 
-// keyFailed turns a provider's error into what the client sees, and drops
-// a key that vanished from the cache.
+// keyFailed turns a provider's error into what the client sees, drops a
+// key that vanished from the cache, and logs what the client does not see
+// (rate-limited per provider).
 func (s *Session) keyFailed(r *resolved, err error) error {
 	if errors.Is(err, providers.ErrKeyNotFound) {
 		s.agent.forget(r.name)
 		return providers.Publicf(providers.ErrKeyNotFound, "key %q not found", r.name)
 	}
-	if _, ok := errors.AsType[*providers.PublicError](err); !ok {
-		s.agent.log.Warn("provider operation failed", "key", r.name, "provider", r.provider.Name(), "err", err)
+	if timedOut(err) {
+		return err // the device's state change is logged, and the error names it
 	}
-	return err
+	if _, ok := errors.AsType[*providers.PublicError](err); !ok {
+		r.dev.warn("provider operation failed", "key", r.name, "err", err)
+	}
+	return r.dev.public(err)
+}
+
+// lose ends context c after a call on it passed its deadline. The call
+// still running owns c's MAC and closes it when it returns.
+func (s *Session) lose(c *macContext) {
+	c.lost = true
+	c.err = providers.Publicf(providers.ErrContextLost,
+		"the context was ended: provider %q did not answer within %s", c.key.provider.Name(), c.key.dev.timeout)
 }
 
 // Update appends p to context id. An error from the provider sticks to the
@@ -275,13 +287,35 @@ func (s *Session) update(ctx context.Context, id uint32, p []byte, release func(
 		return err
 	}
 	if c.err == nil {
-		if r, ok := c.mac.(providers.Retainer); ok && release != nil {
-			err = r.UpdateRetained(ctx, p, release)
-			release = nil
-		} else {
+		rt, retains := c.mac.(providers.Retainer)
+		retains = retains && release != nil
+		switch {
+		case c.key.immediate && retains:
+			err = rt.UpdateRetained(ctx, p, release)
+		case c.key.immediate:
 			err = c.mac.Update(ctx, p)
+		default:
+			mac, rel := c.mac, release
+			err = c.key.dev.call(ctx, func(ctx context.Context) error {
+				if retains {
+					return rt.UpdateRetained(ctx, p, rel)
+				}
+				return mac.Update(ctx, p)
+			}, func() {
+				mac.Close()
+				if rel != nil && !retains {
+					rel(p) // p was the stuck call's until now
+				}
+			})
+			if timedOut(err) {
+				release = nil
+				s.lose(c)
+			}
 		}
-		if err != nil {
+		if retains {
+			release = nil // the context releases it
+		}
+		if err != nil && !c.lost {
 			c.err = s.keyFailed(c.key, err)
 		}
 		c.bytes += int64(len(p))
@@ -307,7 +341,19 @@ func (s *Session) Copy(ctx context.Context, id, newID uint32) error {
 	if err := s.reserve(newID); err != nil {
 		return err
 	}
-	m, err := c.mac.Copy(ctx)
+	var m providers.MAC
+	if c.key.immediate {
+		m, err = c.mac.Copy(ctx)
+	} else {
+		src := c.mac
+		m, err = onDevice(ctx, c.key.dev, src.Copy, func(m providers.MAC) {
+			src.Close()
+			closeMAC(m)
+		})
+		if timedOut(err) {
+			s.lose(c)
+		}
+	}
 	if err != nil {
 		s.release(newID)
 		return s.keyFailed(c.key, err)
@@ -330,7 +376,14 @@ func (s *Session) Finalize(ctx context.Context, id uint32, dst []byte) (tag []by
 	if err := s.agent.check(s.peer, c.key, OpMAC); err != nil {
 		return nil, err
 	}
-	t, err := c.mac.Finalize(ctx)
+	var t []byte
+	if c.key.immediate {
+		t, err = c.mac.Finalize(ctx)
+	} else {
+		mac := c.mac
+		t, err = onDevice(ctx, c.key.dev, mac.Finalize, func([]byte) { mac.Close() })
+		c.lost = timedOut(err)
+	}
 	if err != nil {
 		return nil, s.keyFailed(c.key, err)
 	}
@@ -351,7 +404,14 @@ func (s *Session) Verify(ctx context.Context, id uint32, tag []byte) (err error)
 	if err := s.agent.check(s.peer, c.key, OpVerify); err != nil {
 		return err
 	}
-	if err := c.mac.Verify(ctx, tag); err != nil {
+	if c.key.immediate {
+		err = c.mac.Verify(ctx, tag)
+	} else {
+		mac := c.mac
+		err = c.key.dev.call(ctx, func(ctx context.Context) error { return mac.Verify(ctx, tag) }, mac.Close)
+		c.lost = timedOut(err)
+	}
+	if err != nil {
 		if errors.Is(err, providers.ErrInvalidSignature) {
 			return providers.ErrInvalidSignature
 		}
@@ -362,7 +422,9 @@ func (s *Session) Verify(ctx context.Context, id uint32, tag []byte) (err error)
 
 // finish closes a context taken out of the session and audits its use.
 func (s *Session) finish(c *macContext, op string, err error) {
-	c.mac.Close()
+	if !c.lost {
+		c.mac.Close()
+	}
 	s.agent.auditUse(s.peer, op, c.key.name, c.alg, err, c.bytes, c.opened)
 }
 
@@ -384,126 +446,39 @@ func (s *Session) MAC(ctx context.Context, key []byte, alg providers.Algorithm, 
 	if err != nil {
 		return nil, err
 	}
-	var t0 time.Time
-	if !r.immediate {
-		t0 = time.Now()
+	var tag []byte
+	if r.immediate {
+		tag, err = s.mac(ctx, r, alg, data, dst)
+	} else {
+		tag, err = onDevice(ctx, r.dev, func(ctx context.Context) ([]byte, error) {
+			return s.mac(ctx, r, alg, data, dst)
+		}, nil)
 	}
-	tag, err := s.mac(ctx, r, alg, data, dst)
-	if !r.immediate {
-		r.oneShots.observe(time.Since(t0))
-	}
-	if r.preparer != nil && err == nil {
-		s.expectAnother(r, alg, false)
+	if err != nil {
+		tag, err = nil, s.keyFailed(r, err)
 	}
 	s.agent.auditUse(s.peer, "mac", r.name, alg, err, int64(len(data)), start)
 	return tag, err
 }
 
+// mac computes a one-shot's tag; its errors are the provider's own.
 func (s *Session) mac(ctx context.Context, r *resolved, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
 	if r.oneShot != nil {
-		tag, err := r.oneShot.SumMAC(ctx, alg, data, dst)
-		if err != nil {
-			return nil, s.keyFailed(r, err)
-		}
-		return tag, nil
+		return r.oneShot.SumMAC(ctx, alg, data, dst)
 	}
 	m, err := r.key.NewMAC(ctx, alg)
 	if err != nil {
-		return nil, s.keyFailed(r, err)
+		return nil, err
 	}
 	defer m.Close()
 	if err := m.Update(ctx, data); err != nil {
-		return nil, s.keyFailed(r, err)
+		return nil, err
 	}
 	tag, err := m.Finalize(ctx)
 	if err != nil {
-		return nil, s.keyFailed(r, err)
+		return nil, err
 	}
 	return append(dst, tag...), nil
-}
-
-// Idle is called by a server's reader with nothing to do for the session:
-// no request waiting and the replies sent. After two like one-shots in a
-// row, it readies the device for a third, which the client is likely to
-// make next. A quick device is readied before Idle returns: the reader
-// would only wait for the next request meanwhile, and a hand-off to
-// another goroutine costs more on a busy machine than it saves. Quick
-// means its one-shots have been measured under inlineBelow and its
-// readying under prepareInlineBelow: once a one-shot is prepared, it
-// alone no longer shows the device's cost. A slow device is readied on
-// another goroutine, so that the next request does not wait behind it.
-func (s *Session) Idle(ctx context.Context) {
-	r, alg, verify := s.takeNext()
-	if r == nil {
-		return
-	}
-	if avg := r.prepares.average(); r.quick() && avg != 0 && avg <= prepareInlineBelow {
-		prepare(ctx, r, alg, verify)
-		return
-	}
-	go prepare(context.WithoutCancel(ctx), r, alg, verify)
-}
-
-// prepareInlineBelow is the readying time under which Idle readies a
-// device before returning. It is above inlineBelow: an idle reader holds
-// up only a request that comes while it readies, and on a busy machine a
-// hand-off costs more than a token's init call slowed by contention
-// (SoftHSM2 with 8 clients, whose init calls then pass 100 µs: 0.66 and
-// 0.77 of direct with a limit of 100 µs, 0.86 and 0.95 with this one). A
-// network HSM, at milliseconds, is above it.
-const prepareInlineBelow = time.Millisecond
-
-// PrepareNext is Idle for a goroutine that may wait, such as one that ran
-// a one-shot off the reader and sent its reply: it readies the device
-// before returning.
-func (s *Session) PrepareNext(ctx context.Context) {
-	if r, alg, verify := s.takeNext(); r != nil {
-		prepare(ctx, r, alg, verify)
-	}
-}
-
-// prepare readies r's device and times it.
-func prepare(ctx context.Context, r *resolved, alg providers.Algorithm, verify bool) {
-	t0 := time.Now()
-	r.preparer.Prepare(ctx, alg, verify)
-	r.prepares.observe(time.Since(t0))
-}
-
-// oneShotKind packs a one-shot's algorithm and whether it verifies, so
-// that one atomic word holds both.
-type oneShotKind uint32
-
-const verifyKind oneShotKind = 1 << 8
-
-func kindOf(alg providers.Algorithm, verify bool) oneShotKind {
-	k := oneShotKind(alg)
-	if verify {
-		k |= verifyKind
-	}
-	return k
-}
-
-// expectAnother notes a one-shot on r that reached the device, and marks
-// a like one for Idle to prepare if the one before was alike. Concurrent
-// one-shots may mix their notes up: that costs at most a preparation.
-func (s *Session) expectAnother(r *resolved, alg providers.Algorithm, verify bool) {
-	kind := uint32(kindOf(alg, verify))
-	sameKey := s.last.Swap(r) == r
-	sameKind := s.lastKind.Swap(kind) == kind
-	if sameKey && sameKind {
-		s.nextKind.Store(kind)
-		s.next.Store(r)
-	}
-}
-
-// takeNext returns what to prepare for, once.
-func (s *Session) takeNext() (r *resolved, alg providers.Algorithm, verify bool) {
-	r = s.next.Swap(nil)
-	if r == nil || r.gen != s.agent.gen.Load() { // none, or the configuration was reloaded
-		return nil, 0, false
-	}
-	kind := oneShotKind(s.nextKind.Load())
-	return r, providers.Algorithm(kind &^ verifyKind), kind&verifyKind != 0
 }
 
 // VerifyMAC checks tag over data in one call, in constant time: in the
@@ -517,22 +492,20 @@ func (s *Session) VerifyMAC(ctx context.Context, key []byte, alg providers.Algor
 	if err != nil {
 		return err
 	}
-	var t0 time.Time
-	if !r.immediate {
-		t0 = time.Now()
+	if r.immediate {
+		err = s.verifyMAC(ctx, r, alg, data, tag)
+	} else {
+		err = r.dev.call(ctx, func(ctx context.Context) error { return s.verifyMAC(ctx, r, alg, data, tag) }, nil)
 	}
-	err = s.verifyMAC(ctx, r, alg, data, tag)
-	if !r.immediate {
-		r.oneShots.observe(time.Since(t0))
-	}
-	if r.preparer != nil && (err == nil || errors.Is(err, providers.ErrInvalidSignature)) {
-		// A key that cannot verify in its device verifies by signing.
-		s.expectAnother(r, alg, r.verifier != nil)
+	if err != nil && err != providers.ErrInvalidSignature {
+		err = s.keyFailed(r, err)
 	}
 	s.agent.auditUse(s.peer, "verify_mac", r.name, alg, err, int64(len(data)), start)
 	return err
 }
 
+// verifyMAC checks a one-shot's tag; its errors are ErrInvalidSignature or
+// the provider's own.
 func (s *Session) verifyMAC(ctx context.Context, r *resolved, alg providers.Algorithm, data, tag []byte) error {
 	var err error
 	switch {
@@ -553,13 +526,76 @@ func (s *Session) verifyMAC(ctx context.Context, r *resolved, alg providers.Algo
 			m.Close()
 		}
 	}
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, providers.ErrInvalidSignature):
+	if errors.Is(err, providers.ErrInvalidSignature) {
 		return providers.ErrInvalidSignature
 	}
-	return s.keyFailed(r, err)
+	return err // the provider's own
+}
+
+// StartMAC is MAC for a caller that must not wait, such as a
+// connection's reader: it returns without waiting on a device, and done
+// gets the tag or the error exactly once, on another goroutine (a device
+// call's, or its deadline's), or before StartMAC returns for an error
+// found at once (a denial, an algorithm the key lacks, a device with too
+// many calls stuck); done must not wait either. dst and data are the
+// call's until done, and past the deadline until the stuck call returns.
+// On a key not resolved yet, finding it may wait on a device too, so that
+// happens on the other goroutine.
+func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, dst []byte, done func(tag []byte, err error)) {
+	r := s.agent.cached(key)
+	if r == nil || r.immediate {
+		go func() { done(s.MAC(ctx, key, alg, data, dst)) }()
+		return
+	}
+	var start time.Time
+	if s.agent.observed() {
+		start = time.Now()
+	}
+	if err := s.allowOneShot(r, alg, OpMAC); err != nil {
+		done(nil, err)
+		return
+	}
+	var tag []byte // f's; read only when f returned in time
+	r.dev.start(ctx, func(ctx context.Context) error {
+		var err error
+		tag, err = s.mac(ctx, r, alg, data, dst)
+		return err
+	}, func(err error) {
+		var out []byte
+		if err == nil {
+			out = tag
+		} else {
+			err = s.keyFailed(r, err)
+		}
+		s.agent.auditUse(s.peer, "mac", r.name, alg, err, int64(len(data)), start)
+		done(out, err)
+	}, nil)
+}
+
+// StartVerifyMAC is VerifyMAC as StartMAC is MAC.
+func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, tag []byte, done func(error)) {
+	r := s.agent.cached(key)
+	if r == nil || r.immediate {
+		go func() { done(s.VerifyMAC(ctx, key, alg, data, tag)) }()
+		return
+	}
+	var start time.Time
+	if s.agent.observed() {
+		start = time.Now()
+	}
+	if err := s.allowOneShot(r, alg, OpVerify); err != nil {
+		done(err)
+		return
+	}
+	r.dev.start(ctx, func(ctx context.Context) error {
+		return s.verifyMAC(ctx, r, alg, data, tag)
+	}, func(err error) {
+		if err != nil && err != providers.ErrInvalidSignature {
+			err = s.keyFailed(r, err)
+		}
+		s.agent.auditUse(s.peer, "verify_mac", r.name, alg, err, int64(len(data)), start)
+		done(err)
+	}, nil)
 }
 
 // oneShotKey resolves a key for a one-shot operation and checks policy
@@ -568,18 +604,40 @@ func (s *Session) oneShotKey(ctx context.Context, key []byte, alg providers.Algo
 	r, err := s.agent.lookup(ctx, s.peer, key, op)
 	if err != nil {
 		if errors.Is(err, providers.ErrPermissionDenied) {
-			name := "mac"
-			if op == OpVerify {
-				name = "verify_mac"
-			}
-			s.agent.auditUse(s.peer, name, string(key), alg, err, 0, time.Time{})
+			s.auditOneShotDenied(op, string(key), alg, err)
 		}
 		return nil, err
 	}
-	if !r.key.Supports(alg) {
-		return nil, providers.Publicf(providers.ErrUnsupportedAlgorithm, "key %q (provider %q) cannot do %s", r.name, r.provider.Name(), alg)
+	if err := supports(r, alg); err != nil {
+		return nil, err
 	}
 	return r, nil
+}
+
+// allowOneShot checks policy and algorithm for a one-shot on a key
+// already resolved; a denial is audited.
+func (s *Session) allowOneShot(r *resolved, alg providers.Algorithm, op Ops) error {
+	if err := s.agent.check(s.peer, r, op); err != nil {
+		s.auditOneShotDenied(op, r.name, alg, err)
+		return err
+	}
+	return supports(r, alg)
+}
+
+func (s *Session) auditOneShotDenied(op Ops, name string, alg providers.Algorithm, err error) {
+	opName := "mac"
+	if op == OpVerify {
+		opName = "verify_mac"
+	}
+	s.agent.auditUse(s.peer, opName, name, alg, err, 0, time.Time{})
+}
+
+// supports says, as the client sees it, whether r's key can do alg.
+func supports(r *resolved, alg providers.Algorithm) error {
+	if !r.key.Supports(alg) {
+		return providers.Publicf(providers.ErrUnsupportedAlgorithm, "key %q (provider %q) cannot do %s", r.name, r.provider.Name(), alg)
+	}
+	return nil
 }
 
 // Contexts is how many contexts the session has open.
@@ -611,7 +669,13 @@ func (s *Session) expire(cutoff int64) {
 	s.mu.Unlock()
 	for _, c := range gone {
 		s.agent.contexts.Add(-1)
-		s.finish(c, "expire", providers.ErrLimit)
+		if c.key.immediate {
+			s.finish(c, "expire", providers.ErrLimit)
+		} else {
+			// Closing a device's context may call the device; the
+			// sweeper, which keeps the agent's clock, must not wait.
+			go s.finish(c, "expire", providers.ErrLimit)
+		}
 	}
 }
 

@@ -26,6 +26,15 @@
 // own uid, the uid $HMAC_AGENT_UID names, or one given with
 // [WithAgentUID]; anything else fails with [ErrUntrustedAgent].
 //
+// # Errors
+//
+// Errors are compared with errors.Is against the package's Err values,
+// which keep their identity across the socket. [ErrUnavailable] means the
+// key's provider cannot serve now: its device is gone, did not answer
+// within the provider's timeout, or is restarting. The message names the
+// provider, and a later call may succeed; keys in other providers are not
+// held up meanwhile.
+//
 // # Concurrency
 //
 // A Client is safe for concurrent use. An HMAC, like a hash.Hash, is used

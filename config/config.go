@@ -84,9 +84,6 @@ type Provider struct {
 	Sessions     int      `toml:"sessions"`
 	SessionWait  Duration `toml:"session_wait"`
 	MaxCopyBytes int64    `toml:"max_copy_bytes"`
-	// PreparedSessions: sessions kept with C_SignInit or C_VerifyInit
-	// done for the next one-shot (0: half of sessions; -1: none).
-	PreparedSessions int `toml:"prepared_sessions"`
 	// SessionKeyCopies: keys used through session-object copies (default
 	// true).
 	SessionKeyCopies *bool `toml:"session_key_copies"`
@@ -268,9 +265,6 @@ func (c *Config) Validate() error {
 			if p.Sessions < 0 {
 				bad(f+".sessions", "must not be negative")
 			}
-			if p.PreparedSessions < -1 {
-				bad(f+".prepared_sessions", "must be -1 (none), 0 (the default: half of sessions) or more")
-			}
 		case "tpm":
 			if p.Device == "" {
 				bad(f+".device", "required for a tpm provider (for example /dev/tpmrm0)")
@@ -351,6 +345,12 @@ func (p *Policy) Resolve() (agent.Policy, error) {
 			continue
 		}
 		out.GIDs = append(out.GIDs, id)
+	}
+	if len(p.Operations) > 0 && len(p.Users) == 0 && len(p.Groups) == 0 {
+		// A policy that names nobody denies everyone, the agent's own
+		// user included: the key could never be used. That is never what
+		// was meant, so it is refused rather than served.
+		errs = append(errs, errors.New("operations are given but no users or groups: nobody, not even the agent's own user, could use the key; name users or groups, or leave the policy out"))
 	}
 	if len(p.Operations) == 0 {
 		out.Ops = agent.OpMAC | agent.OpVerify

@@ -84,7 +84,7 @@ timeout = "1s"
 [[provider]]
 name = "a"
 type = "pkcs11"
-prepared_sessions = -2
+sessions = -2
 timeout = "-1s"
 [[provider]]
 name = "t"
@@ -115,7 +115,7 @@ operations = ["sign"]
 		"provider[1].module: required",
 		"provider[1].token:",
 		"provider[1].pin_file:",
-		"provider[1].prepared_sessions: must be -1",
+		"provider[1].sessions: must not be negative",
 		"provider[0].timeout: applies to pkcs11 and tpm providers only",
 		"provider[1].timeout: must not be negative",
 		"provider[2].timeout: 1ms is too short",
@@ -160,5 +160,52 @@ func TestSecretFileMustBePrivate(t *testing.T) {
 	os.Chmod(p, 0o600)
 	if b, err := ReadSecretFile(p); err != nil || string(b) != "1234" {
 		t.Errorf("pin file: %q, %v", b, err)
+	}
+}
+
+// TestPolicyWithOperationsButNobody: a policy that lists operations but
+// no users or groups would deny everyone, the owner included; it is a
+// configuration error that says so, for a key and for default_policy.
+func TestPolicyWithOperationsButNobody(t *testing.T) {
+	_, err := Load(write(t, `
+[default_policy]
+operations = ["mac"]
+[[provider]]
+name = "soft"
+type = "software"
+path = "/var/lib/hmac-agent/keys"
+[[key]]
+name = "webhook"
+provider = "soft"
+[key.policy]
+operations = ["verify"]
+`))
+	if err == nil {
+		t.Fatal("a policy naming operations but nobody was accepted")
+	}
+	for _, want := range []string{
+		"default_policy: operations are given but no users or groups",
+		"key[0].policy: operations are given but no users or groups",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+	// Naming a user or a group alone is enough.
+	for _, who := range []string{`users = [0]`, `groups = [0]`} {
+		if _, err := Load(write(t, `
+[[provider]]
+name = "soft"
+type = "software"
+path = "/var/lib/hmac-agent/keys"
+[[key]]
+name = "webhook"
+provider = "soft"
+[key.policy]
+`+who+`
+operations = ["verify"]
+`)); err != nil {
+			t.Errorf("policy with %s: %v", who, err)
+		}
 	}
 }

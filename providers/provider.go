@@ -62,14 +62,6 @@ type Immediate interface {
 	Immediate() bool
 }
 
-// BusyReporter is implemented by providers whose calls can wait for one
-// another: a session pool, a device that runs one command at a time. Busy
-// reports whether a call made now would wait. It is a hint, which may be
-// stale by the time the call is made.
-type BusyReporter interface {
-	Busy() bool
-}
-
 // Retainer is implemented by contexts that keep their input past Update,
 // as a PKCS#11 context keeps it to replay for Copy. UpdateRetained is
 // Update for a caller that hands p over: the context may keep p itself
@@ -96,26 +88,19 @@ type OneShot interface {
 	SumMAC(ctx context.Context, alg Algorithm, data, dst []byte) ([]byte, error)
 }
 
-// Preparer is implemented by keys whose one-shots cost less when the
-// device is made ready beforehand, as a PKCS#11 token does with
-// C_SignInit or C_VerifyInit before the data is known. Prepare readies it
-// for one SumMAC (verify false) or VerifyMAC (verify true) with alg;
-// callers call it when they have nothing else to do. It is a hint: it may
-// do nothing, and errors are not reported.
-type Preparer interface {
-	Prepare(ctx context.Context, alg Algorithm, verify bool)
-}
+// Deadliner is implemented by providers whose calls can stall (a device).
+// Timeout is how long the agent waits for one call before answering
+// ErrUnavailable.
+type Deadliner interface{ Timeout() time.Duration }
 
 // HealthChecker is implemented by providers that can tell whether their
 // device is there and usable (a token present and logged in, a TPM
-// answering). It should be quick; status and metrics call it.
+// answering). The agent calls it in the background, within the
+// provider's timeout (Deadliner); status and metrics report the last
+// answer and never wait for it.
 type HealthChecker interface {
 	Health(ctx context.Context) error
 }
-
-// Deadliner is implemented by providers whose calls can stall (a device). Timeout is how long the
-// agent waits for one call before answering ErrUnavailable.
-type Deadliner interface{ Timeout() time.Duration }
 
 // OneShotVerifier is implemented by keys that verify a whole message inside
 // their device. The agent uses it for VerifyMAC, so the tag is compared

@@ -109,7 +109,6 @@ func (c *conn) readLoop() error {
 				return err
 			}
 			c.fr.Release()
-			c.sess.Idle(c.ctx)
 		}
 		body, err := c.fr.Next()
 		switch {
@@ -166,27 +165,30 @@ func (c *conn) handshake() error {
 	return c.flush()
 }
 
-// dispatch runs a request inline, or hands it to its context's queue or a
-// goroutine when it may wait on a device. A one-shot on a device key runs
-// inline while the agent finds that key quick (Session.Quick): a token call
-// of 20 µs costs less than the hand-off to a goroutine.
+// dispatch runs a request inline when it cannot wait: a request on a key
+// whose provider never waits (Session.Immediate), a request on a context
+// that has no queue (a software key's, or an unknown one), or a malformed
+// one. Anything that may reach a device goes to its context's queue or a
+// goroutine, however fast the device has been: a device that stops
+// answering mid-call must not hold up the requests behind it. The reader
+// asks the agent at most one question per request.
 func (c *conn) dispatch(m *wire.Message) {
 	switch m.Type {
 	case wire.TypeOpen, wire.TypeUpdate, wire.TypeCopy, wire.TypeFinalize, wire.TypeVerify, wire.TypeClose:
 		c.qmu.Lock()
 		q := c.queues[m.Context]
 		c.qmu.Unlock()
-		if q == nil && (m.Type != wire.TypeOpen || c.sess.Immediate(c.ctx, m.Key)) {
+		if q == nil && (m.Type != wire.TypeOpen || c.sess.Immediate(m.Key)) {
 			c.contextOp(m, nil, nil)
 			return
 		}
 		c.enqueue(m)
 	case wire.TypeMAC, wire.TypeVerifyMAC:
-		if c.sess.Quick(c.ctx, m.Key) {
+		if c.sess.Immediate(m.Key) {
 			c.oneShot(m, c.scratch[:0])
 			return
 		}
-		c.goAsync(m, func(m *wire.Message) { c.oneShot(m, make([]byte, 0, 64)) })
+		c.startOneShot(m)
 	case wire.TypeListKeys, wire.TypeGenerateKey, wire.TypeImportKey, wire.TypeImportWrapped, wire.TypeDeleteKey, wire.TypeStatus:
 		c.goAsync(m, c.manage)
 	case wire.TypeHello:
@@ -232,10 +234,17 @@ func (c *conn) contextOp(m *wire.Message, q *queue, body []byte) error {
 	case wire.TypeClose:
 		s.Abandon(m.Context)
 	}
-	if body != nil {
+	recycle(body, err)
+	return err
+}
+
+// recycle gives a request's frame back for reuse, unless the request
+// failed as unavailable: a device call past its deadline may still read
+// the frame, so it is left to the garbage collector.
+func recycle(body []byte, err error) {
+	if body != nil && !errors.Is(err, providers.ErrUnavailable) {
 		wire.Recycle(body)
 	}
-	return err
 }
 
 // scratchFor returns a buffer for a tag: the reader's own when running
@@ -259,7 +268,37 @@ func (c *conn) oneShot(m *wire.Message, dst []byte) {
 	c.replyResult(m.ID, c.sess.VerifyMAC(c.ctx, m.Key, alg, m.Data, m.Tag))
 }
 
-func (c *conn) manage(m *wire.Message) {
+// startOneShot hands a one-shot that may wait on a device to the agent,
+// which answers on a goroutine of its own (the device call's, or its
+// deadline's), or at once for an error it finds without the device: one
+// hand-off, where a goroutine of the connection's waiting for the call
+// would be a second.
+func (c *conn) startOneShot(m *wire.Message) {
+	n, ok := c.acquire(m)
+	if !ok {
+		return
+	}
+	o, body := c.own(m)
+	finish := func(err error) {
+		recycle(body, err)
+		c.flush()
+		c.release(n)
+	}
+	alg := providers.Algorithm(o.Algorithm)
+	if o.Type == wire.TypeMAC {
+		c.sess.StartMAC(c.ctx, o.Key, alg, o.Data, make([]byte, 0, 64), func(tag []byte, err error) {
+			c.replyTag(o.ID, tag, err)
+			finish(err)
+		})
+		return
+	}
+	c.sess.StartVerifyMAC(c.ctx, o.Key, alg, o.Data, o.Tag, func(err error) {
+		c.replyResult(o.ID, err)
+		finish(err)
+	})
+}
+
+func (c *conn) manage(m *wire.Message) error {
 	a, peer := c.srv.agent, c.sess.Peer()
 	var (
 		v   any
@@ -282,14 +321,15 @@ func (c *conn) manage(m *wire.Message) {
 	}
 	if err != nil || v == nil {
 		c.replyResult(m.ID, err)
-		return
+		return err
 	}
 	data, err := json.Marshal(v)
 	if err != nil {
 		c.replyResult(m.ID, err)
-		return
+		return nil
 	}
 	c.reply(&wire.Message{Type: wire.TypeData, ID: m.ID, Data: data})
+	return nil
 }
 
 // own makes m's byte fields outlive the frame, for a request that runs
@@ -353,7 +393,7 @@ func (c *conn) release(held int) {
 	c.wg.Done()
 }
 
-func (c *conn) goAsync(m *wire.Message, run func(*wire.Message)) {
+func (c *conn) goAsync(m *wire.Message, run func(*wire.Message) error) {
 	n, ok := c.acquire(m)
 	if !ok {
 		return
@@ -361,12 +401,8 @@ func (c *conn) goAsync(m *wire.Message, run func(*wire.Message)) {
 	o, body := c.own(m)
 	go func() {
 		defer c.release(n)
-		run(o)
-		if body != nil {
-			wire.Recycle(body)
-		}
+		recycle(body, run(o))
 		c.flush()
-		c.sess.PrepareNext(c.ctx)
 	}()
 }
 

@@ -11,16 +11,17 @@
 //
 // Requests on keys whose provider never waits (the software provider) run
 // inline in the reader: a goroutine per request would cost more than the
-// HMAC. Requests that may wait on a device run elsewhere: each context has
-// a queue that keeps its requests in order, one-shot and management
-// requests run on their own, and replies come back as they finish, in any
-// order, matched by request ID. A cap on such requests in flight makes the
-// reader stop reading when a client outruns its device. A device one-shot
-// runs inline too while the agent finds its key quick (agent.Quick).
-//
-// After flushing, before it waits for more input, the reader lets the
-// session prepare the device for the client's likely next one-shot
-// (agent.Session.Idle): that time would otherwise be spent waiting.
+// HMAC. So do malformed and unknown requests. Anything that may reach a
+// device runs elsewhere, however fast the device has been, because a
+// device can stop answering mid-call: each context has a queue that keeps
+// its requests in order, one-shot and management requests run on their
+// own, and replies come back as they finish, in any order, matched by
+// request ID. The reader asks the agent one question per request at most
+// (agent.Agent.Immediate, which never calls a provider). A cap on requests
+// in flight makes the reader stop reading when a client outruns its
+// device. A request whose device call passed its deadline is answered by
+// the agent with unavailable; its frame is then left to the garbage
+// collector, since the stuck call may still read it.
 //
 // # Peers
 //

@@ -7,12 +7,23 @@ package status
 import "time"
 
 // Provider is one provider's line.
+//
+// Health comes from probes the agent runs in the background (and from
+// the requests it serves), so that asking never waits on a device:
+// Checked and CheckAge say when the last probe finished. A provider is
+// unhealthy from DownSince while its probe or its requests fail, or its
+// probe has not answered within Timeout.
 type Provider struct {
-	Name    string `json:"name"`
-	Kind    string `json:"kind"`
-	Keys    int    `json:"keys"`
-	Healthy bool   `json:"healthy"`
-	Error   string `json:"error,omitempty"`
+	Name           string    `json:"name"`
+	Kind           string    `json:"kind"`
+	Keys           int       `json:"keys"` // at the last probe
+	Healthy        bool      `json:"healthy"`
+	Error          string    `json:"error,omitempty"`
+	Timeout        float64   `json:"timeout_seconds"`
+	Checked        time.Time `json:"checked,omitzero"`
+	CheckAge       float64   `json:"check_age_seconds"`
+	DownSince      time.Time `json:"down_since,omitzero"`
+	FailedRequests int64     `json:"failed_requests,omitempty"` // since DownSince
 }
 
 // Status is what `hmac-agent status` shows.

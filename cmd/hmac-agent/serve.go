@@ -308,10 +308,9 @@ func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (pr
 		p, err := pkcs11.Open(ctx, pkcs11.Config{
 			Name: pc.Name, Module: pc.Module, TokenLabel: pc.TokenLabel, TokenSerial: pc.TokenSerial,
 			PIN: pin, Sessions: pc.Sessions, SessionWait: pc.SessionWait.Duration, MaxCopyBytes: pc.MaxCopyBytes,
-			PreparedSessions: pc.PreparedSessions,
-			NoKeyCopies:      pc.SessionKeyCopies != nil && !*pc.SessionKeyCopies,
-			Timeout:          pc.Timeout.Duration,
-			ReadPIN:          rereadPIN(pc),
+			NoKeyCopies: pc.SessionKeyCopies != nil && !*pc.SessionKeyCopies,
+			Timeout:     pc.Timeout.Duration,
+			ReadPIN:     rereadPIN(pc),
 		})
 		if err != nil {
 			return nil, err

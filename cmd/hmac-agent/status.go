@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/hmac-agent/hmac-agent/agent/status"
 )
 
 func newStatusCommand() *cobra.Command {
@@ -45,11 +47,7 @@ func newStatusCommand() *cobra.Command {
 		fmt.Fprintln(out, "providers:")
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		for _, p := range st.Providers {
-			health := "ok"
-			if !p.Healthy {
-				health = "FAILING: " + p.Error
-			}
-			fmt.Fprintf(tw, "  %s\t%s\t%d keys\t%s\n", p.Name, p.Kind, p.Keys, health)
+			fmt.Fprintf(tw, "  %s\t%s\t%d keys\t%s\n", p.Name, p.Kind, p.Keys, health(p))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -77,6 +75,38 @@ func orUnknown(s string) string {
 		return "unknown"
 	}
 	return s
+}
+
+// health is a provider's line as the agent's background probes found it,
+// with its age: "ok, checked 2s ago", or "FAILING since 10:02:03 (45s):
+// the TPM does not answer; 12 requests failed; checked 1s ago".
+func health(p status.Provider) string {
+	checked := "not checked yet"
+	if !p.Checked.IsZero() {
+		checked = "checked " + ago(p.CheckAge) + " ago"
+	}
+	if p.Healthy {
+		return "ok, " + checked
+	}
+	s := "FAILING"
+	if !p.DownSince.IsZero() {
+		since := time.Since(p.DownSince)
+		s += " since " + p.DownSince.Local().Format(time.TimeOnly) + " (" + ago(since.Seconds()) + ")"
+	}
+	s += ": " + p.Error
+	if p.FailedRequests > 0 {
+		s += fmt.Sprintf("; %d requests failed", p.FailedRequests)
+	}
+	return s + "; " + checked
+}
+
+// ago rounds seconds for a person: "0.4s", "2s", "3m5s".
+func ago(seconds float64) string {
+	d := time.Duration(seconds * float64(time.Second))
+	if d < time.Second {
+		return d.Round(100 * time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
 }
 
 func newVersionCommand() *cobra.Command {

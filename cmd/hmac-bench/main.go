@@ -69,7 +69,6 @@ func main() {
 	agentBin := flag.String("agent", "", "the hmac-agent binary to start (default: next to this one, $PATH, or go build)")
 	noDevices := flag.Bool("software-only", false, "leave out SoftHSM2 and swtpm even when installed")
 	maxCopy := flag.Int64("pkcs11-max-copy-bytes", 0, "the token's max_copy_bytes (0: the default 64 MiB; -1: keep no input for Copy)")
-	prepared := flag.Int("pkcs11-prepared-sessions", 0, "the token's prepared_sessions (0: the default, 8 of 16; -1: none)")
 	other := flag.String("compare", "", "another hmac-agent binary: measure the PKCS#11 figures and software pipelining of both, in alternating rounds")
 	rounds := flag.Int("rounds", 40, "with -compare: rounds")
 	flag.Parse()
@@ -88,7 +87,6 @@ func main() {
 	}
 	r := &results{units: map[string]string{}, runs: map[string][]float64{}}
 	p.maxCopy = *maxCopy
-	p.prepared = *prepared
 	if err := measure(r, p, *socket, *key, *agentBin, !*noDevices); err != nil {
 		fmt.Fprintln(os.Stderr, "hmac-bench:", err)
 		os.Exit(1)
@@ -112,7 +110,6 @@ type plan struct {
 	soft, hsm, tpm int // bytes streamed
 	runs           int
 	maxCopy        int64 // the token's max_copy_bytes
-	prepared       int   // the token's prepared_sessions
 }
 
 func printTable(r *results, out []metric) {

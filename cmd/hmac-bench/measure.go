@@ -33,7 +33,6 @@ func measure(r *results, p plan, socket, key, agentBin string, devices bool) err
 		// Also when the agent does not start: the token was made first.
 		defer benchenv.Cleanup()
 		env, err = benchenv.Start(benchenv.Options{Agent: agentBin, PKCS11: devices, TPM: devices, PKCS11MaxCopyBytes: p.maxCopy,
-			PKCS11PreparedSessions: p.prepared,
 			BeforeAgent: func(e *benchenv.Env) error {
 				if e.TPM == nil {
 					return nil

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/providers"
@@ -32,6 +33,8 @@ type Options struct {
 	Logger       *slog.Logger
 	Audit        *slog.Logger
 	Observe      func(agent.Use)
+	// HealthInterval is the agent's Options.HealthInterval.
+	HealthInterval time.Duration
 }
 
 // SocketDir makes a private directory with a short path: Unix socket paths
@@ -73,6 +76,8 @@ func Run(keyDir, path string, opts Options) (a *Agent, stop func(), err error) {
 		Audit:     opts.Audit,
 		Observe:   opts.Observe,
 		Version:   "test",
+
+		HealthInterval: opts.HealthInterval,
 	})
 	if err != nil {
 		return nil, nil, err

@@ -19,19 +19,17 @@ type SlowProvider struct {
 	Delay  time.Duration
 	Secret []byte
 	Opened atomic.Int64 // contexts open now
-	// Occupied is what Busy reports.
-	Occupied atomic.Bool
-	// Prepared counts Prepare calls, each of which waits for PrepareGate
-	// to close if it is set.
-	Prepared    atomic.Int64
-	PrepareGate chan struct{}
 	// UpdateGate, if set, holds each Update until it receives a value
-	// (or the channel is closed).
+	// (or the channel is closed), whatever its ctx says: a device that
+	// stopped answering mid-call.
 	UpdateGate chan struct{}
+	// Deadline is what Timeout reports (providers.Deadliner); zero lets
+	// the agent choose.
+	Deadline time.Duration
 }
 
-// Busy reports Occupied, as a device reports a call running.
-func (p *SlowProvider) Busy() bool { return p.Occupied.Load() }
+// Timeout reports Deadline.
+func (p *SlowProvider) Timeout() time.Duration { return p.Deadline }
 
 var errDevice = errors.New("slow: device said no (CKR_DEVICE_ERROR 0x30)")
 
@@ -49,14 +47,6 @@ func (p *SlowProvider) Key(_ context.Context, name string) (providers.Key, error
 }
 
 type slowKey struct{ p *SlowProvider }
-
-// Prepare counts the call, as a token would run C_SignInit.
-func (k slowKey) Prepare(ctx context.Context, alg providers.Algorithm, verify bool) {
-	if k.p.PrepareGate != nil {
-		<-k.p.PrepareGate
-	}
-	k.p.Prepared.Add(1)
-}
 
 func (k slowKey) Name() string                        { return "slow-key" }
 func (k slowKey) Supports(a providers.Algorithm) bool { return a == providers.SHA256 }

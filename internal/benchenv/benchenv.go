@@ -80,10 +80,7 @@ type Options struct {
 	// PKCS11MaxCopyBytes sets the token provider's max_copy_bytes (0:
 	// the default, 64 MiB; -1: no input kept for Copy).
 	PKCS11MaxCopyBytes int64
-	// PKCS11PreparedSessions sets its prepared_sessions (0: the default,
-	// half of its 16 sessions; -1: none).
-	PKCS11PreparedSessions int
-	TPM                    bool // a swtpm, if swtpm is installed
+	TPM                bool // a swtpm, if swtpm is installed
 	// Log receives the agent's own output; nil discards it.
 	Log *os.File
 	// BeforeAgent, if set, runs once the token and TPM exist and before
@@ -150,9 +147,6 @@ path = %q
 		}
 		cfg += fmt.Sprintf("[[provider]]\nname = \"hsm\"\ntype = \"pkcs11\"\nmodule = %q\ntoken = %q\npin_file = %q\nsessions = 16\nmax_copy_bytes = %d\n",
 			softhsm.Module, tok.Label, pin, opts.PKCS11MaxCopyBytes)
-		if opts.PKCS11PreparedSessions != 0 { // left out, an older agent can be measured
-			cfg += fmt.Sprintf("prepared_sessions = %d\n", opts.PKCS11PreparedSessions)
-		}
 	}
 	if opts.TPM && swtpm.Available() == nil {
 		t, err := swtpm.Start(filepath.Join(e.Dir, "tpm"))

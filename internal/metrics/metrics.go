@@ -12,7 +12,6 @@
 package metrics
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"strings"
@@ -137,13 +136,13 @@ func (m *Metrics) Watch(a *agent.Agent, srv Server) {
 	m.set.RegisterMetricsWriter(func(w io.Writer) {
 		vm.WriteGaugeUint64(w, "hmac_agent_connections", uint64(srv.Connections()))
 		vm.WriteGaugeUint64(w, "hmac_agent_queued_bytes", uint64(srv.QueuedBytes()))
-		vm.WriteGaugeUint64(w, "hmac_agent_contexts", uint64(a.Status(context.Background()).Contexts))
+		vm.WriteGaugeUint64(w, "hmac_agent_contexts", uint64(a.Contexts()))
 	})
 	for _, p := range a.Providers() {
 		labels := []string{"kind", p.Kind(), "provider", p.Name()}
 		m.set.RegisterMetricsWriter(func(w io.Writer) {
 			up := uint64(1)
-			if a.Health(context.Background(), p) != nil {
+			if !a.Healthy(p) { // as last probed: a scrape never waits on a device
 				up = 0
 			}
 			vm.WriteGaugeUint64(w, name("hmac_agent_provider_up", labels...), up)
@@ -154,8 +153,6 @@ func (m *Metrics) Watch(a *agent.Agent, srv Server) {
 				vm.WriteGaugeUint64(w, name("hmac_agent_pkcs11_sessions_open", labels...), uint64(st.Open))
 				vm.WriteGaugeUint64(w, name("hmac_agent_pkcs11_sessions_in_use", labels...), uint64(st.InUse))
 				vm.WriteCounterUint64(w, name("hmac_agent_pkcs11_session_waits_total", labels...), st.Waits)
-				vm.WriteGaugeUint64(w, name("hmac_agent_pkcs11_sessions_prepared", labels...), uint64(st.Prepared))
-				vm.WriteCounterUint64(w, name("hmac_agent_pkcs11_prepared_used_total", labels...), st.Used)
 				vm.WriteGaugeUint64(w, name("hmac_agent_pkcs11_key_copies", labels...), uint64(st.Copies))
 			})
 		}

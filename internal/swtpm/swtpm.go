@@ -68,8 +68,8 @@ func Start(dir string) (*TPM, error) {
 	}
 }
 
-// Pid is swtpm's process ID, from its pid file.
-func (t *TPM) Pid() (int, error) {
+// PID is swtpm's process id, from its pid file.
+func (t *TPM) PID() (int, error) {
 	b, err := os.ReadFile(filepath.Join(t.Dir, "pid"))
 	if err != nil {
 		return 0, err
@@ -77,56 +77,76 @@ func (t *TPM) Pid() (int, error) {
 	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
-// Pause stops swtpm with SIGSTOP: it keeps its connections and stops
-// answering, as a stalled device does.
+// Pause stops swtpm with SIGSTOP: it keeps its connections and answers
+// nothing, as a hung device does, until Continue.
 func (t *TPM) Pause() error { return t.signal(syscall.SIGSTOP) }
 
-// Resume lets a paused swtpm go on (SIGCONT).
-func (t *TPM) Resume() error { return t.signal(syscall.SIGCONT) }
+// Continue resumes a paused swtpm (SIGCONT).
+func (t *TPM) Continue() error { return t.signal(syscall.SIGCONT) }
 
 func (t *TPM) signal(sig syscall.Signal) error {
-	pid, err := t.Pid()
+	pid, err := t.PID()
 	if err != nil {
 		return err
 	}
 	return syscall.Kill(pid, sig)
 }
 
-// Stop kills swtpm and waits for it to go.
-func (t *TPM) Stop() error {
-	pid, err := t.Pid()
-	if err != nil {
-		return err
-	}
-	// A paused swtpm would not act on SIGTERM.
-	syscall.Kill(pid, syscall.SIGCONT)
-	syscall.Kill(pid, syscall.SIGTERM)
-	for i := 0; i < 500; i++ {
-		if syscall.Kill(pid, 0) != nil {
-			return nil
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return syscall.Kill(pid, syscall.SIGKILL)
-}
-
-// Kill ends swtpm with SIGKILL, as a crash would, and waits for it to go.
-// Start on the same directory brings the same TPM back.
+// Kill kills swtpm with SIGKILL, as a crash would, and waits for it to
+// go. Start on the same directory brings the same TPM back.
 func (t *TPM) Kill() error {
-	pid, err := t.Pid()
+	pid, err := t.PID()
 	if err != nil {
 		return err
 	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		return err
 	}
-	for i := 0; i < 500; i++ {
-		if syscall.Kill(pid, 0) != nil {
+	return waitGone(pid)
+}
+
+// waitGone waits up to 5 s for a process to go. A zombie has gone: swtpm
+// runs as a daemon, and whoever inherits it may be slow to reap it.
+func waitGone(pid int) error {
+	for range 500 {
+		if !alive(pid) {
 			return nil
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return fmt.Errorf("swtpm %d outlived SIGKILL", pid)
+	return fmt.Errorf("swtpm (pid %d) is still there", pid)
+}
+
+// alive reports whether pid runs (or is stopped), and is not a zombie.
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// The state follows the command name in parentheses, which may
+	// itself hold spaces or parentheses.
+	if i := strings.LastIndexByte(string(b), ')'); i >= 0 && i+2 < len(b) {
+		return b[i+2] != 'Z'
+	}
+	return true
+}
+
+// Stop kills swtpm and waits for it to go. A paused swtpm is continued
+// first, so that it can go.
+func (t *TPM) Stop() error {
+	pid, err := t.PID()
+	if err != nil {
+		return err
+	}
+	syscall.Kill(pid, syscall.SIGCONT)
+	syscall.Kill(pid, syscall.SIGTERM)
+	if waitGone(pid) == nil {
+		return nil
+	}
+	return syscall.Kill(pid, syscall.SIGKILL)
 }
 
 // Restart stops swtpm and starts it again on the same state: the same TPM,

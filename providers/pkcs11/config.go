@@ -28,10 +28,6 @@ type Config struct {
 	// BufferBytes is how much input a context buffers before it takes a
 	// session (default 64 KiB).
 	BufferBytes int
-	// PreparedSessions bounds the sessions kept with C_SignInit or
-	// C_VerifyInit done for the next one-shot (default half of Sessions;
-	// negative: none).
-	PreparedSessions int
 	// Timeout is how long the agent waits for one call into the token
 	// before it answers ErrUnavailable (default DefaultTimeout). A PKCS#11
 	// call cannot be interrupted: the call itself runs on.
@@ -74,22 +70,12 @@ func (c *Config) fill() {
 	if c.BufferBytes <= 0 {
 		c.BufferBytes = DefaultBufferBytes
 	}
-	switch {
-	case c.PreparedSessions == 0:
-		c.PreparedSessions = c.Sessions / 2
-	case c.PreparedSessions < 0:
-		c.PreparedSessions = 0
-	}
-	// One session at least stays for everything else.
-	c.PreparedSessions = min(c.PreparedSessions, c.Sessions-1)
 }
 
 // SessionStats is the session pool's state, for metrics.
 type SessionStats struct {
-	Open     int    // sessions open
-	InUse    int    // lent out to requests now
-	Prepared int    // held with an init call done for a one-shot
-	Waits    uint64 // requests that had to wait for a session
-	Used     uint64 // one-shots run on a prepared session
-	Copies   int    // keys' session copies held
+	Open   int    // sessions open
+	InUse  int    // lent out to requests now
+	Waits  uint64 // requests that had to wait for a session
+	Copies int    // keys' session copies held
 }

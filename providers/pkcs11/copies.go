@@ -31,6 +31,11 @@ import (
 // when they break. Tokens that cannot copy keys, and keys that may not be
 // copied (CKA_COPYABLE false), are used as they are.
 
+// staleAfter bounds how long the agent may go on using a session copy of
+// a key without asking the token whether the original is still there. A
+// variable for tests.
+var staleAfter = 200 * time.Millisecond
+
 // checkedAttributes are what a copy must still share with its original.
 func checkedAttributes() []*p11.Attribute {
 	return []*p11.Attribute{p11.NewAttribute(p11.CKA_SIGN, nil), p11.NewAttribute(p11.CKA_VERIFY, nil)}

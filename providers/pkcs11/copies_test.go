@@ -189,29 +189,3 @@ func TestNoSessionCopies(t *testing.T) {
 		}
 	})
 }
-
-// TestPreparedOnCopyAgesFromCheck: an operation prepared on a session
-// copy is as old as the copy's last check, not its init call, so a key
-// another program deletes still stops within staleAfter of that check.
-func TestPreparedOnCopyAgesFromCheck(t *testing.T) {
-	staleAfter := 200 * time.Millisecond
-	pkcs11.SetStaleAfter(t, staleAfter)
-	r := newCopiesRig(t, nil)
-	r.mac(t, "checked now") // the copy is made, and checked
-	time.Sleep(staleAfter * 3 / 4)
-	for range 2 { // unchecked uses; the reader prepares a third
-		if _, err := r.c.MAC(context.Background(), "k", client.SHA256, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	waitPrepared(t, r.p)
-	if err := r.d.ctx.DestroyObject(r.d.s, r.d.find("k")); err != nil {
-		t.Fatal(err)
-	}
-	// Past staleAfter from the check, well within it from the init call.
-	time.Sleep(staleAfter * 2 / 5)
-	if _, err := r.c.MAC(context.Background(), "k", client.SHA256, nil); !errors.Is(err, client.ErrKeyNotFound) {
-		t.Errorf("MAC %v after the key was deleted, %v after the copy's check: %v, want ErrKeyNotFound",
-			staleAfter*2/5, staleAfter*3/4+staleAfter*2/5, err)
-	}
-}

@@ -61,29 +61,20 @@ func (k *key) template() []*p11.Attribute {
 // objectHandle returns the handle operations use: the key's session copy,
 // made on first use, or else the token object.
 func (k *key) objectHandle(s *session) (p11.ObjectHandle, error) {
-	h, _, err := k.checkedHandle(s)
-	return h, err
-}
-
-// checkedHandle is objectHandle, and when the token last confirmed the
-// key: for a copy, its last check; for the token object, now, since the
-// call that uses the handle checks it.
-func (k *key) checkedHandle(s *session) (p11.ObjectHandle, time.Time, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if c, err := k.usableCopy(s); c != 0 || err != nil {
-		return c, k.checked, err
+		return c, err
 	}
 	h, err := k.tokenHandleLocked(s)
 	if err != nil {
-		return 0, time.Time{}, err
+		return 0, err
 	}
-	now := time.Now()
 	if k.copy = k.p.copyKey(s, h); k.copy.h != 0 {
-		k.checked = now
-		return k.copy.h, now, nil
+		k.checked = time.Now()
+		return k.copy.h, nil
 	}
-	return h, now, nil
+	return h, nil
 }
 
 // tokenHandle returns the token object's handle: for looking at or
@@ -485,10 +476,9 @@ func (p *Provider) DeleteKey(ctx context.Context, ref string) error {
 		deleted = h
 		return p.ctx.DestroyObject(s.h, h)
 	})
-	// Another name may reach the same object: drop every prepared
-	// operation, and the copies of whatever reached it.
+	// Another name may reach the same object: drop the copies of
+	// whatever reached it.
 	if p.enter() == nil {
-		p.dropPrepared()
 		p.forgetObject(ref, deleted)
 		p.leave()
 	}

@@ -354,9 +354,6 @@ func (m *mac) Close() {
 
 // sign computes a whole tag with one C_SignInit and C_Sign.
 func (k *key) sign(ctx context.Context, mech uint, data []byte) ([]byte, error) {
-	if tag, ok := k.signPrepared(ctx, mech, data); ok {
-		return tag, nil
-	}
 	var tag []byte
 	err := k.p.withSession(ctx, func(s *session) error {
 		h, err := k.objectHandle(s)
@@ -396,20 +393,17 @@ func (k *key) VerifyMAC(ctx context.Context, alg providers.Algorithm, data, tag 
 	if len(tag) != alg.Size() {
 		return providers.ErrInvalidSignature
 	}
-	ok, err := k.verifyPrepared(ctx, k.p.mech[alg], data, tag)
-	if !ok {
-		mech := []*p11.Mechanism{p11.NewMechanism(k.p.mech[alg], nil)}
-		err = k.p.withSession(ctx, func(s *session) error {
-			h, err := k.objectHandle(s)
-			if err != nil {
-				return err
-			}
-			if err := k.p.ctx.VerifyInit(s.h, mech, h); err != nil {
-				return err
-			}
-			return k.p.ctx.Verify(s.h, data, tag)
-		})
-	}
+	mech := []*p11.Mechanism{p11.NewMechanism(k.p.mech[alg], nil)}
+	err := k.p.withSession(ctx, func(s *session) error {
+		h, err := k.objectHandle(s)
+		if err != nil {
+			return err
+		}
+		if err := k.p.ctx.VerifyInit(s.h, mech, h); err != nil {
+			return err
+		}
+		return k.p.ctx.Verify(s.h, data, tag)
+	})
 	switch {
 	case err == nil:
 		return nil

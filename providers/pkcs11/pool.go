@@ -45,9 +45,6 @@ func (pl *pool) get(ctx context.Context) (*session, error) {
 	default:
 	}
 	if len(pl.slots) == cap(pl.slots) {
-		if s := pl.p.reclaimPrepared(); s != nil {
-			return s, nil
-		}
 		pl.waits.Add(1)
 	}
 	timer := time.NewTimer(pl.wait)

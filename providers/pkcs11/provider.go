@@ -55,12 +55,6 @@ type Provider struct {
 
 	pool *pool
 
-	prepMu    sync.Mutex
-	prep      []*prepared   // sessions with an init call done or under way
-	reaping   bool          // a timer will drop expired ones
-	prepEpoch atomic.Uint64 // counts deletions
-	prepUsed  atomic.Uint64 // one-shots signed on a prepared session
-
 	loginMu sync.Mutex
 	// gen counts logins; object handles found under an older login are
 	// looked up again.
@@ -84,12 +78,11 @@ type Provider struct {
 }
 
 var (
-	_ providers.Provider     = (*Provider)(nil)
-	_ providers.Generator    = (*Provider)(nil)
-	_ providers.Importer     = (*Provider)(nil)
-	_ providers.Deleter      = (*Provider)(nil)
-	_ providers.BusyReporter = (*Provider)(nil)
-	_ providers.Deadliner    = (*Provider)(nil)
+	_ providers.Provider  = (*Provider)(nil)
+	_ providers.Generator = (*Provider)(nil)
+	_ providers.Importer  = (*Provider)(nil)
+	_ providers.Deleter   = (*Provider)(nil)
+	_ providers.Deadliner = (*Provider)(nil)
 )
 
 // Open loads the module, finds the token, logs in and reads the token's
@@ -280,7 +273,6 @@ func (p *Provider) recover(err error) bool {
 	case sessionBroken(err):
 		return true
 	case handleStale(err):
-		p.dropPrepared()
 		p.forgetAll()
 		return true
 	}
@@ -315,37 +307,13 @@ func (p *Provider) Health(ctx context.Context) error {
 
 // Sessions reports the session pool's state.
 func (p *Provider) Sessions() SessionStats {
-	// Under prepMu, as a session moves from the pool to the prepared
-	// list: it must not count as in use on the way.
-	p.prepMu.Lock()
-	prepared := len(p.prep)
 	open, idle := len(p.pool.slots), len(p.pool.idle)
-	p.prepMu.Unlock()
 	return SessionStats{
-		Open:     open,
-		InUse:    max(open-idle-prepared, 0),
-		Prepared: prepared,
-		Waits:    p.pool.waits.Load(),
-		Used:     p.prepUsed.Load(),
-		Copies:   int(p.copies.Load()),
+		Open:   open,
+		InUse:  max(open-idle, 0),
+		Waits:  p.pool.waits.Load(),
+		Copies: int(p.copies.Load()),
 	}
-}
-
-// Busy reports that every session is lent out, the pool is full and no
-// prepared session can be taken back: a call now would wait for a
-// session.
-func (p *Provider) Busy() bool {
-	if len(p.pool.idle) > 0 || len(p.pool.slots) < cap(p.pool.slots) {
-		return false
-	}
-	p.prepMu.Lock()
-	defer p.prepMu.Unlock()
-	for _, pr := range p.prep {
-		if pr.done {
-			return false
-		}
-	}
-	return true
 }
 
 // Close waits for calls in flight, logs out, closes every session and
@@ -358,10 +326,6 @@ func (p *Provider) Close() error {
 	}
 	p.closed = true
 	delete(p.mod.users, p)
-	// Prepared sessions are closed with the rest.
-	p.prepMu.Lock()
-	p.prep = nil
-	p.prepMu.Unlock()
 	p.copyMu.Lock()
 	p.closeCopiesLocked()
 	p.copyMu.Unlock()

@@ -131,10 +131,6 @@ func (p *Provider) unavailable() error {
 // finalized, which closes every session. Nothing here calls the module.
 // The caller holds mod.calls exclusively.
 func (p *Provider) resetLocked() {
-	p.prepMu.Lock()
-	p.prep = nil
-	p.prepMu.Unlock()
-	p.prepEpoch.Add(1)
 	p.copyMu.Lock()
 	if p.copyOpen {
 		p.copyOpen = false

@@ -125,31 +125,21 @@ func TestRecoverLogout(t *testing.T) {
 	r.check(t, "after C_Logout")
 }
 
-// A key another program deletes stops signing: at once without prepared
-// sessions or session copies, else within staleAfter.
+// A key another program deletes stops signing: at once without session
+// copies, else within staleAfter.
 func TestKeyDeletedUnderneath(t *testing.T) {
-	for _, tc := range []struct {
-		prepared int
-		copies   bool
-	}{{-1, false}, {0, false}, {-1, true}, {0, true}} {
-		t.Run(fmt.Sprintf("prepared_sessions=%d,session_key_copies=%v", tc.prepared, tc.copies), func(t *testing.T) {
-			prepared := tc.prepared
+	for _, copies := range []bool{false, true} {
+		t.Run(fmt.Sprintf("session_key_copies=%v", copies), func(t *testing.T) {
 			maxAge := 20 * time.Millisecond
 			pkcs11.SetStaleAfter(t, maxAge)
-			r := newRecoveryRigWith(t, func(c *pkcs11.Config) { c.PreparedSessions, c.NoKeyCopies = prepared, !tc.copies })
-			if prepared >= 0 {
-				// An operation prepared for b before it goes.
-				for range 2 {
-					if _, err := r.c.MAC(context.Background(), "b", client.SHA256, nil); err != nil {
-						t.Fatal(err)
-					}
-				}
-				waitPrepared(t, r.p)
+			r := newRecoveryRigWith(t, func(c *pkcs11.Config) { c.NoKeyCopies = !copies })
+			if _, err := r.c.MAC(context.Background(), "b", client.SHA256, nil); err != nil {
+				t.Fatal(err)
 			}
 			if err := r.d.ctx.DestroyObject(r.d.s, r.d.find("b")); err != nil {
 				t.Fatal(err)
 			}
-			if prepared >= 0 || tc.copies {
+			if copies {
 				time.Sleep(2 * maxAge)
 			}
 			if _, err := r.c.MAC(context.Background(), "b", client.SHA256, nil); !errors.Is(err, client.ErrKeyNotFound) {
@@ -157,17 +147,6 @@ func TestKeyDeletedUnderneath(t *testing.T) {
 			}
 			r.check(t, "after deleting another key")
 		})
-	}
-}
-
-// waitPrepared waits until the agent's reader has prepared an operation
-// on p's token.
-func waitPrepared(t *testing.T, p *pkcs11.Provider) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); p.Sessions().Prepared == 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("nothing prepared after two like one-shots")
-		}
 	}
 }
 
@@ -203,12 +182,9 @@ func TestSessionMetrics(t *testing.T) {
 	p.ImportKey(ctx, "k", []byte("k"))
 	c, _ := client.Dial(ctx, a.Path)
 	defer c.Close()
-	// Two like one-shots have the reader prepare for a third, which
-	// finds it.
-	c.MAC(ctx, "k", client.SHA256, nil)
-	c.MAC(ctx, "k", client.SHA256, nil)
-	waitPrepared(t, p)
-	c.MAC(ctx, "k", client.SHA256, nil)
+	for range 3 {
+		c.MAC(ctx, "k", client.SHA256, nil)
+	}
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	for _, want := range []string{
@@ -216,7 +192,6 @@ func TestSessionMetrics(t *testing.T) {
 		`hmac_agent_pkcs11_sessions_in_use{kind="pkcs11",provider="hsm"} 0`,
 		`hmac_agent_pkcs11_session_waits_total{kind="pkcs11",provider="hsm"} 0`,
 		`hmac_agent_provider_up{kind="pkcs11",provider="hsm"} 1`,
-		`hmac_agent_pkcs11_prepared_used_total{kind="pkcs11",provider="hsm"} 1`,
 		`hmac_agent_pkcs11_key_copies{kind="pkcs11",provider="hsm"} 1`,
 		`hmac_agent_operations_total{key="k",operation="mac",result="ok"} 3`,
 	} {

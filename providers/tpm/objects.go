@@ -202,7 +202,7 @@ func (p *Provider) swapOutLocked(o *object) error {
 	}
 	o.saved = &rsp.Context
 	p.dropLocked(o)
-	p.swaps++
+	p.swaps.Add(1)
 	return nil
 }
 

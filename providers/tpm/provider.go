@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -69,20 +70,20 @@ type Provider struct {
 	keysMu sync.RWMutex
 	keys   map[string]*key
 
-	// swaps counts slot swaps, for status and metrics.
-	swaps uint64
+	// swaps counts slot swaps, for status and metrics: atomic, so that
+	// reading it never waits for a TPM command that holds mu.
+	swaps atomic.Uint64
 	// retryAt: after a command timed out, commands fail at once until
 	// then rather than each waiting out the timeout on a stalled TPM.
 	retryAt time.Time
 }
 
 var (
-	_ providers.Provider     = (*Provider)(nil)
-	_ providers.Generator    = (*Provider)(nil)
-	_ providers.Importer     = (*Provider)(nil)
-	_ providers.Deleter      = (*Provider)(nil)
-	_ providers.BusyReporter = (*Provider)(nil)
-	_ providers.Deadliner    = (*Provider)(nil)
+	_ providers.Provider  = (*Provider)(nil)
+	_ providers.Generator = (*Provider)(nil)
+	_ providers.Importer  = (*Provider)(nil)
+	_ providers.Deleter   = (*Provider)(nil)
+	_ providers.Deadliner = (*Provider)(nil)
 )
 
 // Open connects to the TPM, starts it if needed, flushes transient objects
@@ -214,21 +215,8 @@ func (p *Provider) Algorithms() []providers.Algorithm { return p.algs }
 // ErrUnavailable.
 func (p *Provider) Timeout() time.Duration { return p.cfg.Timeout }
 
-// Busy reports that a command is running: a call now would wait for it.
-func (p *Provider) Busy() bool {
-	if !p.mu.TryLock() {
-		return true
-	}
-	p.mu.Unlock()
-	return false
-}
-
 // Swaps is how many objects were swapped out of the TPM to make room.
-func (p *Provider) Swaps() uint64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.swaps
-}
+func (p *Provider) Swaps() uint64 { return p.swaps.Load() }
 
 // exchange sends a hand-marshalled command; run reconnects if the
 // connection broke.

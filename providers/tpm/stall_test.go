@@ -60,7 +60,7 @@ func TestStalledTPM(t *testing.T) {
 	if err := sw.Pause(); err != nil {
 		t.Fatal(err)
 	}
-	defer sw.Resume()
+	defer sw.Continue()
 	// The agent must answer at all: a hang here is the bug.
 	done := make(chan error, 1)
 	go func() { _, err := c.MAC(ctx, "k", client.SHA256, []byte("cut")); done <- err }()
@@ -72,7 +72,7 @@ func TestStalledTPM(t *testing.T) {
 	if !errors.Is(err, client.ErrUnavailable) || !strings.Contains(err.Error(), `"tpm"`) {
 		t.Errorf("MAC on a stalled TPM: %v, want ErrUnavailable naming provider \"tpm\"", err)
 	}
-	if err := sw.Resume(); err != nil {
+	if err := sw.Continue(); err != nil {
 		t.Fatal(err)
 	}
 	// Let swtpm answer the cut command, into a connection the provider
@@ -124,7 +124,7 @@ func TestStalledTPMHealth(t *testing.T) {
 	if err := sw.Pause(); err != nil {
 		t.Fatal(err)
 	}
-	defer sw.Resume()
+	defer sw.Continue()
 	stuck := make(chan error, 1)
 	go func() {
 		m, _ := k.NewMAC(ctx, providers.SHA256)
@@ -140,7 +140,7 @@ func TestStalledTPMHealth(t *testing.T) {
 			t.Errorf("health of a stalled TPM: %v, want ErrUnavailable", err)
 		}
 	}
-	sw.Resume()
+	sw.Continue()
 	<-stuck
 	<-stuck
 	deadline := time.Now().Add(10 * time.Second)

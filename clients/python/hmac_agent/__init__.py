@@ -26,6 +26,7 @@ from .errors import (
     KeyExists,
     KeyNotFound,
     PermissionDenied,
+    Unavailable,
     UnsupportedAlgorithm,
     UntrustedAgent,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "KeyExists",
     "KeyNotFound",
     "PermissionDenied",
+    "Unavailable",
     "UnsupportedAlgorithm",
     "UntrustedAgent",
 ]

@@ -67,6 +67,11 @@ class KeyExists(AgentError):
     """A key with that name exists already."""
 
 
+class Unavailable(AgentError):
+    """The key's provider cannot serve now (its device is gone, stalled or
+    restarting); the message names the provider. A later call may succeed."""
+
+
 _BY_CODE = {
     1: AlreadyFinalized,
     2: InvalidSignature,
@@ -74,6 +79,7 @@ _BY_CODE = {
     4: KeyNotFound,
     5: PermissionDenied,
     6: KeyExists,
+    10: Unavailable,
     11: ContextLost,
 }
 

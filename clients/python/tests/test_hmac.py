@@ -290,6 +290,15 @@ class PycaBehaviour(unittest.TestCase):
         else:
             self.fail("no InvalidSignature")
 
+    def test_unavailable_is_an_agent_error(self):
+        from hmac_agent.errors import from_code
+
+        e = from_code(10, 'provider "tpm" did not answer within 5s')
+        self.assertIsInstance(e, hmac_agent.Unavailable)
+        self.assertIsInstance(e, hmac_agent.AgentError)
+        self.assertEqual(e.code, 10)
+        self.assertIn('"tpm"', str(e))
+
     @unittest.skipIf(cryptography is not None, "cryptography is installed")
     def test_fallback_exceptions(self):
         self.assertEqual(hmac_agent.InvalidSignature.__module__, "hmac_agent.errors")

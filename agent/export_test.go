@@ -1,0 +1,4 @@
+package agent
+
+// MaxStuck is maxStuck, for tests.
+const MaxStuck = maxStuck
