@@ -346,11 +346,11 @@ func (p *Policy) Resolve() (agent.Policy, error) {
 		}
 		out.GIDs = append(out.GIDs, id)
 	}
-	if len(p.Operations) > 0 && len(p.Users) == 0 && len(p.Groups) == 0 {
+	if len(p.Operations) > 0 && !p.namesCaller() {
 		// A policy that names nobody denies everyone, the agent's own
 		// user included: the key could never be used. That is never what
 		// was meant, so it is refused rather than served.
-		errs = append(errs, errors.New("operations are given but no users or groups: nobody, not even the agent's own user, could use the key; name users or groups, or leave the policy out"))
+		errs = append(errs, errNamesNoCaller)
 	}
 	if len(p.Operations) == 0 {
 		out.Ops = agent.OpMAC | agent.OpVerify

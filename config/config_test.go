@@ -184,8 +184,8 @@ operations = ["verify"]
 		t.Fatal("a policy naming operations but nobody was accepted")
 	}
 	for _, want := range []string{
-		"default_policy: operations are given but no users or groups",
-		"key[0].policy: operations are given but no users or groups",
+		"default_policy: names no caller",
+		"key[0].policy: names no caller",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q:\n%v", want, err)

@@ -75,7 +75,7 @@ func (ps Policies) Resolve() (agent.Policy, error) {
 	for i, p := range ps {
 		rule, err := p.Resolve()
 		if err == nil && !p.namesCaller() {
-			err = errors.New("names no caller (users, groups, units, cgroups or executables), so it allows nobody")
+			err = errNamesNoCaller
 		}
 		if err != nil {
 			for _, e := range flatten(err) {
@@ -91,6 +91,9 @@ func (ps Policies) Resolve() (agent.Policy, error) {
 	}
 	return out, errors.Join(errs...)
 }
+
+// errNamesNoCaller is a policy that could allow nobody.
+var errNamesNoCaller = errors.New("names no caller (users, groups, units, cgroups or executables): nobody, not even the agent's own user, could use the key; name a caller, or leave the policy out")
 
 // namesCaller reports whether the policy names anyone it could allow.
 func (p *Policy) namesCaller() bool {
