@@ -16,6 +16,7 @@ import (
 	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/hashes"
 	"github.com/hmac-agent/hmac-agent/providers/providertest"
 	"github.com/hmac-agent/hmac-agent/socket"
 )
@@ -198,7 +199,7 @@ func TestLongMessagesStream(t *testing.T) {
 }
 
 func hmacOf(alg client.Algorithm, key, msg []byte) []byte {
-	h := hmac.New(alg.NewHash(), key)
+	h := hmac.New(hashes.New(alg), key)
 	h.Write(msg)
 	return h.Sum(nil)
 }

@@ -1,18 +1,6 @@
 package providers
 
-import (
-	"crypto/md5"
-	"crypto/sha1"
-	"crypto/sha256"
-	"crypto/sha3"
-	"crypto/sha512"
-	"fmt"
-	"hash"
-
-	"github.com/emmansun/gmsm/sm3"
-	"golang.org/x/crypto/blake2b"
-	"golang.org/x/crypto/blake2s"
-)
+import "fmt"
 
 // Algorithm names a hash function for HMAC. The numeric values are part of
 // the wire protocol (docs/protocol.md) and never change.
@@ -45,45 +33,27 @@ type algorithmInfo struct {
 	name      string
 	size      int
 	blockSize int
-	newHash   func() hash.Hash
 }
 
 // algorithms is the one list of algorithms. Every other copy (the Go
 // client's constants, the Python client's tables, docs/protocol.md) is
 // checked against it by a test.
 var algorithms = [...]algorithmInfo{
-	SHA1:       {"sha1", sha1.Size, sha1.BlockSize, sha1.New},
-	SHA224:     {"sha224", sha256.Size224, sha256.BlockSize, sha256.New224},
-	SHA256:     {"sha256", sha256.Size, sha256.BlockSize, sha256.New},
-	SHA384:     {"sha384", sha512.Size384, sha512.BlockSize, sha512.New384},
-	SHA512:     {"sha512", sha512.Size, sha512.BlockSize, sha512.New},
-	SHA512_224: {"sha512_224", sha512.Size224, sha512.BlockSize, sha512.New512_224},
-	SHA512_256: {"sha512_256", sha512.Size256, sha512.BlockSize, sha512.New512_256},
-	SHA3_224:   {"sha3_224", 28, 144, func() hash.Hash { return sha3.New224() }},
-	SHA3_256:   {"sha3_256", 32, 136, func() hash.Hash { return sha3.New256() }},
-	SHA3_384:   {"sha3_384", 48, 104, func() hash.Hash { return sha3.New384() }},
-	SHA3_512:   {"sha3_512", 64, 72, func() hash.Hash { return sha3.New512() }},
-	MD5:        {"md5", md5.Size, md5.BlockSize, md5.New},
-	BLAKE2b:    {"blake2b", blake2b.Size, blake2b.BlockSize, newBLAKE2b512},
-	BLAKE2s:    {"blake2s", blake2s.Size, blake2s.BlockSize, newBLAKE2s256},
-	SM3:        {"sm3", sm3.Size, sm3.BlockSize, sm3.New},
-}
-
-// The unkeyed constructors fail only for a key longer than BLAKE2 allows.
-func newBLAKE2b512() hash.Hash {
-	h, err := blake2b.New512(nil)
-	if err != nil {
-		panic("providers: blake2b.New512: " + err.Error())
-	}
-	return h
-}
-
-func newBLAKE2s256() hash.Hash {
-	h, err := blake2s.New256(nil)
-	if err != nil {
-		panic("providers: blake2s.New256: " + err.Error())
-	}
-	return h
+	SHA1:       {"sha1", 20, 64},
+	SHA224:     {"sha224", 28, 64},
+	SHA256:     {"sha256", 32, 64},
+	SHA384:     {"sha384", 48, 128},
+	SHA512:     {"sha512", 64, 128},
+	SHA512_224: {"sha512_224", 28, 128},
+	SHA512_256: {"sha512_256", 32, 128},
+	SHA3_224:   {"sha3_224", 28, 144},
+	SHA3_256:   {"sha3_256", 32, 136},
+	SHA3_384:   {"sha3_384", 48, 104},
+	SHA3_512:   {"sha3_512", 64, 72},
+	MD5:        {"md5", 16, 64},
+	BLAKE2b:    {"blake2b", 64, 128},
+	BLAKE2s:    {"blake2s", 32, 64},
+	SM3:        {"sm3", 32, 64},
 }
 
 // MaxAlgorithm is the highest defined algorithm, to size arrays indexed by
@@ -138,15 +108,6 @@ func (a Algorithm) BlockSize() int {
 		return 0
 	}
 	return algorithms[a].blockSize
-}
-
-// NewHash returns a constructor for the plain hash function, for software
-// HMAC and for checking hardware output. It panics on an invalid algorithm.
-func (a Algorithm) NewHash() func() hash.Hash {
-	if !a.Valid() {
-		panic("providers: NewHash of " + a.String())
-	}
-	return algorithms[a].newHash
 }
 
 // MarshalText encodes a as its name, so JSON carries "sha256", not 3.

@@ -27,14 +27,10 @@ func TestWireCodes(t *testing.T) {
 	}
 }
 
-// TestTable checks each row against its own hash and the name round trip.
+// TestTable checks the name round trip (providers/hashes checks each
+// row against its hash).
 func TestTable(t *testing.T) {
 	for _, alg := range providers.Algorithms() {
-		h := alg.NewHash()()
-		if h.Size() != alg.Size() || h.BlockSize() != alg.BlockSize() {
-			t.Errorf("%s: hash has %d-byte digests and %d-byte blocks, table says %d and %d",
-				alg, h.Size(), h.BlockSize(), alg.Size(), alg.BlockSize())
-		}
 		if a, err := providers.ParseAlgorithm(alg.String()); a != alg || err != nil {
 			t.Errorf("ParseAlgorithm(%q) = %v, %v", alg, a, err)
 		}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/hashes"
 )
 
 // mapping is one line of /proc/PID/smaps with what the scan needs.
@@ -151,7 +152,7 @@ func TestKeyMaterialOnlyInLockedMemory(t *testing.T) {
 	rand.Read(secret)
 	patterns := map[string][]byte{"K": secret, "base64(K)": []byte(base64.StdEncoding.EncodeToString(secret))}
 	for _, alg := range providers.Algorithms() {
-		b := alg.NewHash()().BlockSize()
+		b := hashes.New(alg)().BlockSize()
 		for _, pad := range []struct {
 			name string
 			x    byte

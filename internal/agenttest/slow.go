@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/hashes"
 )
 
 // SlowProvider is a provider that waits, as a device does: every Finalize
@@ -52,7 +53,7 @@ func (k slowKey) Name() string                        { return "slow-key" }
 func (k slowKey) Supports(a providers.Algorithm) bool { return a == providers.SHA256 }
 func (k slowKey) NewMAC(ctx context.Context, alg providers.Algorithm) (providers.MAC, error) {
 	k.p.Opened.Add(1)
-	return &slowMAC{p: k.p, h: hmac.New(alg.NewHash(), k.p.Secret)}, nil
+	return &slowMAC{p: k.p, h: hmac.New(hashes.New(alg), k.p.Secret)}, nil
 }
 
 type slowMAC struct {

@@ -24,6 +24,7 @@ import (
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/internal/softhsm"
 	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/hashes"
 	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
 	"github.com/hmac-agent/hmac-agent/providers/providertest"
 )
@@ -32,7 +33,7 @@ import (
 var softHSMAlgorithms = []providers.Algorithm{providers.SHA1, providers.SHA224, providers.SHA256, providers.SHA384, providers.SHA512, providers.MD5}
 
 func reference(alg providers.Algorithm, key, msg []byte) []byte {
-	h := hmac.New(alg.NewHash(), key)
+	h := hmac.New(hashes.New(alg), key)
 	h.Write(msg)
 	return h.Sum(nil)
 }

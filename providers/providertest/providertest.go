@@ -24,6 +24,7 @@ import (
 
 	"github.com/hmac-agent/hmac-agent/internal/testvectors"
 	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/hashes"
 )
 
 // Subject is what the suite exercises.
@@ -146,7 +147,7 @@ func (r *runner) supports(alg providers.Algorithm) bool {
 }
 
 func reference(alg providers.Algorithm, key, msg []byte) []byte {
-	h := hmac.New(alg.NewHash(), key)
+	h := hmac.New(hashes.New(alg), key)
 	h.Write(msg)
 	return h.Sum(nil)
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/hashes"
 )
 
 // jsonKeyFile is the key file as encoding/json wrote it before the
@@ -101,7 +102,7 @@ func TestLockedHMACMatchesCryptoHMAC(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, alg := range providers.Algorithms() {
-			want := hmac.New(alg.NewHash(), secret)
+			want := hmac.New(hashes.New(alg), secret)
 			want.Write(msg)
 			wantTag := want.Sum(nil)
 			got, err := k.SumMAC(ctx, alg, msg, nil)

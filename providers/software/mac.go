@@ -9,6 +9,7 @@ import (
 
 	"github.com/hmac-agent/hmac-agent/internal/memlock"
 	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/hashes"
 )
 
 // key is one software key. It keeps no copy of the secret itself: only,
@@ -45,8 +46,8 @@ func newKey(name string, secret []byte, created time.Time) (*key, error) {
 	algs := providers.Algorithms()
 	size, scratch := 0, 0
 	for _, alg := range algs {
-		size += arenaSize(alg.NewHash())
-		scratch = max(scratch, 2*alg.NewHash()().BlockSize())
+		size += arenaSize(hashes.New(alg))
+		scratch = max(scratch, 2*hashes.New(alg)().BlockSize())
 	}
 	// The padded key is built in scratch memory of its own, unmapped
 	// once the states are keyed, so that the arena a key keeps holds
@@ -66,8 +67,8 @@ func newKey(name string, secret []byte, created time.Time) (*key, error) {
 	k := &key{name: name, created: created, arena: arena}
 	mem := arena.Bytes()
 	for _, alg := range algs {
-		n := arenaSize(alg.NewHash())
-		ps, err := keyStates(alg.NewHash(), secret, mem[:n:n], pad.Bytes())
+		n := arenaSize(hashes.New(alg))
+		ps, err := keyStates(hashes.New(alg), secret, mem[:n:n], pad.Bytes())
 		if err != nil {
 			arena.Destroy()
 			return nil, err

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hmac-agent/hmac-agent/internal/privfile"
 	"github.com/hmac-agent/hmac-agent/providers"
+	hashfuncs "github.com/hmac-agent/hmac-agent/providers/hashes"
 )
 
 // blob is one TPM object of a key, as stored on disk: enough to load it
@@ -235,7 +236,7 @@ func (p *Provider) ImportKey(ctx context.Context, name string, secret []byte) (p
 		defer clear(value)
 		seed := make([]byte, alg.Size())
 		rand.Read(seed)
-		h := alg.NewHash()()
+		h := hashfuncs.New(alg)()
 		h.Write(seed)
 		h.Write(value)
 		pub := HMACTemplate(alg, tpm2.TPMAObject{})
@@ -290,7 +291,7 @@ func (p *Provider) ImportKey(ctx context.Context, name string, secret []byte) (p
 // does not change HMAC).
 func hmacKeyFor(alg providers.Algorithm, secret []byte) []byte {
 	if len(secret) > alg.BlockSize() {
-		h := alg.NewHash()()
+		h := hashfuncs.New(alg)()
 		h.Write(secret)
 		secret = h.Sum(nil)
 	}

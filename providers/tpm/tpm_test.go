@@ -21,12 +21,13 @@ import (
 	"github.com/hmac-agent/hmac-agent/internal/metrics"
 	"github.com/hmac-agent/hmac-agent/internal/swtpm"
 	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/hashes"
 	"github.com/hmac-agent/hmac-agent/providers/providertest"
 	"github.com/hmac-agent/hmac-agent/providers/tpm"
 )
 
 func reference(alg providers.Algorithm, key, msg []byte) []byte {
-	h := hmac.New(alg.NewHash(), key)
+	h := hmac.New(hashes.New(alg), key)
 	h.Write(msg)
 	return h.Sum(nil)
 }
