@@ -67,7 +67,11 @@ type Provider struct {
 	srkPub *tpm2.TPMTPublic
 
 	keysMu sync.RWMutex
-	keys   map[string]*key
+	keys   map[string]*key // the current version of each key
+	// versions are the versions looked up so far, by NAME@N.
+	versions map[string]*key
+	// rotateMu serializes the provider's changes to versions.
+	rotateMu sync.Mutex
 
 	// swaps counts slot swaps, for status and metrics.
 	swaps uint64
@@ -83,6 +87,7 @@ var (
 	_ providers.Deleter      = (*Provider)(nil)
 	_ providers.BusyReporter = (*Provider)(nil)
 	_ providers.Deadliner    = (*Provider)(nil)
+	_ providers.Versioner    = (*Provider)(nil)
 )
 
 // Open connects to the TPM, starts it if needed, flushes transient objects
@@ -94,7 +99,7 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	p := &Provider{cfg: cfg, keysDir: filepath.Join(cfg.StateDir, "keys"), slots: cfg.Slots, keys: map[string]*key{}}
+	p := &Provider{cfg: cfg, keysDir: filepath.Join(cfg.StateDir, "keys"), slots: cfg.Slots, keys: map[string]*key{}, versions: map[string]*key{}}
 	if err := privfile.MkdirCheck(p.keysDir); err != nil {
 		return nil, fmt.Errorf("tpm: state directory: %w", err)
 	}
@@ -335,6 +340,9 @@ func (p *Provider) Close() error {
 	}
 	p.keysMu.Lock()
 	for _, k := range p.keys {
+		k.destroy()
+	}
+	for _, k := range p.versions {
 		k.destroy()
 	}
 	p.keysMu.Unlock()

@@ -1,0 +1,78 @@
+package tpm_test
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/providertest"
+	"github.com/hmac-agent/hmac-agent/providers/tpm"
+)
+
+var _ providertest.Versioned = (*tpm.Provider)(nil)
+
+// TestVersions runs the versions suite on a TPM. A TPM serves one
+// connection at a time, so the concurrent rotations share one provider.
+func TestVersions(t *testing.T) {
+	p, sw, state := newTPM(t)
+	providertest.Versions(t, p, providertest.VersionsOptions{
+		Reopen: func(t testing.TB) providertest.Versioned {
+			p.Close()
+			return open(t, sw, state)
+		},
+	})
+}
+
+// TestVersionCrashLeftovers reopens a state directory as a crash would
+// leave it: a version half built, and a version whose destruction was
+// recorded but whose blobs were not yet removed.
+func TestVersionCrashLeftovers(t *testing.T) {
+	p, sw, state := newTPM(t)
+	ctx := context.Background()
+	if _, err := p.ImportKey(ctx, "k", []byte("version one")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.RotateKey(ctx, "k", []byte("version two"), 0); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	keyDir := filepath.Join(state, "keys", "k")
+	half := filepath.Join(keyDir, ".tmp-new-123")
+	if err := os.Mkdir(half, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(half, "sha256.json"), []byte(`{"version":1,`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mark := []byte(`{"retired":"2026-01-02T03:04:05Z"}`)
+	if err := os.WriteFile(filepath.Join(keyDir, "destroyed-1.json"), mark, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p = open(t, sw, state)
+	if _, err := os.Stat(half); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the half-built version is still there: %v", err)
+	}
+	vs, err := p.Versions(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vs) != 2 || vs[0].State != providers.VersionDestroyed || vs[1].State != providers.VersionCurrent {
+		t.Fatalf("versions after the crash: %+v", vs)
+	}
+	if _, err := p.KeyVersion(ctx, "k", 1); !errors.Is(err, providers.ErrKeyNotFound) {
+		t.Errorf("KeyVersion of a version recorded destroyed: %v", err)
+	}
+	if err := p.RetireVersion(ctx, "k", 1, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(keyDir, "sha256.json")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("destroying again left version 1's blob: %v", err)
+	}
+	if vi, err := p.RotateKey(ctx, "k", []byte("version three"), 0); err != nil || vi.Version != 3 {
+		t.Fatalf("rotation after the crash: %+v, %v", vi, err)
+	}
+}
