@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math/big"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -56,6 +58,10 @@ const staleClaim = 2 * time.Minute
 // number to another agent.
 const maxRotateAttempts = 10
 
+// maxKeyVersion bounds version numbers, so that a hostile or broken
+// record cannot make readers walk or count past what a key can have.
+const maxKeyVersion = 1 << 30
+
 // versionApplication is the CKA_APPLICATION of the named key's records.
 func versionApplication(name string) string { return "hmac-agent/versions/" + name }
 
@@ -78,7 +84,7 @@ func splitVersion(ref string) (name string, n int, ok bool) {
 		return "", 0, false
 	}
 	n, err := strconv.Atoi(ref[i+1:])
-	if err != nil || n < 1 || strings.ContainsAny(ref[i+1:], "+-") {
+	if err != nil || n < 1 || n > maxKeyVersion || strings.ContainsAny(ref[i+1:], "+-") {
 		return "", 0, false
 	}
 	return ref[:i], n, true
@@ -137,7 +143,7 @@ func (p *Provider) readRecordsOnce(s *session, name string) ([]storedRecord, err
 			return nil, err
 		}
 		r := storedRecord{h: h}
-		if json.Unmarshal(attrs[1].Value, &r.versionRecord) != nil || r.Version < 1 {
+		if json.Unmarshal(attrs[1].Value, &r.versionRecord) != nil || r.Version < 1 || r.Version > maxKeyVersion {
 			continue
 		}
 		switch label := string(attrs[0].Value); {
@@ -213,12 +219,11 @@ func (p *Provider) readVersions(s *session, name string) ([]*versionEntry, error
 		// Every key had a version 1; its object is gone.
 		byNumber[1] = &versionEntry{label: name}
 	}
+	// Numbers a failed rotation claimed are missing: walk those there are.
 	var out []*versionEntry
-	for n := 1; n <= newest; n++ {
+	current := 0
+	for _, n := range slices.Sorted(maps.Keys(byNumber)) {
 		e := byNumber[n]
-		if e == nil {
-			continue // a number a failed rotation claimed
-		}
 		e.Version, e.record.Version = n, n
 		if n > 1 {
 			hs, err := findObjects(p.ctx, s, versionTemplate(e.label, e.id), 1)
@@ -226,22 +231,33 @@ func (p *Provider) readVersions(s *session, name string) ([]*versionEntry, error
 				return nil, err
 			}
 			e.present = len(hs) > 0
+			if !e.present && !e.record.Destroyed {
+				// A record the agent did not write (every version
+				// the agent made has its object, or is recorded
+				// destroyed before the object goes): no version.
+				continue
+			}
 		}
+		if e.present && !e.record.Destroyed {
+			current = n
+		}
+		out = append(out, e)
+	}
+	for i, e := range out {
 		e.Created, e.Retired = e.record.Created, e.record.Retired
 		switch {
 		case e.record.Destroyed || !e.present:
 			e.State = providers.VersionDestroyed
 		case !e.record.Retired.IsZero():
 			e.State = providers.VersionRetired
-		case n == newest:
+		case e.Version == current:
 			e.State = providers.VersionCurrent
 		default:
 			e.State = providers.VersionPrevious
 		}
-		if len(out) > 0 {
-			out[len(out)-1].Superseded = e.Created
+		if i > 0 {
+			out[i-1].Superseded = e.Created
 		}
-		out = append(out, e)
 	}
 	return out, nil
 }
@@ -430,6 +446,9 @@ func (p *Provider) rotateOnce(s *session, name string, value []byte, length int)
 		newest = es[len(es)-1].Version
 	}
 	n := newest + 1
+	if n > maxKeyVersion {
+		return versionRecord{}, providers.Publicf(providers.ErrLimit, "key %q has had %d versions, the most there can be", name, maxKeyVersion)
+	}
 	nonce := rand.Text()
 	claimed := time.Now()
 	rec := versionRecord{Version: n, ID: []byte(versionLabel(name, n) + "~" + nonce), Created: claimed.UTC()}

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -32,6 +34,10 @@ import (
 // number: the second takes the next. States are files created once and
 // never changed, written (and synced) before what they announce is done.
 
+// maxKeyVersion bounds version numbers, so that a hostile or broken
+// record cannot make readers walk or count past what a key can have.
+const maxKeyVersion = 1 << 30
+
 // versionDir is where version n's blobs are.
 func (p *Provider) versionDir(name string, n int) string {
 	if n == 1 {
@@ -50,7 +56,7 @@ func splitVersion(ref string) (name string, n int, ok bool) {
 		return "", 0, false
 	}
 	n, err := strconv.Atoi(ref[i+1:])
-	if err != nil || n < 1 {
+	if err != nil || n < 1 || n > maxKeyVersion {
 		return "", 0, false
 	}
 	return ref[:i], n, true
@@ -73,18 +79,19 @@ type versionEntry struct {
 }
 
 // scanVersions reads the named key's versions from its directory, oldest
-// first. ErrKeyNotFound if it has none.
-func (p *Provider) scanVersions(name string) ([]*versionEntry, error) {
+// first, and the highest number any file names. ErrKeyNotFound if it has
+// none.
+func (p *Provider) scanVersions(name string) ([]*versionEntry, int, error) {
 	if err := providers.CheckKeyName(name); err != nil {
-		return nil, fmt.Errorf("tpm: %w", err)
+		return nil, 0, fmt.Errorf("tpm: %w", err)
 	}
 	dir := filepath.Join(p.keysDir, name)
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("tpm: %q: %w", name, providers.ErrKeyNotFound)
+		return nil, 0, fmt.Errorf("tpm: %q: %w", name, providers.ErrKeyNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("tpm: %w", err)
+		return nil, 0, fmt.Errorf("tpm: %w", err)
 	}
 	byNumber := map[int]*versionEntry{}
 	get := func(n int) *versionEntry {
@@ -99,7 +106,7 @@ func (p *Provider) scanVersions(name string) ([]*versionEntry, error) {
 			continue
 		}
 		if e.IsDir() {
-			if n, err := strconv.Atoi(strings.TrimPrefix(file, "v")); err == nil && n > 1 && file == "v"+strconv.Itoa(n) {
+			if n, err := strconv.Atoi(strings.TrimPrefix(file, "v")); err == nil && n > 1 && n <= maxKeyVersion && file == "v"+strconv.Itoa(n) {
 				get(n).present = true
 			}
 			continue
@@ -112,7 +119,7 @@ func (p *Provider) scanVersions(name string) ([]*versionEntry, error) {
 			continue
 		}
 		n, err := strconv.Atoi(number)
-		if err != nil || n < 1 || state != "retired" && state != "destroyed" {
+		if err != nil || n < 1 || n > maxKeyVersion || state != "retired" && state != "destroyed" {
 			continue
 		}
 		var mark stateMark
@@ -122,7 +129,7 @@ func (p *Provider) scanVersions(name string) ([]*versionEntry, error) {
 			err = json.Unmarshal(data, &mark)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("tpm: %s: %w", path, err)
+			return nil, 0, fmt.Errorf("tpm: %s: %w", path, err)
 		}
 		v := get(n)
 		v.Retired = mark.Retired
@@ -134,7 +141,7 @@ func (p *Provider) scanVersions(name string) ([]*versionEntry, error) {
 		}
 	}
 	if len(byNumber) == 0 {
-		return nil, fmt.Errorf("tpm: %q: %w", name, providers.ErrKeyNotFound)
+		return nil, 0, fmt.Errorf("tpm: %q: %w", name, providers.ErrKeyNotFound)
 	}
 	newest := 0
 	for n, v := range byNumber {
@@ -143,9 +150,13 @@ func (p *Provider) scanVersions(name string) ([]*versionEntry, error) {
 		}
 	}
 	var out []*versionEntry
-	for n := 1; len(out) < len(byNumber); n++ {
+	highest := 0
+	for _, n := range slices.Sorted(maps.Keys(byNumber)) {
 		v := byNumber[n]
-		if v == nil {
+		highest = n
+		if n > 1 && !v.present && v.State != providers.VersionDestroyed {
+			// A mark the agent did not write: every version it
+			// made has its blobs, or is marked destroyed first.
 			continue
 		}
 		switch {
@@ -168,7 +179,10 @@ func (p *Provider) scanVersions(name string) ([]*versionEntry, error) {
 		}
 		out = append(out, v)
 	}
-	return out, nil
+	if len(out) == 0 {
+		return nil, 0, fmt.Errorf("tpm: %q: %w", name, providers.ErrKeyNotFound)
+	}
+	return out, highest, nil
 }
 
 // loadVersion returns version n of the named key, reading its blobs the
@@ -194,7 +208,7 @@ func (p *Provider) loadVersion(name string, n int) (*key, error) {
 // Versions returns the named key's versions, oldest first, as the state
 // directory holds them now.
 func (p *Provider) Versions(ctx context.Context, name string) ([]providers.VersionInfo, error) {
-	es, err := p.scanVersions(name)
+	es, _, err := p.scanVersions(name)
 	if err != nil {
 		return nil, err
 	}
@@ -217,7 +231,7 @@ func (p *Provider) Versions(ctx context.Context, name string) ([]providers.Versi
 
 // KeyVersion returns version n of the named key unless it was destroyed.
 func (p *Provider) KeyVersion(ctx context.Context, name string, n int) (providers.Key, error) {
-	es, err := p.scanVersions(name)
+	es, _, err := p.scanVersions(name)
 	if err != nil {
 		return nil, err
 	}
@@ -244,7 +258,7 @@ func (p *Provider) RotateKey(ctx context.Context, name string, secret []byte, le
 	}
 	p.rotateMu.Lock()
 	defer p.rotateMu.Unlock()
-	es, err := p.scanVersions(name)
+	_, highest, err := p.scanVersions(name)
 	if err != nil {
 		return providers.VersionInfo{}, err
 	}
@@ -255,7 +269,11 @@ func (p *Provider) RotateKey(ctx context.Context, name string, secret []byte, le
 	}
 	defer os.RemoveAll(tmp) // nothing to remove once renamed
 	created := time.Now().UTC().Truncate(time.Second)
-	n := es[len(es)-1].Version + 1
+	// One past any number a file names: never a number used before.
+	n := highest + 1
+	if n > maxKeyVersion {
+		return providers.VersionInfo{}, providers.Publicf(providers.ErrLimit, "key %q has had %d versions, the most there can be", name, maxKeyVersion)
+	}
 	k, err := p.writeBlobs(tmp, name, n, created, newObject)
 	if err != nil {
 		return providers.VersionInfo{}, err
@@ -297,7 +315,7 @@ func (p *Provider) RotateKey(ctx context.Context, name string, secret []byte, le
 func (p *Provider) RetireVersion(ctx context.Context, name string, n int, destroy bool) error {
 	p.rotateMu.Lock()
 	defer p.rotateMu.Unlock()
-	es, err := p.scanVersions(name)
+	es, _, err := p.scanVersions(name)
 	if err != nil {
 		return err
 	}
@@ -400,7 +418,7 @@ func (p *Provider) readVersions(name string) (*key, error) {
 			}
 		}
 	}
-	es, err := p.scanVersions(name)
+	es, _, err := p.scanVersions(name)
 	if errors.Is(err, providers.ErrKeyNotFound) {
 		return nil, nil
 	}

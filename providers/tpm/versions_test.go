@@ -76,3 +76,41 @@ func TestVersionCrashLeftovers(t *testing.T) {
 		t.Fatalf("rotation after the crash: %+v, %v", vi, err)
 	}
 }
+
+// TestHostileVersionFiles: files in a key's directory that the agent did
+// not write are not versions, and their numbers are never used.
+func TestHostileVersionFiles(t *testing.T) {
+	p, _, state := newTPM(t)
+	ctx := context.Background()
+	if _, err := p.ImportKey(ctx, "k", []byte("version one")); err != nil {
+		t.Fatal(err)
+	}
+	keyDir := filepath.Join(state, "keys", "k")
+	for _, f := range []string{"retired-1000.json", "retired-99999999999999999999.json", "destroyed-0.json", "other-3.json"} {
+		if err := os.WriteFile(filepath.Join(keyDir, f), []byte(`{"retired":"2026-01-02T03:04:05Z"}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range []string{"v02", "v1073741825", "vx"} {
+		if err := os.Mkdir(filepath.Join(keyDir, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vs, err := p.Versions(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vs) != 1 || vs[0].Version != 1 || vs[0].State != providers.VersionCurrent {
+		t.Fatalf("versions among foreign files: %+v", vs)
+	}
+	vi, err := p.RotateKey(ctx, "k", []byte("version two"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vi.Version != 1001 {
+		t.Errorf("rotation beside retired-1000.json made version %d, want 1001", vi.Version)
+	}
+	if vs, err = p.Versions(ctx, "k"); err != nil || len(vs) != 2 || vs[1].State != providers.VersionCurrent {
+		t.Fatalf("versions after the rotation: %+v, %v", vs, err)
+	}
+}
