@@ -53,6 +53,7 @@ func Versions(t *testing.T, p Versioned, o VersionsOptions) {
 	t.Run("Retire", v.testRetire)
 	t.Run("Missing", v.testMissing)
 	t.Run("Legacy", v.testLegacy)
+	t.Run("Deleted", v.testDeleted)
 	t.Run("ConcurrentRotations", v.testConcurrentRotations)
 	if o.Second != nil {
 		t.Run("SecondSeesRotation", v.testSecondSees)
@@ -365,6 +366,43 @@ func (v *versionsRunner) testLegacy(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantStates(t, v.p, name, "1:retired 2:current")
+}
+
+// testDeleted deletes a key with several versions: every version goes,
+// and a new key of the same name starts again at version 1.
+func (v *versionsRunner) testDeleted(t *testing.T) {
+	del, ok := v.p.(providers.Deleter)
+	if !ok {
+		t.Skipf("%T cannot delete keys", v.p)
+	}
+	ctx := context.Background()
+	name := "versions-deleted"
+	v.importKey(t, name, secretFor(name, 1))
+	v.rotate(t, v.p, name, secretFor(name, 2))
+	v.rotate(t, v.p, name, secretFor(name, 3))
+	if err := v.p.RetireVersion(ctx, name, 1, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := del.DeleteKey(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.p.Versions(ctx, name); !errors.Is(err, providers.ErrKeyNotFound) {
+		t.Errorf("Versions of a deleted key: %v", err)
+	}
+	for n := 1; n <= 3; n++ {
+		if _, err := v.p.KeyVersion(ctx, name, n); !errors.Is(err, providers.ErrKeyNotFound) {
+			t.Errorf("KeyVersion(%d) of a deleted key: %v", n, err)
+		}
+	}
+	if _, err := v.p.Key(ctx, name); !errors.Is(err, providers.ErrKeyNotFound) {
+		t.Errorf("Key of a deleted key: %v", err)
+	}
+	secret := []byte("a new key under an old name, long enough for every digest")
+	v.importKey(t, name, secret)
+	wantStates(t, v.p, name, "1:current")
+	if got, want := v.currentTag(t, v.p, name), reference(v.o.Algorithm, secret, versionsMessage); !bytes.Equal(got, want) {
+		t.Errorf("the new key computes %x, want %x", got, want)
+	}
 }
 
 // testConcurrentRotations rotates one key from several goroutines, through
