@@ -311,9 +311,9 @@ func (p *Provider) Versions(ctx context.Context, name string) ([]providers.Versi
 	for i, e := range es {
 		out[i] = e.VersionInfo
 	}
-	current := es[len(es)-1].Version
+	current := currentVersion(es)
 	p.keysMu.Lock()
-	if k := p.keys[name]; k != nil && k.version != current {
+	if k := p.keys[name]; k != nil && (current == nil || k.version != current.Version) {
 		delete(p.keys, name)
 	}
 	p.keysMu.Unlock()
@@ -326,9 +326,9 @@ func (p *Provider) currentKey(ctx context.Context, name string) (providers.Key, 
 	if err != nil {
 		return nil, err
 	}
-	e := es[len(es)-1]
-	if e.State != providers.VersionCurrent {
-		return nil, fmt.Errorf("pkcs11: key %q: %w: its newest version %d was destroyed", name, providers.ErrKeyNotFound, e.Version)
+	e := currentVersion(es)
+	if e == nil {
+		return nil, fmt.Errorf("pkcs11: key %q: %w: it has no current version", name, providers.ErrKeyNotFound)
 	}
 	return p.loadKey(ctx, &key{p: p, name: name, label: e.label, id: e.id, version: e.Version})
 }
@@ -351,6 +351,17 @@ func (p *Provider) KeyVersion(ctx context.Context, name string, n int) (provider
 		return k, nil
 	}
 	return p.loadKey(ctx, &key{p: p, name: ref, label: e.label, id: e.id, version: n})
+}
+
+// currentVersion is the current one of es, or nil if its object was
+// deleted by someone else.
+func currentVersion(es []*versionEntry) *versionEntry {
+	for _, e := range es {
+		if e.State == providers.VersionCurrent {
+			return e
+		}
+	}
+	return nil
 }
 
 func findVersion(es []*versionEntry, n int) *versionEntry {
@@ -474,7 +485,11 @@ func (p *Provider) rotateOnce(s *session, name string, value []byte, length int)
 		}
 	}
 	tmpl := keyTemplate(versionLabel(name, n))
-	tmpl[len(tmpl)-1] = p11.NewAttribute(p11.CKA_ID, rec.ID)
+	for i, a := range tmpl {
+		if a.Type == p11.CKA_ID {
+			tmpl[i] = p11.NewAttribute(p11.CKA_ID, rec.ID)
+		}
+	}
 	var obj p11.ObjectHandle
 	if value != nil {
 		obj, err = p.ctx.CreateObject(s.h, append(tmpl, p11.NewAttribute(p11.CKA_VALUE, value)))

@@ -156,3 +156,35 @@ func TestHostileVersionRecords(t *testing.T) {
 		t.Errorf("k@1001 does not verify version three's tag: %v", err)
 	}
 }
+
+// TestCurrentIsNotAlwaysTheHighestNumber: a destroyed version numbered
+// past the current one (a record another program wrote) does not hide the
+// current version.
+func TestCurrentIsNotAlwaysTheHighestNumber(t *testing.T) {
+	p, tok := newToken(t, nil)
+	d := direct(t, tok)
+	ctx := context.Background()
+	if _, err := p.ImportKey(ctx, "k", []byte("version one")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.RotateKey(ctx, "k", []byte("version two"), 0); err != nil {
+		t.Fatal(err)
+	}
+	d.record("k", "k@9", `{"version":9,"destroyed":true}`)
+	wantVersions(t, p, "k", "1:previous 2:current 9:destroyed")
+	k, err := p.Key(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := k.NewMAC(ctx, providers.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Update(ctx, []byte("m"))
+	if err := m.Verify(ctx, reference(providers.SHA256, []byte("version two"), []byte("m"))); err != nil {
+		t.Errorf("Key(k) is not version 2: %v", err)
+	}
+	if vi, err := p.RotateKey(ctx, "k", []byte("version ten"), 0); err != nil || vi.Version != 10 {
+		t.Fatalf("rotation past a destroyed version 9: %+v, %v", vi, err)
+	}
+}
