@@ -1,13 +1,17 @@
 package tpm_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
+	"github.com/hmac-agent/hmac-agent/internal/swtpm"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/providers/providertest"
 	"github.com/hmac-agent/hmac-agent/providers/tpm"
@@ -112,5 +116,83 @@ func TestHostileVersionFiles(t *testing.T) {
 	}
 	if vs, err = p.Versions(ctx, "k"); err != nil || len(vs) != 2 || vs[1].State != providers.VersionCurrent {
 		t.Fatalf("versions after the rotation: %+v, %v", vs, err)
+	}
+}
+
+// TestTwoProvidersOneStateDir rotates one key at once through two
+// providers on one state directory (each on a TPM of its own, since a TPM
+// serves one connection): the rename that publishes a version fails when
+// the number is taken, so no number is made twice, and each provider's
+// versions compute the tags of the key it imported.
+func TestTwoProvidersOneStateDir(t *testing.T) {
+	a, _, state := newTPM(t)
+	ctx := context.Background()
+	if _, err := a.ImportKey(ctx, "k", []byte("version one")); err != nil {
+		t.Fatal(err)
+	}
+	b := open(t, swtpm.Require(t), state)
+	const perProvider = 4
+	type made struct {
+		p      *tpm.Provider
+		n      int
+		secret []byte
+	}
+	var (
+		mu   sync.Mutex
+		all  []made
+		wg   sync.WaitGroup
+		errs = make(chan error, 2*perProvider)
+	)
+	for i, p := range []*tpm.Provider{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range perProvider {
+				secret := []byte(fmt.Sprintf("provider %d rotation %d", i, j))
+				vi, err := p.RotateKey(ctx, "k", secret, 0)
+				if err != nil {
+					errs <- err
+					continue
+				}
+				mu.Lock()
+				all = append(all, made{p, vi.Version, secret})
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("RotateKey: %v", err)
+	}
+	seen := map[int]bool{}
+	for _, m := range all {
+		if seen[m.n] {
+			t.Fatalf("two rotations made version %d", m.n)
+		}
+		seen[m.n] = true
+	}
+	for _, p := range []*tpm.Provider{a, b} {
+		vs, err := p.Versions(ctx, "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(vs) != 1+len(all) {
+			t.Errorf("%d versions listed after %d rotations: %+v", len(vs), len(all), vs)
+		}
+	}
+	msg := []byte("m")
+	for _, m := range all {
+		k, err := m.p.KeyVersion(ctx, "k", m.n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tag, err := k.(providers.OneShot).SumMAC(ctx, providers.SHA256, msg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := reference(providers.SHA256, m.secret, msg); !bytes.Equal(tag, want) {
+			t.Errorf("version %d: %x, want %x", m.n, tag, want)
+		}
 	}
 }
