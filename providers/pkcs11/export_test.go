@@ -21,3 +21,11 @@ func (p *Provider) Prepared() int {
 	defer p.prepMu.Unlock()
 	return len(p.prep)
 }
+
+// SetStaleClaim changes how old an uncommitted rotation claim must be to
+// be taken for stale, for the test's duration.
+func SetStaleClaim(t testing.TB, d time.Duration) {
+	old := staleClaim
+	staleClaim = d
+	t.Cleanup(func() { staleClaim = old })
+}

@@ -49,7 +49,7 @@ import (
 // staleClaim is how old an uncommitted claim must be before another
 // rotation removes it. A rotation gives up without committing once its
 // claim is half that old, so a live claim is never removed.
-const staleClaim = 2 * time.Minute
+var staleClaim = 2 * time.Minute
 
 // maxRotateAttempts bounds how often a rotation tries again after losing a
 // number to another agent.

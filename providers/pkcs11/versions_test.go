@@ -188,3 +188,49 @@ func TestCurrentIsNotAlwaysTheHighestNumber(t *testing.T) {
 		t.Fatalf("rotation past a destroyed version 9: %+v, %v", vi, err)
 	}
 }
+
+// countData is how many data objects have the application, read past the
+// provider.
+func (d *directToken) countData(application string) int {
+	d.t.Helper()
+	if err := d.ctx.FindObjectsInit(d.s, []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_DATA),
+		p11.NewAttribute(p11.CKA_APPLICATION, application),
+	}); err != nil {
+		d.t.Fatal(err)
+	}
+	hs, _, err := d.ctx.FindObjects(d.s, 1000)
+	d.ctx.FindObjectsFinal(d.s)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return len(hs)
+}
+
+// TestSlowRotationGivesUp: a rotation whose token took so long that its
+// claim could be taken for stale gives up rather than commit, and leaves
+// neither its claim nor its key object behind.
+func TestSlowRotationGivesUp(t *testing.T) {
+	p, tok := newToken(t, nil)
+	d := direct(t, tok)
+	ctx := context.Background()
+	if _, err := p.ImportKey(ctx, "k", []byte("version one")); err != nil {
+		t.Fatal(err)
+	}
+	pkcs11.SetStaleClaim(t, time.Nanosecond)
+	if _, err := p.RotateKey(ctx, "k", []byte("version two"), 0); !errors.Is(err, providers.ErrUnavailable) {
+		t.Fatalf("a rotation slower than its claim may live: %v, want ErrUnavailable", err)
+	}
+	if n := d.countData("hmac-agent/versions/k"); n != 0 {
+		t.Errorf("%d records left behind", n)
+	}
+	if err := d.ctx.FindObjectsInit(d.s, []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, "k@2")}); err != nil {
+		t.Fatal(err)
+	}
+	hs, _, _ := d.ctx.FindObjects(d.s, 10)
+	d.ctx.FindObjectsFinal(d.s)
+	if len(hs) != 0 {
+		t.Errorf("%d key objects labelled k@2 left behind", len(hs))
+	}
+	wantVersions(t, p, "k", "1:current")
+}
