@@ -31,7 +31,27 @@ func TestVersions(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { second.Close() })
+	d := direct(t, tok)
 	providertest.Versions(t, p, providertest.VersionsOptions{
+		// As another tool, or a release before versions, makes a key:
+		// a labelled secret key with an ID of its own and no record.
+		Legacy: func(t testing.TB, name string, secret []byte) {
+			_, err := d.ctx.CreateObject(d.s, []*p11.Attribute{
+				p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+				p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_GENERIC_SECRET),
+				p11.NewAttribute(p11.CKA_TOKEN, true),
+				p11.NewAttribute(p11.CKA_PRIVATE, true),
+				p11.NewAttribute(p11.CKA_SENSITIVE, true),
+				p11.NewAttribute(p11.CKA_SIGN, true),
+				p11.NewAttribute(p11.CKA_VERIFY, true),
+				p11.NewAttribute(p11.CKA_LABEL, name),
+				p11.NewAttribute(p11.CKA_ID, []byte{0x0a, 0x0b}),
+				p11.NewAttribute(p11.CKA_VALUE, secret),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		},
 		Second: second,
 		Reopen: func(t testing.TB) providertest.Versioned {
 			p.Close()
