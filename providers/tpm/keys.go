@@ -34,7 +34,10 @@ type key struct {
 	p       *Provider
 	name    string
 	version int
-	created time.Time
+	created time.Time // when this version was made
+	// keyCreated is when the key's first version was made, for listing
+	// the key; guarded by the provider's keysMu.
+	keyCreated time.Time
 	// objs is fixed once the key is published; the objects' fields are
 	// guarded by the provider's mu.
 	objs map[providers.Algorithm]*object
@@ -177,7 +180,11 @@ func (p *Provider) Keys(ctx context.Context) ([]providers.KeyInfo, error) {
 	defer p.keysMu.RUnlock()
 	var out []providers.KeyInfo
 	for _, k := range p.keys {
-		out = append(out, providers.KeyInfo{Name: k.name, Provider: p.cfg.Name, Kind: p.Kind(), Algorithms: k.algorithms(), Created: k.created})
+		created := k.keyCreated
+		if created.IsZero() {
+			created = k.created
+		}
+		out = append(out, providers.KeyInfo{Name: k.name, Provider: p.cfg.Name, Kind: p.Kind(), Algorithms: k.algorithms(), Created: created})
 	}
 	slices.SortFunc(out, func(a, b providers.KeyInfo) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil

@@ -220,6 +220,7 @@ func (p *Provider) Versions(ctx context.Context, name string) ([]providers.Versi
 			if k, err := p.loadVersion(name, e.Version); err == nil {
 				p.keysMu.Lock()
 				if _, ok := p.keys[name]; ok {
+					k.keyCreated = es[0].Created
 					p.keys[name] = k
 				}
 				p.keysMu.Unlock()
@@ -303,6 +304,12 @@ func (p *Provider) RotateKey(ctx context.Context, name string, secret []byte, le
 	}
 	p.keysMu.Lock()
 	p.versions[versionRef(name, n)] = k
+	if old := p.keys[name]; old != nil {
+		k.keyCreated = old.keyCreated
+		if k.keyCreated.IsZero() {
+			k.keyCreated = old.created
+		}
+	}
 	p.keys[name] = k
 	p.keysMu.Unlock()
 	return providers.VersionInfo{Version: n, State: providers.VersionCurrent, Created: created}, nil
@@ -427,7 +434,13 @@ func (p *Provider) readVersions(name string) (*key, error) {
 	}
 	for i := len(es) - 1; i >= 0; i-- {
 		if es[i].State == providers.VersionCurrent {
-			return p.loadVersion(name, es[i].Version)
+			k, err := p.loadVersion(name, es[i].Version)
+			if err == nil {
+				p.keysMu.Lock()
+				k.keyCreated = es[0].Created
+				p.keysMu.Unlock()
+			}
+			return k, err
 		}
 	}
 	return nil, nil

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hmac-agent/hmac-agent/internal/swtpm"
 	"github.com/hmac-agent/hmac-agent/providers"
@@ -195,4 +196,32 @@ func TestTwoProvidersOneStateDir(t *testing.T) {
 			t.Errorf("version %d: %x, want %x", m.n, tag, want)
 		}
 	}
+}
+
+// TestListedCreationIsTheKeys: rotating does not make a key look newer in
+// the listing, before or after a restart.
+func TestListedCreationIsTheKeys(t *testing.T) {
+	p, sw, state := newTPM(t)
+	ctx := context.Background()
+	info, err := p.ImportKey(ctx, "k", []byte("version one"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // creation times are in seconds
+	if _, err := p.RotateKey(ctx, "k", []byte("version two"), 0); err != nil {
+		t.Fatal(err)
+	}
+	check := func(p *tpm.Provider, when string) {
+		t.Helper()
+		keys, err := p.Keys(ctx)
+		if err != nil || len(keys) != 1 {
+			t.Fatalf("%s: %v, %v", when, keys, err)
+		}
+		if !keys[0].Created.Equal(info.Created) {
+			t.Errorf("%s: the key is listed as created %v, want %v", when, keys[0].Created, info.Created)
+		}
+	}
+	check(p, "after rotation")
+	p.Close()
+	check(open(t, sw, state), "after reopening")
 }
