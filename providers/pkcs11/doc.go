@@ -13,6 +13,18 @@
 // itself, and every block size here is at least 64, so the tags do not
 // change.
 //
+// # Versions
+//
+// [Provider] is a providers.Versioner, and keeps versions in the token so
+// that every agent sharing it sees the same ones (versions.go): version 1
+// is the object labelled with the key's name, as keys were made before
+// versions existed; version N is an object labelled NAME@N; each version's
+// creation, retirement and destruction are recorded in CKO_DATA objects
+// beside it, only ever added, never changed. A rotation claims its number
+// with a record before making the key object and commits it after, so two
+// agents rotating one key at once never make two versions with one
+// number. A rotation that fails leaves its number unused.
+//
 // # Sessions and concurrency
 //
 // A PKCS#11 session used by two goroutines at once corrupts the module's

@@ -14,3 +14,11 @@ func SetStaleAfter(t testing.TB, d time.Duration) {
 	staleAfter = d
 	t.Cleanup(func() { staleAfter = old })
 }
+
+// SetStaleClaim changes how old an uncommitted rotation claim must be to
+// be taken for stale, for the test's duration.
+func SetStaleClaim(t testing.TB, d time.Duration) {
+	old := staleClaim
+	staleClaim = d
+	t.Cleanup(func() { staleClaim = old })
+}

@@ -18,11 +18,15 @@ import (
 
 // key is a secret key in the token, found by label and/or ID.
 type key struct {
-	p     *Provider
+	p *Provider
+	// name is what the key is cached under: a name, NAME@N for a version
+	// asked for by number, or a URI.
 	name  string
 	label string
 	id    []byte
-	algs  map[providers.Algorithm]bool
+	// version is the key version the object is, 0 for a key named by URI.
+	version int
+	algs    map[providers.Algorithm]bool
 	// identity is the object's own CKA_LABEL and CKA_ID, as read from
 	// the token: the same whether the key was found by label or by id.
 	identity string
@@ -200,12 +204,24 @@ func (p *Provider) Key(ctx context.Context, ref string) (providers.Key, error) {
 	if k != nil {
 		return k, nil
 	}
+	if !strings.HasPrefix(ref, "pkcs11:") {
+		if name, n, ok := splitVersion(ref); ok {
+			return p.KeyVersion(ctx, name, n)
+		}
+		return p.currentKey(ctx, ref)
+	}
 	label, id, err := p.reference(ref)
 	if err != nil {
 		return nil, err
 	}
-	k = &key{p: p, name: ref, label: label, id: id}
-	err = p.withSession(ctx, func(s *session) error {
+	return p.loadKey(ctx, &key{p: p, name: ref, label: label, id: id})
+}
+
+// loadKey reads k's object from the token and caches k under its name,
+// unless another lookup cached one first.
+func (p *Provider) loadKey(ctx context.Context, k *key) (providers.Key, error) {
+	ref := k.name
+	err := p.withSession(ctx, func(s *session) error {
 		h, err := k.tokenHandle(s)
 		if err != nil {
 			return err
@@ -274,6 +290,7 @@ func (p *Provider) Keys(ctx context.Context) ([]providers.KeyInfo, error) {
 	var infos []providers.KeyInfo
 	err := p.withSession(ctx, func(s *session) error {
 		infos = infos[:0]
+		newest, byName := map[string]int{}, map[string]providers.KeyInfo{}
 		hs, err := findObjects(p.ctx, s, []*p11.Attribute{
 			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
 			p11.NewAttribute(p11.CKA_TOKEN, true),
@@ -296,12 +313,25 @@ func (p *Provider) Keys(ctx context.Context) ([]providers.KeyInfo, error) {
 			if label == "" || len(algs) == 0 {
 				continue
 			}
-			info := providers.KeyInfo{Name: label, Provider: p.cfg.Name, Kind: p.Kind()}
+			// A key is listed once, with what its newest version
+			// can do; version 1 is the object labelled by name.
+			name, n, versioned := splitVersion(label)
+			if !versioned {
+				name, n = label, 1
+			}
+			if seen, ok := newest[name]; ok && seen >= n {
+				continue
+			}
+			newest[name] = n
+			info := providers.KeyInfo{Name: name, Provider: p.cfg.Name, Kind: p.Kind()}
 			for _, alg := range p.algs {
 				if algs[alg] {
 					info.Algorithms = append(info.Algorithms, alg)
 				}
 			}
+			byName[name] = info
+		}
+		for _, info := range byName {
 			infos = append(infos, info)
 		}
 		// A token that went away lists nothing: that is not an empty
@@ -354,6 +384,12 @@ func (p *Provider) create(ctx context.Context, name string, make func(s *session
 		}
 		if len(hs) > 0 {
 			return fmt.Errorf("pkcs11: %q: %w", name, providers.ErrKeyExists)
+		}
+		if versioned, err := p.hasRecords(s, name); err != nil || versioned {
+			if err == nil {
+				err = fmt.Errorf("pkcs11: %q: %w: it has versions", name, providers.ErrKeyExists)
+			}
+			return err
 		}
 		return make(s)
 	})
@@ -469,7 +505,17 @@ func (p *Provider) DeleteKey(ctx context.Context, ref string) error {
 	k := &key{p: p, name: ref, label: label, id: id}
 	var deleted p11.ObjectHandle
 	err = p.withSession(ctx, func(s *session) error {
+		versioned := false
+		if !strings.HasPrefix(ref, "pkcs11:") {
+			// Every version goes with the key.
+			if versioned, err = p.deleteVersions(s, ref); err != nil {
+				return err
+			}
+		}
 		h, err := k.tokenHandle(s)
+		if versioned && errors.Is(err, providers.ErrKeyNotFound) {
+			return nil // version 1 was destroyed before
+		}
 		if err != nil {
 			return err
 		}
@@ -480,6 +526,7 @@ func (p *Provider) DeleteKey(ctx context.Context, ref string) error {
 	// whatever reached it.
 	if p.enter() == nil {
 		p.forgetObject(ref, deleted)
+		p.forgetVersionsOf(ref)
 		p.leave()
 	}
 	p.forgetKey(ref)

@@ -83,6 +83,7 @@ var (
 	_ providers.Importer  = (*Provider)(nil)
 	_ providers.Deleter   = (*Provider)(nil)
 	_ providers.Deadliner = (*Provider)(nil)
+	_ providers.Versioner = (*Provider)(nil)
 )
 
 // Open loads the module, finds the token, logs in and reads the token's

@@ -44,6 +44,16 @@
 // once whole, so a crash leaves a key whole or absent; leftovers are
 // removed at start.
 //
+// # Versions
+//
+// [Provider] is a providers.Versioner (versions.go). Version 1 is the
+// key's blobs as keys were always stored, so existing state directories
+// load unchanged; version N is a directory vN beside them, built and
+// renamed into place like a new key, so it too appears whole or not at
+// all, and a second provider on the same directory cannot take a number
+// already taken. Retirement and destruction are files created once
+// (retired-N.json, destroyed-N.json), written before the blobs go.
+//
 // [Provider] and its keys are safe for concurrent use; a MAC context is
 // not.
 package tpm

@@ -34,7 +34,11 @@ type blob struct {
 type key struct {
 	p       *Provider
 	name    string
-	created time.Time
+	version int
+	created time.Time // when this version was made
+	// keyCreated is when the key's first version was made, for listing
+	// the key; guarded by the provider's keysMu.
+	keyCreated time.Time
 	// objs is fixed once the key is published; the objects' fields are
 	// guarded by the provider's mu.
 	objs map[providers.Algorithm]*object
@@ -46,6 +50,14 @@ var (
 )
 
 func (k *key) Name() string { return k.name }
+
+// label names one of the key's objects in errors.
+func (k *key) label(alg providers.Algorithm) string {
+	if k.version > 1 {
+		return fmt.Sprintf("%q version %d (%s)", k.name, k.version, alg)
+	}
+	return fmt.Sprintf("%q (%s)", k.name, alg)
+}
 
 // Supports reports whether the key has an object for alg.
 func (k *key) Supports(alg providers.Algorithm) bool { _, ok := k.objs[alg]; return ok }
@@ -104,12 +116,15 @@ func (p *Provider) readKeys() error {
 		if _, err := privfile.RemoveStale(filepath.Join(p.keysDir, e.Name())); err != nil {
 			return fmt.Errorf("tpm: %w", err)
 		}
-		k, err := p.readKey(e.Name())
+		if _, err := p.readKey(e.Name()); err != nil {
+			return err
+		}
+		k, err := p.readVersions(e.Name())
 		if err != nil {
 			return err
 		}
-		if len(k.objs) == 0 {
-			// An empty directory, left by versions that made keys in
+		if k == nil {
+			// An empty directory, left by releases that made keys in
 			// place: it would block the name.
 			os.Remove(path)
 			continue
@@ -128,9 +143,14 @@ func (p *Provider) readKey(name string) (*key, error) {
 	if err := privfile.Check(dir, info, true); err != nil {
 		return nil, fmt.Errorf("tpm: %w", err)
 	}
-	k := &key{p: p, name: name, objs: map[providers.Algorithm]*object{}}
+	return p.readBlobs(dir, name, 1)
+}
+
+// readBlobs loads a version's blobs from dir.
+func (p *Provider) readBlobs(dir, name string, version int) (*key, error) {
+	k := &key{p: p, name: name, version: version, objs: map[providers.Algorithm]*object{}}
 	for _, alg := range providers.Algorithms() {
-		path := p.blobPath(name, alg)
+		path := filepath.Join(dir, alg.String()+".json")
 		data, err := privfile.Read(path)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -143,20 +163,24 @@ func (p *Provider) readKey(name string) (*key, error) {
 			return nil, fmt.Errorf("tpm: %s: not a key blob file (%v)", path, err)
 		}
 		k.created = b.Created
-		k.objs[alg] = &object{kind: objKey, blob: &b, label: fmt.Sprintf("%q (%s)", name, alg)}
+		k.objs[alg] = &object{kind: objKey, blob: &b, label: k.label(alg)}
 	}
 	return k, nil
 }
 
-// Key returns the named key or an error wrapping ErrKeyNotFound.
+// Key returns the named key's current version, or version N of it when
+// named NAME@N, or an error wrapping ErrKeyNotFound.
 func (p *Provider) Key(ctx context.Context, name string) (providers.Key, error) {
 	p.keysMu.RLock()
-	defer p.keysMu.RUnlock()
 	k, ok := p.keys[name]
-	if !ok {
-		return nil, fmt.Errorf("tpm: %q: %w", name, providers.ErrKeyNotFound)
+	p.keysMu.RUnlock()
+	if ok {
+		return k, nil
 	}
-	return k, nil
+	if base, n, versioned := splitVersion(name); versioned {
+		return p.KeyVersion(ctx, base, n)
+	}
+	return nil, fmt.Errorf("tpm: %q: %w", name, providers.ErrKeyNotFound)
 }
 
 // Keys lists the keys with the algorithms each has an object for.
@@ -165,7 +189,11 @@ func (p *Provider) Keys(ctx context.Context) ([]providers.KeyInfo, error) {
 	defer p.keysMu.RUnlock()
 	var out []providers.KeyInfo
 	for _, k := range p.keys {
-		out = append(out, providers.KeyInfo{Name: k.name, Provider: p.cfg.Name, Kind: p.Kind(), Algorithms: k.algorithms(), Created: k.created})
+		created := k.keyCreated
+		if created.IsZero() {
+			created = k.created
+		}
+		out = append(out, providers.KeyInfo{Name: k.name, Provider: p.cfg.Name, Kind: p.Kind(), Algorithms: k.algorithms(), Created: created})
 	}
 	slices.SortFunc(out, func(a, b providers.KeyInfo) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
@@ -196,30 +224,33 @@ func (p *Provider) GenerateKey(ctx context.Context, name string, length int) (pr
 	if length != 0 {
 		return providers.KeyInfo{}, fmt.Errorf("tpm: %w: a TPM generates keys of the digest's length; give no length", providers.ErrInvalidArgument)
 	}
-	return p.create(name, func(alg providers.Algorithm, auth []byte) (*blob, error) {
-		tmpl := HMACTemplate(alg, tpm2.TPMAObject{FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true})
-		var b *blob
-		err := p.run(func() error {
-			if err := p.loadLocked(p.srk); err != nil {
-				return err
-			}
-			var rsp *tpm2.CreateResponse
-			err := p.roomLocked([]*object{p.srk}, func() (err error) {
-				rsp, err = tpm2.Create{
-					ParentHandle: tpm2.AuthHandle{Handle: p.srk.handle, Name: p.srk.name, Auth: tpm2.PasswordAuth(nil)},
-					InSensitive:  tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: auth}}},
-					InPublic:     tpm2.New2B(tmpl),
-				}.Execute(p.t)
-				return err
-			})
-			if err != nil {
-				return fmt.Errorf("tpm: create %s key: %w", alg, err)
-			}
-			b = &blob{Public: rsp.OutPublic.Bytes(), Private: rsp.OutPrivate.Buffer}
-			return nil
+	return p.create(name, p.generatedObject)
+}
+
+// generatedObject makes a key object for alg inside the TPM.
+func (p *Provider) generatedObject(alg providers.Algorithm, auth []byte) (*blob, error) {
+	tmpl := HMACTemplate(alg, tpm2.TPMAObject{FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true})
+	var b *blob
+	err := p.run(func() error {
+		if err := p.loadLocked(p.srk); err != nil {
+			return err
+		}
+		var rsp *tpm2.CreateResponse
+		err := p.roomLocked([]*object{p.srk}, func() (err error) {
+			rsp, err = tpm2.Create{
+				ParentHandle: tpm2.AuthHandle{Handle: p.srk.handle, Name: p.srk.name, Auth: tpm2.PasswordAuth(nil)},
+				InSensitive:  tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: auth}}},
+				InPublic:     tpm2.New2B(tmpl),
+			}.Execute(p.t)
+			return err
 		})
-		return b, err
+		if err != nil {
+			return fmt.Errorf("tpm: create %s key: %w", alg, err)
+		}
+		b = &blob{Public: rsp.OutPublic.Bytes(), Private: rsp.OutPrivate.Buffer}
+		return nil
 	})
+	return b, err
 }
 
 // ImportKey brings secret into the TPM with TPM2_Import of a duplicate made
@@ -231,7 +262,13 @@ func (p *Provider) ImportKey(ctx context.Context, name string, secret []byte) (p
 	if len(secret) > 4096 {
 		return providers.KeyInfo{}, fmt.Errorf("tpm: %w: key of %d bytes, at most 4096", providers.ErrInvalidArgument, len(secret))
 	}
-	return p.create(name, func(alg providers.Algorithm, auth []byte) (*blob, error) {
+	return p.create(name, p.importedObject(secret))
+}
+
+// importedObject returns a maker of key objects holding secret, brought
+// in with TPM2_Import.
+func (p *Provider) importedObject(secret []byte) func(alg providers.Algorithm, auth []byte) (*blob, error) {
+	return func(alg providers.Algorithm, auth []byte) (*blob, error) {
 		value := hmacKeyFor(alg, secret)
 		defer clear(value)
 		seed := make([]byte, alg.Size())
@@ -282,7 +319,7 @@ func (p *Provider) ImportKey(ctx context.Context, name string, secret []byte) (p
 			return nil
 		})
 		return b, err
-	})
+	}
 }
 
 // hmacKeyFor applies HMAC's key rules for alg: a key longer than the block
@@ -320,31 +357,9 @@ func (p *Provider) create(name string, newObject func(alg providers.Algorithm, a
 	}
 	defer os.RemoveAll(tmp) // nothing to remove once renamed
 	created := time.Now().UTC().Truncate(time.Second)
-	k := &key{p: p, name: name, created: created, objs: map[providers.Algorithm]*object{}}
-	for _, alg := range p.algs {
-		// A TPM takes auth values up to the name algorithm's digest
-		// size, which is the key's hash here.
-		auth := make([]byte, alg.Size())
-		rand.Read(auth)
-		b, err := newObject(alg, auth)
-		if err == nil {
-			b.Version, b.Created, b.Auth = 1, created, auth
-			var data []byte
-			data, err = json.Marshal(b)
-			if err == nil {
-				// Create syncs the file and tmp.
-				err = privfile.Create(filepath.Join(tmp, alg.String()+".json"), data)
-			}
-		}
-		if err != nil {
-			k.destroy()
-			clear(auth)
-			if errors.Is(err, errTransport) || errors.Is(err, providers.ErrUnavailable) {
-				return providers.KeyInfo{}, err
-			}
-			return providers.KeyInfo{}, fmt.Errorf("tpm: key %q: %w: %w", name, p.refused("the key could not be made"), err)
-		}
-		k.objs[alg] = &object{kind: objKey, blob: b, label: fmt.Sprintf("%q (%s)", name, alg)}
+	k, err := p.writeBlobs(tmp, name, 1, created, newObject)
+	if err != nil {
+		return providers.KeyInfo{}, err
 	}
 	dir := filepath.Join(p.keysDir, name)
 	err = os.Rename(tmp, dir)
@@ -368,38 +383,87 @@ func (p *Provider) create(name string, newObject func(alg providers.Algorithm, a
 		return providers.KeyInfo{}, fmt.Errorf("tpm: %w", err)
 	}
 	p.keys[name] = k
+	p.versions[versionRef(name, 1)] = k
 	return providers.KeyInfo{Name: name, Provider: p.cfg.Name, Kind: p.Kind(), Algorithms: k.algorithms(), Created: created}, nil
+}
+
+// writeBlobs makes one object per algorithm with newObject and writes
+// their blobs, synced, in dir.
+func (p *Provider) writeBlobs(dir, name string, version int, created time.Time, newObject func(alg providers.Algorithm, auth []byte) (*blob, error)) (*key, error) {
+	k := &key{p: p, name: name, version: version, created: created, objs: map[providers.Algorithm]*object{}}
+	for _, alg := range p.algs {
+		// A TPM takes auth values up to the name algorithm's digest
+		// size, which is the key's hash here.
+		auth := make([]byte, alg.Size())
+		rand.Read(auth)
+		b, err := newObject(alg, auth)
+		if err == nil {
+			b.Version, b.Created, b.Auth = 1, created, auth
+			var data []byte
+			data, err = json.Marshal(b)
+			if err == nil {
+				// Create syncs the file and tmp.
+				err = privfile.Create(filepath.Join(dir, alg.String()+".json"), data)
+			}
+		}
+		if err != nil {
+			k.destroy()
+			clear(auth)
+			if errors.Is(err, errTransport) || errors.Is(err, providers.ErrUnavailable) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("tpm: key %q: %w: %w", name, p.refused("the key could not be made"), err)
+		}
+		k.objs[alg] = &object{kind: objKey, blob: b, label: k.label(alg)}
+	}
+	return k, nil
 }
 
 // DeleteKey flushes the key's objects and removes its blobs. Without the
 // blobs the TPM cannot load the key again.
 func (p *Provider) DeleteKey(ctx context.Context, name string) error {
+	p.rotateMu.Lock()
+	defer p.rotateMu.Unlock()
 	p.keysMu.Lock()
 	k, ok := p.keys[name]
 	if ok {
 		delete(p.keys, name)
+	}
+	// Every version goes with the key.
+	gone := []*key{k}
+	for ref, v := range p.versions {
+		if base, _, _ := splitVersion(ref); base == name {
+			delete(p.versions, ref)
+			if v != k {
+				gone = append(gone, v)
+			}
+		}
 	}
 	p.keysMu.Unlock()
 	if !ok {
 		return fmt.Errorf("tpm: %q: %w", name, providers.ErrKeyNotFound)
 	}
 	p.run(func() error {
-		for _, o := range k.objs {
-			p.releaseLocked(o)
+		for _, k := range gone {
+			for _, o := range k.objs {
+				p.releaseLocked(o)
+			}
 		}
 		return nil
 	})
-	k.destroy()
+	for _, k := range gone {
+		k.destroy()
+	}
 	// The key goes at once, by a rename; its files after, and a crash
 	// between leaves a temporary directory the next start removes.
-	gone := filepath.Join(p.keysDir, tmpPrefix+"deleted-"+rand.Text())
-	if err := os.Rename(filepath.Join(p.keysDir, name), gone); err != nil {
+	removed := filepath.Join(p.keysDir, tmpPrefix+"deleted-"+rand.Text())
+	if err := os.Rename(filepath.Join(p.keysDir, name), removed); err != nil {
 		return fmt.Errorf("tpm: %w", err)
 	}
 	if err := privfile.SyncDir(p.keysDir); err != nil {
 		return fmt.Errorf("tpm: %w", err)
 	}
-	if err := os.RemoveAll(gone); err != nil {
+	if err := os.RemoveAll(removed); err != nil {
 		return fmt.Errorf("tpm: %w", err)
 	}
 	return privfile.SyncDir(p.keysDir)

@@ -68,7 +68,11 @@ type Provider struct {
 	srkPub *tpm2.TPMTPublic
 
 	keysMu sync.RWMutex
-	keys   map[string]*key
+	keys   map[string]*key // the current version of each key
+	// versions are the versions looked up so far, by NAME@N.
+	versions map[string]*key
+	// rotateMu serializes the provider's changes to versions.
+	rotateMu sync.Mutex
 
 	// swaps counts slot swaps, for status and metrics: atomic, so that
 	// reading it never waits for a TPM command that holds mu.
@@ -84,6 +88,7 @@ var (
 	_ providers.Importer  = (*Provider)(nil)
 	_ providers.Deleter   = (*Provider)(nil)
 	_ providers.Deadliner = (*Provider)(nil)
+	_ providers.Versioner = (*Provider)(nil)
 )
 
 // Open connects to the TPM, starts it if needed, flushes transient objects
@@ -105,7 +110,7 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tpm: state directory: %w", err)
 	}
-	p := &Provider{cfg: cfg, keysDir: keysDir, slots: cfg.Slots, keys: map[string]*key{}}
+	p := &Provider{cfg: cfg, keysDir: keysDir, slots: cfg.Slots, keys: map[string]*key{}, versions: map[string]*key{}}
 	p.srk = &object{kind: objSRK}
 	p.mu.Lock()
 	err = p.connectLocked()
@@ -330,6 +335,9 @@ func (p *Provider) Close() error {
 	}
 	p.keysMu.Lock()
 	for _, k := range p.keys {
+		k.destroy()
+	}
+	for _, k := range p.versions {
 		k.destroy()
 	}
 	p.keysMu.Unlock()
