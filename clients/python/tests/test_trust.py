@@ -141,6 +141,34 @@ class UntrustedAgentTest(unittest.TestCase):
                              env=env, capture_output=True, text=True, cwd=self.dir)
         self.assertEqual(out.stdout.strip(), "ok", out.stderr)
 
+    def test_root_socket_behind_another_users_link(self):
+        # Root's credentials are those of every socket systemd makes,
+        # among them sockets of services that run as other users. Uid
+        # OTHER_UID links such a socket (here a forger's, run as root)
+        # where the client looks for the agent, in a directory of its own,
+        # as /tmp/hmac-agent-$UID would be: refused, though the listener
+        # is root's, and sent nothing.
+        service = os.path.join(self.dir, "service")
+        os.mkdir(service, 0o755)
+        f = Forger(self.dir, os.path.join(service, "agent.sock"), 0)
+        self.forgers.append(f)
+        squat = os.path.join(self.dir, "hmac-agent-squat")
+        os.mkdir(squat, 0o755)
+        link = os.path.join(squat, "agent.sock")
+        os.symlink(os.path.join(service, "agent.sock"), link)
+        os.lchown(squat, OTHER_UID, OTHER_UID)
+        os.lchown(link, OTHER_UID, OTHER_UID)
+        with self.assertRaises(UntrustedAgent) as cm:
+            verify_forged(link)
+        self.assertIn(squat, str(cm.exception))
+        self.forgers.remove(f)
+        _, received = f.stop()
+        self.assertEqual(received, 0, "the forger received bytes")
+        # Reached by its own path, in directories root owns, it is believed.
+        f = Forger(self.dir, os.path.join(service, "agent.sock"), 0)
+        self.forgers.append(f)
+        verify_forged(os.path.join(service, "agent.sock"))
+
     def test_reconnect_checks_again(self):
         # A connection to a trusted agent breaks; the path now answers as
         # another user; the next call connects again and is refused.
