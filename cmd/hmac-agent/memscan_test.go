@@ -180,27 +180,13 @@ func TestKeyMaterialOnlyInLockedMemory(t *testing.T) {
 	}
 	ic.Close()
 	msg := []byte("memory scan message")
-	for _, alg := range providers.Algorithms() {
-		if _, err := c.MAC(ctx, "scan", alg, msg); err != nil {
-			t.Fatal(err)
-		}
-		h, err := c.New(ctx, "scan", alg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		h.Update(msg)
-		h2, err := h.Copy(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := h.Finalize(ctx); err != nil {
-			t.Fatal(err)
-		}
-		h2.Update(msg)
-		if _, err := h2.Finalize(ctx); err != nil {
-			t.Fatal(err)
+	useKey := func() {
+		t.Helper()
+		for _, alg := range providers.Algorithms() {
+			useAlgorithm(t, ctx, c, alg, msg)
 		}
 	}
+	useKey()
 	pid := cmd.Process.Pid
 	outside, inside := scanMemory(t, pid, patterns)
 	for _, w := range inside {
@@ -211,6 +197,35 @@ func TestKeyMaterialOnlyInLockedMemory(t *testing.T) {
 	}
 	t.Logf("%d patterns, after MACs: %d found outside locked pages, %d in locked pages", len(patterns), len(outside), len(inside))
 
+	// Restart: the key is now read from its file, whose base64 text is
+	// as secret as the key.
+	c.Close()
+	cmd.Process.Signal(os.Interrupt)
+	cmd.Wait()
+	cmd = exec.Command(bin, "serve", "--socket", sock)
+	cmd.Env = append(os.Environ(), "XDG_STATE_HOME="+filepath.Join(dir, "state"), "XDG_RUNTIME_DIR="+dir, "HOME="+dir)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if c, err = client.Dial(ctx, sock); err == nil {
+			break
+		}
+		if i > 500 {
+			t.Fatalf("agent did not restart: %v\n%s", err, logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	defer c.Close()
+	useKey()
+	pid = cmd.Process.Pid
+	outside, _ = scanMemory(t, pid, patterns)
+	for _, w := range outside {
+		t.Errorf("outside locked memory after a restart and MACs: %s", w)
+	}
+	t.Logf("after a restart: %d found outside locked pages", len(outside))
+
 	if err := c.DeleteKey(ctx, "", "scan"); err != nil {
 		t.Fatal(err)
 	}
@@ -219,4 +234,29 @@ func TestKeyMaterialOnlyInLockedMemory(t *testing.T) {
 		t.Errorf("after delete: %s", w)
 	}
 	t.Logf("after delete: %d found", len(outside)+len(inside))
+}
+
+// useAlgorithm MACs msg with the key "scan" in alg: a one-shot, and a
+// context with a copy, both finalized.
+func useAlgorithm(t *testing.T, ctx context.Context, c *client.Client, alg client.Algorithm, msg []byte) {
+	t.Helper()
+	if _, err := c.MAC(ctx, "scan", alg, msg); err != nil {
+		t.Fatal(err)
+	}
+	h, err := c.New(ctx, "scan", alg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Update(msg)
+	h2, err := h.Copy(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Finalize(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h2.Update(msg)
+	if _, err := h2.Finalize(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
