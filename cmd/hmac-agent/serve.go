@@ -179,10 +179,22 @@ func listen(cfg *config.Config, log *slog.Logger) ([]net.Listener, string, error
 		return nil, "", fmt.Errorf("socket activation: %w", err)
 	}
 	var ls []net.Listener
-	for _, l := range passed {
-		if l != nil {
-			ls = append(ls, l)
+	for i, l := range passed {
+		if l == nil {
+			continue
 		}
+		// Only a Unix socket gives each caller's credentials, which every
+		// policy and the audit log rest on. A unit's ListenStream=PORT
+		// would hand the agent a socket the network can reach.
+		if _, ok := l.(*net.UnixListener); !ok {
+			for _, l := range passed {
+				if l != nil {
+					l.Close()
+				}
+			}
+			return nil, "", fmt.Errorf("socket activation: socket %d (%s %s) is not a Unix socket: the agent serves only Unix stream sockets (ListenStream=/path)", i, l.Addr().Network(), l.Addr())
+		}
+		ls = append(ls, l)
 	}
 	if len(ls) > 0 {
 		log.Info("using sockets passed by systemd", "count", len(ls))
