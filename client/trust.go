@@ -94,9 +94,15 @@ const maxLinks = 40
 // where others may add entries but not replace ours). The socket's own
 // owner is not judged: its listener was (systemd's SocketUser= sets it).
 func checkRootPath(path string, trusted []uint32) error {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return fmt.Errorf("the agent at %s: %w: %v", path, ErrUntrustedAgent, err)
+	// Not filepath.Abs, which would clean "link/.." away: the kernel
+	// resolves link first, and so does the walk.
+	abs := path
+	if !filepath.IsAbs(abs) {
+		wd, err := os.Getwd()
+		if err != nil {
+			return fmt.Errorf("the agent at %s: %w: %v", path, ErrUntrustedAgent, err)
+		}
+		abs = wd + "/" + path
 	}
 	refuse := func(format string, args ...any) error {
 		return fmt.Errorf("the agent at %s runs as root, but %s: anyone who could do that could have put another server there: %w; nothing was sent to it",

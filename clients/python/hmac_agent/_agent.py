@@ -92,7 +92,10 @@ def _check_root_path(path, trusted):
             "untrusted agent; nothing was sent to it" % (path, what)
         )
 
-    pending = [n for n in os.path.abspath(path).split("/") if n not in ("", ".")]
+    # Not os.path.abspath, which would drop "link/.." unresolved: the
+    # kernel resolves link first, and so does the walk.
+    full = path if path.startswith("/") else os.getcwd() + "/" + path
+    pending = [n for n in full.split("/") if n not in ("", ".")]
     directory, links = "/", 0
     while True:
         try:
