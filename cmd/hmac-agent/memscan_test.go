@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -149,25 +150,7 @@ func TestKeyMaterialOnlyInLockedMemory(t *testing.T) {
 
 	secret := make([]byte, 40)
 	rand.Read(secret)
-	patterns := map[string][]byte{"K": secret, "base64(K)": []byte(base64.StdEncoding.EncodeToString(secret))}
-	for _, alg := range providers.Algorithms() {
-		b := alg.NewHash()().BlockSize()
-		for _, pad := range []struct {
-			name string
-			x    byte
-		}{{"ipad", 0x36}, {"opad", 0x5c}} {
-			name := fmt.Sprintf("K⊕%s (%d-byte block)", pad.name, b)
-			if _, ok := patterns[name]; ok {
-				continue
-			}
-			block := make([]byte, b)
-			copy(block, secret)
-			for i := range block {
-				block[i] ^= pad.x
-			}
-			patterns[name] = block
-		}
-	}
+	patterns := keyPatterns("", secret)
 	// The key goes in on a connection of its own, which then ends: the
 	// agent must not leave the request's bytes in that connection's
 	// buffers when it frees them.
@@ -183,7 +166,7 @@ func TestKeyMaterialOnlyInLockedMemory(t *testing.T) {
 	useKey := func() {
 		t.Helper()
 		for _, alg := range providers.Algorithms() {
-			useAlgorithm(t, ctx, c, alg, msg)
+			useAlgorithm(t, ctx, c, "scan", alg, msg)
 		}
 	}
 	useKey()
@@ -226,8 +209,36 @@ func TestKeyMaterialOnlyInLockedMemory(t *testing.T) {
 	}
 	t.Logf("after a restart: %d found outside locked pages", len(outside))
 
-	if err := c.DeleteKey(ctx, "", "scan"); err != nil {
+	// A key the agent generates: made in locked memory, its bytes known
+	// to the test only from its file.
+	if _, err := c.GenerateKey(ctx, "", "gen", 32); err != nil {
 		t.Fatal(err)
+	}
+	for name, p := range keyPatterns("generated ", generatedSecret(t, filepath.Join(dir, "state"), "gen")) {
+		patterns[name] = p
+	}
+	for _, alg := range providers.Algorithms() {
+		useAlgorithm(t, ctx, c, "gen", alg, msg)
+	}
+	outside, inside = scanMemory(t, pid, patterns)
+	for _, w := range outside {
+		t.Errorf("outside locked memory after a generate and MACs: %s", w)
+	}
+	genInside := 0
+	for _, w := range inside {
+		if strings.HasPrefix(w, "generated ") {
+			genInside++
+		}
+	}
+	if genInside == 0 {
+		t.Error("none of the generated key's padded blocks is in locked memory either: the test does not know the key")
+	}
+	t.Logf("after a generate: %d found outside locked pages, %d of the generated key's in locked pages", len(outside), genInside)
+
+	for _, name := range []string{"scan", "gen"} {
+		if err := c.DeleteKey(ctx, "", name); err != nil {
+			t.Fatal(err)
+		}
 	}
 	outside, inside = scanMemory(t, pid, patterns)
 	for _, w := range append(outside, inside...) {
@@ -236,14 +247,62 @@ func TestKeyMaterialOnlyInLockedMemory(t *testing.T) {
 	t.Logf("after delete: %d found", len(outside)+len(inside))
 }
 
-// useAlgorithm MACs msg with the key "scan" in alg: a one-shot, and a
-// context with a copy, both finalized.
-func useAlgorithm(t *testing.T, ctx context.Context, c *client.Client, alg client.Algorithm, msg []byte) {
+// keyPatterns is what must not be found outside locked memory for a key
+// K: K, base64(K), and K⊕ipad and K⊕opad for every block size, each
+// named after prefix.
+func keyPatterns(prefix string, secret []byte) map[string][]byte {
+	patterns := map[string][]byte{prefix + "K": secret, prefix + "base64(K)": []byte(base64.StdEncoding.EncodeToString(secret))}
+	for _, alg := range providers.Algorithms() {
+		b := alg.NewHash()().BlockSize()
+		for _, pad := range []struct {
+			name string
+			x    byte
+		}{{"ipad", 0x36}, {"opad", 0x5c}} {
+			block := make([]byte, b)
+			copy(block, secret)
+			for i := range block {
+				block[i] ^= pad.x
+			}
+			patterns[fmt.Sprintf("%sK⊕%s (%d-byte block)", prefix, pad.name, b)] = block
+		}
+	}
+	return patterns
+}
+
+// generatedSecret reads the key the agent generated as name from its
+// file under state.
+func generatedSecret(t *testing.T, state, name string) []byte {
 	t.Helper()
-	if _, err := c.MAC(ctx, "scan", alg, msg); err != nil {
+	var secret []byte
+	filepath.WalkDir(state, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.Name() != name+".key" {
+			return nil
+		}
+		var f struct{ Secret []byte }
+		data, err := os.ReadFile(path)
+		if err == nil {
+			err = json.Unmarshal(data, &f)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		secret = f.Secret
+		return filepath.SkipAll
+	})
+	if len(secret) == 0 {
+		t.Fatalf("no key file for %q under %s", name, state)
+	}
+	return secret
+}
+
+// useAlgorithm MACs msg with the named key in alg: a one-shot, and a
+// context with a copy, both finalized.
+func useAlgorithm(t *testing.T, ctx context.Context, c *client.Client, key string, alg client.Algorithm, msg []byte) {
+	t.Helper()
+	if _, err := c.MAC(ctx, key, alg, msg); err != nil {
 		t.Fatal(err)
 	}
-	h, err := c.New(ctx, "scan", alg)
+	h, err := c.New(ctx, key, alg)
 	if err != nil {
 		t.Fatal(err)
 	}
