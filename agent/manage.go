@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/agent/status"
+	"github.com/hmac-agent/hmac-agent/internal/memlock"
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
@@ -126,8 +127,17 @@ func (a *Agent) ImportKey(ctx context.Context, peer Peer, provider, name string,
 	if !ok {
 		return providers.KeyInfo{}, providers.Publicf(providers.ErrNotSupported, "provider %q cannot import keys", p.Name())
 	}
+	// The call gets a copy of its own, zeroed when the call ends: a call
+	// past its deadline goes on after ImportKey has returned and its
+	// caller has wiped secret, and must still store the key it was
+	// given, not zeros.
+	own, err := memlock.New(secret)
+	if own == nil {
+		return providers.KeyInfo{}, a.manageError(peer, "import", p, name, err)
+	}
 	info, err := a.manageCall(ctx, p, "import", name, func(ctx context.Context) (providers.KeyInfo, error) {
-		return im.ImportKey(ctx, name, secret)
+		defer own.Destroy()
+		return im.ImportKey(ctx, name, own.Bytes())
 	})
 	a.forget(name)
 	return info, a.manageError(peer, "import", p, name, err)

@@ -35,8 +35,11 @@ type Client struct {
 // Before it sends anything, on this and every later connection, Dial
 // checks who listens: the agent must run as root, as the client's own
 // uid, as the uid $HMAC_AGENT_UID names (a number or a user name) or as
-// one given with [WithAgentUID]. Anything else is an error wrapping
-// ErrUntrustedAgent that names the path and the uid found; an
+// one given with [WithAgentUID]. A root listener is trusted only through
+// a path whose directories and links root or those uids own, none
+// writable by others unless sticky: root is also the uid of sockets
+// systemd hands to services of other users. Anything else is an error
+// wrapping ErrUntrustedAgent that names the path and the uid found; an
 // $HMAC_AGENT_UID that names no user is an error too.
 func Dial(ctx context.Context, path string, opts ...Option) (*Client, error) {
 	if path == "" {

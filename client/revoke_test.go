@@ -62,12 +62,18 @@ func TestReloadEndsRevokedContexts(t *testing.T) {
 		h.Update([]byte("before the reload "))
 		open[name] = h
 	}
-	// A round trip, so that the agent has every context before the reload.
-	if _, err := open["kept"].Copy(ctx); err != nil {
-		t.Fatal(err)
+	// A round trip on every context, so that the agent has each one, and
+	// no request on one is still running, before the reload: each
+	// context's requests run in its own queue, and the reload leaves a
+	// context busy with a request to that request. The copies of the
+	// revoked contexts are revoked with them.
+	for _, h := range open {
+		if _, err := h.Copy(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if got := a.Agent.Status(ctx).Contexts; got != 7 {
-		t.Fatalf("%d contexts open before the reload, want 7", got)
+	if got := a.Agent.Status(ctx).Contexts; got != 12 {
+		t.Fatalf("%d contexts open before the reload, want 12", got)
 	}
 
 	if err := a.Agent.Reload(keys("all", true, true), nil); err != nil {

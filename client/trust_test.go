@@ -1,8 +1,10 @@
 package client_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -186,5 +188,58 @@ func TestReconnectChecksAgain(t *testing.T) {
 	f.Stop()
 	if accepted, received := f.Record(); accepted == 0 || received != 0 {
 		t.Errorf("the forger accepted %d connections and received %d bytes; want some and 0", accepted, received)
+	}
+}
+
+// TestRootListenerPathWalkedAsTheKernelDoes: a root listener is trusted
+// only through directories and links that root or trusted users own. The
+// walk must resolve the path as connect did: "link/.." is the parent of
+// the link's target, not the directory the link is in. Here another
+// user's link sends "ok/link/../agent.sock" to a root listener in that
+// user's directory, while "ok/agent.sock", which cleaning the path
+// lexically would check instead, lies in root's.
+func TestRootListenerPathWalkedAsTheKernelDoes(t *testing.T) {
+	_, evil := trustSetup(t)
+	root := filepath.Dir(evil)
+	ok := filepath.Join(root, "ok")
+	if err := os.Mkdir(ok, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ok, "agent.sock"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(evil, "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(ok, "link")
+	if err := os.Symlink(sub, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(link, otherUID, otherUID); err != nil {
+		t.Fatal(err)
+	}
+	// The listener is this process, root: a socket root made for a
+	// service another user runs.
+	l, err := net.Listen("unix", filepath.Join(evil, "agent.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var record bytes.Buffer
+	served := make(chan struct{})
+	go func() { agenttest.ServeForgery(l, &record); close(served) }()
+	path := ok + "/link/../agent.sock"
+	c, err := client.Dial(context.Background(), path)
+	if err == nil {
+		c.VerifyMAC(context.Background(), "webhook", client.SHA256, []byte("msg"), make([]byte, 32))
+		c.Close()
+		t.Error("Dial trusted a root listener reached through another user's link")
+	} else if !errors.Is(err, client.ErrUntrustedAgent) || !strings.Contains(err.Error(), link) {
+		t.Errorf("Dial: %v, want ErrUntrustedAgent naming %s", err, link)
+	}
+	l.Close()
+	<-served
+	if strings.Contains(record.String(), "received") {
+		t.Errorf("the forger received bytes:\n%s", record.String())
 	}
 }

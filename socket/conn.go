@@ -348,7 +348,18 @@ func (c *conn) own(m *wire.Message) (o *wire.Message, body []byte) {
 	o.Wrapping = append([]byte(nil), m.Wrapping...)
 	o.Tag = append([]byte(nil), m.Tag...)
 	o.Data = append([]byte(nil), m.Data...)
+	wipeImport(m)
 	return o, nil
+}
+
+// wipeImport zeroes the key bytes of an IMPORT_KEY request where the
+// frame left them, in the connection's read buffer: the request's own
+// copy is zeroed once the key is stored, and the buffer, freed with the
+// connection, would otherwise keep the key on the heap.
+func wipeImport(m *wire.Message) {
+	if m.Type == wire.TypeImportKey {
+		clear(m.Data)
+	}
 }
 
 // acquire takes an in-flight token for m, and counts its data in the
@@ -396,6 +407,7 @@ func (c *conn) release(held int) {
 func (c *conn) goAsync(m *wire.Message, run func(*wire.Message) error) {
 	n, ok := c.acquire(m)
 	if !ok {
+		wipeImport(m)
 		return
 	}
 	o, body := c.own(m)

@@ -11,9 +11,12 @@ import (
 )
 
 // peerOf reads the peer's credentials with SO_PEERCRED and, when need
-// asks for it, its process's identity (identity_linux.go). Both are the
-// peer's at connect time, which is what a policy must judge: a process
-// cannot change who connected by changing its uid or exec'ing afterwards.
+// asks for it, its process's identity (identity_linux.go). The
+// credentials are the peer's at connect time; the identity is read now,
+// when the connection is taken from the listening socket, and a process
+// that exec'd between its connect and now is judged as what it runs now
+// (docs/security.md). Neither changes afterwards: a process cannot change
+// who connected by changing its uid or exec'ing later.
 func peerOf(c net.Conn, need agent.IdentityNeed) agent.Peer {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {

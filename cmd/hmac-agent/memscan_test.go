@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -150,50 +151,26 @@ func TestKeyMaterialOnlyInLockedMemory(t *testing.T) {
 
 	secret := make([]byte, 40)
 	rand.Read(secret)
-	patterns := map[string][]byte{"K": secret, "base64(K)": []byte(base64.StdEncoding.EncodeToString(secret))}
-	for _, alg := range providers.Algorithms() {
-		b := hashes.New(alg)().BlockSize()
-		for _, pad := range []struct {
-			name string
-			x    byte
-		}{{"ipad", 0x36}, {"opad", 0x5c}} {
-			name := fmt.Sprintf("K⊕%s (%d-byte block)", pad.name, b)
-			if _, ok := patterns[name]; ok {
-				continue
-			}
-			block := make([]byte, b)
-			copy(block, secret)
-			for i := range block {
-				block[i] ^= pad.x
-			}
-			patterns[name] = block
-		}
-	}
-	if _, err := c.ImportKey(ctx, "", "scan", secret); err != nil {
+	patterns := keyPatterns("", secret)
+	// The key goes in on a connection of its own, which then ends: the
+	// agent must not leave the request's bytes in that connection's
+	// buffers when it frees them.
+	ic, err := client.Dial(ctx, sock)
+	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := ic.ImportKey(ctx, "", "scan", secret); err != nil {
+		t.Fatal(err)
+	}
+	ic.Close()
 	msg := []byte("memory scan message")
-	for _, alg := range providers.Algorithms() {
-		if _, err := c.MAC(ctx, "scan", alg, msg); err != nil {
-			t.Fatal(err)
-		}
-		h, err := c.New(ctx, "scan", alg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		h.Update(msg)
-		h2, err := h.Copy(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := h.Finalize(ctx); err != nil {
-			t.Fatal(err)
-		}
-		h2.Update(msg)
-		if _, err := h2.Finalize(ctx); err != nil {
-			t.Fatal(err)
+	useKey := func() {
+		t.Helper()
+		for _, alg := range providers.Algorithms() {
+			useAlgorithm(t, ctx, c, "scan", alg, msg)
 		}
 	}
+	useKey()
 	pid := cmd.Process.Pid
 	outside, inside := scanMemory(t, pid, patterns)
 	for _, w := range inside {
@@ -204,12 +181,142 @@ func TestKeyMaterialOnlyInLockedMemory(t *testing.T) {
 	}
 	t.Logf("%d patterns, after MACs: %d found outside locked pages, %d in locked pages", len(patterns), len(outside), len(inside))
 
-	if err := c.DeleteKey(ctx, "", "scan"); err != nil {
+	// Restart: the key is now read from its file, whose base64 text is
+	// as secret as the key.
+	c.Close()
+	cmd.Process.Signal(os.Interrupt)
+	cmd.Wait()
+	cmd = exec.Command(bin, "serve", "--socket", sock)
+	cmd.Env = append(os.Environ(), "XDG_STATE_HOME="+filepath.Join(dir, "state"), "XDG_RUNTIME_DIR="+dir, "HOME="+dir)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if c, err = client.Dial(ctx, sock); err == nil {
+			break
+		}
+		if i > 500 {
+			t.Fatalf("agent did not restart: %v\n%s", err, logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	defer c.Close()
+	useKey()
+	pid = cmd.Process.Pid
+	outside, _ = scanMemory(t, pid, patterns)
+	for _, w := range outside {
+		t.Errorf("outside locked memory after a restart and MACs: %s", w)
+	}
+	t.Logf("after a restart: %d found outside locked pages", len(outside))
+
+	// A key the agent generates: made in locked memory, its bytes known
+	// to the test only from its file.
+	if _, err := c.GenerateKey(ctx, "", "gen", 32); err != nil {
+		t.Fatal(err)
+	}
+	for name, p := range keyPatterns("generated ", generatedSecret(t, filepath.Join(dir, "state"), "gen")) {
+		patterns[name] = p
+	}
+	for _, alg := range providers.Algorithms() {
+		useAlgorithm(t, ctx, c, "gen", alg, msg)
+	}
+	outside, inside = scanMemory(t, pid, patterns)
+	for _, w := range outside {
+		t.Errorf("outside locked memory after a generate and MACs: %s", w)
+	}
+	genInside := 0
+	for _, w := range inside {
+		if strings.HasPrefix(w, "generated ") {
+			genInside++
+		}
+	}
+	if genInside == 0 {
+		t.Error("none of the generated key's padded blocks is in locked memory either: the test does not know the key")
+	}
+	t.Logf("after a generate: %d found outside locked pages, %d of the generated key's in locked pages", len(outside), genInside)
+
+	for _, name := range []string{"scan", "gen"} {
+		if err := c.DeleteKey(ctx, "", name); err != nil {
+			t.Fatal(err)
+		}
 	}
 	outside, inside = scanMemory(t, pid, patterns)
 	for _, w := range append(outside, inside...) {
 		t.Errorf("after delete: %s", w)
 	}
 	t.Logf("after delete: %d found", len(outside)+len(inside))
+}
+
+// keyPatterns is what must not be found outside locked memory for a key
+// K: K, base64(K), and K⊕ipad and K⊕opad for every block size, each
+// named after prefix.
+func keyPatterns(prefix string, secret []byte) map[string][]byte {
+	patterns := map[string][]byte{prefix + "K": secret, prefix + "base64(K)": []byte(base64.StdEncoding.EncodeToString(secret))}
+	for _, alg := range providers.Algorithms() {
+		b := hashes.New(alg)().BlockSize()
+		for _, pad := range []struct {
+			name string
+			x    byte
+		}{{"ipad", 0x36}, {"opad", 0x5c}} {
+			block := make([]byte, b)
+			copy(block, secret)
+			for i := range block {
+				block[i] ^= pad.x
+			}
+			patterns[fmt.Sprintf("%sK⊕%s (%d-byte block)", prefix, pad.name, b)] = block
+		}
+	}
+	return patterns
+}
+
+// generatedSecret reads the key the agent generated as name from its
+// file under state.
+func generatedSecret(t *testing.T, state, name string) []byte {
+	t.Helper()
+	var secret []byte
+	filepath.WalkDir(state, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.Name() != name+".key" {
+			return nil
+		}
+		var f struct{ Secret []byte }
+		data, err := os.ReadFile(path)
+		if err == nil {
+			err = json.Unmarshal(data, &f)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		secret = f.Secret
+		return filepath.SkipAll
+	})
+	if len(secret) == 0 {
+		t.Fatalf("no key file for %q under %s", name, state)
+	}
+	return secret
+}
+
+// useAlgorithm MACs msg with the named key in alg: a one-shot, and a
+// context with a copy, both finalized.
+func useAlgorithm(t *testing.T, ctx context.Context, c *client.Client, key string, alg client.Algorithm, msg []byte) {
+	t.Helper()
+	if _, err := c.MAC(ctx, key, alg, msg); err != nil {
+		t.Fatal(err)
+	}
+	h, err := c.New(ctx, key, alg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Update(msg)
+	h2, err := h.Copy(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Finalize(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h2.Update(msg)
+	if _, err := h2.Finalize(ctx); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -179,10 +179,22 @@ func listen(cfg *config.Config, log *slog.Logger) ([]net.Listener, string, error
 		return nil, "", fmt.Errorf("socket activation: %w", err)
 	}
 	var ls []net.Listener
-	for _, l := range passed {
-		if l != nil {
-			ls = append(ls, l)
+	for i, l := range passed {
+		if l == nil {
+			continue
 		}
+		// Only a Unix socket gives each caller's credentials, which every
+		// policy and the audit log rest on. A unit's ListenStream=PORT
+		// would hand the agent a socket the network can reach.
+		if _, ok := l.(*net.UnixListener); !ok {
+			for _, l := range passed {
+				if l != nil {
+					l.Close()
+				}
+			}
+			return nil, "", fmt.Errorf("socket activation: socket %d (%s %s) is not a Unix socket: the agent serves only Unix stream sockets (ListenStream=/path)", i, l.Addr().Network(), l.Addr())
+		}
+		ls = append(ls, l)
 	}
 	if len(ls) > 0 {
 		log.Info("using sockets passed by systemd", "count", len(ls))
@@ -210,14 +222,43 @@ func openAudit(cfg config.Audit) (*slog.Logger, func(), error) {
 	case "", "stderr":
 		return slog.New(slog.NewJSONHandler(os.Stderr, nil)), func() {}, nil
 	}
-	f, err := os.OpenFile(cfg.Destination, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
-	if errors.Is(err, syscall.ELOOP) {
+	// O_NONBLOCK: a FIFO in the file's place would otherwise hold the
+	// open until someone reads it; checkAudit then refuses it.
+	f, err := os.OpenFile(cfg.Destination, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o600)
+	switch {
+	case errors.Is(err, syscall.ELOOP):
 		return nil, nil, fmt.Errorf("audit log: %s is a symbolic link: the agent does not follow links for its files", cfg.Destination)
+	case errors.Is(err, syscall.ENXIO): // a FIFO nobody reads
+		return nil, nil, fmt.Errorf("audit log: %s is not a regular file", cfg.Destination)
+	case err != nil:
+		return nil, nil, fmt.Errorf("audit log: %w", err)
 	}
-	if err != nil {
+	if err := checkAudit(f); err != nil {
+		f.Close()
 		return nil, nil, fmt.Errorf("audit log: %w", err)
 	}
 	return slog.New(slog.NewJSONHandler(f, nil)), func() { f.Close() }, nil
+}
+
+// checkAudit refuses an audit log file, checked on the open descriptor,
+// that is not a regular file, that a user other than the agent's (or
+// root) owns, or that group or others may write: whoever could write it
+// could forge or erase its lines, and a file someone else made first
+// where the log goes is theirs to read.
+func checkAudit(f *os.File) error {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	switch perm := st.Mode & 0o777; {
+	case st.Mode&syscall.S_IFMT != syscall.S_IFREG:
+		return fmt.Errorf("%s is not a regular file", f.Name())
+	case int(st.Uid) != os.Geteuid() && st.Uid != 0:
+		return fmt.Errorf("%s is owned by uid %d: the audit log must be the agent's user's (uid %d) or root's", f.Name(), st.Uid, os.Geteuid())
+	case perm&0o022 != 0:
+		return fmt.Errorf("%s has mode %04o: others must not be able to write it (chmod go-w %s)", f.Name(), perm, f.Name())
+	}
+	return nil
 }
 
 // buildAgent opens every configured provider and the agent over them.

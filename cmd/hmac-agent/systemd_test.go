@@ -215,3 +215,75 @@ path = "` + filepath.Join(dir, "keys") + `"
 	}
 	t.Logf("agent log:\n%s", logs.String())
 }
+
+// TestSocketActivationRefusesNonUnixSocket: a socket unit that says
+// ListenStream=PORT hands the agent a TCP socket, reachable from the
+// network, where no caller has credentials. The agent must refuse to
+// serve it, not answer a HELLO from anyone who can reach the port.
+func TestSocketActivationRefusesNonUnixSocket(t *testing.T) {
+	activate, err := exec.LookPath("systemd-socket-activate")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI is set and systemd-socket-activate (package systemd) is missing")
+		}
+		t.Skip("systemd-socket-activate is not installed")
+	}
+	dir, err := os.MkdirTemp("", "hmac-agent-systemd-tcp-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "hmac-agent")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v: %s", err, out)
+	}
+	conf := filepath.Join(dir, "agent.toml")
+	text := "[audit]\ndestination = \"off\"\n[[provider]]\nname = \"soft\"\ntype = \"software\"\npath = \"" + filepath.Join(dir, "keys") + "\"\n"
+	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := free.Addr().String()
+	free.Close()
+	var logs bytes.Buffer
+	cmd := exec.Command(activate, "-l", addr, bin, "serve", "--config", conf)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer cmd.Process.Kill()
+	var c net.Conn
+	for i := 0; ; i++ { // systemd-socket-activate listens first
+		if c, err = net.Dial("tcp", addr); err == nil {
+			break
+		}
+		if i > 500 {
+			t.Fatalf("nothing listens on %s: %v\n%s", addr, err, logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	defer c.Close()
+	// HELLO, version 1 to 1 (docs/protocol.md).
+	c.Write([]byte{0, 0, 0, 0x0d, 0x01, 0, 0, 0, 1, 'H', 'M', 'A', 'C', 0, 1, 0, 1})
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	reply := make([]byte, 64)
+	if n, _ := c.Read(reply); n > 0 {
+		t.Errorf("the agent answered a TCP connection: % x", reply[:n])
+	}
+	select {
+	case err := <-exited:
+		if err == nil {
+			t.Error("the agent exited with status 0")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the agent still serves a TCP socket:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "not a Unix socket") {
+		t.Errorf("the agent's error does not say why:\n%s", logs.String())
+	}
+}

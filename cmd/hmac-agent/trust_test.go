@@ -189,3 +189,81 @@ func TestSocketActivationAgentAsAnotherUser(t *testing.T) {
 		t.Errorf("the agent (pid %d) does not run as uid 1005:\n%s", pid, status)
 	}
 }
+
+// TestSocketActivatedImpostor: root's credentials are those of every
+// socket systemd makes, among them sockets it hands to services that run
+// as other users. Uid 1005 runs such a service (here a forger behind
+// systemd-socket-activate) and links its socket where a client looks for
+// the agent, in a directory of its own, as /tmp/hmac-agent-$UID would
+// be. A client of uid 1006 must refuse it rather than accept a forged
+// tag, though the listener's uid is 0; the real socket-activated agent,
+// in a directory root owns, is still trusted
+// (TestSocketActivationAgentAsAnotherUser).
+func TestSocketActivatedImpostor(t *testing.T) {
+	needRoot(t)
+	lookPath := func(name, pkg string) string {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("CI is set and %s (package %s) is missing", name, pkg)
+			}
+			t.Skipf("%s is not installed", name)
+		}
+		return p
+	}
+	activate := lookPath("systemd-socket-activate", "systemd")
+	setpriv := lookPath("setpriv", "util-linux")
+	dir, bin, self := buildForTrust(t)
+	svc := filepath.Join(dir, "service.sock")
+	var logs bytes.Buffer
+	cmd := exec.Command(activate, "-l", svc, "-E", agenttest.ForgerEnv+"="+agenttest.ForgerSocketActivated,
+		setpriv, "--reuid=1005", "--regid=1005", "--clear-groups", self)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	squat := filepath.Join(dir, "hmac-agent-1006")
+	if err := os.Mkdir(squat, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(squat, "agent.sock")
+	if err := os.Symlink(svc, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{squat, link} {
+		if err := os.Lchown(p, 1005, 1005); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; ; i++ { // systemd-socket-activate binds, then listens
+		if _, err := os.Stat(svc); err == nil {
+			os.Chmod(svc, 0o666) // systemd's SocketMode= default
+			break
+		}
+		if i > 500 {
+			t.Fatalf("no socket at %s:\n%s", svc, logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	victim := exec.Command(setpriv, "--reuid=1006", "--regid=1006", "--clear-groups",
+		bin, "verify", "--key", "webhook", "--alg", "sha256", "--tag", strings.Repeat("00", 32))
+	victim.Env = append(os.Environ(), "HMAC_AGENT_SOCK="+link, "HMAC_AGENT_UID=")
+	victim.Stdin = strings.NewReader("body")
+	var stderr bytes.Buffer
+	victim.Stderr = &stderr
+	err := victim.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	if code != 2 || !strings.Contains(stderr.String(), "untrusted agent") || !strings.Contains(stderr.String(), squat) {
+		t.Errorf("verify through another user's link to a root-made socket: exit %d, %q; want 2 and an error naming %s", code, stderr.String(), squat)
+	}
+	t.Logf("refused: %s", stderr.String())
+}

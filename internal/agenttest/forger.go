@@ -25,6 +25,11 @@ import (
 // tests: the impostor another local user would plant at the agent's path.
 const ForgerEnv = "HMAC_AGENT_TEST_FORGER"
 
+// ForgerSocketActivated as $HMAC_AGENT_TEST_FORGER makes the forger serve
+// on the socket systemd passes it (fd 3, as systemd-socket-activate does):
+// a service of its own behind a socket root made.
+const ForgerSocketActivated = "LISTEN_FDS"
+
 // RunForgerIfAsked serves a forging agent and never returns when
 // $HMAC_AGENT_TEST_FORGER is set; TestMain calls it first.
 func RunForgerIfAsked() {
@@ -32,9 +37,15 @@ func RunForgerIfAsked() {
 	if path == "" {
 		return
 	}
-	os.MkdirAll(filepath.Dir(path), 0o755)
-	os.Remove(path) // an earlier forger's
-	l, err := net.Listen("unix", path)
+	var l net.Listener
+	var err error
+	if path == ForgerSocketActivated {
+		l, err = net.FileListener(os.NewFile(3, "LISTEN_FDS"))
+	} else {
+		os.MkdirAll(filepath.Dir(path), 0o755)
+		os.Remove(path) // an earlier forger's
+		l, err = net.Listen("unix", path)
+	}
 	if err != nil {
 		fmt.Println("error", err)
 		os.Exit(1)

@@ -95,7 +95,10 @@ async function checkSocketPath(socketPath, uids) {
   }
   const ok = (st) => uids.has(st.uid);
   // Components still to walk, and the directory reached so far (checked).
-  let pending = path.resolve(socketPath).split('/').filter(Boolean);
+  // Not path.resolve, which drops "link/.." before link is resolved: the
+  // kernel resolves link first, and so does this walk.
+  const full = socketPath.startsWith('/') ? socketPath : `${process.cwd()}/${socketPath}`;
+  let pending = full.split('/').filter(Boolean);
   let dir = '/';
   let st = await fs.promises.lstat(dir);
   checkDir(socketPath, dir, st, ok, uids);

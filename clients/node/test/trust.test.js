@@ -231,6 +231,33 @@ test(
   },
 );
 
+test('the path is walked as the kernel resolves it: link/.. is the parent of the target', opts, async () => {
+  // "ok/link/../agent.sock" reaches the other uid's server through its
+  // link; resolving the path lexically would check "ok/agent.sock", a
+  // socket of our own in a directory of ours, instead.
+  const sub = path.join(base, 'theirs', 'sub');
+  fs.mkdirSync(sub);
+  fs.chownSync(sub, OTHER, OTHER);
+  const fake = await OtherUIDServer.start(path.join(base, 'theirs', 'agent.sock'));
+  const ok = path.join(base, 'ok');
+  fs.mkdirSync(ok);
+  const decoy = await ownServer(path.join(ok, 'agent.sock'));
+  const link = path.join(ok, 'link');
+  fs.symlinkSync(sub, link);
+  fs.lchownSync(link, OTHER, OTHER);
+  try {
+    const err = await refused(`${ok}/link/../agent.sock`);
+    assert.ok(err.message.includes(link), err.message);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepStrictEqual(fake.seen, { conns: 0, bytes: 0 });
+  } finally {
+    await fake.stop();
+    await decoy.close();
+    fs.rmSync(ok, { recursive: true, force: true });
+    fs.rmSync(sub, { recursive: true, force: true });
+  }
+});
+
 test('a symlink of our own to the agent, and the real agent, are accepted', opts, async () => {
   const link = path.join(base, 'own-link.sock');
   fs.symlinkSync(proc.socket, link);

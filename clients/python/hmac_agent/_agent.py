@@ -5,6 +5,7 @@ import json
 import os
 import pwd
 import socket
+import stat
 import struct
 import threading
 
@@ -69,6 +70,70 @@ def _check_agent(sock, path, trusted):
             "the server at %s runs as uid %d (pid %d), which is not root, this user (uid %d) or $%s: "
             "untrusted agent; nothing was sent to it" % (path, uid, pid, os.getuid(), AGENT_UID_ENV)
         )
+    if uid == 0:
+        _check_root_path(path, trusted)
+
+
+_MAX_LINKS = 40  # as the kernel's own limit
+
+
+def _check_root_path(path, trusted):
+    """Vet the way to a socket root listens on. Root's credentials are
+    those of every socket systemd makes, among them sockets it hands to
+    services running as other users, who could link one where a client
+    looks for the agent. So every directory and symbolic link on the way
+    from / must be owned by root or a trusted uid, and no directory
+    writable by others unless sticky. The socket's own owner is not
+    judged: its listener was."""
+
+    def refuse(what):
+        return UntrustedAgent(
+            "the agent at %s runs as root, but %s: anyone who could do that could have put another server there: "
+            "untrusted agent; nothing was sent to it" % (path, what)
+        )
+
+    # Not os.path.abspath, which would drop "link/.." unresolved: the
+    # kernel resolves link first, and so does the walk.
+    full = path if path.startswith("/") else os.getcwd() + "/" + path
+    pending = [n for n in full.split("/") if n not in ("", ".")]
+    directory, links = "/", 0
+    while True:
+        try:
+            st = os.lstat(directory)
+        except OSError as e:
+            raise refuse("%s cannot be checked (%s)" % (directory, e.strerror)) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise refuse("%s on the way is not a directory" % directory)
+        if st.st_uid not in trusted:
+            raise refuse("the directory %s on the way is owned by uid %d" % (directory, st.st_uid))
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise refuse("the directory %s on the way (mode %04o) is writable by others than its owner"
+                         % (directory, st.st_mode & 0o7777))
+        if not pending:
+            raise refuse("the path names a directory")
+        name = pending.pop(0)
+        if name == "..":
+            directory = os.path.dirname(directory)
+            continue
+        p = os.path.join(directory, name)
+        try:
+            st = os.lstat(p)
+        except OSError as e:
+            raise refuse("%s cannot be checked (%s)" % (p, e.strerror)) from None
+        if stat.S_ISLNK(st.st_mode):
+            if st.st_uid not in trusted:
+                raise refuse("the symbolic link %s on the way is owned by uid %d" % (p, st.st_uid))
+            links += 1
+            if links > _MAX_LINKS:
+                raise refuse("too many symbolic links on the way")
+            target = os.readlink(p)
+            if target.startswith("/"):
+                directory = "/"
+            pending = [n for n in target.split("/") if n not in ("", ".")] + pending
+            continue
+        if not pending:
+            return  # the socket itself
+        directory = p
 
 
 class _Call:
@@ -287,7 +352,10 @@ class Agent:
     (SO_PEERCRED): the agent must run as root (which includes systemd's
     socket activation), as this process's user, as the uid or user name in
     $HMAC_AGENT_UID, or as ``agent_uid`` (a uid or user name); anything else
-    raises UntrustedAgent. A value that names no user raises ValueError.
+    raises UntrustedAgent. A root listener is trusted only through a path
+    whose directories and links root or those uids own, none writable by
+    others unless sticky: root is also the uid of sockets systemd hands to
+    services of other users. A value that names no user raises ValueError.
 
     Use it as a context manager to close it, or leave it open for the life
     of the process.

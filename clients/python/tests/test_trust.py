@@ -141,6 +141,57 @@ class UntrustedAgentTest(unittest.TestCase):
                              env=env, capture_output=True, text=True, cwd=self.dir)
         self.assertEqual(out.stdout.strip(), "ok", out.stderr)
 
+    def test_root_socket_behind_another_users_link(self):
+        # Root's credentials are those of every socket systemd makes,
+        # among them sockets of services that run as other users. Uid
+        # OTHER_UID links such a socket (here a forger's, run as root)
+        # where the client looks for the agent, in a directory of its own,
+        # as /tmp/hmac-agent-$UID would be: refused, though the listener
+        # is root's, and sent nothing.
+        service = os.path.join(self.dir, "service")
+        os.mkdir(service, 0o755)
+        f = Forger(self.dir, os.path.join(service, "agent.sock"), 0)
+        self.forgers.append(f)
+        squat = os.path.join(self.dir, "hmac-agent-squat")
+        os.mkdir(squat, 0o755)
+        link = os.path.join(squat, "agent.sock")
+        os.symlink(os.path.join(service, "agent.sock"), link)
+        os.lchown(squat, OTHER_UID, OTHER_UID)
+        os.lchown(link, OTHER_UID, OTHER_UID)
+        with self.assertRaises(UntrustedAgent) as cm:
+            verify_forged(link)
+        self.assertIn(squat, str(cm.exception))
+        self.forgers.remove(f)
+        _, received = f.stop()
+        self.assertEqual(received, 0, "the forger received bytes")
+        # Reached by its own path, in directories root owns, it is believed.
+        f = Forger(self.dir, os.path.join(service, "agent.sock"), 0)
+        self.forgers.append(f)
+        verify_forged(os.path.join(service, "agent.sock"))
+
+    def test_root_socket_path_walked_as_the_kernel_does(self):
+        # "ok/link/../agent.sock" is the parent of link's target, where a
+        # root listener waits in another user's directory; cleaning the
+        # path lexically would check "ok/agent.sock", in root's, instead.
+        evil = os.path.join(self.dir, "evil")
+        os.mkdir(evil, 0o755)
+        os.mkdir(os.path.join(evil, "sub"), 0o755)
+        os.chown(evil, OTHER_UID, OTHER_UID)
+        ok = os.path.join(self.dir, "ok")
+        os.mkdir(ok, 0o755)
+        open(os.path.join(ok, "agent.sock"), "w").close()
+        link = os.path.join(ok, "link")
+        os.symlink(os.path.join(evil, "sub"), link)
+        os.lchown(link, OTHER_UID, OTHER_UID)
+        f = Forger(self.dir, os.path.join(evil, "agent.sock"), 0)
+        self.forgers.append(f)
+        with self.assertRaises(UntrustedAgent) as cm:
+            verify_forged(ok + "/link/../agent.sock")
+        self.assertIn(link, str(cm.exception))
+        self.forgers.remove(f)
+        _, received = f.stop()
+        self.assertEqual(received, 0, "the forger received bytes")
+
     def test_reconnect_checks_again(self):
         # A connection to a trusted agent breaks; the path now answers as
         # another user; the next call connects again and is refused.
