@@ -1,6 +1,9 @@
 package agent
 
 import (
+	"bytes"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 )
@@ -56,5 +59,30 @@ func TestLogLimiterFullOfBusyCallers(t *testing.T) {
 	}
 	if n := l.size(); n != maxLoggedCallers+1 {
 		t.Errorf("the limiter holds %d callers, want %d (the bound and the shared one)", n, maxLoggedCallers+1)
+	}
+}
+
+// TestAgentLogWarningsLimitedPerCaller checks the agent log's side: a
+// caller's failing requests write at most a burst of warnings, and the
+// next one let through says how many were left out.
+func TestAgentLogWarningsLimitedPerCaller(t *testing.T) {
+	var buf bytes.Buffer
+	a := &Agent{log: slog.New(slog.NewJSONHandler(&buf, nil)), logLimit: newLogLimiter(logLinesPerSecond, logLinesBurst)}
+	peer := Peer{UID: 1001, Known: true}
+	for range 1000 {
+		a.warnFor(peer, "key generate failed", "key", "k")
+	}
+	// Let at least one line's allowance come back.
+	time.Sleep(time.Second / logLinesPerSecond * 2)
+	a.warnFor(peer, "key generate failed", "key", "k")
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) < logLinesBurst+1 || len(lines) > logLinesBurst+10 {
+		t.Fatalf("%d lines for 1001 warnings of one caller", len(lines))
+	}
+	if !strings.Contains(lines[len(lines)-1], `"left_out":`) {
+		t.Errorf("the last line does not say how many were left out: %s", lines[len(lines)-1])
+	}
+	if a.LogLinesLeftOut() < 900 {
+		t.Errorf("counted %d lines left out", a.LogLinesLeftOut())
 	}
 }
