@@ -86,6 +86,11 @@ type Agent struct {
 	observe func(Use)
 	needs   identityNeeds
 
+	// auditLimit and logLimit hold each caller to a rate of denial and
+	// error lines in the audit and agent logs; leftOut counts the rest.
+	auditLimit, logLimit *logLimiter
+	leftOut              atomic.Uint64
+
 	contexts atomic.Int64
 	sessions atomic.Int64
 	closed   atomic.Bool
@@ -128,6 +133,9 @@ func New(opts Options) (*Agent, error) {
 		observe: opts.Observe,
 		live:    make(map[*Session]struct{}),
 		stop:    make(chan struct{}),
+
+		auditLimit: newLogLimiter(logLinesPerSecond, logLinesBurst),
+		logLimit:   newLogLimiter(logLinesPerSecond, logLinesBurst),
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)

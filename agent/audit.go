@@ -21,6 +21,10 @@ import (
 // one.
 //
 // It never holds key bytes, tags or message data.
+//
+// Lines for denials and failures are limited per caller uid (see
+// loglimit.go); the first line let through after some were left out
+// carries their number as left_out.
 
 // Use is one use of a key, or a denial, as the audit log and metrics see
 // it.
@@ -32,6 +36,22 @@ type Use struct {
 	Err       error
 	Bytes     int64
 	Duration  time.Duration // 0 when not measured
+	// Registered says Key is in the agent's registry: a configured key
+	// or one a provider holds. Any other name is the caller's own
+	// choosing, and nothing that keeps state per name may keep it.
+	Registered bool
+}
+
+// registered reports whether name is a configured key or one a
+// provider was found to hold.
+func (a *Agent) registered(name string) bool {
+	if a.cached([]byte(name)) != nil {
+		return true
+	}
+	a.mu.RLock()
+	_, ok := a.keys[name]
+	a.mu.RUnlock()
+	return ok
 }
 
 // observed reports whether anyone records key uses, so callers can skip
@@ -49,10 +69,20 @@ func (a *Agent) auditUse(peer Peer, op, key string, alg providers.Algorithm, err
 		d = time.Since(start)
 	}
 	if a.observe != nil {
-		a.observe(Use{Peer: peer, Operation: op, Key: key, Algorithm: alg, Err: err, Bytes: bytes, Duration: d})
+		// A key used without error was resolved, so only a failure asks.
+		reg := err == nil || a.registered(key)
+		a.observe(Use{Peer: peer, Operation: op, Key: key, Algorithm: alg, Err: err, Bytes: bytes, Duration: d, Registered: reg})
 	}
 	if a.audit == nil {
 		return
+	}
+	var leftOut uint64
+	if err != nil {
+		var ok bool
+		if ok, leftOut = a.auditLimit.allow(peer.UID, time.Now()); !ok {
+			a.leftOut.Add(1)
+			return
+		}
 	}
 	msg := "key use"
 	level := slog.LevelInfo
@@ -81,6 +111,9 @@ func (a *Agent) auditUse(peer Peer, op, key string, alg providers.Algorithm, err
 	if d > 0 {
 		attrs = append(attrs, slog.Duration("duration", d))
 	}
+	if leftOut > 0 {
+		attrs = append(attrs, slog.Uint64("left_out", leftOut))
+	}
 	a.audit.LogAttrs(context.Background(), level, msg, attrs...)
 }
 
@@ -107,4 +140,23 @@ func appendIdentity(attrs []slog.Attr, id *Identity) []slog.Attr {
 		exe = unknown
 	}
 	return append(attrs, slog.String("exe", exe))
+}
+
+// LogLinesLeftOut counts the denial and error lines the per-caller limits
+// left out of the audit and agent logs since the agent started.
+func (a *Agent) LogLinesLeftOut() uint64 { return a.leftOut.Load() }
+
+// warnFor writes a warning a caller's request caused to the agent's log,
+// within that caller's rate; the next line let through says how many were
+// left out meanwhile.
+func (a *Agent) warnFor(peer Peer, msg string, args ...any) {
+	ok, leftOut := a.logLimit.allow(peer.UID, time.Now())
+	if !ok {
+		a.leftOut.Add(1)
+		return
+	}
+	if leftOut > 0 {
+		args = append(args, "left_out", leftOut)
+	}
+	a.log.Warn(msg, args...)
 }

@@ -35,6 +35,14 @@
 // passed the deadline is ended and answers ErrContextLost. [Agent.Status]
 // never calls a provider: health is probed in the background.
 //
+// # Logs a caller cannot grow
+//
+// Denial and failure lines in the audit log, and warnings a caller's
+// request causes in the agent's log, are limited per caller uid; the next
+// line let through carries the count left out ([Agent.LogLinesLeftOut]
+// counts them all). [Use.Registered] tells an observer whether a key name
+// is in the registry or only the caller's choosing.
+//
 // # Concurrency
 //
 // [Agent] is safe for concurrent use. A [Session] is safe for concurrent

@@ -239,7 +239,7 @@ func (a *Agent) manageError(peer Peer, op string, p providers.Provider, name str
 		a.log.Info("key "+op, "key", name, "provider", p.Name())
 		return nil
 	}
-	a.log.Warn("key "+op+" failed", "key", name, "provider", p.Name(), "err", err)
+	a.warnFor(peer, "key "+op+" failed", "key", name, "provider", p.Name(), "err", err, "uid", peer.UID)
 	code := providers.ErrUnavailable
 	for _, s := range []error{providers.ErrKeyExists, providers.ErrKeyNotFound, providers.ErrInvalidArgument, providers.ErrNotSupported, providers.ErrClosed} {
 		if errors.Is(err, s) {

@@ -11,6 +11,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -36,10 +37,18 @@ type Config struct {
 	Providers     []Provider `toml:"provider"`
 	Keys          []Key      `toml:"key"`
 	ShutdownGrace Duration   `toml:"shutdown_grace"`
-	// Metrics is the address of the Prometheus metrics listener
-	// ("127.0.0.1:9464"); empty means none.
+	// Metrics is the address of the Prometheus metrics listener: TCP
+	// host:port ("127.0.0.1:9464"), which every local user can read, or
+	// "unix:/path" for a socket made as the agent's is (MetricsSocket);
+	// empty means none.
 	Metrics string `toml:"metrics"`
 	meta    toml.MetaData
+}
+
+// MetricsSocket returns the path of the metrics listener's Unix socket
+// when metrics is "unix:/path".
+func (c *Config) MetricsSocket() (string, bool) {
+	return strings.CutPrefix(c.Metrics, "unix:")
 }
 
 // Limits are the agent's limits; zero means the default.
@@ -185,9 +194,18 @@ func (c *Config) Validate() error {
 	if len(c.SocketPath()) > 107 {
 		bad("socket", "path is %d bytes; a Unix socket path must be under 108", len(c.SocketPath()))
 	}
-	if c.Metrics != "" {
+	if path, ok := c.MetricsSocket(); ok {
+		switch {
+		case !filepath.IsAbs(path):
+			bad("metrics", "unix: needs an absolute path, not %q", path)
+		case len(path) > 107:
+			bad("metrics", "path is %d bytes; a Unix socket path must be under 108", len(path))
+		case filepath.Clean(path) == filepath.Clean(c.SocketPath()):
+			bad("metrics", "%q is the agent's own socket", path)
+		}
+	} else if c.Metrics != "" {
 		if _, _, err := net.SplitHostPort(c.Metrics); err != nil {
-			bad("metrics", "must be host:port, not %q", c.Metrics)
+			bad("metrics", "must be host:port or unix:/path, not %q", c.Metrics)
 		}
 	}
 	if c.SocketGroup != "" {

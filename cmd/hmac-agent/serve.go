@@ -130,7 +130,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 	}
 	if m != nil {
 		m.Watch(a, srv)
-		stopMetrics, err := serveMetrics(cfg.Metrics, m, log)
+		stopMetrics, err := serveMetrics(cfg, m, log)
 		if err != nil {
 			return err
 		}

@@ -12,6 +12,7 @@
 //	go run ./cmd/hmac-bench -quick     # under a minute
 //	go run ./cmd/hmac-bench -json      # [{"name","value","unit"}, ...]
 //	go run ./cmd/hmac-bench -compare OLD_BINARY   # two builds in alternating rounds
+//	go run ./cmd/hmac-bench -hostile   # a victim uid under six attacks of another (root)
 package main
 
 import (
@@ -57,6 +58,7 @@ func (r *results) median(name string) float64 {
 }
 
 func main() {
+	runRoleIfAsked()
 	if len(os.Args) == 3 && os.Args[1] == echoArg {
 		runEchoServer(os.Args[2])
 		return
@@ -71,8 +73,32 @@ func main() {
 	maxCopy := flag.Int64("pkcs11-max-copy-bytes", 0, "the token's max_copy_bytes (0: the default 64 MiB; -1: keep no input for Copy)")
 	other := flag.String("compare", "", "another hmac-agent binary: measure the PKCS#11 figures and software pipelining of both, in alternating rounds")
 	rounds := flag.Int("rounds", 40, "with -compare: rounds")
+	hostileRun := flag.Bool("hostile", false, "a victim uid's one-shot latency, quiet and under six attacks of another uid, and the agent's memory (needs root)")
 	flag.Parse()
 	benchenv.StopOnSignal(nil)
+	if *hostileRun {
+		hp := hostilePlan{victim: 2 * time.Second, scale: 1, settle: 15 * time.Second}
+		if *quick {
+			hp = hostilePlan{victim: 300 * time.Millisecond, scale: 0.1, settle: 5 * time.Second}
+		}
+		r := &results{units: map[string]string{}, runs: map[string][]float64{}}
+		if err := hostile(r, hp, *agentBin); err != nil {
+			fmt.Fprintln(os.Stderr, "hmac-bench:", err)
+			os.Exit(1)
+		}
+		if *asJSON {
+			var out []metric
+			for _, name := range r.order {
+				out = append(out, metric{name, r.median(name), r.units[name]})
+			}
+			enc := json.NewEncoder(os.Stdout)
+			enc.SetIndent("", "  ")
+			enc.Encode(out)
+			return
+		}
+		printHostile(r)
+		return
+	}
 	if *other != "" {
 		if err := compare(os.Stdout, *agentBin, *other, *rounds, 300*time.Millisecond, 64<<20); err != nil {
 			fmt.Fprintln(os.Stderr, "hmac-bench:", err)

@@ -13,6 +13,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	runRoleIfAsked()
 	// The echo baseline runs as this binary in a process of its own.
 	if len(os.Args) == 3 && os.Args[1] == echoArg {
 		runEchoServer(os.Args[2])
@@ -86,4 +87,61 @@ func TestCompare(t *testing.T) {
 			t.Errorf("row without both builds' ratios: %q", row)
 		}
 	}
+}
+
+// TestHostileQuick runs -hostile -quick in a process of its own (the
+// victim and the attacker are further processes under other uids) and
+// checks that every figure comes out for the quiet phase and each attack,
+// and that the attackers were in place. It judges no goal: the figures
+// are reported, not asserted.
+func TestHostileQuick(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI is set but the tests do not run as root; -hostile runs its victim and attacker as other uids")
+		}
+		t.Skip("-hostile needs root")
+	}
+	if err := softhsm.Available(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI is set and SoftHSM2 is missing: %v", err)
+		}
+		t.Skipf("SoftHSM2 is not installed: %v", err)
+	}
+	if os.Getenv("HMAC_BENCH_HOSTILE_CHILD") == "" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestHostileQuick$", "-test.v")
+		cmd.Env = append(os.Environ(), "HMAC_BENCH_HOSTILE_CHILD=1")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v:\n%s", err, out)
+		} else {
+			t.Logf("%s", out)
+		}
+		return
+	}
+	r := &results{units: map[string]string{}, runs: map[string][]float64{}}
+	if err := hostile(r, hostilePlan{victim: 200 * time.Millisecond, scale: 0.02, settle: time.Second}, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"soft_p50_us", "soft_p99_us", "pkcs11_p50_us", "pkcs11_p99_us"} {
+		if v := r.median("hostile_quiet_" + k); v <= 0 {
+			t.Errorf("hostile_quiet_%s: %v", k, v)
+		}
+	}
+	for _, a := range attackOrder {
+		for _, k := range []string{"peak_rss_mib", "rss_before_mib", "rss_after_mib", "goroutines_before", "goroutines_under",
+			"goroutines_after", "fds_before", "fds_under", "fds_after", "attacker_held"} {
+			if v := r.median("hostile_" + a + "_" + k); v <= 0 {
+				t.Errorf("hostile_%s_%s: %v", a, k, v)
+			}
+		}
+		for _, k := range []string{"soft_p50_us", "soft_p99_us", "pkcs11_p50_us", "pkcs11_p99_us", "victim_failures"} {
+			if _, ok := r.units["hostile_"+a+"_"+k]; !ok {
+				t.Errorf("no hostile_%s_%s", a, k)
+			}
+		}
+	}
+	var out strings.Builder
+	for _, g := range hostileGoals(r) {
+		out.WriteString(g + "\n")
+	}
+	t.Logf("goals as measured in this short run:\n%s", out.String())
 }

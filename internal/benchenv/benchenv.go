@@ -83,6 +83,18 @@ type Options struct {
 	TPM                bool // a swtpm, if swtpm is installed
 	// Log receives the agent's own output; nil discards it.
 	Log *os.File
+	// DefaultLimits leaves [limits] at the agent's defaults; otherwise
+	// max_connections is raised for benchmarks with many connections.
+	DefaultLimits bool
+	// SocketGroup, if not zero, is socket_group, and the environment's
+	// directory lets others pass, so that processes of other uids in that
+	// group reach the socket.
+	SocketGroup int
+	// Users may use every key besides the agent's own uid
+	// (default_policy).
+	Users []uint32
+	// Metrics is the agent's metrics listener, if not empty.
+	Metrics string
 	// BeforeAgent, if set, runs once the token and TPM exist and before
 	// the agent starts: swtpm serves one connection at a time, so
 	// whatever else must talk to it does so here.
@@ -121,18 +133,28 @@ func (e *Env) start(opts Options) error {
 	if err != nil {
 		return err
 	}
-	cfg := fmt.Sprintf(`socket = %q
-[audit]
-destination = "off"
-[log]
-level = "warn"
-[limits]
-max_connections = 4096
-[[provider]]
-name = "soft"
-type = "software"
-path = %q
-`, e.Socket, filepath.Join(e.Dir, "keys"))
+	cfg := fmt.Sprintf("socket = %q\n", e.Socket)
+	if opts.SocketGroup != 0 {
+		cfg += fmt.Sprintf("socket_group = \"%d\"\n", opts.SocketGroup)
+		if err := os.Chmod(e.Dir, 0o711); err != nil {
+			return err
+		}
+	}
+	if opts.Metrics != "" {
+		cfg += fmt.Sprintf("metrics = %q\n", opts.Metrics)
+	}
+	cfg += "[audit]\ndestination = \"off\"\n[log]\nlevel = \"warn\"\n"
+	if !opts.DefaultLimits {
+		cfg += "[limits]\nmax_connections = 4096\n"
+	}
+	if len(opts.Users) > 0 {
+		users := "0"
+		for _, u := range opts.Users {
+			users += fmt.Sprintf(", %d", u)
+		}
+		cfg += fmt.Sprintf("[default_policy]\nusers = [%s]\noperations = [\"mac\", \"verify\"]\n", users)
+	}
+	cfg += fmt.Sprintf("[[provider]]\nname = \"soft\"\ntype = \"software\"\npath = %q\n", filepath.Join(e.Dir, "keys"))
 	if opts.PKCS11 && softhsm.Available() == nil {
 		// Labels differ so that two agents started side by side
 		// (hmac-bench -compare) each find their own token.
@@ -250,6 +272,11 @@ func waitSocket(path string, d time.Duration) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// AgentBinary finds hmac-agent as Options.Agent does, or builds it into
+// dir: for a caller that starts several environments and would build it
+// once.
+func AgentBinary(given, dir string) (string, error) { return agentBinary(given, dir) }
 
 // agentBinary finds hmac-agent, or builds it into dir.
 func agentBinary(given, dir string) (string, error) {

@@ -8,10 +8,21 @@
 // protobuf dependency made the binary 4.7 MB larger, memory that is
 // resident in every agent.
 //
+// # What a caller can grow
+//
+// Nothing a caller sends makes a new series. Per-key series exist only for
+// keys in the agent's registry (configured keys and keys a provider
+// holds); a use under any other name counts under the key "other".
+// Denials are counted by operation alone, since the name a denied caller
+// sent is of its own choosing. Every other label takes its values from a
+// fixed set: operations, error names, providers.
+//
 // A Metrics is safe for concurrent use.
 package metrics
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -42,7 +53,12 @@ type Metrics struct {
 	ops     map[opSeries]*vm.Counter
 	bytes   map[string]*vm.Counter
 	latency map[string]*vm.PrometheusHistogram
+	denials map[string]*vm.Counter // by operation
 }
+
+// otherKey is the key label of every use under a name that is not in the
+// agent's registry.
+const otherKey = "other"
 
 type opSeries struct{ key, op, result string }
 
@@ -55,18 +71,27 @@ func New() *Metrics {
 		ops:     make(map[opSeries]*vm.Counter),
 		bytes:   make(map[string]*vm.Counter),
 		latency: make(map[string]*vm.PrometheusHistogram),
+		denials: make(map[string]*vm.Counter),
 	}
 }
 
 // Observe records a key use; give it to the agent as Options.Observe.
 func (m *Metrics) Observe(u agent.Use) {
+	if errors.Is(u.Err, providers.ErrPermissionDenied) {
+		m.denied(u.Operation)
+		return
+	}
 	result := providers.ErrorName(u.Err)
 	if result == "" {
 		result = "error"
 	}
-	s := opSeries{u.Key, u.Operation, result}
+	key := u.Key
+	if !u.Registered {
+		key = otherKey
+	}
+	s := opSeries{key, u.Operation, result}
 	m.mu.RLock()
-	ops, bytes, latency := m.ops[s], m.bytes[u.Key], m.latency[u.Operation]
+	ops, bytes, latency := m.ops[s], m.bytes[key], m.latency[u.Operation]
 	m.mu.RUnlock()
 	if ops == nil || bytes == nil || latency == nil {
 		ops, bytes, latency = m.series(s)
@@ -78,6 +103,22 @@ func (m *Metrics) Observe(u agent.Use) {
 	if u.Bytes > 0 {
 		bytes.AddInt64(u.Bytes)
 	}
+}
+
+// denied counts a denial of op.
+func (m *Metrics) denied(op string) {
+	m.mu.RLock()
+	c := m.denials[op]
+	m.mu.RUnlock()
+	if c == nil {
+		m.mu.Lock()
+		if c = m.denials[op]; c == nil {
+			c = m.set.GetOrCreateCounter(name("hmac_agent_denials_total", "operation", op))
+			m.denials[op] = c
+		}
+		m.mu.Unlock()
+	}
+	c.Inc()
 }
 
 // series makes the series of a key use seen for the first time. The set
@@ -133,34 +174,69 @@ type Server interface {
 // Watch adds values read at each scrape from the agent, the server and the
 // agent's providers.
 func (m *Metrics) Watch(a *agent.Agent, srv Server) {
+	provs := a.Providers()
+	labels := make([][]string, len(provs))
+	for i, p := range provs {
+		labels[i] = []string{"kind", p.Kind(), "provider", p.Name()}
+	}
+	// Each family's HELP and TYPE come once, before all its samples: the
+	// text format allows no second block for a family.
 	m.set.RegisterMetricsWriter(func(w io.Writer) {
-		vm.WriteGaugeUint64(w, "hmac_agent_connections", uint64(srv.Connections()))
-		vm.WriteGaugeUint64(w, "hmac_agent_queued_bytes", uint64(srv.QueuedBytes()))
-		vm.WriteGaugeUint64(w, "hmac_agent_contexts", uint64(a.Contexts()))
-	})
-	for _, p := range a.Providers() {
-		labels := []string{"kind", p.Kind(), "provider", p.Name()}
-		m.set.RegisterMetricsWriter(func(w io.Writer) {
-			up := uint64(1)
-			if !a.Healthy(p) { // as last probed: a scrape never waits on a device
-				up = 0
+		gauge(w, "hmac_agent_connections", "Open client connections.", sample{v: uint64(srv.Connections())})
+		gauge(w, "hmac_agent_queued_bytes", "Bytes of requests read and waiting for a device.", sample{v: uint64(srv.QueuedBytes())})
+		gauge(w, "hmac_agent_contexts", "Open HMAC contexts.", sample{v: uint64(a.Contexts())})
+		counter(w, "hmac_agent_log_lines_left_out_total", "Denial and error log lines left out by the per-caller rate.", sample{v: a.LogLinesLeftOut()})
+
+		up := make([]sample, len(provs))
+		var sessions, inUse, waits, copies, swaps []sample
+		for i, p := range provs {
+			up[i] = sample{labels[i], 0}
+			if a.Healthy(p) { // as last probed: a scrape never waits on a device
+				up[i].v = 1
 			}
-			vm.WriteGaugeUint64(w, name("hmac_agent_provider_up", labels...), up)
-		})
-		if hp, ok := p.(interface{ Sessions() pkcs11.SessionStats }); ok {
-			m.set.RegisterMetricsWriter(func(w io.Writer) {
+			if hp, ok := p.(interface{ Sessions() pkcs11.SessionStats }); ok {
 				st := hp.Sessions()
-				vm.WriteGaugeUint64(w, name("hmac_agent_pkcs11_sessions_open", labels...), uint64(st.Open))
-				vm.WriteGaugeUint64(w, name("hmac_agent_pkcs11_sessions_in_use", labels...), uint64(st.InUse))
-				vm.WriteCounterUint64(w, name("hmac_agent_pkcs11_session_waits_total", labels...), st.Waits)
-				vm.WriteGaugeUint64(w, name("hmac_agent_pkcs11_key_copies", labels...), uint64(st.Copies))
-			})
+				sessions = append(sessions, sample{labels[i], uint64(st.Open)})
+				inUse = append(inUse, sample{labels[i], uint64(st.InUse)})
+				waits = append(waits, sample{labels[i], st.Waits})
+				copies = append(copies, sample{labels[i], uint64(st.Copies)})
+			}
+			if sw, ok := p.(interface{ Swaps() uint64 }); ok {
+				swaps = append(swaps, sample{labels[i], sw.Swaps()})
+			}
 		}
-		if sw, ok := p.(interface{ Swaps() uint64 }); ok {
-			m.set.RegisterMetricsWriter(func(w io.Writer) {
-				vm.WriteCounterUint64(w, name("hmac_agent_tpm_slot_swaps_total", labels...), sw.Swaps())
-			})
-		}
+		gauge(w, "hmac_agent_provider_up", "1 if the provider answered its last health probe.", up...)
+		gauge(w, "hmac_agent_pkcs11_sessions_open", "PKCS#11 sessions open.", sessions...)
+		gauge(w, "hmac_agent_pkcs11_sessions_in_use", "PKCS#11 sessions in use.", inUse...)
+		counter(w, "hmac_agent_pkcs11_session_waits_total", "Requests that waited for a PKCS#11 session.", waits...)
+		gauge(w, "hmac_agent_pkcs11_key_copies", "Per-session copies of PKCS#11 keys.", copies...)
+		counter(w, "hmac_agent_tpm_slot_swaps_total", "TPM object slots swapped out and in.", swaps...)
+	})
+}
+
+// sample is one value of a family, with its labels as name, value pairs.
+type sample struct {
+	labels []string
+	v      uint64
+}
+
+func gauge(w io.Writer, family, help string, samples ...sample) {
+	writeFamily(w, family, "gauge", help, samples)
+}
+
+func counter(w io.Writer, family, help string, samples ...sample) {
+	writeFamily(w, family, "counter", help, samples)
+}
+
+// writeFamily writes one family: its HELP and TYPE once, then each
+// sample. A family with no samples is left out whole.
+func writeFamily(w io.Writer, family, typ, help string, samples []sample) {
+	if len(samples) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", family, help, family, typ)
+	for _, s := range samples {
+		fmt.Fprintf(w, "%s %d\n", name(family, s.labels...), s.v)
 	}
 }
 
