@@ -95,7 +95,11 @@ async function checkSocketPath(socketPath, uids) {
   }
   const ok = (st) => uids.has(st.uid);
   // Components still to walk, and the directory reached so far (checked).
-  let pending = path.resolve(socketPath).split('/').filter(Boolean);
+  // Not path.resolve: it drops "x/.." by name, where the kernel goes up
+  // from wherever a symlink x leads, so the check would see another file
+  // than connect() reaches.
+  const absolute = path.isAbsolute(socketPath) ? socketPath : `${process.cwd()}/${socketPath}`;
+  let pending = absolute.split('/').filter(Boolean);
   let dir = '/';
   let st = await fs.promises.lstat(dir);
   checkDir(socketPath, dir, st, ok, uids);
