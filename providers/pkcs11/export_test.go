@@ -14,3 +14,6 @@ func SetStaleAfter(t testing.TB, d time.Duration) {
 	staleAfter = d
 	t.Cleanup(func() { staleAfter = old })
 }
+
+// LoginAttempts is how many times the provider has called C_Login.
+func LoginAttempts(p *Provider) int64 { return p.logins.Load() }

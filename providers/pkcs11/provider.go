@@ -5,6 +5,7 @@ package pkcs11
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"strings"
 	"sync"
@@ -59,6 +60,12 @@ type Provider struct {
 	// gen counts logins; object handles found under an older login are
 	// looked up again.
 	gen atomic.Uint64
+	// logins counts calls to C_Login, for tests.
+	logins atomic.Int64
+	// rejectedPIN is the SHA-256 of the PIN the token last rejected in
+	// recovery, which recovery does not try again; guarded by mod.calls
+	// held exclusively.
+	rejectedPIN *[sha256.Size]byte
 
 	keysMu sync.Mutex
 	keys   map[string]*key // by reference (name or URI)
@@ -154,6 +161,7 @@ func (p *Provider) login() error {
 	if err != nil {
 		return err
 	}
+	p.logins.Add(1)
 	err = p.ctx.Login(s.h, p11.CKU_USER, string(p.cfg.PIN))
 	if err != nil && rv(err) != p11.CKR_USER_ALREADY_LOGGED_IN {
 		p.pool.put(s, err)
