@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/internal/softhsm"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
@@ -83,6 +84,56 @@ func TestTokenReturnsWithAnotherPIN(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("not serving 10 s after the new PIN: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestPINChangedThenLoginLost: the user PIN is changed (C_SetPIN, as an
+// operator's pkcs11-tool --change-pin does) and then the agent's login is
+// lost (every session closed). Requests that find themselves logged out
+// log in again, but never again with the PIN the token rejected: one
+// wrong try, not one per request, and service returns once the PIN file
+// holds the new PIN.
+func TestPINChangedThenLoginLost(t *testing.T) {
+	var (
+		mu  sync.Mutex
+		pin = []byte("1234") // softhsm.Create's
+	)
+	r := newRecoveryRigWith(t, func(c *pkcs11.Config) {
+		c.ReadPIN = func() ([]byte, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return append([]byte(nil), pin...), nil
+		}
+	})
+	ctx := context.Background()
+	if err := r.d.ctx.SetPIN(r.d.s, "1234", "24680"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.d.ctx.CloseAllSessions(r.d.slot); err != nil {
+		t.Fatal(err)
+	}
+	before := pkcs11.LoginAttempts(r.p)
+	for range 20 {
+		if _, err := r.c.MAC(ctx, "a", client.SHA256, []byte("x")); err == nil {
+			t.Fatal("a MAC succeeded with the agent logged out and its PIN wrong")
+		}
+	}
+	if n := pkcs11.LoginAttempts(r.p) - before; n > 1 {
+		t.Errorf("20 requests tried the rejected PIN %d times; a real token would lock it", n)
+	}
+	mu.Lock()
+	pin = []byte("24680")
+	mu.Unlock()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := r.c.MAC(ctx, "a", client.SHA256, []byte("x"))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not serving 10 s after the PIN file got the new PIN: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -3,7 +3,6 @@
 package pkcs11
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"strings"
@@ -162,19 +161,5 @@ func (p *Provider) reopenLocked() error {
 		clear(p.cfg.PIN)
 		p.cfg.PIN = pin
 	}
-	// A token that came back with another PIN rejects ours. Tokens lock
-	// their user PIN after a few wrong tries, so the PIN it rejected is
-	// not tried again: only a changed PIN (from the PIN file) is.
-	sum := sha256.Sum256(p.cfg.PIN)
-	if p.rejectedPIN != nil && *p.rejectedPIN == sum {
-		return fmt.Errorf("pkcs11: %w: the token rejected the PIN; it is not tried again, so as not to lock the token, until the PIN changes", providers.ErrUnavailable)
-	}
-	err := p.login()
-	switch {
-	case err == nil:
-		p.rejectedPIN = nil
-	case errors.Is(err, providers.ErrPermissionDenied):
-		p.rejectedPIN = &sum
-	}
-	return err
+	return p.login()
 }
