@@ -158,7 +158,19 @@ func (c *Client) MAC(ctx context.Context, key string, alg Algorithm, data []byte
 		return nil, err
 	}
 	defer r.release()
+	if err := checkTag(r.body, alg); err != nil {
+		return nil, err
+	}
 	return append([]byte(nil), r.body...), nil
+}
+
+// checkTag makes sure a tag from the agent is alg's full length: a
+// shorter one, from a broken agent or device, is never a caller's tag.
+func checkTag(tag []byte, alg Algorithm) error {
+	if len(tag) != alg.Size() {
+		return fmt.Errorf("%w: the agent sent a %d-byte tag for %s, whose tags are %d bytes", ErrProtocol, len(tag), alg, alg.Size())
+	}
+	return nil
 }
 
 // VerifyMAC checks tag over data in one round trip; the comparison is made

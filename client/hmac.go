@@ -126,7 +126,13 @@ func (h *HMAC) Finalize(ctx context.Context) ([]byte, error) {
 	var tag []byte
 	m := wire.Message{Type: wire.TypeFinalize, Context: h.id}
 	err := h.expect(ctx, &m, wire.TypeTag, func(body []byte) { tag = append([]byte(nil), body...) })
-	return tag, err
+	if err == nil {
+		err = checkTag(tag, h.alg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return tag, nil
 }
 
 // Verify finishes the context and checks tag in the agent, in constant

@@ -26,6 +26,26 @@ import (
 	"github.com/hmac-agent/hmac-agent/socket"
 )
 
+// closeWait bounds how long a stopping agent waits for its providers to
+// close. A device call that never returns (a hung HSM) keeps a PKCS#11
+// module from being finalized, and must not keep the process alive after
+// it said it stopped.
+const closeWait = 3 * time.Second
+
+// closeAgent closes a's providers, waiting for them at most closeWait.
+func closeAgent(a *agent.Agent, log *slog.Logger) {
+	done := make(chan struct{})
+	go func() {
+		a.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(closeWait):
+		log.Warn("a device call is still running: exiting without closing its provider", "waited", closeWait)
+	}
+}
+
 // defaultShutdownGrace is how long a stopping agent waits for requests in
 // flight.
 const defaultShutdownGrace = 10 * time.Second
@@ -106,7 +126,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 	if err != nil {
 		return err
 	}
-	defer a.Close()
+	defer closeAgent(a, log)
 
 	listeners, where, err := listen(cfg, log)
 	if err != nil {

@@ -22,3 +22,6 @@ func SetStaleClaim(t testing.TB, d time.Duration) {
 	staleClaim = d
 	t.Cleanup(func() { staleClaim = old })
 }
+
+// LoginAttempts is how many times the provider has called C_Login.
+func LoginAttempts(p *Provider) int64 { return p.logins.Load() }

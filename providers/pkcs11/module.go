@@ -35,6 +35,10 @@ type module struct {
 	dead  bool
 
 	recovering atomic.Bool // a recovery loop runs
+	// deferredSince is when recovery first held back for the streams of
+	// providers still up on the module; zero when it is not holding
+	// back. Guarded by calls, taken exclusively.
+	deferredSince time.Time
 }
 
 func openModule(path string) (*module, error) {
@@ -78,6 +82,12 @@ const (
 	firstRetry = 50 * time.Millisecond
 	maxRetry   = 2 * time.Second
 )
+
+// maxDefer bounds how long recovery holds back for streams on the
+// module's other tokens, which re-initializing the module would cut:
+// while one token stays away, a try every maxRetry would otherwise cut
+// every stream on the tokens that are fine, again and again.
+const maxDefer = 30 * time.Second
 
 // startRecovery starts the recovery loop unless one runs.
 func (m *module) startRecovery() {
@@ -133,6 +143,15 @@ func (m *module) tryRecover() bool {
 	if m.dead || len(m.users) == 0 {
 		return true
 	}
+	if m.streamingLocked() {
+		if m.deferredSince.IsZero() {
+			m.deferredSince = time.Now()
+		}
+		if time.Since(m.deferredSince) < maxDefer {
+			return false
+		}
+	}
+	m.deferredSince = time.Time{}
 	for p := range m.users {
 		p.resetLocked()
 	}
@@ -153,4 +172,17 @@ func (m *module) tryRecover() bool {
 		p.setUp()
 	}
 	return up
+}
+
+// streamingLocked reports whether a provider that is up holds sessions
+// for streams: with calls held exclusively, no call is in flight, so a
+// session out of the pool is a context's. The caller holds calls
+// exclusively.
+func (m *module) streamingLocked() bool {
+	for p := range m.users {
+		if !p.down.Load() && len(p.pool.slots) > len(p.pool.idle) {
+			return true
+		}
+	}
+	return false
 }

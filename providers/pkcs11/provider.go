@@ -5,6 +5,8 @@ package pkcs11
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -59,6 +61,11 @@ type Provider struct {
 	// gen counts logins; object handles found under an older login are
 	// looked up again.
 	gen atomic.Uint64
+	// logins counts calls to C_Login, for tests.
+	logins atomic.Int64
+	// rejectedPIN is the SHA-256 of the PIN the token last rejected,
+	// which is not tried again; guarded by loginMu.
+	rejectedPIN *[sha256.Size]byte
 
 	keysMu sync.Mutex
 	keys   map[string]*key // by reference (name or URI)
@@ -148,18 +155,40 @@ func (p *Provider) findToken() error {
 
 // login logs the application in; login is per application, not per
 // session, so one session serves. "Already logged in" is success.
+//
+// Tokens lock their user PIN after a few wrong tries, so a PIN the token
+// rejected (changed by an operator, or a token that came back
+// re-initialized) is not tried again: login then reads the PIN file
+// anew, and fails with ErrUnavailable at once while it holds the same PIN.
 func (p *Provider) login() error {
 	p.loginMu.Lock()
 	defer p.loginMu.Unlock()
+	if p.rejectedPIN != nil && p.cfg.ReadPIN != nil {
+		if pin, err := p.cfg.ReadPIN(); err == nil {
+			clear(p.cfg.PIN)
+			p.cfg.PIN = pin
+		}
+	}
+	sum := sha256.Sum256(p.cfg.PIN)
+	if p.rejectedPIN != nil && *p.rejectedPIN == sum {
+		return fmt.Errorf("pkcs11: login: %w", providers.Publicf(providers.ErrUnavailable,
+			"provider %q is unavailable: the token rejected its PIN, which is not tried again until it changes", p.cfg.Name))
+	}
 	s, err := p.pool.get(context.Background())
 	if err != nil {
 		return err
 	}
+	p.logins.Add(1)
 	err = p.ctx.Login(s.h, p11.CKU_USER, string(p.cfg.PIN))
 	if err != nil && rv(err) != p11.CKR_USER_ALREADY_LOGGED_IN {
 		p.pool.put(s, err)
-		return classify("login", err)
+		err = classify("login", err)
+		if errors.Is(err, providers.ErrPermissionDenied) {
+			p.rejectedPIN = &sum
+		}
+		return err
 	}
+	p.rejectedPIN = nil
 	p.gen.Add(1)
 	p.pool.put(s, nil)
 	return nil

@@ -54,8 +54,8 @@ func responseCode(rsp []byte) error {
 }
 
 // hmacOnce runs TPM2_HMAC on at most maxBuffer bytes with the key's own
-// scheme and appends the digest to dst.
-func (p *Provider) hmacOnce(key tpm2.TPMHandle, auth, data, dst []byte) ([]byte, error) {
+// scheme and appends the digest, which must be size bytes, to dst.
+func (p *Provider) hmacOnce(key tpm2.TPMHandle, auth, data, dst []byte, size int) ([]byte, error) {
 	cmd := command(p.cmdBuf[:0], ccHMAC, key, auth, func(b []byte) []byte {
 		b = binary.BigEndian.AppendUint16(b, uint16(len(data)))
 		b = append(b, data...)
@@ -72,6 +72,11 @@ func (p *Provider) hmacOnce(key tpm2.TPMHandle, auth, data, dst []byte) ([]byte,
 	n := int(binary.BigEndian.Uint16(rsp[14:16]))
 	if len(rsp) < 16+n {
 		return nil, fmt.Errorf("tpm: TPM2_HMAC response of %d bytes holds no %d-byte digest", len(rsp), n)
+	}
+	if n != size {
+		// A digest of another length is no tag: taken for one, an empty
+		// digest would verify an empty tag.
+		return nil, fmt.Errorf("tpm: TPM2_HMAC gave a %d-byte digest where %d belong: %w", n, size, p.refused("the TPM answered a malformed digest"))
 	}
 	return append(dst, rsp[16:16+n]...), nil
 }

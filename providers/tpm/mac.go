@@ -74,7 +74,7 @@ func (k *key) SumMAC(ctx context.Context, alg providers.Algorithm, data, dst []b
 			return err
 		}
 		var err error
-		tag, err = k.p.hmacOnce(o.handle, o.blob.Auth, data, dst)
+		tag, err = k.p.hmacOnce(o.handle, o.blob.Auth, data, dst, alg.Size())
 		return err
 	})
 	if err != nil {
@@ -290,6 +290,9 @@ func (m *mac) Finalize(ctx context.Context) ([]byte, error) {
 		}
 		m.p.dropLocked(m.seq) // the TPM flushed it
 		m.seq.saved = nil
+		if n := len(rsp.Result.Buffer); n != m.alg.Size() {
+			return fmt.Errorf("tpm: TPM2_SequenceComplete gave a %d-byte digest where %d belong: %w", n, m.alg.Size(), m.p.refused("the TPM answered a malformed digest"))
+		}
 		tag = rsp.Result.Buffer
 		return nil
 	})

@@ -346,3 +346,26 @@ test('a client running as another uid accepts an agent of its own uid', opts, as
     await fake.stop();
   }
 });
+
+test('".." after a symlink is followed as the kernel follows it, not cut off by name', opts, async () => {
+  // own-dir is ours, a symlink into their directory. The kernel resolves
+  // own-dir/../agent.sock from where the link leads (their directory, their
+  // server); cutting "own-dir/.." off by name would check base/agent.sock,
+  // our own server, instead, and then connect to theirs.
+  const theirs = path.join(base, 'theirs', 'agent.sock');
+  const fake = await OtherUIDServer.start(theirs);
+  fs.mkdirSync(path.join(base, 'theirs', 'sub'), { recursive: true });
+  const link = path.join(base, 'own-dir');
+  fs.rmSync(link, { force: true });
+  fs.symlinkSync(path.join(base, 'theirs', 'sub'), link);
+  const own = await ownServer(path.join(base, 'agent.sock'));
+  try {
+    const err = await refused(`${link}/../agent.sock`);
+    assert.match(err.message, new RegExp(`uid ${OTHER}`));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepStrictEqual(fake.seen, { conns: 0, bytes: 0 });
+  } finally {
+    await own.close();
+    await fake.stop();
+  }
+});

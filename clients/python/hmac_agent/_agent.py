@@ -10,7 +10,7 @@ import struct
 import threading
 
 from . import _wire
-from .errors import AgentNotRunning, ConnectionLost, ContextLost, UntrustedAgent, from_code
+from .errors import AgentError, AgentNotRunning, ConnectionLost, ContextLost, UntrustedAgent, from_code
 
 SOCKET_ENV = "HMAC_AGENT_SOCK"
 AGENT_UID_ENV = "HMAC_AGENT_UID"
@@ -331,6 +331,15 @@ def _error(payload):
     return from_code(code, payload[2:].decode("utf-8", "replace"))
 
 
+def _check_tag(tag, name):
+    """The tag, if it is the full length of the named algorithm's: a
+    shorter one, from a broken agent or device, is never a caller's tag."""
+    size = _wire.DIGEST_SIZES[name]
+    if len(tag) != size:
+        raise AgentError("the agent sent a %d-byte tag for %s, whose tags are %d bytes" % (len(tag), name, size))
+    return tag
+
+
 def _expect(reply, want):
     msg_type, payload = reply
     if msg_type == _wire.ERROR:
@@ -414,7 +423,7 @@ class Agent:
             h.update(data)
             return h.finalize()
         payload = bytes((_wire.ALGORITHMS[name],)) + _wire.short(_key_name(key)) + data
-        return _expect(self._request(_wire.MAC, payload), _wire.TAG)
+        return _check_tag(_expect(self._request(_wire.MAC, payload), _wire.TAG), name)
 
     def verify_mac(self, key, algorithm, data, signature):
         """Check signature over data in the agent, in constant time; raise

@@ -3,7 +3,7 @@
 import struct
 
 from . import _wire
-from ._agent import _expect, default_agent
+from ._agent import _check_tag, _expect, default_agent
 from .errors import AlreadyFinalized, ConnectionLost, ContextLost, InvalidSignature, UnsupportedAlgorithm
 
 # pyca/cryptography's hash names (HashAlgorithm.name), and the agent's.
@@ -128,7 +128,8 @@ class HMAC:
     def finalize(self):
         self._live()
         self._done = True
-        return self._roundtrip(_wire.FINALIZE, struct.pack(">I", self._context), _wire.TAG)
+        tag = self._roundtrip(_wire.FINALIZE, struct.pack(">I", self._context), _wire.TAG)
+        return _check_tag(tag, self._name)
 
     def verify(self, signature):
         signature = _bytes_like(signature, "signature")

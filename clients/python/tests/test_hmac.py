@@ -502,5 +502,60 @@ class Connection(unittest.TestCase):
         self.assertEqual(AGENT.mac(name, "sha256", b"x"), reference("sha256", b"restart", b"x"))
 
 
+class ShortTagFromAgent(unittest.TestCase):
+    """A tag that is not the algorithm's full length, from a broken agent
+    or device, is an error, never handed to the caller as a tag."""
+
+    def test_short_tag_is_an_error(self):
+        import socket
+        import struct
+        import tempfile
+
+        d = tempfile.mkdtemp()
+        path = os.path.join(d, "agent.sock")
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(path)
+        server.listen(1)
+
+        def serve():
+            conn, _ = server.accept()
+            with conn:
+                buf = b""
+                while True:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                    while len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
+                        n = struct.unpack(">I", buf[:4])[0]
+                        msg_type, request_id = buf[4], struct.unpack(">I", buf[5:9])[0]
+                        buf = buf[4 + n :]
+                        if msg_type == 0x01:  # HELLO
+                            out = 0x81, struct.pack(">HIII", 1, 1 << 20, 64, 64)
+                        elif msg_type == 0x10:  # OPEN
+                            out = 0x80, b""
+                        elif msg_type in (0x20, 0x13):  # MAC, FINALIZE
+                            out = 0x82, b"\x00"
+                        else:
+                            continue
+                        conn.sendall(struct.pack(">IBI", 5 + len(out[1]), out[0], request_id) + out[1])
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        agent = Agent(path)
+        try:
+            with self.assertRaises(hmac_agent.AgentError):
+                agent.mac("k", "sha256", b"x")
+            h = HMAC("k", "sha256", agent=agent)
+            h.update(b"x")
+            with self.assertRaises(hmac_agent.AgentError):
+                h.finalize()
+        finally:
+            agent.close()
+            server.close()
+            os.unlink(path)
+            os.rmdir(d)
+
+
 if __name__ == "__main__":
     unittest.main()
