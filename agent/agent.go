@@ -88,6 +88,7 @@ type Agent struct {
 
 	contexts atomic.Int64
 	sessions atomic.Int64
+	callers  callers
 	closed   atomic.Bool
 
 	sessionsMu sync.Mutex
