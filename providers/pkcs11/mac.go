@@ -36,6 +36,10 @@ type mac struct {
 	log     *logRef
 	dropped int64 // input length when the log was dropped
 	done    bool
+	// budget is the caller's (providers.BudgetFrom at NewMAC); charged
+	// holds what buf and log are charged to it.
+	budget  *providers.Budget
+	charged int
 }
 
 // NewMAC opens a context. It fails with ErrUnsupportedAlgorithm if the
@@ -44,7 +48,7 @@ func (k *key) NewMAC(ctx context.Context, alg providers.Algorithm) (providers.MA
 	if !k.algs[alg] {
 		return nil, fmt.Errorf("pkcs11: key %q: %w: %s", k.name, providers.ErrUnsupportedAlgorithm, alg)
 	}
-	m := &mac{k: k, alg: alg, mech: k.p.mech[alg]}
+	m := &mac{k: k, alg: alg, mech: k.p.mech[alg], budget: providers.BudgetFrom(ctx)}
 	if k.p.cfg.MaxCopyBytes > 0 {
 		m.log = newLogRef()
 	}
@@ -78,6 +82,12 @@ func (m *mac) update(ctx context.Context, p []byte, release func([]byte)) error 
 		}
 		return providers.ErrAlreadyFinalized
 	}
+	if err := m.charge(p); err != nil {
+		if release != nil {
+			release(p)
+		}
+		return err
+	}
 	if !m.keep(p, release) && release != nil {
 		defer release(p)
 	}
@@ -91,6 +101,36 @@ func (m *mac) update(ctx context.Context, p []byte, release func([]byte)) error 
 		}
 	}
 	return m.call(func(s *session) error { return m.k.p.ctx.SignUpdate(s.h, p) })
+}
+
+// charge counts p against the caller's budget before buf or the log
+// keeps it: the bytes they will hold after p, less what they hold now.
+// It fails, keeping nothing, with an error wrapping ErrLimit.
+func (m *mac) charge(p []byte) error {
+	want := 0
+	if m.log != nil && int64(m.log.n+len(p)) <= m.k.p.cfg.MaxCopyBytes {
+		want += m.log.n + len(p)
+	}
+	if m.sess == nil && len(m.buf)+len(p) <= m.k.p.cfg.BufferBytes {
+		want += len(m.buf) + len(p)
+	}
+	if want <= m.charged {
+		m.budget.Release(m.charged - want)
+		m.charged = want
+		return nil
+	}
+	if err := m.budget.Charge(want - m.charged); err != nil {
+		return err
+	}
+	m.charged = want
+	return nil
+}
+
+// uncharge gives back what buf and the log were charged, once both are
+// let go.
+func (m *mac) uncharge() {
+	m.budget.Release(m.charged)
+	m.charged = 0
 }
 
 // keep logs input for Copy, until the cap: p itself if handed over (with
@@ -174,6 +214,7 @@ func (m *mac) call(f func(s *session) error) error {
 		m.sess = nil
 		m.done = true
 		m.dropLog()
+		m.uncharge()
 		return fmt.Errorf("pkcs11: key %q: %w: the token was re-initialized", m.k.name, providers.ErrContextLost)
 	}
 	err := f(m.sess)
@@ -181,6 +222,7 @@ func (m *mac) call(f func(s *session) error) error {
 		m.releaseSession(err)
 		m.done = true
 		m.dropLog()
+		m.uncharge()
 		if notLoggedIn(err) {
 			p.login()
 		}
@@ -222,7 +264,14 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 			"cannot copy: the context has had %d bytes of input and only %d are kept for copies (max_copy_bytes)",
 			m.dropped, m.k.p.cfg.MaxCopyBytes)
 	}
-	c := &mac{k: m.k, alg: m.alg, mech: m.mech, log: m.log.fork()}
+	c := &mac{k: m.k, alg: m.alg, mech: m.mech, log: m.log.fork(), budget: m.budget}
+	// A copy keeps the log alive on its own, and may buffer the input
+	// again: it is charged as if it held all of it.
+	if err := c.budget.Charge(2 * m.log.n); err != nil {
+		c.dropLog()
+		return nil, err
+	}
+	c.charged = 2 * m.log.n
 	input := m.log.chunks()
 	if m.log.n <= m.k.p.cfg.BufferBytes {
 		for _, chunk := range input {
@@ -234,6 +283,7 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 		ok, err := c.cloneState(ctx, m)
 		if err != nil {
 			c.dropLog()
+			c.uncharge()
 			return nil, err
 		}
 		if ok {
@@ -243,6 +293,7 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 	c.replay = input
 	if err := c.start(ctx); err != nil {
 		c.dropLog()
+		c.uncharge()
 		return nil, err
 	}
 	return c, nil
@@ -291,6 +342,7 @@ func (m *mac) Finalize(ctx context.Context) ([]byte, error) {
 	}
 	m.done = true
 	m.dropLog()
+	defer m.uncharge()
 	if m.sess != nil {
 		var tag []byte
 		err := m.call(func(s *session) error {
@@ -332,6 +384,7 @@ func (m *mac) Verify(ctx context.Context, tag []byte) error {
 	m.dropLog()
 	err := m.k.VerifyMAC(ctx, m.alg, m.buf, tag)
 	m.buf = nil
+	m.uncharge()
 	return err
 }
 
@@ -343,6 +396,7 @@ func (m *mac) Close() {
 	m.done = true
 	m.dropLog()
 	m.buf, m.replay = nil, nil
+	m.uncharge()
 	if m.sess != nil {
 		if m.k.p.enter() == nil {
 			m.releaseSession(nil)
