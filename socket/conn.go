@@ -166,22 +166,17 @@ func (c *conn) readLoop() error {
 // errIdle ends a connection that was idle for the idle timeout.
 var errIdle = errors.New("idle connection closed")
 
-// armIdle sets the deadline of the read about to block: the idle timeout
-// when the connection holds no context, else none. Past it, the reader
-// closes the connection if it is still idle (idle), and otherwise waits
-// again. A frame begun but not finished within the timeout ends the
-// connection too: a client writes a frame whole, and half a frame is
-// memory held for nothing.
+// armIdle sets the deadline of the read about to block to the idle
+// timeout. Past it, the reader closes the connection if it is idle (see
+// idle), and otherwise waits another timeout: a context may finish on
+// another goroutine while the reader waits, so the reader looks again
+// rather than wait without a deadline. A frame begun but not finished
+// within the timeout ends the connection too: a client writes a frame
+// whole, and half a frame is memory held for nothing.
 func (c *conn) armIdle() {
-	t := c.srv.limits.IdleTimeout
-	if t <= 0 {
-		return
+	if t := c.srv.limits.IdleTimeout; t > 0 {
+		c.nc.SetReadDeadline(time.Now().Add(t))
 	}
-	if c.sess.Contexts() > 0 {
-		c.nc.SetReadDeadline(time.Time{})
-		return
-	}
-	c.nc.SetReadDeadline(time.Now().Add(t))
 }
 
 // idle reports whether the connection has no context open, no request

@@ -152,6 +152,7 @@ func (f *FrameReader) readBody(n int) ([]byte, error) {
 			return nil, unexpected(err)
 		}
 	}
+	f.scratch = body
 	return body, nil
 }
 
