@@ -595,7 +595,7 @@ func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algori
 		return
 	}
 	var tag []byte // f's; read only when f returned in time
-	r.dev.start(ctx, func(ctx context.Context) error {
+	r.dev.startFair(ctx, func(ctx context.Context) error {
 		var err error
 		tag, err = s.mac(ctx, r, alg, data, dst)
 		return err
@@ -626,7 +626,7 @@ func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.
 		done(err)
 		return
 	}
-	r.dev.start(ctx, func(ctx context.Context) error {
+	r.dev.startFair(ctx, func(ctx context.Context) error {
 		return s.verifyMAC(ctx, r, alg, data, tag)
 	}, func(err error) {
 		if err != nil && err != providers.ErrInvalidSignature {
