@@ -134,6 +134,7 @@ func New(opts Options) (*Agent, error) {
 		a.log = slog.New(slog.DiscardHandler)
 	}
 	a.limits.fill()
+	a.callers.total = providers.NewBudget(a.limits.MaxBytes, nil, "limits.max_bytes")
 	if opts.DefaultPolicy != nil {
 		a.defaultPolicy = *opts.DefaultPolicy
 	} else {

@@ -23,6 +23,8 @@ type Limits struct {
 	// requests queued for a device, frames being read, input a device's
 	// contexts buffer or keep for copies (see providers.Budget).
 	MaxBytesPerUID int64
+	// MaxBytes bounds the same over all uids together.
+	MaxBytes int64
 	// IdleContextTimeout frees a context nobody used for this long; the
 	// next request on it says so. Negative disables it.
 	IdleContextTimeout time.Duration
@@ -36,6 +38,7 @@ var DefaultLimits = Limits{
 	MaxContextsPerUID:     16384,
 	MaxContexts:           262144,
 	MaxBytesPerUID:        64 << 20,
+	MaxBytes:              256 << 20,
 	IdleContextTimeout:    10 * time.Minute,
 }
 
@@ -51,6 +54,9 @@ func (l *Limits) fill() {
 	}
 	if l.MaxBytesPerUID <= 0 {
 		l.MaxBytesPerUID = DefaultLimits.MaxBytesPerUID
+	}
+	if l.MaxBytes <= 0 {
+		l.MaxBytes = DefaultLimits.MaxBytes
 	}
 	switch {
 	case l.IdleContextTimeout == 0:
@@ -71,8 +77,15 @@ type caller struct {
 // callers tracks the uids with a session open. It is safe for concurrent
 // use.
 type callers struct {
+	total *providers.Budget // every caller's, together
+
 	mu  sync.Mutex
 	uid map[uint32]*caller
+}
+
+// newCaller returns a caller not yet in cs, for uid.
+func (cs *callers) newCaller(uid uint32, maxBytes int64) *caller {
+	return &caller{uid: uid, budget: providers.NewBudget(maxBytes, cs.total, "limits.max_bytes_per_uid")}
 }
 
 // join returns uid's caller, made if it has no session yet.
@@ -84,7 +97,7 @@ func (cs *callers) join(uid uint32, maxBytes int64) *caller {
 	}
 	c := cs.uid[uid]
 	if c == nil {
-		c = &caller{uid: uid, budget: providers.NewBudget(maxBytes)}
+		c = cs.newCaller(uid, maxBytes)
 		cs.uid[uid] = c
 	}
 	c.sessions++

@@ -59,7 +59,7 @@ func (a *Agent) NewSession(peer Peer) *Session {
 	} else {
 		// A peer without credentials shares nobody's limits, root's
 		// least of all.
-		s.caller = &caller{budget: providers.NewBudget(a.limits.MaxBytesPerUID)}
+		s.caller = a.callers.newCaller(0, a.limits.MaxBytesPerUID)
 	}
 	a.sessions.Add(1)
 	a.sessionsMu.Lock()

@@ -54,6 +54,7 @@ type Limits struct {
 	MaxConnectionsPerUID int   `toml:"max_connections_per_uid"`
 	MaxContextsPerUID    int   `toml:"max_contexts_per_uid"`
 	MaxBytesPerUID       int64 `toml:"max_bytes_per_uid"`
+	MaxBytes             int64 `toml:"max_bytes"`
 	// IdleContextTimeout frees contexts unused this long ("10m" by
 	// default; "-1s" never).
 	IdleContextTimeout Duration `toml:"idle_context_timeout"`
@@ -217,6 +218,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.MaxBytesPerUID < 0 {
 		bad("limits.max_bytes_per_uid", "must not be negative")
+	}
+	if c.Limits.MaxBytes < 0 {
+		bad("limits.max_bytes", "must not be negative")
 	}
 	if c.Limits.MaxBytesPerUID != 0 && c.Limits.MaxBytesPerUID < 1<<20 {
 		bad("limits.max_bytes_per_uid", "must be at least 1048576 bytes: a caller must be able to hold a frame")

@@ -20,22 +20,32 @@ import (
 //
 // A Budget is safe for concurrent use.
 type Budget struct {
-	held atomic.Int64
-	max  int64
+	held   atomic.Int64
+	max    int64
+	parent *Budget // charged along with this one: the agent's total
+	what   string  // the limit's name, for the error
 }
 
 // NewBudget returns a budget of max bytes; max <= 0 means unbounded.
-func NewBudget(max int64) *Budget { return &Budget{max: max} }
+// Every charge is made to parent too, if not nil, and fails if either
+// bound would be passed. what names the limit in the error.
+func NewBudget(max int64, parent *Budget, what string) *Budget {
+	return &Budget{max: max, parent: parent, what: what}
+}
 
 // Charge counts n more bytes held, or returns an error wrapping ErrLimit
-// and counts nothing if they would pass the bound.
+// and counts nothing if they would pass the bound (or the parent's).
 func (b *Budget) Charge(n int) error {
 	if b == nil || n <= 0 {
 		return nil
 	}
 	if v := b.held.Add(int64(n)); b.max > 0 && v > b.max {
 		b.held.Add(-int64(n))
-		return Publicf(ErrLimit, "this caller holds too much data in the agent (at most %d bytes; limits.max_bytes_per_uid)", b.max)
+		return Publicf(ErrLimit, "too much data held in the agent (at most %d bytes; %s)", b.max, b.what)
+	}
+	if err := b.parent.Charge(n); err != nil {
+		b.held.Add(-int64(n))
+		return err
 	}
 	return nil
 }
@@ -44,6 +54,7 @@ func (b *Budget) Charge(n int) error {
 func (b *Budget) Release(n int) {
 	if b != nil && n > 0 {
 		b.held.Add(-int64(n))
+		b.parent.Release(n)
 	}
 }
 

@@ -249,6 +249,7 @@ func buildAgent(ctx context.Context, cfg *config.Config, log, audit *slog.Logger
 			MaxContexts:           cfg.Limits.MaxContexts,
 			MaxContextsPerUID:     cfg.Limits.MaxContextsPerUID,
 			MaxBytesPerUID:        cfg.Limits.MaxBytesPerUID,
+			MaxBytes:              cfg.Limits.MaxBytes,
 			IdleContextTimeout:    cfg.Limits.IdleContextTimeout.Duration,
 		},
 		Logger:  log,

@@ -18,7 +18,7 @@ import (
 func TestFrameMemoryFollowsBytes(t *testing.T) {
 	const announced = 1 << 20
 	pr, pw := io.Pipe()
-	budget := providers.NewBudget(0)
+	budget := providers.NewBudget(0, nil, "test")
 	fr := NewFrameReader(bufio.NewReaderSize(pr, 16<<10), 16<<20)
 	fr.SetBudget(budget)
 	body := bytes.Repeat([]byte{0x42}, announced)
@@ -56,7 +56,7 @@ func TestFrameMemoryFollowsBytes(t *testing.T) {
 // ErrLimit once its bytes pass the budget, and the reader holds nothing.
 func TestFrameOverBudget(t *testing.T) {
 	const announced = 1 << 20
-	budget := providers.NewBudget(256 << 10)
+	budget := providers.NewBudget(256<<10, nil, "test")
 	var in bytes.Buffer
 	in.Write(binary.BigEndian.AppendUint32(nil, announced))
 	in.Write(make([]byte, announced))
