@@ -50,6 +50,26 @@ func (b *Budget) Charge(n int) error {
 	return nil
 }
 
+// ChargeOptional is Charge for bytes the holder could do without (input
+// kept only to replay for a copy): it succeeds only while the budget, and
+// its parent, stay at most half spent, so that what a caller must have
+// held (a frame being read, a request waiting on a device) always finds
+// room.
+func (b *Budget) ChargeOptional(n int) error {
+	if b == nil || n <= 0 {
+		return nil
+	}
+	if v := b.held.Add(int64(n)); b.max > 0 && v > b.max/2 {
+		b.held.Add(-int64(n))
+		return Publicf(ErrLimit, "too much data held in the agent for copies (at most half of %d bytes; %s)", b.max, b.what)
+	}
+	if err := b.parent.ChargeOptional(n); err != nil {
+		b.held.Add(-int64(n))
+		return err
+	}
+	return nil
+}
+
 // Release gives back n bytes charged before.
 func (b *Budget) Release(n int) {
 	if b != nil && n > 0 {

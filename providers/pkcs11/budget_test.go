@@ -44,18 +44,32 @@ func TestInputChargedToBudget(t *testing.T) {
 		t.Errorf("%d bytes charged after a copy", held)
 	}
 	c.Close()
-	// Streaming: the log grows, the buffer is in the token.
-	for budget.Held() < 1<<20-64<<10 {
+	// Streaming: the buffer is in the token, and the log is kept only
+	// while the budget is at most half spent; then the context goes on
+	// and cannot be copied.
+	for range 32 {
 		if err := m.Update(ctx, make([]byte, 64<<10)); err != nil {
-			t.Fatalf("update within the budget (%d held): %v", budget.Held(), err)
+			t.Fatalf("streaming update (%d held): %v", budget.Held(), err)
 		}
 	}
-	err = m.Update(ctx, make([]byte, 128<<10))
-	if !errors.Is(err, providers.ErrLimit) {
-		t.Errorf("update past the budget: %v", err)
+	if held := budget.Held(); held > 512<<10 {
+		t.Errorf("%d bytes held for copies, more than half the budget", held)
+	}
+	if _, err := m.Copy(ctx); !errors.Is(err, providers.ErrLimit) {
+		t.Errorf("Copy after the log was dropped: %v", err)
 	}
 	m.Close()
 	if held := budget.Held(); held != 0 {
 		t.Errorf("%d bytes charged after Close", held)
+	}
+	// What a context must hold, its buffer, is refused past the budget.
+	small := providers.NewBudget(8<<10, nil, "test")
+	ctx = providers.WithBudget(bg, small)
+	if m, err = k.NewMAC(ctx, providers.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Update(ctx, make([]byte, 16<<10)); !errors.Is(err, providers.ErrLimit) {
+		t.Errorf("buffering past the budget: %v", err)
 	}
 }

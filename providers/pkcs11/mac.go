@@ -36,10 +36,13 @@ type mac struct {
 	log     *logRef
 	dropped int64 // input length when the log was dropped
 	done    bool
-	// budget is the caller's (providers.BudgetFrom at NewMAC); charged
-	// holds what buf and log are charged to it.
-	budget  *providers.Budget
-	charged int
+	// budget is the caller's (providers.BudgetFrom at NewMAC). bufCharged
+	// is what buf is charged to it, logCharged what log is: the log is
+	// kept only while the budget has room to spare (ChargeOptional), the
+	// buffer must be.
+	budget     *providers.Budget
+	bufCharged int
+	logCharged int
 }
 
 // NewMAC opens a context. It fails with ErrUnsupportedAlgorithm if the
@@ -103,34 +106,30 @@ func (m *mac) update(ctx context.Context, p []byte, release func([]byte)) error 
 	return m.call(func(s *session) error { return m.k.p.ctx.SignUpdate(s.h, p) })
 }
 
-// charge counts p against the caller's budget before buf or the log
-// keeps it: the bytes they will hold after p, less what they hold now.
-// It fails, keeping nothing, with an error wrapping ErrLimit.
+// charge counts p against the caller's budget before buf keeps it: the
+// bytes buf will hold after p, less what it holds now. It fails, keeping
+// nothing, with an error wrapping ErrLimit.
 func (m *mac) charge(p []byte) error {
 	want := 0
-	if m.log != nil && int64(m.log.n+len(p)) <= m.k.p.cfg.MaxCopyBytes {
-		want += m.log.n + len(p)
-	}
 	if m.sess == nil && len(m.buf)+len(p) <= m.k.p.cfg.BufferBytes {
-		want += len(m.buf) + len(p)
+		want = len(m.buf) + len(p)
 	}
-	if want <= m.charged {
-		m.budget.Release(m.charged - want)
-		m.charged = want
+	if want <= m.bufCharged {
+		m.budget.Release(m.bufCharged - want)
+		m.bufCharged = want
 		return nil
 	}
-	if err := m.budget.Charge(want - m.charged); err != nil {
+	if err := m.budget.Charge(want - m.bufCharged); err != nil {
 		return err
 	}
-	m.charged = want
+	m.bufCharged = want
 	return nil
 }
 
-// uncharge gives back what buf and the log were charged, once both are
-// let go.
+// uncharge gives back what buf was charged, once it is let go.
 func (m *mac) uncharge() {
-	m.budget.Release(m.charged)
-	m.charged = 0
+	m.budget.Release(m.bufCharged)
+	m.bufCharged = 0
 }
 
 // keep logs input for Copy, until the cap: p itself if handed over (with
@@ -140,11 +139,14 @@ func (m *mac) keep(p []byte, release func([]byte)) bool {
 		m.dropped += int64(len(p))
 		return false
 	}
-	if int64(m.log.n+len(p)) > m.k.p.cfg.MaxCopyBytes {
+	if int64(m.log.n+len(p)) > m.k.p.cfg.MaxCopyBytes || m.budget.ChargeOptional(len(p)) != nil {
+		// Past max_copy_bytes, or past what the caller's budget spares
+		// for copies: the context goes on, and cannot be copied.
 		m.dropped = int64(m.log.n + len(p))
 		m.dropLog()
 		return false
 	}
+	m.logCharged += len(p)
 	if release == nil {
 		m.log.append(append([]byte(nil), p...), nil)
 		return false
@@ -159,6 +161,8 @@ func (m *mac) dropLog() {
 		m.log.release()
 		m.log = nil
 	}
+	m.budget.Release(m.logCharged)
+	m.logCharged = 0
 }
 
 // start takes a session, starts a sign operation and feeds it the buffer.
@@ -261,19 +265,25 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 	}
 	if m.log == nil {
 		return nil, providers.Publicf(providers.ErrLimit,
-			"cannot copy: the context has had %d bytes of input and only %d are kept for copies (max_copy_bytes)",
+			"cannot copy: the context has had %d bytes of input and only %d are kept for copies (max_copy_bytes; less while its caller holds much in the agent)",
 			m.dropped, m.k.p.cfg.MaxCopyBytes)
 	}
 	c := &mac{k: m.k, alg: m.alg, mech: m.mech, log: m.log.fork(), budget: m.budget}
-	// A copy keeps the log alive on its own, and may buffer the input
-	// again: it is charged as if it held all of it.
-	if err := c.budget.Charge(2 * m.log.n); err != nil {
-		c.dropLog()
-		return nil, err
+	// The copy's log and buffer are charged as if it held them alone.
+	if c.budget.ChargeOptional(m.log.n) == nil {
+		c.logCharged = m.log.n
 	}
-	c.charged = 2 * m.log.n
 	input := m.log.chunks()
+	if c.logCharged == 0 && m.log.n > 0 {
+		c.dropped = int64(m.log.n)
+		defer c.dropLog() // the input is read from m's view
+	}
 	if m.log.n <= m.k.p.cfg.BufferBytes {
+		if err := c.budget.Charge(m.log.n); err != nil {
+			c.dropLog()
+			return nil, err
+		}
+		c.bufCharged = m.log.n
 		for _, chunk := range input {
 			c.buf = append(c.buf, chunk...)
 		}

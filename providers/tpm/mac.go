@@ -171,7 +171,7 @@ func (m *mac) recharge() {
 	case want < m.charged:
 		m.budget.Release(m.charged - want)
 	case want > m.charged:
-		if m.budget.Charge(want-m.charged) != nil {
+		if m.budget.ChargeOptional(want-m.charged) != nil {
 			clear(m.sent)
 			m.sent, m.noReplay = nil, true
 			want = 0
