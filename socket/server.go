@@ -44,7 +44,7 @@ var DefaultLimits = Limits{
 	MaxInFlight:          256,
 	MaxQueuedBytes:       4 << 20,
 	MaxConnections:       1024,
-	MaxConnectionsPerUID: 64,
+	MaxConnectionsPerUID: 128,
 	HelloTimeout:         5 * time.Second,
 	IdleTimeout:          10 * time.Minute,
 }
