@@ -93,6 +93,7 @@ type Agent struct {
 
 	contexts atomic.Int64
 	sessions atomic.Int64
+	callers  callers
 	closed   atomic.Bool
 
 	sessionsMu sync.Mutex
@@ -141,6 +142,7 @@ func New(opts Options) (*Agent, error) {
 		a.log = slog.New(slog.DiscardHandler)
 	}
 	a.limits.fill()
+	a.callers.total = providers.NewBudget(a.limits.MaxBytes, nil, "limits.max_bytes")
 	if opts.DefaultPolicy != nil {
 		a.defaultPolicy = *opts.DefaultPolicy
 	} else {

@@ -46,6 +46,9 @@ type device struct {
 	p       providers.Provider
 	timeout time.Duration
 	log     *slog.Logger
+	// oneShots queues one-shot calls by caller, so that a flood of them
+	// from one caller costs another one turn per round.
+	oneShots *scheduler
 
 	down  atomic.Bool  // read on every call's success; mu guards changes
 	stuck atomic.Int32 // calls past their deadline still running
@@ -64,6 +67,11 @@ type device struct {
 
 func newDevice(p providers.Provider, log *slog.Logger) *device {
 	d := &device{p: p, timeout: DefaultTimeout, log: log}
+	par := 0
+	if pp, ok := p.(providers.Parallel); ok {
+		par = pp.Parallelism()
+	}
+	d.oneShots = newScheduler(par)
 	if dl, ok := p.(providers.Deadliner); ok && dl.Timeout() > 0 {
 		d.timeout = dl.Timeout()
 	}
@@ -76,6 +84,7 @@ const (
 	callRunning int32 = iota
 	callFinished
 	callAbandoned
+	callQueued // waiting for its turn (startFair)
 )
 
 // start runs f, a call into the provider, on a goroutine of its own and
@@ -90,28 +99,65 @@ const (
 // then the caller must leave alone everything f uses (its input, its
 // output, the context it runs on).
 func (d *device) start(ctx context.Context, f func(context.Context) error, finish func(error), late func()) {
+	d.launch(ctx, f, finish, late, false)
+}
+
+// startFair is start for a one-shot: the call waits for its turn in the
+// device's scheduler, by caller, and its deadline counts from now, so a
+// call that waits too long fails as one the device did not answer.
+func (d *device) startFair(ctx context.Context, f func(context.Context) error, finish func(error), late func()) {
+	d.launch(ctx, f, finish, late, true)
+}
+
+func (d *device) launch(ctx context.Context, f func(context.Context) error, finish func(error), late func(), fair bool) {
 	if n := d.stuck.Load(); n >= maxStuck {
 		d.failure(fmt.Sprintf("%d calls stuck", n), errDeadline, true)
 		finish(providers.Publicf(providers.ErrUnavailable,
 			"provider %q is not answering: %d calls have been waiting past its %s timeout", d.p.Name(), n, d.timeout))
 		return
 	}
+	key := providers.BudgetFrom(ctx)
 	// Not tied to the request's context: a connection's context is one
 	// that every request on it would otherwise register with, under one
 	// lock. A connection that goes away leaves its calls to their
 	// deadline.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.timeout)
 	var state atomic.Int32
+	// release gives the call's turn to the next one waiting: when the call
+	// returns, or when it is abandoned at its deadline, so that a stalled
+	// call holds up the calls queued behind it no longer than that.
+	var release atomic.Pointer[func()]
+	if fair {
+		state.Store(callQueued)
+	}
 	stop := context.AfterFunc(ctx, func() {
 		if state.CompareAndSwap(callRunning, callAbandoned) {
 			// The call may return and take itself off first; the count
 			// is right again at once.
 			d.stuck.Add(1)
+			if r := release.Load(); r != nil {
+				(*r)()
+			}
 			finish(d.deadlinePassed())
+			return
+		}
+		if state.CompareAndSwap(callQueued, callAbandoned) {
+			finish(d.deadlinePassed()) // it never ran, and never will
 		}
 	})
-	go func() {
+	run := func(rel func()) {
+		if rel != nil {
+			release.Store(&rel)
+			if !state.CompareAndSwap(callQueued, callRunning) {
+				rel() // abandoned while it waited
+				cancel()
+				return
+			}
+		}
 		err := f(ctx)
+		if rel != nil {
+			rel()
+		}
 		if state.CompareAndSwap(callRunning, callFinished) {
 			stop()
 			cancel()
@@ -125,7 +171,12 @@ func (d *device) start(ctx context.Context, f func(context.Context) error, finis
 			late()
 		}
 		d.stuck.Add(-1)
-	}()
+	}
+	if fair {
+		d.oneShots.submit(key, run)
+		return
+	}
+	go run(nil)
 }
 
 // call is start for a caller that waits: it returns what finish would get.

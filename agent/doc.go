@@ -43,6 +43,16 @@
 // counts them all). [Use.Registered] tells an observer whether a key name
 // is in the registry or only the caller's choosing.
 //
+// # Sharing between callers
+//
+// Beside the limits per connection, [Limits] bound what one uid holds over
+// all its sessions (contexts, and bytes through its providers.Budget,
+// which [Session.Budget] returns) and what all uids hold together, so one
+// caller at its limit gets ErrLimit while the others are served as before.
+// One-shots waiting for a device wait by caller and are served in turn
+// (at most the provider's providers.Parallel calls at once), so a flood
+// from one caller costs another one turn per round.
+//
 // # Concurrency
 //
 // [Agent] is safe for concurrent use. A [Session] is safe for concurrent

@@ -17,8 +17,9 @@ const maxTombstones = 1024
 // Session is one client connection's view of the agent: who the peer is
 // and which contexts it has open.
 type Session struct {
-	agent *Agent
-	peer  Peer
+	agent  *Agent
+	peer   Peer
+	caller *caller // the peer's uid's share of the agent
 
 	mu       sync.Mutex
 	contexts map[uint32]*macContext
@@ -53,6 +54,13 @@ type macContext struct {
 // NewSession starts a session for a connected peer.
 func (a *Agent) NewSession(peer Peer) *Session {
 	s := &Session{agent: a, peer: peer, contexts: make(map[uint32]*macContext)}
+	if peer.Known {
+		s.caller = a.callers.join(peer.UID, a.limits.MaxBytesPerUID)
+	} else {
+		// A peer without credentials shares nobody's limits, root's
+		// least of all.
+		s.caller = a.callers.newCaller(0, a.limits.MaxBytesPerUID)
+	}
 	a.sessions.Add(1)
 	a.sessionsMu.Lock()
 	a.live[s] = struct{}{}
@@ -62,6 +70,18 @@ func (a *Agent) NewSession(peer Peer) *Session {
 
 // Peer returns the session's peer.
 func (s *Session) Peer() Peer { return s.peer }
+
+// Budget is the peer's uid's budget of bytes held (Limits.MaxBytesPerUID),
+// shared by all its sessions. The connection charges what it holds for the
+// peer to it and passes it to providers in every call's context
+// (providers.WithBudget).
+func (s *Session) Budget() *providers.Budget { return s.caller.budget }
+
+// uncount gives back a context's place under the limits.
+func (s *Session) uncount() {
+	s.agent.contexts.Add(-1)
+	s.caller.contexts.Add(-1)
+}
 
 // Open opens context id on the named key. Errors wrap ErrKeyNotFound,
 // ErrPermissionDenied, ErrUnsupportedAlgorithm, ErrLimit, or
@@ -122,8 +142,12 @@ func (s *Session) reserve(id uint32) error {
 	if max := s.agent.limits.MaxContextsPerSession; len(s.contexts) >= max {
 		return providers.Publicf(providers.ErrLimit, "too many open contexts on this connection (at most %d)", max)
 	}
+	if n := s.caller.contexts.Add(1); n > int64(s.agent.limits.MaxContextsPerUID) {
+		s.caller.contexts.Add(-1)
+		return providers.Publicf(providers.ErrLimit, "too many open contexts for uid %d (at most %d)", s.peer.UID, s.agent.limits.MaxContextsPerUID)
+	}
 	if n := s.agent.contexts.Add(1); n > int64(s.agent.limits.MaxContexts) {
-		s.agent.contexts.Add(-1)
+		s.uncount()
 		return providers.Publicf(providers.ErrLimit, "too many open contexts in the agent (at most %d)", s.agent.limits.MaxContexts)
 	}
 	delete(s.ended, id)
@@ -136,7 +160,7 @@ func (s *Session) release(id uint32) {
 	defer s.mu.Unlock()
 	if !s.closed { // else Close gave it back
 		delete(s.contexts, id)
-		s.agent.contexts.Add(-1)
+		s.uncount()
 	}
 }
 
@@ -167,7 +191,7 @@ func (s *Session) take(id uint32, remove, replies bool) (*macContext, error) {
 	key := c.key
 	s.mu.Unlock()
 	if remove {
-		s.agent.contexts.Add(-1)
+		s.uncount()
 	}
 	if key.gen != s.agent.gen.Load() {
 		r, err := s.revalidate(key, c.ops)
@@ -224,7 +248,7 @@ func (s *Session) endLocked(id uint32, c *macContext, err error, replied bool) {
 		s.ended[id] = err
 	}
 	s.mu.Unlock()
-	s.agent.contexts.Add(-1)
+	s.uncount()
 	s.finish(c, "revoke", err)
 }
 
@@ -325,6 +349,21 @@ func (s *Session) update(ctx context.Context, id uint32, p []byte, release func(
 		release(p)
 	}
 	return nil
+}
+
+// Fail makes err context id's sticky error, unless it has one already,
+// for an UPDATE the connection could not take (its uid's budget was
+// spent): the context's next request that replies reports it. An unknown
+// id is ignored, as an UPDATE on it would be.
+func (s *Session) Fail(id uint32, err error) {
+	c, terr := s.take(id, false, false)
+	if terr != nil {
+		return
+	}
+	if c.err == nil && !c.lost {
+		c.err = err
+	}
+	s.done(c)
 }
 
 // Copy opens newID as a copy of id. It reports id's sticky error; a failed
@@ -556,7 +595,7 @@ func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algori
 		return
 	}
 	var tag []byte // f's; read only when f returned in time
-	r.dev.start(ctx, func(ctx context.Context) error {
+	r.dev.startFair(ctx, func(ctx context.Context) error {
 		var err error
 		tag, err = s.mac(ctx, r, alg, data, dst)
 		return err
@@ -587,7 +626,7 @@ func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.
 		done(err)
 		return
 	}
-	r.dev.start(ctx, func(ctx context.Context) error {
+	r.dev.startFair(ctx, func(ctx context.Context) error {
 		return s.verifyMAC(ctx, r, alg, data, tag)
 	}, func(err error) {
 		if err != nil && err != providers.ErrInvalidSignature {
@@ -668,7 +707,7 @@ func (s *Session) expire(cutoff int64) {
 	}
 	s.mu.Unlock()
 	for _, c := range gone {
-		s.agent.contexts.Add(-1)
+		s.uncount()
 		if c.key.immediate {
 			s.finish(c, "expire", providers.ErrLimit)
 		} else {
@@ -694,9 +733,10 @@ func (s *Session) Close() {
 		if c != nil { // nil: reserved by an Open still running
 			s.finish(c, "abandon", nil)
 		}
-		s.agent.contexts.Add(-1)
+		s.uncount()
 	}
 	s.agent.sessions.Add(-1)
+	s.agent.callers.leave(s.caller)
 	s.agent.sessionsMu.Lock()
 	delete(s.agent.live, s)
 	s.agent.sessionsMu.Unlock()

@@ -59,9 +59,20 @@ type Limits struct {
 	MaxQueuedBytes           int `toml:"max_queued_bytes"`
 	MaxContextsPerConnection int `toml:"max_contexts_per_connection"`
 	MaxContexts              int `toml:"max_contexts"`
+	// Per caller (uid), over all its connections.
+	MaxConnectionsPerUID int   `toml:"max_connections_per_uid"`
+	MaxContextsPerUID    int   `toml:"max_contexts_per_uid"`
+	MaxBytesPerUID       int64 `toml:"max_bytes_per_uid"`
+	MaxBytes             int64 `toml:"max_bytes"`
 	// IdleContextTimeout frees contexts unused this long ("10m" by
 	// default; "-1s" never).
 	IdleContextTimeout Duration `toml:"idle_context_timeout"`
+	// HelloTimeout closes a connection that has not sent HELLO within it
+	// ("5s" by default).
+	HelloTimeout Duration `toml:"hello_timeout"`
+	// IdleConnectionTimeout closes a connection with no context open
+	// and no request for this long ("10m" by default; "-1s" never).
+	IdleConnectionTimeout Duration `toml:"idle_connection_timeout"`
 }
 
 // Audit says where the audit log goes: "stderr" (the default), "off", or
@@ -217,10 +228,23 @@ func (c *Config) Validate() error {
 		"limits.max_frame": c.Limits.MaxFrame, "limits.max_connections": c.Limits.MaxConnections,
 		"limits.max_in_flight": c.Limits.MaxInFlight, "limits.max_contexts_per_connection": c.Limits.MaxContextsPerConnection,
 		"limits.max_contexts": c.Limits.MaxContexts, "limits.max_queued_bytes": c.Limits.MaxQueuedBytes,
+		"limits.max_connections_per_uid": c.Limits.MaxConnectionsPerUID, "limits.max_contexts_per_uid": c.Limits.MaxContextsPerUID,
 	} {
 		if v < 0 {
 			bad(field, "must not be negative")
 		}
+	}
+	if c.Limits.MaxBytesPerUID < 0 {
+		bad("limits.max_bytes_per_uid", "must not be negative")
+	}
+	if c.Limits.MaxBytes < 0 {
+		bad("limits.max_bytes", "must not be negative")
+	}
+	if c.Limits.MaxBytesPerUID != 0 && c.Limits.MaxBytesPerUID < 1<<20 {
+		bad("limits.max_bytes_per_uid", "must be at least 1048576 bytes: a caller must be able to hold a frame")
+	}
+	if c.Limits.HelloTimeout.Duration < 0 {
+		bad("limits.hello_timeout", "must not be negative")
 	}
 	if c.Limits.MaxFrame != 0 && (c.Limits.MaxFrame < 4096 || c.Limits.MaxFrame > 16<<20) {
 		bad("limits.max_frame", "must be between 4096 and 16777216 bytes")

@@ -18,6 +18,14 @@
 // speaks to clients. Providers wrap them with %w and add their own detail for
 // the log; callers compare with [errors.Is]. Nothing else crosses the socket.
 //
+// # Memory a caller makes a provider keep
+//
+// Input a context keeps (a buffer, a log to replay for Copy) is charged to
+// the caller's [Budget], which the agent puts in the context.Context of
+// every call ([WithBudget]) and a provider finds with [BudgetFrom] when a
+// context opens. Past the budget a provider fails the Update with
+// [ErrLimit] (or keeps less, where keeping is optional).
+//
 // # Concurrency
 //
 // Provider and Key values are safe for concurrent use. A MAC is not: it is

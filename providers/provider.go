@@ -93,6 +93,12 @@ type OneShot interface {
 // ErrUnavailable.
 type Deadliner interface{ Timeout() time.Duration }
 
+// Parallel is implemented by providers that can serve only so many calls
+// at once: a PKCS#11 provider its pool's sessions, a TPM one command at a
+// time. The agent runs at most that many one-shots on the provider at
+// once and queues the rest by caller, serving callers in turn.
+type Parallel interface{ Parallelism() int }
+
 // HealthChecker is implemented by providers that can tell whether their
 // device is there and usable (a token present and logged in, a TPM
 // answering). The agent calls it in the background, within the

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
+	"time"
 
 	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/providers"
@@ -59,7 +61,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
 		srv:      s,
 		nc:       nc,
-		fr:       wire.NewFrameReader(bufio.NewReaderSize(nc, readBufferSize), s.limits.MaxFrame),
+		fr:       wire.NewFrameReader(bufio.NewReaderSize(nc, readBufferSize), wire.MaxHelloFrame),
 		bw:       bufio.NewWriterSize(nc, writeBufferSize),
 		inflight: make(chan struct{}, s.limits.MaxInFlight),
 		queued:   newBacklog(s.limits.MaxQueuedBytes),
@@ -81,8 +83,20 @@ func (c *conn) serve(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	c.ctx = ctx
 	peer := peerOf(c.nc, c.srv.agent.IdentityNeed())
-	c.sess = c.srv.agent.NewSession(peer)
 	log := c.srv.log.With("peer", peer.String())
+	if !c.srv.admit(peer) {
+		cancel()
+		log.Debug("connection refused: too many for its uid")
+		refuseWith(c.nc, providers.Publicf(providers.ErrLimit,
+			"too many connections for uid %d (at most %d)", peer.UID, c.srv.limits.MaxConnectionsPerUID))
+		return
+	}
+	defer c.srv.leave(peer)
+	c.sess = c.srv.agent.NewSession(peer)
+	// Every call made for this peer carries its uid's budget, so that a
+	// provider keeping its bytes charges them to it.
+	c.ctx = providers.WithBudget(ctx, c.sess.Budget())
+	c.fr.SetBudget(c.sess.Budget())
 	log.Debug("connection opened")
 	err := c.readLoop()
 	// Let requests already running finish and send their replies: a
@@ -90,6 +104,7 @@ func (c *conn) serve(ctx context.Context) {
 	c.wg.Wait()
 	c.flush()
 	cancel()
+	c.fr.Free()
 	c.sess.Close()
 	c.nc.Close()
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
@@ -109,9 +124,22 @@ func (c *conn) readLoop() error {
 				return err
 			}
 			c.fr.Release()
+			c.armIdle()
 		}
 		body, err := c.fr.Next()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if c.idle() || c.fr.MidFrame() {
+				return errIdle
+			}
+			c.armIdle() // busy after all: wait again
+			continue
+		}
 		switch {
+		case errors.Is(err, providers.ErrLimit):
+			// The uid's budget could not hold the frame, whose rest was
+			// not read: say why, then hang up.
+			c.replyError(0, err)
+			return err
 		case errors.Is(err, wire.ErrEmptyFrame):
 			c.replyError(0, providers.Publicf(wire.ErrBadRequest, "zero-length frame"))
 			continue
@@ -135,8 +163,41 @@ func (c *conn) readLoop() error {
 	}
 }
 
+// errIdle ends a connection that was idle for the idle timeout.
+var errIdle = errors.New("idle connection closed")
+
+// armIdle sets the deadline of the read about to block to the idle
+// timeout. Past it, the reader closes the connection if it is idle (see
+// idle), and otherwise waits another timeout: a context may finish on
+// another goroutine while the reader waits, so the reader looks again
+// rather than wait without a deadline. A frame begun but not finished
+// within the timeout ends the connection too: a client writes a frame
+// whole, and half a frame is memory held for nothing.
+func (c *conn) armIdle() {
+	if t := c.srv.limits.IdleTimeout; t > 0 {
+		c.nc.SetReadDeadline(time.Now().Add(t))
+	}
+}
+
+// idle reports whether the connection has no context open, no request
+// running and no input waiting, so closing it loses nothing: a client
+// whose request crosses the close finds its connection gone before
+// anything was read, and sends the request again on a new one.
+func (c *conn) idle() bool {
+	return c.sess.Contexts() == 0 && len(c.inflight) == 0 && c.fr.Buffered() == 0
+}
+
+// handshake reads HELLO, which must come within the hello timeout and in
+// a frame no larger than wire.MaxHelloFrame: until a peer has said who it
+// is and what it speaks, it gets neither time nor memory.
 func (c *conn) handshake() error {
+	c.nc.SetReadDeadline(time.Now().Add(c.srv.limits.HelloTimeout))
 	body, err := c.fr.Next()
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		c.replyError(0, providers.Publicf(wire.ErrVersion, "no HELLO within %s", c.srv.limits.HelloTimeout))
+		c.flush()
+		return err
+	}
 	if err != nil {
 		if errors.Is(err, wire.ErrEmptyFrame) || errors.Is(err, wire.ErrFrameTooLarge) {
 			c.replyError(0, providers.Publicf(wire.ErrVersion, "expected HELLO"))
@@ -155,6 +216,8 @@ func (c *conn) handshake() error {
 		c.flush()
 		return errors.New("no common version")
 	}
+	c.nc.SetReadDeadline(time.Time{})
+	c.fr.SetMax(c.srv.limits.MaxFrame)
 	lim := c.srv.agent.Limits()
 	c.reply(&wire.Message{
 		Type: wire.TypeHelloReply, ID: m.ID, Version: wire.Version,
@@ -274,8 +337,13 @@ func (c *conn) oneShot(m *wire.Message, dst []byte) {
 // hand-off, where a goroutine of the connection's waiting for the call
 // would be a second.
 func (c *conn) startOneShot(m *wire.Message) {
-	n, ok := c.acquire(m)
+	n, over, ok := c.acquire(m)
 	if !ok {
+		return
+	}
+	if over != nil {
+		c.replyError(m.ID, over)
+		c.release(0)
 		return
 	}
 	o, body := c.own(m)
@@ -371,22 +439,34 @@ func wipeImport(m *wire.Message) {
 // fast. Any request waits while the backlog is full. The reader stops
 // reading meanwhile, flushing first: it must not sit on replies the
 // client is waiting for.
-func (c *conn) acquire(m *wire.Message) (held int, ok bool) {
+//
+// The request's data is charged to the uid's budget too. A request the
+// budget cannot hold keeps its token but no data: acquire returns the
+// budget's error, which the caller answers with (or, for an UPDATE, makes
+// the context's sticky error), and release(0) gives the token back.
+func (c *conn) acquire(m *wire.Message) (held int, over error, ok bool) {
 	select {
 	case c.inflight <- struct{}{}:
 	default:
 		if !isContextRequest(m.Type) {
 			c.replyError(m.ID, providers.Publicf(providers.ErrLimit,
 				"too many requests in flight on this connection (at most %d)", cap(c.inflight)))
-			return 0, false
+			return 0, nil, false
 		}
 		c.flush()
 		c.inflight <- struct{}{}
 	}
 	c.wg.Add(1)
 	held = len(m.Data) + len(m.Tag) + len(m.Key) + len(m.Provider) + len(m.Wrapping)
+	if len(m.Data) > 0 { // what else a request carries is bounded by its count
+		if err := c.sess.Budget().Charge(held); err != nil {
+			return 0, err, true
+		}
+	} else {
+		held = 0
+	}
 	c.queued.add(held, c.flush)
-	return held, true
+	return held, nil, true
 }
 
 func isContextRequest(t wire.Type) bool {
@@ -400,14 +480,20 @@ func isContextRequest(t wire.Type) bool {
 // release gives back what acquire took for a request that has run.
 func (c *conn) release(held int) {
 	c.queued.done(held)
+	c.sess.Budget().Release(held)
 	<-c.inflight
 	c.wg.Done()
 }
 
 func (c *conn) goAsync(m *wire.Message, run func(*wire.Message) error) {
-	n, ok := c.acquire(m)
+	n, over, ok := c.acquire(m)
 	if !ok {
 		wipeImport(m)
+		return
+	}
+	if over != nil {
+		c.replyError(m.ID, over)
+		c.release(0)
 		return
 	}
 	o, body := c.own(m)
@@ -421,11 +507,29 @@ func (c *conn) goAsync(m *wire.Message, run func(*wire.Message) error) {
 // enqueue adds a context request to the context's queue, creating the
 // queue (and, for COPY, the new context's) as needed.
 func (c *conn) enqueue(m *wire.Message) {
-	n, ok := c.acquire(m)
+	n, over, ok := c.acquire(m)
 	if !ok {
 		return
 	}
-	o, body := c.own(m)
+	var o *wire.Message
+	var body []byte
+	if over != nil {
+		// Only a request with data is charged, and of those only UPDATE
+		// runs on a context: its data is dropped, and the context fails
+		// with the budget's error, in its turn, so that the next request
+		// that replies reports it.
+		o = &wire.Message{Type: wire.TypeUpdate, ID: m.ID, Context: m.Context}
+		c.qmu.Lock()
+		defer c.qmu.Unlock()
+		q := c.queueLocked(o.Context)
+		q.ops = append(q.ops, func() {
+			c.sess.Fail(o.Context, over)
+			c.release(0)
+		})
+		c.startLocked(o.Context, q)
+		return
+	}
+	o, body = c.own(m)
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	q := c.queueLocked(o.Context)

@@ -37,6 +37,10 @@ func TestMain(m *testing.M) {
 		identityPendingChild()
 	case "agent":
 		identityAgentChild()
+	case "hostile-agent":
+		hostileAgentChild()
+	case "hostile-attack":
+		hostileAttackChild()
 	}
 	code := m.Run()
 	softhsm.Cleanup()

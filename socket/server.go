@@ -27,14 +27,26 @@ type Limits struct {
 	// MaxConnections bounds open connections; one more is told so and
 	// closed.
 	MaxConnections int
+	// MaxConnectionsPerUID bounds the open connections of one uid, so
+	// that one caller cannot take every connection from the others.
+	MaxConnectionsPerUID int
+	// HelloTimeout is how long a new connection has to finish the
+	// handshake; one that has not is closed.
+	HelloTimeout time.Duration
+	// IdleTimeout closes a connection that has had no open context and
+	// no request running for this long. Negative disables it.
+	IdleTimeout time.Duration
 }
 
 // DefaultLimits are the limits used for zero fields.
 var DefaultLimits = Limits{
-	MaxFrame:       wire.DefaultMaxFrame,
-	MaxInFlight:    256,
-	MaxQueuedBytes: 4 << 20,
-	MaxConnections: 1024,
+	MaxFrame:             wire.DefaultMaxFrame,
+	MaxInFlight:          256,
+	MaxQueuedBytes:       4 << 20,
+	MaxConnections:       1024,
+	MaxConnectionsPerUID: 128,
+	HelloTimeout:         5 * time.Second,
+	IdleTimeout:          10 * time.Minute,
 }
 
 // Server serves an agent on listeners.
@@ -46,6 +58,7 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
+	perUID    map[int64]int // open connections by peer uid; -1 for no credentials
 	stopping  bool
 	connWG    sync.WaitGroup
 	lastFree  time.Time
@@ -66,6 +79,18 @@ func NewServer(a *agent.Agent, limits Limits, log *slog.Logger) *Server {
 	if limits.MaxConnections <= 0 {
 		limits.MaxConnections = DefaultLimits.MaxConnections
 	}
+	if limits.MaxConnectionsPerUID <= 0 {
+		limits.MaxConnectionsPerUID = DefaultLimits.MaxConnectionsPerUID
+	}
+	if limits.HelloTimeout <= 0 {
+		limits.HelloTimeout = DefaultLimits.HelloTimeout
+	}
+	switch {
+	case limits.IdleTimeout == 0:
+		limits.IdleTimeout = DefaultLimits.IdleTimeout
+	case limits.IdleTimeout < 0:
+		limits.IdleTimeout = 0
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -73,7 +98,38 @@ func NewServer(a *agent.Agent, limits Limits, log *slog.Logger) *Server {
 		agent: a, limits: limits, log: log,
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
+		perUID:    make(map[int64]int),
 	}
+}
+
+// admit counts a connection of peer's uid, or reports false if that uid
+// has MaxConnectionsPerUID open already.
+func (s *Server) admit(peer agent.Peer) bool {
+	uid := uidKey(peer)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perUID[uid] >= s.limits.MaxConnectionsPerUID {
+		return false
+	}
+	s.perUID[uid]++
+	return true
+}
+
+// leave uncounts a connection admit counted.
+func (s *Server) leave(peer agent.Peer) {
+	uid := uidKey(peer)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perUID[uid]--; s.perUID[uid] <= 0 {
+		delete(s.perUID, uid)
+	}
+}
+
+func uidKey(peer agent.Peer) int64 {
+	if !peer.Known {
+		return -1
+	}
+	return int64(peer.UID)
 }
 
 // Serve accepts connections on l until l fails or the server is shut down,
@@ -141,14 +197,17 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
 
 // refuse tells a connection it cannot be served, then closes it.
 func refuse(nc net.Conn, stopping bool, max int) {
-	defer nc.Close()
-	m := wire.Message{Type: wire.TypeError, Code: wire.CodeOf(providers.ErrLimit)}
 	if stopping {
-		m.Code = wire.CodeShuttingDown
-		m.Data = []byte(wire.ErrShuttingDown.Error())
-	} else {
-		m.Data = []byte(providers.Publicf(providers.ErrLimit, "too many connections (at most %d)", max).Error())
+		refuseWith(nc, wire.ErrShuttingDown)
+		return
 	}
+	refuseWith(nc, providers.Publicf(providers.ErrLimit, "too many connections (at most %d)", max))
+}
+
+// refuseWith sends a connection err, then closes it.
+func refuseWith(nc net.Conn, err error) {
+	defer nc.Close()
+	m := wire.Message{Type: wire.TypeError, Code: wire.CodeOf(err), Data: []byte(err.Error())}
 	b, _ := m.Append(nil)
 	nc.SetWriteDeadline(time.Now().Add(time.Second))
 	nc.Write(b)

@@ -133,10 +133,13 @@ func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 		return err
 	}
 	srv := socket.NewServer(a, socket.Limits{
-		MaxFrame:       cfg.Limits.MaxFrame,
-		MaxInFlight:    cfg.Limits.MaxInFlight,
-		MaxQueuedBytes: cfg.Limits.MaxQueuedBytes,
-		MaxConnections: cfg.Limits.MaxConnections,
+		MaxFrame:             cfg.Limits.MaxFrame,
+		MaxInFlight:          cfg.Limits.MaxInFlight,
+		MaxQueuedBytes:       cfg.Limits.MaxQueuedBytes,
+		MaxConnections:       cfg.Limits.MaxConnections,
+		MaxConnectionsPerUID: cfg.Limits.MaxConnectionsPerUID,
+		HelloTimeout:         cfg.Limits.HelloTimeout.Duration,
+		IdleTimeout:          cfg.Limits.IdleConnectionTimeout.Duration,
 	}, log)
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -305,6 +308,9 @@ func buildAgent(ctx context.Context, cfg *config.Config, log, audit *slog.Logger
 		Limits: agent.Limits{
 			MaxContextsPerSession: cfg.Limits.MaxContextsPerConnection,
 			MaxContexts:           cfg.Limits.MaxContexts,
+			MaxContextsPerUID:     cfg.Limits.MaxContextsPerUID,
+			MaxBytesPerUID:        cfg.Limits.MaxBytesPerUID,
+			MaxBytes:              cfg.Limits.MaxBytes,
 			IdleContextTimeout:    cfg.Limits.IdleContextTimeout.Duration,
 		},
 		Logger:  log,

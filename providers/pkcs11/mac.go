@@ -36,6 +36,13 @@ type mac struct {
 	log     *logRef
 	dropped int64 // input length when the log was dropped
 	done    bool
+	// budget is the caller's (providers.BudgetFrom at NewMAC). bufCharged
+	// is what buf is charged to it, logCharged what log is: the log is
+	// kept only while the budget has room to spare (ChargeOptional), the
+	// buffer must be.
+	budget     *providers.Budget
+	bufCharged int
+	logCharged int
 }
 
 // NewMAC opens a context. It fails with ErrUnsupportedAlgorithm if the
@@ -44,7 +51,7 @@ func (k *key) NewMAC(ctx context.Context, alg providers.Algorithm) (providers.MA
 	if !k.algs[alg] {
 		return nil, fmt.Errorf("pkcs11: key %q: %w: %s", k.name, providers.ErrUnsupportedAlgorithm, alg)
 	}
-	m := &mac{k: k, alg: alg, mech: k.p.mech[alg]}
+	m := &mac{k: k, alg: alg, mech: k.p.mech[alg], budget: providers.BudgetFrom(ctx)}
 	if k.p.cfg.MaxCopyBytes > 0 {
 		m.log = newLogRef()
 	}
@@ -78,6 +85,12 @@ func (m *mac) update(ctx context.Context, p []byte, release func([]byte)) error 
 		}
 		return providers.ErrAlreadyFinalized
 	}
+	if err := m.charge(p); err != nil {
+		if release != nil {
+			release(p)
+		}
+		return err
+	}
 	if !m.keep(p, release) && release != nil {
 		defer release(p)
 	}
@@ -93,6 +106,32 @@ func (m *mac) update(ctx context.Context, p []byte, release func([]byte)) error 
 	return m.call(func(s *session) error { return m.k.p.ctx.SignUpdate(s.h, p) })
 }
 
+// charge counts p against the caller's budget before buf keeps it: the
+// bytes buf will hold after p, less what it holds now. It fails, keeping
+// nothing, with an error wrapping ErrLimit.
+func (m *mac) charge(p []byte) error {
+	want := 0
+	if m.sess == nil && len(m.buf)+len(p) <= m.k.p.cfg.BufferBytes {
+		want = len(m.buf) + len(p)
+	}
+	if want <= m.bufCharged {
+		m.budget.Release(m.bufCharged - want)
+		m.bufCharged = want
+		return nil
+	}
+	if err := m.budget.Charge(want - m.bufCharged); err != nil {
+		return err
+	}
+	m.bufCharged = want
+	return nil
+}
+
+// uncharge gives back what buf was charged, once it is let go.
+func (m *mac) uncharge() {
+	m.budget.Release(m.bufCharged)
+	m.bufCharged = 0
+}
+
 // keep logs input for Copy, until the cap: p itself if handed over (with
 // its release), else a copy. It reports whether the log kept p.
 func (m *mac) keep(p []byte, release func([]byte)) bool {
@@ -100,11 +139,14 @@ func (m *mac) keep(p []byte, release func([]byte)) bool {
 		m.dropped += int64(len(p))
 		return false
 	}
-	if int64(m.log.n+len(p)) > m.k.p.cfg.MaxCopyBytes {
+	if int64(m.log.n+len(p)) > m.k.p.cfg.MaxCopyBytes || m.budget.ChargeOptional(len(p)) != nil {
+		// Past max_copy_bytes, or past what the caller's budget spares
+		// for copies: the context goes on, and cannot be copied.
 		m.dropped = int64(m.log.n + len(p))
 		m.dropLog()
 		return false
 	}
+	m.logCharged += len(p)
 	if release == nil {
 		m.log.append(append([]byte(nil), p...), nil)
 		return false
@@ -119,6 +161,8 @@ func (m *mac) dropLog() {
 		m.log.release()
 		m.log = nil
 	}
+	m.budget.Release(m.logCharged)
+	m.logCharged = 0
 }
 
 // start takes a session, starts a sign operation and feeds it the buffer.
@@ -174,6 +218,7 @@ func (m *mac) call(f func(s *session) error) error {
 		m.sess = nil
 		m.done = true
 		m.dropLog()
+		m.uncharge()
 		return fmt.Errorf("pkcs11: key %q: %w: the token was re-initialized", m.k.name, providers.ErrContextLost)
 	}
 	err := f(m.sess)
@@ -181,6 +226,7 @@ func (m *mac) call(f func(s *session) error) error {
 		m.releaseSession(err)
 		m.done = true
 		m.dropLog()
+		m.uncharge()
 		if notLoggedIn(err) {
 			p.login()
 		}
@@ -219,12 +265,25 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 	}
 	if m.log == nil {
 		return nil, providers.Publicf(providers.ErrLimit,
-			"cannot copy: the context has had %d bytes of input and only %d are kept for copies (max_copy_bytes)",
+			"cannot copy: the context has had %d bytes of input and only %d are kept for copies (max_copy_bytes; less while its caller holds much in the agent)",
 			m.dropped, m.k.p.cfg.MaxCopyBytes)
 	}
-	c := &mac{k: m.k, alg: m.alg, mech: m.mech, log: m.log.fork()}
+	c := &mac{k: m.k, alg: m.alg, mech: m.mech, log: m.log.fork(), budget: m.budget}
+	// The copy's log and buffer are charged as if it held them alone.
+	if c.budget.ChargeOptional(m.log.n) == nil {
+		c.logCharged = m.log.n
+	}
 	input := m.log.chunks()
+	if c.logCharged == 0 && m.log.n > 0 {
+		c.dropped = int64(m.log.n)
+		defer c.dropLog() // the input is read from m's view
+	}
 	if m.log.n <= m.k.p.cfg.BufferBytes {
+		if err := c.budget.Charge(m.log.n); err != nil {
+			c.dropLog()
+			return nil, err
+		}
+		c.bufCharged = m.log.n
 		for _, chunk := range input {
 			c.buf = append(c.buf, chunk...)
 		}
@@ -234,6 +293,7 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 		ok, err := c.cloneState(ctx, m)
 		if err != nil {
 			c.dropLog()
+			c.uncharge()
 			return nil, err
 		}
 		if ok {
@@ -243,6 +303,7 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 	c.replay = input
 	if err := c.start(ctx); err != nil {
 		c.dropLog()
+		c.uncharge()
 		return nil, err
 	}
 	return c, nil
@@ -291,6 +352,7 @@ func (m *mac) Finalize(ctx context.Context) ([]byte, error) {
 	}
 	m.done = true
 	m.dropLog()
+	defer m.uncharge()
 	if m.sess != nil {
 		var tag []byte
 		err := m.call(func(s *session) error {
@@ -332,6 +394,7 @@ func (m *mac) Verify(ctx context.Context, tag []byte) error {
 	m.dropLog()
 	err := m.k.VerifyMAC(ctx, m.alg, m.buf, tag)
 	m.buf = nil
+	m.uncharge()
 	return err
 }
 
@@ -343,6 +406,7 @@ func (m *mac) Close() {
 	m.done = true
 	m.dropLog()
 	m.buf, m.replay = nil, nil
+	m.uncharge()
 	if m.sess != nil {
 		if m.k.p.enter() == nil {
 			m.releaseSession(nil)

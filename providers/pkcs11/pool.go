@@ -4,11 +4,13 @@ package pkcs11
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	p11 "github.com/miekg/pkcs11"
 
+	"github.com/hmac-agent/hmac-agent/internal/fair"
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
@@ -21,6 +23,12 @@ type session struct {
 // pool bounds the sessions open on the token. idle holds sessions not in
 // use; slots holds a token for every session that exists, so at most size
 // are open.
+//
+// Requests that find no session free wait in line by caller (the
+// providers.Budget their context carries, one per uid), and a session
+// given back goes to the callers in turn, not to whoever asked first: a
+// caller flooding the token with requests costs another caller one turn
+// per round, not the length of its flood.
 type pool struct {
 	p     *Provider
 	wait  time.Duration
@@ -30,6 +38,16 @@ type pool struct {
 	// epoch counts module re-initializations: a session of an older
 	// epoch is gone, and its handle may now name another session.
 	epoch atomic.Uint64
+
+	mu      sync.Mutex // guards waiting; taken after idle is found empty
+	waiting fair.Queue[*waiter]
+}
+
+// waiter is a request waiting for a session. It gets one on ch, or nil
+// when a slot was taken for it and it opens its own.
+type waiter struct {
+	key any
+	ch  chan *session
 }
 
 func newPool(p *Provider, size int, wait time.Duration) *pool {
@@ -37,29 +55,109 @@ func newPool(p *Provider, size int, wait time.Duration) *pool {
 }
 
 // get returns an idle session, opens a new one if the pool has room, or
-// waits for one until ctx ends or the configured wait passes.
+// waits in its caller's line for one until ctx ends or the configured
+// wait passes.
 func (pl *pool) get(ctx context.Context) (*session, error) {
 	select {
 	case s := <-pl.idle:
 		return s, nil
 	default:
 	}
-	if len(pl.slots) == cap(pl.slots) {
-		pl.waits.Add(1)
+	if s, open, ok := pl.free(); ok {
+		if open {
+			return pl.open()
+		}
+		return s, nil
 	}
+	pl.waits.Add(1)
+	pl.mu.Lock()
+	// Looked at again under mu: a session given back since went to idle
+	// only if no one was waiting.
+	if s, open, ok := pl.free(); ok {
+		pl.mu.Unlock()
+		if open {
+			return pl.open()
+		}
+		return s, nil
+	}
+	w := &waiter{key: providers.BudgetFrom(ctx), ch: make(chan *session, 1)}
+	pl.waiting.Push(w.key, w)
+	pl.mu.Unlock()
 	timer := time.NewTimer(pl.wait)
 	defer timer.Stop()
+	var err error
 	select {
-	case s := <-pl.idle:
+	case s := <-w.ch:
+		if s == nil {
+			return pl.open()
+		}
 		return s, nil
-	case pl.slots <- struct{}{}:
-		return pl.open()
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		err = ctx.Err()
 	case <-timer.C:
-		return nil, providers.Publicf(providers.ErrUnavailable,
+		err = providers.Publicf(providers.ErrUnavailable,
 			"no PKCS#11 session free within %s (provider %q has %d; raise sessions or session_wait)",
 			pl.wait, pl.p.cfg.Name, cap(pl.slots))
+	}
+	pl.mu.Lock()
+	gone := pl.waiting.Remove(w.key, w)
+	pl.mu.Unlock()
+	if !gone {
+		// Served as it gave up: pass on what it was given.
+		if s := <-w.ch; s != nil {
+			pl.handOff(s)
+		} else {
+			<-pl.slots
+			pl.wake()
+		}
+	}
+	return nil, err
+}
+
+// free takes an idle session, or a slot to open one in (open), without
+// waiting; ok is false if neither is free.
+func (pl *pool) free() (s *session, open, ok bool) {
+	select {
+	case s := <-pl.idle:
+		return s, false, true
+	default:
+	}
+	select {
+	case pl.slots <- struct{}{}:
+		return nil, true, true
+	default:
+		return nil, false, false
+	}
+}
+
+// handOff gives a session to the caller whose turn it is, or to idle if
+// no one waits.
+func (pl *pool) handOff(s *session) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if w, ok := pl.waiting.Pop(); ok {
+		w.ch <- s
+		return
+	}
+	select {
+	case pl.idle <- s:
+	default: // cannot happen: a session has a slot
+		go pl.discard(s)
+	}
+}
+
+// wake lets waiters open sessions in slots that came free.
+func (pl *pool) wake() {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	for pl.waiting.Len() > 0 {
+		select {
+		case pl.slots <- struct{}{}:
+		default:
+			return
+		}
+		w, _ := pl.waiting.Pop()
+		w.ch <- nil
 	}
 }
 
@@ -86,6 +184,7 @@ func (pl *pool) open() (*session, error) {
 	h, err := pl.p.ctx.OpenSession(pl.p.slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
 	if err != nil {
 		<-pl.slots
+		pl.wake()
 		return nil, classify("open session", err)
 	}
 	return &session{h: h, epoch: pl.epoch.Load()}, nil
@@ -111,6 +210,7 @@ func (pl *pool) reset() {
 	for len(pl.slots) > 0 {
 		<-pl.slots
 	}
+	pl.wake()
 }
 
 // put returns a session after use; err is the last call's result. A
@@ -123,11 +223,7 @@ func (pl *pool) put(s *session, err error) {
 		pl.discard(s)
 		return
 	}
-	select {
-	case pl.idle <- s:
-	default: // cannot happen: a session has a slot
-		pl.discard(s)
-	}
+	pl.handOff(s)
 }
 
 func (pl *pool) discard(s *session) {
@@ -136,6 +232,7 @@ func (pl *pool) discard(s *session) {
 	}
 	pl.p.ctx.CloseSession(s.h)
 	<-pl.slots
+	pl.wake()
 }
 
 // closeAll closes every idle session. Sessions held by contexts are

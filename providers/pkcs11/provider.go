@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -233,6 +234,15 @@ func (p *Provider) Kind() string { return "pkcs11" }
 // Timeout is how long the agent waits for one call before it answers
 // ErrUnavailable.
 func (p *Provider) Timeout() time.Duration { return p.cfg.Timeout }
+
+// Parallelism is the session pool's size, but no more than the CPUs the
+// agent runs on: more one-shots at once would only wait for a session,
+// and a token library's calls (SoftHSM2's all of them) run on the
+// agent's own CPUs, where each thread in one takes a share of the CPU
+// from the readers that serve every other caller. Measured with a flood
+// from one uid against SoftHSM2 on 2 CPUs, another caller's median
+// latency was 6-9 ms with 8 calls at once, 2-3 ms with 2.
+func (p *Provider) Parallelism() int { return min(p.cfg.Sessions, runtime.GOMAXPROCS(0)) }
 
 // Algorithms lists the HMAC algorithms the token offers.
 func (p *Provider) Algorithms() []providers.Algorithm { return p.algs }

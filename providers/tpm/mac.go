@@ -37,6 +37,10 @@ type mac struct {
 	// noReplay once it outgrew maxReplay.
 	sent     []byte
 	noReplay bool
+	// budget is the caller's (providers.BudgetFrom at NewMAC), charged
+	// for sent's capacity.
+	budget  *providers.Budget
+	charged int
 }
 
 // maxReplay bounds the input a context keeps to replay into a new
@@ -49,7 +53,7 @@ func (k *key) NewMAC(ctx context.Context, alg providers.Algorithm) (providers.MA
 	if !ok {
 		return nil, fmt.Errorf("tpm: key %q has no %s object: %w", k.name, alg, providers.ErrUnsupportedAlgorithm)
 	}
-	return &mac{p: k.p, k: k, obj: o, alg: alg}, nil
+	return &mac{p: k.p, k: k, obj: o, alg: alg, budget: providers.BudgetFrom(ctx)}, nil
 }
 
 // SumMAC computes a short message's tag with one TPM2_HMAC, a long one
@@ -155,6 +159,26 @@ func (m *mac) keep(chunk []byte) {
 	default:
 		m.sent = append(m.sent, chunk...)
 	}
+	m.recharge()
+}
+
+// recharge brings what the caller's budget is charged to sent's capacity.
+// Replay data the budget cannot hold is dropped instead, as past
+// maxReplay: the context goes on, but cannot survive a TPM restart.
+func (m *mac) recharge() {
+	want := cap(m.sent)
+	switch {
+	case want < m.charged:
+		m.budget.Release(m.charged - want)
+	case want > m.charged:
+		if m.budget.ChargeOptional(want-m.charged) != nil {
+			clear(m.sent)
+			m.sent, m.noReplay = nil, true
+			want = 0
+			m.budget.Release(m.charged)
+		}
+	}
+	m.charged = want
 }
 
 // loadSeqLocked loads the context's sequence. One cut by a TPM restart or
@@ -227,6 +251,7 @@ func (m *mac) release() {
 	m.buf = nil
 	clear(m.sent)
 	m.sent = nil
+	m.recharge()
 }
 
 // Copy saves the sequence's context and loads it again as an independent
@@ -236,7 +261,8 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 		return nil, providers.ErrAlreadyFinalized
 	}
 	c := &mac{p: m.p, k: m.k, obj: m.obj, alg: m.alg, buf: append([]byte(nil), m.buf...),
-		sent: append([]byte(nil), m.sent...), noReplay: m.noReplay}
+		sent: append([]byte(nil), m.sent...), noReplay: m.noReplay, budget: m.budget}
+	c.recharge()
 	if m.seq == nil {
 		return c, nil
 	}
@@ -259,6 +285,7 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 		return nil
 	})
 	if err != nil {
+		c.budget.Release(c.charged)
 		return nil, err
 	}
 	return c, nil

@@ -220,6 +220,9 @@ func (p *Provider) Algorithms() []providers.Algorithm { return p.algs }
 // ErrUnavailable.
 func (p *Provider) Timeout() time.Duration { return p.cfg.Timeout }
 
+// Parallelism is 1: the TPM runs one command at a time.
+func (p *Provider) Parallelism() int { return 1 }
+
 // Swaps is how many objects were swapped out of the TPM to make room.
 func (p *Provider) Swaps() uint64 { return p.swaps.Load() }
 

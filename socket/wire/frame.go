@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"sync"
+
+	"github.com/hmac-agent/hmac-agent/providers"
 )
 
 // Framing errors. After ErrEmptyFrame the stream is still in step and the
@@ -17,13 +19,23 @@ var (
 	ErrFrameTooLarge = errors.New("frame too large")
 )
 
+// firstChunk is the most memory a large frame takes before its bytes
+// arrive: a peer that announces a frame and sends little of it makes the
+// reader hold only what it sent, rounded up to a doubling of this.
+const firstChunk = 64 << 10
+
 // FrameReader reads frames from a buffered stream. A frame that fits in the
 // buffer is returned in place, without a copy; a larger one is read into a
-// scratch buffer that is reused.
+// scratch buffer that is reused. The scratch buffer grows as the frame's
+// bytes arrive, not when its length is announced, and is charged to the
+// reader's budget (SetBudget) while the reader holds it. A FrameReader is
+// not safe for concurrent use.
 type FrameReader struct {
 	r         *bufio.Reader
 	max       int
+	budget    *providers.Budget
 	scratch   []byte
+	charged   int  // of budget, for scratch
 	peeked    int  // bytes of the previous frame still to discard
 	inScratch bool // the last frame is in scratch, not in the bufio buffer
 	midFrame  bool // an error came in the middle of a large frame
@@ -36,6 +48,18 @@ func NewFrameReader(r *bufio.Reader, max int) *FrameReader {
 
 // SetMax changes the largest body accepted, as agreed in the handshake.
 func (f *FrameReader) SetMax(max int) { f.max = max }
+
+// SetBudget charges the scratch buffer to b from now on. A large frame
+// that b cannot hold fails with an error wrapping providers.ErrLimit,
+// after which the stream is out of step.
+func (f *FrameReader) SetBudget(b *providers.Budget) { f.budget = b }
+
+// setScratch makes b the scratch buffer, charging its capacity in place of
+// the old one's.
+func (f *FrameReader) setScratch(b []byte) {
+	f.budget.Release(f.charged)
+	f.scratch, f.charged = b, cap(b)
+}
 
 // Buffered is how many bytes are read but not yet returned, beyond the
 // current frame. A server flushes its replies when this is zero, because
@@ -78,14 +102,57 @@ func (f *FrameReader) Next() ([]byte, error) {
 	}
 	f.r.Discard(4)
 	f.inScratch, f.midFrame = true, true
-	if cap(f.scratch) < n {
-		f.scratch = getBuffer(n)
-	}
-	body := f.scratch[:n]
-	if _, err := io.ReadFull(f.r, body); err != nil {
-		return nil, unexpected(err)
+	body, err := f.readBody(n)
+	if err != nil {
+		return nil, err
 	}
 	f.midFrame = false
+	return body, nil
+}
+
+// readBody reads a body of n bytes into the scratch buffer, growing it by
+// doubling as the bytes arrive.
+func (f *FrameReader) readBody(n int) ([]byte, error) {
+	if cap(f.scratch) < n {
+		if b := pooledBuffer(n); b != nil {
+			if err := f.budget.Charge(cap(b)); err != nil {
+				Recycle(b)
+				return nil, err
+			}
+			f.setScratch(nil)
+			f.scratch, f.charged = b, cap(b)
+		}
+	}
+	if cap(f.scratch) >= n {
+		body := f.scratch[:n]
+		if _, err := io.ReadFull(f.r, body); err != nil {
+			return nil, unexpected(err)
+		}
+		return body, nil
+	}
+	if f.scratch != nil {
+		Recycle(f.scratch)
+		f.setScratch(nil)
+	}
+	body := []byte(nil)
+	for len(body) < n {
+		if len(body) == cap(body) {
+			size := min(n, max(2*cap(body), firstChunk))
+			if err := f.budget.Charge(size); err != nil {
+				return nil, err
+			}
+			grown := append(make([]byte, 0, size), body...)
+			f.setScratch(nil) // the old one is garbage now
+			f.scratch, f.charged = grown, size
+			body = grown
+		}
+		m, err := f.r.Read(body[len(body):min(cap(body), n)])
+		body = body[:len(body)+m]
+		if err != nil && len(body) < n {
+			return nil, unexpected(err)
+		}
+	}
+	f.scratch = body
 	return body, nil
 }
 
@@ -106,8 +173,15 @@ func unexpected(err error) error {
 func (f *FrameReader) Release() {
 	if f.scratch != nil && !f.inScratch {
 		Recycle(f.scratch)
-		f.scratch = nil
+		f.setScratch(nil)
 	}
+}
+
+// Free lets go of the scratch buffer whatever it holds, for a reader
+// that will read no more.
+func (f *FrameReader) Free() {
+	f.setScratch(nil)
+	f.inScratch = false
 }
 
 // Take hands over the last frame's body, if it was read into the scratch
@@ -119,7 +193,8 @@ func (f *FrameReader) Take() []byte {
 		return nil
 	}
 	b := f.scratch
-	f.scratch, f.inScratch = nil, false
+	f.setScratch(nil)
+	f.inScratch = false
 	return b
 }
 
@@ -127,11 +202,12 @@ func (f *FrameReader) Take() []byte {
 // frame, and zeroing a fresh one each time costs as much as copying.
 var buffers sync.Pool
 
-func getBuffer(n int) []byte {
+// pooledBuffer returns a recycled buffer of at least n bytes, or nil.
+func pooledBuffer(n int) []byte {
 	if b, ok := buffers.Get().(*[]byte); ok && cap(*b) >= n {
 		return (*b)[:n]
 	}
-	return make([]byte, n)
+	return nil
 }
 
 // Recycle returns a body obtained from Take. The caller must not use it

@@ -3,10 +3,13 @@ package wire
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"reflect"
 	"testing"
+
+	"github.com/hmac-agent/hmac-agent/providers"
 )
 
 // seedMessages is one of every message, for the fuzzers' seeds and the
@@ -88,8 +91,9 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
-// FuzzFrameReader: any byte stream yields frames no larger than the limit,
-// or an error, and never a panic.
+// FuzzFrameReader: any byte stream yields the frames it holds, each no
+// larger than the limit, or an error, and never a panic; what the reader
+// charges its budget it gives back.
 func FuzzFrameReader(f *testing.F) {
 	var stream []byte
 	for _, m := range seedMessages() {
@@ -103,13 +107,24 @@ func FuzzFrameReader(f *testing.F) {
 		max := int(maxFrame)
 		br := bufio.NewReaderSize(bytes.NewReader(stream), 16+int(bufSize))
 		fr := NewFrameReader(br, max)
+		// A budget from none (bufSize%4 == 0) to a few frames' worth.
+		budget := providers.NewBudget(int64(max)*int64(bufSize%4)/2, nil, "fuzz")
+		fr.SetBudget(budget)
+		defer func() {
+			fr.Free()
+			if held := budget.Held(); held != 0 {
+				t.Fatalf("%d bytes still charged after Free", held)
+			}
+		}()
+		rest := stream // what a reference parse has left
 		for range 1000 {
 			body, err := fr.Next()
 			if errors.Is(err, ErrEmptyFrame) {
+				rest = rest[4:]
 				continue
 			}
 			if err != nil {
-				if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, ErrFrameTooLarge) {
+				if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, ErrFrameTooLarge) || errors.Is(err, providers.ErrLimit) {
 					return
 				}
 				t.Fatalf("unexpected error: %v", err)
@@ -117,6 +132,11 @@ func FuzzFrameReader(f *testing.F) {
 			if len(body) == 0 || len(body) > max {
 				t.Fatalf("frame of %d bytes with limit %d", len(body), max)
 			}
+			n := int(binary.BigEndian.Uint32(rest))
+			if n != len(body) || !bytes.Equal(body, rest[4:4+n]) {
+				t.Fatalf("frame of %d bytes read as %d different bytes", n, len(body))
+			}
+			rest = rest[4+n:]
 			var m Message
 			Decode(body, &m)
 		}

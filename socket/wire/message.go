@@ -19,8 +19,11 @@ const (
 	HeaderSize      = 4 + 1 + 4 // length, type, request ID
 	DefaultMaxFrame = 1 << 20   // body bytes
 	MinMaxFrame     = 4096
-	MaxKeyName      = 255 // a key or provider name is prefixed by one byte
-	MaxTag          = 255
+	// MaxHelloFrame bounds a frame before the handshake is done. A HELLO
+	// body is 13 bytes; the rest is room for later versions' fields.
+	MaxHelloFrame = 64
+	MaxKeyName    = 255 // a key or provider name is prefixed by one byte
+	MaxTag        = 255
 )
 
 // Type is a message type. Requests are below 0x80, replies at or above.

@@ -1,0 +1,89 @@
+// Package fair holds a queue that serves its callers in turn: waiters
+// for one resource (a device's session, say) queue by caller, and the
+// next one served is the oldest of the caller after the last one served,
+// so a caller with a thousand waiting costs another caller one turn, not
+// a thousand.
+//
+// A Queue is not safe for concurrent use; its owner guards it.
+package fair
+
+// Queue is a FIFO per key, served round-robin across keys. The zero
+// value is an empty queue.
+type Queue[T comparable] struct {
+	byKey map[any]*list[T]
+	ring  []*list[T] // keys with items waiting; the head is served next
+	n     int
+}
+
+type list[T comparable] struct {
+	key   any
+	items []T
+}
+
+// Len is how many items wait.
+func (q *Queue[T]) Len() int { return q.n }
+
+// Push adds item at the end of key's line. A key new to the queue takes
+// its turn after every key waiting already.
+func (q *Queue[T]) Push(key any, item T) {
+	if q.byKey == nil {
+		q.byKey = make(map[any]*list[T])
+	}
+	l := q.byKey[key]
+	if l == nil {
+		l = &list[T]{key: key}
+		q.byKey[key] = l
+		q.ring = append(q.ring, l)
+	}
+	l.items = append(l.items, item)
+	q.n++
+}
+
+// Pop takes the first item of the key whose turn it is, and moves that
+// key to the end of the round.
+func (q *Queue[T]) Pop() (item T, ok bool) {
+	if len(q.ring) == 0 {
+		return item, false
+	}
+	l := q.ring[0]
+	q.ring[0] = nil
+	q.ring = q.ring[1:]
+	item = l.items[0]
+	var zero T
+	l.items[0] = zero
+	l.items = l.items[1:]
+	if len(l.items) > 0 {
+		q.ring = append(q.ring, l)
+	} else {
+		delete(q.byKey, l.key)
+	}
+	q.n--
+	return item, true
+}
+
+// Remove takes item out of key's line, for a waiter that gave up; it
+// reports false if item was not there (it was popped already).
+func (q *Queue[T]) Remove(key any, item T) bool {
+	l := q.byKey[key]
+	if l == nil {
+		return false
+	}
+	for i, it := range l.items {
+		if it != item {
+			continue
+		}
+		l.items = append(l.items[:i], l.items[i+1:]...)
+		q.n--
+		if len(l.items) == 0 {
+			delete(q.byKey, key)
+			for j, r := range q.ring {
+				if r == l {
+					q.ring = append(q.ring[:j], q.ring[j+1:]...)
+					break
+				}
+			}
+		}
+		return true
+	}
+	return false
+}
