@@ -23,6 +23,13 @@ type KeyConfig struct {
 	Provider string // the provider's name
 	Ref      string // the key's name in the provider; empty means Name
 	Policy   Policy
+	// VerifyGrace is how long a version keeps verifying after it stops
+	// being current; zero means until it is retired. The agent retires
+	// versions past it.
+	VerifyGrace time.Duration
+	// RotateEvery, if set, has the agent rotate the key when its current
+	// version is that old.
+	RotateEvery time.Duration
 }
 
 // Options configure an Agent.
@@ -46,6 +53,14 @@ type Options struct {
 	// HealthInterval is how often each provider's health is probed in
 	// the background; zero means DefaultHealthInterval.
 	HealthInterval time.Duration
+	// VersionRefresh is how often each key's versions are read again
+	// from its provider; zero means DefaultVersionRefresh, and a negative
+	// value turns the background refresh off (tests call
+	// RefreshVersions themselves).
+	VersionRefresh time.Duration
+	// Now is the clock that grace periods and rotation schedules are
+	// measured by; nil means time.Now.
+	Now func() time.Time
 }
 
 // Agent routes key names to providers and holds the limits shared by all
@@ -96,6 +111,10 @@ type Agent struct {
 	// reading the time on every update would cost more than the update.
 	now  atomic.Int64
 	stop chan struct{}
+
+	clockFn    func() time.Time
+	versionsMu sync.Mutex
+	versions   map[versionsID]*keyVersions
 }
 
 // resolved is a key found in its provider, with its policy.
@@ -110,6 +129,12 @@ type resolved struct {
 	immediate bool
 	oneShot   providers.OneShot         // nil if the key has no fast path
 	verifier  providers.OneShotVerifier // nil if the key cannot verify in its device
+	// version is the version key is; versions, for a provider that keeps
+	// versions, holds the key's live versions. A pinned key (NAME@N) is
+	// version alone; any other uses versions when it has them.
+	version  int
+	pinned   bool
+	versions *keyVersions
 }
 
 // New returns an agent serving the given providers. It fails if a key names
@@ -128,6 +153,12 @@ func New(opts Options) (*Agent, error) {
 		observe: opts.Observe,
 		live:    make(map[*Session]struct{}),
 		stop:    make(chan struct{}),
+		clockFn: opts.Now,
+
+		versions: make(map[versionsID]*keyVersions),
+	}
+	if a.clockFn == nil {
+		a.clockFn = time.Now
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
@@ -157,6 +188,12 @@ func New(opts Options) (*Agent, error) {
 	a.noteIdentityNeedsLocked(a.keys, a.defaultPolicy)
 	go a.tick()
 	a.watch(opts.HealthInterval)
+	switch {
+	case opts.VersionRefresh == 0:
+		go a.versionLoop(DefaultVersionRefresh)
+	case opts.VersionRefresh > 0:
+		go a.versionLoop(opts.VersionRefresh)
+	}
 	return a, nil
 }
 
@@ -303,6 +340,9 @@ func (a *Agent) tick() {
 	}
 }
 
+// clock is the time grace periods and rotation schedules are measured by.
+func (a *Agent) clock() time.Time { return a.clockFn() }
+
 // Limits returns the agent's limits with defaults filled in.
 func (a *Agent) Limits() Limits { return a.limits }
 
@@ -333,6 +373,11 @@ func (a *Agent) resolve(ctx context.Context, name []byte) (*resolved, error) {
 func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error) {
 	if a.closed.Load() {
 		return nil, providers.ErrClosed
+	}
+	if base, n, ok := splitVersion(name); !ok {
+		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q not found", name)
+	} else if n > 0 {
+		return a.resolvePinned(ctx, name, base, n)
 	}
 	if providers.CheckKeyName(name) != nil {
 		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q not found", name)
@@ -387,6 +432,15 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 	}
 	r.oneShot, _ = r.key.(providers.OneShot)
 	r.verifier, _ = r.key.(providers.OneShotVerifier)
+	r.version = 1
+	kv, err := a.versionsOf(ctx, r.provider, r.ref)
+	if err != nil {
+		return nil, a.keyError(gen, made, name, r.provider, err)
+	}
+	if kv != nil {
+		r.versions = kv
+		r.version = kv.snap.Load().current().n
+	}
 	a.mu.Lock()
 	if a.gen.Load() == gen { // a reload meanwhile: do not cache the old view
 		a.updateCacheLocked(func(m map[string]*resolved) { m[name] = r })
@@ -437,7 +491,14 @@ func (a *Agent) updateCacheLocked(change func(map[string]*resolved)) {
 // that refer to an object of that name.
 func (a *Agent) forget(name string) {
 	a.mu.Lock()
-	a.updateCacheLocked(func(m map[string]*resolved) { delete(m, name) })
+	a.updateCacheLocked(func(m map[string]*resolved) {
+		delete(m, name)
+		for k := range m {
+			if baseName([]byte(k)) == name {
+				delete(m, k) // its versions, NAME@N
+			}
+		}
+	})
 	a.unknown.remove(name)
 	for _, kc := range a.keys {
 		if kc.Ref == name {

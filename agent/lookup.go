@@ -19,6 +19,9 @@ func (a *Agent) lookup(ctx context.Context, peer Peer, name []byte, ops Ops) (*r
 	if m := a.cache.Load(); m != nil {
 		if r := (*m)[string(name)]; r != nil {
 			if r.policy.allows(peer, ops) {
+				if err := r.usable(); err != nil {
+					return nil, err
+				}
 				return r, nil
 			}
 			return nil, a.denied(peer, r.policy, r.name, ops)
@@ -27,7 +30,7 @@ func (a *Agent) lookup(ctx context.Context, peer Peer, name []byte, ops Ops) (*r
 	if !a.isAdmin(peer) {
 		a.mu.RLock()
 		pol := a.defaultPolicy
-		if kc, ok := a.keys[string(name)]; ok {
+		if kc, ok := a.keys[baseName(name)]; ok {
 			pol = kc.Policy
 		}
 		a.mu.RUnlock()
@@ -41,6 +44,9 @@ func (a *Agent) lookup(ctx context.Context, peer Peer, name []byte, ops Ops) (*r
 	}
 	if !r.policy.allows(peer, ops) {
 		return nil, a.denied(peer, r.policy, r.name, ops)
+	}
+	if err := r.usable(); err != nil {
+		return nil, err
 	}
 	return r, nil
 }
@@ -60,7 +66,7 @@ func (a *Agent) allowedNothing(peer Peer, name []byte) bool {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	pol := &a.defaultPolicy
-	if kc, ok := a.keys[string(name)]; ok {
+	if kc, ok := a.keys[baseName(name)]; ok {
 		pol = &kc.Policy
 	}
 	return !pol.allows(peer, OpMAC|OpVerify)

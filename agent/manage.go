@@ -48,6 +48,7 @@ func (a *Agent) ListKeys(ctx context.Context, peer Peer) ([]providers.KeyInfo, e
 				info.Algorithms = append(info.Algorithms, alg)
 			}
 		}
+		a.addVersions(&info, r)
 		out = append(out, info)
 		seen[name] = true
 	}
@@ -69,6 +70,11 @@ func (a *Agent) ListKeys(ctx context.Context, peer Peer) ([]providers.KeyInfo, e
 					continue // reachable only through its [[key]] entry
 				}
 				seen[info.Name] = true
+				if r := a.cached([]byte(info.Name)); r != nil && r.provider == p {
+					a.addVersions(&info, r)
+				} else if kv, err := a.versionsOf(ctx, p, info.Name); err == nil && kv != nil {
+					a.addVersions(&info, &resolved{versions: kv})
+				}
 				out = append(out, info)
 			}
 		}

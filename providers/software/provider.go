@@ -89,18 +89,32 @@ func (p *Provider) Kind() string { return "software" }
 // Dir returns the keystore directory.
 func (p *Provider) Dir() string { return p.dir }
 
-// Key returns the named key or an error wrapping ErrKeyNotFound.
+// Key returns the named key's current version or an error wrapping
+// ErrKeyNotFound. A key not loaded is looked for in the directory.
 func (p *Provider) Key(ctx context.Context, name string) (providers.Key, error) {
 	p.mu.RLock()
-	defer p.mu.RUnlock()
+	k, closed := p.keys[name], p.closed
+	p.mu.RUnlock()
+	switch {
+	case closed:
+		return nil, fmt.Errorf("software: %w", providers.ErrClosed)
+	case k != nil:
+		return k, nil
+	case providers.CheckKeyName(name) != nil:
+		return nil, fmt.Errorf("software: %q: %w", name, providers.ErrKeyNotFound)
+	}
+	// Perhaps made by another agent sharing the keystore since it was
+	// opened. The agent remembers names found missing, so a caller
+	// guessing names does not read the directory on every guess.
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.closed {
 		return nil, fmt.Errorf("software: %w", providers.ErrClosed)
 	}
-	k, ok := p.keys[name]
-	if !ok {
-		return nil, fmt.Errorf("software: %q: %w", name, providers.ErrKeyNotFound)
+	if _, err := p.syncLocked(name); err != nil {
+		return nil, err
 	}
-	return k, nil
+	return p.keys[name], nil
 }
 
 // Keys lists the keystore's keys, sorted by name.
