@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/providers"
@@ -94,7 +95,12 @@ func (a *Agent) RetireVersion(ctx context.Context, peer Peer, provider, name str
 		a.auditUseVersion(peer, op, name, 0, nil, 0, time.Time{}, n, false)
 		return nil
 	}
-	return a.manageError(peer, op, p, name, err)
+	err = a.manageError(peer, op, p, name, err)
+	if errors.Is(err, providers.ErrInvalidArgument) {
+		// The contract's one reason: the version is the current one.
+		return providers.Publicf(providers.ErrInvalidArgument, "version %d is the current version of key %q and cannot be retired; rotate first", n, name)
+	}
+	return err
 }
 
 // afterVersionChange reads a key's versions again at once, so that this
