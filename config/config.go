@@ -39,7 +39,11 @@ type Config struct {
 	// Metrics is the address of the Prometheus metrics listener
 	// ("127.0.0.1:9464"); empty means none.
 	Metrics string `toml:"metrics"`
-	meta    toml.MetaData
+	// VersionRefresh is how often the agent reads each key's versions
+	// again from its provider (default 2s), so that a rotation made
+	// through another agent sharing the provider is served here.
+	VersionRefresh Duration `toml:"version_refresh"`
+	meta           toml.MetaData
 }
 
 // Limits are the agent's limits; zero means the default.
@@ -109,6 +113,13 @@ type Key struct {
 	URI string `toml:"uri"`
 	// Policy is one [key.policy] table or several [[key.policy]] ones.
 	Policy Policies `toml:"policy"`
+	// VerifyGrace is how long a version keeps verifying after it stops
+	// being current; unset means until it is retired. The agent retires
+	// versions past it.
+	VerifyGrace Duration `toml:"verify_grace"`
+	// RotateEvery has the agent rotate the key when its current version
+	// is that old; unset means never.
+	RotateEvery Duration `toml:"rotate_every"`
 }
 
 // Policy lists who may use a key and for what. Every condition it lists
@@ -123,6 +134,16 @@ type Policy struct {
 	Cgroups     []string `toml:"cgroups"`
 	Executables []string `toml:"executables"`
 }
+
+// Bounds of the version settings. Rotating more often than every minute
+// would fill a token with versions; reading versions more often than
+// every 100ms would load a shared token for nothing, and less often than
+// every minute would leave agents serving a rotation late.
+const (
+	MinRotateEvery    = time.Minute
+	MinVersionRefresh = 100 * time.Millisecond
+	MaxVersionRefresh = time.Minute
+)
 
 // Duration is a time.Duration written as "30s" in TOML.
 type Duration struct{ time.Duration }
@@ -303,6 +324,17 @@ func (c *Config) Validate() error {
 				bad(f+".policy", "%v", e)
 			}
 		}
+		if g := k.VerifyGrace.Duration; g < 0 {
+			bad(f+".verify_grace", "must not be negative, not %s", g)
+		}
+		if r := k.RotateEvery.Duration; r < 0 {
+			bad(f+".rotate_every", "must not be negative, not %s", r)
+		} else if r != 0 && r < MinRotateEvery {
+			bad(f+".rotate_every", "%s is too often; give %s or more", r, MinRotateEvery)
+		}
+	}
+	if r := c.VersionRefresh.Duration; r != 0 && (r < MinVersionRefresh || r > MaxVersionRefresh) {
+		bad("version_refresh", "%s is out of range; give %s to %s", r, MinVersionRefresh, MaxVersionRefresh)
 	}
 	return errors.Join(errs...)
 }
