@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -171,11 +172,18 @@ func (u *unknownNames) add(name string, now time.Time) {
 	u.cur[name] = now
 }
 
-// remove forgets name, after a key of that name was made.
+// remove forgets name and its versions (NAME@N), after a key of that
+// name was made or changed.
 func (u *unknownNames) remove(name string) {
 	u.mu.Lock()
-	delete(u.cur, name)
-	delete(u.prev, name)
+	for _, m := range []map[string]time.Time{u.cur, u.prev} {
+		delete(m, name)
+		for k := range m {
+			if strings.HasPrefix(k, name+"@") {
+				delete(m, k)
+			}
+		}
+	}
 	u.mu.Unlock()
 }
 

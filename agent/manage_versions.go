@@ -106,6 +106,14 @@ func (a *Agent) RetireVersion(ctx context.Context, peer Peer, provider, name str
 // afterVersionChange reads a key's versions again at once, so that this
 // agent serves a change made through it from the next request on.
 func (a *Agent) afterVersionChange(ctx context.Context, p providers.Provider, ref string) {
+	a.mu.Lock()
+	a.unknown.remove(ref)
+	for _, kc := range a.keys {
+		if kc.Ref == ref && kc.Provider == p.Name() {
+			a.unknown.remove(kc.Name)
+		}
+	}
+	a.mu.Unlock()
 	a.versionsMu.Lock()
 	kv := a.versions[versionsID{p, ref}]
 	a.versionsMu.Unlock()

@@ -223,6 +223,11 @@ func (a *Agent) resolvePinned(ctx context.Context, name, base string, n int) (*r
 	if err != nil {
 		return nil, err
 	}
+	// A caller trying version numbers must not turn each try into a
+	// read of the provider's versions.
+	if a.unknown.has(name, time.Now()) {
+		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q has no live version %d", base, n)
+	}
 	r := *r0
 	r.pinned, r.version = true, n
 	switch {
@@ -237,6 +242,7 @@ func (a *Agent) resolvePinned(ctx context.Context, name, base string, n int) (*r
 				return nil, a.keyError(r0.gen, a.made.Load(), base, r0.provider, err)
 			}
 			if k = openedVersion(r0.versions.snap.Load(), n); k == nil {
+				a.unknown.add(name, time.Now())
 				return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q has no live version %d", base, n)
 			}
 		}

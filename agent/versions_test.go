@@ -1,0 +1,201 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hmac-agent/hmac-agent/agent"
+	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/software"
+)
+
+// countingKeystore counts how often the agent reads a key's versions.
+type countingKeystore struct {
+	*software.Provider
+	reads atomic.Int64
+}
+
+func (c *countingKeystore) Versions(ctx context.Context, name string) ([]providers.VersionInfo, error) {
+	c.reads.Add(1)
+	return c.Provider.Versions(ctx, name)
+}
+
+type versionsFixture struct {
+	a     *agent.Agent
+	soft  *countingKeystore
+	s     *agent.Session
+	mu    sync.Mutex
+	now   time.Time
+	uses  []agent.Use
+	usesM sync.Mutex
+}
+
+func (f *versionsFixture) clock() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+func (f *versionsFixture) set(t time.Time) {
+	f.mu.Lock()
+	f.now = t
+	f.mu.Unlock()
+}
+
+func newVersionsFixture(t *testing.T, keys ...agent.KeyConfig) *versionsFixture {
+	t.Helper()
+	soft, err := software.Open("soft", filepath.Join(t.TempDir(), "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &versionsFixture{soft: &countingKeystore{Provider: soft}, now: time.Now()}
+	f.a, err = agent.New(agent.Options{
+		Providers:      []providers.Provider{f.soft},
+		Keys:           keys,
+		VersionRefresh: -1,
+		Now:            f.clock,
+		Observe: func(u agent.Use) {
+			f.usesM.Lock()
+			f.uses = append(f.uses, u)
+			f.usesM.Unlock()
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.a.Close() })
+	f.s = f.a.NewSession(owner)
+	t.Cleanup(f.s.Close)
+	return f
+}
+
+func (f *versionsFixture) lastUse() agent.Use {
+	f.usesM.Lock()
+	defer f.usesM.Unlock()
+	return f.uses[len(f.uses)-1]
+}
+
+func TestSessionVersions(t *testing.T) {
+	ctx := context.Background()
+	f := newVersionsFixture(t)
+	if _, err := f.soft.ImportKey(ctx, "k", []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("message")
+	tag1, v, err := f.s.MACVersion(ctx, []byte("k"), providers.SHA256, msg, nil)
+	if err != nil || v != 1 {
+		t.Fatalf("MAC before rotation: version %d, %v", v, err)
+	}
+	if err := f.s.Open(ctx, 1, []byte("k"), providers.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.a.RotateKey(ctx, owner, "", "k", []byte("two"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.s.Copy(ctx, 1, 2); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []uint32{1, 2} {
+		f.s.Update(ctx, id, msg)
+		tag, v, err := f.s.FinalizeVersion(ctx, id, nil)
+		if err != nil || v != 1 || !bytes.Equal(tag, tag1) {
+			t.Errorf("context %d opened before the rotation: version %d, %v", id, v, err)
+		}
+	}
+	// A context opened after it verifies version 1's tag, audited as
+	// satisfied by a previous version.
+	if err := f.s.Open(ctx, 3, []byte("k"), providers.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	f.s.Update(ctx, 3, msg)
+	if v, err := f.s.VerifyVersion(ctx, 3, tag1); err != nil || v != 1 {
+		t.Errorf("verify of version 1's tag: version %d, %v", v, err)
+	}
+	if u := f.lastUse(); u.Version != 1 || !u.Previous || u.Operation != "verify" {
+		t.Errorf("audited %+v, want version 1 marked previous", u)
+	}
+	if v, err := f.s.VerifyMACVersion(ctx, []byte("k"), providers.SHA256, msg, tag1); err != nil || v != 1 {
+		t.Errorf("one-shot verify of version 1's tag: version %d, %v", v, err)
+	}
+	if u := f.lastUse(); u.Version != 1 || !u.Previous {
+		t.Errorf("audited %+v, want version 1 marked previous", u)
+	}
+	tag2, v, _ := f.s.MACVersion(ctx, []byte("k"), providers.SHA256, msg, nil)
+	if v != 2 {
+		t.Fatalf("MAC after rotation: version %d", v)
+	}
+	if v, err := f.s.VerifyMACVersion(ctx, []byte("k"), providers.SHA256, msg, tag2); err != nil || v != 2 {
+		t.Errorf("verify of version 2's tag: version %d, %v", v, err)
+	}
+	if u := f.lastUse(); u.Previous {
+		t.Errorf("the current version's verification marked previous: %+v", u)
+	}
+}
+
+// A caller trying version numbers gets key_not_found, and does not make
+// the agent read the provider's versions on every try.
+func TestGuessedVersionsAreRemembered(t *testing.T) {
+	ctx := context.Background()
+	f := newVersionsFixture(t)
+	f.soft.ImportKey(ctx, "k", []byte("one"))
+	if _, _, err := f.s.MACVersion(ctx, []byte("k"), providers.SHA256, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	before := f.soft.reads.Load()
+	for range 100 {
+		if _, err := f.s.MAC(ctx, []byte("k@7"), providers.SHA256, nil, nil); !errors.Is(err, providers.ErrKeyNotFound) {
+			t.Fatalf("k@7 = %v, want ErrKeyNotFound", err)
+		}
+	}
+	if n := f.soft.reads.Load() - before; n > 1 {
+		t.Errorf("100 tries of a missing version read the versions %d times", n)
+	}
+	// A rotation through the agent makes the version at once.
+	if _, err := f.a.RotateKey(ctx, owner, "", "k", nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"k@2", "k@1"} {
+		if _, err := f.s.MAC(ctx, []byte(name), providers.SHA256, nil, nil); err != nil {
+			t.Errorf("%s after the rotation: %v", name, err)
+		}
+	}
+}
+
+// The grace of a previous version runs on the agent's clock: past it the
+// version stops verifying and the agent retires it in the provider.
+func TestVersionGrace(t *testing.T) {
+	ctx := context.Background()
+	f := newVersionsFixture(t, agent.KeyConfig{
+		Name: "g", Provider: "soft", Policy: agent.OwnerPolicy(uint32(os.Geteuid())), VerifyGrace: time.Hour,
+	})
+	f.soft.ImportKey(ctx, "g", []byte("one"))
+	tag1, _, err := f.s.MACVersion(ctx, []byte("g"), providers.SHA256, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.a.RotateKey(ctx, owner, "", "g", nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	rotated := time.Now()
+	f.set(rotated.Add(59 * time.Minute))
+	f.a.RefreshVersions(ctx)
+	if err := f.s.VerifyMAC(ctx, []byte("g"), providers.SHA256, nil, tag1); err != nil {
+		t.Errorf("within the grace: %v", err)
+	}
+	f.set(rotated.Add(61 * time.Minute))
+	f.a.RefreshVersions(ctx)
+	if err := f.s.VerifyMAC(ctx, []byte("g"), providers.SHA256, nil, tag1); !errors.Is(err, providers.ErrInvalidSignature) {
+		t.Errorf("past the grace = %v, want ErrInvalidSignature", err)
+	}
+	vs, _ := f.soft.Provider.Versions(ctx, "g")
+	if vs[0].State != providers.VersionRetired {
+		t.Errorf("version 1 past its grace is %s, want retired by the agent", vs[0].State)
+	}
+}
