@@ -29,8 +29,9 @@ const DefaultVersionRefresh = 2 * time.Second
 
 // versionKey is one version of a key, opened in its provider.
 type versionKey struct {
-	n   int
-	key providers.Key
+	n       int
+	key     providers.Key
+	created time.Time // as the provider reported it, to tell a version made anew under an old number
 }
 
 // versionSnapshot is a key's versions as last read. It is never changed
@@ -152,7 +153,7 @@ func (a *Agent) refresh(ctx context.Context, kv *keyVersions) error {
 		default:
 			continue
 		}
-		k := openedVersion(old, info.Version)
+		k := openedVersion(old, info.Version, info.Created)
 		if k == nil {
 			k, err = onDevice(ctx, dev, func(ctx context.Context) (providers.Key, error) {
 				return kv.versioner.KeyVersion(ctx, kv.ref, info.Version)
@@ -164,7 +165,7 @@ func (a *Agent) refresh(ctx context.Context, kv *keyVersions) error {
 				return err
 			}
 		}
-		vk := versionKey{n: info.Version, key: k}
+		vk := versionKey{n: info.Version, key: k, created: info.Created}
 		if info.State == providers.VersionCurrent && current == nil {
 			current = &vk
 		} else {
@@ -179,10 +180,23 @@ func (a *Agent) refresh(ctx context.Context, kv *keyVersions) error {
 	return nil
 }
 
-func openedVersion(s *versionSnapshot, n int) providers.Key {
+// openedVersion returns version n from s if it is there and was created
+// at created: a key deleted and made again (through another agent,
+// between two refreshes) has a version n that is not the one opened.
+func openedVersion(s *versionSnapshot, n int, created time.Time) providers.Key {
 	if s == nil {
 		return nil
 	}
+	for _, v := range s.live {
+		if v.n == n && v.created.Equal(created) {
+			return v.key
+		}
+	}
+	return nil
+}
+
+// liveVersion returns live version n from s, or nil.
+func liveVersion(s *versionSnapshot, n int) providers.Key {
 	for _, v := range s.live {
 		if v.n == n {
 			return v.key
@@ -235,13 +249,13 @@ func (a *Agent) resolvePinned(ctx context.Context, name, base string, n int) (*r
 	case r0.versions == nil:
 		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q has no version %d", base, n)
 	default:
-		k := openedVersion(r0.versions.snap.Load(), n)
+		k := liveVersion(r0.versions.snap.Load(), n)
 		if k == nil {
 			// Perhaps made through another agent since the last refresh.
 			if err := a.refresh(ctx, r0.versions); err != nil {
 				return nil, a.keyError(r0.gen, a.made.Load(), base, r0.provider, err)
 			}
-			if k = openedVersion(r0.versions.snap.Load(), n); k == nil {
+			if k = liveVersion(r0.versions.snap.Load(), n); k == nil {
 				a.unknown.add(name, time.Now())
 				return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q has no live version %d", base, n)
 			}
@@ -270,7 +284,16 @@ func (a *Agent) RefreshVersions(ctx context.Context) {
 	}
 	a.versionsMu.Unlock()
 	for _, kv := range all {
-		if err := a.refresh(ctx, kv); err != nil {
+		err := a.refresh(ctx, kv)
+		switch {
+		case errors.Is(err, providers.ErrKeyNotFound):
+			// Deleted, here or through another agent: stop reading it,
+			// and let the next use find out afresh.
+			a.versionsMu.Lock()
+			delete(a.versions, versionsID{kv.provider, kv.ref})
+			a.versionsMu.Unlock()
+			a.forget(kv.ref)
+		case err != nil:
 			a.devices[kv.provider].warn("reading key versions failed", "key", kv.ref, "err", err)
 		}
 	}
@@ -333,8 +356,15 @@ func (a *Agent) logVersionChange(op, name string, r *resolved, version int, err 
 	a.auditUseVersion(Peer{}, op, name, 0, err, 0, time.Time{}, version, false)
 }
 
-// versionLoop refreshes versions until the agent closes.
+// versionLoop refreshes versions until the agent closes; closing cancels
+// a refresh under way.
 func (a *Agent) versionLoop(interval time.Duration) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-a.stop
+		cancel()
+	}()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -343,6 +373,6 @@ func (a *Agent) versionLoop(interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		a.RefreshVersions(context.Background())
+		a.RefreshVersions(ctx)
 	}
 }
