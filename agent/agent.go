@@ -121,6 +121,7 @@ type Agent struct {
 type resolved struct {
 	gen       uint64 // the configuration it was resolved under
 	ref       string // its name in the provider
+	cref      string // the reference it was found by: ref, or ref@N for a configured version
 	name      string
 	key       providers.Key
 	provider  providers.Provider
@@ -283,7 +284,7 @@ func (a *Agent) current(r *resolved) (*resolved, error) {
 	now := *r
 	now.gen = gen
 	switch {
-	case configured && (a.byName[kc.Provider] != r.provider || kc.Ref != r.ref):
+	case configured && (a.byName[kc.Provider] != r.provider || kc.Ref != r.cref):
 		return nil, providers.Publicf(providers.ErrPermissionDenied, "key %q now names another key; the context, which used the old one, was ended", r.name)
 	case configured:
 		pol := kc.Policy
@@ -391,15 +392,20 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 	if a.unknown.has(name, time.Now()) {
 		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q not found", name)
 	}
-	r := &resolved{name: name, ref: name, gen: gen, policy: &def}
+	r := &resolved{name: name, ref: name, cref: name, gen: gen, policy: &def}
+	pin := 0 // a configured object of NAME@N: that version alone
 	if configured {
 		p := a.byName[kc.Provider]
-		k, err := a.findIn(ctx, p, kc.Ref)
+		ref, n, ok := splitVersion(kc.Ref)
+		if !ok {
+			return nil, a.keyError(gen, made, name, p, providers.ErrKeyNotFound)
+		}
+		k, err := a.findIn(ctx, p, ref)
 		if err != nil {
 			return nil, a.keyError(gen, made, name, p, err)
 		}
 		pol := kc.Policy
-		r.key, r.provider, r.policy, r.ref = k, p, &pol, kc.Ref
+		r.key, r.provider, r.policy, r.ref, r.cref, pin = k, p, &pol, ref, kc.Ref, n
 	} else {
 		// A provider that cannot answer stops the search: a later one's
 		// key of the same name is not the key this name means.
@@ -440,6 +446,11 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 	if kv != nil {
 		r.versions = kv
 		r.version = kv.snap.Load().current().n
+	}
+	if pin > 0 {
+		if err := pinConfigured(r, pin); err != nil {
+			return nil, err
+		}
 	}
 	a.mu.Lock()
 	if a.gen.Load() == gen { // a reload meanwhile: do not cache the old view

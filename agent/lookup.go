@@ -110,13 +110,14 @@ func (a *Agent) claimedBy(ctx context.Context, keys map[string]KeyConfig, p prov
 		if kc.Provider != p.Name() {
 			continue
 		}
-		if kc.Ref == name {
+		ref := baseName([]byte(kc.Ref)) // an entry naming one version claims the key
+		if ref == name {
 			return kc.Name, nil
 		}
 		if !hasID {
 			continue
 		}
-		ck, err := a.findIn(ctx, p, kc.Ref)
+		ck, err := a.findIn(ctx, p, ref)
 		if errors.Is(err, providers.ErrKeyNotFound) {
 			continue
 		}
@@ -209,7 +210,7 @@ func (a *Agent) refClaimed(r *resolved) bool {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	for _, kc := range a.keys {
-		if kc.Name != r.name && kc.Ref == r.ref && a.byName[kc.Provider] == r.provider {
+		if kc.Name != r.name && baseName([]byte(kc.Ref)) == r.ref && a.byName[kc.Provider] == r.provider {
 			return true
 		}
 	}

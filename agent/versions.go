@@ -272,6 +272,26 @@ func (a *Agent) resolvePinned(ctx context.Context, name, base string, n int) (*r
 	return &r, nil
 }
 
+// pinConfigured makes r, a configured key whose object is NAME@N, that
+// version alone.
+func pinConfigured(r *resolved, n int) error {
+	r.pinned, r.version = true, n
+	if r.versions == nil {
+		if n != 1 {
+			return providers.Publicf(providers.ErrKeyNotFound, "key %q: its provider keeps no version %d", r.name, n)
+		}
+		return nil
+	}
+	k := liveVersion(r.versions.snap.Load(), n)
+	if k == nil {
+		return providers.Publicf(providers.ErrKeyNotFound, "key %q: version %d is not live", r.name, n)
+	}
+	r.key = k
+	r.oneShot, _ = k.(providers.OneShot)
+	r.verifier, _ = k.(providers.OneShotVerifier)
+	return nil
+}
+
 // RefreshVersions reads every key's versions again from its provider,
 // retires the versions past their grace and rotates the keys whose
 // rotate_every has passed. The agent runs it every VersionRefresh.
@@ -312,7 +332,7 @@ func (a *Agent) maintainVersions(ctx context.Context) {
 	a.mu.RUnlock()
 	for _, kc := range due {
 		r, err := a.resolve(ctx, []byte(kc.Name))
-		if err != nil || r.versions == nil {
+		if err != nil || r.versions == nil || r.pinned {
 			continue // reported when a client asks for it
 		}
 		if err := a.refresh(ctx, r.versions); err != nil {

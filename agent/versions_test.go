@@ -199,3 +199,39 @@ func TestVersionGrace(t *testing.T) {
 		t.Errorf("version 1 past its grace is %s, want retired by the agent", vs[0].State)
 	}
 }
+
+// A configured key whose object is NAME@N is that version alone, with
+// the entry's policy, and it claims the key from its own name.
+func TestConfiguredVersion(t *testing.T) {
+	ctx := context.Background()
+	me := agent.OwnerPolicy(uint32(os.Geteuid()))
+	f := newVersionsFixture(t,
+		agent.KeyConfig{Name: "current", Provider: "soft", Ref: "k", Policy: me},
+		agent.KeyConfig{Name: "legacy", Provider: "soft", Ref: "k@1", Policy: me},
+	)
+	f.soft.ImportKey(ctx, "k", []byte("one"))
+	tag1, _, _ := f.s.MACVersion(ctx, []byte("current"), providers.SHA256, nil, nil)
+	if _, err := f.a.RotateKey(ctx, owner, "", "current", nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	tag, v, err := f.s.MACVersion(ctx, []byte("legacy"), providers.SHA256, nil, nil)
+	if err != nil || v != 1 || !bytes.Equal(tag, tag1) {
+		t.Errorf("legacy (k@1) after a rotation: version %d, %v", v, err)
+	}
+	tag2, v, _ := f.s.MACVersion(ctx, []byte("current"), providers.SHA256, nil, nil)
+	if v != 2 {
+		t.Errorf("current after a rotation: version %d", v)
+	}
+	if err := f.s.VerifyMAC(ctx, []byte("legacy"), providers.SHA256, nil, tag2); !errors.Is(err, providers.ErrInvalidSignature) {
+		t.Errorf("legacy verifying version 2's tag = %v, want ErrInvalidSignature", err)
+	}
+	if _, err := f.s.MAC(ctx, []byte("k"), providers.SHA256, nil, nil); !errors.Is(err, providers.ErrKeyNotFound) {
+		t.Errorf("the key by its own name = %v, want ErrKeyNotFound: configured entries claim it", err)
+	}
+	if err := f.a.RetireVersion(ctx, owner, "", "current", 1, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.s.MAC(ctx, []byte("legacy"), providers.SHA256, nil, nil); !errors.Is(err, providers.ErrKeyNotFound) {
+		t.Errorf("legacy after version 1 was retired = %v, want ErrKeyNotFound", err)
+	}
+}

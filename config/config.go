@@ -11,6 +11,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -318,6 +319,17 @@ func (c *Config) Validate() error {
 		}
 		if k.Object != "" && k.URI != "" {
 			bad(f+".uri", "give object or uri, not both")
+		}
+		pinned := false
+		if object, version, ok := strings.Cut(k.Object, "@"); ok {
+			n, err := strconv.Atoi(version)
+			if err != nil || n < 1 || strconv.Itoa(n) != version || providers.CheckKeyName(object) != nil {
+				bad(f+".object", "%q: want NAME or NAME@N, N a version from 1", k.Object)
+			}
+			pinned = true
+		}
+		if pinned && (k.VerifyGrace.Duration != 0 || k.RotateEvery.Duration != 0) {
+			bad(f+".object", "%q names one version; verify_grace and rotate_every belong to the entry naming the key itself", k.Object)
 		}
 		if _, err := k.Policy.Resolve(); err != nil {
 			for _, e := range flatten(err) {

@@ -56,3 +56,39 @@ rotate_every = "-1s"
 		}
 	}
 }
+
+func TestConfiguredVersionObject(t *testing.T) {
+	_, err := Load(write(t, `
+[[provider]]
+name = "soft"
+type = "software"
+path = "/var/lib/hmac-agent/keys"
+[[key]]
+name = "legacy"
+provider = "soft"
+object = "webhook@1"
+[[key]]
+name = "bad"
+provider = "soft"
+object = "webhook@01"
+[[key]]
+name = "scheduled"
+provider = "soft"
+object = "webhook@2"
+rotate_every = "24h"
+`))
+	if err == nil {
+		t.Fatal("invalid objects accepted")
+	}
+	for _, want := range []string{
+		`key[1].object: "webhook@01": want NAME or NAME@N`,
+		`key[2].object: "webhook@2" names one version; verify_grace and rotate_every belong`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "key[0]") {
+		t.Errorf("webhook@1 refused: %v", err)
+	}
+}
