@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"sync"
 	"time"
@@ -500,10 +499,7 @@ func (s *Session) MACVersion(ctx context.Context, key []byte, alg providers.Algo
 // mac computes a one-shot's tag with version vk of r; its errors are the
 // provider's own.
 func (s *Session) mac(ctx context.Context, r *resolved, vk versionKey, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
-	if r.oneShot != nil && vk.key == r.key {
-		return r.oneShot.SumMAC(ctx, alg, data, dst)
-	}
-	return sumOne(ctx, vk.key, alg, data, dst)
+	return sumOne(ctx, vk, alg, data, dst)
 }
 
 // VerifyMAC checks tag over data in one call, in constant time: in the
@@ -553,41 +549,14 @@ func (s *Session) auditVerifyMAC(r *resolved, alg providers.Algorithm, err error
 // and returns the version it matched; its errors are ErrInvalidSignature
 // or the provider's own.
 func (s *Session) verifyMAC(ctx context.Context, r *resolved, alg providers.Algorithm, data, tag []byte) (int, error) {
-	if r.pinned || r.versions == nil {
-		err := s.verifyOneFast(ctx, r, alg, data, tag)
-		if err != nil {
+	keys := r.verifyKeys()
+	if len(keys) == 1 {
+		if err := verifyOne(ctx, keys[0], alg, data, tag); err != nil {
 			return 0, err
 		}
-		return r.version, nil
+		return keys[0].n, nil
 	}
-	return verifyVersions(ctx, r.verifyKeys(), alg, data, tag)
-}
-
-// verifyOneFast is verifyOne with the interfaces r found at resolution.
-func (s *Session) verifyOneFast(ctx context.Context, r *resolved, alg providers.Algorithm, data, tag []byte) error {
-	var err error
-	switch {
-	case r.verifier != nil:
-		err = r.verifier.VerifyMAC(ctx, alg, data, tag)
-	case r.oneShot != nil:
-		var buf [64]byte
-		var sum []byte
-		if sum, err = r.oneShot.SumMAC(ctx, alg, data, buf[:0]); err == nil && subtle.ConstantTimeCompare(sum, tag) != 1 {
-			err = providers.ErrInvalidSignature
-		}
-	default:
-		var m providers.MAC
-		if m, err = r.key.NewMAC(ctx, alg); err == nil {
-			if err = m.Update(ctx, data); err == nil {
-				err = m.Verify(ctx, tag)
-			}
-			m.Close()
-		}
-	}
-	if errors.Is(err, providers.ErrInvalidSignature) {
-		return providers.ErrInvalidSignature
-	}
-	return err // the provider's own
+	return verifyVersions(ctx, keys, alg, data, tag)
 }
 
 // StartMAC is MAC for a caller that must not wait, such as a

@@ -29,9 +29,18 @@ const DefaultVersionRefresh = 2 * time.Second
 
 // versionKey is one version of a key, opened in its provider.
 type versionKey struct {
-	n       int
-	key     providers.Key
-	created time.Time // as the provider reported it, to tell a version made anew under an old number
+	n        int
+	key      providers.Key
+	oneShot  providers.OneShot         // nil if the key has no fast path
+	verifier providers.OneShotVerifier // nil if it cannot verify in its device
+	created  time.Time                 // as the provider reported it, to tell a version made anew under an old number
+}
+
+func newVersionKey(n int, k providers.Key, created time.Time) versionKey {
+	vk := versionKey{n: n, key: k, created: created}
+	vk.oneShot, _ = k.(providers.OneShot)
+	vk.verifier, _ = k.(providers.OneShotVerifier)
+	return vk
 }
 
 // versionSnapshot is a key's versions as last read. It is never changed
@@ -165,7 +174,7 @@ func (a *Agent) refresh(ctx context.Context, kv *keyVersions) error {
 				return err
 			}
 		}
-		vk := versionKey{n: info.Version, key: k, created: info.Created}
+		vk := newVersionKey(info.Version, k, info.Created)
 		if info.State == providers.VersionCurrent && current == nil {
 			current = &vk
 		} else {
@@ -208,7 +217,7 @@ func liveVersion(s *versionSnapshot, n int) providers.Key {
 // macKey returns the key and version that compute r's new tags.
 func (r *resolved) macKey() versionKey {
 	if r.pinned || r.versions == nil {
-		return versionKey{n: r.version, key: r.key}
+		return versionKey{n: r.version, key: r.key, oneShot: r.oneShot, verifier: r.verifier}
 	}
 	return r.versions.snap.Load().current()
 }
@@ -217,7 +226,7 @@ func (r *resolved) macKey() versionKey {
 // computes new tags first.
 func (r *resolved) verifyKeys() []versionKey {
 	if r.pinned || r.versions == nil {
-		return []versionKey{{n: r.version, key: r.key}}
+		return []versionKey{{n: r.version, key: r.key, oneShot: r.oneShot, verifier: r.verifier}}
 	}
 	return r.versions.snap.Load().live
 }

@@ -118,7 +118,7 @@ func verifyVersions(ctx context.Context, keys []versionKey, alg providers.Algori
 	var failed error
 	match := 0
 	for _, vk := range keys {
-		err := verifyOne(ctx, vk.key, alg, data, tag)
+		err := verifyOne(ctx, vk, alg, data, tag)
 		ok := subtle.ConstantTimeEq(boolInt(err == nil), 1)
 		match = subtle.ConstantTimeSelect(ok&subtle.ConstantTimeEq(int32(match), 0), vk.n, match)
 		if err != nil && err != providers.ErrInvalidSignature && failed == nil {
@@ -137,19 +137,20 @@ func verifyVersions(ctx context.Context, keys []versionKey, alg providers.Algori
 // verifyOne checks a one-shot's tag with one key: in its device when it
 // can, else in the agent. Its errors are ErrInvalidSignature or the
 // provider's own.
-func verifyOne(ctx context.Context, k providers.Key, alg providers.Algorithm, data, tag []byte) error {
+func verifyOne(ctx context.Context, vk versionKey, alg providers.Algorithm, data, tag []byte) error {
 	var err error
-	if v, ok := k.(providers.OneShotVerifier); ok {
-		err = v.VerifyMAC(ctx, alg, data, tag)
-	} else if o, ok := k.(providers.OneShot); ok {
+	switch {
+	case vk.verifier != nil:
+		err = vk.verifier.VerifyMAC(ctx, alg, data, tag)
+	case vk.oneShot != nil:
 		var buf [64]byte
 		var sum []byte
-		if sum, err = o.SumMAC(ctx, alg, data, buf[:0]); err == nil && subtle.ConstantTimeCompare(sum, tag) != 1 {
+		if sum, err = vk.oneShot.SumMAC(ctx, alg, data, buf[:0]); err == nil && subtle.ConstantTimeCompare(sum, tag) != 1 {
 			err = providers.ErrInvalidSignature
 		}
-	} else {
+	default:
 		var m providers.MAC
-		if m, err = k.NewMAC(ctx, alg); err == nil {
+		if m, err = vk.key.NewMAC(ctx, alg); err == nil {
 			if err = m.Update(ctx, data); err == nil {
 				err = m.Verify(ctx, tag)
 			}
@@ -164,11 +165,11 @@ func verifyOne(ctx context.Context, k providers.Key, alg providers.Algorithm, da
 
 // sumOne computes a one-shot's tag with one key; its errors are the
 // provider's own.
-func sumOne(ctx context.Context, k providers.Key, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
-	if o, ok := k.(providers.OneShot); ok {
-		return o.SumMAC(ctx, alg, data, dst)
+func sumOne(ctx context.Context, vk versionKey, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
+	if vk.oneShot != nil {
+		return vk.oneShot.SumMAC(ctx, alg, data, dst)
 	}
-	m, err := k.NewMAC(ctx, alg)
+	m, err := vk.key.NewMAC(ctx, alg)
 	if err != nil {
 		return nil, err
 	}

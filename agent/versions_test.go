@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -233,5 +234,49 @@ func TestConfiguredVersion(t *testing.T) {
 	}
 	if _, err := f.s.MAC(ctx, []byte("legacy"), providers.SHA256, nil, nil); !errors.Is(err, providers.ErrKeyNotFound) {
 		t.Errorf("legacy after version 1 was retired = %v, want ErrKeyNotFound", err)
+	}
+}
+
+// BenchmarkVersionsOneShot is the cost of live versions in the agent, no
+// socket: a MAC and a verification of the oldest live version's tag,
+// with one, two and three versions live.
+func BenchmarkVersionsOneShot(b *testing.B) {
+	ctx := context.Background()
+	soft, err := software.Open("soft", filepath.Join(b.TempDir(), "keys"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	a, err := agent.New(agent.Options{Providers: []providers.Provider{soft}, VersionRefresh: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer a.Close()
+	s := a.NewSession(owner)
+	defer s.Close()
+	soft.ImportKey(ctx, "k", []byte("one"))
+	msg := make([]byte, 64)
+	oldest, _, err := s.MACVersion(ctx, []byte("k"), providers.SHA256, msg, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for live := 1; live <= 3; live++ {
+		if live > 1 {
+			if _, err := a.RotateKey(ctx, owner, "", "k", nil, 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.Run(fmt.Sprintf("MAC/live=%d", live), func(b *testing.B) {
+			dst := make([]byte, 0, 64)
+			for b.Loop() {
+				s.MAC(ctx, []byte("k"), providers.SHA256, msg, dst)
+			}
+		})
+		b.Run(fmt.Sprintf("VerifyOldest/live=%d", live), func(b *testing.B) {
+			for b.Loop() {
+				if err := s.VerifyMAC(ctx, []byte("k"), providers.SHA256, msg, oldest); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
