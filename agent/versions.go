@@ -254,6 +254,10 @@ func (a *Agent) resolvePinned(ctx context.Context, name, base string, n int) (*r
 	r := *r0
 	r.pinned, r.version = true, n
 	switch {
+	case r0.pinned && n != r0.version:
+		// A configured entry naming one version reaches that one only.
+		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q has no version %d", base, n)
+	case r0.pinned:
 	case r0.versions == nil && n == 1:
 	case r0.versions == nil:
 		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q has no version %d", base, n)

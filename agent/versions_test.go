@@ -280,3 +280,19 @@ func BenchmarkVersionsOneShot(b *testing.B) {
 		})
 	}
 }
+
+// NAME@N of a configured entry that names one version reaches that
+// version only.
+func TestConfiguredVersionPinnedAgain(t *testing.T) {
+	ctx := context.Background()
+	me := agent.OwnerPolicy(uint32(os.Geteuid()))
+	f := newVersionsFixture(t, agent.KeyConfig{Name: "legacy", Provider: "soft", Ref: "k@1", Policy: me})
+	f.soft.ImportKey(ctx, "k", []byte("one"))
+	f.soft.RotateKey(ctx, "k", nil, 0)
+	if _, err := f.s.MAC(ctx, []byte("legacy@1"), providers.SHA256, nil, nil); err != nil {
+		t.Errorf("legacy@1: %v", err)
+	}
+	if _, err := f.s.MAC(ctx, []byte("legacy@2"), providers.SHA256, nil, nil); !errors.Is(err, providers.ErrKeyNotFound) {
+		t.Errorf("legacy@2 = %v, want ErrKeyNotFound: the entry names version 1 alone", err)
+	}
+}
