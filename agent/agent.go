@@ -23,6 +23,13 @@ type KeyConfig struct {
 	Provider string // the provider's name
 	Ref      string // the key's name in the provider; empty means Name
 	Policy   Policy
+	// VerifyGrace is how long a version keeps verifying after it stops
+	// being current; zero means until it is retired. The agent retires
+	// versions past it.
+	VerifyGrace time.Duration
+	// RotateEvery, if set, has the agent rotate the key when its current
+	// version is that old.
+	RotateEvery time.Duration
 }
 
 // Options configure an Agent.
@@ -46,6 +53,14 @@ type Options struct {
 	// HealthInterval is how often each provider's health is probed in
 	// the background; zero means DefaultHealthInterval.
 	HealthInterval time.Duration
+	// VersionRefresh is how often each key's versions are read again
+	// from its provider; zero means DefaultVersionRefresh, and a negative
+	// value turns the background refresh off (tests call
+	// RefreshVersions themselves).
+	VersionRefresh time.Duration
+	// Now is the clock that grace periods and rotation schedules are
+	// measured by; nil means time.Now.
+	Now func() time.Time
 }
 
 // Agent routes key names to providers and holds the limits shared by all
@@ -102,12 +117,17 @@ type Agent struct {
 	// reading the time on every update would cost more than the update.
 	now  atomic.Int64
 	stop chan struct{}
+
+	clockFn    func() time.Time
+	versionsMu sync.Mutex
+	versions   map[versionsID]*keyVersions
 }
 
 // resolved is a key found in its provider, with its policy.
 type resolved struct {
 	gen       uint64 // the configuration it was resolved under
 	ref       string // its name in the provider
+	cref      string // the reference it was found by: ref, or ref@N for a configured version
 	name      string
 	key       providers.Key
 	provider  providers.Provider
@@ -116,6 +136,12 @@ type resolved struct {
 	immediate bool
 	oneShot   providers.OneShot         // nil if the key has no fast path
 	verifier  providers.OneShotVerifier // nil if the key cannot verify in its device
+	// version is the version key is; versions, for a provider that keeps
+	// versions, holds the key's live versions. A pinned key (NAME@N) is
+	// version alone; any other uses versions when it has them.
+	version  int
+	pinned   bool
+	versions *keyVersions
 }
 
 // New returns an agent serving the given providers. It fails if a key names
@@ -137,6 +163,11 @@ func New(opts Options) (*Agent, error) {
 
 		auditLimit: newLogLimiter(logLinesPerSecond, logLinesBurst),
 		logLimit:   newLogLimiter(logLinesPerSecond, logLinesBurst),
+		clockFn:    opts.Now,
+		versions:   make(map[versionsID]*keyVersions),
+	}
+	if a.clockFn == nil {
+		a.clockFn = time.Now
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
@@ -167,6 +198,12 @@ func New(opts Options) (*Agent, error) {
 	a.noteIdentityNeedsLocked(a.keys, a.defaultPolicy)
 	go a.tick()
 	a.watch(opts.HealthInterval)
+	switch {
+	case opts.VersionRefresh == 0:
+		go a.versionLoop(DefaultVersionRefresh)
+	case opts.VersionRefresh > 0:
+		go a.versionLoop(opts.VersionRefresh)
+	}
 	return a, nil
 }
 
@@ -256,7 +293,7 @@ func (a *Agent) current(r *resolved) (*resolved, error) {
 	now := *r
 	now.gen = gen
 	switch {
-	case configured && (a.byName[kc.Provider] != r.provider || kc.Ref != r.ref):
+	case configured && (a.byName[kc.Provider] != r.provider || kc.Ref != r.cref):
 		return nil, providers.Publicf(providers.ErrPermissionDenied, "key %q now names another key; the context, which used the old one, was ended", r.name)
 	case configured:
 		pol := kc.Policy
@@ -313,6 +350,9 @@ func (a *Agent) tick() {
 	}
 }
 
+// clock is the time grace periods and rotation schedules are measured by.
+func (a *Agent) clock() time.Time { return a.clockFn() }
+
 // Limits returns the agent's limits with defaults filled in.
 func (a *Agent) Limits() Limits { return a.limits }
 
@@ -344,6 +384,11 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 	if a.closed.Load() {
 		return nil, providers.ErrClosed
 	}
+	if base, n, ok := splitVersion(name); !ok {
+		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q not found", name)
+	} else if n > 0 {
+		return a.resolvePinned(ctx, name, base, n)
+	}
 	if providers.CheckKeyName(name) != nil {
 		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q not found", name)
 	}
@@ -356,15 +401,20 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 	if a.unknown.has(name, time.Now()) {
 		return nil, providers.Publicf(providers.ErrKeyNotFound, "key %q not found", name)
 	}
-	r := &resolved{name: name, ref: name, gen: gen, policy: &def}
+	r := &resolved{name: name, ref: name, cref: name, gen: gen, policy: &def}
+	pin := 0 // a configured object of NAME@N: that version alone
 	if configured {
 		p := a.byName[kc.Provider]
-		k, err := a.findIn(ctx, p, kc.Ref)
+		ref, n, ok := splitVersion(kc.Ref)
+		if !ok {
+			return nil, a.keyError(gen, made, name, p, providers.ErrKeyNotFound)
+		}
+		k, err := a.findIn(ctx, p, ref)
 		if err != nil {
 			return nil, a.keyError(gen, made, name, p, err)
 		}
 		pol := kc.Policy
-		r.key, r.provider, r.policy, r.ref = k, p, &pol, kc.Ref
+		r.key, r.provider, r.policy, r.ref, r.cref, pin = k, p, &pol, ref, kc.Ref, n
 	} else {
 		// A provider that cannot answer stops the search: a later one's
 		// key of the same name is not the key this name means.
@@ -397,6 +447,20 @@ func (a *Agent) resolveSlow(ctx context.Context, name string) (*resolved, error)
 	}
 	r.oneShot, _ = r.key.(providers.OneShot)
 	r.verifier, _ = r.key.(providers.OneShotVerifier)
+	r.version = 1
+	kv, err := a.versionsOf(ctx, r.provider, r.ref)
+	if err != nil {
+		return nil, a.keyError(gen, made, name, r.provider, err)
+	}
+	if kv != nil {
+		r.versions = kv
+		r.version = kv.snap.Load().current().n
+	}
+	if pin > 0 {
+		if err := pinConfigured(r, pin); err != nil {
+			return nil, err
+		}
+	}
 	a.mu.Lock()
 	if a.gen.Load() == gen { // a reload meanwhile: do not cache the old view
 		a.updateCacheLocked(func(m map[string]*resolved) { m[name] = r })
@@ -447,7 +511,14 @@ func (a *Agent) updateCacheLocked(change func(map[string]*resolved)) {
 // that refer to an object of that name.
 func (a *Agent) forget(name string) {
 	a.mu.Lock()
-	a.updateCacheLocked(func(m map[string]*resolved) { delete(m, name) })
+	a.updateCacheLocked(func(m map[string]*resolved) {
+		delete(m, name)
+		for k := range m {
+			if baseName([]byte(k)) == name {
+				delete(m, k) // its versions, NAME@N
+			}
+		}
+	})
 	a.unknown.remove(name)
 	for _, kc := range a.keys {
 		if kc.Ref == name {

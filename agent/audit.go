@@ -14,7 +14,13 @@ import (
 //
 //	time, msg="key use" or "denied", key, operation, algorithm,
 //	uid, gid, pid, unit (or cgroup when there is no unit), container,
-//	exe, result ("ok" or an error name), bytes, duration (ns)
+//	exe, result ("ok" or an error name), bytes, duration (ns), version
+//
+// version is the key version that computed the tag, or that a verified
+// tag matched; previous=true marks a verification that only a version
+// other than the current one satisfied. The agent's own rotations and
+// retirements are lines with operation "rotate" or "retire", uid 0 and
+// pid 0.
 //
 // unit, cgroup and exe are "unknown" when the caller's identity could not
 // be read (see docs/security.md); container appears only when there is
@@ -36,6 +42,12 @@ type Use struct {
 	Err       error
 	Bytes     int64
 	Duration  time.Duration // 0 when not measured
+	// Version is the key version used, 0 when none was (an error, a
+	// denial).
+	Version int
+	// Previous is set for a verification satisfied by a version other
+	// than the current one.
+	Previous bool
 	// Registered says Key is in the agent's registry: a configured key
 	// or one a provider holds. Any other name is the caller's own
 	// choosing, and nothing that keeps state per name may keep it.
@@ -61,6 +73,11 @@ func (a *Agent) observed() bool { return a.audit != nil || a.observe != nil }
 // auditUse records a use of a key. It costs one check when neither the
 // audit log nor an observer is on.
 func (a *Agent) auditUse(peer Peer, op, key string, alg providers.Algorithm, err error, bytes int64, start time.Time) {
+	a.auditUseVersion(peer, op, key, alg, err, bytes, start, 0, false)
+}
+
+// auditUseVersion is auditUse for a use of a known key version.
+func (a *Agent) auditUseVersion(peer Peer, op, key string, alg providers.Algorithm, err error, bytes int64, start time.Time, version int, previous bool) {
 	if !a.observed() {
 		return
 	}
@@ -71,7 +88,7 @@ func (a *Agent) auditUse(peer Peer, op, key string, alg providers.Algorithm, err
 	if a.observe != nil {
 		// A key used without error was resolved, so only a failure asks.
 		reg := err == nil || a.registered(key)
-		a.observe(Use{Peer: peer, Operation: op, Key: key, Algorithm: alg, Err: err, Bytes: bytes, Duration: d, Registered: reg})
+		a.observe(Use{Peer: peer, Operation: op, Key: key, Algorithm: alg, Err: err, Bytes: bytes, Duration: d, Version: version, Previous: previous, Registered: reg})
 	}
 	if a.audit == nil {
 		return
@@ -113,6 +130,12 @@ func (a *Agent) auditUse(peer Peer, op, key string, alg providers.Algorithm, err
 	}
 	if leftOut > 0 {
 		attrs = append(attrs, slog.Uint64("left_out", leftOut))
+	}
+	if version > 0 {
+		attrs = append(attrs, slog.Int("version", version))
+	}
+	if previous {
+		attrs = append(attrs, slog.Bool("previous", true))
 	}
 	a.audit.LogAttrs(context.Background(), level, msg, attrs...)
 }

@@ -24,6 +24,17 @@
 // whether the key exists or not; names found in no provider are
 // remembered for a short while, so that guesses do not reach a device.
 //
+// # Key versions
+//
+// A key whose provider keeps versions (providers.Versioner) MACs with its
+// current version and verifies against every live one; NAME@N is version
+// N alone. The agent reads each key's versions again every
+// Options.VersionRefresh, so that a rotation made through another agent
+// sharing the provider is served here too, and on that pace it retires
+// versions past their KeyConfig.VerifyGrace and rotates keys whose
+// KeyConfig.RotateEvery has passed, measured by Options.Now. A context
+// keeps the versions it opened with. See docs/keys.md.
+//
 // # Devices
 //
 // Every call into a provider that may wait (all but the operations of

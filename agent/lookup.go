@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +20,9 @@ func (a *Agent) lookup(ctx context.Context, peer Peer, name []byte, ops Ops) (*r
 	if m := a.cache.Load(); m != nil {
 		if r := (*m)[string(name)]; r != nil {
 			if r.policy.allows(peer, ops) {
+				if err := r.usable(); err != nil {
+					return nil, err
+				}
 				return r, nil
 			}
 			return nil, a.denied(peer, r.policy, r.name, ops)
@@ -27,7 +31,7 @@ func (a *Agent) lookup(ctx context.Context, peer Peer, name []byte, ops Ops) (*r
 	if !a.isAdmin(peer) {
 		a.mu.RLock()
 		pol := a.defaultPolicy
-		if kc, ok := a.keys[string(name)]; ok {
+		if kc, ok := a.keys[baseName(name)]; ok {
 			pol = kc.Policy
 		}
 		a.mu.RUnlock()
@@ -41,6 +45,9 @@ func (a *Agent) lookup(ctx context.Context, peer Peer, name []byte, ops Ops) (*r
 	}
 	if !r.policy.allows(peer, ops) {
 		return nil, a.denied(peer, r.policy, r.name, ops)
+	}
+	if err := r.usable(); err != nil {
+		return nil, err
 	}
 	return r, nil
 }
@@ -60,7 +67,7 @@ func (a *Agent) allowedNothing(peer Peer, name []byte) bool {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	pol := &a.defaultPolicy
-	if kc, ok := a.keys[string(name)]; ok {
+	if kc, ok := a.keys[baseName(name)]; ok {
 		pol = &kc.Policy
 	}
 	return !pol.allows(peer, OpMAC|OpVerify)
@@ -103,13 +110,14 @@ func (a *Agent) claimedBy(ctx context.Context, keys map[string]KeyConfig, p prov
 		if kc.Provider != p.Name() {
 			continue
 		}
-		if kc.Ref == name {
+		ref := baseName([]byte(kc.Ref)) // an entry naming one version claims the key
+		if ref == name {
 			return kc.Name, nil
 		}
 		if !hasID {
 			continue
 		}
-		ck, err := a.findIn(ctx, p, kc.Ref)
+		ck, err := a.findIn(ctx, p, ref)
 		if errors.Is(err, providers.ErrKeyNotFound) {
 			continue
 		}
@@ -165,11 +173,18 @@ func (u *unknownNames) add(name string, now time.Time) {
 	u.cur[name] = now
 }
 
-// remove forgets name, after a key of that name was made.
+// remove forgets name and its versions (NAME@N), after a key of that
+// name was made or changed.
 func (u *unknownNames) remove(name string) {
 	u.mu.Lock()
-	delete(u.cur, name)
-	delete(u.prev, name)
+	for _, m := range []map[string]time.Time{u.cur, u.prev} {
+		delete(m, name)
+		for k := range m {
+			if strings.HasPrefix(k, name+"@") {
+				delete(m, k)
+			}
+		}
+	}
 	u.mu.Unlock()
 }
 
@@ -195,7 +210,7 @@ func (a *Agent) refClaimed(r *resolved) bool {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	for _, kc := range a.keys {
-		if kc.Name != r.name && kc.Ref == r.ref && a.byName[kc.Provider] == r.provider {
+		if kc.Name != r.name && baseName([]byte(kc.Ref)) == r.ref && a.byName[kc.Provider] == r.provider {
 			return true
 		}
 	}

@@ -49,6 +49,7 @@ func (a *Agent) ListKeys(ctx context.Context, peer Peer) ([]providers.KeyInfo, e
 				info.Algorithms = append(info.Algorithms, alg)
 			}
 		}
+		a.addVersions(&info, r)
 		out = append(out, info)
 		seen[name] = true
 	}
@@ -70,6 +71,23 @@ func (a *Agent) ListKeys(ctx context.Context, peer Peer) ([]providers.KeyInfo, e
 					continue // reachable only through its [[key]] entry
 				}
 				seen[info.Name] = true
+				if r := a.cached([]byte(info.Name)); r != nil && r.provider == p {
+					a.addVersions(&info, r)
+				} else if v, ok := p.(providers.Versioner); ok {
+					// Read, not tracked: listing must not make the agent
+					// refresh every key it lists from then on.
+					vs, err := onDevice(ctx, a.devices[p], func(ctx context.Context) ([]providers.VersionInfo, error) {
+						return v.Versions(ctx, info.Name)
+					}, nil)
+					if err == nil {
+						info.Versions = vs
+						for _, vi := range vs {
+							if vi.State == providers.VersionCurrent {
+								info.Version = vi.Version
+							}
+						}
+					}
+				}
 				out = append(out, info)
 			}
 		}

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"sync"
 	"time"
@@ -38,8 +37,11 @@ type macContext struct {
 	key *resolved
 	// ops are the operations the peer had on key when the context
 	// opened; a reload that takes one away ends the context.
-	ops     Ops
-	alg     providers.Algorithm
+	ops Ops
+	alg providers.Algorithm
+	// version is the key version that finalizes: the current one when
+	// the context opened, kept through copies and rotations.
+	version int
 	err     error
 	bytes   int64
 	opened  time.Time
@@ -94,7 +96,8 @@ func (s *Session) Open(ctx context.Context, id uint32, key []byte, alg providers
 		}
 		return err
 	}
-	if !r.key.Supports(alg) {
+	keys := r.verifyKeys()
+	if !keys[0].key.Supports(alg) {
 		return providers.Publicf(providers.ErrUnsupportedAlgorithm, "key %q (provider %q) cannot do %s", r.name, r.provider.Name(), alg)
 	}
 	if err := s.reserve(id); err != nil {
@@ -102,17 +105,17 @@ func (s *Session) Open(ctx context.Context, id uint32, key []byte, alg providers
 	}
 	var m providers.MAC
 	if r.immediate {
-		m, err = r.key.NewMAC(ctx, alg)
+		m, err = openVersions(ctx, keys, alg)
 	} else {
 		m, err = onDevice(ctx, r.dev, func(ctx context.Context) (providers.MAC, error) {
-			return r.key.NewMAC(ctx, alg)
+			return openVersions(ctx, keys, alg)
 		}, closeMAC)
 	}
 	if err != nil {
 		s.release(id)
 		return s.keyFailed(r, err)
 	}
-	return s.install(id, &macContext{mac: m, key: r, ops: r.policy.opsFor(s.peer), alg: alg, opened: time.Now()})
+	return s.install(id, &macContext{mac: m, key: r, ops: r.policy.opsFor(s.peer), alg: alg, version: keys[0].n, opened: time.Now()})
 }
 
 // install puts an opened context in the place reserve made for it.
@@ -397,23 +400,30 @@ func (s *Session) Copy(ctx context.Context, id, newID uint32) error {
 		s.release(newID)
 		return s.keyFailed(c.key, err)
 	}
-	return s.install(newID, &macContext{mac: m, key: c.key, ops: c.ops, alg: c.alg, bytes: c.bytes, opened: time.Now()})
+	return s.install(newID, &macContext{mac: m, key: c.key, ops: c.ops, alg: c.alg, version: c.version, bytes: c.bytes, opened: time.Now()})
 }
 
 // Finalize finishes context id and appends its tag to dst. A peer allowed
 // only to verify gets ErrPermissionDenied, and the context is finished all
 // the same.
 func (s *Session) Finalize(ctx context.Context, id uint32, dst []byte) (tag []byte, err error) {
+	tag, _, err = s.FinalizeVersion(ctx, id, dst)
+	return tag, err
+}
+
+// FinalizeVersion is Finalize that also returns the key version that
+// computed the tag.
+func (s *Session) FinalizeVersion(ctx context.Context, id uint32, dst []byte) (tag []byte, version int, err error) {
 	c, err := s.take(id, true, true)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	defer func() { s.finish(c, "finalize", err) }()
+	defer func() { s.finishVersion(c, "finalize", err, version, false) }()
 	if c.err != nil {
-		return nil, c.err
+		return nil, 0, c.err
 	}
 	if err := s.agent.check(s.peer, c.key, OpMAC); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	var t []byte
 	if c.key.immediate {
@@ -424,24 +434,32 @@ func (s *Session) Finalize(ctx context.Context, id uint32, dst []byte) (tag []by
 		c.lost = timedOut(err)
 	}
 	if err != nil {
-		return nil, s.keyFailed(c.key, err)
+		return nil, 0, s.keyFailed(c.key, err)
 	}
-	return append(dst, t...), nil
+	return append(dst, t...), c.version, nil
 }
 
 // Verify finishes context id and checks tag in constant time. Errors wrap
 // ErrInvalidSignature, ErrPermissionDenied or the sticky error.
-func (s *Session) Verify(ctx context.Context, id uint32, tag []byte) (err error) {
+func (s *Session) Verify(ctx context.Context, id uint32, tag []byte) error {
+	_, err := s.VerifyVersion(ctx, id, tag)
+	return err
+}
+
+// VerifyVersion is Verify that also returns the key version the tag
+// matched. A context on a plain name accepts a tag from any version
+// that was live when it opened.
+func (s *Session) VerifyVersion(ctx context.Context, id uint32, tag []byte) (version int, err error) {
 	c, err := s.take(id, true, true)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	defer func() { s.finish(c, "verify", err) }()
+	defer func() { s.finishVersion(c, "verify", err, version, version != 0 && version != c.version) }()
 	if c.err != nil {
-		return c.err
+		return 0, c.err
 	}
 	if err := s.agent.check(s.peer, c.key, OpVerify); err != nil {
-		return err
+		return 0, err
 	}
 	if c.key.immediate {
 		err = c.mac.Verify(ctx, tag)
@@ -452,19 +470,28 @@ func (s *Session) Verify(ctx context.Context, id uint32, tag []byte) (err error)
 	}
 	if err != nil {
 		if errors.Is(err, providers.ErrInvalidSignature) {
-			return providers.ErrInvalidSignature
+			return 0, providers.ErrInvalidSignature
 		}
-		return s.keyFailed(c.key, err)
+		return 0, s.keyFailed(c.key, err)
 	}
-	return nil
+	if mm, ok := c.mac.(*multiMAC); ok {
+		return mm.matched, nil
+	}
+	return c.version, nil
 }
 
 // finish closes a context taken out of the session and audits its use.
 func (s *Session) finish(c *macContext, op string, err error) {
+	s.finishVersion(c, op, err, 0, false)
+}
+
+// finishVersion is finish for a use that reached a key version; previous
+// marks a verification only an older version satisfied.
+func (s *Session) finishVersion(c *macContext, op string, err error, version int, previous bool) {
 	if !c.lost {
 		c.mac.Close()
 	}
-	s.agent.auditUse(s.peer, op, c.key.name, c.alg, err, c.bytes, c.opened)
+	s.agent.auditUseVersion(s.peer, op, c.key.name, c.alg, err, c.bytes, c.opened, version, previous)
 }
 
 // Abandon frees context id without a result. An unknown id is ignored:
@@ -477,113 +504,113 @@ func (s *Session) Abandon(id uint32) {
 
 // MAC computes a whole tag in one call and appends it to dst.
 func (s *Session) MAC(ctx context.Context, key []byte, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
+	tag, _, err := s.MACVersion(ctx, key, alg, data, dst)
+	return tag, err
+}
+
+// MACVersion is MAC that also returns the key version that computed the
+// tag: the current one, or N for NAME@N.
+func (s *Session) MACVersion(ctx context.Context, key []byte, alg providers.Algorithm, data, dst []byte) ([]byte, int, error) {
 	var start time.Time
 	if s.agent.observed() {
 		start = time.Now()
 	}
 	r, err := s.oneShotKey(ctx, key, alg, OpMAC)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
+	vk := r.macKey()
 	var tag []byte
 	if r.immediate {
-		tag, err = s.mac(ctx, r, alg, data, dst)
+		tag, err = s.mac(ctx, r, vk, alg, data, dst)
 	} else {
 		tag, err = onDevice(ctx, r.dev, func(ctx context.Context) ([]byte, error) {
-			return s.mac(ctx, r, alg, data, dst)
+			return s.mac(ctx, r, vk, alg, data, dst)
 		}, nil)
 	}
 	if err != nil {
 		tag, err = nil, s.keyFailed(r, err)
 	}
-	s.agent.auditUse(s.peer, "mac", r.name, alg, err, int64(len(data)), start)
-	return tag, err
+	s.agent.auditUseVersion(s.peer, "mac", r.name, alg, err, int64(len(data)), start, vk.n, false)
+	return tag, vk.n, err
 }
 
-// mac computes a one-shot's tag; its errors are the provider's own.
-func (s *Session) mac(ctx context.Context, r *resolved, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
-	if r.oneShot != nil {
-		return r.oneShot.SumMAC(ctx, alg, data, dst)
-	}
-	m, err := r.key.NewMAC(ctx, alg)
-	if err != nil {
-		return nil, err
-	}
-	defer m.Close()
-	if err := m.Update(ctx, data); err != nil {
-		return nil, err
-	}
-	tag, err := m.Finalize(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return append(dst, tag...), nil
+// mac computes a one-shot's tag with version vk of r; its errors are the
+// provider's own.
+func (s *Session) mac(ctx context.Context, r *resolved, vk versionKey, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
+	return sumOne(ctx, vk, alg, data, dst)
 }
 
 // VerifyMAC checks tag over data in one call, in constant time: in the
-// key's device when it can, else in the agent.
+// key's device when it can, else in the agent. A plain name accepts a
+// tag from any live version of its key.
 func (s *Session) VerifyMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, tag []byte) error {
+	_, err := s.VerifyMACVersion(ctx, key, alg, data, tag)
+	return err
+}
+
+// VerifyMACVersion is VerifyMAC that also returns the key version the
+// tag matched.
+func (s *Session) VerifyMACVersion(ctx context.Context, key []byte, alg providers.Algorithm, data, tag []byte) (int, error) {
 	var start time.Time
 	if s.agent.observed() {
 		start = time.Now()
 	}
 	r, err := s.oneShotKey(ctx, key, alg, OpVerify)
 	if err != nil {
-		return err
+		return 0, err
 	}
+	var version int
 	if r.immediate {
-		err = s.verifyMAC(ctx, r, alg, data, tag)
+		version, err = s.verifyMAC(ctx, r, alg, data, tag)
 	} else {
-		err = r.dev.call(ctx, func(ctx context.Context) error { return s.verifyMAC(ctx, r, alg, data, tag) }, nil)
+		err = r.dev.call(ctx, func(ctx context.Context) error {
+			var err error
+			version, err = s.verifyMAC(ctx, r, alg, data, tag)
+			return err
+		}, nil)
 	}
 	if err != nil && err != providers.ErrInvalidSignature {
 		err = s.keyFailed(r, err)
 	}
-	s.agent.auditUse(s.peer, "verify_mac", r.name, alg, err, int64(len(data)), start)
-	return err
+	if err != nil {
+		version = 0
+	}
+	s.auditVerifyMAC(r, alg, err, len(data), start, version)
+	return version, err
 }
 
-// verifyMAC checks a one-shot's tag; its errors are ErrInvalidSignature or
-// the provider's own.
-func (s *Session) verifyMAC(ctx context.Context, r *resolved, alg providers.Algorithm, data, tag []byte) error {
-	var err error
-	switch {
-	case r.verifier != nil:
-		err = r.verifier.VerifyMAC(ctx, alg, data, tag)
-	case r.oneShot != nil:
-		var buf [64]byte
-		var sum []byte
-		if sum, err = r.oneShot.SumMAC(ctx, alg, data, buf[:0]); err == nil && subtle.ConstantTimeCompare(sum, tag) != 1 {
-			err = providers.ErrInvalidSignature
+func (s *Session) auditVerifyMAC(r *resolved, alg providers.Algorithm, err error, n int, start time.Time, version int) {
+	s.agent.auditUseVersion(s.peer, "verify_mac", r.name, alg, err, int64(n), start, version, version != 0 && version != r.macKey().n)
+}
+
+// verifyMAC checks a one-shot's tag against the versions r verifies with
+// and returns the version it matched; its errors are ErrInvalidSignature
+// or the provider's own.
+func (s *Session) verifyMAC(ctx context.Context, r *resolved, alg providers.Algorithm, data, tag []byte) (int, error) {
+	keys := r.verifyKeys()
+	if len(keys) == 1 {
+		if err := verifyOne(ctx, keys[0], alg, data, tag); err != nil {
+			return 0, err
 		}
-	default:
-		var m providers.MAC
-		if m, err = r.key.NewMAC(ctx, alg); err == nil {
-			if err = m.Update(ctx, data); err == nil {
-				err = m.Verify(ctx, tag)
-			}
-			m.Close()
-		}
+		return keys[0].n, nil
 	}
-	if errors.Is(err, providers.ErrInvalidSignature) {
-		return providers.ErrInvalidSignature
-	}
-	return err // the provider's own
+	return verifyVersions(ctx, keys, alg, data, tag)
 }
 
 // StartMAC is MAC for a caller that must not wait, such as a
 // connection's reader: it returns without waiting on a device, and done
-// gets the tag or the error exactly once, on another goroutine (a device
-// call's, or its deadline's), or before StartMAC returns for an error
-// found at once (a denial, an algorithm the key lacks, a device with too
-// many calls stuck); done must not wait either. dst and data are the
-// call's until done, and past the deadline until the stuck call returns.
-// On a key not resolved yet, finding it may wait on a device too, so that
-// happens on the other goroutine.
-func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, dst []byte, done func(tag []byte, err error)) {
+// gets the tag and the key version, or the error, exactly once, on
+// another goroutine (a device call's, or its deadline's), or before
+// StartMAC returns for an error found at once (a denial, an algorithm
+// the key lacks, a device with too many calls stuck); done must not wait
+// either. dst and data are the call's until done, and past the deadline
+// until the stuck call returns. On a key not resolved yet, finding it
+// may wait on a device too, so that happens on the other goroutine.
+func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, dst []byte, done func(tag []byte, version int, err error)) {
 	r := s.agent.cached(key)
 	if r == nil || r.immediate {
-		go func() { done(s.MAC(ctx, key, alg, data, dst)) }()
+		go func() { done(s.MACVersion(ctx, key, alg, data, dst)) }()
 		return
 	}
 	var start time.Time
@@ -591,13 +618,14 @@ func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algori
 		start = time.Now()
 	}
 	if err := s.allowOneShot(r, alg, OpMAC); err != nil {
-		done(nil, err)
+		done(nil, 0, err)
 		return
 	}
+	vk := r.macKey()
 	var tag []byte // f's; read only when f returned in time
 	r.dev.startFair(ctx, func(ctx context.Context) error {
 		var err error
-		tag, err = s.mac(ctx, r, alg, data, dst)
+		tag, err = s.mac(ctx, r, vk, alg, data, dst)
 		return err
 	}, func(err error) {
 		var out []byte
@@ -606,16 +634,16 @@ func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algori
 		} else {
 			err = s.keyFailed(r, err)
 		}
-		s.agent.auditUse(s.peer, "mac", r.name, alg, err, int64(len(data)), start)
-		done(out, err)
+		s.agent.auditUseVersion(s.peer, "mac", r.name, alg, err, int64(len(data)), start, vk.n, false)
+		done(out, vk.n, err)
 	}, nil)
 }
 
 // StartVerifyMAC is VerifyMAC as StartMAC is MAC.
-func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, tag []byte, done func(error)) {
+func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, tag []byte, done func(version int, err error)) {
 	r := s.agent.cached(key)
 	if r == nil || r.immediate {
-		go func() { done(s.VerifyMAC(ctx, key, alg, data, tag)) }()
+		go func() { done(s.VerifyMACVersion(ctx, key, alg, data, tag)) }()
 		return
 	}
 	var start time.Time
@@ -623,17 +651,24 @@ func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.
 		start = time.Now()
 	}
 	if err := s.allowOneShot(r, alg, OpVerify); err != nil {
-		done(err)
+		done(0, err)
 		return
 	}
+	var version int // f's; read only when f returned in time
 	r.dev.startFair(ctx, func(ctx context.Context) error {
-		return s.verifyMAC(ctx, r, alg, data, tag)
+		var err error
+		version, err = s.verifyMAC(ctx, r, alg, data, tag)
+		return err
 	}, func(err error) {
 		if err != nil && err != providers.ErrInvalidSignature {
 			err = s.keyFailed(r, err)
 		}
-		s.agent.auditUse(s.peer, "verify_mac", r.name, alg, err, int64(len(data)), start)
-		done(err)
+		v := 0
+		if err == nil {
+			v = version
+		}
+		s.auditVerifyMAC(r, alg, err, len(data), start, v)
+		done(v, err)
 	}, nil)
 }
 
@@ -658,6 +693,9 @@ func (s *Session) oneShotKey(ctx context.Context, key []byte, alg providers.Algo
 func (s *Session) allowOneShot(r *resolved, alg providers.Algorithm, op Ops) error {
 	if err := s.agent.check(s.peer, r, op); err != nil {
 		s.auditOneShotDenied(op, r.name, alg, err)
+		return err
+	}
+	if err := r.usable(); err != nil {
 		return err
 	}
 	return supports(r, alg)

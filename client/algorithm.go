@@ -30,3 +30,6 @@ func ParseAlgorithm(name string) (Algorithm, error) { return providers.ParseAlgo
 
 // KeyInfo describes a key; it never holds key bytes.
 type KeyInfo = providers.KeyInfo
+
+// VersionInfo describes one version of a key.
+type VersionInfo = providers.VersionInfo

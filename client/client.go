@@ -137,31 +137,40 @@ func (cn *conn) oneShotMax(key string) int {
 // round trip for messages that fit in a frame. Errors wrap
 // ErrKeyNotFound, ErrUnsupportedAlgorithm, ErrPermissionDenied, ...
 func (c *Client) MAC(ctx context.Context, key string, alg Algorithm, data []byte) ([]byte, error) {
+	tag, _, err := c.MACVersion(ctx, key, alg, data)
+	return tag, err
+}
+
+// MACVersion is MAC that also returns the version of the key that made
+// the tag (0 from an agent too old to say). key may be NAME@N for
+// version N alone.
+func (c *Client) MACVersion(ctx context.Context, key string, alg Algorithm, data []byte) ([]byte, int, error) {
 	cn, err := c.current(ctx)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if len(data) > cn.oneShotMax(key) {
 		h, err := c.New(ctx, key, alg)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if err := h.Update(data); err != nil {
 			h.Close()
-			return nil, err
+			return nil, 0, err
 		}
-		return h.Finalize(ctx)
+		tag, err := h.Finalize(ctx)
+		return tag, h.KeyVersion(), err
 	}
 	m := wire.Message{Type: wire.TypeMAC, Algorithm: uint8(alg), Key: []byte(key), Data: data}
 	r, err := c.do(ctx, &m, wire.TypeTag)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer r.release()
 	if err := checkTag(r.body, alg); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return append([]byte(nil), r.body...), nil
+	return append([]byte(nil), r.body...), int(r.version), nil
 }
 
 // checkTag makes sure a tag from the agent is alg's full length: a
@@ -177,31 +186,40 @@ func checkTag(tag []byte, alg Algorithm) error {
 // in the agent, in constant time. A wrong or wrong-length tag is
 // ErrInvalidSignature.
 func (c *Client) VerifyMAC(ctx context.Context, key string, alg Algorithm, data, tag []byte) error {
+	_, err := c.VerifyMACVersion(ctx, key, alg, data, tag)
+	return err
+}
+
+// VerifyMACVersion is VerifyMAC that also returns the version of the key
+// whose tag matched (0 from an agent too old to say). A plain name
+// accepts a tag of any live version of its key; NAME@N only version N's.
+func (c *Client) VerifyMACVersion(ctx context.Context, key string, alg Algorithm, data, tag []byte) (int, error) {
 	cn, err := c.current(ctx)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if len(tag) > wire.MaxTag {
-		return ErrInvalidSignature // longer than any digest
+		return 0, ErrInvalidSignature // longer than any digest
 	}
 	if len(data) > cn.oneShotMax(key) {
 		h, err := c.New(ctx, key, alg)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if err := h.Update(data); err != nil {
 			h.Close()
-			return err
+			return 0, err
 		}
-		return h.Verify(ctx, tag)
+		err = h.Verify(ctx, tag)
+		return h.KeyVersion(), err
 	}
 	m := wire.Message{Type: wire.TypeVerifyMAC, Algorithm: uint8(alg), Key: []byte(key), Tag: tag, Data: data}
 	r, err := c.do(ctx, &m, wire.TypeOK)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	r.release()
-	return nil
+	defer r.release()
+	return int(r.version), nil
 }
 
 // Keys lists the keys the caller may use (all of them for the agent's
@@ -248,6 +266,43 @@ func (c *Client) ImportWrappedKey(ctx context.Context, provider, name, wrappingK
 // the name finds.
 func (c *Client) DeleteKey(ctx context.Context, provider, name string) error {
 	m := wire.Message{Type: wire.TypeDeleteKey, Provider: []byte(provider), Key: []byte(name)}
+	r, err := c.do(ctx, &m, wire.TypeOK)
+	if err != nil {
+		return err
+	}
+	r.release()
+	return nil
+}
+
+// RotateKey adds a version to a key and makes it current: generated in
+// its provider (length bytes, 0 for the provider's default) when secret
+// is nil, else imported from secret, which the caller should zero
+// afterwards. With an empty provider, the key is the one the name finds.
+// Only the agent's own user and root may manage keys.
+func (c *Client) RotateKey(ctx context.Context, provider, name string, secret []byte, length int) (VersionInfo, error) {
+	var info VersionInfo
+	if length < 0 || length > 1<<31 {
+		return info, fmt.Errorf("%w: key length %d", ErrInvalidArgument, length)
+	}
+	m := wire.Message{Type: wire.TypeRotateKey, Provider: []byte(provider), Key: []byte(name), Length: uint32(length)}
+	if secret != nil {
+		m.Flags, m.Data = wire.FlagImport, secret
+	}
+	err := c.doJSON(ctx, &m, &info)
+	return info, err
+}
+
+// RetireVersion stops version n of a key verifying; with destroy its
+// object is deleted from the provider too. Retiring the current version
+// is ErrInvalidArgument.
+func (c *Client) RetireVersion(ctx context.Context, provider, name string, n int, destroy bool) error {
+	if n < 1 || n > 1<<31 {
+		return fmt.Errorf("%w: no key version %d", ErrInvalidArgument, n)
+	}
+	m := wire.Message{Type: wire.TypeRetireVersion, Provider: []byte(provider), Key: []byte(name), KeyVersion: uint32(n)}
+	if destroy {
+		m.Flags = wire.FlagDestroy
+	}
 	r, err := c.do(ctx, &m, wire.TypeOK)
 	if err != nil {
 		return err

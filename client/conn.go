@@ -61,7 +61,9 @@ type call struct {
 	typ  wire.Type
 	code wire.Code
 	body []byte // TAG, DATA or the ERROR message, copied out of the frame
-	err  error
+	// version is the key version a TAG_VERSION or VERIFIED names.
+	version uint32
+	err     error
 }
 
 var callPool = sync.Pool{New: func() any { return &call{ch: make(chan struct{}, 1)} }}
@@ -90,7 +92,7 @@ func dialConn(ctx context.Context, path string, trusted []uint32) (*conn, error)
 		leadMsg:  make(chan struct{}, 1),
 	}
 	c.fr = wire.NewFrameReader(bufio.NewReaderSize(nc, bufferSize), wire.DefaultMaxFrame*16)
-	hello := wire.Message{Type: wire.TypeHello, MinVersion: wire.Version, MaxVersion: wire.Version}
+	hello := wire.Message{Type: wire.TypeHello, MinVersion: wire.MinVersion, MaxVersion: wire.Version}
 	r, err := c.roundTrip(ctx, &hello)
 	if err != nil {
 		c.close(err)
@@ -105,6 +107,10 @@ func dialConn(ctx context.Context, path string, trusted []uint32) (*conn, error)
 	if err := wire.Decode(r.body, &m); err != nil {
 		c.close(err)
 		return nil, fmt.Errorf("handshake with the agent at %s: %w", path, err)
+	}
+	if m.Version < wire.MinVersion || m.Version > wire.Version {
+		c.close(ErrProtocol)
+		return nil, fmt.Errorf("handshake with the agent at %s: %w: it chose protocol version %d", path, ErrProtocol, m.Version)
 	}
 	c.maxFrame = int(m.MaxFrame)
 	return c, nil
@@ -202,8 +208,9 @@ func (c *conn) deliver(body []byte, m *wire.Message) *call {
 		return nil
 	}
 	cl.typ = m.Type
+	cl.version = m.KeyVersion
 	switch m.Type {
-	case wire.TypeTag:
+	case wire.TypeTag, wire.TypeTagVersion:
 		cl.body = append(cl.body[:0], m.Tag...)
 	case wire.TypeError:
 		cl.code = m.Code
@@ -370,10 +377,18 @@ func (cl *call) release() { callPool.Put(cl) }
 
 // result turns a reply into an error; an ERROR reply becomes a
 // *wire.RemoteError that errors.Is matches to its sentinel.
+//
+// A TAG_VERSION answers for TAG, and VERIFIED for OK: an agent of
+// protocol version 2 says which key version it used, one of version 1
+// does not.
 func (cl *call) result(want wire.Type) error {
-	switch cl.typ {
-	case want:
+	switch {
+	case cl.typ == want,
+		want == wire.TypeTag && cl.typ == wire.TypeTagVersion,
+		want == wire.TypeOK && cl.typ == wire.TypeVerified:
 		return nil
+	}
+	switch cl.typ {
 	case wire.TypeError:
 		return &wire.RemoteError{Code: cl.code, Message: string(cl.body)}
 	}

@@ -6,6 +6,16 @@
 // agent. [Client.MAC] and [Client.VerifyMAC] do a whole message in one
 // round trip.
 //
+// # Key versions
+//
+// A key name may be NAME@N, version N of the key alone. A plain name
+// computes tags with the key's current version and verifies a tag of any
+// live version. [HMAC.KeyVersion], [Client.MACVersion] and
+// [Client.VerifyMACVersion] say which version made or matched a tag;
+// [Client.RotateKey] and [Client.RetireVersion] manage versions. The
+// client speaks protocol versions 1 and 2, and learns versions only from
+// an agent of version 2.
+//
 // # Connections
 //
 // [Dial] finds the socket in $HMAC_AGENT_SOCK, else at the agent's default

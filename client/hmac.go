@@ -20,6 +20,8 @@ type HMAC struct {
 	id   uint32
 	alg  Algorithm
 	done bool
+	// version is the key version that made or matched the tag.
+	version int
 }
 
 // New opens a context on the named key. It waits for the agent, so a
@@ -125,7 +127,7 @@ func (h *HMAC) Finalize(ctx context.Context) ([]byte, error) {
 	}
 	var tag []byte
 	m := wire.Message{Type: wire.TypeFinalize, Context: h.id}
-	err := h.expect(ctx, &m, wire.TypeTag, func(body []byte) { tag = append([]byte(nil), body...) })
+	err := h.expect(ctx, &m, wire.TypeTag, func(r *call) { tag = append([]byte(nil), r.body...) })
 	if err == nil {
 		err = checkTag(tag, h.alg)
 	}
@@ -134,6 +136,12 @@ func (h *HMAC) Finalize(ctx context.Context) ([]byte, error) {
 	}
 	return tag, nil
 }
+
+// KeyVersion is the version of the key that made the tag Finalize
+// returned, or that matched the tag Verify accepted: the key's current
+// version when the context was opened, or N for a key named NAME@N. It
+// is 0 before then, and with an agent too old to say.
+func (h *HMAC) KeyVersion() int { return h.version }
 
 // Verify finishes the context and checks tag in the agent, in constant
 // time. A wrong tag, or one of any other length than the digest, is
@@ -164,7 +172,7 @@ func (h *HMAC) Close() error {
 	return h.conn.write(false, m.Append)
 }
 
-func (h *HMAC) expect(ctx context.Context, m *wire.Message, want wire.Type, body func([]byte)) error {
+func (h *HMAC) expect(ctx context.Context, m *wire.Message, want wire.Type, body func(*call)) error {
 	r, err := h.conn.roundTrip(ctx, m)
 	if err != nil {
 		// The agent may or may not have run the request: the context's
@@ -175,8 +183,9 @@ func (h *HMAC) expect(ctx context.Context, m *wire.Message, want wire.Type, body
 	if err := r.result(want); err != nil {
 		return err
 	}
+	h.version = int(r.version)
 	if body != nil {
-		body(r.body)
+		body(r)
 	}
 	return nil
 }

@@ -42,7 +42,11 @@ type Config struct {
 	// "unix:/path" for a socket made as the agent's is (MetricsSocket);
 	// empty means none.
 	Metrics string `toml:"metrics"`
-	meta    toml.MetaData
+	// VersionRefresh is how often the agent reads each key's versions
+	// again from its provider (default 2s), so that a rotation made
+	// through another agent sharing the provider is served here.
+	VersionRefresh Duration `toml:"version_refresh"`
+	meta           toml.MetaData
 }
 
 // MetricsSocket returns the path of the metrics listener's Unix socket
@@ -129,6 +133,13 @@ type Key struct {
 	URI string `toml:"uri"`
 	// Policy is one [key.policy] table or several [[key.policy]] ones.
 	Policy Policies `toml:"policy"`
+	// VerifyGrace is how long a version keeps verifying after it stops
+	// being current; unset means until it is retired. The agent retires
+	// versions past it.
+	VerifyGrace Duration `toml:"verify_grace"`
+	// RotateEvery has the agent rotate the key when its current version
+	// is that old; unset means never.
+	RotateEvery Duration `toml:"rotate_every"`
 }
 
 // Policy lists who may use a key and for what. Every condition it lists
@@ -143,6 +154,16 @@ type Policy struct {
 	Cgroups     []string `toml:"cgroups"`
 	Executables []string `toml:"executables"`
 }
+
+// Bounds of the version settings. Rotating more often than every minute
+// would fill a token with versions; reading versions more often than
+// every 100ms would load a shared token for nothing, and less often than
+// every minute would leave agents serving a rotation late.
+const (
+	MinRotateEvery    = time.Minute
+	MinVersionRefresh = 100 * time.Millisecond
+	MaxVersionRefresh = time.Minute
+)
 
 // Duration is a time.Duration written as "30s" in TOML.
 type Duration struct{ time.Duration }
@@ -340,11 +361,33 @@ func (c *Config) Validate() error {
 		if k.Object != "" && k.URI != "" {
 			bad(f+".uri", "give object or uri, not both")
 		}
+		pinned := false
+		if object, version, ok := strings.Cut(k.Object, "@"); ok {
+			n, err := strconv.Atoi(version)
+			if err != nil || n < 1 || strconv.Itoa(n) != version || providers.CheckKeyName(object) != nil {
+				bad(f+".object", "%q: want NAME or NAME@N, N a version from 1", k.Object)
+			}
+			pinned = true
+		}
+		if pinned && (k.VerifyGrace.Duration != 0 || k.RotateEvery.Duration != 0) {
+			bad(f+".object", "%q names one version; verify_grace and rotate_every belong to the entry naming the key itself", k.Object)
+		}
 		if _, err := k.Policy.Resolve(); err != nil {
 			for _, e := range flatten(err) {
 				bad(f+".policy", "%v", e)
 			}
 		}
+		if g := k.VerifyGrace.Duration; g < 0 {
+			bad(f+".verify_grace", "must not be negative, not %s", g)
+		}
+		if r := k.RotateEvery.Duration; r < 0 {
+			bad(f+".rotate_every", "must not be negative, not %s", r)
+		} else if r != 0 && r < MinRotateEvery {
+			bad(f+".rotate_every", "%s is too often; give %s or more", r, MinRotateEvery)
+		}
+	}
+	if r := c.VersionRefresh.Duration; r != 0 && (r < MinVersionRefresh || r > MaxVersionRefresh) {
+		bad("version_refresh", "%s is out of range; give %s to %s", r, MinVersionRefresh, MaxVersionRefresh)
 	}
 	return errors.Join(errs...)
 }

@@ -79,6 +79,11 @@ type KeyInfo struct {
 	Kind       string      `json:"kind"`
 	Algorithms []Algorithm `json:"algorithms"`
 	Created    time.Time   `json:"created,omitzero"`
+	// Version is the current version and Versions every version, for a
+	// key whose provider keeps versions (Versioner). Providers leave them
+	// empty in Keys; the agent fills them in when it lists keys.
+	Version  int           `json:"version,omitempty"`
+	Versions []VersionInfo `json:"versions,omitempty"`
 }
 
 // OneShot is implemented by keys that compute a whole MAC in one call more

@@ -36,6 +36,8 @@ type conn struct {
 	ctx  context.Context
 
 	scratch [wire.MaxTag]byte
+	// proto is the protocol version the handshake agreed on.
+	proto uint16
 
 	wmu  sync.Mutex
 	bw   *bufio.Writer
@@ -211,8 +213,9 @@ func (c *conn) handshake() error {
 		c.flush()
 		return fmt.Errorf("no handshake: %v", err)
 	}
-	if m.MinVersion > wire.Version || m.MaxVersion < wire.Version {
-		c.replyError(m.ID, providers.Publicf(wire.ErrVersion, "agent speaks version %d, client %d to %d", wire.Version, m.MinVersion, m.MaxVersion))
+	c.proto = min(m.MaxVersion, wire.Version)
+	if c.proto < max(m.MinVersion, wire.MinVersion) {
+		c.replyError(m.ID, providers.Publicf(wire.ErrVersion, "agent speaks versions %d to %d, client %d to %d", wire.MinVersion, wire.Version, m.MinVersion, m.MaxVersion))
 		c.flush()
 		return errors.New("no common version")
 	}
@@ -220,7 +223,7 @@ func (c *conn) handshake() error {
 	c.fr.SetMax(c.srv.limits.MaxFrame)
 	lim := c.srv.agent.Limits()
 	c.reply(&wire.Message{
-		Type: wire.TypeHelloReply, ID: m.ID, Version: wire.Version,
+		Type: wire.TypeHelloReply, ID: m.ID, Version: c.proto,
 		MaxFrame:    uint32(c.srv.limits.MaxFrame),
 		MaxContexts: uint32(lim.MaxContextsPerSession),
 		MaxInFlight: uint32(c.srv.limits.MaxInFlight),
@@ -252,7 +255,8 @@ func (c *conn) dispatch(m *wire.Message) {
 			return
 		}
 		c.startOneShot(m)
-	case wire.TypeListKeys, wire.TypeGenerateKey, wire.TypeImportKey, wire.TypeImportWrapped, wire.TypeDeleteKey, wire.TypeStatus:
+	case wire.TypeListKeys, wire.TypeGenerateKey, wire.TypeImportKey, wire.TypeImportWrapped, wire.TypeDeleteKey, wire.TypeStatus,
+		wire.TypeRotateKey, wire.TypeRetireVersion:
 		c.goAsync(m, c.manage)
 	case wire.TypeHello:
 		c.replyError(m.ID, providers.Publicf(wire.ErrBadRequest, "HELLO after the handshake"))
@@ -289,11 +293,13 @@ func (c *conn) contextOp(m *wire.Message, q *queue, body []byte) error {
 		c.replyResult(m.ID, err)
 	case wire.TypeFinalize:
 		var tag []byte
-		tag, err = s.Finalize(c.ctx, m.Context, c.scratchFor(q))
-		c.replyTag(m.ID, tag, err)
+		var version int
+		tag, version, err = s.FinalizeVersion(c.ctx, m.Context, c.scratchFor(q))
+		c.replyTag(m.ID, tag, version, err)
 	case wire.TypeVerify:
-		err = s.Verify(c.ctx, m.Context, m.Tag)
-		c.replyResult(m.ID, err)
+		var version int
+		version, err = s.VerifyVersion(c.ctx, m.Context, m.Tag)
+		c.replyVerified(m.ID, version, err)
 	case wire.TypeClose:
 		s.Abandon(m.Context)
 	}
@@ -324,11 +330,12 @@ func (c *conn) scratchFor(q *queue) []byte {
 func (c *conn) oneShot(m *wire.Message, dst []byte) {
 	alg := providers.Algorithm(m.Algorithm)
 	if m.Type == wire.TypeMAC {
-		tag, err := c.sess.MAC(c.ctx, m.Key, alg, m.Data, dst)
-		c.replyTag(m.ID, tag, err)
+		tag, version, err := c.sess.MACVersion(c.ctx, m.Key, alg, m.Data, dst)
+		c.replyTag(m.ID, tag, version, err)
 		return
 	}
-	c.replyResult(m.ID, c.sess.VerifyMAC(c.ctx, m.Key, alg, m.Data, m.Tag))
+	version, err := c.sess.VerifyMACVersion(c.ctx, m.Key, alg, m.Data, m.Tag)
+	c.replyVerified(m.ID, version, err)
 }
 
 // startOneShot hands a one-shot that may wait on a device to the agent,
@@ -354,14 +361,14 @@ func (c *conn) startOneShot(m *wire.Message) {
 	}
 	alg := providers.Algorithm(o.Algorithm)
 	if o.Type == wire.TypeMAC {
-		c.sess.StartMAC(c.ctx, o.Key, alg, o.Data, make([]byte, 0, 64), func(tag []byte, err error) {
-			c.replyTag(o.ID, tag, err)
+		c.sess.StartMAC(c.ctx, o.Key, alg, o.Data, make([]byte, 0, 64), func(tag []byte, version int, err error) {
+			c.replyTag(o.ID, tag, version, err)
 			finish(err)
 		})
 		return
 	}
-	c.sess.StartVerifyMAC(c.ctx, o.Key, alg, o.Data, o.Tag, func(err error) {
-		c.replyResult(o.ID, err)
+	c.sess.StartVerifyMAC(c.ctx, o.Key, alg, o.Data, o.Tag, func(version int, err error) {
+		c.replyVerified(o.ID, version, err)
 		finish(err)
 	})
 }
@@ -384,6 +391,18 @@ func (c *conn) manage(m *wire.Message) error {
 		v, err = a.ImportWrappedKey(c.ctx, peer, string(m.Provider), string(m.Key), string(m.Wrapping), m.Data)
 	case wire.TypeDeleteKey:
 		err = a.DeleteKey(c.ctx, peer, string(m.Provider), string(m.Key))
+	case wire.TypeRotateKey:
+		var secret []byte // nil: generate
+		if m.Flags&wire.FlagImport != 0 {
+			secret = m.Data
+			if secret == nil {
+				secret = []byte{}
+			}
+		}
+		v, err = a.RotateKey(c.ctx, peer, string(m.Provider), string(m.Key), secret, int(m.Length))
+		clear(m.Data)
+	case wire.TypeRetireVersion:
+		err = a.RetireVersion(c.ctx, peer, string(m.Provider), string(m.Key), int(m.KeyVersion), m.Flags&wire.FlagDestroy != 0)
 	case wire.TypeStatus:
 		v = a.StatusFor(c.ctx, peer)
 	}

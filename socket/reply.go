@@ -1,6 +1,7 @@
 package socket
 
 import (
+	"encoding/binary"
 	"errors"
 
 	"github.com/hmac-agent/hmac-agent/socket/wire"
@@ -29,8 +30,9 @@ func (c *conn) replyResult(id uint32, err error) {
 	c.reply(&wire.Message{Type: wire.TypeOK, ID: id})
 }
 
-// replyTag sends a TAG without building a Message: it is the hot path.
-func (c *conn) replyTag(id uint32, tag []byte, err error) {
+// replyTag sends a TAG, or to a client of protocol version 2 a
+// TAG_VERSION, without building a Message: it is the hot path.
+func (c *conn) replyTag(id uint32, tag []byte, version int, err error) {
 	if err != nil {
 		c.replyError(id, err)
 		return
@@ -40,8 +42,25 @@ func (c *conn) replyTag(id uint32, tag []byte, err error) {
 	if c.werr != nil {
 		return
 	}
-	b := wire.AppendHeader(c.bw.AvailableBuffer(), wire.TypeTag, id, len(tag))
+	var b []byte
+	if c.proto >= wire.VersionKeyVersions {
+		b = wire.AppendHeader(c.bw.AvailableBuffer(), wire.TypeTagVersion, id, 4+len(tag))
+		b = binary.BigEndian.AppendUint32(b, uint32(version))
+	} else {
+		b = wire.AppendHeader(c.bw.AvailableBuffer(), wire.TypeTag, id, len(tag))
+	}
 	_, c.werr = c.bw.Write(append(b, tag...))
+}
+
+// replyVerified answers a verification that succeeded with VERIFIED,
+// naming the version the tag matched, or OK to a client of protocol
+// version 1.
+func (c *conn) replyVerified(id uint32, version int, err error) {
+	if err != nil || c.proto < wire.VersionKeyVersions {
+		c.replyResult(id, err)
+		return
+	}
+	c.reply(&wire.Message{Type: wire.TypeVerified, ID: id, KeyVersion: uint32(version)})
 }
 
 // replyError sends the code and the public message of err. Errors with no

@@ -128,7 +128,7 @@ func TestHandshake(t *testing.T) {
 	})
 	t.Run("NoCommonVersion", func(t *testing.T) {
 		r := dialRaw(t, a.Path, false)
-		r.send(wire.Message{Type: wire.TypeHello, ID: 7, MinVersion: 2, MaxVersion: 9})
+		r.send(wire.Message{Type: wire.TypeHello, ID: 7, MinVersion: wire.Version + 1, MaxVersion: 9})
 		r.expectError(7, wire.ErrVersion)
 		r.expectClosed()
 	})

@@ -61,37 +61,40 @@ const oneShotLimit = 64 << 10
 
 // macInput computes the MAC of r, or with verify checks tag against it. A short input
 // is one round trip; a long one is streamed.
-func macInput(ctx context.Context, c *client.Client, key string, alg providers.Algorithm, r io.Reader, verify bool, tag []byte) ([]byte, error) {
+func macInput(ctx context.Context, c *client.Client, key string, alg providers.Algorithm, r io.Reader, verify bool, tag []byte) ([]byte, int, error) {
 	buf := make([]byte, oneShotLimit)
 	n, err := io.ReadFull(r, buf)
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		if verify {
-			return nil, c.VerifyMAC(ctx, key, alg, buf[:n], tag)
+			v, err := c.VerifyMACVersion(ctx, key, alg, buf[:n], tag)
+			return nil, v, err
 		}
-		return c.MAC(ctx, key, alg, buf[:n])
+		return c.MACVersion(ctx, key, alg, buf[:n])
 	}
 	if err != nil {
-		return nil, fmt.Errorf("cannot read input: %w", err)
+		return nil, 0, fmt.Errorf("cannot read input: %w", err)
 	}
 	h, err := c.New(ctx, key, alg)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer h.Close()
 	for {
 		if err := h.Update(buf[:n]); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		n, err = io.ReadFull(r, buf)
 		if err == io.EOF {
 			break
 		}
 		if err != nil && err != io.ErrUnexpectedEOF {
-			return nil, fmt.Errorf("cannot read input: %w", err)
+			return nil, 0, fmt.Errorf("cannot read input: %w", err)
 		}
 	}
 	if verify {
-		return nil, h.Verify(ctx, tag)
+		err := h.Verify(ctx, tag)
+		return nil, h.KeyVersion(), err
 	}
-	return h.Finalize(ctx)
+	out, err := h.Finalize(ctx)
+	return out, h.KeyVersion(), err
 }

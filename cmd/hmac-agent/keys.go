@@ -21,12 +21,13 @@ const maxImport = 4096
 func newKeysCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "keys",
-		Short: "Generate, import, list and delete keys",
+		Short: "Generate, import, rotate, retire, list and delete keys",
 		Long: `Manage the agent's keys. Generating, importing and deleting are allowed only
 to the agent's own user and root. Key bytes are never printed, and never
 taken from the command line.`,
 	}
-	cmd.AddCommand(newKeysGenerateCommand(), newKeysImportCommand(), newKeysListCommand(), newKeysDeleteCommand())
+	cmd.AddCommand(newKeysGenerateCommand(), newKeysImportCommand(), newKeysListCommand(), newKeysDeleteCommand(),
+		newKeysRotateCommand(), newKeysRetireCommand())
 	return cmd
 }
 
@@ -148,13 +149,17 @@ func newKeysListCommand() *cobra.Command {
 			return enc.Encode(keys)
 		}
 		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tPROVIDER\tKIND\tALGORITHMS\tCREATED")
+		fmt.Fprintln(tw, "NAME\tPROVIDER\tKIND\tVERSION\tLIVE\tALGORITHMS\tCREATED")
 		for _, k := range keys {
 			created := "-"
 			if !k.Created.IsZero() {
 				created = k.Created.UTC().Format(time.RFC3339)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.Name, k.Provider, k.Kind, algorithmList(k.Algorithms), created)
+			version, live := "-", "-"
+			if k.Version > 0 {
+				version, live = fmt.Sprint(k.Version), fmt.Sprint(liveVersions(k.Versions))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.Provider, k.Kind, version, live, algorithmList(k.Algorithms), created)
 		}
 		return tw.Flush()
 	}

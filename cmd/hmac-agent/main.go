@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -55,7 +56,35 @@ as ssh clients find ssh-agent through SSH_AUTH_SOCK.`,
 	})
 	root.AddCommand(newServeCommand(), newKeysCommand(), newMACCommand(), newVerifyCommand(),
 		newStatusCommand(), newVersionCommand())
+	refuseUnknownSubcommands(root)
 	return root
+}
+
+// refuseUnknownSubcommands makes a word that names no subcommand an error
+// (exit 2, listing the commands) for cmd and every command under it that
+// has subcommands. Left to cobra, "hmac-agent keys rotat" prints the help
+// of keys and exits 0, and a script believes it did something. Such a
+// command given no word at all prints its help.
+func refuseUnknownSubcommands(cmd *cobra.Command) {
+	if !cmd.HasSubCommands() {
+		return
+	}
+	cmd.Args = cobra.ArbitraryArgs
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return cmd.Help()
+		}
+		var names []string
+		for _, sub := range cmd.Commands() {
+			if sub.IsAvailableCommand() {
+				names = append(names, sub.Name())
+			}
+		}
+		return usageError("unknown command %q for %q (commands: %s)", args[0], cmd.CommandPath(), strings.Join(names, ", "))
+	}
+	for _, sub := range cmd.Commands() {
+		refuseUnknownSubcommands(sub)
+	}
 }
 
 func main() {

@@ -316,6 +316,8 @@ func buildAgent(ctx context.Context, cfg *config.Config, log, audit *slog.Logger
 		Logger:  log,
 		Audit:   audit,
 		Version: versionString(),
+
+		VersionRefresh: cfg.VersionRefresh.Duration,
 	}
 	if m != nil {
 		opts.Observe = m.Observe
@@ -350,7 +352,10 @@ func agentKeys(cfg *config.Config) ([]agent.KeyConfig, *agent.Policy) {
 		if k.URI != "" {
 			ref = k.URI
 		}
-		keys = append(keys, agent.KeyConfig{Name: k.Name, Provider: k.Provider, Ref: ref, Policy: pol})
+		keys = append(keys, agent.KeyConfig{
+			Name: k.Name, Provider: k.Provider, Ref: ref, Policy: pol,
+			VerifyGrace: k.VerifyGrace.Duration, RotateEvery: k.RotateEvery.Duration,
+		})
 	}
 	return keys, def
 }

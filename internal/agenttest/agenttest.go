@@ -35,6 +35,9 @@ type Options struct {
 	Observe      func(agent.Use)
 	// HealthInterval is the agent's Options.HealthInterval.
 	HealthInterval time.Duration
+	// VersionRefresh and Now are the agent's Options of those names.
+	VersionRefresh time.Duration
+	Now            func() time.Time
 }
 
 // SocketDir makes a private directory with a short path: Unix socket paths
@@ -78,6 +81,8 @@ func Run(keyDir, path string, opts Options) (a *Agent, stop func(), err error) {
 		Version:   "test",
 
 		HealthInterval: opts.HealthInterval,
+		VersionRefresh: opts.VersionRefresh,
+		Now:            opts.Now,
 	})
 	if err != nil {
 		return nil, nil, err

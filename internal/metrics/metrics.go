@@ -1,7 +1,9 @@
 // Package metrics exports the agent's Prometheus metrics: operations by
 // key, operation and result, their latency, bytes, open connections and
-// contexts, PKCS#11 sessions, TPM slot swaps and provider health, and the
-// Go runtime's and the process's own.
+// contexts, PKCS#11 sessions, TPM slot swaps and provider health, uses
+// by key version and the verifications only an older version satisfied
+// (which tell an operator when a version is safe to retire), and the Go
+// runtime's and the process's own.
 //
 // It is built on VictoriaMetrics/metrics rather than client_golang: the
 // text format is all the agent serves, and client_golang with its
@@ -25,6 +27,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -54,6 +57,10 @@ type Metrics struct {
 	bytes   map[string]*vm.Counter
 	latency map[string]*vm.PrometheusHistogram
 	denials map[string]*vm.Counter // by operation
+	// versions counts uses by key version; previous the verifications
+	// satisfied by a version other than the current one.
+	versions map[versionSeries]*vm.Counter
+	previous map[versionSeries]*vm.Counter
 }
 
 // otherKey is the key label of every use under a name that is not in the
@@ -61,6 +68,11 @@ type Metrics struct {
 const otherKey = "other"
 
 type opSeries struct{ key, op, result string }
+
+type versionSeries struct {
+	key, op string
+	version int
+}
 
 // New makes the metrics. Observe must be given to the agent as its
 // observer; Watch adds the values read from a running agent and server.
@@ -72,6 +84,9 @@ func New() *Metrics {
 		bytes:   make(map[string]*vm.Counter),
 		latency: make(map[string]*vm.PrometheusHistogram),
 		denials: make(map[string]*vm.Counter),
+
+		versions: make(map[versionSeries]*vm.Counter),
+		previous: make(map[versionSeries]*vm.Counter),
 	}
 }
 
@@ -102,6 +117,35 @@ func (m *Metrics) Observe(u agent.Use) {
 	}
 	if u.Bytes > 0 {
 		bytes.AddInt64(u.Bytes)
+	}
+	if u.Version > 0 && u.Registered {
+		m.observeVersion(u)
+	}
+}
+
+func (m *Metrics) observeVersion(u agent.Use) {
+	vs := versionSeries{u.Key, u.Operation, u.Version}
+	m.mu.RLock()
+	uses, prev := m.versions[vs], m.previous[versionSeries{u.Key, "", u.Version}]
+	m.mu.RUnlock()
+	if uses == nil || (u.Previous && prev == nil) {
+		m.mu.Lock()
+		if uses = m.versions[vs]; uses == nil {
+			uses = m.set.GetOrCreateCounter(name("hmac_agent_key_version_uses_total", "key", u.Key, "operation", u.Operation, "version", strconv.Itoa(u.Version)))
+			m.versions[vs] = uses
+		}
+		if u.Previous {
+			pvs := versionSeries{u.Key, "", u.Version}
+			if prev = m.previous[pvs]; prev == nil {
+				prev = m.set.GetOrCreateCounter(name("hmac_agent_previous_version_verifications_total", "key", u.Key, "version", strconv.Itoa(u.Version)))
+				m.previous[pvs] = prev
+			}
+		}
+		m.mu.Unlock()
+	}
+	uses.Inc()
+	if u.Previous {
+		prev.Inc()
 	}
 }
 

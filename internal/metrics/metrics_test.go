@@ -4,9 +4,11 @@ import (
 	"context"
 	"io"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 
+	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/internal/metrics"
@@ -27,6 +29,18 @@ func TestMetrics(t *testing.T) {
 	c.VerifyMAC(ctx, "k", client.SHA256, nil, []byte("wrong"))
 	h, _ := c.New(ctx, "k", client.SHA256)
 	h.Update(make([]byte, 50))
+	// A tag of version 1 verified after a rotation counts as satisfied
+	// by a previous version.
+	old, _ := c.MAC(ctx, "k", client.SHA256, []byte("m"))
+	// Through the agent itself: a request through the socket could still
+	// count as queued when the metrics are read.
+	me := agent.Peer{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), Known: true}
+	if _, err := a.Agent.RotateKey(ctx, me, "", "k", nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.VerifyMAC(ctx, "k", client.SHA256, []byte("m"), old); err != nil {
+		t.Fatal(err)
+	}
 
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
@@ -37,10 +51,13 @@ func TestMetrics(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	text := string(body)
 	for _, want := range []string{
-		`hmac_agent_operations_total{key="k",operation="mac",result="ok"} 1`,
+		`hmac_agent_operations_total{key="k",operation="mac",result="ok"} 2`,
+		`hmac_agent_key_version_uses_total{key="k",operation="mac",version="1"} 2`,
+		`hmac_agent_key_version_uses_total{key="k",operation="verify_mac",version="1"} 1`,
+		`hmac_agent_previous_version_verifications_total{key="k",version="1"} 1`,
 		`hmac_agent_operations_total{key="k",operation="verify_mac",result="invalid_signature"} 1`,
-		`hmac_agent_bytes_total{key="k"} 100`,
-		`hmac_agent_operation_duration_seconds_count{operation="mac"} 1`,
+		`hmac_agent_bytes_total{key="k"} 102`,
+		`hmac_agent_operation_duration_seconds_count{operation="mac"} 2`,
 		`hmac_agent_connections 1`,
 		`hmac_agent_queued_bytes 0`,
 		`hmac_agent_contexts 1`,

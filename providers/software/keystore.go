@@ -30,7 +30,8 @@ func openDir(dir string) (string, error) {
 	return real, nil
 }
 
-// loadKeys reads every key file in dir. Any loose, unreadable or corrupt
+// loadKeys reads every key file in dir, keyed by the file's stem: the
+// key's name for version 1, NAME@N for version N (see versions.go). Any loose, unreadable or corrupt
 // file stops the load: serving with part of the keystore silently missing
 // would turn one broken file into failures that are hard to trace. lockErr
 // is the first failure to lock key bytes in memory, if any.
@@ -46,10 +47,14 @@ func loadKeys(dir string) (keys map[string]*key, lockErr error, err error) {
 			continue // temporary files and anything that is not ours
 		}
 		path := filepath.Join(dir, e.Name())
-		if err := providers.CheckKeyName(name); err != nil {
+		base, _, err := keyStem(name)
+		if err != nil {
+			for _, k := range keys {
+				k.destroy()
+			}
 			return nil, nil, fmt.Errorf("software keystore: %s: %w", path, err)
 		}
-		k, lerr, err := readKeyFile(path, name)
+		k, lerr, err := readKeyFile(path, base)
 		if err != nil {
 			for _, k := range keys {
 				k.destroy()

@@ -27,8 +27,11 @@ type Provider struct {
 	name string
 	dir  string
 
-	mu      sync.RWMutex
+	mu sync.RWMutex
+	// keys holds each key's current version, all every loaded version
+	// (current, previous and retired; destroyed ones are dropped).
 	keys    map[string]*key
+	all     map[string]map[int]*key
 	closed  bool
 	lockErr error // the first failure to lock key bytes in memory
 }
@@ -58,7 +61,8 @@ func Open(name, dir string) (*Provider, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Provider{name: name, dir: dir, keys: keys, lockErr: lockErr}, nil
+	current, all := splitLoaded(keys)
+	return &Provider{name: name, dir: dir, keys: current, all: all, lockErr: lockErr}, nil
 }
 
 // Health checks that the keystore directory is still there and private.
@@ -85,18 +89,32 @@ func (p *Provider) Kind() string { return "software" }
 // Dir returns the keystore directory.
 func (p *Provider) Dir() string { return p.dir }
 
-// Key returns the named key or an error wrapping ErrKeyNotFound.
+// Key returns the named key's current version or an error wrapping
+// ErrKeyNotFound. A key not loaded is looked for in the directory.
 func (p *Provider) Key(ctx context.Context, name string) (providers.Key, error) {
 	p.mu.RLock()
-	defer p.mu.RUnlock()
+	k, closed := p.keys[name], p.closed
+	p.mu.RUnlock()
+	switch {
+	case closed:
+		return nil, fmt.Errorf("software: %w", providers.ErrClosed)
+	case k != nil:
+		return k, nil
+	case providers.CheckKeyName(name) != nil:
+		return nil, fmt.Errorf("software: %q: %w", name, providers.ErrKeyNotFound)
+	}
+	// Perhaps made by another agent sharing the keystore since it was
+	// opened. The agent remembers names found missing, so a caller
+	// guessing names does not read the directory on every guess.
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.closed {
 		return nil, fmt.Errorf("software: %w", providers.ErrClosed)
 	}
-	k, ok := p.keys[name]
-	if !ok {
-		return nil, fmt.Errorf("software: %q: %w", name, providers.ErrKeyNotFound)
+	if _, err := p.syncLocked(name); err != nil {
+		return nil, err
 	}
-	return k, nil
+	return p.keys[name], nil
 }
 
 // Keys lists the keystore's keys, sorted by name.
@@ -189,6 +207,7 @@ func (p *Provider) add(name string, secret []byte) (providers.KeyInfo, error) {
 		p.lockErr = lockErr
 	}
 	p.keys[name] = k
+	p.all[name] = map[int]*key{1: k}
 	return p.infoLocked(k), nil
 }
 
@@ -202,15 +221,13 @@ func (p *Provider) DeleteKey(ctx context.Context, name string) error {
 	if p.closed {
 		return fmt.Errorf("software: %w", providers.ErrClosed)
 	}
-	k, ok := p.keys[name]
-	if !ok {
+	if _, ok := p.keys[name]; !ok {
 		return fmt.Errorf("software: %q: %w", name, providers.ErrKeyNotFound)
 	}
-	if err := removeKeyFile(p.dir, name); err != nil {
+	if err := p.removeVersionsLocked(name); err != nil {
 		return err
 	}
 	delete(p.keys, name)
-	k.destroy()
 	return nil
 }
 
@@ -223,9 +240,11 @@ func (p *Provider) Close() error {
 		return nil
 	}
 	p.closed = true
-	for _, k := range p.keys {
-		k.destroy()
+	for _, vs := range p.all {
+		for _, k := range vs {
+			k.destroy()
+		}
 	}
-	p.keys = nil
+	p.keys, p.all = nil, nil
 	return nil
 }

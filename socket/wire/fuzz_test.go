@@ -37,6 +37,13 @@ func seedMessages() []Message {
 		{Type: TypeTag, ID: 9, Tag: bytes.Repeat([]byte{0xcd}, 32)},
 		{Type: TypeData, ID: 11, Data: []byte(`[{"name":"webhook"}]`)},
 		{Type: TypeError, ID: 2, Code: 4, Data: []byte(`key "webhook" not found`)},
+		{Type: TypeHello, ID: 1, MinVersion: 1, MaxVersion: 2},
+		{Type: TypeMAC, ID: 18, Algorithm: 3, Key: []byte("webhook@2"), Data: []byte("payload")},
+		{Type: TypeRotateKey, ID: 19, Key: []byte("webhook")},
+		{Type: TypeRotateKey, ID: 20, Provider: []byte("hsm"), Key: []byte("webhook"), Length: 48, Flags: FlagImport, Data: []byte("secret")},
+		{Type: TypeRetireVersion, ID: 21, Key: []byte("webhook"), KeyVersion: 1, Flags: FlagDestroy},
+		{Type: TypeTagVersion, ID: 9, KeyVersion: 2, Tag: bytes.Repeat([]byte{0xcd}, 32)},
+		{Type: TypeVerified, ID: 10, KeyVersion: 1},
 	}
 }
 

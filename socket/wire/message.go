@@ -6,8 +6,18 @@ import (
 	"fmt"
 )
 
-// Version is the protocol version this package speaks.
-const Version = 1
+// Version is the newest protocol version this package speaks, and
+// MinVersion the oldest. Version 2 adds key versions: TAG_VERSION and
+// VERIFIED replies in place of TAG and OK for MAC, FINALIZE, VERIFY and
+// VERIFY_MAC. Both sides speak the highest version in both ranges, so a
+// client of version 1 is served exactly as before.
+const (
+	Version    = 2
+	MinVersion = 1
+)
+
+// VersionKeyVersions is the first protocol version with key versions.
+const VersionKeyVersions = 2
 
 // Magic opens every HELLO, so that a peer speaking something else is
 // rejected at once.
@@ -46,6 +56,8 @@ const (
 	TypeDeleteKey     Type = 0x33
 	TypeStatus        Type = 0x34
 	TypeImportWrapped Type = 0x35
+	TypeRotateKey     Type = 0x36
+	TypeRetireVersion Type = 0x37
 )
 
 // Replies.
@@ -54,7 +66,15 @@ const (
 	TypeHelloReply Type = 0x81
 	TypeTag        Type = 0x82
 	TypeData       Type = 0x83
+	TypeTagVersion Type = 0x84 // protocol version 2
+	TypeVerified   Type = 0x85 // protocol version 2
 	TypeError      Type = 0x8F
+)
+
+// Flags of ROTATE_KEY and RETIRE_VERSION.
+const (
+	FlagImport  uint8 = 1 << 0 // ROTATE_KEY: the new version is Data, not generated
+	FlagDestroy uint8 = 1 << 0 // RETIRE_VERSION: delete the version's object too
 )
 
 var typeNames = map[Type]string{
@@ -62,8 +82,10 @@ var typeNames = map[Type]string{
 	TypeFinalize: "FINALIZE", TypeVerify: "VERIFY", TypeClose: "CLOSE",
 	TypeMAC: "MAC", TypeVerifyMAC: "VERIFY_MAC", TypeListKeys: "LIST_KEYS",
 	TypeGenerateKey: "GENERATE_KEY", TypeImportKey: "IMPORT_KEY",
-	TypeDeleteKey: "DELETE_KEY", TypeStatus: "STATUS", TypeImportWrapped: "IMPORT_WRAPPED", TypeOK: "OK",
+	TypeDeleteKey: "DELETE_KEY", TypeStatus: "STATUS", TypeImportWrapped: "IMPORT_WRAPPED",
+	TypeRotateKey: "ROTATE_KEY", TypeRetireVersion: "RETIRE_VERSION", TypeOK: "OK",
 	TypeHelloReply: "HELLO_REPLY", TypeTag: "TAG", TypeData: "DATA", TypeError: "ERROR",
+	TypeTagVersion: "TAG_VERSION", TypeVerified: "VERIFIED",
 }
 
 func (t Type) String() string {
@@ -93,9 +115,11 @@ type Message struct {
 	Key        []byte // key name: OPEN MAC VERIFY_MAC GENERATE_KEY IMPORT_KEY IMPORT_WRAPPED DELETE_KEY
 	Provider   []byte // GENERATE_KEY IMPORT_KEY IMPORT_WRAPPED DELETE_KEY; empty: the default
 	Wrapping   []byte // IMPORT_WRAPPED: the name of the key that unwraps
-	Length     uint32 // GENERATE_KEY: key length in bytes, 0 for the default
-	Tag        []byte // VERIFY VERIFY_MAC TAG
-	Data       []byte // UPDATE MAC VERIFY_MAC, IMPORT_KEY (secret), DATA (JSON), ERROR (text)
+	Length     uint32 // GENERATE_KEY ROTATE_KEY: key length in bytes, 0 for the default
+	KeyVersion uint32 // RETIRE_VERSION TAG_VERSION VERIFIED
+	Flags      uint8  // ROTATE_KEY RETIRE_VERSION
+	Tag        []byte // VERIFY VERIFY_MAC TAG TAG_VERSION
+	Data       []byte // UPDATE MAC VERIFY_MAC, IMPORT_KEY ROTATE_KEY (secret), DATA (JSON), ERROR (text)
 	Code       Code   // ERROR
 
 	MinVersion, MaxVersion uint16 // HELLO
@@ -227,6 +251,16 @@ func Decode(body []byte, m *Message) error {
 	case TypeDeleteKey:
 		m.Provider, m.Key = d.short(), d.short()
 		d.end()
+	case TypeRotateKey:
+		m.Provider, m.Key, m.Length, m.Flags, m.Data = d.short(), d.short(), d.u32(), d.u8(), d.rest()
+	case TypeRetireVersion:
+		m.Provider, m.Key, m.KeyVersion, m.Flags = d.short(), d.short(), d.u32(), d.u8()
+		d.end()
+	case TypeTagVersion:
+		m.KeyVersion, m.Tag = d.u32(), d.rest()
+	case TypeVerified:
+		m.KeyVersion = d.u32()
+		d.end()
 	case TypeHelloReply:
 		m.Version, m.MaxFrame, m.MaxContexts, m.MaxInFlight = d.u16(), d.u32(), d.u32(), d.u32()
 		d.end()
@@ -306,6 +340,22 @@ func (m *Message) Append(b []byte) ([]byte, error) {
 	case TypeDeleteKey:
 		short(m.Provider)
 		short(m.Key)
+	case TypeRotateKey:
+		short(m.Provider)
+		short(m.Key)
+		b = binary.BigEndian.AppendUint32(b, m.Length)
+		b = append(b, m.Flags)
+		b = append(b, m.Data...)
+	case TypeRetireVersion:
+		short(m.Provider)
+		short(m.Key)
+		b = binary.BigEndian.AppendUint32(b, m.KeyVersion)
+		b = append(b, m.Flags)
+	case TypeTagVersion:
+		b = binary.BigEndian.AppendUint32(b, m.KeyVersion)
+		b = append(b, m.Tag...)
+	case TypeVerified:
+		b = binary.BigEndian.AppendUint32(b, m.KeyVersion)
 	case TypeHelloReply:
 		b = binary.BigEndian.AppendUint16(b, m.Version)
 		b = binary.BigEndian.AppendUint32(b, m.MaxFrame)

@@ -341,12 +341,23 @@ def _check_tag(tag, name):
 
 
 def _expect(reply, want):
+    return _expect_versioned(reply, want)[0]
+
+
+def _expect_versioned(reply, want):
+    """The reply's payload and the key version it names: TAG_VERSION
+    answers for TAG, and VERIFIED for OK, from an agent of protocol
+    version 2; an agent of version 1 names none (None)."""
     msg_type, payload = reply
     if msg_type == _wire.ERROR:
         raise _error(payload)
+    if want == _wire.TAG and msg_type == _wire.TAG_VERSION and len(payload) >= 4:
+        return payload[4:], struct.unpack(">I", payload[:4])[0]
+    if want == _wire.OK and msg_type == _wire.VERIFIED and len(payload) == 4:
+        return b"", struct.unpack(">I", payload)[0]
     if msg_type != want:
         raise ConnectionLost("the agent replied 0x%02x, expected 0x%02x" % (msg_type, want))
-    return payload
+    return payload, None
 
 
 class Agent:
@@ -413,7 +424,13 @@ class Agent:
             return self._connection().request(msg_type, payload)
 
     def mac(self, key, algorithm, data):
-        """The tag of data under the named key, in one round trip."""
+        """The tag of data under the named key, in one round trip. The
+        key's current version makes it; "NAME@N" names version N."""
+        return self.mac_versioned(key, algorithm, data)[0]
+
+    def mac_versioned(self, key, algorithm, data):
+        """mac, returning (tag, version): the key version that made the
+        tag, or None from an agent too old to say."""
         from ._hmac import _algorithm_name, _bytes_like
 
         name = _algorithm_name(algorithm)
@@ -421,13 +438,17 @@ class Agent:
         if len(data) > 60000:
             h = self.new(key, algorithm)
             h.update(data)
-            return h.finalize()
+            tag = h.finalize()
+            return tag, h.key_version
         payload = bytes((_wire.ALGORITHMS[name],)) + _wire.short(_key_name(key)) + data
-        return _check_tag(_expect(self._request(_wire.MAC, payload), _wire.TAG), name)
+        tag, version = _expect_versioned(self._request(_wire.MAC, payload), _wire.TAG)
+        return _check_tag(tag, name), version
 
     def verify_mac(self, key, algorithm, data, signature):
         """Check signature over data in the agent, in constant time; raise
-        InvalidSignature if it does not match."""
+        InvalidSignature if it does not match. A plain name accepts a tag
+        of any live version of the key, "NAME@N" only version N's. Returns
+        the version whose tag matched (None from an agent too old to say)."""
         from ._hmac import _algorithm_name, _bytes_like
         from .errors import InvalidSignature
 
@@ -439,9 +460,10 @@ class Agent:
         if len(data) > 60000:
             h = self.new(key, algorithm)
             h.update(data)
-            return h.verify(signature)
+            h.verify(signature)
+            return h.key_version
         payload = bytes((_wire.ALGORITHMS[name],)) + _wire.short(_key_name(key)) + _wire.short(signature) + data
-        _expect(self._request(_wire.VERIFY_MAC, payload), _wire.OK)
+        return _expect_versioned(self._request(_wire.VERIFY_MAC, payload), _wire.OK)[1]
 
     def new(self, key, algorithm):
         """An HMAC context on the named key (as ``HMAC(key, algorithm, agent=self)``)."""
@@ -455,6 +477,26 @@ class Agent:
 
         payload = _wire.short(provider.encode()) + _wire.short(_key_name(name)) + _bytes_like(secret, "secret")
         return json.loads(_expect(self._request(_wire.IMPORT_KEY, payload), _wire.DATA))
+
+    def rotate_key(self, name, secret=None, length=0, provider=""):
+        """Add a version to a key and make it current: generated in its
+        provider (length bytes, 0 for its default) when secret is None,
+        else imported from secret. Returns the new version as a dict
+        (the agent's owner and root only)."""
+        from ._hmac import _bytes_like
+
+        flags, data = 0, b""
+        if secret is not None:
+            flags, data = 1, _bytes_like(secret, "secret")
+        payload = (_wire.short(provider.encode()) + _wire.short(_key_name(name))
+                   + struct.pack(">IB", length, flags) + data)
+        return json.loads(_expect(self._request(_wire.ROTATE_KEY, payload), _wire.DATA))
+
+    def retire_version(self, name, version, destroy=False, provider=""):
+        """Stop a version of a key verifying; with destroy, delete it."""
+        payload = (_wire.short(provider.encode()) + _wire.short(_key_name(name))
+                   + struct.pack(">IB", version, 1 if destroy else 0))
+        _expect(self._request(_wire.RETIRE_VERSION, payload), _wire.OK)
 
     def keys(self):
         """The keys the caller may use: a list of dicts, never key bytes."""

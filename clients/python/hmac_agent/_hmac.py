@@ -3,7 +3,7 @@
 import struct
 
 from . import _wire
-from ._agent import _check_tag, _expect, default_agent
+from ._agent import _check_tag, _expect_versioned, default_agent
 from .errors import AlreadyFinalized, ConnectionLost, ContextLost, InvalidSignature, UnsupportedAlgorithm
 
 # pyca/cryptography's hash names (HashAlgorithm.name), and the agent's.
@@ -92,6 +92,7 @@ class HMAC:
         self._agent = agent if agent is not None else default_agent()
         self._conn = None
         self._done = True
+        self._key_version = None
         self._conn, self._context = self._agent._open(key, name)
         self._done = False
 
@@ -99,6 +100,15 @@ class HMAC:
     def algorithm(self):
         """The algorithm object passed in."""
         return self._algorithm
+
+    @property
+    def key_version(self):
+        """The version of the key that made the tag finalize returned, or
+        that matched the tag verify accepted: the key's current version
+        when the context was opened (kept through copy), or N for a key
+        named "NAME@N". None before then, and from an agent too old to
+        say."""
+        return self._key_version
 
     def _live(self):
         if self._done:
@@ -123,6 +133,7 @@ class HMAC:
         c = HMAC.__new__(HMAC)
         c._algorithm, c._name, c._key, c._agent = self._algorithm, self._name, self._key, self._agent
         c._conn, c._context, c._done = self._conn, context, False
+        c._key_version = None
         return c
 
     def finalize(self):
@@ -143,7 +154,8 @@ class HMAC:
         except ConnectionLost as e:
             self._done = True
             raise ContextLost(str(e)) from None
-        return _expect(reply, want)
+        payload, self._key_version = _expect_versioned(reply, want)
+        return payload
 
     def __del__(self):
         # Free an abandoned context in the agent; best effort.

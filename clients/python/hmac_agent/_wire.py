@@ -2,7 +2,10 @@
 
 import struct
 
-VERSION = 1
+# Protocol versions 1 and 2; version 2 adds key versions (TAG_VERSION,
+# VERIFIED).
+VERSION = 2
+MIN_VERSION = 1
 MAGIC = b"HMAC"
 
 # Requests.
@@ -20,12 +23,16 @@ GENERATE_KEY = 0x31
 IMPORT_KEY = 0x32
 DELETE_KEY = 0x33
 STATUS = 0x34
+ROTATE_KEY = 0x36
+RETIRE_VERSION = 0x37
 
 # Replies.
 OK = 0x80
 HELLO_REPLY = 0x81
 TAG = 0x82
 DATA = 0x83
+TAG_VERSION = 0x84
+VERIFIED = 0x85
 ERROR = 0x8F
 
 # Algorithm codes (docs/protocol.md; checked against the agent's table by
@@ -96,7 +103,7 @@ def short(b):
 
 
 def hello(request_id):
-    return frame(HELLO, request_id, MAGIC + struct.pack(">HH", VERSION, VERSION))
+    return frame(HELLO, request_id, MAGIC + struct.pack(">HH", MIN_VERSION, VERSION))
 
 
 def update_header(request_id, context, data_len):
