@@ -300,6 +300,12 @@ func (p *Provider) versions(ctx context.Context, name string) ([]*versionEntry, 
 // holds them now. A key this provider looked up before under its name is
 // looked up again if another agent rotated it.
 func (p *Provider) Versions(ctx context.Context, name string) ([]providers.VersionInfo, error) {
+	if isURI(name) {
+		if _, err := p.Key(ctx, name); err != nil {
+			return nil, err
+		}
+		return []providers.VersionInfo{{Version: 1, State: providers.VersionCurrent}}, nil
+	}
 	es, err := p.versions(ctx, name)
 	if err != nil {
 		return nil, err
@@ -332,6 +338,12 @@ func (p *Provider) currentKey(ctx context.Context, name string) (providers.Key, 
 
 // KeyVersion returns version n of the named key unless it was destroyed.
 func (p *Provider) KeyVersion(ctx context.Context, name string, n int) (providers.Key, error) {
+	if isURI(name) {
+		if n != 1 {
+			return nil, fmt.Errorf("pkcs11: key %q: %w: no version %d", name, providers.ErrKeyNotFound, n)
+		}
+		return p.Key(ctx, name)
+	}
 	es, err := p.versions(ctx, name)
 	if err != nil {
 		return nil, err
@@ -413,3 +425,8 @@ func (p *Provider) forgetVersionsOf(name string) {
 		}
 	}
 }
+
+// isURI reports whether ref names an object by an RFC 7512 URI rather than
+// by its label. Versions are kept under labels, so such an object is a key
+// of one version: itself, version 1.
+func isURI(ref string) bool { return strings.HasPrefix(ref, "pkcs11:") }
