@@ -1,6 +1,7 @@
 // Package config reads hmac-agent's configuration file (TOML) into a typed
 // struct and validates it, reporting every broken rule at once, each
-// naming its field. docs/configuration.md describes every field.
+// naming its field. docs/operations.md (Configuration reference)
+// describes every field.
 package config
 
 import (

@@ -34,9 +34,6 @@ func NewFrameReader(r *bufio.Reader, max int) *FrameReader {
 	return &FrameReader{r: r, max: max}
 }
 
-// SetMax changes the largest body accepted, as agreed in the handshake.
-func (f *FrameReader) SetMax(max int) { f.max = max }
-
 // Buffered is how many bytes are read but not yet returned, beyond the
 // current frame. A server flushes its replies when this is zero, because
 // then the next read may block.
