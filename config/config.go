@@ -259,6 +259,8 @@ func (c *Config) Validate() error {
 			bad(f+".type", "required: %s", kindNames("or"))
 		case !known:
 			bad(f+".type", "unknown provider type %q (want %s)", p.Type, kindNames("or"))
+		case p.Settings == nil: // a Config built in code rather than loaded
+			bad(f, "a %s provider needs its settings", p.Type)
 		default:
 			for _, field := range p.unknown {
 				bad(f+"."+field, "unknown field for a %s provider", p.Type)
