@@ -1,6 +1,7 @@
 package config
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -252,5 +253,31 @@ sessions = "eight"
 	}
 	if strings.Contains(err.Error(), "provider[0]") {
 		t.Errorf("the valid pkcs11 table is blamed:\n%v", err)
+	}
+}
+
+// TestOpenByKind: a loaded table opens the provider of its kind, which
+// reports the type the registry knows it by.
+func TestOpenByKind(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "keys")
+	c, err := Load(write(t, `
+[[provider]]
+name = "soft"
+type = "software"
+path = "`+dir+`"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.Providers[0].Open(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if p.Name() != "soft" || p.Kind() != c.Providers[0].Type {
+		t.Errorf("opened %s of kind %s", p.Name(), p.Kind())
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Errorf("the keystore was not made at the configured path: %v", err)
 	}
 }
