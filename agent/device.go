@@ -365,16 +365,11 @@ func (d *device) health(ctx context.Context) error {
 	return nil // Keys, which the probe calls next, is the check
 }
 
-// healthMessage says what failing means for each kind of provider,
-// without the device's own error text, which goes to the log.
+// healthMessage says what failing means for p's kind, as p describes it;
+// never the device's own error text, which goes to the log.
 func healthMessage(p providers.Provider) string {
-	switch p.Kind() {
-	case "pkcs11":
-		return "the token is missing or not logged in"
-	case "tpm":
-		return "the TPM does not answer"
-	case "software":
-		return "the keystore directory is missing or not private"
+	if h, ok := p.(providers.HealthDescriber); ok {
+		return h.HealthMessage()
 	}
 	return "unavailable"
 }

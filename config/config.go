@@ -1,10 +1,10 @@
 // Package config reads hmac-agent's configuration file (TOML) into a typed
 // struct and validates it, reporting every broken rule at once, each
-// naming its field. docs/configuration.md describes every field.
+// naming its field. docs/operations.md (Configuration reference)
+// describes every field.
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -18,8 +18,8 @@ import (
 
 	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/internal/paths"
-	"github.com/hmac-agent/hmac-agent/internal/privfile"
 	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/software"
 )
 
 // Config is the whole file.
@@ -34,7 +34,7 @@ type Config struct {
 	Log           Log        `toml:"log"`
 	Audit         Audit      `toml:"audit"`
 	DefaultPolicy *Policy    `toml:"default_policy"`
-	Providers     []Provider `toml:"provider"`
+	Providers     []Provider `toml:"-"` // decoded by kind: Load
 	Keys          []Key      `toml:"key"`
 	ShutdownGrace Duration   `toml:"shutdown_grace"`
 	// Metrics is the address of the Prometheus metrics listener: TCP
@@ -91,35 +91,23 @@ type Log struct {
 	Format string `toml:"format"` // text or json
 }
 
-// Provider is one place keys live. Which fields apply depends on Type.
+// Provider is one place keys live: a [[provider]] table. Name, type and
+// timeout are common to every kind; the rest of the table is the kind's
+// own Settings, decoded and checked by the kind's package (kinds.go).
 type Provider struct {
-	Name string `toml:"name"`
-	Type string `toml:"type"` // software, pkcs11, tpm
-
-	// software
-	Path string `toml:"path"`
-
-	// pkcs11
-	Module       string   `toml:"module"`
-	TokenLabel   string   `toml:"token"`
-	TokenSerial  string   `toml:"serial"`
-	PINFile      string   `toml:"pin_file"`
-	PINEnv       string   `toml:"pin_env"`
-	Sessions     int      `toml:"sessions"`
-	SessionWait  Duration `toml:"session_wait"`
-	MaxCopyBytes int64    `toml:"max_copy_bytes"`
-	// SessionKeyCopies: keys used through session-object copies (default
-	// true).
-	SessionKeyCopies *bool `toml:"session_key_copies"`
-
-	// Timeout bounds one call to a device (pkcs11, tpm): past it the
-	// request is answered ErrUnavailable (default 5s).
-	Timeout Duration `toml:"timeout"`
-
-	// tpm
-	Device   string `toml:"device"`    // /dev/tpmrm0, unix:/path or tcp:host:port
-	StateDir string `toml:"state_dir"` // key blobs
-	Slots    int    `toml:"slots"`     // objects the TPM holds at once (default 3)
+	Name string
+	Type string // a kind of the registry: software, pkcs11, tpm
+	// Timeout bounds one call to a device (kinds that take one): past it
+	// the request is answered ErrUnavailable (default 5s).
+	Timeout Duration
+	// Settings are the kind's own fields; nil for a type the registry
+	// does not know.
+	Settings providers.Settings
+	// unknown are the table's fields that neither the common fields nor
+	// the kind's settings have.
+	unknown []string
+	// decodeErr is why the table could not be decoded, if it could not.
+	decodeErr error
 }
 
 // Key names a key and says who may use it.
@@ -166,26 +154,24 @@ const (
 )
 
 // Duration is a time.Duration written as "30s" in TOML.
-type Duration struct{ time.Duration }
-
-// UnmarshalText parses a Go duration string.
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	d.Duration = v
-	return err
-}
-
-// MarshalText writes the duration back.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+type Duration = providers.Duration
 
 // Load reads and validates a config file.
 func Load(path string) (*Config, error) {
-	var c Config
-	meta, err := toml.DecodeFile(path, &c)
+	var f struct {
+		Config
+		// Tables are the [[provider]] tables, each decoded by its kind.
+		Tables []toml.Primitive `toml:"provider"`
+	}
+	meta, err := toml.DecodeFile(path, &f)
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
+	c := f.Config
 	c.meta = meta
+	for _, t := range f.Tables {
+		c.Providers = append(c.Providers, decodeProvider(meta, t))
+	}
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
@@ -199,7 +185,7 @@ func Default() (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Config{Providers: []Provider{{Name: "software", Type: "software", Path: filepath.Join(state, "keys")}}}
+	c := &Config{Providers: []Provider{{Name: "software", Type: "software", Settings: &software.Settings{Path: filepath.Join(state, "keys")}}}}
 	return c, c.Validate()
 }
 
@@ -301,49 +287,32 @@ func (c *Config) Validate() error {
 		} else {
 			names[p.Name] = f
 		}
+		if p.decodeErr != nil {
+			bad(f, "%v", p.decodeErr)
+			continue
+		}
+		kind, known := kinds[p.Type]
 		if p.Timeout.Duration < 0 {
 			bad(f+".timeout", "must not be negative")
-		} else if p.Timeout.Duration != 0 && p.Type != "pkcs11" && p.Type != "tpm" {
-			bad(f+".timeout", "applies to pkcs11 and tpm providers only")
+		} else if p.Timeout.Duration != 0 && known && !kind.Timeout {
+			bad(f+".timeout", "applies to %s providers only", timeoutKinds())
 		} else if p.Timeout.Duration != 0 && p.Timeout.Duration < 10*time.Millisecond {
 			bad(f+".timeout", "%s is too short for any device; give 10ms or more", p.Timeout.Duration)
 		}
-		switch p.Type {
-		case "software":
-			if p.Path == "" {
-				bad(f+".path", "required for a software provider")
-			} else if !filepath.IsAbs(p.Path) {
-				bad(f+".path", "must be an absolute path, not %q", p.Path)
-			}
-		case "pkcs11":
-			if p.Module == "" {
-				bad(f+".module", "required for a pkcs11 provider")
-			}
-			if p.TokenLabel == "" && p.TokenSerial == "" {
-				bad(f+".token", "a pkcs11 provider needs token (label) or serial")
-			}
-			if p.PINFile == "" && p.PINEnv == "" {
-				bad(f+".pin_file", "a pkcs11 provider needs pin_file or pin_env (never the PIN itself)")
-			}
-			if p.Sessions < 0 {
-				bad(f+".sessions", "must not be negative")
-			}
-		case "tpm":
-			if p.Device == "" {
-				bad(f+".device", "required for a tpm provider (for example /dev/tpmrm0)")
-			}
-			if p.StateDir == "" {
-				bad(f+".state_dir", "required for a tpm provider")
-			} else if !filepath.IsAbs(p.StateDir) {
-				bad(f+".state_dir", "must be an absolute path, not %q", p.StateDir)
-			}
-			if p.Slots < 0 {
-				bad(f+".slots", "must not be negative")
-			}
-		case "":
-			bad(f+".type", "required: software, pkcs11 or tpm")
+		switch {
+		case p.Type == "":
+			bad(f+".type", "required: %s", kindNames("or"))
+		case !known:
+			bad(f+".type", "unknown provider type %q (want %s)", p.Type, kindNames("or"))
+		case p.Settings == nil: // a Config built in code rather than loaded
+			bad(f, "a %s provider needs its settings", p.Type)
 		default:
-			bad(f+".type", "unknown provider type %q (want software, pkcs11 or tpm)", p.Type)
+			for _, field := range p.unknown {
+				bad(f+"."+field, "unknown field for a %s provider", p.Type)
+			}
+			for _, e := range p.Settings.Check() {
+				bad(f+"."+e.Field, "%s", e.Msg)
+			}
 		}
 	}
 	keys := map[string]bool{}
@@ -482,15 +451,4 @@ func LookupGroup(g string) (int, error) {
 		return grp.Gid, nil
 	})
 	return int(id), err
-}
-
-// ReadSecretFile reads a PIN or auth value, without a trailing newline,
-// from a file the agent's user owns with mode 0600 or stricter, never
-// through a symbolic link (privfile.ReadSecret).
-func ReadSecretFile(path string) ([]byte, error) {
-	b, err := privfile.ReadSecret(path)
-	if err != nil {
-		return nil, err
-	}
-	return bytes.TrimRight(b, "\r\n"), nil
 }

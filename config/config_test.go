@@ -1,6 +1,7 @@
 package config
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -8,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/hmac-agent/hmac-agent/agent"
+	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
+	"github.com/hmac-agent/hmac-agent/providers/software"
 )
 
 func write(t *testing.T, text string) string {
@@ -56,8 +59,16 @@ operations = ["verify"]
 	if c.SocketPath() != "/run/hmac-agent/agent.sock" || c.ShutdownGrace.Seconds() != 5 || c.Limits.MaxContextsPerConnection != 100 || c.Limits.MaxQueuedBytes != 1<<20 {
 		t.Errorf("decoded %+v", c)
 	}
-	if len(c.Providers) != 2 || c.Providers[0].SessionKeyCopies != nil || c.Providers[1].SessionKeyCopies == nil || *c.Providers[1].SessionKeyCopies {
-		t.Errorf("session_key_copies decoded as %+v", c.Providers)
+	soft, okSoft := c.Providers[0].Settings.(*software.Settings)
+	hsm, okHSM := c.Providers[1].Settings.(*pkcs11.Settings)
+	if len(c.Providers) != 2 || !okSoft || !okHSM {
+		t.Fatalf("providers decoded as %+v", c.Providers)
+	}
+	if soft.Path != "/var/lib/hmac-agent/keys" || hsm.Module != "/usr/lib/softhsm/libsofthsm2.so" || hsm.TokenLabel != "agent" || hsm.PINEnv != "PIN" {
+		t.Errorf("settings decoded as %+v, %+v", soft, hsm)
+	}
+	if hsm.SessionKeyCopies == nil || *hsm.SessionKeyCopies {
+		t.Errorf("session_key_copies decoded as %v", hsm.SessionKeyCopies)
 	}
 	if c.Providers[0].Timeout.Duration != 0 || c.Providers[1].Timeout.Seconds() != 2 {
 		t.Errorf("timeout decoded as %v, %v", c.Providers[0].Timeout, c.Providers[1].Timeout)
@@ -140,7 +151,7 @@ func TestDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Providers[0].Path != "/state/hmac-agent/keys" || c.SocketPath() != "/run/user/1000/hmac-agent/agent.sock" {
+	if s, ok := c.Providers[0].Settings.(*software.Settings); !ok || s.Path != "/state/hmac-agent/keys" || c.SocketPath() != "/run/user/1000/hmac-agent/agent.sock" {
 		t.Errorf("default %+v, socket %s", c.Providers[0], c.SocketPath())
 	}
 	t.Setenv("XDG_RUNTIME_DIR", "")
@@ -150,18 +161,6 @@ func TestDefault(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
-
-func TestSecretFileMustBePrivate(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "pin")
-	os.WriteFile(p, []byte("1234\n"), 0o644)
-	if _, err := ReadSecretFile(p); err == nil || !strings.Contains(err.Error(), "mode 0644") {
-		t.Errorf("loose pin file: %v", err)
-	}
-	os.Chmod(p, 0o600)
-	if b, err := ReadSecretFile(p); err != nil || string(b) != "1234" {
-		t.Errorf("pin file: %q, %v", b, err)
-	}
-}
 
 // TestPolicyWithOperationsButNobody: a policy that lists operations but
 // no users or groups would deny everyone, the owner included; it is a
@@ -207,5 +206,78 @@ operations = ["verify"]
 `)); err != nil {
 			t.Errorf("policy with %s: %v", who, err)
 		}
+	}
+}
+
+// TestProviderFieldsByKind: each [[provider]] table is read by its own
+// kind, so a field of another kind is unknown there and named with the
+// table's index, even when another table of that kind has it.
+func TestProviderFieldsByKind(t *testing.T) {
+	_, err := Load(write(t, `
+[[provider]]
+name = "hsm"
+type = "pkcs11"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token = "agent"
+pin_file = "/etc/hmac-agent/pin"
+[[provider]]
+name = "soft"
+type = "software"
+path = "/var/lib/hmac-agent/keys"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+[[provider]]
+name = "tpm"
+type = "tpm"
+device = "/dev/tpmrm0"
+state_dir = "/var/lib/hmac-agent/tpm"
+slot = 4
+[[provider]]
+name = "typo"
+type = "pkcs11"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token = "agent"
+pin_file = "/etc/hmac-agent/pin"
+sessions = "eight"
+`))
+	if err == nil {
+		t.Fatal("fields of another kind accepted")
+	}
+	for _, want := range []string{
+		"provider[1].module: unknown field for a software provider",
+		"provider[2].slot: unknown field for a tpm provider",
+		"provider[3]: ",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "provider[0]") {
+		t.Errorf("the valid pkcs11 table is blamed:\n%v", err)
+	}
+}
+
+// TestOpenByKind: a loaded table opens the provider of its kind, which
+// reports the type the registry knows it by.
+func TestOpenByKind(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "keys")
+	c, err := Load(write(t, `
+[[provider]]
+name = "soft"
+type = "software"
+path = "`+dir+`"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.Providers[0].Open(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if p.Name() != "soft" || p.Kind() != c.Providers[0].Type {
+		t.Errorf("opened %s of kind %s", p.Name(), p.Kind())
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Errorf("the keystore was not made at the configured path: %v", err)
 	}
 }

@@ -113,6 +113,32 @@ type HealthChecker interface {
 	Health(ctx context.Context) error
 }
 
+// HealthDescriber is implemented by providers that say what failing
+// their health probe means for their kind ("the TPM does not answer").
+// The message is public: a client sees it, so it holds no device error
+// text, which goes to the agent's log.
+type HealthDescriber interface {
+	HealthMessage() string
+}
+
+// Stat is one figure a provider reports about itself for metrics.
+type Stat struct {
+	// Name is the metric family without the "hmac_agent_" prefix, starting
+	// with the provider's kind ("pkcs11_sessions_open").
+	Name string
+	Help string
+	// Counter is true for a count that only grows, false for a gauge.
+	Counter bool
+	Value   uint64
+}
+
+// StatsReporter is implemented by providers with figures of their own.
+// Stats is called at each metrics scrape, so it must not wait on the
+// device.
+type StatsReporter interface {
+	Stats() []Stat
+}
+
 // OneShotVerifier is implemented by keys that verify a whole message inside
 // their device. The agent uses it for VerifyMAC, so the tag is compared
 // where the key lives.

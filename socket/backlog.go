@@ -8,10 +8,9 @@ import "sync"
 // bound was max_in_flight frames, 256 MiB at the default 1 MiB frame.
 //
 // When the backlog is full the reader stops reading, and it resumes only
-// once half has drained. Waking it for every request that finishes costs
-// the goroutine finishing it a futex wake per frame, about a tenth of a
-// 64 KiB SignUpdate; in half-batches the reader reads many frames per wake
-// (PKCS#11 streaming 0.80 → 0.87 of direct).
+// once half has drained: woken for every request that finished, the reader
+// would cost each finishing goroutine a wake-up per frame, where in
+// half-batches it reads many frames per wake-up.
 //
 // Its methods are safe for concurrent use.
 type backlog struct {

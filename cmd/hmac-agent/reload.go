@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
 	"strings"
 	"time"
 
@@ -50,7 +51,7 @@ func sameProviders(a, b *config.Config) bool {
 		return false
 	}
 	for i := range a.Providers {
-		if a.Providers[i] != b.Providers[i] {
+		if !reflect.DeepEqual(a.Providers[i], b.Providers[i]) {
 			return false
 		}
 	}

@@ -20,9 +20,6 @@ import (
 	"github.com/hmac-agent/hmac-agent/internal/harden"
 	"github.com/hmac-agent/hmac-agent/internal/metrics"
 	"github.com/hmac-agent/hmac-agent/providers"
-	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
-	"github.com/hmac-agent/hmac-agent/providers/software"
-	"github.com/hmac-agent/hmac-agent/providers/tpm"
 	"github.com/hmac-agent/hmac-agent/socket"
 )
 
@@ -293,7 +290,7 @@ func buildAgent(ctx context.Context, cfg *config.Config, log, audit *slog.Logger
 		}
 	}
 	for _, pc := range cfg.Providers {
-		p, err := openProvider(ctx, pc, log)
+		p, err := pc.Open(ctx, log)
 		if err != nil {
 			closeAll()
 			return nil, fmt.Errorf("provider %q: %w", pc.Name, err)
@@ -358,82 +355,4 @@ func agentKeys(cfg *config.Config) ([]agent.KeyConfig, *agent.Policy) {
 		})
 	}
 	return keys, def
-}
-
-func openProvider(ctx context.Context, pc config.Provider, log *slog.Logger) (providers.Provider, error) {
-	switch pc.Type {
-	case "software":
-		p, err := software.Open(pc.Name, pc.Path)
-		if err != nil {
-			return nil, err
-		}
-		if err := p.LockError(); err != nil {
-			log.Warn("software key bytes are not locked in memory and could be swapped out", "provider", pc.Name, "err", err)
-		}
-		return p, nil
-	case "pkcs11":
-		pin, err := readPIN(pc, log)
-		if err != nil {
-			return nil, err
-		}
-		defer clear(pin)
-		p, err := pkcs11.Open(ctx, pkcs11.Config{
-			Name: pc.Name, Module: pc.Module, TokenLabel: pc.TokenLabel, TokenSerial: pc.TokenSerial,
-			PIN: pin, Sessions: pc.Sessions, SessionWait: pc.SessionWait.Duration, MaxCopyBytes: pc.MaxCopyBytes,
-			NoKeyCopies: pc.SessionKeyCopies != nil && !*pc.SessionKeyCopies,
-			Timeout:     pc.Timeout.Duration,
-			ReadPIN:     rereadPIN(pc),
-		})
-		if err != nil {
-			return nil, err
-		}
-		log.Info("pkcs11 token ready", "provider", pc.Name, "token", pc.TokenLabel, "algorithms", fmt.Sprint(p.Algorithms()))
-		return p, nil
-	case "tpm":
-		p, err := tpm.Open(ctx, tpm.Config{Name: pc.Name, Device: pc.Device, StateDir: pc.StateDir, Slots: pc.Slots, Timeout: pc.Timeout.Duration})
-		if err != nil {
-			return nil, err
-		}
-		log.Info("tpm ready", "provider", pc.Name, "device", pc.Device, "algorithms", fmt.Sprint(p.Algorithms()))
-		return p, nil
-	}
-	return nil, errors.New("provider type " + pc.Type + " is not available in this build")
-}
-
-// rereadPIN reads a PIN file again when the token is logged in anew, so a
-// changed file is used. A PIN from the environment is not read again: the
-// variable is gone by then, and the provider keeps its own copy.
-func rereadPIN(pc config.Provider) func() ([]byte, error) {
-	if pc.PINFile == "" {
-		return nil
-	}
-	return func() ([]byte, error) { return config.ReadSecretFile(pc.PINFile) }
-}
-
-// readPIN reads a provider's PIN from its file (owned by the agent's
-// user, 0600 or stricter, not a link) or its environment variable; never
-// from the config text or argv.
-//
-// A PIN in the environment can be read from /proc/PID/environ by any
-// process of the same user until the agent has made itself non-dumpable,
-// and by root always; so pin_env is warned about. The variable is removed
-// from the agent's own environment once read, so that nothing the agent
-// starts inherits it and no later lookup finds it; the copy the kernel
-// keeps in /proc/PID/environ is not changed by that.
-func readPIN(pc config.Provider, log *slog.Logger) ([]byte, error) {
-	if pc.PINFile != "" {
-		pin, err := config.ReadSecretFile(pc.PINFile)
-		if err != nil {
-			return nil, fmt.Errorf("pin_file: %w", err)
-		}
-		return pin, nil
-	}
-	v, ok := os.LookupEnv(pc.PINEnv)
-	if !ok {
-		return nil, fmt.Errorf("pin_env: $%s is not set", pc.PINEnv)
-	}
-	os.Unsetenv(pc.PINEnv)
-	log.Warn("the PIN comes from the environment, which processes of the same user could read (/proc/PID/environ) until the agent started; use pin_file",
-		"provider", pc.Name, "pin_env", pc.PINEnv)
-	return []byte(v), nil
 }

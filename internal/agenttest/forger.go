@@ -228,10 +228,3 @@ func (f *Forger) Record() (accepted, received int) {
 	}
 	return accepted, received
 }
-
-// Reset forgets the record so far.
-func (f *Forger) Reset() {
-	f.mu.Lock()
-	f.lines = nil
-	f.mu.Unlock()
-}

@@ -35,7 +35,6 @@ import (
 
 	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/providers"
-	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
 )
 
 // latencyBuckets are 5 µs to about 80 s, by factors of 4: from a software
@@ -232,30 +231,58 @@ func (m *Metrics) Watch(a *agent.Agent, srv Server) {
 		counter(w, "hmac_agent_log_lines_left_out_total", "Denial and error log lines left out by the per-caller rate.", sample{v: a.LogLinesLeftOut()})
 
 		up := make([]sample, len(provs))
-		var sessions, inUse, waits, copies, swaps []sample
+		var stats providerStats
 		for i, p := range provs {
 			up[i] = sample{labels[i], 0}
 			if a.Healthy(p) { // as last probed: a scrape never waits on a device
 				up[i].v = 1
 			}
-			if hp, ok := p.(interface{ Sessions() pkcs11.SessionStats }); ok {
-				st := hp.Sessions()
-				sessions = append(sessions, sample{labels[i], uint64(st.Open)})
-				inUse = append(inUse, sample{labels[i], uint64(st.InUse)})
-				waits = append(waits, sample{labels[i], st.Waits})
-				copies = append(copies, sample{labels[i], uint64(st.Copies)})
-			}
-			if sw, ok := p.(interface{ Swaps() uint64 }); ok {
-				swaps = append(swaps, sample{labels[i], sw.Swaps()})
+			if r, ok := p.(providers.StatsReporter); ok {
+				stats.add(labels[i], r.Stats())
 			}
 		}
 		gauge(w, "hmac_agent_provider_up", "1 if the provider answered its last health probe.", up...)
-		gauge(w, "hmac_agent_pkcs11_sessions_open", "PKCS#11 sessions open.", sessions...)
-		gauge(w, "hmac_agent_pkcs11_sessions_in_use", "PKCS#11 sessions in use.", inUse...)
-		counter(w, "hmac_agent_pkcs11_session_waits_total", "Requests that waited for a PKCS#11 session.", waits...)
-		gauge(w, "hmac_agent_pkcs11_key_copies", "Per-session copies of PKCS#11 keys.", copies...)
-		counter(w, "hmac_agent_tpm_slot_swaps_total", "TPM object slots swapped out and in.", swaps...)
+		stats.write(w)
 	})
+}
+
+// providerStats gathers the providers' own figures by family, so that each
+// family is written once with the samples of every provider that has it.
+type providerStats struct {
+	order    []string
+	families map[string]*statFamily
+}
+
+type statFamily struct {
+	help    string
+	counter bool
+	samples []sample
+}
+
+func (s *providerStats) add(labels []string, stats []providers.Stat) {
+	for _, st := range stats {
+		f := s.families[st.Name]
+		if f == nil {
+			if s.families == nil {
+				s.families = map[string]*statFamily{}
+			}
+			f = &statFamily{help: st.Help, counter: st.Counter}
+			s.families[st.Name] = f
+			s.order = append(s.order, st.Name)
+		}
+		f.samples = append(f.samples, sample{labels, st.Value})
+	}
+}
+
+func (s *providerStats) write(w io.Writer) {
+	for _, name := range s.order {
+		f := s.families[name]
+		typ := "gauge"
+		if f.counter {
+			typ = "counter"
+		}
+		writeFamily(w, "hmac_agent_"+name, typ, f.help, f.samples)
+	}
 }
 
 // sample is one value of a family, with its labels as name, value pairs.

@@ -162,12 +162,24 @@ func TestMetricsPageParses(t *testing.T) {
 		{"hmac_agent_provider_up", []string{"kind", "software", "provider", "spare"}, 1},
 		{"hmac_agent_provider_up", []string{"kind", "pkcs11", "provider", "hsm"}, 1},
 		{"hmac_agent_pkcs11_sessions_open", []string{"provider", "hsm"}, -1},
+		{"hmac_agent_pkcs11_sessions_in_use", []string{"provider", "hsm"}, -1},
+		{"hmac_agent_pkcs11_session_waits_total", []string{"provider", "hsm"}, -1},
+		{"hmac_agent_pkcs11_key_copies", []string{"provider", "hsm"}, -1},
 	} {
 		got, ok := value(w.family, w.labels...)
 		if !ok {
 			t.Errorf("no sample %s%v", w.family, w.labels)
 		} else if w.want >= 0 && got != w.want {
 			t.Errorf("%s%v = %v, want %v", w.family, w.labels, got, w.want)
+		}
+	}
+	// The provider's own figures keep their types through the general list.
+	for name, typ := range map[string]dto.MetricType{
+		"hmac_agent_pkcs11_sessions_open":       dto.MetricType_GAUGE,
+		"hmac_agent_pkcs11_session_waits_total": dto.MetricType_COUNTER,
+	} {
+		if f := fams[name]; f != nil && f.GetType() != typ {
+			t.Errorf("family %s is a %s, want a %s", name, f.GetType(), typ)
 		}
 	}
 	for name, f := range fams {

@@ -43,13 +43,6 @@ func Check(path string, info fs.FileInfo, wantDir bool) error {
 	return nil
 }
 
-// MkdirCheck creates dir (0700) and its parents if missing and checks
-// dir and its parents by the rules of OpenDir.
-func MkdirCheck(dir string) error {
-	_, err := CheckDir(dir, PrivateDir)
-	return err
-}
-
 // Open opens a file for reading after checking, on the open descriptor,
 // that it is private. A symbolic link is refused, not followed.
 func Open(path string) (*os.File, fs.FileInfo, error) {

@@ -161,23 +161,6 @@ func (pl *pool) wake() {
 	}
 }
 
-// tryGet returns an idle session, or opens one if the pool has room; nil
-// if neither can be done at once.
-func (pl *pool) tryGet() *session {
-	select {
-	case s := <-pl.idle:
-		return s
-	default:
-	}
-	select {
-	case pl.slots <- struct{}{}:
-	default:
-		return nil
-	}
-	s, _ := pl.open()
-	return s
-}
-
 // open opens a session in the slot the caller took, and gives the slot
 // back if it cannot.
 func (pl *pool) open() (*session, error) {

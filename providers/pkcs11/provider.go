@@ -356,6 +356,26 @@ func (p *Provider) Sessions() SessionStats {
 	}
 }
 
+// Stats reports the session pool and the key copies for metrics.
+func (p *Provider) Stats() []providers.Stat {
+	st := p.Sessions()
+	return []providers.Stat{
+		{Name: "pkcs11_sessions_open", Help: "PKCS#11 sessions open.", Value: uint64(st.Open)},
+		{Name: "pkcs11_sessions_in_use", Help: "PKCS#11 sessions in use.", Value: uint64(st.InUse)},
+		{Name: "pkcs11_session_waits_total", Help: "Requests that waited for a PKCS#11 session.", Counter: true, Value: st.Waits},
+		{Name: "pkcs11_key_copies", Help: "Per-session copies of PKCS#11 keys.", Value: uint64(st.Copies)},
+	}
+}
+
+// HealthMessage is what a failed health probe means for a token.
+func (p *Provider) HealthMessage() string { return "the token is missing or not logged in" }
+
+var (
+	_ providers.HealthChecker   = (*Provider)(nil)
+	_ providers.HealthDescriber = (*Provider)(nil)
+	_ providers.StatsReporter   = (*Provider)(nil)
+)
+
 // Close waits for calls in flight, logs out, closes every session and
 // finalizes the module if no other provider uses it.
 func (p *Provider) Close() error {

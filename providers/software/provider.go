@@ -86,6 +86,16 @@ func (p *Provider) Name() string { return p.name }
 // Kind returns "software".
 func (p *Provider) Kind() string { return "software" }
 
+// HealthMessage is what a failed health probe means for a keystore.
+func (p *Provider) HealthMessage() string {
+	return "the keystore directory is missing or not private"
+}
+
+var (
+	_ providers.HealthChecker   = (*Provider)(nil)
+	_ providers.HealthDescriber = (*Provider)(nil)
+)
+
 // Dir returns the keystore directory.
 func (p *Provider) Dir() string { return p.dir }
 

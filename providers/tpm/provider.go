@@ -226,6 +226,20 @@ func (p *Provider) Parallelism() int { return 1 }
 // Swaps is how many objects were swapped out of the TPM to make room.
 func (p *Provider) Swaps() uint64 { return p.swaps.Load() }
 
+// Stats reports the slot swaps for metrics.
+func (p *Provider) Stats() []providers.Stat {
+	return []providers.Stat{{Name: "tpm_slot_swaps_total", Help: "TPM object slots swapped out and in.", Counter: true, Value: p.Swaps()}}
+}
+
+// HealthMessage is what a failed health probe means for a TPM.
+func (p *Provider) HealthMessage() string { return "the TPM does not answer" }
+
+var (
+	_ providers.HealthChecker   = (*Provider)(nil)
+	_ providers.HealthDescriber = (*Provider)(nil)
+	_ providers.StatsReporter   = (*Provider)(nil)
+)
+
 // exchange sends a hand-marshalled command; run reconnects if the
 // connection broke.
 func (p *Provider) exchange(cmd []byte) ([]byte, error) {

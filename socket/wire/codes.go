@@ -7,50 +7,18 @@ import (
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
-// Code is an error code in an ERROR reply.
+// Code is an error code in an ERROR reply. The codes, their sentinels and
+// their names are providers' error table.
 type Code uint16
 
-// Errors that exist only on the wire. The contract's errors are in
-// providers.
+// Errors that only the server sends; their sentinels are in providers.
 var (
-	// ErrBadRequest: a malformed message or frame.
-	ErrBadRequest = errors.New("malformed request")
-	// ErrUnknownMessage: a message type the agent does not know.
-	ErrUnknownMessage = errors.New("unknown message type")
-	// ErrVersion: no protocol version both sides speak, or no handshake.
-	ErrVersion = errors.New("protocol version not supported")
-	// ErrInternal: the agent failed; its log says why.
-	ErrInternal = errors.New("internal error in the agent")
-	// ErrShuttingDown: the agent is stopping and takes no new work.
-	ErrShuttingDown = errors.New("agent is shutting down")
+	ErrBadRequest     = providers.ErrBadRequest
+	ErrUnknownMessage = providers.ErrUnknownMessage
+	ErrVersion        = providers.ErrVersion
+	ErrInternal       = providers.ErrInternal
+	ErrShuttingDown   = providers.ErrShuttingDown
 )
-
-// The table of codes. Codes never change meaning; new ones are added at
-// the end. The contract's errors are named by providers.ErrorName.
-var codes = []struct {
-	code Code
-	err  error
-	name string
-}{
-	{1, providers.ErrAlreadyFinalized, ""},
-	{2, providers.ErrInvalidSignature, ""},
-	{3, providers.ErrUnsupportedAlgorithm, ""},
-	{4, providers.ErrKeyNotFound, ""},
-	{5, providers.ErrPermissionDenied, ""},
-	{6, providers.ErrKeyExists, ""},
-	{7, providers.ErrInvalidArgument, ""},
-	{8, providers.ErrNotSupported, ""},
-	{9, providers.ErrLimit, ""},
-	{10, providers.ErrUnavailable, ""},
-	{11, providers.ErrContextLost, ""},
-	{12, providers.ErrUnknownContext, ""},
-	{13, ErrBadRequest, "bad_request"},
-	{14, ErrUnknownMessage, "unknown_message"},
-	{15, ErrVersion, "version"},
-	{16, ErrInternal, "internal"},
-	{17, ErrShuttingDown, "shutting_down"},
-	{18, providers.ErrClosed, ""},
-}
 
 // Codes of errors the server sends for framing faults.
 const (
@@ -63,32 +31,21 @@ const (
 
 // CodeOf returns the code of the first sentinel err wraps, or CodeInternal.
 func CodeOf(err error) Code {
-	for _, c := range codes {
-		if errors.Is(err, c.err) {
-			return c.code
-		}
+	if k, ok := providers.KindOf(err); ok {
+		return Code(k.Code)
 	}
 	return CodeInternal
 }
 
 // Sentinel returns the error a code stands for, or nil for an unknown code.
 func (c Code) Sentinel() error {
-	for _, e := range codes {
-		if e.code == c {
-			return e.err
-		}
-	}
-	return nil
+	k, _ := providers.KindByCode(uint16(c))
+	return k.Err
 }
 
 func (c Code) String() string {
-	for _, e := range codes {
-		if e.code == c {
-			if e.name == "" {
-				return providers.ErrorName(e.err)
-			}
-			return e.name
-		}
+	if k, ok := providers.KindByCode(uint16(c)); ok {
+		return k.Name
 	}
 	return fmt.Sprintf("code(%d)", uint16(c))
 }

@@ -98,11 +98,6 @@ func (t Type) String() string {
 // Known reports whether t is a defined message type.
 func (t Type) Known() bool { _, ok := typeNames[t]; return ok }
 
-// HasReply reports whether a request of type t is answered. UPDATE and
-// CLOSE are not, unless they fail in a way that cannot wait (see
-// docs/protocol.md).
-func (t Type) HasReply() bool { return t != TypeUpdate && t != TypeClose }
-
 // Message is any message, flattened; which fields are used depends on Type
 // (docs/protocol.md lists them). Byte slices refer into the decoded frame.
 type Message struct {

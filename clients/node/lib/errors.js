@@ -17,7 +17,13 @@ class AgentError extends Error {
   }
 }
 
-function define(name, code, wireCode, doc) {
+// Wire codes by the protocol's name, from wire.js's table.
+const WIRE_CODES = Object.freeze(
+  Object.fromEntries(Object.entries(ERROR_CODES).map(([wireCode, name]) => [name, Number(wireCode)])),
+);
+
+function define(name, code, doc) {
+  const wireCode = WIRE_CODES[code];
   // A named class per protocol error, so `instanceof` and `err.name` work.
   const cls = {
     [name]: class extends AgentError {
@@ -29,51 +35,57 @@ function define(name, code, wireCode, doc) {
   return cls;
 }
 
-const AlreadyFinalized = define('AlreadyFinalized', 'already_finalized', 1, 'Context was already finalized.');
-const InvalidSignature = define('InvalidSignature', 'invalid_signature', 2, 'Signature did not match digest.');
-const UnsupportedAlgorithm = define('UnsupportedAlgorithm', 'unsupported_algorithm', 3, 'unsupported algorithm');
-const KeyNotFound = define('KeyNotFound', 'key_not_found', 4, 'key not found');
-const PermissionDenied = define('PermissionDenied', 'permission_denied', 5, 'permission denied');
-const KeyExists = define('KeyExists', 'key_exists', 6, 'key exists');
-const InvalidArgument = define('InvalidArgument', 'invalid_argument', 7, 'invalid argument');
-const NotSupported = define('NotSupported', 'not_supported', 8, 'not supported');
-const LimitReached = define('LimitReached', 'limit', 9, 'a limit was reached');
-const Unavailable = define('Unavailable', 'unavailable', 10, 'the provider cannot serve now');
-const ContextLost = define('ContextLost', 'context_lost', 11, "the context's state was lost");
-const UnknownContext = define('UnknownContext', 'unknown_context', 12, 'no such context');
-const BadRequest = define('BadRequest', 'bad_request', 13, 'malformed request');
-const UnknownMessage = define('UnknownMessage', 'unknown_message', 14, 'unknown message type');
-const VersionMismatch = define('VersionMismatch', 'version', 15, 'no common protocol version');
-const InternalError = define('InternalError', 'internal', 16, 'the agent failed');
-const ShuttingDown = define('ShuttingDown', 'shutting_down', 17, 'the agent is stopping');
-const Closed = define('Closed', 'closed', 18, 'the agent or provider was closed');
+const AlreadyFinalized = define('AlreadyFinalized', 'already_finalized', 'Context was already finalized.');
+const InvalidSignature = define('InvalidSignature', 'invalid_signature', 'Signature did not match digest.');
+const UnsupportedAlgorithm = define('UnsupportedAlgorithm', 'unsupported_algorithm', 'unsupported algorithm');
+const KeyNotFound = define('KeyNotFound', 'key_not_found', 'key not found');
+const PermissionDenied = define('PermissionDenied', 'permission_denied', 'permission denied');
+const KeyExists = define('KeyExists', 'key_exists', 'key exists');
+const InvalidArgument = define('InvalidArgument', 'invalid_argument', 'invalid argument');
+const NotSupported = define('NotSupported', 'not_supported', 'not supported');
+const LimitReached = define('LimitReached', 'limit', 'a limit was reached');
+const Unavailable = define('Unavailable', 'unavailable', 'the provider cannot serve now');
+const ContextLost = define('ContextLost', 'context_lost', "the context's state was lost");
+const UnknownContext = define('UnknownContext', 'unknown_context', 'no such context');
+const BadRequest = define('BadRequest', 'bad_request', 'malformed request');
+const UnknownMessage = define('UnknownMessage', 'unknown_message', 'unknown message type');
+const VersionMismatch = define('VersionMismatch', 'version', 'no common protocol version');
+const InternalError = define('InternalError', 'internal', 'the agent failed');
+const ShuttingDown = define('ShuttingDown', 'shutting_down', 'the agent is stopping');
+const Closed = define('Closed', 'closed', 'the agent or provider was closed');
 
 // Client-side errors, without a wire code.
-const AgentNotRunning = define('AgentNotRunning', 'agent_not_running', undefined, 'no hmac-agent listening');
-const ConnectionLost = define('ConnectionLost', 'connection_lost', undefined, 'connection to the agent lost');
-const UntrustedAgent = define('UntrustedAgent', 'untrusted_agent', undefined, 'the agent could not be trusted');
-const RequestTimeout = define('RequestTimeout', 'timeout', undefined, 'no reply from the agent in time');
+const AgentNotRunning = define('AgentNotRunning', 'agent_not_running', 'no hmac-agent listening');
+const ConnectionLost = define('ConnectionLost', 'connection_lost', 'connection to the agent lost');
+const UntrustedAgent = define('UntrustedAgent', 'untrusted_agent', 'the agent could not be trusted');
+const RequestTimeout = define('RequestTimeout', 'timeout', 'no reply from the agent in time');
 
-const BY_CODE = {
-  1: AlreadyFinalized,
-  2: InvalidSignature,
-  3: UnsupportedAlgorithm,
-  4: KeyNotFound,
-  5: PermissionDenied,
-  6: KeyExists,
-  7: InvalidArgument,
-  8: NotSupported,
-  9: LimitReached,
-  10: Unavailable,
-  11: ContextLost,
-  12: UnknownContext,
-  13: BadRequest,
-  14: UnknownMessage,
-  15: VersionMismatch,
-  16: InternalError,
-  17: ShuttingDown,
-  18: Closed,
-};
+// The protocol's errors by wire code; a code without a class of its own
+// is treated as internal.
+const BY_CODE = Object.freeze(
+  Object.fromEntries(
+    [
+      AlreadyFinalized,
+      InvalidSignature,
+      UnsupportedAlgorithm,
+      KeyNotFound,
+      PermissionDenied,
+      KeyExists,
+      InvalidArgument,
+      NotSupported,
+      LimitReached,
+      Unavailable,
+      ContextLost,
+      UnknownContext,
+      BadRequest,
+      UnknownMessage,
+      VersionMismatch,
+      InternalError,
+      ShuttingDown,
+      Closed,
+    ].map((cls) => [new cls().wireCode, cls]),
+  ),
+);
 
 /** The error for an ERROR reply; an unknown code is treated as internal. */
 function fromCode(wireCode, message) {

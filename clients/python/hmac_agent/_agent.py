@@ -533,7 +533,7 @@ def _key_name(key):
     if len(b) > 255:
         from .errors import KeyNotFound
 
-        raise KeyNotFound("key %r not found" % key, _wire.KEY_NOT_FOUND)
+        raise KeyNotFound("key %r not found" % key, _wire.ERROR_CODES["key_not_found"])
     return b
 
 

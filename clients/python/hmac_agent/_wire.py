@@ -73,19 +73,28 @@ DIGEST_SIZES = {
     "sm3": 32,
 }
 
-# Error codes.
-ALREADY_FINALIZED = 1
-INVALID_SIGNATURE = 2
-UNSUPPORTED_ALGORITHM = 3
-KEY_NOT_FOUND = 4
-PERMISSION_DENIED = 5
-KEY_EXISTS = 6
-INVALID_ARGUMENT = 7
-NOT_SUPPORTED = 8
-LIMIT = 9
-UNAVAILABLE = 10
-CONTEXT_LOST = 11
-UNKNOWN_CONTEXT = 12
+# Error codes by the protocol's name (docs/protocol.md; checked against
+# the agent's table by providers/errors_test.go).
+ERROR_CODES = {
+    "already_finalized": 1,
+    "invalid_signature": 2,
+    "unsupported_algorithm": 3,
+    "key_not_found": 4,
+    "permission_denied": 5,
+    "key_exists": 6,
+    "invalid_argument": 7,
+    "not_supported": 8,
+    "limit": 9,
+    "unavailable": 10,
+    "context_lost": 11,
+    "unknown_context": 12,
+    "bad_request": 13,
+    "unknown_message": 14,
+    "version": 15,
+    "internal": 16,
+    "shutting_down": 17,
+    "closed": 18,
+}
 
 _HEADER = struct.Struct(">IBI")  # length, type, request ID
 

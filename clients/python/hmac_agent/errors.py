@@ -6,6 +6,8 @@ existing ``except`` clauses keep working; otherwise classes of the same
 names are defined here.
 """
 
+from ._wire import ERROR_CODES
+
 try:  # pragma: no cover - depends on the environment
     from cryptography.exceptions import AlreadyFinalized, InvalidSignature, UnsupportedAlgorithm
 except ImportError:  # pragma: no cover
@@ -72,16 +74,19 @@ class Unavailable(AgentError):
     restarting); the message names the provider. A later call may succeed."""
 
 
-_BY_CODE = {
-    1: AlreadyFinalized,
-    2: InvalidSignature,
-    3: UnsupportedAlgorithm,
-    4: KeyNotFound,
-    5: PermissionDenied,
-    6: KeyExists,
-    10: Unavailable,
-    11: ContextLost,
+# Exceptions by the protocol's error name; the other codes raise AgentError.
+_BY_NAME = {
+    "already_finalized": AlreadyFinalized,
+    "invalid_signature": InvalidSignature,
+    "unsupported_algorithm": UnsupportedAlgorithm,
+    "key_not_found": KeyNotFound,
+    "permission_denied": PermissionDenied,
+    "key_exists": KeyExists,
+    "unavailable": Unavailable,
+    "context_lost": ContextLost,
 }
+
+_BY_CODE = {ERROR_CODES[name]: cls for name, cls in _BY_NAME.items()}
 
 
 def from_code(code, message):
