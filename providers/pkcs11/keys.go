@@ -239,6 +239,10 @@ func (p *Provider) loadKey(ctx context.Context, k *key) (providers.Key, error) {
 		var keyType uint
 		var valueLen int
 		var label, id []byte
+		signs := true
+		if keyAttributesRead != nil {
+			keyAttributesRead(attrs)
+		}
 		defer func() { k.identity = fmt.Sprintf("label=%x;id=%x", label, id) }()
 		for _, a := range attrs {
 			switch a.Type {
@@ -251,12 +255,25 @@ func (p *Provider) loadKey(ctx context.Context, k *key) (providers.Key, error) {
 			case p11.CKA_VALUE_LEN:
 				valueLen = int(bytesToUint(a.Value))
 			case p11.CKA_SIGN:
-				if len(a.Value) > 0 && a.Value[0] == 0 {
-					return fmt.Errorf("pkcs11: key %q: %w: CKA_SIGN is false", ref, providers.ErrUnsupportedAlgorithm)
-				}
+				signs = !(len(a.Value) > 0 && a.Value[0] == 0)
 			}
 		}
 		k.algs = p.keyAlgorithms(keyType, valueLen)
+		if len(k.algs) == 0 || !signs {
+			// SoftHSM2 reads a token object's attributes from its file,
+			// and an object whose file vanished with the token reads as
+			// empty: key type 0, CKA_SIGN false. Such a read must not
+			// make a key that cannot sign, which the agent would keep
+			// answering ErrUnsupportedAlgorithm for: ask the token
+			// first.
+			if err := p.tokenPresent(); err != nil {
+				p.setDown(fmt.Errorf("%v (after reading key %q as unable to sign)", err, ref))
+				return p.unavailable()
+			}
+		}
+		if !signs {
+			return fmt.Errorf("pkcs11: key %q: %w: CKA_SIGN is false", ref, providers.ErrUnsupportedAlgorithm)
+		}
 		return nil
 	})
 	if err != nil {
@@ -274,6 +291,10 @@ func (p *Provider) loadKey(ctx context.Context, k *key) (providers.Key, error) {
 	p.keysMu.Unlock()
 	return k, nil
 }
+
+// keyAttributesRead, when set by a test, sees (and may change) a key's
+// attributes as loadKey read them, before they are believed.
+var keyAttributesRead func([]*p11.Attribute)
 
 // bytesToUint reads a CK_ULONG attribute in the host's byte order.
 func bytesToUint(b []byte) uint64 {
