@@ -395,6 +395,8 @@ func (p *Provider) create(ctx context.Context, name string, make func(s *session
 		return providers.KeyInfo{}, fmt.Errorf("pkcs11: %w", err)
 	}
 	err := p.withSession(ctx, func(s *session) error {
+		p.mod.objects.Lock()
+		defer p.mod.objects.Unlock()
 		hs, err := findObjects(p.ctx, s, []*p11.Attribute{
 			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
 			p11.NewAttribute(p11.CKA_TOKEN, true),
@@ -526,6 +528,8 @@ func (p *Provider) DeleteKey(ctx context.Context, ref string) error {
 	k := &key{p: p, name: ref, label: label, id: id}
 	var deleted p11.ObjectHandle
 	err = p.withSession(ctx, func(s *session) error {
+		p.mod.objects.Lock()
+		defer p.mod.objects.Unlock()
 		versioned := false
 		if !strings.HasPrefix(ref, "pkcs11:") {
 			// Every version goes with the key.
