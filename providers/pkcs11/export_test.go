@@ -48,3 +48,12 @@ func EmptyKeyReads(t testing.TB, before func()) {
 
 // NoKeyReadHook undoes EmptyKeyReads.
 func NoKeyReadHook() { keyAttributesRead = nil }
+
+// ForgetKeys drops every key's handle and session copy, as a new login or
+// a stale handle does, while other goroutines may be using them.
+func ForgetKeys(p *Provider) {
+	if p.enter() == nil {
+		p.forgetAll()
+		p.leave()
+	}
+}

@@ -63,22 +63,31 @@ func (k *key) template() []*p11.Attribute {
 }
 
 // objectHandle returns the handle operations use: the key's session copy,
-// made on first use, or else the token object.
-func (k *key) objectHandle(s *session) (p11.ObjectHandle, error) {
+// made on first use, or else the token object. done must be called once
+// the handle is no longer used: a copy dropped meanwhile (the original
+// changed, a new login, another goroutine's check finding the token gone)
+// is destroyed only then. SoftHSM2 checks that an object is valid and then
+// reads its CKA_SIGN and key type, so a copy destroyed by another goroutine
+// in between made C_SignInit refuse the key, which clients saw as
+// ErrUnsupportedAlgorithm.
+func (k *key) objectHandle(s *session) (h p11.ObjectHandle, done func(), err error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if c, err := k.usableCopy(s); c != 0 || err != nil {
-		return c, err
+		if err != nil {
+			return 0, nil, err
+		}
+		return c, k.holdCopyLocked(), nil
 	}
-	h, err := k.tokenHandleLocked(s)
+	h, err = k.tokenHandleLocked(s)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if k.copy = k.p.copyKey(s, h); k.copy.h != 0 {
 		k.checked = time.Now()
-		return k.copy.h, nil
+		return k.copy.h, k.holdCopyLocked(), nil
 	}
-	return h, nil
+	return h, func() {}, nil
 }
 
 // tokenHandle returns the token object's handle: for looking at or
