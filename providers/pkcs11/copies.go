@@ -23,8 +23,9 @@ import (
 // first use more than staleAfter after the last check asks the token
 // whether the original is still there and may still sign and verify
 // (C_GetAttributeValue); if not, the copy is destroyed and the key looked
-// up again. Deleting any key through the agent destroys every copy at
-// once, as a new login does.
+// up again. Deleting any key through the agent drops every copy at once,
+// as a new login does. A copy dropped while calls use its handle is
+// destroyed by the last of them (copyUse).
 //
 // Copies are made in a session of their own, outside the pool: a session
 // object dies with the session that made it, and pool sessions are closed
