@@ -269,10 +269,10 @@ func (p *Provider) loadKey(ctx context.Context, k *key) (providers.Key, error) {
 		}
 		k.algs = p.keyAlgorithms(keyType, valueLen)
 		if len(k.algs) == 0 || !signs {
-			// SoftHSM2 reads a token object's attributes from its file,
-			// and an object whose file vanished with the token reads as
-			// empty: key type 0, CKA_SIGN false. Such a read must not
-			// make a key that cannot sign, which the agent would keep
+			// An object emptied underneath reads as key type 0 with
+			// CKA_SIGN false (SoftHSM2's value for an attribute it no
+			// longer holds). A read during an outage must not cache a
+			// key that cannot sign, which the agent would keep
 			// answering ErrUnsupportedAlgorithm for: ask the token
 			// first.
 			if err := p.tokenPresent(); err != nil {

@@ -54,11 +54,11 @@ func tokenWide(err error) bool {
 }
 
 // keyRefused reports whether err is a token refusing a key for an
-// operation: its type, length or CKA_SIGN. The agent checked the key could
-// do it, so a refusal may be the token reading the key's object as empty
-// because its file went away underneath (SoftHSM2 checks the object is
-// valid and only then reads its attributes, which a concurrent refresh
-// may have emptied).
+// operation: its type, length or CKA_SIGN. The key was checked to do it,
+// so a refusal may be an object emptied underneath: SoftHSM2 checks an
+// object is valid and only then reads its attributes, and an object
+// destroyed or dropped from its store in between reads as key type 0
+// with CKA_SIGN false.
 func keyRefused(err error) bool {
 	switch rv(err) {
 	case p11.CKR_KEY_FUNCTION_NOT_PERMITTED, p11.CKR_KEY_TYPE_INCONSISTENT, p11.CKR_KEY_SIZE_RANGE,
