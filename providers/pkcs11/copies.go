@@ -23,8 +23,9 @@ import (
 // first use more than staleAfter after the last check asks the token
 // whether the original is still there and may still sign and verify
 // (C_GetAttributeValue); if not, the copy is destroyed and the key looked
-// up again. Deleting any key through the agent destroys every copy at
-// once, as a new login does.
+// up again. Deleting any key through the agent drops every copy at once,
+// as a new login does. A copy dropped while calls use its handle is
+// destroyed by the last of them (copyUse).
 //
 // Copies are made in a session of their own, outside the pool: a session
 // object dies with the session that made it, and pool sessions are closed
@@ -47,6 +48,15 @@ type keyCopy struct {
 	h     p11.ObjectHandle
 	epoch uint64
 	attrs []byte
+	use   *copyUse
+}
+
+// copyUse counts the calls using a copy's handle (objectHandle to done),
+// and whether it was dropped meanwhile, to be destroyed by the last of
+// them. Guarded by the key's mu.
+type copyUse struct {
+	users   int
+	dropped bool
 }
 
 // copyKey makes a session copy of the token object h, read through s; h
@@ -73,7 +83,7 @@ func (p *Provider) copyKey(s *session, h p11.ObjectHandle) keyCopy {
 		switch {
 		case err == nil:
 			p.copies.Add(1)
-			return keyCopy{h: c, epoch: p.copyEpoch, attrs: attrs}
+			return keyCopy{h: c, epoch: p.copyEpoch, attrs: attrs, use: &copyUse{}}
 		case sessionBroken(err):
 			p.closeCopiesLocked() // and once more on a new session
 		case rv(err) == p11.CKR_FUNCTION_NOT_SUPPORTED:
@@ -171,10 +181,30 @@ func (k *key) usableCopy(s *session) (p11.ObjectHandle, error) {
 	return 0, nil
 }
 
-// dropCopy destroys the key's copy, if any. k.mu is held.
+// dropCopy destroys the key's copy, if any, or leaves that to the last
+// call still using it. k.mu is held.
 func (k *key) dropCopy() {
 	if k.copy.h != 0 {
-		k.p.destroyCopy(k.copy)
+		if k.copy.use.users > 0 {
+			k.copy.use.dropped = true
+		} else {
+			k.p.destroyCopy(k.copy)
+		}
 		k.copy = keyCopy{}
+	}
+}
+
+// holdCopyLocked counts a use of the key's copy until the returned func is
+// called. k.mu is held.
+func (k *key) holdCopyLocked() func() {
+	c := k.copy
+	c.use.users++
+	return func() {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		c.use.users--
+		if c.use.users == 0 && c.use.dropped {
+			k.p.destroyCopy(c)
+		}
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"os/exec"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -188,4 +190,53 @@ func TestNoSessionCopies(t *testing.T) {
 			t.Errorf("%d session copies with copies turned off", n)
 		}
 	})
+}
+
+// TestCopyDroppedInUse: a key's session copy is destroyed (a new login,
+// a stale handle, the original changed) while other goroutines sign with
+// it. SoftHSM2 checks the object is valid and then reads CKA_SIGN and the
+// key type, which destroying it on another thread empties: the token then
+// refuses the key. Every MAC must still succeed with the right tag, never
+// fail with ErrUnsupportedAlgorithm.
+func TestCopyDroppedInUse(t *testing.T) {
+	p, _ := newToken(t, nil)
+	ctx := context.Background()
+	secret := []byte("dropped copy key")
+	if _, err := p.ImportKey(ctx, "a", secret); err != nil {
+		t.Fatal(err)
+	}
+	k, err := p.Key(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("m")
+	want := reference(providers.SHA256, secret, msg)
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				tag, err := k.(providers.OneShot).SumMAC(ctx, providers.SHA256, msg, nil)
+				if err == nil && !bytes.Equal(tag, want) {
+					err = errors.New("wrong tag")
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for range 3000 {
+		pkcs11.ForgetKeys(p)
+	}
+	stop.Store(true)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("a MAC while copies were dropped: %v", err)
+	}
 }

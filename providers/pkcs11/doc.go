@@ -33,8 +33,11 @@
 // small: the input is buffered and signed with one C_Sign at the end. Only
 // a context that streams past the buffer holds a session, until it
 // finishes. Waiting for a session honours the caller's context and a
-// configured timeout. [Provider] and its keys are safe for concurrent use;
-// a MAC context is not.
+// configured timeout. Changes to the token's objects (create, delete,
+// rotate, retire) run one at a time on each module: SoftHSM2's object
+// store breaks an object being created when another thread searches.
+// [Provider] and its keys are safe for concurrent use; a MAC context is
+// not.
 //
 // # Copy
 //

@@ -5,6 +5,8 @@ package pkcs11
 import (
 	"testing"
 	"time"
+
+	p11 "github.com/miekg/pkcs11"
 )
 
 // SetStaleAfter shortens how long a key's session copy is used
@@ -25,3 +27,33 @@ func SetStaleClaim(t testing.TB, d time.Duration) {
 
 // LoginAttempts is how many times the provider has called C_Login.
 func LoginAttempts(p *Provider) int64 { return p.logins.Load() }
+
+// EmptyKeyReads makes every key lookup read the key's attributes as
+// SoftHSM2 does for an object whose file vanished mid-call: key type 0
+// and every boolean false. before, if not nil, runs first, as the token
+// goes away.
+func EmptyKeyReads(t testing.TB, before func()) {
+	keyAttributesRead = func(attrs []*p11.Attribute) {
+		if before != nil {
+			before()
+		}
+		for _, a := range attrs {
+			if a.Type != p11.CKA_LABEL && a.Type != p11.CKA_ID {
+				a.Value = make([]byte, len(a.Value))
+			}
+		}
+	}
+	t.Cleanup(func() { keyAttributesRead = nil })
+}
+
+// NoKeyReadHook undoes EmptyKeyReads.
+func NoKeyReadHook() { keyAttributesRead = nil }
+
+// ForgetKeys drops every key's handle and session copy, as a new login or
+// a stale handle does, while other goroutines may be using them.
+func ForgetKeys(p *Provider) {
+	if p.enter() == nil {
+		p.forgetAll()
+		p.leave()
+	}
+}

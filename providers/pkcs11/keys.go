@@ -63,22 +63,31 @@ func (k *key) template() []*p11.Attribute {
 }
 
 // objectHandle returns the handle operations use: the key's session copy,
-// made on first use, or else the token object.
-func (k *key) objectHandle(s *session) (p11.ObjectHandle, error) {
+// made on first use, or else the token object. done must be called once
+// the handle is no longer used: a copy dropped meanwhile (the original
+// changed, a new login, another goroutine's check finding the token gone)
+// is destroyed only then. SoftHSM2 checks that an object is valid and then
+// reads its CKA_SIGN and key type, so a copy destroyed by another goroutine
+// in between made C_SignInit refuse the key, which clients saw as
+// ErrUnsupportedAlgorithm.
+func (k *key) objectHandle(s *session) (h p11.ObjectHandle, done func(), err error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if c, err := k.usableCopy(s); c != 0 || err != nil {
-		return c, err
+		if err != nil {
+			return 0, nil, err
+		}
+		return c, k.holdCopyLocked(), nil
 	}
-	h, err := k.tokenHandleLocked(s)
+	h, err = k.tokenHandleLocked(s)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if k.copy = k.p.copyKey(s, h); k.copy.h != 0 {
 		k.checked = time.Now()
-		return k.copy.h, nil
+		return k.copy.h, k.holdCopyLocked(), nil
 	}
-	return h, nil
+	return h, func() {}, nil
 }
 
 // tokenHandle returns the token object's handle: for looking at or
@@ -239,6 +248,10 @@ func (p *Provider) loadKey(ctx context.Context, k *key) (providers.Key, error) {
 		var keyType uint
 		var valueLen int
 		var label, id []byte
+		signs := true
+		if keyAttributesRead != nil {
+			keyAttributesRead(attrs)
+		}
 		defer func() { k.identity = fmt.Sprintf("label=%x;id=%x", label, id) }()
 		for _, a := range attrs {
 			switch a.Type {
@@ -251,12 +264,25 @@ func (p *Provider) loadKey(ctx context.Context, k *key) (providers.Key, error) {
 			case p11.CKA_VALUE_LEN:
 				valueLen = int(bytesToUint(a.Value))
 			case p11.CKA_SIGN:
-				if len(a.Value) > 0 && a.Value[0] == 0 {
-					return fmt.Errorf("pkcs11: key %q: %w: CKA_SIGN is false", ref, providers.ErrUnsupportedAlgorithm)
-				}
+				signs = !(len(a.Value) > 0 && a.Value[0] == 0)
 			}
 		}
 		k.algs = p.keyAlgorithms(keyType, valueLen)
+		if len(k.algs) == 0 || !signs {
+			// An object emptied underneath reads as key type 0 with
+			// CKA_SIGN false (SoftHSM2's value for an attribute it no
+			// longer holds). A read during an outage must not cache a
+			// key that cannot sign, which the agent would keep
+			// answering ErrUnsupportedAlgorithm for: ask the token
+			// first.
+			if err := p.tokenPresent(); err != nil {
+				p.setDown(fmt.Errorf("%v (after reading key %q as unable to sign)", err, ref))
+				return p.unavailable()
+			}
+		}
+		if !signs {
+			return fmt.Errorf("pkcs11: key %q: %w: CKA_SIGN is false", ref, providers.ErrUnsupportedAlgorithm)
+		}
 		return nil
 	})
 	if err != nil {
@@ -274,6 +300,10 @@ func (p *Provider) loadKey(ctx context.Context, k *key) (providers.Key, error) {
 	p.keysMu.Unlock()
 	return k, nil
 }
+
+// keyAttributesRead, when set by a test, sees (and may change) a key's
+// attributes as loadKey read them, before they are believed.
+var keyAttributesRead func([]*p11.Attribute)
 
 // bytesToUint reads a CK_ULONG attribute in the host's byte order.
 func bytesToUint(b []byte) uint64 {
@@ -374,6 +404,8 @@ func (p *Provider) create(ctx context.Context, name string, make func(s *session
 		return providers.KeyInfo{}, fmt.Errorf("pkcs11: %w", err)
 	}
 	err := p.withSession(ctx, func(s *session) error {
+		p.mod.objects.Lock()
+		defer p.mod.objects.Unlock()
 		hs, err := findObjects(p.ctx, s, []*p11.Attribute{
 			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
 			p11.NewAttribute(p11.CKA_TOKEN, true),
@@ -505,6 +537,8 @@ func (p *Provider) DeleteKey(ctx context.Context, ref string) error {
 	k := &key{p: p, name: ref, label: label, id: id}
 	var deleted p11.ObjectHandle
 	err = p.withSession(ctx, func(s *session) error {
+		p.mod.objects.Lock()
+		defer p.mod.objects.Unlock()
 		versioned := false
 		if !strings.HasPrefix(ref, "pkcs11:") {
 			// Every version goes with the key.

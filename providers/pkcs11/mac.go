@@ -191,10 +191,11 @@ func (m *mac) start(ctx context.Context) error {
 }
 
 func (m *mac) signInit(s *session) error {
-	h, err := m.k.objectHandle(s)
+	h, done, err := m.k.objectHandle(s)
 	if err != nil {
 		return err
 	}
+	defer done()
 	return m.k.p.ctx.SignInit(s.h, m.mechanism(), h)
 }
 
@@ -333,9 +334,10 @@ func (c *mac) cloneState(ctx context.Context, m *mac) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	h, err := c.k.objectHandle(s)
+	h, done, err := c.k.objectHandle(s)
 	if err == nil {
 		err = p.ctx.SetOperationState(s.h, state, 0, h)
+		done()
 	}
 	if err != nil {
 		p.pool.put(s, err)
@@ -420,10 +422,11 @@ func (m *mac) Close() {
 func (k *key) sign(ctx context.Context, mech uint, data []byte) ([]byte, error) {
 	var tag []byte
 	err := k.p.withSession(ctx, func(s *session) error {
-		h, err := k.objectHandle(s)
+		h, done, err := k.objectHandle(s)
 		if err != nil {
 			return err
 		}
+		defer done()
 		if err := k.p.ctx.SignInit(s.h, []*p11.Mechanism{p11.NewMechanism(mech, nil)}, h); err != nil {
 			return err
 		}
@@ -459,10 +462,11 @@ func (k *key) VerifyMAC(ctx context.Context, alg providers.Algorithm, data, tag 
 	}
 	mech := []*p11.Mechanism{p11.NewMechanism(k.p.mech[alg], nil)}
 	err := k.p.withSession(ctx, func(s *session) error {
-		h, err := k.objectHandle(s)
+		h, done, err := k.objectHandle(s)
 		if err != nil {
 			return err
 		}
+		defer done()
 		if err := k.p.ctx.VerifyInit(s.h, mech, h); err != nil {
 			return err
 		}

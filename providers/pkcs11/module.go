@@ -34,6 +34,20 @@ type module struct {
 	users map[*Provider]bool
 	dead  bool
 
+	// objects is held by every change to the token's objects (create,
+	// destroy, relabel) and by a rotation from its first read of the
+	// records to its commit. SoftHSM2's object store is not safe for
+	// such changes on several threads at once: a thread that searches
+	// refreshes every object whose file changed, discarding its
+	// attributes and reading them back from the file, while the thread
+	// making the object goes on writing them (file locks do not exclude
+	// threads of one process). An object in the making then loses its
+	// CKA_CLASS (C_CreateObject fails with CKR_TEMPLATE_INCONSISTENT), and
+	// a claim read at that moment matches no search, so two rotations
+	// each saw none but their own and made one version twice. Agents in
+	// other processes have their own store, locked per file.
+	objects sync.Mutex
+
 	recovering atomic.Bool // a recovery loop runs
 	// deferredSince is when recovery first held back for the streams of
 	// providers still up on the module; zero when it is not holding

@@ -285,3 +285,59 @@ func TestCloseWhileRecovering(t *testing.T) {
 		t.Errorf("after reopening: %x %v", tag, err)
 	}
 }
+
+// TestKeyReadEmptyInOutage: the token goes away while a key's attributes
+// are read, and they come back empty (SoftHSM2 reads a token object's
+// attributes from its file). The lookup must fail with ErrUnavailable,
+// never with ErrUnsupportedAlgorithm or a key that can do nothing, which
+// the agent would keep answering "unsupported algorithm" for. With the
+// token there, a key read as unable to sign is what it says.
+func TestKeyReadEmptyInOutage(t *testing.T) {
+	maker, tok := newToken(t, nil)
+	ctx := context.Background()
+	secret := []byte("empty read key")
+	if _, err := maker.ImportKey(ctx, "a", secret); err != nil {
+		t.Fatal(err)
+	}
+	// A provider that has not looked the key up yet.
+	p, err := pkcs11.Open(ctx, pkcs11.Config{Name: "hsm", Module: softhsm.Module, TokenLabel: tok.Label, PIN: []byte(tok.PIN)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	pkcs11.EmptyKeyReads(t, nil)
+	if _, err := p.Key(ctx, "a"); !errors.Is(err, providers.ErrUnsupportedAlgorithm) {
+		t.Errorf("a key read as unable to sign, token present: %v, want ErrUnsupportedAlgorithm", err)
+	}
+	dir := softhsm.TokenDir()
+	moved := false
+	pkcs11.EmptyKeyReads(t, func() {
+		if !moved {
+			moved = true
+			if err := os.Rename(dir, dir+".away"); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	k, err := p.Key(ctx, "a")
+	if moved {
+		if err := os.Rename(dir+".away", dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !moved {
+		t.Fatal("the key's attributes were not read")
+	}
+	if !errors.Is(err, providers.ErrUnavailable) {
+		t.Errorf("a key read empty as the token went: %v (supports SHA-256: %v), want ErrUnavailable", err, k != nil && k.Supports(providers.SHA256))
+	}
+	pkcs11.NoKeyReadHook()
+	waitHealthy(t, p)
+	k, err = p.Key(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tag, err := k.(providers.OneShot).SumMAC(ctx, providers.SHA256, []byte("m"), nil); err != nil || !bytes.Equal(tag, reference(providers.SHA256, secret, []byte("m"))) {
+		t.Errorf("after the token's return: %x %v", tag, err)
+	}
+}

@@ -53,10 +53,25 @@ func tokenWide(err error) bool {
 	return false
 }
 
+// keyRefused reports whether err is a token refusing a key for an
+// operation: its type, length or CKA_SIGN. The key was checked to do it,
+// so a refusal may be an object emptied underneath: SoftHSM2 checks an
+// object is valid and only then reads its attributes, and an object
+// destroyed or dropped from its store in between reads as key type 0
+// with CKA_SIGN false.
+func keyRefused(err error) bool {
+	switch rv(err) {
+	case p11.CKR_KEY_FUNCTION_NOT_PERMITTED, p11.CKR_KEY_TYPE_INCONSISTENT, p11.CKR_KEY_SIZE_RANGE,
+		p11.CKR_MECHANISM_INVALID:
+		return true
+	}
+	return false
+}
+
 // suspect reports whether err could come from the token having gone: then
 // the token is asked before the error is believed.
 func suspect(err error) bool {
-	return tokenWide(err) || handleStale(err) || errors.Is(err, providers.ErrKeyNotFound)
+	return tokenWide(err) || handleStale(err) || keyRefused(err) || errors.Is(err, providers.ErrKeyNotFound)
 }
 
 // tokenPresent asks the module whether the provider's token is still in

@@ -79,6 +79,8 @@ func (p *Provider) RotateKey(ctx context.Context, name string, secret []byte, le
 // claim, or undoes what it did. errLostClaim if another claim names the
 // same number.
 func (p *Provider) rotateOnce(s *session, name string, value []byte, length int) (versionRecord, error) {
+	p.mod.objects.Lock()
+	defer p.mod.objects.Unlock()
 	recs, err := p.readRecords(s, name)
 	if err != nil {
 		return versionRecord{}, err
@@ -204,6 +206,8 @@ func (p *Provider) RetireVersion(ctx context.Context, name string, n int, destro
 	}
 	var deleted p11.ObjectHandle
 	err := p.withSession(ctx, func(s *session) error {
+		p.mod.objects.Lock()
+		defer p.mod.objects.Unlock()
 		es, err := p.readVersions(s, name)
 		if err != nil {
 			return err
