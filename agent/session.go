@@ -461,6 +461,9 @@ func (s *Session) VerifyVersion(ctx context.Context, id uint32, tag []byte) (ver
 	if err := s.agent.check(s.peer, c.key, OpVerify); err != nil {
 		return 0, err
 	}
+	if err := fullLength(tag, c.alg); err != nil {
+		return 0, err
+	}
 	if c.key.immediate {
 		err = c.mac.Verify(ctx, tag)
 	} else {
@@ -560,6 +563,10 @@ func (s *Session) VerifyMACVersion(ctx context.Context, key []byte, alg provider
 	if err != nil {
 		return 0, err
 	}
+	if err := fullLength(tag, alg); err != nil {
+		s.auditVerifyMAC(r, alg, err, len(data), start, 0)
+		return 0, err
+	}
 	var version int
 	if r.immediate {
 		version, err = s.verifyMAC(ctx, r, alg, data, tag)
@@ -596,6 +603,16 @@ func (s *Session) verifyMAC(ctx context.Context, r *resolved, alg providers.Algo
 		return keys[0].n, nil
 	}
 	return verifyVersions(ctx, keys, alg, data, tag)
+}
+
+// fullLength refuses a tag that is not alg's full length before any
+// provider sees it: the agent, not a token or TPM that might compare only
+// as many bytes as it was given, decides that a short tag is no match.
+func fullLength(tag []byte, alg providers.Algorithm) error {
+	if len(tag) != alg.Size() {
+		return providers.ErrInvalidSignature
+	}
+	return nil
 }
 
 // StartMAC is MAC for a caller that must not wait, such as a
@@ -651,6 +668,11 @@ func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.
 		start = time.Now()
 	}
 	if err := s.allowOneShot(r, alg, OpVerify); err != nil {
+		done(0, err)
+		return
+	}
+	if err := fullLength(tag, alg); err != nil {
+		s.auditVerifyMAC(r, alg, err, len(data), start, 0)
 		done(0, err)
 		return
 	}
