@@ -255,12 +255,20 @@ func (s *Session) endLocked(id uint32, c *macContext, err error, replied bool) {
 	s.finish(c, "revoke", err)
 }
 
-// done ends a request's use of a context.
+// done ends a request's use of a context. A reload while the request
+// ran passed over the context, busy then (see revalidateAll): it is
+// checked now, with any copy the request made, so that a revoked one
+// gives back its device state at once rather than at its next request or
+// the idle timeout.
 func (s *Session) done(c *macContext) {
 	s.mu.Lock()
 	c.busy = false
 	c.lastUse = s.agent.now.Load()
+	stale := c.key.gen != s.agent.gen.Load()
 	s.mu.Unlock()
+	if stale {
+		s.revalidateAll()
+	}
 }
 
 // keyFailed turns a provider's error into what the client sees, drops a
@@ -804,7 +812,8 @@ func (s *Session) Close() {
 
 // revalidateAll ends the contexts that a reload revoked, leaving each
 // one's reason for its next request. A context that a request uses
-// meanwhile is left to that request, which checks it again.
+// meanwhile is left to that request, which checks it again when it ends
+// (done).
 func (s *Session) revalidateAll() {
 	gen := s.agent.gen.Load()
 	type check struct {

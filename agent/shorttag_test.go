@@ -16,10 +16,14 @@ import (
 // laxProvider is a device that accepts every tag it is asked about, as a
 // token or TPM might that compares only the bytes it was given. Its one
 // key is "lax-key". immediate makes it run inline, as the software
-// keystore does; otherwise it is a device with a deadline.
+// keystore does; otherwise it is a device with a deadline. With entered
+// set, each Update says so there and waits for resume.
 type laxProvider struct {
 	immediate bool
 	verifies  atomic.Int32 // tags the device was asked about
+	open      atomic.Int32 // contexts holding device state
+
+	entered, resume chan struct{}
 }
 
 var (
@@ -48,23 +52,39 @@ func (k laxKey) Name() string                      { return "lax-key" }
 func (k laxKey) Supports(providers.Algorithm) bool { return true }
 func (k laxKey) Immediate() bool                   { return k.p.immediate }
 func (k laxKey) NewMAC(_ context.Context, alg providers.Algorithm) (providers.MAC, error) {
-	return &laxMAC{p: k.p, alg: alg}, nil
+	return k.p.newMAC(alg), nil
+}
+
+func (p *laxProvider) newMAC(alg providers.Algorithm) *laxMAC {
+	p.open.Add(1)
+	return &laxMAC{p: p, alg: alg}
 }
 
 type laxMAC struct {
-	p   *laxProvider
-	alg providers.Algorithm
+	p      *laxProvider
+	alg    providers.Algorithm
+	closed atomic.Bool
 }
 
-func (m *laxMAC) Algorithm() providers.Algorithm              { return m.alg }
-func (m *laxMAC) Update(context.Context, []byte) error        { return nil }
-func (m *laxMAC) Copy(context.Context) (providers.MAC, error) { return &laxMAC{m.p, m.alg}, nil }
+func (m *laxMAC) Algorithm() providers.Algorithm { return m.alg }
+func (m *laxMAC) Update(context.Context, []byte) error {
+	if m.p.entered != nil {
+		m.p.entered <- struct{}{}
+		<-m.p.resume
+	}
+	return nil
+}
+func (m *laxMAC) Copy(context.Context) (providers.MAC, error) { return m.p.newMAC(m.alg), nil }
 func (m *laxMAC) Finalize(context.Context) ([]byte, error)    { return make([]byte, m.alg.Size()), nil }
 func (m *laxMAC) Verify(context.Context, []byte) error {
 	m.p.verifies.Add(1)
 	return nil
 }
-func (m *laxMAC) Close() {}
+func (m *laxMAC) Close() {
+	if !m.closed.Swap(true) {
+		m.p.open.Add(-1)
+	}
+}
 
 // TestShortTagNeverReachesProvider sends tags of every wrong length, in
 // one shot and from a context, to a device that would accept anything:
