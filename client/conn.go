@@ -259,7 +259,7 @@ func (c *conn) write(flush bool, encode func(b []byte) ([]byte, error)) error {
 		c.needFlush = false
 	}
 	if c.werr != nil {
-		err := fmt.Errorf("%w: %v", ErrConnectionLost, c.werr)
+		err := fmt.Errorf("%w: %w", ErrConnectionLost, c.werr)
 		c.close(err) // also fails calls waiting for replies that cannot come
 		return err
 	}
@@ -377,10 +377,11 @@ func (e *notSentError) Error() string { return e.err.Error() }
 func (e *notSentError) Unwrap() error { return e.err }
 
 // unanswered reports whether err is a request's connection ended by the
-// agent, at end of stream or with a reset, after the request was written
-// and before any reply came: what a request written in the moment the
-// agent closed an idle connection sees. The agent never read such a
-// request, unless it died running it.
+// agent, at end of stream, with a reset or a broken pipe (met by another
+// caller's write), after the request was written and before any reply
+// came: what a request written in the moment the agent closed an idle
+// connection sees. The agent never read such a request, unless it died
+// running it.
 func unanswered(err error) bool {
 	return errors.Is(err, ErrConnectionLost) &&
 		(errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE))
