@@ -255,12 +255,20 @@ func (s *Session) endLocked(id uint32, c *macContext, err error, replied bool) {
 	s.finish(c, "revoke", err)
 }
 
-// done ends a request's use of a context.
+// done ends a request's use of a context. A reload while the request
+// ran passed over the context, busy then (see revalidateAll): it is
+// checked now, with any copy the request made, so that a revoked one
+// gives back its device state at once rather than at its next request or
+// the idle timeout.
 func (s *Session) done(c *macContext) {
 	s.mu.Lock()
 	c.busy = false
 	c.lastUse = s.agent.now.Load()
+	stale := c.key.gen != s.agent.gen.Load()
 	s.mu.Unlock()
+	if stale {
+		s.revalidateAll()
+	}
 }
 
 // keyFailed turns a provider's error into what the client sees, drops a
@@ -461,6 +469,9 @@ func (s *Session) VerifyVersion(ctx context.Context, id uint32, tag []byte) (ver
 	if err := s.agent.check(s.peer, c.key, OpVerify); err != nil {
 		return 0, err
 	}
+	if err := fullLength(tag, c.alg); err != nil {
+		return 0, err
+	}
 	if c.key.immediate {
 		err = c.mac.Verify(ctx, tag)
 	} else {
@@ -560,6 +571,10 @@ func (s *Session) VerifyMACVersion(ctx context.Context, key []byte, alg provider
 	if err != nil {
 		return 0, err
 	}
+	if err := fullLength(tag, alg); err != nil {
+		s.auditVerifyMAC(r, alg, err, len(data), start, 0)
+		return 0, err
+	}
 	var version int
 	if r.immediate {
 		version, err = s.verifyMAC(ctx, r, alg, data, tag)
@@ -596,6 +611,16 @@ func (s *Session) verifyMAC(ctx context.Context, r *resolved, alg providers.Algo
 		return keys[0].n, nil
 	}
 	return verifyVersions(ctx, keys, alg, data, tag)
+}
+
+// fullLength refuses a tag that is not alg's full length before any
+// provider sees it: the agent, not a token or TPM that might compare only
+// as many bytes as it was given, decides that a short tag is no match.
+func fullLength(tag []byte, alg providers.Algorithm) error {
+	if len(tag) != alg.Size() {
+		return providers.ErrInvalidSignature
+	}
+	return nil
 }
 
 // StartMAC is MAC for a caller that must not wait, such as a
@@ -651,6 +676,11 @@ func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.
 		start = time.Now()
 	}
 	if err := s.allowOneShot(r, alg, OpVerify); err != nil {
+		done(0, err)
+		return
+	}
+	if err := fullLength(tag, alg); err != nil {
+		s.auditVerifyMAC(r, alg, err, len(data), start, 0)
 		done(0, err)
 		return
 	}
@@ -782,7 +812,8 @@ func (s *Session) Close() {
 
 // revalidateAll ends the contexts that a reload revoked, leaving each
 // one's reason for its next request. A context that a request uses
-// meanwhile is left to that request, which checks it again.
+// meanwhile is left to that request, which checks it again when it ends
+// (done).
 func (s *Session) revalidateAll() {
 	gen := s.agent.gen.Load()
 	type check struct {

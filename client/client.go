@@ -98,20 +98,36 @@ func (c *Client) Close() error {
 
 // send sends a request on a working connection and returns the reply and
 // the connection it came on. A request that could not be sent because the
-// connection had died unnoticed is sent once more on a new connection.
+// connection had died unnoticed is sent once more on a new connection; so
+// is one that starts afresh (see startsAfresh) whose connection the agent
+// closed before answering it, as it does an idle connection.
 func (c *Client) send(ctx context.Context, m *wire.Message) (*conn, *call, error) {
 	cn, err := c.current(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	r, err := cn.roundTrip(ctx, m)
-	if _, notSent := errors.AsType[*notSentError](err); notSent {
+	if _, notSent := errors.AsType[*notSentError](err); notSent || startsAfresh(m.Type) && unanswered(err) {
 		if cn, err = c.current(ctx); err != nil {
 			return nil, nil, err
 		}
 		r, err = cn.roundTrip(ctx, m)
 	}
 	return cn, r, err
+}
+
+// startsAfresh reports whether a request of type t may be sent again on a
+// new connection after its first one ended unanswered: running it twice
+// changes nothing. A key import, generation, rotation, retirement or
+// deletion may have run, and a request on a context cannot follow it to a
+// new connection. OPEN is sent again by New, with a context ID of the new
+// connection.
+func startsAfresh(t wire.Type) bool {
+	switch t {
+	case wire.TypeMAC, wire.TypeVerifyMAC, wire.TypeListKeys, wire.TypeStatus:
+		return true
+	}
+	return false
 }
 
 // do sends a request and checks the reply's type.

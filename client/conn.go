@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -187,7 +188,9 @@ func (c *conn) lead(ctx context.Context, cl *call) bool {
 			if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil && !c.fr.MidFrame() {
 				return false
 			}
-			c.close(fmt.Errorf("%w: %v", ErrConnectionLost, err))
+			// %w keeps the cause: end of stream or a reset is what
+			// unanswered looks for.
+			c.close(fmt.Errorf("%w: %w", ErrConnectionLost, err))
 			return true
 		}
 		if c.deliver(body, &c.msg) == cl {
@@ -256,7 +259,7 @@ func (c *conn) write(flush bool, encode func(b []byte) ([]byte, error)) error {
 		c.needFlush = false
 	}
 	if c.werr != nil {
-		err := fmt.Errorf("%w: %v", ErrConnectionLost, c.werr)
+		err := fmt.Errorf("%w: %w", ErrConnectionLost, c.werr)
 		c.close(err) // also fails calls waiting for replies that cannot come
 		return err
 	}
@@ -372,6 +375,17 @@ type notSentError struct{ err error }
 
 func (e *notSentError) Error() string { return e.err.Error() }
 func (e *notSentError) Unwrap() error { return e.err }
+
+// unanswered reports whether err is a request's connection ended by the
+// agent, at end of stream, with a reset or a broken pipe (met by another
+// caller's write), after the request was written and before any reply
+// came: what a request written in the moment the agent closed an idle
+// connection sees. The agent never read such a request, unless it died
+// running it.
+func unanswered(err error) bool {
+	return errors.Is(err, ErrConnectionLost) &&
+		(errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE))
+}
 
 func (cl *call) release() { callPool.Put(cl) }
 

@@ -25,7 +25,10 @@
 // Copy, Finalize or Verify on that context). If the connection breaks, the
 // next call that starts afresh (New, MAC, VerifyMAC, key management)
 // dials again; contexts that lived on the old connection report
-// [ErrContextLost].
+// [ErrContextLost]. A New, MAC, VerifyMAC, Keys or Status whose
+// connection the agent closed before answering it, as it closes an idle
+// connection, is sent once more on a new one; key management is not, as
+// it may have run, and reports [ErrConnectionLost].
 //
 // # Trusting the agent
 //

@@ -44,7 +44,9 @@ func (c *Client) New(ctx context.Context, key string, alg Algorithm) (*HMAC, err
 		h = &HMAC{conn: cn, id: cn.nextContext.Add(1), alg: alg}
 		m.Context = h.id
 		r, err := cn.roundTrip(ctx, &m)
-		if _, notSent := errors.AsType[*notSentError](err); notSent && attempt == 0 {
+		// An OPEN left unanswered opened nothing that outlives its
+		// connection, so it is sent again as a request that was never sent.
+		if _, notSent := errors.AsType[*notSentError](err); (notSent || unanswered(err)) && attempt == 0 {
 			continue
 		}
 		if err != nil {
