@@ -61,13 +61,15 @@ func macVersion(t *testing.T, c *client.Client, key string, msg []byte) ([]byte,
 }
 
 // TestVersionsThroughSocket is the key version conformance through a
-// real socket: rotate, verify old and new, NAME@N, a context and its
-// copy that outlive a rotation, retire, destroy.
-func TestVersionsThroughSocket(t *testing.T) {
+// real socket, on every provider: rotate, verify old and new, NAME@N, a
+// context and its copy that outlive a rotation, retire, destroy.
+func TestVersionsThroughSocket(t *testing.T) { runVersions(t, versionsThroughSocket) }
+
+func versionsThroughSocket(t *testing.T, b versionsBackend, start func(agenttest.Options) *versionsAgent) {
 	ctx := context.Background()
-	a := agenttest.Start(t, agenttest.Options{VersionRefresh: -1})
+	a := start(agenttest.Options{VersionRefresh: -1})
 	c := dialAgent(t, a.Path)
-	if _, err := c.ImportKey(ctx, "", "hook", []byte("version one")); err != nil {
+	if _, err := c.ImportKey(ctx, b.provider, "hook", []byte("version one")); err != nil {
 		t.Fatal(err)
 	}
 	msg := []byte("payload")
@@ -173,33 +175,29 @@ func TestVersionsThroughSocket(t *testing.T) {
 	}
 }
 
-// TestVersionsRestart: a restarted agent serves the versions it had.
-func TestVersionsRestart(t *testing.T) {
+// TestVersionsRestart: a restarted agent serves the versions it had, on
+// every provider: they are read back from the provider's storage.
+func TestVersionsRestart(t *testing.T) { runVersions(t, versionsRestart) }
+
+func versionsRestart(t *testing.T, b versionsBackend, start func(agenttest.Options) *versionsAgent) {
 	ctx := context.Background()
-	keys := filepath.Join(t.TempDir(), "keys")
-	sock := filepath.Join(agenttest.SocketDir(t), "a.sock")
-	a, stop, err := agenttest.Run(keys, sock, agenttest.Options{VersionRefresh: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := start(agenttest.Options{VersionRefresh: -1})
 	c, err := client.Dial(ctx, a.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.GenerateKey(ctx, "", "k", 0)
+	if _, err := c.GenerateKey(ctx, b.provider, "k", 0); err != nil {
+		t.Fatal(err)
+	}
 	tag1, _ := macVersion(t, c, "k", []byte("m"))
 	if _, err := c.RotateKey(ctx, "", "k", nil, 0); err != nil {
 		t.Fatal(err)
 	}
 	tag2, _ := macVersion(t, c, "k", []byte("m"))
 	c.Close()
-	stop()
+	a.Stop()
 
-	a, stop, err = agenttest.Run(keys, sock, agenttest.Options{VersionRefresh: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stop()
+	a = start(agenttest.Options{VersionRefresh: -1})
 	c = dialAgent(t, a.Path)
 	if tag, v := macVersion(t, c, "k", []byte("m")); v != 2 || !bytes.Equal(tag, tag2) {
 		t.Errorf("after a restart: version %d", v)
