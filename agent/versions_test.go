@@ -28,9 +28,42 @@ func (c *countingKeystore) Versions(ctx context.Context, name string) ([]provide
 	return c.Provider.Versions(ctx, name)
 }
 
+// versionedProvider is a provider the agent's version tests run on.
+type versionedProvider interface {
+	providers.Provider
+	providers.Importer
+	providers.Versioner
+}
+
+// versionsProviderCase opens a new provider for one test.
+type versionsProviderCase struct {
+	name string
+	open func(t *testing.T) versionedProvider
+}
+
+// versionsProviders are the providers the agent's version tests run on:
+// the software keystore here, SoftHSM2 and swtpm where cgo is.
+var versionsProviders = []versionsProviderCase{
+	{"soft", func(t *testing.T) versionedProvider {
+		p, err := software.Open("soft", filepath.Join(t.TempDir(), "keys"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}},
+}
+
+// onEveryProvider runs test once on each provider of versionsProviders.
+func onEveryProvider(t *testing.T, test func(t *testing.T, p versionedProvider)) {
+	for _, vp := range versionsProviders {
+		t.Run(vp.name, func(t *testing.T) { test(t, vp.open(t)) })
+	}
+}
+
 type versionsFixture struct {
 	a     *agent.Agent
-	soft  *countingKeystore
+	soft  *countingKeystore // nil when the fixture is on another provider
+	prov  versionedProvider
 	s     *agent.Session
 	mu    sync.Mutex
 	now   time.Time
@@ -56,9 +89,20 @@ func newVersionsFixture(t *testing.T, keys ...agent.KeyConfig) *versionsFixture 
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &versionsFixture{soft: &countingKeystore{Provider: soft}, now: time.Now()}
+	counting := &countingKeystore{Provider: soft}
+	f := newVersionsFixtureOn(t, counting, keys...)
+	f.soft = counting
+	return f
+}
+
+// newVersionsFixtureOn is an agent on p alone, with a clock the test
+// moves; the agent closes p.
+func newVersionsFixtureOn(t *testing.T, p versionedProvider, keys ...agent.KeyConfig) *versionsFixture {
+	t.Helper()
+	f := &versionsFixture{prov: p, now: time.Now()}
+	var err error
 	f.a, err = agent.New(agent.Options{
-		Providers:      []providers.Provider{f.soft},
+		Providers:      []providers.Provider{p},
 		Keys:           keys,
 		VersionRefresh: -1,
 		Now:            f.clock,
@@ -83,10 +127,12 @@ func (f *versionsFixture) lastUse() agent.Use {
 	return f.uses[len(f.uses)-1]
 }
 
-func TestSessionVersions(t *testing.T) {
+func TestSessionVersions(t *testing.T) { onEveryProvider(t, sessionVersions) }
+
+func sessionVersions(t *testing.T, p versionedProvider) {
 	ctx := context.Background()
-	f := newVersionsFixture(t)
-	if _, err := f.soft.ImportKey(ctx, "k", []byte("one")); err != nil {
+	f := newVersionsFixtureOn(t, p)
+	if _, err := f.prov.ImportKey(ctx, "k", []byte("one")); err != nil {
 		t.Fatal(err)
 	}
 	msg := []byte("message")
@@ -171,12 +217,16 @@ func TestGuessedVersionsAreRemembered(t *testing.T) {
 
 // The grace of a previous version runs on the agent's clock: past it the
 // version stops verifying and the agent retires it in the provider.
-func TestVersionGrace(t *testing.T) {
+func TestVersionGrace(t *testing.T) { onEveryProvider(t, versionGrace) }
+
+func versionGrace(t *testing.T, p versionedProvider) {
 	ctx := context.Background()
-	f := newVersionsFixture(t, agent.KeyConfig{
-		Name: "g", Provider: "soft", Policy: agent.OwnerPolicy(uint32(os.Geteuid())), VerifyGrace: time.Hour,
+	f := newVersionsFixtureOn(t, p, agent.KeyConfig{
+		Name: "g", Provider: p.Name(), Policy: agent.OwnerPolicy(uint32(os.Geteuid())), VerifyGrace: time.Hour,
 	})
-	f.soft.ImportKey(ctx, "g", []byte("one"))
+	if _, err := f.prov.ImportKey(ctx, "g", []byte("one")); err != nil {
+		t.Fatal(err)
+	}
 	tag1, _, err := f.s.MACVersion(ctx, []byte("g"), providers.SHA256, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -195,7 +245,10 @@ func TestVersionGrace(t *testing.T) {
 	if err := f.s.VerifyMAC(ctx, []byte("g"), providers.SHA256, nil, tag1); !errors.Is(err, providers.ErrInvalidSignature) {
 		t.Errorf("past the grace = %v, want ErrInvalidSignature", err)
 	}
-	vs, _ := f.soft.Provider.Versions(ctx, "g")
+	vs, err := f.prov.Versions(ctx, "g")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if vs[0].State != providers.VersionRetired {
 		t.Errorf("version 1 past its grace is %s, want retired by the agent", vs[0].State)
 	}
@@ -203,14 +256,18 @@ func TestVersionGrace(t *testing.T) {
 
 // A configured key whose object is NAME@N is that version alone, with
 // the entry's policy, and it claims the key from its own name.
-func TestConfiguredVersion(t *testing.T) {
+func TestConfiguredVersion(t *testing.T) { onEveryProvider(t, configuredVersion) }
+
+func configuredVersion(t *testing.T, p versionedProvider) {
 	ctx := context.Background()
 	me := agent.OwnerPolicy(uint32(os.Geteuid()))
-	f := newVersionsFixture(t,
-		agent.KeyConfig{Name: "current", Provider: "soft", Ref: "k", Policy: me},
-		agent.KeyConfig{Name: "legacy", Provider: "soft", Ref: "k@1", Policy: me},
+	f := newVersionsFixtureOn(t, p,
+		agent.KeyConfig{Name: "current", Provider: p.Name(), Ref: "k", Policy: me},
+		agent.KeyConfig{Name: "legacy", Provider: p.Name(), Ref: "k@1", Policy: me},
 	)
-	f.soft.ImportKey(ctx, "k", []byte("one"))
+	if _, err := f.prov.ImportKey(ctx, "k", []byte("one")); err != nil {
+		t.Fatal(err)
+	}
 	tag1, _, _ := f.s.MACVersion(ctx, []byte("current"), providers.SHA256, nil, nil)
 	if _, err := f.a.RotateKey(ctx, owner, "", "current", nil, 0); err != nil {
 		t.Fatal(err)

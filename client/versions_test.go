@@ -61,13 +61,15 @@ func macVersion(t *testing.T, c *client.Client, key string, msg []byte) ([]byte,
 }
 
 // TestVersionsThroughSocket is the key version conformance through a
-// real socket: rotate, verify old and new, NAME@N, a context and its
-// copy that outlive a rotation, retire, destroy.
-func TestVersionsThroughSocket(t *testing.T) {
+// real socket, on every provider: rotate, verify old and new, NAME@N, a
+// context and its copy that outlive a rotation, retire, destroy.
+func TestVersionsThroughSocket(t *testing.T) { runVersions(t, versionsThroughSocket) }
+
+func versionsThroughSocket(t *testing.T, b versionsBackend, start func(agenttest.Options) *versionsAgent) {
 	ctx := context.Background()
-	a := agenttest.Start(t, agenttest.Options{VersionRefresh: -1})
+	a := start(agenttest.Options{VersionRefresh: -1})
 	c := dialAgent(t, a.Path)
-	if _, err := c.ImportKey(ctx, "", "hook", []byte("version one")); err != nil {
+	if _, err := c.ImportKey(ctx, b.provider, "hook", []byte("version one")); err != nil {
 		t.Fatal(err)
 	}
 	msg := []byte("payload")
@@ -173,33 +175,29 @@ func TestVersionsThroughSocket(t *testing.T) {
 	}
 }
 
-// TestVersionsRestart: a restarted agent serves the versions it had.
-func TestVersionsRestart(t *testing.T) {
+// TestVersionsRestart: a restarted agent serves the versions it had, on
+// every provider: they are read back from the provider's storage.
+func TestVersionsRestart(t *testing.T) { runVersions(t, versionsRestart) }
+
+func versionsRestart(t *testing.T, b versionsBackend, start func(agenttest.Options) *versionsAgent) {
 	ctx := context.Background()
-	keys := filepath.Join(t.TempDir(), "keys")
-	sock := filepath.Join(agenttest.SocketDir(t), "a.sock")
-	a, stop, err := agenttest.Run(keys, sock, agenttest.Options{VersionRefresh: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := start(agenttest.Options{VersionRefresh: -1})
 	c, err := client.Dial(ctx, a.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.GenerateKey(ctx, "", "k", 0)
+	if _, err := c.GenerateKey(ctx, b.provider, "k", 0); err != nil {
+		t.Fatal(err)
+	}
 	tag1, _ := macVersion(t, c, "k", []byte("m"))
 	if _, err := c.RotateKey(ctx, "", "k", nil, 0); err != nil {
 		t.Fatal(err)
 	}
 	tag2, _ := macVersion(t, c, "k", []byte("m"))
 	c.Close()
-	stop()
+	a.Stop()
 
-	a, stop, err = agenttest.Run(keys, sock, agenttest.Options{VersionRefresh: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stop()
+	a = start(agenttest.Options{VersionRefresh: -1})
 	c = dialAgent(t, a.Path)
 	if tag, v := macVersion(t, c, "k", []byte("m")); v != 2 || !bytes.Equal(tag, tag2) {
 		t.Errorf("after a restart: version %d", v)
@@ -210,21 +208,23 @@ func TestVersionsRestart(t *testing.T) {
 }
 
 // TestVersionsGraceAndAutoRotation runs the agent's own retiring and
-// rotating on a clock the test controls.
-func TestVersionsGraceAndAutoRotation(t *testing.T) {
+// rotating on a clock the test controls, on every provider.
+func TestVersionsGraceAndAutoRotation(t *testing.T) { runVersions(t, versionsGraceAndAutoRotation) }
+
+func versionsGraceAndAutoRotation(t *testing.T, b versionsBackend, start func(agenttest.Options) *versionsAgent) {
 	ctx := context.Background()
 	clock := &testClock{now: time.Now()}
 	var auditBuf syncBuffer
-	a := agenttest.Start(t, agenttest.Options{
+	a := start(agenttest.Options{
 		VersionRefresh: -1,
 		Now:            clock.Now,
 		Audit:          slog.New(slog.NewJSONHandler(&auditBuf, nil)),
 		Keys: []agent.KeyConfig{{
-			Name: "rolled", Provider: "soft", Policy: agent.OwnerPolicy(uint32(os.Geteuid())),
+			Name: "rolled", Provider: b.provider, Policy: agent.OwnerPolicy(uint32(os.Geteuid())),
 			VerifyGrace: time.Hour, RotateEvery: 24 * time.Hour,
 		}},
 	})
-	if _, err := a.Soft.ImportKey(ctx, "rolled", []byte("first")); err != nil {
+	if _, err := a.Provider.(providers.Importer).ImportKey(ctx, "rolled", []byte("first")); err != nil {
 		t.Fatal(err)
 	}
 	c := dialAgent(t, a.Path)
@@ -235,45 +235,44 @@ func TestVersionsGraceAndAutoRotation(t *testing.T) {
 	}
 	// Not due yet: nothing changes.
 	clock.Advance(23 * time.Hour)
-	a.Agent.RefreshVersions(ctx)
+	a.Agent.Agent.RefreshVersions(ctx)
 	if _, v := macVersion(t, c, "rolled", msg); v != 1 {
 		t.Errorf("rotated before rotate_every: version %d", v)
 	}
 	// Due: the agent rotates by itself, and the old version verifies
 	// through its grace.
 	clock.Advance(2 * time.Hour)
-	a.Agent.RefreshVersions(ctx)
+	a.Agent.Agent.RefreshVersions(ctx)
 	tag2, v := macVersion(t, c, "rolled", msg)
 	if v != 2 {
 		t.Fatalf("after rotate_every: version %d, want 2", v)
 	}
-	// The software keystore dates versions by the real clock, and the
-	// grace runs from when version 2 was made: the clock comes back to
-	// real time.
+	// Providers date versions by the real clock, and the grace runs from
+	// when version 2 was made: the clock comes back to real time.
 	clock.now = time.Now()
-	a.Agent.RefreshVersions(ctx)
+	a.Agent.Agent.RefreshVersions(ctx)
 	if v, err := c.VerifyMACVersion(ctx, "rolled", client.SHA256, msg, tag1); err != nil || v != 1 {
 		t.Errorf("version 1 within its grace: %d, %v", v, err)
 	}
 	clock.now = time.Now().Add(30 * time.Minute)
-	a.Agent.RefreshVersions(ctx)
+	a.Agent.Agent.RefreshVersions(ctx)
 	if err := c.VerifyMAC(ctx, "rolled", client.SHA256, msg, tag1); err != nil {
 		t.Errorf("version 1 half-way through its grace: %v", err)
 	}
 	clock.now = time.Now().Add(61 * time.Minute)
-	a.Agent.RefreshVersions(ctx)
+	a.Agent.Agent.RefreshVersions(ctx)
 	if err := c.VerifyMAC(ctx, "rolled", client.SHA256, msg, tag1); !errors.Is(err, client.ErrInvalidSignature) {
 		t.Errorf("version 1 past its grace = %v, want ErrInvalidSignature", err)
 	}
 	if err := c.VerifyMAC(ctx, "rolled", client.SHA256, msg, tag2); err != nil {
 		t.Errorf("version 2 = %v", err)
 	}
-	vs, err := a.Soft.Versions(ctx, "rolled")
+	vs, err := a.Provider.(providers.Versioner).Versions(ctx, "rolled")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if vs[0].State != providers.VersionRetired {
-		t.Errorf("version 1 past its grace is %s in the keystore, want retired by the agent", vs[0].State)
+		t.Errorf("version 1 past its grace is %s in the provider, want retired by the agent", vs[0].State)
 	}
 	var rotated, retired bool
 	for _, line := range strings.Split(auditBuf.String(), "\n") {

@@ -423,7 +423,11 @@ func (p *Provider) create(ctx context.Context, name string, make func(s *session
 			}
 			return err
 		}
-		return make(s)
+		if err := make(s); err != nil {
+			return err
+		}
+		p.recordFirstVersion(s, name)
+		return nil
 	})
 	if err != nil {
 		if rv(err) != 0 {

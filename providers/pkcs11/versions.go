@@ -393,6 +393,19 @@ func (p *Provider) hasRecords(s *session, name string) (bool, error) {
 	return len(hs) > 0, err
 }
 
+// recordFirstVersion dates a new key's version 1 with a record, so that
+// rotate_every counts from when the key was made: a version without a
+// date (as every key made before versions has) is taken as due. The key
+// is made already; if the record cannot be written it stays undated, as
+// such a key is.
+func (p *Provider) recordFirstVersion(s *session, name string) {
+	value, err := json.Marshal(versionRecord{Version: 1, Created: time.Now().UTC()})
+	if err != nil {
+		return
+	}
+	p.ctx.CreateObject(s.h, recordTemplate(name, recordLabel(name, 1), value))
+}
+
 // deleteVersions destroys the named key's versions from 2 on and every
 // record, for DeleteKey. It reports whether there was anything.
 func (p *Provider) deleteVersions(s *session, name string) (bool, error) {

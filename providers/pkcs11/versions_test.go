@@ -237,11 +237,12 @@ func TestSlowRotationGivesUp(t *testing.T) {
 	if _, err := p.ImportKey(ctx, "k", []byte("version one")); err != nil {
 		t.Fatal(err)
 	}
+	before := d.countData("hmac-agent/versions/k") // version 1's
 	pkcs11.SetStaleClaim(t, time.Nanosecond)
 	if _, err := p.RotateKey(ctx, "k", []byte("version two"), 0); !errors.Is(err, providers.ErrUnavailable) {
 		t.Fatalf("a rotation slower than its claim may live: %v, want ErrUnavailable", err)
 	}
-	if n := d.countData("hmac-agent/versions/k"); n != 0 {
+	if n := d.countData("hmac-agent/versions/k") - before; n != 0 {
 		t.Errorf("%d records left behind", n)
 	}
 	if err := d.ctx.FindObjectsInit(d.s, []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, "k@2")}); err != nil {
@@ -253,4 +254,38 @@ func TestSlowRotationGivesUp(t *testing.T) {
 		t.Errorf("%d key objects labelled k@2 left behind", len(hs))
 	}
 	wantVersions(t, p, "k", "1:current")
+}
+
+// TestNewKeysAreDated: a key the provider makes has a dated version 1,
+// so rotate_every counts from then rather than taking it as due (an
+// undated version, as a key made before versions has, counts as due).
+func TestNewKeysAreDated(t *testing.T) {
+	p, _ := newToken(t, nil)
+	ctx := context.Background()
+	before := time.Now().Add(-time.Second)
+	if _, err := p.ImportKey(ctx, "imported", []byte("secret")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.GenerateKey(ctx, "generated", 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"imported", "generated"} {
+		vs, err := p.Versions(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(vs) != 1 || vs[0].Version != 1 || vs[0].State != providers.VersionCurrent {
+			t.Fatalf("%s: versions %+v, want version 1 current", name, vs)
+		}
+		if c := vs[0].Created; c.Before(before) || c.After(time.Now().Add(time.Second)) {
+			t.Errorf("%s: version 1 created %v, want now", name, c)
+		}
+	}
+	// Deleting the key deletes the record: the name can be made again.
+	if err := p.DeleteKey(ctx, "imported"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ImportKey(ctx, "imported", []byte("again")); err != nil {
+		t.Errorf("import after delete: %v", err)
+	}
 }

@@ -222,7 +222,7 @@ func HMACTemplate(alg providers.Algorithm, attrs tpm2.TPMAObject) tpm2.TPMTPubli
 // (fixedTPM, fixedParent). The TPM chooses the length: length must be 0.
 func (p *Provider) GenerateKey(ctx context.Context, name string, length int) (providers.KeyInfo, error) {
 	if length != 0 {
-		return providers.KeyInfo{}, fmt.Errorf("tpm: %w: a TPM generates keys of the digest's length; give no length", providers.ErrInvalidArgument)
+		return providers.KeyInfo{}, fmt.Errorf("tpm: %w", providers.Publicf(providers.ErrInvalidArgument, "a TPM generates keys of the digest's length; give no length"))
 	}
 	return p.create(name, p.generatedObject)
 }

@@ -255,7 +255,7 @@ func (p *Provider) RotateKey(ctx context.Context, name string, secret []byte, le
 		}
 		newObject = p.importedObject(secret)
 	} else if length != 0 {
-		return providers.VersionInfo{}, fmt.Errorf("tpm: %w: a TPM generates keys of the digest's length; give no length", providers.ErrInvalidArgument)
+		return providers.VersionInfo{}, fmt.Errorf("tpm: %w", providers.Publicf(providers.ErrInvalidArgument, "a TPM generates keys of the digest's length; give no length"))
 	}
 	p.rotateMu.Lock()
 	defer p.rotateMu.Unlock()
