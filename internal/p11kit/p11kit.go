@@ -57,6 +57,10 @@ type Server struct {
 	done   chan struct{} // closed when the server has exited
 }
 
+// Env is the environment entry that points a client module at the
+// server, for a process the test starts.
+func (s *Server) Env() string { return AddressVariable + "=" + s.Address }
+
 // Setenv points this process's client module at the server for the rest
 // of the test. The module reads it when it is initialized.
 func (s *Server) Setenv(t testing.TB) { t.Setenv(AddressVariable, s.Address) }
