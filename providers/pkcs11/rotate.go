@@ -44,6 +44,9 @@ func (p *Provider) RotateKey(ctx context.Context, name string, secret []byte, le
 		if length < 1 || length > maxKeyLength {
 			return providers.VersionInfo{}, fmt.Errorf("pkcs11: key length %d: %w: must be 1 to %d bytes", length, providers.ErrInvalidArgument, maxKeyLength)
 		}
+		if err := p.keepsAlgorithms(ctx, name, length); err != nil {
+			return providers.VersionInfo{}, err
+		}
 	}
 	for attempt := 0; ; attempt++ {
 		var made versionRecord
@@ -252,4 +255,24 @@ func (p *Provider) RetireVersion(ctx context.Context, name string, n int, destro
 		return classify(fmt.Sprintf("retire version %d of key %s", n, name), err)
 	}
 	return err
+}
+
+// keepsAlgorithms refuses a generated version of length bytes that could
+// not do an algorithm the key's current version does: the token refuses
+// keys shorter than the digest, and a generated key cannot be padded as
+// an imported one is, so such a rotation would silently take a hash away
+// from every client that uses it.
+func (p *Provider) keepsAlgorithms(ctx context.Context, name string, length int) error {
+	cur, err := p.Key(ctx, name)
+	if err != nil {
+		return err
+	}
+	next := p.keyAlgorithms(p11.CKK_GENERIC_SECRET, length)
+	for _, alg := range p.algs {
+		if cur.Supports(alg) && !next[alg] {
+			return providers.Publicf(providers.ErrInvalidArgument,
+				"a %d-byte version of key %q could not do %s, which its current version does; give a length of at least %d bytes", length, name, alg, alg.Size())
+		}
+	}
+	return nil
 }
