@@ -175,8 +175,10 @@ func versionsThroughSocket(t *testing.T, b versionsBackend, start func(agenttest
 	}
 }
 
-// TestVersionsRestart: a restarted agent serves the versions it had, on
-// every provider: they are read back from the provider's storage.
+
+// TestVersionsRestart: a reload and a restart keep a key's versions, on
+// every provider: they are read back from the provider's storage, and a
+// context opened before a reload keeps its version.
 func TestVersionsRestart(t *testing.T) { runVersions(t, versionsRestart) }
 
 func versionsRestart(t *testing.T, b versionsBackend, start func(agenttest.Options) *versionsAgent) {
@@ -194,6 +196,26 @@ func versionsRestart(t *testing.T, b versionsBackend, start func(agenttest.Optio
 		t.Fatal(err)
 	}
 	tag2, _ := macVersion(t, c, "k", []byte("m"))
+
+	// A reload keeps the versions, and a context opened before it keeps
+	// the version it was opened with.
+	h, err := c.New(ctx, "k", client.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Update([]byte("m"))
+	if err := a.Agent.Agent.Reload([]agent.KeyConfig{{Name: "k", Provider: b.provider, Policy: agent.OwnerPolicy(uint32(os.Geteuid()))}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if tag, err := h.Finalize(ctx); err != nil || h.KeyVersion() != 2 || !bytes.Equal(tag, tag2) {
+		t.Errorf("a context across a reload: version %d, %v", h.KeyVersion(), err)
+	}
+	if tag, v := macVersion(t, c, "k", []byte("m")); v != 2 || !bytes.Equal(tag, tag2) {
+		t.Errorf("after a reload: version %d", v)
+	}
+	if v, err := c.VerifyMACVersion(ctx, "k", client.SHA256, []byte("m"), tag1); err != nil || v != 1 {
+		t.Errorf("version 1's tag after a reload: version %d, %v", v, err)
+	}
 	c.Close()
 	a.Stop()
 
