@@ -175,7 +175,6 @@ func versionsThroughSocket(t *testing.T, b versionsBackend, start func(agenttest
 	}
 }
 
-
 // TestVersionsRestart: a reload and a restart keep a key's versions, on
 // every provider: they are read back from the provider's storage, and a
 // context opened before a reload keeps its version.
