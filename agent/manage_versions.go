@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/providers"
@@ -15,7 +16,14 @@ func (a *Agent) addVersions(info *providers.KeyInfo, r *resolved) {
 	}
 	snap := r.versions.snap.Load()
 	info.Version = snap.current().n
-	info.Versions = snap.infos
+	info.Versions = slices.Clone(snap.infos)
+	if grace := a.grace(r.provider, r.ref); grace > 0 {
+		for i, v := range info.Versions {
+			if v.State == providers.VersionPrevious && !v.Superseded.IsZero() {
+				info.Versions[i].VerifiesUntil = v.Superseded.Add(grace)
+			}
+		}
+	}
 }
 
 // versioned finds the provider and the object a management request on

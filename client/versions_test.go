@@ -268,6 +268,21 @@ func versionsGraceAndAutoRotation(t *testing.T, b versionsBackend, start func(ag
 	if v != 2 {
 		t.Fatalf("after rotate_every: version %d, want 2", v)
 	}
+	// The listing says when version 1 stops verifying: an hour after
+	// version 2 replaced it.
+	infos, err := c.Keys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, info := range infos {
+		if info.Name != "rolled" {
+			continue
+		}
+		if len(info.Versions) != 2 || info.Versions[0].Superseded.IsZero() ||
+			!info.Versions[0].VerifiesUntil.Equal(info.Versions[0].Superseded.Add(time.Hour)) || !info.Versions[1].VerifiesUntil.IsZero() {
+			t.Errorf("listed versions: %+v", info.Versions)
+		}
+	}
 	// Providers date versions by the real clock, and the grace runs from
 	// when version 2 was made: the clock comes back to real time.
 	clock.now = time.Now()

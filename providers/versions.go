@@ -40,6 +40,10 @@ type VersionInfo struct {
 	Superseded time.Time `json:"superseded,omitzero"`
 	// Retired is when it stopped verifying; zero while it verifies.
 	Retired time.Time `json:"retired,omitzero"`
+	// VerifiesUntil is when a previous version stops verifying under the
+	// key's grace (verify_grace); zero when it verifies until it is
+	// retired. Providers leave it zero: the grace is the agent's.
+	VerifiesUntil time.Time `json:"verifies_until,omitzero"`
 }
 
 // Versioner is a provider whose keys have versions. Key(ctx, name) returns
