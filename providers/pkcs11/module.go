@@ -34,6 +34,9 @@ type module struct {
 	users map[*Provider]bool
 	dead  bool
 
+	// indexMu orders searches against creating token objects (index.go).
+	indexMu sync.Mutex
+
 	recovering atomic.Bool // a recovery loop runs
 	// deferredSince is when recovery first held back for the streams of
 	// providers still up on the module; zero when it is not holding
