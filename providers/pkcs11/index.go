@@ -16,7 +16,9 @@ import (
 // key's file appeared therefore takes the new file for one removed and
 // drops the object from the index: a key just imported is then not found
 // by the lookup that follows, or by any search until the index is rebuilt
-// again, and two searches rebuilding at once can index one file twice. The
+// again; dropped while the create call still writes the key's
+// attributes, the create itself fails with CKR_TEMPLATE_INCONSISTENT. Two
+// searches rebuilding at once can also index one file twice. The
 // agent searches from many goroutines (lookups, the version refresh,
 // listings), so this happened under load.
 //
