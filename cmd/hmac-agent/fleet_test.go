@@ -208,7 +208,7 @@ func shareVersions(t *testing.T, one, two *fleetAgent, key string, refresh time.
 
 	// A rotation through the second agent takes the next number and is
 	// seen by the first.
-	info, err = two.c.RotateKey(ctx, "", key, nil, 32)
+	info, err = two.c.RotateKey(ctx, "", key, nil, 0)
 	if err != nil || info.Version != 3 {
 		t.Fatalf("rotate through the second agent: %+v, %v", info, err)
 	}

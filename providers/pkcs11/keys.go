@@ -105,7 +105,7 @@ func (k *key) tokenHandleLocked(s *session) (p11.ObjectHandle, error) {
 	if k.gen == gen {
 		return k.handle, nil
 	}
-	hs, err := findObjects(k.p.ctx, s, k.template(), 2)
+	hs, err := k.p.findObjects(s, k.template(), 2)
 	if err != nil {
 		return 0, err
 	}
@@ -137,17 +137,6 @@ func (k *key) forget() {
 func (k *key) forgetLocked() {
 	k.gen = 0
 	k.dropCopy()
-}
-
-func findObjects(ctx *p11.Ctx, s *session, tmpl []*p11.Attribute, max int) ([]p11.ObjectHandle, error) {
-	if err := ctx.FindObjectsInit(s.h, tmpl); err != nil {
-		return nil, err
-	}
-	hs, _, err := ctx.FindObjects(s.h, max)
-	if ferr := ctx.FindObjectsFinal(s.h); err == nil {
-		err = ferr
-	}
-	return hs, err
 }
 
 func (k *key) Name() string { return k.name }
@@ -321,7 +310,7 @@ func (p *Provider) Keys(ctx context.Context) ([]providers.KeyInfo, error) {
 	err := p.withSession(ctx, func(s *session) error {
 		infos = infos[:0]
 		newest, byName := map[string]int{}, map[string]providers.KeyInfo{}
-		hs, err := findObjects(p.ctx, s, []*p11.Attribute{
+		hs, err := p.findObjects(s, []*p11.Attribute{
 			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
 			p11.NewAttribute(p11.CKA_TOKEN, true),
 			p11.NewAttribute(p11.CKA_SIGN, true),
@@ -406,7 +395,7 @@ func (p *Provider) create(ctx context.Context, name string, make func(s *session
 	err := p.withSession(ctx, func(s *session) error {
 		p.mod.objects.Lock()
 		defer p.mod.objects.Unlock()
-		hs, err := findObjects(p.ctx, s, []*p11.Attribute{
+		hs, err := p.findObjects(s, []*p11.Attribute{
 			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
 			p11.NewAttribute(p11.CKA_TOKEN, true),
 			p11.NewAttribute(p11.CKA_LABEL, name),
@@ -480,7 +469,7 @@ func (p *Provider) GenerateKey(ctx context.Context, name string, length int) (pr
 	}
 	return p.create(ctx, name, func(s *session) error {
 		tmpl := append(keyTemplate(name), p11.NewAttribute(p11.CKA_VALUE_LEN, length))
-		_, err := p.ctx.GenerateKey(s.h, []*p11.Mechanism{p11.NewMechanism(p11.CKM_GENERIC_SECRET_KEY_GEN, nil)}, tmpl)
+		_, err := p.generateKey(s, []*p11.Mechanism{p11.NewMechanism(p11.CKM_GENERIC_SECRET_KEY_GEN, nil)}, tmpl)
 		return err
 	})
 }
@@ -505,7 +494,7 @@ func (p *Provider) ImportKey(ctx context.Context, name string, secret []byte) (p
 	value := padKey(secret)
 	defer clear(value)
 	return p.create(ctx, name, func(s *session) error {
-		_, err := p.ctx.CreateObject(s.h, append(keyTemplate(name), p11.NewAttribute(p11.CKA_VALUE, value)))
+		_, err := p.createObject(s, append(keyTemplate(name), p11.NewAttribute(p11.CKA_VALUE, value)))
 		return err
 	})
 }
@@ -527,7 +516,7 @@ func (p *Provider) ImportWrappedKey(ctx context.Context, name, wrappingKey strin
 			return err
 		}
 		mech := []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_WRAP_PAD, nil)}
-		_, err = p.ctx.UnwrapKey(s.h, mech, h, wrapped, keyTemplate(name))
+		_, err = p.unwrapKey(s, mech, h, wrapped, keyTemplate(name))
 		return err
 	})
 }

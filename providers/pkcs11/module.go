@@ -47,6 +47,9 @@ type module struct {
 	// each saw none but their own and made one version twice. Agents in
 	// other processes have their own store, locked per file.
 	objects sync.Mutex
+	// indexMu orders searches against creating token objects (index.go);
+	// it is taken inside objects, never around it.
+	indexMu sync.Mutex
 
 	recovering atomic.Bool // a recovery loop runs
 	// deferredSince is when recovery first held back for the streams of

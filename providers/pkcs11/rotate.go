@@ -118,7 +118,7 @@ func (p *Provider) rotateOnce(s *session, name string, value []byte, length int)
 	if err != nil {
 		return versionRecord{}, err
 	}
-	claim, err := p.ctx.CreateObject(s.h, recordTemplate(name, recordLabel(name, n)+"~"+nonce, value0))
+	claim, err := p.createObject(s, recordTemplate(name, recordLabel(name, n)+"~"+nonce, value0))
 	if err != nil {
 		return versionRecord{}, err
 	}
@@ -143,9 +143,9 @@ func (p *Provider) rotateOnce(s *session, name string, value []byte, length int)
 	}
 	var obj p11.ObjectHandle
 	if value != nil {
-		obj, err = p.ctx.CreateObject(s.h, append(tmpl, p11.NewAttribute(p11.CKA_VALUE, value)))
+		obj, err = p.createObject(s, append(tmpl, p11.NewAttribute(p11.CKA_VALUE, value)))
 	} else {
-		obj, err = p.ctx.GenerateKey(s.h, []*p11.Mechanism{p11.NewMechanism(p11.CKM_GENERIC_SECRET_KEY_GEN, nil)},
+		obj, err = p.generateKey(s, []*p11.Mechanism{p11.NewMechanism(p11.CKM_GENERIC_SECRET_KEY_GEN, nil)},
 			append(tmpl, p11.NewAttribute(p11.CKA_VALUE_LEN, length)))
 	}
 	if err != nil {
@@ -183,7 +183,7 @@ func recordTemplate(name, label string, value []byte) []*p11.Attribute {
 // destroyAll destroys every object tmpl finds and returns the first
 // handle destroyed (0: none).
 func (p *Provider) destroyAll(s *session, tmpl []*p11.Attribute) (p11.ObjectHandle, error) {
-	hs, err := findObjects(p.ctx, s, tmpl, 100)
+	hs, err := p.findObjects(s, tmpl, 100)
 	if err != nil {
 		return 0, err
 	}
@@ -234,7 +234,7 @@ func (p *Provider) RetireVersion(ctx context.Context, name string, n int, destro
 			if err != nil {
 				return err
 			}
-			if _, err := p.ctx.CreateObject(s.h, recordTemplate(name, recordLabel(name, n), data)); err != nil {
+			if _, err := p.createObject(s, recordTemplate(name, recordLabel(name, n), data)); err != nil {
 				return err
 			}
 		}

@@ -119,7 +119,7 @@ func (p *Provider) readRecords(s *session, name string) (recs []storedRecord, er
 }
 
 func (p *Provider) readRecordsOnce(s *session, name string) ([]storedRecord, error) {
-	hs, err := findObjects(p.ctx, s, []*p11.Attribute{
+	hs, err := p.findObjects(s, []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_DATA),
 		p11.NewAttribute(p11.CKA_TOKEN, true),
 		p11.NewAttribute(p11.CKA_APPLICATION, versionApplication(name)),
@@ -172,7 +172,7 @@ func (p *Provider) readVersions(s *session, name string) ([]*versionEntry, error
 	if err != nil {
 		return nil, err
 	}
-	legacy, err := findObjects(p.ctx, s, []*p11.Attribute{
+	legacy, err := p.findObjects(s, []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
 		p11.NewAttribute(p11.CKA_TOKEN, true),
 		p11.NewAttribute(p11.CKA_LABEL, name),
@@ -223,7 +223,7 @@ func (p *Provider) readVersions(s *session, name string) ([]*versionEntry, error
 		e := byNumber[n]
 		e.Version, e.record.Version = n, n
 		if n > 1 {
-			hs, err := findObjects(p.ctx, s, versionTemplate(e.label, e.id), 1)
+			hs, err := p.findObjects(s, versionTemplate(e.label, e.id), 1)
 			if err != nil {
 				return nil, err
 			}
@@ -385,7 +385,7 @@ func findVersion(es []*versionEntry, n int) *versionEntry {
 // hasRecords reports whether the named key has version records: a key
 // whose version 1 was destroyed still holds its name.
 func (p *Provider) hasRecords(s *session, name string) (bool, error) {
-	hs, err := findObjects(p.ctx, s, []*p11.Attribute{
+	hs, err := p.findObjects(s, []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_DATA),
 		p11.NewAttribute(p11.CKA_TOKEN, true),
 		p11.NewAttribute(p11.CKA_APPLICATION, versionApplication(name)),
@@ -403,7 +403,7 @@ func (p *Provider) recordFirstVersion(s *session, name string) {
 	if err != nil {
 		return
 	}
-	p.ctx.CreateObject(s.h, recordTemplate(name, recordLabel(name, 1), value))
+	p.createObject(s, recordTemplate(name, recordLabel(name, 1), value))
 }
 
 // deleteVersions destroys the named key's versions from 2 on and every
