@@ -72,13 +72,19 @@ func Setup() (string, error) {
 	return setupDir, setupErr
 }
 
+// UserPIN is the user PIN of every token Create makes.
+const UserPIN = "test-user-pin-1234"
+
 // Create initializes a new token with the given label in the process's
 // configuration.
+//
+// The PINs are long enough that a test searching logs for them cannot
+// find them by chance in a timestamp, a pid or a duration.
 func Create(label string) (*Token, error) {
 	if _, err := Setup(); err != nil {
 		return nil, err
 	}
-	t := &Token{Label: label, PIN: "1234", SOPIN: "5678"}
+	t := &Token{Label: label, PIN: UserPIN, SOPIN: "test-so-pin-5678"}
 	out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", label,
 		"--so-pin", t.SOPIN, "--pin", t.PIN).CombinedOutput()
 	if err != nil {

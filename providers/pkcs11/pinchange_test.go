@@ -98,7 +98,7 @@ func TestTokenReturnsWithAnotherPIN(t *testing.T) {
 func TestPINChangedThenLoginLost(t *testing.T) {
 	var (
 		mu  sync.Mutex
-		pin = []byte("1234") // softhsm.Create's
+		pin = []byte(softhsm.UserPIN)
 	)
 	r := newRecoveryRigWith(t, func(c *pkcs11.Config) {
 		c.ReadPIN = func() ([]byte, error) {
@@ -108,7 +108,7 @@ func TestPINChangedThenLoginLost(t *testing.T) {
 		}
 	})
 	ctx := context.Background()
-	if err := r.d.ctx.SetPIN(r.d.s, "1234", "24680"); err != nil {
+	if err := r.d.ctx.SetPIN(r.d.s, softhsm.UserPIN, "test-new-pin-24680"); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.d.ctx.CloseAllSessions(r.d.slot); err != nil {
@@ -124,7 +124,7 @@ func TestPINChangedThenLoginLost(t *testing.T) {
 		t.Errorf("20 requests tried the rejected PIN %d times; a real token would lock it", n)
 	}
 	mu.Lock()
-	pin = []byte("24680")
+	pin = []byte("test-new-pin-24680")
 	mu.Unlock()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
