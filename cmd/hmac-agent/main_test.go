@@ -15,13 +15,23 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
+	"github.com/hmac-agent/hmac-agent/internal/softhsm"
 )
 
 func TestMain(m *testing.M) {
 	agenttest.RunForgerIfAsked()
-	testscript.Main(m, map[string]func(){
+	testscript.Main(cleanupAfter{m}, map[string]func(){
 		"hmac-agent": func() { os.Exit(run(os.Args[1:])) },
 	})
+}
+
+// cleanupAfter removes the SoftHSM2 configuration and tokens the tests
+// made once they have run: testscript.Main exits without returning.
+type cleanupAfter struct{ m *testing.M }
+
+func (c cleanupAfter) Run() int {
+	defer softhsm.Cleanup()
+	return c.m.Run()
 }
 
 // TestScripts runs the scripts in testdata/script: each is a session at a
