@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,6 +38,8 @@ type hostilePlan struct {
 	victim time.Duration
 	scale  float64
 	settle time.Duration // the longest wait for the agent to let go after an attack
+	// attacks are the attacks to run, in attackOrder; nil runs them all.
+	attacks []string
 }
 
 // processFigures are what the agent holds: resident memory, goroutines
@@ -81,6 +84,9 @@ func hostile(r *results, p hostilePlan, agentBin string) error {
 	// Go runtime returns freed memory to the system over minutes) is not
 	// counted against the next.
 	for _, name := range attackOrder {
+		if p.attacks != nil && !slices.Contains(p.attacks, name) {
+			continue
+		}
 		if err := hostileRound(r, p, agentBin, name); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
