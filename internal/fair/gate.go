@@ -1,6 +1,7 @@
 package fair
 
 import (
+	"context"
 	"runtime"
 	"sync"
 )
@@ -66,6 +67,53 @@ func (g *Gate) Enter(key any) {
 	// runtime preempts the chain, 10 ms later. Going to the back of the
 	// run queue lets those run first.
 	runtime.Gosched()
+}
+
+// EnterContext is Enter for a caller that gives up when ctx ends: it
+// returns ctx's error, holding nothing, if its turn has not come by then.
+// Its turn, when it comes, is a slot only: unlike Enter it does not yield
+// the processor, since the caller holds something (a device) others wait
+// for.
+func (g *Gate) EnterContext(ctx context.Context, key any) error {
+	g.mu.Lock()
+	if g.in < g.slots && g.waiting.Len() == 0 {
+		g.in++
+		g.mu.Unlock()
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		g.mu.Unlock()
+		return err
+	}
+	w := waiterPool.Get().(*gateWaiter)
+	g.waiting.Push(key, w)
+	g.mu.Unlock()
+	select {
+	case <-w.ready:
+		waiterPool.Put(w)
+		return nil
+	case <-ctx.Done():
+	}
+	g.mu.Lock()
+	removed := g.waiting.Remove(key, w)
+	g.mu.Unlock()
+	if !removed {
+		<-w.ready // handed the slot as ctx ended: pass it on
+		g.Leave()
+	}
+	waiterPool.Put(w)
+	return ctx.Err()
+}
+
+// TryEnter takes a slot if one is free and nobody waits.
+func (g *Gate) TryEnter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.in < g.slots && g.waiting.Len() == 0 {
+		g.in++
+		return true
+	}
+	return false
 }
 
 // Leave gives the slot up: to the next waiter in turn, or back.

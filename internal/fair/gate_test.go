@@ -1,6 +1,8 @@
 package fair
 
 import (
+	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -128,5 +130,63 @@ func BenchmarkGateUncontended(b *testing.B) {
 	for b.Loop() {
 		g.Enter("a")
 		g.Leave()
+	}
+}
+
+// A waiter whose context ends leaves the line holding nothing, and the
+// slot goes on to the next one in turn.
+func TestGateEnterContextGivesUp(t *testing.T) {
+	g := NewGate(1)
+	g.Enter("stalled")
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan error)
+	go func() { gaveUp <- g.EnterContext(ctx, "a") }()
+	waitFor(t, func() bool { return g.waiters() == 1 })
+	in := make(chan struct{})
+	go func() {
+		if err := g.EnterContext(context.Background(), "b"); err != nil {
+			t.Error(err)
+		}
+		close(in)
+	}()
+	waitFor(t, func() bool { return g.waiters() == 2 })
+	cancel()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("EnterContext after cancel: %v", err)
+	}
+	if g.waiters() != 1 {
+		t.Fatalf("%d waiting after one gave up, want 1", g.waiters())
+	}
+	g.Leave()
+	<-in
+	if g.TryEnter() {
+		t.Fatal("TryEnter got a slot the holder has")
+	}
+	g.Leave()
+	if !g.TryEnter() {
+		t.Fatal("TryEnter found no free slot")
+	}
+	g.Leave()
+}
+
+// A context ending just as the slot is handed over must not lose the slot.
+func TestGateEnterContextRaceKeepsSlots(t *testing.T) {
+	g := NewGate(1)
+	for range 2000 {
+		g.Enter("h")
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			if g.EnterContext(ctx, "w") == nil {
+				g.Leave()
+			}
+			close(done)
+		}()
+		go cancel()
+		g.Leave()
+		<-done
+	}
+	if !g.TryEnter() {
+		t.Fatal("a slot was lost")
 	}
 }
