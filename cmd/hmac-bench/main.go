@@ -49,6 +49,9 @@ func (r *results) add(name, unit string, v float64) {
 	r.runs[name] = append(r.runs[name], v)
 }
 
+// has reports whether name was measured.
+func (r *results) has(name string) bool { return len(r.runs[name]) > 0 }
+
 func (r *results) median(name string) float64 {
 	v := slices.Clone(r.runs[name])
 	if len(v) == 0 {
