@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"runtime"
 	"sync"
 
 	"github.com/hmac-agent/hmac-agent/internal/fair"
@@ -71,6 +72,15 @@ func (s *scheduler) next() {
 	}
 	s.mu.Unlock()
 	if ok {
-		go j.run(s.releaser())
+		go func() {
+			// A new goroutine runs next on this P with the rest of the
+			// ending one's time slice; turn after turn, a busy device's
+			// calls would so keep every goroutine the network made
+			// ready waiting, another caller's reader among them, until
+			// the runtime preempts the chain 10 ms later. This call
+			// takes its place behind them instead.
+			runtime.Gosched()
+			j.run(s.releaser())
+		}()
 	}
 }

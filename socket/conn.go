@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -36,6 +37,8 @@ type conn struct {
 	ctx  context.Context
 
 	scratch [wire.MaxTag]byte
+	// turns counts the requests read since the reader last yielded.
+	turns int
 	// proto is the protocol version the handshake agreed on.
 	proto uint16
 
@@ -49,6 +52,9 @@ type conn struct {
 
 	qmu    sync.Mutex
 	queues map[uint32]*queue // contexts whose requests run outside the reader
+	// manageQ runs key-management requests (see goAsync). It is not in
+	// queues, so manageQueueID never names it there.
+	manageQ queue
 }
 
 // queue runs one context's requests in the order they arrived.
@@ -121,6 +127,7 @@ func (c *conn) readLoop() error {
 		return err
 	}
 	for {
+		c.yield()
 		if c.fr.Buffered() == 0 {
 			if err := c.flush(); err != nil {
 				return err
@@ -274,12 +281,14 @@ func (c *conn) contextOp(m *wire.Message, q *queue, body []byte) error {
 	var err error
 	switch m.Type {
 	case wire.TypeOpen:
+		c.enter(q)
 		err = s.Open(c.ctx, m.Context, m.Key, providers.Algorithm(m.Algorithm))
+		c.leave(q)
 		c.replyResult(m.ID, err)
 	case wire.TypeUpdate:
 		// No reply, unless there is no context to keep the error.
 		if body == nil {
-			err = s.Update(c.ctx, m.Context, m.Data)
+			err = c.updateInTurns(q, m.Context, m.Data)
 		} else {
 			b := body
 			err = s.UpdateOwned(c.ctx, m.Context, m.Data, func([]byte) { wire.Recycle(b) })
@@ -289,19 +298,27 @@ func (c *conn) contextOp(m *wire.Message, q *queue, body []byte) error {
 			c.replyError(m.ID, err)
 		}
 	case wire.TypeCopy:
+		c.enter(q)
 		err = s.Copy(c.ctx, m.Context, m.NewContext)
+		c.leave(q)
 		c.replyResult(m.ID, err)
 	case wire.TypeFinalize:
 		var tag []byte
 		var version int
+		c.enter(q)
 		tag, version, err = s.FinalizeVersion(c.ctx, m.Context, c.scratchFor(q))
+		c.leave(q)
 		c.replyTag(m.ID, tag, version, err)
 	case wire.TypeVerify:
 		var version int
+		c.enter(q)
 		version, err = s.VerifyVersion(c.ctx, m.Context, m.Tag)
+		c.leave(q)
 		c.replyVerified(m.ID, version, err)
 	case wire.TypeClose:
+		c.enter(q)
 		s.Abandon(m.Context)
+		c.leave(q)
 	}
 	recycle(body, err)
 	return err
@@ -330,11 +347,15 @@ func (c *conn) scratchFor(q *queue) []byte {
 func (c *conn) oneShot(m *wire.Message, dst []byte) {
 	alg := providers.Algorithm(m.Algorithm)
 	if m.Type == wire.TypeMAC {
+		c.enter(nil)
 		tag, version, err := c.sess.MACVersion(c.ctx, m.Key, alg, m.Data, dst)
+		c.leave(nil)
 		c.replyTag(m.ID, tag, version, err)
 		return
 	}
+	c.enter(nil)
 	version, err := c.sess.VerifyMACVersion(c.ctx, m.Key, alg, m.Data, m.Tag)
+	c.leave(nil)
 	c.replyVerified(m.ID, version, err)
 }
 
@@ -504,6 +525,14 @@ func (c *conn) release(held int) {
 	c.wg.Done()
 }
 
+// manageQueueID is the ID runQueue is given for manageQ; the queue's own
+// flags, not the ID, keep it out of queues.
+const manageQueueID = 0
+
+// goAsync runs a key-management request after the connection's earlier
+// ones, on a goroutine of their own: they may wait on a device, and they
+// run one at a time, so that a flood of them (denied ones, say) is one
+// goroutine to the Go scheduler, not hundreds.
 func (c *conn) goAsync(m *wire.Message, run func(*wire.Message) error) {
 	n, over, ok := c.acquire(m)
 	if !ok {
@@ -516,11 +545,16 @@ func (c *conn) goAsync(m *wire.Message, run func(*wire.Message) error) {
 		return
 	}
 	o, body := c.own(m)
-	go func() {
-		defer c.release(n)
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	c.manageQ.ops = append(c.manageQ.ops, func() {
 		recycle(body, run(o))
-		c.flush()
-	}()
+		c.release(n)
+		// Management requests are few and heavy; a flood of them takes
+		// its turn behind the goroutines ready to run.
+		runtime.Gosched()
+	})
+	c.startLocked(manageQueueID, &c.manageQ)
 }
 
 // enqueue adds a context request to the context's queue, creating the

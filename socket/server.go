@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/agent"
+	"github.com/hmac-agent/hmac-agent/internal/fair"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
@@ -54,6 +55,9 @@ type Server struct {
 	agent  *agent.Agent
 	limits Limits
 	log    *slog.Logger
+	// gate shares the agent's CPUs among callers for the work readers
+	// do themselves (see turns.go).
+	gate *fair.Gate
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -96,6 +100,7 @@ func NewServer(a *agent.Agent, limits Limits, log *slog.Logger) *Server {
 	}
 	return &Server{
 		agent: a, limits: limits, log: log,
+		gate:      fair.NewGate(0),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 		perUID:    make(map[int64]int),

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,6 +38,8 @@ type hostilePlan struct {
 	victim time.Duration
 	scale  float64
 	settle time.Duration // the longest wait for the agent to let go after an attack
+	// attacks are the attacks to run, in attackOrder; nil runs them all.
+	attacks []string
 }
 
 // processFigures are what the agent holds: resident memory, goroutines
@@ -76,11 +79,19 @@ func hostile(r *results, p hostilePlan, agentBin string) error {
 		return err
 	}
 	recordVictim(r, "quiet", quiet)
+	if p.attacks == nil || slices.Contains(p.attacks, cpuBurn) {
+		if err := hostileRound(r, p, agentBin, cpuBurn); err != nil {
+			return fmt.Errorf("%s: %w", cpuBurn, err)
+		}
+	}
 
 	// Each attack meets a new agent: what one attack leaves behind (the
 	// Go runtime returns freed memory to the system over minutes) is not
 	// counted against the next.
 	for _, name := range attackOrder {
+		if p.attacks != nil && !slices.Contains(p.attacks, name) {
+			continue
+		}
 		if err := hostileRound(r, p, agentBin, name); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
@@ -367,8 +378,11 @@ func printHostile(r *results) {
 	fmt.Printf("%-14s %9.0f %9.0f %9.0f %9.0f %6.0f\n", "quiet",
 		m("hostile_quiet_soft_p50_us"), m("hostile_quiet_soft_p99_us"), m("hostile_quiet_pkcs11_p50_us"), m("hostile_quiet_pkcs11_p99_us"),
 		m("hostile_quiet_victim_failures"))
-	for _, a := range attackOrder {
+	for _, a := range append([]string{cpuBurn}, attackOrder...) {
 		h := "hostile_" + a + "_"
+		if !r.has(h + "soft_p99_us") {
+			continue // not run (-attacks)
+		}
 		fmt.Printf("%-14s %9.0f %9.0f %9.0f %9.0f %6.0f %8.0f %8.1f %9.1f %9.1f %s %s\n", a,
 			m(h+"soft_p50_us"), m(h+"soft_p99_us"), m(h+"pkcs11_p50_us"), m(h+"pkcs11_p99_us"),
 			m(h+"victim_failures"), m(h+"attacker_held"), m(h+"rss_before_mib"), m(h+"peak_rss_mib"), m(h+"rss_after_mib"),
@@ -392,8 +406,16 @@ func hostileGoals(r *results) []string {
 		return "NOT met"
 	}
 	var out []string
+	ctl := "hostile_" + cpuBurn + "_"
+	if r.has(ctl + "soft_p99_us") {
+		out = append(out, fmt.Sprintf("%-14s (control: a neighbour that only burns every CPU) p99 x%.1f soft, x%.1f PKCS#11",
+			cpuBurn, m(ctl+"soft_p99_us")/m("hostile_quiet_soft_p99_us"), m(ctl+"pkcs11_p99_us")/m("hostile_quiet_pkcs11_p99_us")))
+	}
 	for _, a := range attackOrder {
 		h := "hostile_" + a + "_"
+		if !r.has(h + "soft_p99_us") {
+			continue
+		}
 		fails := m(h + "victim_failures")
 		soft := m(h+"soft_p99_us") / m("hostile_quiet_soft_p99_us")
 		p11 := m(h+"pkcs11_p99_us") / m("hostile_quiet_pkcs11_p99_us")

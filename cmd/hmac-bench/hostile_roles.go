@@ -11,9 +11,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/client"
@@ -146,7 +148,29 @@ type attack func(sock string, scale float64, ready func(held int), stop <-chan s
 // attackOrder is the order the bench runs them in and names them by.
 var attackOrder = []string{"connections", "half_frames", "contexts", "pkcs11_input", "denials", "oneshot_flood"}
 
+// cpuBurn is the control phase: a neighbour that keeps every CPU busy
+// and never calls the agent. What it costs the victim is what the
+// operating system's sharing of the CPUs costs, which no agent can
+// change; an attack whose cost is near it adds little of its own.
+const cpuBurn = "cpu_burn"
+
 var attacks = map[string]attack{
+	cpuBurn: func(sock string, scale float64, ready func(held int), stop <-chan struct{}) error {
+		n := runtime.NumCPU()
+		var done atomic.Bool
+		var wg sync.WaitGroup
+		for range n {
+			wg.Go(func() {
+				for x := 0; !done.Load(); x++ {
+				}
+			})
+		}
+		ready(n)
+		<-stop
+		done.Store(true)
+		wg.Wait()
+		return nil
+	},
 	// 1,030 connections that never send HELLO.
 	"connections": func(sock string, scale float64, ready func(held int), stop <-chan struct{}) error {
 		conns := holdConns(sock, 1030, nil)

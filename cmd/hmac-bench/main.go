@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/internal/benchenv"
@@ -48,6 +49,9 @@ func (r *results) add(name, unit string, v float64) {
 	r.runs[name] = append(r.runs[name], v)
 }
 
+// has reports whether name was measured.
+func (r *results) has(name string) bool { return len(r.runs[name]) > 0 }
+
 func (r *results) median(name string) float64 {
 	v := slices.Clone(r.runs[name])
 	if len(v) == 0 {
@@ -74,12 +78,22 @@ func main() {
 	other := flag.String("compare", "", "another hmac-agent binary: measure the PKCS#11 figures and software pipelining of both, in alternating rounds")
 	rounds := flag.Int("rounds", 40, "with -compare: rounds")
 	hostileRun := flag.Bool("hostile", false, "a victim uid's one-shot latency, quiet and under six attacks of another uid, and the agent's memory (needs root)")
+	attackList := flag.String("attacks", "", "with -hostile: the attacks to run, comma-separated (default: all six)")
 	flag.Parse()
 	benchenv.StopOnSignal(nil)
 	if *hostileRun {
 		hp := hostilePlan{victim: 2 * time.Second, scale: 1, settle: 15 * time.Second}
 		if *quick {
 			hp = hostilePlan{victim: 300 * time.Millisecond, scale: 0.1, settle: 5 * time.Second}
+		}
+		if *attackList != "" {
+			hp.attacks = strings.Split(*attackList, ",")
+			for _, a := range hp.attacks {
+				if _, ok := attacks[a]; !ok {
+					fmt.Fprintf(os.Stderr, "hmac-bench: unknown attack %q (known: %s)\n", a, strings.Join(attackOrder, ", "))
+					os.Exit(2)
+				}
+			}
 		}
 		r := &results{units: map[string]string{}, runs: map[string][]float64{}}
 		if err := hostile(r, hp, *agentBin); err != nil {

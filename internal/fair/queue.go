@@ -1,10 +1,12 @@
-// Package fair holds a queue that serves its callers in turn: waiters
-// for one resource (a device's session, say) queue by caller, and the
-// next one served is the oldest of the caller after the last one served,
-// so a caller with a thousand waiting costs another caller one turn, not
-// a thousand.
+// Package fair shares a resource among callers in turn: waiters for it
+// (a device's session, the TPM, the agent's CPUs) queue by caller, and
+// the next one served is the oldest of the caller after the last one
+// served, so a caller with a thousand waiting costs another caller one
+// turn, not a thousand. Queue is the line itself; Gate is a line in
+// front of a number of slots.
 //
-// A Queue is not safe for concurrent use; its owner guards it.
+// A Queue is not safe for concurrent use; its owner guards it. A Gate
+// is.
 package fair
 
 // Queue is a FIFO per key, served round-robin across keys. The zero

@@ -231,7 +231,7 @@ func (p *Provider) GenerateKey(ctx context.Context, name string, length int) (pr
 func (p *Provider) generatedObject(alg providers.Algorithm, auth []byte) (*blob, error) {
 	tmpl := HMACTemplate(alg, tpm2.TPMAObject{FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true})
 	var b *blob
-	err := p.run(func() error {
+	err := p.run(context.Background(), func() error {
 		if err := p.loadLocked(p.srk); err != nil {
 			return err
 		}
@@ -290,7 +290,7 @@ func (p *Provider) importedObject(secret []byte) func(alg providers.Algorithm, a
 			return nil, err
 		}
 		var b *blob
-		err = p.run(func() error {
+		err = p.run(context.Background(), func() error {
 			if err := p.loadLocked(p.srk); err != nil {
 				return err
 			}
@@ -443,7 +443,9 @@ func (p *Provider) DeleteKey(ctx context.Context, name string) error {
 	if !ok {
 		return fmt.Errorf("tpm: %q: %w", name, providers.ErrKeyNotFound)
 	}
-	p.run(func() error {
+	// Released whatever the caller's context: a handle left loaded would
+	// hold a slot.
+	p.run(context.Background(), func() error {
 		for _, k := range gone {
 			for _, o := range k.objs {
 				p.releaseLocked(o)

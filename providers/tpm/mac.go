@@ -73,7 +73,7 @@ func (k *key) SumMAC(ctx context.Context, alg providers.Algorithm, data, dst []b
 		return append(dst, tag...), err
 	}
 	var tag []byte
-	err := k.p.run(func() error {
+	err := k.p.run(ctx, func() error {
 		if err := k.p.loadLocked(o); err != nil {
 			return err
 		}
@@ -115,7 +115,7 @@ func (m *mac) Update(ctx context.Context, p []byte) error {
 			m.buf = append(m.buf, chunk...)
 			chunk = m.buf
 		}
-		if err := m.send(chunk); err != nil {
+		if err := m.send(ctx, chunk); err != nil {
 			m.fail()
 			return err
 		}
@@ -127,8 +127,8 @@ func (m *mac) Update(ctx context.Context, p []byte) error {
 }
 
 // send feeds one chunk to the sequence, starting it first if need be.
-func (m *mac) send(chunk []byte) error {
-	err := m.p.run(func() error {
+func (m *mac) send(ctx context.Context, chunk []byte) error {
+	err := m.p.run(ctx, func() error {
 		if m.seq == nil {
 			if err := m.startLocked(); err != nil {
 				return err
@@ -241,11 +241,11 @@ func (m *mac) release() {
 	if m.seq != nil {
 		seq := m.seq
 		m.seq = nil
-		m.p.mu.Lock()
+		m.p.turn.Enter(nil)
 		if !m.p.closed {
 			m.p.releaseLocked(seq)
 		}
-		m.p.mu.Unlock()
+		m.p.turn.Leave()
 	}
 	clear(m.buf)
 	m.buf = nil
@@ -266,7 +266,7 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 	if m.seq == nil {
 		return c, nil
 	}
-	err := m.p.run(func() error {
+	err := m.p.run(ctx, func() error {
 		if m.p.fresh(m.seq) != nil {
 			// Cut by a restart: made again, if it can be.
 			if err := m.loadSeqLocked(); err != nil {
@@ -303,7 +303,7 @@ func (m *mac) Finalize(ctx context.Context) ([]byte, error) {
 		return m.k.SumMAC(ctx, m.alg, m.buf, nil)
 	}
 	var tag []byte
-	err := m.p.run(func() error {
+	err := m.p.run(ctx, func() error {
 		if err := m.loadSeqLocked(); err != nil {
 			return err
 		}

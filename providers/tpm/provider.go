@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/hmac-agent/hmac-agent/internal/fair"
 	"github.com/hmac-agent/hmac-agent/internal/privfile"
 	"github.com/hmac-agent/hmac-agent/providers"
 )
@@ -55,8 +56,13 @@ type Provider struct {
 	keysDir string
 	algs    []providers.Algorithm
 
-	// mu is the one owner of the TPM: every command runs under it.
-	mu     sync.Mutex
+	// turn is the one owner of the TPM: every command runs in it (the
+	// methods named ...Locked assume it is held). Callers wait for it by
+	// caller in turn, not first come (fair.Gate), and give up when their
+	// call's context ends: a caller streaming to many sequences costs
+	// another caller one command's wait, and a command stuck behind a
+	// stalled one fails at its own deadline.
+	turn   *fair.Gate
 	t      *transport
 	epoch  uint64 // counts connections; older handles and contexts are gone
 	closed bool
@@ -112,7 +118,8 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	}
 	p := &Provider{cfg: cfg, keysDir: keysDir, slots: cfg.Slots, keys: map[string]*key{}, versions: map[string]*key{}}
 	p.srk = &object{kind: objSRK}
-	p.mu.Lock()
+	p.turn = fair.NewGate(1)
+	p.turn.Enter(nil)
 	err = p.connectLocked()
 	if err == nil {
 		err = p.readAlgorithmsLocked()
@@ -120,7 +127,7 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	if err == nil {
 		err = p.loadLocked(p.srk)
 	}
-	p.mu.Unlock()
+	p.turn.Leave()
 	if err != nil {
 		p.Close()
 		return nil, err
@@ -255,9 +262,11 @@ func (p *Provider) exchange(cmd []byte) ([]byte, error) {
 // A command that timed out is not retried: the TPM is stalled, and
 // another try would only double the wait. Errors of the connection wrap
 // ErrUnavailable with a message naming the provider.
-func (p *Provider) run(f func() error) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+func (p *Provider) run(ctx context.Context, f func() error) error {
+	if err := p.turn.EnterContext(ctx, providers.BudgetFrom(ctx)); err != nil {
+		return p.unavailable(fmt.Errorf("%w: %w (the call ended waiting for its turn: %w)", errTransport, errTimeout, err))
+	}
+	defer p.turn.Leave()
 	return p.runLocked(f)
 }
 
@@ -318,17 +327,16 @@ func (p *Provider) refused(what string) error {
 // most the provider's timeout (or until ctx ends), and its own command is
 // bounded by the timeout too.
 func (p *Provider) Health(ctx context.Context) error {
-	deadline := time.Now().Add(p.cfg.Timeout)
-	for !p.mu.TryLock() {
-		if time.Now().After(deadline) {
-			return p.unavailable(fmt.Errorf("%w: %w (a command has been running since before the check)", errTransport, errTimeout))
+	wait, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	err := p.turn.EnterContext(wait, nil)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("tpm: health: %w: %w", providers.ErrUnavailable, ctx.Err())
 		}
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("tpm: health: %w: %w", providers.ErrUnavailable, err)
-		}
-		time.Sleep(time.Millisecond)
+		return p.unavailable(fmt.Errorf("%w: %w (commands before the check held the TPM)", errTransport, errTimeout))
 	}
-	defer p.mu.Unlock()
+	defer p.turn.Leave()
 	return p.runLocked(func() error {
 		_, err := tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTFamilyIndicator), PropertyCount: 1}.Execute(p.t)
 		return err
@@ -337,8 +345,8 @@ func (p *Provider) Health(ctx context.Context) error {
 
 // Close flushes what the provider loaded and closes the connection.
 func (p *Provider) Close() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.turn.Enter(nil)
+	defer p.turn.Leave()
 	if p.closed {
 		return nil
 	}

@@ -254,3 +254,51 @@ func (l lockedWriter) Write(b []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(b)
 }
+
+// TestCallBehindStalledCommandGivesUpAtItsDeadline: with swtpm stopped
+// and one command stuck in it, a second call waiting for its turn at the
+// TPM fails with ErrUnavailable when its own context ends, not when the
+// stuck command's timeout passes.
+func TestCallBehindStalledCommandGivesUpAtItsDeadline(t *testing.T) {
+	sw := swtpm.Require(t)
+	p := openWith(t, sw, t.TempDir()+"/state", func(c *tpm.Config) { c.Timeout = time.Minute })
+	ctx := context.Background()
+	if _, err := p.ImportKey(ctx, "k", []byte("behind")); err != nil {
+		t.Fatal(err)
+	}
+	key, err := p.Key(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := key.(providers.OneShot)
+	if _, err := k.SumMAC(ctx, providers.SHA256, []byte("warm"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := sw.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	defer sw.Continue()
+	stuck := make(chan error, 1)
+	go func() {
+		_, err := k.SumMAC(ctx, providers.SHA256, []byte("stuck"), nil)
+		stuck <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // the first call holds the TPM
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	_, err = k.SumMAC(short, providers.SHA256, []byte("behind"), nil)
+	if !errors.Is(err, providers.ErrUnavailable) {
+		t.Fatalf("a call behind a stuck command: %v, want ErrUnavailable", err)
+	}
+	select {
+	case err := <-stuck:
+		t.Fatalf("the stuck command ended first (%v): the test proved nothing", err)
+	default:
+	}
+	if err := sw.Continue(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-stuck; err != nil {
+		t.Fatalf("the stuck command after swtpm went on: %v", err)
+	}
+}

@@ -358,7 +358,7 @@ func (p *Provider) RetireVersion(ctx context.Context, name string, n int, destro
 	delete(p.versions, versionRef(name, n))
 	p.keysMu.Unlock()
 	if k != nil {
-		p.run(func() error {
+		p.run(context.Background(), func() error {
 			for _, o := range k.objs {
 				p.releaseLocked(o)
 			}

@@ -1,0 +1,61 @@
+package socket
+
+import "runtime"
+
+// turnInput bounds the input a reader hashes in one turn: a caller
+// streaming megabytes to a software key must not hold the others up for
+// longer than a few tens of microseconds at a time.
+const turnInput = 64 << 10
+
+// turnRequests is how many requests a reader runs itself before it lets
+// the goroutines waiting to run go first (runtime.Gosched). A reader whose
+// client keeps it supplied never blocks on its socket, and the Go
+// scheduler runs it on until it is preempted, 10 ms later: another
+// caller's reader, made ready by the network meanwhile, waits behind it.
+const turnRequests = 16
+
+// enter waits for the connection's caller to have its turn (fair.Gate)
+// before a request the reader runs itself (q is nil) does its work on the
+// agent's CPUs. Only that work is in the turn: not reading the request
+// nor writing the reply, which wait on the peer, and not a request from a
+// context's queue, which may wait on a device. A turn held while waiting
+// would stop every caller.
+func (c *conn) enter(q *queue) {
+	if q == nil {
+		c.srv.gate.Enter(c.sess.Budget())
+	}
+}
+
+// yield lets the goroutines waiting to run go first once the reader has
+// read turnRequests requests since it last did.
+func (c *conn) yield() {
+	if c.turns++; c.turns >= turnRequests {
+		c.turns = 0
+		runtime.Gosched()
+	}
+}
+
+// leave ends the turn enter began.
+func (c *conn) leave(q *queue) {
+	if q == nil {
+		c.srv.gate.Leave()
+	}
+}
+
+// updateInTurns is Session.Update for the reader's own requests, taking
+// a turn for each turnInput bytes.
+func (c *conn) updateInTurns(q *queue, id uint32, p []byte) error {
+	if q != nil {
+		return c.sess.Update(c.ctx, id, p)
+	}
+	for {
+		n := min(len(p), turnInput)
+		c.enter(nil)
+		err := c.sess.Update(c.ctx, id, p[:n])
+		c.leave(nil)
+		if err != nil || n == len(p) {
+			return err
+		}
+		p = p[n:]
+	}
+}
