@@ -139,7 +139,16 @@ func verifyVersions(ctx context.Context, keys []versionKey, alg providers.Algori
 // provider's own.
 func verifyOne(ctx context.Context, vk versionKey, alg providers.Algorithm, data, tag []byte) error {
 	var err error
+	pause := pauseFor(ctx, data)
 	switch {
+	case pause != nil:
+		var m providers.MAC
+		if m, err = vk.key.NewMAC(ctx, alg); err == nil {
+			if err = updateInPieces(ctx, m, data, pause); err == nil {
+				err = m.Verify(ctx, tag)
+			}
+			m.Close()
+		}
 	case vk.verifier != nil:
 		err = vk.verifier.VerifyMAC(ctx, alg, data, tag)
 	case vk.oneShot != nil:
@@ -166,7 +175,8 @@ func verifyOne(ctx context.Context, vk versionKey, alg providers.Algorithm, data
 // sumOne computes a one-shot's tag with one key; its errors are the
 // provider's own.
 func sumOne(ctx context.Context, vk versionKey, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
-	if vk.oneShot != nil {
+	pause := pauseFor(ctx, data)
+	if vk.oneShot != nil && pause == nil {
 		return vk.oneShot.SumMAC(ctx, alg, data, dst)
 	}
 	m, err := vk.key.NewMAC(ctx, alg)
@@ -174,7 +184,7 @@ func sumOne(ctx context.Context, vk versionKey, alg providers.Algorithm, data, d
 		return nil, err
 	}
 	defer m.Close()
-	if err := m.Update(ctx, data); err != nil {
+	if err := updateInPieces(ctx, m, data, pause); err != nil {
 		return nil, err
 	}
 	tag, err := m.Finalize(ctx)
@@ -182,4 +192,33 @@ func sumOne(ctx context.Context, vk versionKey, alg providers.Algorithm, data, d
 		return nil, err
 	}
 	return append(dst, tag...), nil
+}
+
+// pauseFor returns the pause ctx carries (providers.WithPause) when data
+// is long enough to be hashed in pieces, else nil.
+func pauseFor(ctx context.Context, data []byte) func() {
+	if len(data) <= providers.TurnInput {
+		return nil
+	}
+	return providers.PauseFrom(ctx)
+}
+
+// updateInPieces writes data to m, pausing between pieces of
+// providers.TurnInput bytes when pause is not nil: a one-shot over a
+// megabyte is then no longer turn at the CPUs than a small one.
+func updateInPieces(ctx context.Context, m providers.MAC, data []byte, pause func()) error {
+	if pause == nil {
+		return m.Update(ctx, data)
+	}
+	for len(data) > 0 {
+		n := min(len(data), providers.TurnInput)
+		if err := m.Update(ctx, data[:n]); err != nil {
+			return err
+		}
+		data = data[n:]
+		if len(data) > 0 {
+			pause()
+		}
+	}
+	return nil
 }

@@ -346,15 +346,16 @@ func (c *conn) scratchFor(q *queue) []byte {
 // reader's scratch only when running in the reader.
 func (c *conn) oneShot(m *wire.Message, dst []byte) {
 	alg := providers.Algorithm(m.Algorithm)
+	ctx := c.oneShotContext(m.Data)
 	if m.Type == wire.TypeMAC {
 		c.enter(nil)
-		tag, version, err := c.sess.MACVersion(c.ctx, m.Key, alg, m.Data, dst)
+		tag, version, err := c.sess.MACVersion(ctx, m.Key, alg, m.Data, dst)
 		c.leave(nil)
 		c.replyTag(m.ID, tag, version, err)
 		return
 	}
 	c.enter(nil)
-	version, err := c.sess.VerifyMACVersion(c.ctx, m.Key, alg, m.Data, m.Tag)
+	version, err := c.sess.VerifyMACVersion(ctx, m.Key, alg, m.Data, m.Tag)
 	c.leave(nil)
 	c.replyVerified(m.ID, version, err)
 }

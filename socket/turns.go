@@ -1,11 +1,11 @@
 package socket
 
-import "runtime"
+import (
+	"context"
+	"runtime"
 
-// turnInput bounds the input a reader hashes in one turn: a caller
-// streaming megabytes to a software key must not hold the others up for
-// longer than a few tens of microseconds at a time.
-const turnInput = 64 << 10
+	"github.com/hmac-agent/hmac-agent/providers"
+)
 
 // turnRequests is how many requests a reader runs itself before it lets
 // the goroutines waiting to run go first (runtime.Gosched). A reader whose
@@ -43,13 +43,15 @@ func (c *conn) leave(q *queue) {
 }
 
 // updateInTurns is Session.Update for the reader's own requests, taking
-// a turn for each turnInput bytes.
+// a turn for each providers.TurnInput bytes: a caller streaming megabytes
+// to a software key must not hold the others up for longer than a few
+// tens of microseconds at a time.
 func (c *conn) updateInTurns(q *queue, id uint32, p []byte) error {
 	if q != nil {
 		return c.sess.Update(c.ctx, id, p)
 	}
 	for {
-		n := min(len(p), turnInput)
+		n := min(len(p), providers.TurnInput)
 		c.enter(nil)
 		err := c.sess.Update(c.ctx, id, p[:n])
 		c.leave(nil)
@@ -58,4 +60,20 @@ func (c *conn) updateInTurns(q *queue, id uint32, p []byte) error {
 		}
 		p = p[n:]
 	}
+}
+
+// oneShotContext is the context for a one-shot the reader runs itself:
+// over more than providers.TurnInput bytes, it lets the agent give the
+// turn up between pieces (providers.WithPause).
+func (c *conn) oneShotContext(data []byte) context.Context {
+	if len(data) <= providers.TurnInput {
+		return c.ctx
+	}
+	return providers.WithPause(c.ctx, c.pauseTurn)
+}
+
+// pauseTurn gives the reader's turn up and waits for the next.
+func (c *conn) pauseTurn() {
+	c.leave(nil)
+	c.enter(nil)
 }
