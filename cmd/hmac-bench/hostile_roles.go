@@ -146,7 +146,7 @@ func runVictim(sock string, d time.Duration) victimReport {
 type attack func(sock string, scale float64, ready func(held int), stop <-chan struct{}) error
 
 // attackOrder is the order the bench runs them in and names them by.
-var attackOrder = []string{"connections", "half_frames", "contexts", "pkcs11_input", "denials", "oneshot_flood"}
+var attackOrder = []string{"connections", "half_frames", "contexts", "pkcs11_input", "denials", "oneshot_flood", "big_oneshots"}
 
 // cpuBurn is the control phase: a neighbour that keeps every CPU busy
 // and never calls the agent. What it costs the victim is what the
@@ -217,6 +217,15 @@ var attacks = map[string]attack{
 				t = wire.TypeDeleteKey
 			}
 			return &wire.Message{Type: t, ID: id, Key: []byte("guess-" + hex.EncodeToString(name))}
+		})
+	},
+	// One-shot MACs over almost a megabyte each (the largest frame the
+	// agent takes by default) on the software key, from four connections,
+	// as fast as the agent answers: each is a millisecond of hashing.
+	"big_oneshots": func(sock string, scale float64, ready func(held int), stop <-chan struct{}) error {
+		data := make([]byte, wire.DefaultMaxFrame-256)
+		return flood(sock, 4, stop, ready, func(id uint32) *wire.Message {
+			return &wire.Message{Type: wire.TypeMAC, ID: id, Algorithm: 3, Key: []byte(benchenv.SoftKey), Data: data}
 		})
 	},
 	// One-shot MACs on both keys from four connections, 64 in flight on
