@@ -182,7 +182,7 @@ func TestNoSessionCopies(t *testing.T) {
 		}
 	})
 	t.Run("session_key_copies=false", func(t *testing.T) {
-		r := newCopiesRig(t, func(c *pkcs11.Config) { c.NoKeyCopies = true })
+		r := newCopiesRig(t, func(c *pkcs11.Config) { c.KeyCopies = pkcs11.CopiesOff })
 		for range 3 {
 			r.mac(t, "uncopied")
 		}
