@@ -67,3 +67,6 @@ func CachedKeys(p *Provider) []string {
 
 // CopiesPay is copiesPay, for a test of the default.
 var CopiesPay = copiesPay
+
+// StaleAfter is how long a key's session copy is used unchecked.
+var StaleAfter = staleAfter
