@@ -35,8 +35,10 @@ type key struct {
 	handle p11.ObjectHandle
 	gen    uint64 // the login the handle was found under; 0: not found
 	// evicted: the provider's cache dropped the key (objectCache); it is
-	// used through the token object alone.
-	evicted bool
+	// used through the token object alone. uncopied: no copy could be
+	// made of the object, which is not asked again until it is found
+	// again.
+	evicted, uncopied bool
 	// copy is the key's session copy (copies.go), if copy.h is not 0;
 	// checked is when the original was last seen unchanged.
 	copy    keyCopy
@@ -83,13 +85,14 @@ func (k *key) objectHandle(s *session) (h p11.ObjectHandle, done func(), err err
 		return c, k.holdCopyLocked(), nil
 	}
 	h, err = k.tokenHandleLocked(s)
-	if err != nil || k.evicted {
+	if err != nil || k.evicted || k.uncopied {
 		return h, func() {}, err
 	}
 	if k.copy = k.p.copyKey(s, h); k.copy.h != 0 {
 		k.checked = time.Now()
 		return k.copy.h, k.holdCopyLocked(), nil
 	}
+	k.uncopied = true
 	return h, func() {}, nil
 }
 
@@ -131,7 +134,7 @@ func (k *key) tokenHandleLocked(s *session) (p11.ObjectHandle, error) {
 // forgetLocked drops the handle and destroys the copy, so that the next
 // use looks the key up again. k.mu is held.
 func (k *key) forgetLocked() {
-	k.gen = 0
+	k.gen, k.uncopied = 0, false
 	k.dropCopy()
 }
 
