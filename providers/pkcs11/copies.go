@@ -157,10 +157,13 @@ func (k *key) usableCopy(s *session) (p11.ObjectHandle, error) {
 		if time.Since(k.checked) < staleAfter {
 			return k.copy.h, nil
 		}
+		// The window runs from before the read: the token may change
+		// the original while it answers.
+		asked := time.Now()
 		attrs, err := checkedValues(k.p.ctx, s, k.handle)
 		switch {
 		case err == nil && bytes.Equal(attrs, k.copy.attrs):
-			k.checked = time.Now()
+			k.checked = asked
 			return k.copy.h, nil
 		case err != nil && !handleStale(err):
 			return 0, err // the session or login, not the key: recovered and retried

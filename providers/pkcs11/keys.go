@@ -88,8 +88,9 @@ func (k *key) objectHandle(s *session) (h p11.ObjectHandle, done func(), err err
 	if err != nil || k.evicted || k.uncopied {
 		return h, func() {}, err
 	}
+	asked := time.Now() // copyKey reads the rights the copy is checked against
 	if k.copy = k.p.copyKey(s, h); k.copy.h != 0 {
-		k.checked = time.Now()
+		k.checked = asked
 		return k.copy.h, k.holdCopyLocked(), nil
 	}
 	k.uncopied = true
