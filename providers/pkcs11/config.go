@@ -32,10 +32,23 @@ type Config struct {
 	// before it answers ErrUnavailable (default DefaultTimeout). A PKCS#11
 	// call cannot be interrupted: the call itself runs on.
 	Timeout time.Duration
-	// NoKeyCopies keeps keys from being copied into session objects for
-	// speed (copies.go).
-	NoKeyCopies bool
+	// KeyCopies says whether keys are used through session copies
+	// (copies.go); the zero value is CopiesAuto.
+	KeyCopies CopyMode
 }
+
+// CopyMode says when keys are used through session copies.
+type CopyMode int
+
+const (
+	// CopiesAuto copies keys only on a token where that pays: SoftHSM2,
+	// known by its manufacturer ID.
+	CopiesAuto CopyMode = iota
+	// CopiesOn copies keys on any token that allows it.
+	CopiesOn
+	// CopiesOff never copies keys.
+	CopiesOff
+)
 
 // Defaults for zero Config fields.
 const (

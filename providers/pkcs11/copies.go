@@ -4,38 +4,52 @@ package pkcs11
 
 import (
 	"bytes"
+	"strings"
 	"time"
 
 	p11 "github.com/miekg/pkcs11"
 )
 
-// A key in use gets a session copy: C_CopyObject with CKA_TOKEN false, a
-// session object the token holds in memory. SoftHSM2 checks a token
-// object's file for changes by other programs at every C_SignInit; on a
-// session object the call costs half as much (about 10 µs against 20 µs),
-// and a one-shot is mostly that call. Operations use the copy.
+// A key in use may get a session copy: C_CopyObject with CKA_TOKEN false,
+// a session object the token holds in memory, which operations then use.
+// SoftHSM2 checks a token object's file for changes by other programs at
+// every C_SignInit; on a session object the call costs half as much
+// (about 10 µs against 20 µs), and a one-shot is mostly that call. A
+// hardware or network HSM has no file to check: there a copy saves
+// nothing, costs a call and an object in the token, and opens the window
+// below. So by default (CopiesAuto) only SoftHSM2's keys are copied; the
+// reasoning and measurements are in docs/pkcs11.md.
 //
 // The copy keeps the original's attributes, CKA_SENSITIVE and
 // CKA_EXTRACTABLE among them (PKCS#11 lets a copy only tighten those), so
-// its value can no more leave the token than the original's.
+// its value can no more leave the token than the original's. A key is
+// copied only when its CKA_COPYABLE reads true: the agent does not count
+// on the token to refuse.
 //
 // A copy does not notice what other programs do to the original. So the
 // first use more than staleAfter after the last check asks the token
 // whether the original is still there and may still sign and verify
 // (C_GetAttributeValue); if not, the copy is destroyed and the key looked
-// up again. Deleting any key through the agent drops every copy at once,
-// as a new login does. A copy dropped while calls use its handle is
+// up again. What the agent itself changes drops the copies concerned at
+// once (objectCache). A copy dropped while calls use its handle is
 // destroyed by the last of them (copyUse).
-//
-// Copies are made in a session of their own, outside the pool: a session
-// object dies with the session that made it, and pool sessions are closed
-// when they break. Tokens that cannot copy keys, and keys that may not be
-// copied (CKA_COPYABLE false), are used as they are.
 
 // staleAfter bounds how long the agent may go on using a session copy of
-// a key without asking the token whether the original is still there. A
+// a key without asking the token whether the original is still there: how
+// long a key another program deleted or restricted keeps working. A
 // variable for tests.
 var staleAfter = 200 * time.Millisecond
+
+// softHSMManufacturer is SoftHSM2's CK_TOKEN_INFO manufacturerID, which
+// CopiesAuto copies keys for.
+const softHSMManufacturer = "SoftHSM project"
+
+// copiesPay reports whether session copies are worth their window on a
+// token by this manufacturer: only where a token object costs more to
+// use than a session object, as SoftHSM2's does.
+func copiesPay(manufacturerID string) bool {
+	return strings.TrimRight(manufacturerID, " \x00") == softHSMManufacturer
+}
 
 // checkedAttributes are what a copy must still share with its original.
 func checkedAttributes() []*p11.Attribute {
@@ -43,7 +57,7 @@ func checkedAttributes() []*p11.Attribute {
 }
 
 // keyCopy is a session copy: its handle, the copies' session it lives in
-// (see copyEpoch), and its original's checkedAttributes when made.
+// (copyStore.epoch), and its original's checkedAttributes when made.
 type keyCopy struct {
 	h     p11.ObjectHandle
 	epoch uint64
@@ -60,40 +74,49 @@ type copyUse struct {
 }
 
 // copyKey makes a session copy of the token object h, read through s; h
-// 0 when it cannot.
+// 0 when it cannot or may not.
 func (p *Provider) copyKey(s *session, h p11.ObjectHandle) keyCopy {
-	if p.noCopies.Load() {
+	st := &p.cache.copies
+	if !st.on.Load() || !copyable(p.ctx, s, h) {
 		return keyCopy{}
 	}
 	attrs, err := checkedValues(p.ctx, s, h)
 	if err != nil {
 		return keyCopy{}
 	}
-	p.copyMu.Lock()
-	defer p.copyMu.Unlock()
+	st.mu.Lock()
+	defer st.mu.Unlock()
 	for range 2 {
-		if !p.copyOpen {
+		if !st.open {
 			cs, err := p.ctx.OpenSession(p.slot, p11.CKF_SERIAL_SESSION)
 			if err != nil {
 				return keyCopy{}
 			}
-			p.copySess, p.copyOpen = cs, true
+			st.sess, st.open = cs, true
 		}
-		c, err := p.ctx.CopyObject(p.copySess, h, []*p11.Attribute{p11.NewAttribute(p11.CKA_TOKEN, false)})
+		st.attempts.Add(1)
+		c, err := p.ctx.CopyObject(st.sess, h, []*p11.Attribute{p11.NewAttribute(p11.CKA_TOKEN, false)})
 		switch {
 		case err == nil:
-			p.copies.Add(1)
-			return keyCopy{h: c, epoch: p.copyEpoch, attrs: attrs, use: &copyUse{}}
+			st.held.Add(1)
+			return keyCopy{h: c, epoch: st.epoch.Load(), attrs: attrs, use: &copyUse{}}
 		case sessionBroken(err):
-			p.closeCopiesLocked() // and once more on a new session
+			st.closeLocked(p.ctx) // and once more on a new session
 		case rv(err) == p11.CKR_FUNCTION_NOT_SUPPORTED:
-			p.noCopies.Store(true)
+			st.on.Store(false)
 			return keyCopy{}
-		default: // CKR_ACTION_PROHIBITED: not copyable; or out of memory
+		default: // CKR_ACTION_PROHIBITED, or out of memory
 			return keyCopy{}
 		}
 	}
 	return keyCopy{}
+}
+
+// copyable reports whether h's CKA_COPYABLE reads true. A token that
+// cannot say (one older than PKCS#11 2.40) is not trusted to refuse.
+func copyable(ctx *p11.Ctx, s *session, h p11.ObjectHandle) bool {
+	got, err := ctx.GetAttributeValue(s.h, h, []*p11.Attribute{p11.NewAttribute(p11.CKA_COPYABLE, nil)})
+	return err == nil && len(got) == 1 && len(got[0].Value) > 0 && got[0].Value[0] != 0
 }
 
 // checkedValues reads h's checkedAttributes, concatenated.
@@ -113,65 +136,34 @@ func checkedValues(ctx *p11.Ctx, s *session, h p11.ObjectHandle) ([]byte, error)
 // logout); either way it is not used again. One made in an earlier
 // copies' session went with it, and its handle may now name another copy.
 func (p *Provider) destroyCopy(c keyCopy) {
-	p.copyMu.Lock()
-	defer p.copyMu.Unlock()
-	if p.copyOpen && c.epoch == p.copyEpoch {
-		p.ctx.DestroyObject(p.copySess, c.h)
-		p.copies.Add(-1)
-	}
-}
-
-// closeCopiesLocked closes the copies' session, which destroys them all.
-func (p *Provider) closeCopiesLocked() {
-	if p.copyOpen {
-		p.ctx.CloseSession(p.copySess)
-		p.copyOpen = false
-		p.copyEpoch++
-		p.copies.Store(0)
-	}
-}
-
-// forgetAll drops every key's handle and copy, when handles went stale.
-// The caller holds enter().
-func (p *Provider) forgetAll() {
-	p.keysMu.Lock()
-	defer p.keysMu.Unlock()
-	for _, k := range p.keys {
-		k.forget()
-	}
-}
-
-// forgetObject drops the handle and copy of the key named ref and of any
-// other name that reached the token object h, just deleted (0: none was).
-// Other keys' copies stay: a token may end the operations running on a
-// key it destroys. The caller holds enter().
-func (p *Provider) forgetObject(ref string, h p11.ObjectHandle) {
-	p.keysMu.Lock()
-	defer p.keysMu.Unlock()
-	for name, k := range p.keys {
-		k.mu.Lock()
-		if name == ref || (h != 0 && k.gen != 0 && k.handle == h) {
-			k.forgetLocked()
-		}
-		k.mu.Unlock()
+	st := &p.cache.copies
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.open && c.epoch == st.epoch.Load() {
+		p.ctx.DestroyObject(st.sess, c.h)
+		st.held.Add(-1)
 	}
 }
 
 // usableCopy returns the key's copy if it may be used now, checking the
 // original when the last check is older than staleAfter. It drops a copy
-// whose original is gone or changed. k.mu is held.
+// whose original is gone or changed, or that went with its session. k.mu
+// is held.
 func (k *key) usableCopy(s *session) (p11.ObjectHandle, error) {
 	if k.copy.h == 0 {
 		return 0, nil
 	}
-	if k.gen == k.p.gen.Load() {
+	if k.gen == k.p.gen.Load() && k.copy.epoch == k.p.cache.copies.epoch.Load() {
 		if time.Since(k.checked) < staleAfter {
 			return k.copy.h, nil
 		}
+		// The window runs from before the read: the token may change
+		// the original while it answers.
+		asked := time.Now()
 		attrs, err := checkedValues(k.p.ctx, s, k.handle)
 		switch {
 		case err == nil && bytes.Equal(attrs, k.copy.attrs):
-			k.checked = time.Now()
+			k.checked = asked
 			return k.copy.h, nil
 		case err != nil && !handleStale(err):
 			return 0, err // the session or login, not the key: recovered and retried

@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os/exec"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -126,36 +125,12 @@ func countKey(keys []client.KeyInfo, name string) int {
 	return n
 }
 
-// TestSessionCopyOfKeyDeletedByAnotherProcess: pkcs11-tool, a process of
-// its own, deletes the key; the agent's copy stops signing within
-// staleAfter.
-func TestSessionCopyOfKeyDeletedByAnotherProcess(t *testing.T) {
-	if _, err := exec.LookPath("pkcs11-tool"); err != nil {
-		t.Fatalf("pkcs11-tool (Debian package opensc) is needed: %v", err)
-	}
-	staleAfter := 50 * time.Millisecond
-	pkcs11.SetStaleAfter(t, staleAfter)
-	r := newCopiesRig(t, nil)
-	r.mac(t, "before")
-	out, err := exec.Command("pkcs11-tool", "--module", softhsm.Module, "--token-label", r.tok.Label, "--login", "--pin", r.tok.PIN,
-		"--delete-object", "--type", "secrkey", "--label", "k").CombinedOutput()
-	if err != nil {
-		t.Fatalf("pkcs11-tool: %v: %s", err, out)
-	}
-	time.Sleep(2 * staleAfter)
-	if _, err := r.c.MAC(context.Background(), "k", client.SHA256, nil); !errors.Is(err, client.ErrKeyNotFound) {
-		t.Errorf("MAC with a key another process deleted: %v, want ErrKeyNotFound", err)
-	}
-	if n := r.copies(); n != 0 {
-		t.Errorf("%d session copies of a deleted key, want 0", n)
-	}
-}
-
 // TestNoSessionCopies: keys the token may not copy (CKA_COPYABLE false),
-// and every key with copies turned off, are used as they are.
+// even with copies forced on, and every key with copies turned off, are
+// used as they are.
 func TestNoSessionCopies(t *testing.T) {
 	t.Run("not copyable", func(t *testing.T) {
-		r := newCopiesRig(t, nil)
+		r := newCopiesRig(t, func(c *pkcs11.Config) { c.KeyCopies = pkcs11.CopiesOn })
 		secret := []byte("a key that stays put")
 		if _, err := r.d.ctx.CreateObject(r.d.s, []*p11.Attribute{
 			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
@@ -180,9 +155,12 @@ func TestNoSessionCopies(t *testing.T) {
 		if n := r.copies(); n != 0 {
 			t.Errorf("%d session copies of an uncopyable key", n)
 		}
+		if n := pkcs11.CopyAttempts(r.p); n != 0 {
+			t.Errorf("C_CopyObject asked %d times of an uncopyable key: the agent must not count on the token to refuse", n)
+		}
 	})
 	t.Run("session_key_copies=false", func(t *testing.T) {
-		r := newCopiesRig(t, func(c *pkcs11.Config) { c.NoKeyCopies = true })
+		r := newCopiesRig(t, func(c *pkcs11.Config) { c.KeyCopies = pkcs11.CopiesOff })
 		for range 3 {
 			r.mac(t, "uncopied")
 		}

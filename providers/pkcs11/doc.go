@@ -39,6 +39,16 @@
 // [Provider] and its keys are safe for concurrent use; a MAC context is
 // not.
 //
+// # Caches
+//
+// A key's attributes, its object handle and, on SoftHSM2 by default, a
+// session copy of it are kept between calls, in one objectCache
+// (cache.go) with one way to drop what a change to an object concerns
+// and one to drop every handle and copy. The token judges every
+// operation on a handle itself; a copy is checked against its original
+// at most every 200 ms, the longest a key deleted or restricted by
+// another program keeps working (copies.go, docs/pkcs11.md).
+//
 // # Copy
 //
 // Most tokens, SoftHSM2 among them, cannot save an operation's state

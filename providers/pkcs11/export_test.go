@@ -3,6 +3,8 @@
 package pkcs11
 
 import (
+	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -51,9 +53,20 @@ func NoKeyReadHook() { keyAttributesRead = nil }
 
 // ForgetKeys drops every key's handle and session copy, as a new login or
 // a stale handle does, while other goroutines may be using them.
-func ForgetKeys(p *Provider) {
-	if p.enter() == nil {
-		p.forgetAll()
-		p.leave()
-	}
+func ForgetKeys(p *Provider) { p.invalidateAll(false) }
+
+// CopyAttempts is how many times the provider has called C_CopyObject.
+func CopyAttempts(p *Provider) int64 { return p.cache.copies.attempts.Load() }
+
+// CachedKeys lists the references the provider's cache holds keys under.
+func CachedKeys(p *Provider) []string {
+	p.cache.mu.Lock()
+	defer p.cache.mu.Unlock()
+	return slices.Sorted(maps.Keys(p.cache.keys))
 }
+
+// CopiesPay is copiesPay, for a test of the default.
+var CopiesPay = copiesPay
+
+// StaleAfter is how long a key's session copy is used unchecked.
+var StaleAfter = staleAfter

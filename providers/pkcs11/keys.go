@@ -34,6 +34,11 @@ type key struct {
 	mu     sync.Mutex
 	handle p11.ObjectHandle
 	gen    uint64 // the login the handle was found under; 0: not found
+	// evicted: the provider's cache dropped the key (objectCache); it is
+	// used through the token object alone. uncopied: no copy could be
+	// made of the object, which is not asked again until it is found
+	// again.
+	evicted, uncopied bool
 	// copy is the key's session copy (copies.go), if copy.h is not 0;
 	// checked is when the original was last seen unchanged.
 	copy    keyCopy
@@ -80,13 +85,15 @@ func (k *key) objectHandle(s *session) (h p11.ObjectHandle, done func(), err err
 		return c, k.holdCopyLocked(), nil
 	}
 	h, err = k.tokenHandleLocked(s)
-	if err != nil {
-		return 0, nil, err
+	if err != nil || k.evicted || k.uncopied {
+		return h, func() {}, err
 	}
+	asked := time.Now() // copyKey reads the rights the copy is checked against
 	if k.copy = k.p.copyKey(s, h); k.copy.h != 0 {
-		k.checked = time.Now()
+		k.checked = asked
 		return k.copy.h, k.holdCopyLocked(), nil
 	}
+	k.uncopied = true
 	return h, func() {}, nil
 }
 
@@ -125,17 +132,10 @@ func (k *key) tokenHandleLocked(s *session) (p11.ObjectHandle, error) {
 	return k.handle, nil
 }
 
-// forget drops the handle and destroys the copy, so that the next use
-// looks the key up again. The caller holds enter().
-func (k *key) forget() {
-	k.mu.Lock()
-	k.forgetLocked()
-	k.mu.Unlock()
-}
-
-// forgetLocked is forget with k.mu held.
+// forgetLocked drops the handle and destroys the copy, so that the next
+// use looks the key up again. k.mu is held.
 func (k *key) forgetLocked() {
-	k.gen = 0
+	k.gen, k.uncopied = 0, false
 	k.dropCopy()
 }
 
@@ -196,10 +196,7 @@ func (p *Provider) Key(ctx context.Context, ref string) (providers.Key, error) {
 		return nil, err
 	}
 	p.leave()
-	p.keysMu.Lock()
-	k := p.keys[ref]
-	p.keysMu.Unlock()
-	if k != nil {
+	if k := p.cache.lookup(ref); k != nil {
 		return k, nil
 	}
 	if !strings.HasPrefix(ref, "pkcs11:") {
@@ -280,14 +277,7 @@ func (p *Provider) loadKey(ctx context.Context, k *key) (providers.Key, error) {
 		}
 		return nil, err
 	}
-	p.keysMu.Lock()
-	if prev := p.keys[ref]; prev != nil {
-		k = prev
-	} else {
-		p.keys[ref] = k
-	}
-	p.keysMu.Unlock()
-	return k, nil
+	return p.cache.add(k), nil
 }
 
 // keyAttributesRead, when set by a test, sees (and may change) a key's
@@ -424,7 +414,7 @@ func (p *Provider) create(ctx context.Context, name string, make func(s *session
 		}
 		return providers.KeyInfo{}, err
 	}
-	p.forgetKey(name)
+	p.invalidate(0, named(name))
 	k, err := p.Key(ctx, name)
 	if err != nil {
 		return providers.KeyInfo{}, err
@@ -438,22 +428,15 @@ func (p *Provider) create(ctx context.Context, name string, make func(s *session
 	return info, nil
 }
 
-func (p *Provider) forgetKey(name string) {
-	p.keysMu.Lock()
-	delete(p.keys, name)
-	p.keysMu.Unlock()
-}
+// named selects the key cached under ref, for invalidate.
+func named(ref string) func(*key) bool { return func(k *key) bool { return k.name == ref } }
 
-// gone drops k from the provider's keys if err says the token no longer
-// has it (another program deleted it), so the next lookup asks the token
-// and a listing does not show it. It returns err.
+// gone evicts k if err says the token no longer has it (another program
+// deleted it), so the next lookup asks the token and a listing does not
+// show it. It returns err.
 func (k *key) gone(err error) error {
 	if errors.Is(err, providers.ErrKeyNotFound) {
-		k.p.keysMu.Lock()
-		if k.p.keys[k.name] == k {
-			delete(k.p.keys, k.name)
-		}
-		k.p.keysMu.Unlock()
+		k.evict()
 	}
 	return err
 }
@@ -549,14 +532,12 @@ func (p *Provider) DeleteKey(ctx context.Context, ref string) error {
 		deleted = h
 		return p.ctx.DestroyObject(s.h, h)
 	})
-	// Another name may reach the same object: drop the copies of
-	// whatever reached it.
-	if p.enter() == nil {
-		p.forgetObject(ref, deleted)
-		p.forgetVersionsOf(ref)
-		p.leave()
-	}
-	p.forgetKey(ref)
+	// Every version goes with the key, and another name may reach the
+	// same object.
+	p.invalidate(deleted, func(k *key) bool {
+		base, _, versioned := splitVersion(k.name)
+		return k.name == ref || versioned && base == ref && !isURI(ref)
+	})
 	if err != nil && rv(err) != 0 {
 		return classify("delete key "+ref, err)
 	}

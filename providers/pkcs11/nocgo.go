@@ -19,3 +19,6 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 
 // Algorithms is empty: the provider cannot open without cgo.
 func (p *Provider) Algorithms() []providers.Algorithm { return nil }
+
+// KeyCopies is false: the provider cannot open without cgo.
+func (p *Provider) KeyCopies() bool { return false }

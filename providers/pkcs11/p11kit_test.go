@@ -16,7 +16,8 @@ import (
 // server` in a process of its own, between two providers that reach it
 // through p11-kit-client.so, as agents share a network HSM: a rotation
 // through one is seen by the other's next Versions call, old versions
-// stay, and rotations through both at once never share a number.
+// stay, and rotations through both at once never share a number. Keys
+// are copied there by default, as on SoftHSM2 reached directly.
 func TestVersionsThroughP11Kit(t *testing.T) {
 	tok := softhsm.Require(t, "p11kit")
 	srv := p11kit.Require(t, softhsm.Module, "pkcs11:token="+tok.Label)
@@ -30,6 +31,10 @@ func TestVersionsThroughP11Kit(t *testing.T) {
 		}
 		t.Cleanup(func() { p.Close() })
 		ps[i] = p
+	}
+	// p11-kit passes the token's own information on: still SoftHSM2.
+	if !ps[0].KeyCopies() {
+		t.Error("no session copies by default on SoftHSM2 through p11-kit-client.so")
 	}
 	providertest.Versions(t, ps[0], providertest.VersionsOptions{Second: ps[1]})
 }

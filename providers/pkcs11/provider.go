@@ -68,17 +68,9 @@ type Provider struct {
 	// which is not tried again; guarded by loginMu.
 	rejectedPIN *[sha256.Size]byte
 
-	keysMu sync.Mutex
-	keys   map[string]*key // by reference (name or URI)
-
-	// copyMu guards copySess, the session that holds keys' session
-	// copies (copies.go), and copyEpoch, which counts such sessions.
-	copyMu    sync.Mutex
-	copySess  p11.SessionHandle
-	copyOpen  bool
-	copyEpoch uint64
-	copies    atomic.Int64 // copies held
-	noCopies  atomic.Bool  // configured off, or the token cannot copy keys
+	// cache holds the keys looked up, their handles and session copies
+	// (cache.go).
+	cache objectCache
 
 	// noOpState is set once the token says it cannot save operation
 	// state; Copy then always replays.
@@ -105,13 +97,13 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Provider{cfg: cfg, mod: mod, ctx: mod.ctx, keys: map[string]*key{}}
-	p.noCopies.Store(cfg.NoKeyCopies)
+	p := &Provider{cfg: cfg, mod: mod, ctx: mod.ctx, cache: objectCache{keys: map[string]*key{}}}
 	p.cfg.PIN = bytes.Clone(cfg.PIN)
 	if err := p.findToken(); err != nil {
 		mod.release()
 		return nil, err
 	}
+	p.cache.copies.on.Store(p.copiesWanted())
 	p.pool = newPool(p, cfg.Sessions, cfg.SessionWait)
 	if err := p.login(); err != nil {
 		p.pool.closeAll()
@@ -154,6 +146,22 @@ func (p *Provider) findToken() error {
 	return fmt.Errorf("pkcs11: %w: no token with %s in %s (tokens: %s)", providers.ErrUnavailable, want, p.cfg.Module, strings.Join(seen, ", "))
 }
 
+// copiesWanted says whether keys are to be used through session copies:
+// as configured, and with CopiesAuto only where they pay (copiesPay).
+func (p *Provider) copiesWanted() bool {
+	switch p.cfg.KeyCopies {
+	case CopiesOn:
+		return true
+	case CopiesOff:
+		return false
+	}
+	ti, err := p.ctx.GetTokenInfo(p.slot)
+	return err == nil && copiesPay(ti.ManufacturerID)
+}
+
+// KeyCopies reports whether keys are used through session copies.
+func (p *Provider) KeyCopies() bool { return p.cache.copies.on.Load() }
+
 // login logs the application in; login is per application, not per
 // session, so one session serves. "Already logged in" is success.
 //
@@ -190,8 +198,13 @@ func (p *Provider) login() error {
 		return err
 	}
 	p.rejectedPIN = nil
-	p.gen.Add(1)
+	relogin := p.gen.Add(1) > 1
 	p.pool.put(s, nil)
+	if relogin {
+		// Handles found under the old login are looked up again; copies
+		// made under it may be gone with it.
+		p.invalidateAll(false)
+	}
 	return nil
 }
 
@@ -313,7 +326,7 @@ func (p *Provider) recover(err error) bool {
 	case sessionBroken(err):
 		return true
 	case handleStale(err):
-		p.forgetAll()
+		p.invalidateAll(false)
 		return true
 	}
 	return false
@@ -352,7 +365,7 @@ func (p *Provider) Sessions() SessionStats {
 		Open:   open,
 		InUse:  max(open-idle, 0),
 		Waits:  p.pool.waits.Load(),
-		Copies: int(p.copies.Load()),
+		Copies: int(p.cache.copies.held.Load()),
 	}
 }
 
@@ -386,9 +399,9 @@ func (p *Provider) Close() error {
 	}
 	p.closed = true
 	delete(p.mod.users, p)
-	p.copyMu.Lock()
-	p.closeCopiesLocked()
-	p.copyMu.Unlock()
+	p.cache.copies.mu.Lock()
+	p.cache.copies.closeLocked(p.ctx)
+	p.cache.copies.mu.Unlock()
 	p.pool.closeAll()
 	clear(p.cfg.PIN)
 	p.mod.release()

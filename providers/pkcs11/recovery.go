@@ -29,8 +29,8 @@ import (
 // backoff, until the token is back.
 //
 // Re-initializing changes every handle. resetLocked is the one place that
-// lets go of them: the pool's sessions, prepared sessions, the copies'
-// session and every key's handle and copy. Contexts that hold a session
+// lets go of them: the pool's sessions, and through invalidateAll the
+// copies' session and every key's handle and copy. Contexts that hold a session
 // from before find it stale and report ErrContextLost.
 
 // health is the provider's state after a token failure, for Health and
@@ -146,18 +146,7 @@ func (p *Provider) unavailable() error {
 // finalized, which closes every session. Nothing here calls the module.
 // The caller holds mod.calls exclusively.
 func (p *Provider) resetLocked() {
-	p.copyMu.Lock()
-	if p.copyOpen {
-		p.copyOpen = false
-		p.copyEpoch++
-		p.copies.Store(0)
-	}
-	p.copyMu.Unlock()
-	p.keysMu.Lock()
-	for _, k := range p.keys {
-		k.forget()
-	}
-	p.keysMu.Unlock()
+	p.invalidateAll(true)
 	p.pool.reset()
 }
 

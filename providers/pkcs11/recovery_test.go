@@ -132,7 +132,9 @@ func TestKeyDeletedUnderneath(t *testing.T) {
 		t.Run(fmt.Sprintf("session_key_copies=%v", copies), func(t *testing.T) {
 			maxAge := 20 * time.Millisecond
 			pkcs11.SetStaleAfter(t, maxAge)
-			r := newRecoveryRigWith(t, func(c *pkcs11.Config) { c.NoKeyCopies = !copies })
+			r := newRecoveryRigWith(t, func(c *pkcs11.Config) {
+				c.KeyCopies = map[bool]pkcs11.CopyMode{true: pkcs11.CopiesOn, false: pkcs11.CopiesOff}[copies]
+			})
 			if _, err := r.c.MAC(context.Background(), "b", client.SHA256, nil); err != nil {
 				t.Fatal(err)
 			}

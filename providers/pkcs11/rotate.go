@@ -55,7 +55,7 @@ func (p *Provider) RotateKey(ctx context.Context, name string, secret []byte, le
 			return err
 		})
 		if err == nil {
-			p.forgetKey(name)
+			p.invalidate(0, named(name)) // the name means the new version now
 			return providers.VersionInfo{Version: made.Version, State: providers.VersionCurrent, Created: made.Created}, nil
 		}
 		if !errors.Is(err, errLostClaim) {
@@ -246,10 +246,8 @@ func (p *Provider) RetireVersion(ctx context.Context, name string, n int, destro
 		}
 		return nil
 	})
-	if destroy && p.enter() == nil {
-		p.forgetObject(recordLabel(name, n), deleted)
-		p.leave()
-		p.forgetKey(recordLabel(name, n))
+	if destroy {
+		p.invalidate(deleted, named(recordLabel(name, n)))
 	}
 	if err != nil && rv(err) != 0 {
 		return classify(fmt.Sprintf("retire version %d of key %s", n, name), err)

@@ -25,8 +25,8 @@ type Settings struct {
 	Sessions     int                `toml:"sessions"`
 	SessionWait  providers.Duration `toml:"session_wait"`
 	MaxCopyBytes int64              `toml:"max_copy_bytes"`
-	// SessionKeyCopies: keys used through session-object copies (default
-	// true).
+	// SessionKeyCopies: keys used through session-object copies; unset,
+	// only on SoftHSM2 (CopiesAuto).
 	SessionKeyCopies *bool `toml:"session_key_copies"`
 }
 
@@ -59,8 +59,13 @@ func (s *Settings) Open(ctx context.Context, c providers.Common) (providers.Prov
 	cfg := Config{
 		Name: c.Name, Module: s.Module, TokenLabel: s.TokenLabel, TokenSerial: s.TokenSerial,
 		PIN: pin, Sessions: s.Sessions, SessionWait: s.SessionWait.Duration, MaxCopyBytes: s.MaxCopyBytes,
-		NoKeyCopies: s.SessionKeyCopies != nil && !*s.SessionKeyCopies,
-		Timeout:     c.Timeout,
+		KeyCopies: CopiesAuto, Timeout: c.Timeout,
+	}
+	if s.SessionKeyCopies != nil {
+		cfg.KeyCopies = CopiesOff
+		if *s.SessionKeyCopies {
+			cfg.KeyCopies = CopiesOn
+		}
 	}
 	if s.PINFile != "" {
 		// Read again when the token is logged in anew, so a changed file
@@ -73,7 +78,8 @@ func (s *Settings) Open(ctx context.Context, c providers.Common) (providers.Prov
 		return nil, err
 	}
 	if c.Log != nil {
-		c.Log.Info("pkcs11 token ready", "provider", c.Name, "token", s.TokenLabel, "algorithms", fmt.Sprint(p.Algorithms()))
+		c.Log.Info("pkcs11 token ready", "provider", c.Name, "token", s.TokenLabel, "algorithms", fmt.Sprint(p.Algorithms()),
+			"session_key_copies", p.KeyCopies())
 	}
 	return p, nil
 }

@@ -315,11 +315,9 @@ func (p *Provider) Versions(ctx context.Context, name string) ([]providers.Versi
 		out[i] = e.VersionInfo
 	}
 	current := currentVersion(es)
-	p.keysMu.Lock()
-	if k := p.keys[name]; k != nil && (current == nil || k.version != current.Version) {
-		delete(p.keys, name)
-	}
-	p.keysMu.Unlock()
+	p.invalidate(0, func(k *key) bool {
+		return k.name == name && (current == nil || k.version != current.Version)
+	})
 	return out, nil
 }
 
@@ -353,10 +351,7 @@ func (p *Provider) KeyVersion(ctx context.Context, name string, n int) (provider
 		return nil, fmt.Errorf("pkcs11: key %q: %w: no version %d", name, providers.ErrKeyNotFound, n)
 	}
 	ref := recordLabel(name, n)
-	p.keysMu.Lock()
-	k := p.keys[ref]
-	p.keysMu.Unlock()
-	if k != nil {
+	if k := p.cache.lookup(ref); k != nil {
 		return k, nil
 	}
 	return p.loadKey(ctx, &key{p: p, name: ref, label: e.label, id: e.id, version: n})
@@ -424,19 +419,6 @@ func (p *Provider) deleteVersions(s *session, name string) (bool, error) {
 		}
 	}
 	return len(recs) > 0, nil
-}
-
-// forgetVersionsOf drops every version of the named key this provider
-// looked up, with their copies, after the key was deleted.
-func (p *Provider) forgetVersionsOf(name string) {
-	p.keysMu.Lock()
-	defer p.keysMu.Unlock()
-	for ref, k := range p.keys {
-		if base, _, ok := splitVersion(ref); ok && base == name {
-			k.forget()
-			delete(p.keys, ref)
-		}
-	}
 }
 
 // isURI reports whether ref names an object by an RFC 7512 URI rather than
