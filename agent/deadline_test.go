@@ -80,14 +80,14 @@ func TestDeadlineEndsContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if err := s.Update(ctx, 1, []byte("abc")); err != nil {
+	if err := s.Update(ctx, 1, []byte("abc"), nil); err != nil {
 		t.Fatalf("Update reports only a missing context: %v", err)
 	}
 	if took := time.Since(start); took < timeout || took > timeout+time.Second {
 		t.Errorf("a stuck Update returned after %s, want about %s", took, timeout)
 	}
 	// The context is over: later requests say so without reaching the device.
-	if err := s.Update(ctx, 1, []byte("more")); err != nil {
+	if err := s.Update(ctx, 1, []byte("more"), nil); err != nil {
 		t.Fatal(err)
 	}
 	_, err := s.Finalize(ctx, 1, nil)

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hmac-agent/hmac-agent/internal/frame"
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
@@ -296,59 +297,36 @@ func (s *Session) lose(c *macContext) {
 		"the context was ended: provider %q did not answer within %s", c.key.provider.Name(), c.key.dev.timeout)
 }
 
-// Update appends p to context id. An error from the provider sticks to the
-// context; Update itself fails only when there is no such context.
-func (s *Session) Update(ctx context.Context, id uint32, p []byte) error {
-	return s.update(ctx, id, p, nil)
-}
-
-// UpdateOwned is Update for a caller that hands p over: a context that
-// keeps its input (see providers.Retainer) keeps p instead of a copy.
-// release(p) is called exactly once, when p is needed no more; the caller
-// must not touch p in between.
-func (s *Session) UpdateOwned(ctx context.Context, id uint32, p []byte, release func([]byte)) error {
-	return s.update(ctx, id, p, release)
-}
-
-func (s *Session) update(ctx context.Context, id uint32, p []byte, release func([]byte)) error {
+// Update appends p to context id. b, if not nil, is a buffer p lies in,
+// of which the caller holds a reference: a context that keeps its input
+// (providers.Retainer) keeps p under a reference of its own rather than a
+// copy, and a device call past its deadline holds one until it returns.
+// An error from the provider sticks to the context; Update itself fails
+// only when there is no such context.
+func (s *Session) Update(ctx context.Context, id uint32, p []byte, b *frame.Buffer) error {
 	c, err := s.take(id, false, false)
 	if err != nil {
-		if release != nil {
-			release(p)
-		}
 		if errors.Is(err, providers.ErrPermissionDenied) {
 			return nil // reported by the context's next request
 		}
 		return err
 	}
 	if c.err == nil {
-		rt, retains := c.mac.(providers.Retainer)
-		retains = retains && release != nil
-		switch {
-		case c.key.immediate && retains:
-			err = rt.UpdateRetained(ctx, p, release)
-		case c.key.immediate:
-			err = c.mac.Update(ctx, p)
-		default:
-			mac, rel := c.mac, release
+		if c.key.immediate {
+			err = update(ctx, c.mac, p, b)
+		} else {
+			mac := c.mac
+			b.Retain() // the call's
 			err = c.key.dev.call(ctx, func(ctx context.Context) error {
-				if retains {
-					return rt.UpdateRetained(ctx, p, rel)
-				}
-				return mac.Update(ctx, p)
+				return update(ctx, mac, p, b)
 			}, func() {
 				mac.Close()
-				if rel != nil && !retains {
-					rel(p) // p was the stuck call's until now
-				}
+				b.Release()
 			})
+			releaseUnlessLate(b, err)
 			if timedOut(err) {
-				release = nil
 				s.lose(c)
 			}
-		}
-		if retains {
-			release = nil // the context releases it
 		}
 		if err != nil && !c.lost {
 			c.err = s.keyFailed(c.key, err)
@@ -356,10 +334,24 @@ func (s *Session) update(ctx context.Context, id uint32, p []byte, release func(
 		c.bytes += int64(len(p))
 	}
 	s.done(c)
-	if release != nil {
-		release(p)
-	}
 	return nil
+}
+
+// update appends p to m, handing b on to a context that keeps its input.
+func update(ctx context.Context, m providers.MAC, p []byte, b *frame.Buffer) error {
+	if rt, ok := m.(providers.Retainer); ok && b != nil {
+		return rt.UpdateRetained(ctx, p, b)
+	}
+	return m.Update(ctx, p)
+}
+
+// releaseUnlessLate releases a device call's reference to b once the call
+// has returned, which it has unless it passed its deadline: then the call
+// releases it as it returns at last.
+func releaseUnlessLate(b *frame.Buffer, err error) {
+	if !timedOut(err) {
+		b.Release()
+	}
 }
 
 // Fail makes err context id's sticky error, unless it has one already,
@@ -522,6 +514,11 @@ func (s *Session) MAC(ctx context.Context, key []byte, alg providers.Algorithm, 
 // MACVersion is MAC that also returns the key version that computed the
 // tag: the current one, or N for NAME@N.
 func (s *Session) MACVersion(ctx context.Context, key []byte, alg providers.Algorithm, data, dst []byte) ([]byte, int, error) {
+	return s.macVersion(ctx, key, alg, data, nil, dst)
+}
+
+// macVersion is MACVersion for data that lies in b (see StartMAC).
+func (s *Session) macVersion(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, b *frame.Buffer, dst []byte) ([]byte, int, error) {
 	var start time.Time
 	if s.agent.observed() {
 		start = time.Now()
@@ -533,23 +530,19 @@ func (s *Session) MACVersion(ctx context.Context, key []byte, alg providers.Algo
 	vk := r.macKey()
 	var tag []byte
 	if r.immediate {
-		tag, err = s.mac(ctx, r, vk, alg, data, dst)
+		tag, err = sumOne(ctx, vk, alg, data, dst)
 	} else {
+		b.Retain() // the call's
 		tag, err = onDevice(ctx, r.dev, func(ctx context.Context) ([]byte, error) {
-			return s.mac(ctx, r, vk, alg, data, dst)
-		}, nil)
+			return sumOne(ctx, vk, alg, data, dst)
+		}, func([]byte) { b.Release() })
+		releaseUnlessLate(b, err)
 	}
 	if err != nil {
 		tag, err = nil, s.keyFailed(r, err)
 	}
 	s.agent.auditUseVersion(s.peer, "mac", r.name, alg, err, int64(len(data)), start, vk.n, false)
 	return tag, vk.n, err
-}
-
-// mac computes a one-shot's tag with version vk of r; its errors are the
-// provider's own.
-func (s *Session) mac(ctx context.Context, r *resolved, vk versionKey, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
-	return sumOne(ctx, vk, alg, data, dst)
 }
 
 // VerifyMAC checks tag over data in one call, in constant time: in the
@@ -563,6 +556,12 @@ func (s *Session) VerifyMAC(ctx context.Context, key []byte, alg providers.Algor
 // VerifyMACVersion is VerifyMAC that also returns the key version the
 // tag matched.
 func (s *Session) VerifyMACVersion(ctx context.Context, key []byte, alg providers.Algorithm, data, tag []byte) (int, error) {
+	return s.verifyMACVersion(ctx, key, alg, data, nil, tag)
+}
+
+// verifyMACVersion is VerifyMACVersion for data that lies in b (see
+// StartMAC).
+func (s *Session) verifyMACVersion(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, b *frame.Buffer, tag []byte) (int, error) {
 	var start time.Time
 	if s.agent.observed() {
 		start = time.Now()
@@ -579,11 +578,13 @@ func (s *Session) VerifyMACVersion(ctx context.Context, key []byte, alg provider
 	if r.immediate {
 		version, err = s.verifyMAC(ctx, r, alg, data, tag)
 	} else {
+		b.Retain() // the call's
 		err = r.dev.call(ctx, func(ctx context.Context) error {
 			var err error
 			version, err = s.verifyMAC(ctx, r, alg, data, tag)
 			return err
-		}, nil)
+		}, b.Release)
+		releaseUnlessLate(b, err)
 	}
 	if err != nil && err != providers.ErrInvalidSignature {
 		err = s.keyFailed(r, err)
@@ -629,13 +630,16 @@ func fullLength(tag []byte, alg providers.Algorithm) error {
 // another goroutine (a device call's, or its deadline's), or before
 // StartMAC returns for an error found at once (a denial, an algorithm
 // the key lacks, a device with too many calls stuck); done must not wait
-// either. dst and data are the call's until done, and past the deadline
-// until the stuck call returns. On a key not resolved yet, finding it
-// may wait on a device too, so that happens on the other goroutine.
-func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, dst []byte, done func(tag []byte, version int, err error)) {
+// either. b, if not nil, is a buffer data lies in, of which the caller
+// holds a reference until done: a device call past its deadline takes a
+// reference of its own, released when it returns at last. dst is the
+// call's until done, and past the deadline until the stuck call returns.
+// On a key not resolved yet, finding it may wait on a device too, so
+// that happens on the other goroutine.
+func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, b *frame.Buffer, dst []byte, done func(tag []byte, version int, err error)) {
 	r := s.agent.cached(key)
 	if r == nil || r.immediate {
-		go func() { done(s.MACVersion(ctx, key, alg, data, dst)) }()
+		go func() { done(s.macVersion(ctx, key, alg, data, b, dst)) }()
 		return
 	}
 	var start time.Time
@@ -648,11 +652,13 @@ func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algori
 	}
 	vk := r.macKey()
 	var tag []byte // f's; read only when f returned in time
+	b.Retain()     // the call's
 	r.dev.startFair(ctx, func(ctx context.Context) error {
 		var err error
-		tag, err = s.mac(ctx, r, vk, alg, data, dst)
+		tag, err = sumOne(ctx, vk, alg, data, dst)
 		return err
 	}, func(err error) {
+		releaseUnlessLate(b, err)
 		var out []byte
 		if err == nil {
 			out = tag
@@ -661,14 +667,14 @@ func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algori
 		}
 		s.agent.auditUseVersion(s.peer, "mac", r.name, alg, err, int64(len(data)), start, vk.n, false)
 		done(out, vk.n, err)
-	}, nil)
+	}, b.Release)
 }
 
 // StartVerifyMAC is VerifyMAC as StartMAC is MAC.
-func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, tag []byte, done func(version int, err error)) {
+func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, b *frame.Buffer, tag []byte, done func(version int, err error)) {
 	r := s.agent.cached(key)
 	if r == nil || r.immediate {
-		go func() { done(s.VerifyMACVersion(ctx, key, alg, data, tag)) }()
+		go func() { done(s.verifyMACVersion(ctx, key, alg, data, b, tag)) }()
 		return
 	}
 	var start time.Time
@@ -685,11 +691,13 @@ func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.
 		return
 	}
 	var version int // f's; read only when f returned in time
+	b.Retain()      // the call's
 	r.dev.startFair(ctx, func(ctx context.Context) error {
 		var err error
 		version, err = s.verifyMAC(ctx, r, alg, data, tag)
 		return err
 	}, func(err error) {
+		releaseUnlessLate(b, err)
 		if err != nil && err != providers.ErrInvalidSignature {
 			err = s.keyFailed(r, err)
 		}
@@ -699,7 +707,7 @@ func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.
 		}
 		s.auditVerifyMAC(r, alg, err, len(data), start, v)
 		done(v, err)
-	}, nil)
+	}, b.Release)
 }
 
 // oneShotKey resolves a key for a one-shot operation and checks policy

@@ -150,7 +150,7 @@ func sessionVersions(t *testing.T, p versionedProvider) {
 		t.Fatal(err)
 	}
 	for _, id := range []uint32{1, 2} {
-		f.s.Update(ctx, id, msg)
+		f.s.Update(ctx, id, msg, nil)
 		tag, v, err := f.s.FinalizeVersion(ctx, id, nil)
 		if err != nil || v != 1 || !bytes.Equal(tag, tag1) {
 			t.Errorf("context %d opened before the rotation: version %d, %v", id, v, err)
@@ -161,7 +161,7 @@ func sessionVersions(t *testing.T, p versionedProvider) {
 	if err := f.s.Open(ctx, 3, []byte("k"), providers.SHA256); err != nil {
 		t.Fatal(err)
 	}
-	f.s.Update(ctx, 3, msg)
+	f.s.Update(ctx, 3, msg, nil)
 	if v, err := f.s.VerifyVersion(ctx, 3, tag1); err != nil || v != 1 {
 		t.Errorf("verify of version 1's tag: version %d, %v", v, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/agent"
+	"github.com/hmac-agent/hmac-agent/internal/frame"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
@@ -30,7 +31,8 @@ const (
 type conn struct {
 	srv  *Server
 	nc   net.Conn
-	sess *agent.Session
+	peer agent.Peer
+	sess Session
 	fr   *wire.FrameReader
 	msg  wire.Message
 	ctx  context.Context
@@ -85,6 +87,7 @@ func (c *conn) serve(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	c.ctx = ctx
 	peer := peerOf(c.nc, c.srv.agent.IdentityNeed())
+	c.peer = peer
 	log := c.srv.log.With("peer", peer.String())
 	if !c.srv.admit(peer) {
 		cancel()
@@ -94,7 +97,7 @@ func (c *conn) serve(ctx context.Context) {
 		return
 	}
 	defer c.srv.leave(peer)
-	c.sess = c.srv.agent.NewSession(peer)
+	c.sess = c.srv.newSession(peer)
 	// Every call made for this peer carries its uid's budget, so that a
 	// provider keeping its bytes charges them to it.
 	c.ctx = providers.WithBudget(ctx, c.sess.Budget())
@@ -267,9 +270,10 @@ func (c *conn) dispatch(m *wire.Message) {
 
 // contextOp runs a request on a context and returns its error. q is the
 // context's queue when the request runs from one, and body the frame m
-// was decoded from when the reader handed it over: an UPDATE may give it
-// to the context for good. contextOp recycles body unless it did.
-func (c *conn) contextOp(m *wire.Message, q *queue, body []byte) error {
+// was decoded from when the reader handed it over, of which contextOp
+// releases the reference it was given.
+func (c *conn) contextOp(m *wire.Message, q *queue, body *frame.Buffer) error {
+	defer body.Release()
 	s := c.sess
 	var err error
 	switch m.Type {
@@ -278,14 +282,7 @@ func (c *conn) contextOp(m *wire.Message, q *queue, body []byte) error {
 		c.replyResult(m.ID, err)
 	case wire.TypeUpdate:
 		// No reply, unless there is no context to keep the error.
-		if body == nil {
-			err = s.Update(c.ctx, m.Context, m.Data)
-		} else {
-			b := body
-			err = s.UpdateOwned(c.ctx, m.Context, m.Data, func([]byte) { wire.Recycle(b) })
-			body = nil
-		}
-		if err != nil {
+		if err = s.Update(c.ctx, m.Context, m.Data, body); err != nil {
 			c.replyError(m.ID, err)
 		}
 	case wire.TypeCopy:
@@ -303,17 +300,7 @@ func (c *conn) contextOp(m *wire.Message, q *queue, body []byte) error {
 	case wire.TypeClose:
 		s.Abandon(m.Context)
 	}
-	recycle(body, err)
 	return err
-}
-
-// recycle gives a request's frame back for reuse, unless the request
-// failed as unavailable: a device call past its deadline may still read
-// the frame, so it is left to the garbage collector.
-func recycle(body []byte, err error) {
-	if body != nil && !errors.Is(err, providers.ErrUnavailable) {
-		wire.Recycle(body)
-	}
 }
 
 // scratchFor returns a buffer for a tag: the reader's own when running
@@ -354,27 +341,27 @@ func (c *conn) startOneShot(m *wire.Message) {
 		return
 	}
 	o, body := c.own(m)
-	finish := func(err error) {
-		recycle(body, err)
+	finish := func() {
+		body.Release()
 		c.flush()
 		c.release(n)
 	}
 	alg := providers.Algorithm(o.Algorithm)
 	if o.Type == wire.TypeMAC {
-		c.sess.StartMAC(c.ctx, o.Key, alg, o.Data, make([]byte, 0, 64), func(tag []byte, version int, err error) {
+		c.sess.StartMAC(c.ctx, o.Key, alg, o.Data, body, make([]byte, 0, 64), func(tag []byte, version int, err error) {
 			c.replyTag(o.ID, tag, version, err)
-			finish(err)
+			finish()
 		})
 		return
 	}
-	c.sess.StartVerifyMAC(c.ctx, o.Key, alg, o.Data, o.Tag, func(version int, err error) {
+	c.sess.StartVerifyMAC(c.ctx, o.Key, alg, o.Data, body, o.Tag, func(version int, err error) {
 		c.replyVerified(o.ID, version, err)
-		finish(err)
+		finish()
 	})
 }
 
 func (c *conn) manage(m *wire.Message) error {
-	a, peer := c.srv.agent, c.sess.Peer()
+	a, peer := c.srv.agent, c.peer
 	var (
 		v   any
 		err error
@@ -420,15 +407,18 @@ func (c *conn) manage(m *wire.Message) error {
 }
 
 // own makes m's byte fields outlive the frame, for a request that runs
-// after the reader has moved on. A large frame is handed over whole
-// instead of copied, as body: streaming to a device would otherwise copy
-// every byte once more. The caller recycles body (wire.Recycle) when the
-// request has run, unless it gave body away.
-func (c *conn) own(m *wire.Message) (o *wire.Message, body []byte) {
+// after the reader has moved on. The large frame of a request that
+// carries data to a key is handed over whole instead of copied, as body:
+// streaming to a device would otherwise copy every byte once more. The
+// caller holds body's one reference and releases it when the request has
+// run. A management request is copied: its calls know nothing of frames.
+func (c *conn) own(m *wire.Message) (o *wire.Message, body *frame.Buffer) {
 	o = new(wire.Message)
 	*o = *m
-	if body := c.fr.Take(); body != nil {
-		return o, body
+	if m.Type == wire.TypeUpdate || m.Type == wire.TypeMAC || m.Type == wire.TypeVerifyMAC {
+		if body := c.fr.Take(); body != nil {
+			return o, body
+		}
 	}
 	o.Key = append([]byte(nil), m.Key...)
 	o.Provider = append([]byte(nil), m.Provider...)
@@ -515,10 +505,10 @@ func (c *conn) goAsync(m *wire.Message, run func(*wire.Message) error) {
 		c.release(0)
 		return
 	}
-	o, body := c.own(m)
+	o, _ := c.own(m) // a management request: copied
 	go func() {
 		defer c.release(n)
-		recycle(body, run(o))
+		run(o)
 		c.flush()
 	}()
 }
@@ -531,7 +521,7 @@ func (c *conn) enqueue(m *wire.Message) {
 		return
 	}
 	var o *wire.Message
-	var body []byte
+	var body *frame.Buffer
 	if over != nil {
 		// Only a request with data is charged, and of those only UPDATE
 		// runs on a context: its data is dropped, and the context fails

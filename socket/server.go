@@ -51,9 +51,10 @@ var DefaultLimits = Limits{
 
 // Server serves an agent on listeners.
 type Server struct {
-	agent  *agent.Agent
-	limits Limits
-	log    *slog.Logger
+	agent      Keys
+	newSession func(agent.Peer) Session
+	limits     Limits
+	log        *slog.Logger
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -65,7 +66,7 @@ type Server struct {
 }
 
 // NewServer returns a server for a. A nil logger discards.
-func NewServer(a *agent.Agent, limits Limits, log *slog.Logger) *Server {
+func NewServer[S Session](a Agent[S], limits Limits, log *slog.Logger) *Server {
 	if limits.MaxFrame <= 0 {
 		limits.MaxFrame = DefaultLimits.MaxFrame
 	}
@@ -96,9 +97,10 @@ func NewServer(a *agent.Agent, limits Limits, log *slog.Logger) *Server {
 	}
 	return &Server{
 		agent: a, limits: limits, log: log,
-		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[*conn]struct{}),
-		perUID:    make(map[int64]int),
+		newSession: func(p agent.Peer) Session { return a.NewSession(p) },
+		listeners:  make(map[net.Listener]struct{}),
+		conns:      make(map[*conn]struct{}),
+		perUID:     make(map[int64]int),
 	}
 }
 
