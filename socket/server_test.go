@@ -411,7 +411,7 @@ func TestLargeFramesHandedOver(t *testing.T) {
 			t.Fatalf("frame %d changed while the session held it", i)
 		}
 		h.b.Release()
-		if h.b.Bytes() != nil {
+		if h.b.Held() {
 			t.Errorf("frame %d: a reference is still held after the session let go", i)
 		}
 	}

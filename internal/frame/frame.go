@@ -37,6 +37,10 @@ func New(b []byte) *Buffer {
 // reference; nil once the last reference is released.
 func (b *Buffer) Bytes() []byte { return b.b }
 
+// Held reports whether any reference is held. It is for checks that
+// the bytes came back; it gives no right to touch them.
+func (b *Buffer) Held() bool { return b.refs.Load() > 0 }
+
 // Retain adds a reference, for a holder that keeps the bytes past the
 // call that passed them, and returns b. Retain and Release of a nil
 // Buffer do nothing, for bytes that no Buffer holds.

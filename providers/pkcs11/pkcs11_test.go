@@ -491,7 +491,7 @@ func retainedInputReleasedOnce(t *testing.T, maxCopy int64) {
 	// scribble overwrites the buffers no one holds any more.
 	scribble := func() {
 		for _, h := range all {
-			if h.buf.Bytes() == nil && !h.scribbled {
+			if !h.buf.Held() && !h.scribbled {
 				for i := range h.data {
 					h.data[i] = 0xee
 				}
@@ -547,7 +547,7 @@ func retainedInputReleasedOnce(t *testing.T, maxCopy int64) {
 		}
 	}
 	for i, h := range all {
-		if h.buf.Bytes() != nil {
+		if h.buf.Held() {
 			t.Fatalf("cap %d: buffer %d of %d still held after every context ended", maxCopy, i, len(all))
 		}
 	}
