@@ -71,9 +71,6 @@ func (a *Agent) NewSession(peer Peer) *Session {
 	return s
 }
 
-// Peer returns the session's peer.
-func (s *Session) Peer() Peer { return s.peer }
-
 // Budget is the peer's uid's budget of bytes held (Limits.MaxBytesPerUID),
 // shared by all its sessions. The connection charges what it holds for the
 // peer to it and passes it to providers in every call's context
@@ -507,18 +504,14 @@ func (s *Session) Abandon(id uint32) {
 
 // MAC computes a whole tag in one call and appends it to dst.
 func (s *Session) MAC(ctx context.Context, key []byte, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
-	tag, _, err := s.MACVersion(ctx, key, alg, data, dst)
+	tag, _, err := s.MACVersion(ctx, key, alg, data, nil, dst)
 	return tag, err
 }
 
 // MACVersion is MAC that also returns the key version that computed the
-// tag: the current one, or N for NAME@N.
-func (s *Session) MACVersion(ctx context.Context, key []byte, alg providers.Algorithm, data, dst []byte) ([]byte, int, error) {
-	return s.macVersion(ctx, key, alg, data, nil, dst)
-}
-
-// macVersion is MACVersion for data that lies in b (see StartMAC).
-func (s *Session) macVersion(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, b *frame.Buffer, dst []byte) ([]byte, int, error) {
+// tag: the current one, or N for NAME@N. b, if not nil, is a buffer data
+// lies in, as for StartMAC.
+func (s *Session) MACVersion(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, b *frame.Buffer, dst []byte) ([]byte, int, error) {
 	var start time.Time
 	if s.agent.observed() {
 		start = time.Now()
@@ -549,19 +542,13 @@ func (s *Session) macVersion(ctx context.Context, key []byte, alg providers.Algo
 // key's device when it can, else in the agent. A plain name accepts a
 // tag from any live version of its key.
 func (s *Session) VerifyMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, tag []byte) error {
-	_, err := s.VerifyMACVersion(ctx, key, alg, data, tag)
+	_, err := s.VerifyMACVersion(ctx, key, alg, data, nil, tag)
 	return err
 }
 
 // VerifyMACVersion is VerifyMAC that also returns the key version the
-// tag matched.
-func (s *Session) VerifyMACVersion(ctx context.Context, key []byte, alg providers.Algorithm, data, tag []byte) (int, error) {
-	return s.verifyMACVersion(ctx, key, alg, data, nil, tag)
-}
-
-// verifyMACVersion is VerifyMACVersion for data that lies in b (see
-// StartMAC).
-func (s *Session) verifyMACVersion(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, b *frame.Buffer, tag []byte) (int, error) {
+// tag matched. b is as for MACVersion.
+func (s *Session) VerifyMACVersion(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, b *frame.Buffer, tag []byte) (int, error) {
 	var start time.Time
 	if s.agent.observed() {
 		start = time.Now()
@@ -639,7 +626,7 @@ func fullLength(tag []byte, alg providers.Algorithm) error {
 func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, b *frame.Buffer, dst []byte, done func(tag []byte, version int, err error)) {
 	r := s.agent.cached(key)
 	if r == nil || r.immediate {
-		go func() { done(s.macVersion(ctx, key, alg, data, b, dst)) }()
+		go func() { done(s.MACVersion(ctx, key, alg, data, b, dst)) }()
 		return
 	}
 	var start time.Time
@@ -674,7 +661,7 @@ func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algori
 func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, b *frame.Buffer, tag []byte, done func(version int, err error)) {
 	r := s.agent.cached(key)
 	if r == nil || r.immediate {
-		go func() { done(s.verifyMACVersion(ctx, key, alg, data, b, tag)) }()
+		go func() { done(s.VerifyMACVersion(ctx, key, alg, data, b, tag)) }()
 		return
 	}
 	var start time.Time

@@ -260,7 +260,7 @@ func (c *conn) dispatch(m *wire.Message) {
 		c.startOneShot(m)
 	case wire.TypeListKeys, wire.TypeGenerateKey, wire.TypeImportKey, wire.TypeImportWrapped, wire.TypeDeleteKey, wire.TypeStatus,
 		wire.TypeRotateKey, wire.TypeRetireVersion:
-		c.goAsync(m, c.manage)
+		c.goManage(m)
 	case wire.TypeHello:
 		c.replyError(m.ID, providers.Publicf(wire.ErrBadRequest, "HELLO after the handshake"))
 	default: // a reply type sent as a request
@@ -317,11 +317,11 @@ func (c *conn) scratchFor(q *queue) []byte {
 func (c *conn) oneShot(m *wire.Message, dst []byte) {
 	alg := providers.Algorithm(m.Algorithm)
 	if m.Type == wire.TypeMAC {
-		tag, version, err := c.sess.MACVersion(c.ctx, m.Key, alg, m.Data, dst)
+		tag, version, err := c.sess.MACVersion(c.ctx, m.Key, alg, m.Data, nil, dst)
 		c.replyTag(m.ID, tag, version, err)
 		return
 	}
-	version, err := c.sess.VerifyMACVersion(c.ctx, m.Key, alg, m.Data, m.Tag)
+	version, err := c.sess.VerifyMACVersion(c.ctx, m.Key, alg, m.Data, nil, m.Tag)
 	c.replyVerified(m.ID, version, err)
 }
 
@@ -360,7 +360,7 @@ func (c *conn) startOneShot(m *wire.Message) {
 	})
 }
 
-func (c *conn) manage(m *wire.Message) error {
+func (c *conn) manage(m *wire.Message) {
 	a, peer := c.srv.agent, c.peer
 	var (
 		v   any
@@ -393,17 +393,15 @@ func (c *conn) manage(m *wire.Message) error {
 	case wire.TypeStatus:
 		v = a.StatusFor(c.ctx, peer)
 	}
+	var data []byte
+	if err == nil && v != nil {
+		data, err = json.Marshal(v)
+	}
 	if err != nil || v == nil {
 		c.replyResult(m.ID, err)
-		return err
-	}
-	data, err := json.Marshal(v)
-	if err != nil {
-		c.replyResult(m.ID, err)
-		return nil
+		return
 	}
 	c.reply(&wire.Message{Type: wire.TypeData, ID: m.ID, Data: data})
-	return nil
 }
 
 // own makes m's byte fields outlive the frame, for a request that runs
@@ -494,7 +492,8 @@ func (c *conn) release(held int) {
 	c.wg.Done()
 }
 
-func (c *conn) goAsync(m *wire.Message, run func(*wire.Message) error) {
+// goManage runs a key management request on a goroutine of its own.
+func (c *conn) goManage(m *wire.Message) {
 	n, over, ok := c.acquire(m)
 	if !ok {
 		wipeImport(m)
@@ -508,7 +507,7 @@ func (c *conn) goAsync(m *wire.Message, run func(*wire.Message) error) {
 	o, _ := c.own(m) // a management request: copied
 	go func() {
 		defer c.release(n)
-		run(o)
+		c.manage(o)
 		c.flush()
 	}()
 }

@@ -31,8 +31,9 @@ var (
 )
 
 type fakeAgent struct {
-	delay time.Duration
-	gate  chan struct{} // when not nil, a slow update waits to receive from it
+	socket.Keys // nil: a method not written below is not used by the tests
+	delay       time.Duration
+	gate        chan struct{} // when not nil, a slow update waits to receive from it
 	// With keep, Update keeps a reference to each frame buffer it is
 	// given, as a context that keeps its input does, in held.
 	keep bool
@@ -78,31 +79,12 @@ func (a *fakeAgent) NewSession(agent.Peer) *fakeSession {
 }
 func (a *fakeAgent) IdentityNeed() agent.IdentityNeed { return agent.NeedNone }
 func (a *fakeAgent) Limits() agent.Limits             { return agent.DefaultLimits }
-func (a *fakeAgent) ListKeys(context.Context, agent.Peer) ([]providers.KeyInfo, error) {
-	return []providers.KeyInfo{{Name: "k", Algorithms: []providers.Algorithm{providers.SHA256}}}, nil
-}
 func (a *fakeAgent) GenerateKey(_ context.Context, _ agent.Peer, _, name string, _ int) (providers.KeyInfo, error) {
 	if name == "" {
 		return providers.KeyInfo{}, providers.Publicf(providers.ErrInvalidArgument, "no key name")
 	}
 	return providers.KeyInfo{}, providers.ErrNotSupported
 }
-func (a *fakeAgent) ImportKey(context.Context, agent.Peer, string, string, []byte) (providers.KeyInfo, error) {
-	return providers.KeyInfo{}, providers.ErrNotSupported
-}
-func (a *fakeAgent) ImportWrappedKey(context.Context, agent.Peer, string, string, string, []byte) (providers.KeyInfo, error) {
-	return providers.KeyInfo{}, providers.ErrNotSupported
-}
-func (a *fakeAgent) DeleteKey(context.Context, agent.Peer, string, string) error {
-	return providers.ErrNotSupported
-}
-func (a *fakeAgent) RotateKey(context.Context, agent.Peer, string, string, []byte, int) (providers.VersionInfo, error) {
-	return providers.VersionInfo{}, providers.ErrNotSupported
-}
-func (a *fakeAgent) RetireVersion(context.Context, agent.Peer, string, string, int, bool) error {
-	return providers.ErrNotSupported
-}
-func (a *fakeAgent) StatusFor(context.Context, agent.Peer) agent.Status { return agent.Status{} }
 
 // wait is a slow key's call.
 func (a *fakeAgent) wait(key []byte) {
@@ -223,7 +205,7 @@ func (s *fakeSession) VerifyVersion(ctx context.Context, id uint32, tag []byte) 
 
 func (s *fakeSession) Abandon(id uint32) { s.input(id, true) }
 
-func (s *fakeSession) MACVersion(_ context.Context, key []byte, alg providers.Algorithm, data, dst []byte) ([]byte, int, error) {
+func (s *fakeSession) MACVersion(_ context.Context, key []byte, alg providers.Algorithm, data []byte, _ *frame.Buffer, dst []byte) ([]byte, int, error) {
 	if err := check(key, alg); err != nil {
 		return nil, 0, err
 	}
@@ -231,8 +213,8 @@ func (s *fakeSession) MACVersion(_ context.Context, key []byte, alg providers.Al
 	return append(dst, sum(data)...), 1, nil
 }
 
-func (s *fakeSession) VerifyMACVersion(ctx context.Context, key []byte, alg providers.Algorithm, data, tag []byte) (int, error) {
-	want, v, err := s.MACVersion(ctx, key, alg, data, nil)
+func (s *fakeSession) VerifyMACVersion(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, _ *frame.Buffer, tag []byte) (int, error) {
+	want, v, err := s.MACVersion(ctx, key, alg, data, nil, nil)
 	if err == nil && !hmac.Equal(want, tag) {
 		err = providers.ErrInvalidSignature
 	}
@@ -240,11 +222,11 @@ func (s *fakeSession) VerifyMACVersion(ctx context.Context, key []byte, alg prov
 }
 
 func (s *fakeSession) StartMAC(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, _ *frame.Buffer, dst []byte, done func([]byte, int, error)) {
-	go func() { done(s.MACVersion(ctx, key, alg, data, dst)) }()
+	go func() { done(s.MACVersion(ctx, key, alg, data, nil, dst)) }()
 }
 
 func (s *fakeSession) StartVerifyMAC(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, _ *frame.Buffer, tag []byte, done func(int, error)) {
-	go func() { done(s.VerifyMACVersion(ctx, key, alg, data, tag)) }()
+	go func() { done(s.VerifyMACVersion(ctx, key, alg, data, nil, tag)) }()
 }
 
 func (s *fakeSession) Close() {
