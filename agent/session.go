@@ -342,6 +342,15 @@ func update(ctx context.Context, m providers.MAC, p []byte, b *frame.Buffer) err
 	return m.Update(ctx, p)
 }
 
+// lateRelease is what a device call past its deadline runs as it returns
+// at last, to release its reference to b; nil when there is no b.
+func lateRelease(b *frame.Buffer) func() {
+	if b == nil {
+		return nil
+	}
+	return b.Release
+}
+
 // releaseUnlessLate releases a device call's reference to b once the call
 // has returned, which it has unless it passed its deadline: then the call
 // releases it as it returns at last.
@@ -570,7 +579,7 @@ func (s *Session) VerifyMACVersion(ctx context.Context, key []byte, alg provider
 			var err error
 			version, err = s.verifyMAC(ctx, r, alg, data, tag)
 			return err
-		}, b.Release)
+		}, lateRelease(b))
 		releaseUnlessLate(b, err)
 	}
 	if err != nil && err != providers.ErrInvalidSignature {
@@ -654,7 +663,7 @@ func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algori
 		}
 		s.agent.auditUseVersion(s.peer, "mac", r.name, alg, err, int64(len(data)), start, vk.n, false)
 		done(out, vk.n, err)
-	}, b.Release)
+	}, lateRelease(b))
 }
 
 // StartVerifyMAC is VerifyMAC as StartMAC is MAC.
@@ -694,7 +703,7 @@ func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.
 		}
 		s.auditVerifyMAC(r, alg, err, len(data), start, v)
 		done(v, err)
-	}, b.Release)
+	}, lateRelease(b))
 }
 
 // oneShotKey resolves a key for a one-shot operation and checks policy
