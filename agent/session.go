@@ -626,12 +626,10 @@ func fullLength(tag []byte, alg providers.Algorithm) error {
 // another goroutine (a device call's, or its deadline's), or before
 // StartMAC returns for an error found at once (a denial, an algorithm
 // the key lacks, a device with too many calls stuck); done must not wait
-// either. b, if not nil, is a buffer data lies in, of which the caller
-// holds a reference until done: a device call past its deadline takes a
-// reference of its own, released when it returns at last. dst is the
-// call's until done, and past the deadline until the stuck call returns.
-// On a key not resolved yet, finding it may wait on a device too, so
-// that happens on the other goroutine.
+// either. data and dst are the call's until done, and past the deadline
+// until the stuck call returns, which holds a reference to b, if not nil,
+// the buffer data lies in. On a key not resolved yet, finding it may wait
+// on a device too, so that happens on the other goroutine.
 func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, b *frame.Buffer, dst []byte, done func(tag []byte, version int, err error)) {
 	r := s.agent.cached(key)
 	if r == nil || r.immediate {

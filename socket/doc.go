@@ -17,7 +17,7 @@
 // its requests in order, one-shot and management requests run on their
 // own, and replies come back as they finish, in any order, matched by
 // request ID. The reader asks the agent one question per request at most
-// ([Session].Immediate, which never calls a provider). A cap on requests
+// ([Session.Immediate], which never calls a provider). A cap on requests
 // in flight makes the reader stop reading when a client outruns its
 // device.
 //
