@@ -84,7 +84,7 @@ func TestDeadlineEndsContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	update := frame.New([]byte("abc"))
+	update := frame.New([]byte("abc"), nil)
 	if err := s.Update(ctx, 1, update.Bytes(), update); err != nil {
 		t.Fatalf("Update reports only a missing context: %v", err)
 	}
@@ -123,7 +123,7 @@ func TestDeadlineEndsContext(t *testing.T) {
 	if st := a.Status(ctx); st.Providers[1].Healthy || st.Providers[1].FailedRequests != 2 {
 		t.Errorf("status during the stall: %+v, want slow unhealthy with 2 failed requests", st.Providers[1])
 	}
-	oneShot := frame.New([]byte("m"))
+	oneShot := frame.New([]byte("m"), nil)
 	started := make(chan error, 1)
 	s.StartMAC(ctx, key, providers.SHA256, oneShot.Bytes(), oneShot, nil, func(_ []byte, _ int, err error) { started <- err })
 	if err := <-started; !errors.Is(err, providers.ErrUnavailable) {

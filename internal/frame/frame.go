@@ -22,13 +22,15 @@ import (
 // bytes afterwards.
 type Buffer struct {
 	b    []byte
+	free func([]byte)
 	refs atomic.Int32
 }
 
 // New wraps b, which the caller gives up, in a Buffer holding one
-// reference. The last Release returns b to the pool.
-func New(b []byte) *Buffer {
-	buf := &Buffer{b: b}
+// reference. The last Release gives b to free, if not nil: Recycle, for
+// memory that goes back to the pool.
+func New(b []byte, free func([]byte)) *Buffer {
+	buf := &Buffer{b: b, free: free}
 	buf.refs.Store(1)
 	return buf
 }
@@ -61,7 +63,9 @@ func (b *Buffer) Release() {
 	}
 	switch n := b.refs.Add(-1); {
 	case n == 0:
-		Recycle(b.b)
+		if b.free != nil {
+			b.free(b.b)
+		}
 		b.b = nil
 	case n < 0:
 		panic("frame: Release of a released buffer")

@@ -7,14 +7,15 @@ import "testing"
 // or a retain of a released buffer, is a bug that panics rather than let
 // two owners share recycled memory.
 func TestLastReleaseReturnsBytes(t *testing.T) {
-	b := New(make([]byte, 8))
+	freed := 0
+	b := New(make([]byte, 8), func(p []byte) { freed += len(p) })
 	kept := b.Retain()
 	b.Release()
-	if !kept.Held() || len(kept.Bytes()) != 8 {
+	if !kept.Held() || len(kept.Bytes()) != 8 || freed != 0 {
 		t.Fatal("bytes gone while a holder keeps a reference")
 	}
 	kept.Release()
-	if b.Held() || b.Bytes() != nil {
+	if b.Held() || b.Bytes() != nil || freed != 8 {
 		t.Fatal("the last release kept the bytes")
 	}
 	for _, c := range []struct {

@@ -465,10 +465,10 @@ func TestConcurrentStreamsUnderRace(t *testing.T) {
 }
 
 // TestRetainedInputIsReleasedOnce hands every update to a tree of copies
-// in a frame.Buffer whose caller's reference is dropped at once,
-// scribbles on each buffer once its last reference is gone (as a reused
-// buffer would be), and checks that every tag is still right and every
-// buffer came back (a second release would panic).
+// in a frame.Buffer whose caller's reference is dropped at once, scribbles
+// on each buffer as its last reference goes (as a reused buffer would be),
+// and checks that every tag is still right and every buffer came back (a
+// second release would panic).
 func TestRetainedInputIsReleasedOnce(t *testing.T) {
 	for _, maxCopy := range []int64{1 << 20, 4 << 10} { // the smaller cap drops logs midway
 		t.Run(fmt.Sprint("cap ", maxCopy), func(t *testing.T) { retainedInputReleasedOnce(t, maxCopy) })
@@ -482,23 +482,13 @@ func retainedInputReleasedOnce(t *testing.T, maxCopy int64) {
 	p.ImportKey(ctx, "k", secret)
 	k, _ := p.Key(ctx, "k")
 	rng := rand.New(rand.NewPCG(5, 6))
-	type handed struct {
-		data      []byte
-		buf       *frame.Buffer
-		scribbled bool
-	}
-	var all []*handed
-	// scribble overwrites the buffers no one holds any more.
-	scribble := func() {
-		for _, h := range all {
-			if !h.buf.Held() && !h.scribbled {
-				for i := range h.data {
-					h.data[i] = 0xee
-				}
-				h.scribbled = true
-			}
+	// scribble is what a reused frame's memory would undergo.
+	scribble := func(b []byte) {
+		for i := range b {
+			b[i] = 0xee
 		}
 	}
+	var handed []*frame.Buffer
 	type branch struct {
 		m     providers.MAC
 		input []byte
@@ -524,31 +514,28 @@ func retainedInputReleasedOnce(t *testing.T, maxCopy int64) {
 					data[i] = byte(rng.Uint32())
 				}
 				b.input = append(b.input, data...)
-				h := &handed{data: data, buf: frame.New(data)}
-				all = append(all, h)
-				if err := b.m.(providers.Retainer).UpdateRetained(ctx, data, h.buf); err != nil {
+				buf := frame.New(data, scribble)
+				handed = append(handed, buf)
+				if err := b.m.(providers.Retainer).UpdateRetained(ctx, data, buf); err != nil {
 					t.Fatal(err)
 				}
-				h.buf.Release()
+				buf.Release()
 			}
-			scribble()
 		}
 		for i, b := range live {
 			if i%3 == 2 {
 				b.m.Close()
-				scribble()
 				continue
 			}
 			got, err := b.m.Finalize(ctx)
-			scribble()
 			if err != nil || !bytes.Equal(got, reference(providers.SHA256, secret, b.input)) {
 				t.Fatalf("cap %d, round %d: branch %d: wrong tag (%v)", maxCopy, round, i, err)
 			}
 		}
 	}
-	for i, h := range all {
-		if h.buf.Held() {
-			t.Fatalf("cap %d: buffer %d of %d still held after every context ended", maxCopy, i, len(all))
+	for i, buf := range handed {
+		if buf.Held() {
+			t.Fatalf("cap %d: buffer %d of %d still held after every context ended", maxCopy, i, len(handed))
 		}
 	}
 }

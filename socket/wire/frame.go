@@ -196,5 +196,5 @@ func (f *FrameReader) Take() *frame.Buffer {
 	b := f.scratch
 	f.setScratch(nil)
 	f.inScratch = false
-	return frame.New(b)
+	return frame.New(b, frame.Recycle)
 }
