@@ -48,7 +48,7 @@ func (m *sessionMAC) Update(ctx context.Context, p []byte) error {
 	if m.done {
 		return providers.ErrAlreadyFinalized
 	}
-	return m.s.Update(ctx, m.id, p)
+	return m.s.Update(ctx, m.id, p, nil)
 }
 func (m *sessionMAC) Copy(ctx context.Context) (providers.MAC, error) {
 	if m.done {
@@ -261,7 +261,7 @@ func TestIdleContextsExpire(t *testing.T) {
 	s.Open(ctx, 2, []byte("k"), providers.SHA256)
 	deadline := time.Now().Add(10 * time.Second)
 	for s.Contexts() > 1 && time.Now().Before(deadline) {
-		s.Update(ctx, 2, []byte("kept busy")) // context 2 stays in use
+		s.Update(ctx, 2, []byte("kept busy"), nil) // context 2 stays in use
 		time.Sleep(100 * time.Millisecond)
 	}
 	if s.Contexts() != 1 {
@@ -300,7 +300,7 @@ func TestReload(t *testing.T) {
 		if err := s.Open(ctx, id, []byte(key), providers.SHA256); err != nil {
 			t.Fatal(err)
 		}
-		s.Update(ctx, id, []byte("before"))
+		s.Update(ctx, id, []byte("before"), nil)
 	}
 	// webhook now names another key, billing becomes verify-only, gone
 	// is gone, and fresh appears.

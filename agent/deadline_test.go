@@ -13,6 +13,7 @@ import (
 
 	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
+	"github.com/hmac-agent/hmac-agent/internal/frame"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/providers/software"
 )
@@ -65,7 +66,10 @@ func (l *logBuffer) lines(msg string) []string {
 // TestDeadlineEndsContext: a device call that does not return within the
 // provider's timeout answers unavailable naming the provider at the
 // deadline; its context ends (context_lost afterwards); the stuck call's
-// MAC is closed when it returns at last, and the device serves again.
+// MAC is closed when it returns at last, and the device serves again. The
+// stuck calls hold references to the frame buffers their input lies in,
+// so the buffers are not reused under them, and release them as they
+// return.
 func TestDeadlineEndsContext(t *testing.T) {
 	const timeout = 100 * time.Millisecond
 	gate := make(chan struct{})
@@ -80,14 +84,19 @@ func TestDeadlineEndsContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if err := s.Update(ctx, 1, []byte("abc")); err != nil {
+	update := frame.New([]byte("abc"), nil)
+	if err := s.Update(ctx, 1, update.Bytes(), update); err != nil {
 		t.Fatalf("Update reports only a missing context: %v", err)
+	}
+	update.Release() // the caller's reference
+	if !update.Held() {
+		t.Error("the input of a stuck Update went back to the pool while the call could read it")
 	}
 	if took := time.Since(start); took < timeout || took > timeout+time.Second {
 		t.Errorf("a stuck Update returned after %s, want about %s", took, timeout)
 	}
 	// The context is over: later requests say so without reaching the device.
-	if err := s.Update(ctx, 1, []byte("more")); err != nil {
+	if err := s.Update(ctx, 1, []byte("more"), nil); err != nil {
 		t.Fatal(err)
 	}
 	_, err := s.Finalize(ctx, 1, nil)
@@ -114,10 +123,25 @@ func TestDeadlineEndsContext(t *testing.T) {
 	if st := a.Status(ctx); st.Providers[1].Healthy || st.Providers[1].FailedRequests != 2 {
 		t.Errorf("status during the stall: %+v, want slow unhealthy with 2 failed requests", st.Providers[1])
 	}
+	oneShot := frame.New([]byte("m"), nil)
+	started := make(chan error, 1)
+	s.StartMAC(ctx, key, providers.SHA256, oneShot.Bytes(), oneShot, nil, func(_ []byte, _ int, err error) { started <- err })
+	if err := <-started; !errors.Is(err, providers.ErrUnavailable) {
+		t.Errorf("started one-shot on a stuck device = %v, want unavailable", err)
+	}
+	oneShot.Release()
+	if !oneShot.Held() {
+		t.Error("the input of a stuck one-shot went back to the pool while the call could read it")
+	}
 	close(gate) // the device answers at last
 	for deadline := time.Now().Add(5 * time.Second); slow.Opened.Load() != 0; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d MACs of calls past their deadline were never closed", slow.Opened.Load())
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); update.Held() || oneShot.Held(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("calls past their deadline never released their input's buffers")
 		}
 	}
 	if _, err := s.MAC(ctx, key, providers.SHA256, []byte("m"), nil); err != nil {

@@ -95,7 +95,8 @@ const (
 // running f, when the provider has too many calls stuck already. A device call cannot be interrupted (a
 // PKCS#11 library has no way to, a TPM command is in the device), so one
 // past the deadline goes on in the background; late, if not nil, runs on
-// its goroutine when it returns at last, to release what it holds. Until
+// its goroutine when it returns at last (or, for one abandoned while it
+// waited its turn, when the turn comes), to release what it holds. Until
 // then the caller must leave alone everything f uses (its input, its
 // output, the context it runs on).
 func (d *device) start(ctx context.Context, f func(context.Context) error, finish func(error), late func()) {
@@ -151,6 +152,9 @@ func (d *device) launch(ctx context.Context, f func(context.Context) error, fini
 			if !state.CompareAndSwap(callQueued, callRunning) {
 				rel() // abandoned while it waited
 				cancel()
+				if late != nil {
+					late()
+				}
 				return
 			}
 		}

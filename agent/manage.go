@@ -307,7 +307,7 @@ func (a *Agent) StatusFor(ctx context.Context, peer Peer) Status {
 		if !p.Known || (!admin && p.UID != peer.UID) {
 			continue
 		}
-		sp := status.Peer{UID: p.UID, GID: p.GID, PID: p.PID, Contexts: s.openContexts()}
+		sp := status.Peer{UID: p.UID, GID: p.GID, PID: p.PID, Contexts: s.Contexts()}
 		if id := p.Identity; id != nil {
 			sp.Unit, sp.Cgroup, sp.Container, sp.Executable = id.Unit, id.Cgroup, id.Container, id.Executable
 			if id.ExecutableSHA256 != nil {
@@ -318,13 +318,6 @@ func (a *Agent) StatusFor(ctx context.Context, peer Peer) Status {
 	}
 	slices.SortFunc(st.Peers, func(x, y status.Peer) int { return cmp.Compare(x.PID, y.PID) })
 	return st
-}
-
-// openContexts counts the session's open contexts.
-func (s *Session) openContexts() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.contexts)
 }
 
 // Contexts is how many contexts are open in the agent.

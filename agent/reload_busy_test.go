@@ -31,7 +31,7 @@ func TestReloadRevokesBusyContext(t *testing.T) {
 		}
 	}
 	updated := make(chan error, 1)
-	go func() { updated <- s.Update(ctx, 1, []byte("m")) }()
+	go func() { updated <- s.Update(ctx, 1, []byte("m"), nil) }()
 	<-lax.entered // context 1 is busy in the device
 
 	key.Policy.Ops = agent.OpVerify // the owner may no longer MAC

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hmac-agent/hmac-agent/internal/frame"
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
@@ -69,9 +70,6 @@ func (a *Agent) NewSession(peer Peer) *Session {
 	a.sessionsMu.Unlock()
 	return s
 }
-
-// Peer returns the session's peer.
-func (s *Session) Peer() Peer { return s.peer }
 
 // Budget is the peer's uid's budget of bytes held (Limits.MaxBytesPerUID),
 // shared by all its sessions. The connection charges what it holds for the
@@ -296,59 +294,36 @@ func (s *Session) lose(c *macContext) {
 		"the context was ended: provider %q did not answer within %s", c.key.provider.Name(), c.key.dev.timeout)
 }
 
-// Update appends p to context id. An error from the provider sticks to the
-// context; Update itself fails only when there is no such context.
-func (s *Session) Update(ctx context.Context, id uint32, p []byte) error {
-	return s.update(ctx, id, p, nil)
-}
-
-// UpdateOwned is Update for a caller that hands p over: a context that
-// keeps its input (see providers.Retainer) keeps p instead of a copy.
-// release(p) is called exactly once, when p is needed no more; the caller
-// must not touch p in between.
-func (s *Session) UpdateOwned(ctx context.Context, id uint32, p []byte, release func([]byte)) error {
-	return s.update(ctx, id, p, release)
-}
-
-func (s *Session) update(ctx context.Context, id uint32, p []byte, release func([]byte)) error {
+// Update appends p to context id. b, if not nil, is a buffer p lies in,
+// of which the caller holds a reference: a context that keeps its input
+// (providers.Retainer) keeps p under a reference of its own rather than a
+// copy, and a device call past its deadline holds one until it returns.
+// An error from the provider sticks to the context; Update itself fails
+// only when there is no such context.
+func (s *Session) Update(ctx context.Context, id uint32, p []byte, b *frame.Buffer) error {
 	c, err := s.take(id, false, false)
 	if err != nil {
-		if release != nil {
-			release(p)
-		}
 		if errors.Is(err, providers.ErrPermissionDenied) {
 			return nil // reported by the context's next request
 		}
 		return err
 	}
 	if c.err == nil {
-		rt, retains := c.mac.(providers.Retainer)
-		retains = retains && release != nil
-		switch {
-		case c.key.immediate && retains:
-			err = rt.UpdateRetained(ctx, p, release)
-		case c.key.immediate:
-			err = c.mac.Update(ctx, p)
-		default:
-			mac, rel := c.mac, release
+		if c.key.immediate {
+			err = update(ctx, c.mac, p, b)
+		} else {
+			mac := c.mac
+			b.Retain() // the call's
 			err = c.key.dev.call(ctx, func(ctx context.Context) error {
-				if retains {
-					return rt.UpdateRetained(ctx, p, rel)
-				}
-				return mac.Update(ctx, p)
+				return update(ctx, mac, p, b)
 			}, func() {
 				mac.Close()
-				if rel != nil && !retains {
-					rel(p) // p was the stuck call's until now
-				}
+				b.Release()
 			})
+			releaseUnlessLate(b, err)
 			if timedOut(err) {
-				release = nil
 				s.lose(c)
 			}
-		}
-		if retains {
-			release = nil // the context releases it
 		}
 		if err != nil && !c.lost {
 			c.err = s.keyFailed(c.key, err)
@@ -356,10 +331,33 @@ func (s *Session) update(ctx context.Context, id uint32, p []byte, release func(
 		c.bytes += int64(len(p))
 	}
 	s.done(c)
-	if release != nil {
-		release(p)
-	}
 	return nil
+}
+
+// update appends p to m, handing b on to a context that keeps its input.
+func update(ctx context.Context, m providers.MAC, p []byte, b *frame.Buffer) error {
+	if rt, ok := m.(providers.Retainer); ok && b != nil {
+		return rt.UpdateRetained(ctx, p, b)
+	}
+	return m.Update(ctx, p)
+}
+
+// lateRelease is what a device call past its deadline runs as it returns
+// at last, to release its reference to b; nil when there is no b.
+func lateRelease(b *frame.Buffer) func() {
+	if b == nil {
+		return nil
+	}
+	return b.Release
+}
+
+// releaseUnlessLate releases a device call's reference to b once the call
+// has returned, which it has unless it passed its deadline: then the call
+// releases it as it returns at last.
+func releaseUnlessLate(b *frame.Buffer, err error) {
+	if !timedOut(err) {
+		b.Release()
+	}
 }
 
 // Fail makes err context id's sticky error, unless it has one already,
@@ -515,13 +513,14 @@ func (s *Session) Abandon(id uint32) {
 
 // MAC computes a whole tag in one call and appends it to dst.
 func (s *Session) MAC(ctx context.Context, key []byte, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
-	tag, _, err := s.MACVersion(ctx, key, alg, data, dst)
+	tag, _, err := s.MACVersion(ctx, key, alg, data, nil, dst)
 	return tag, err
 }
 
 // MACVersion is MAC that also returns the key version that computed the
-// tag: the current one, or N for NAME@N.
-func (s *Session) MACVersion(ctx context.Context, key []byte, alg providers.Algorithm, data, dst []byte) ([]byte, int, error) {
+// tag: the current one, or N for NAME@N. b, if not nil, is a buffer data
+// lies in, as for StartMAC.
+func (s *Session) MACVersion(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, b *frame.Buffer, dst []byte) ([]byte, int, error) {
 	var start time.Time
 	if s.agent.observed() {
 		start = time.Now()
@@ -533,11 +532,13 @@ func (s *Session) MACVersion(ctx context.Context, key []byte, alg providers.Algo
 	vk := r.macKey()
 	var tag []byte
 	if r.immediate {
-		tag, err = s.mac(ctx, r, vk, alg, data, dst)
+		tag, err = sumOne(ctx, vk, alg, data, dst)
 	} else {
+		b.Retain() // the call's
 		tag, err = onDevice(ctx, r.dev, func(ctx context.Context) ([]byte, error) {
-			return s.mac(ctx, r, vk, alg, data, dst)
-		}, nil)
+			return sumOne(ctx, vk, alg, data, dst)
+		}, func([]byte) { b.Release() })
+		releaseUnlessLate(b, err)
 	}
 	if err != nil {
 		tag, err = nil, s.keyFailed(r, err)
@@ -546,23 +547,17 @@ func (s *Session) MACVersion(ctx context.Context, key []byte, alg providers.Algo
 	return tag, vk.n, err
 }
 
-// mac computes a one-shot's tag with version vk of r; its errors are the
-// provider's own.
-func (s *Session) mac(ctx context.Context, r *resolved, vk versionKey, alg providers.Algorithm, data, dst []byte) ([]byte, error) {
-	return sumOne(ctx, vk, alg, data, dst)
-}
-
 // VerifyMAC checks tag over data in one call, in constant time: in the
 // key's device when it can, else in the agent. A plain name accepts a
 // tag from any live version of its key.
 func (s *Session) VerifyMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, tag []byte) error {
-	_, err := s.VerifyMACVersion(ctx, key, alg, data, tag)
+	_, err := s.VerifyMACVersion(ctx, key, alg, data, nil, tag)
 	return err
 }
 
 // VerifyMACVersion is VerifyMAC that also returns the key version the
-// tag matched.
-func (s *Session) VerifyMACVersion(ctx context.Context, key []byte, alg providers.Algorithm, data, tag []byte) (int, error) {
+// tag matched. b is as for MACVersion.
+func (s *Session) VerifyMACVersion(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, b *frame.Buffer, tag []byte) (int, error) {
 	var start time.Time
 	if s.agent.observed() {
 		start = time.Now()
@@ -579,11 +574,13 @@ func (s *Session) VerifyMACVersion(ctx context.Context, key []byte, alg provider
 	if r.immediate {
 		version, err = s.verifyMAC(ctx, r, alg, data, tag)
 	} else {
+		b.Retain() // the call's
 		err = r.dev.call(ctx, func(ctx context.Context) error {
 			var err error
 			version, err = s.verifyMAC(ctx, r, alg, data, tag)
 			return err
-		}, nil)
+		}, lateRelease(b))
+		releaseUnlessLate(b, err)
 	}
 	if err != nil && err != providers.ErrInvalidSignature {
 		err = s.keyFailed(r, err)
@@ -629,13 +626,14 @@ func fullLength(tag []byte, alg providers.Algorithm) error {
 // another goroutine (a device call's, or its deadline's), or before
 // StartMAC returns for an error found at once (a denial, an algorithm
 // the key lacks, a device with too many calls stuck); done must not wait
-// either. dst and data are the call's until done, and past the deadline
-// until the stuck call returns. On a key not resolved yet, finding it
-// may wait on a device too, so that happens on the other goroutine.
-func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, dst []byte, done func(tag []byte, version int, err error)) {
+// either. data and dst are the call's until done, and past the deadline
+// until the stuck call returns, which holds a reference to b, if not nil,
+// the buffer data lies in. On a key not resolved yet, finding it may wait
+// on a device too, so that happens on the other goroutine.
+func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, b *frame.Buffer, dst []byte, done func(tag []byte, version int, err error)) {
 	r := s.agent.cached(key)
 	if r == nil || r.immediate {
-		go func() { done(s.MACVersion(ctx, key, alg, data, dst)) }()
+		go func() { done(s.MACVersion(ctx, key, alg, data, b, dst)) }()
 		return
 	}
 	var start time.Time
@@ -648,11 +646,13 @@ func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algori
 	}
 	vk := r.macKey()
 	var tag []byte // f's; read only when f returned in time
+	b.Retain()     // the call's
 	r.dev.startFair(ctx, func(ctx context.Context) error {
 		var err error
-		tag, err = s.mac(ctx, r, vk, alg, data, dst)
+		tag, err = sumOne(ctx, vk, alg, data, dst)
 		return err
 	}, func(err error) {
+		releaseUnlessLate(b, err)
 		var out []byte
 		if err == nil {
 			out = tag
@@ -661,14 +661,14 @@ func (s *Session) StartMAC(ctx context.Context, key []byte, alg providers.Algori
 		}
 		s.agent.auditUseVersion(s.peer, "mac", r.name, alg, err, int64(len(data)), start, vk.n, false)
 		done(out, vk.n, err)
-	}, nil)
+	}, lateRelease(b))
 }
 
 // StartVerifyMAC is VerifyMAC as StartMAC is MAC.
-func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.Algorithm, data, tag []byte, done func(version int, err error)) {
+func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.Algorithm, data []byte, b *frame.Buffer, tag []byte, done func(version int, err error)) {
 	r := s.agent.cached(key)
 	if r == nil || r.immediate {
-		go func() { done(s.VerifyMACVersion(ctx, key, alg, data, tag)) }()
+		go func() { done(s.VerifyMACVersion(ctx, key, alg, data, b, tag)) }()
 		return
 	}
 	var start time.Time
@@ -685,11 +685,13 @@ func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.
 		return
 	}
 	var version int // f's; read only when f returned in time
+	b.Retain()      // the call's
 	r.dev.startFair(ctx, func(ctx context.Context) error {
 		var err error
 		version, err = s.verifyMAC(ctx, r, alg, data, tag)
 		return err
 	}, func(err error) {
+		releaseUnlessLate(b, err)
 		if err != nil && err != providers.ErrInvalidSignature {
 			err = s.keyFailed(r, err)
 		}
@@ -699,7 +701,7 @@ func (s *Session) StartVerifyMAC(ctx context.Context, key []byte, alg providers.
 		}
 		s.auditVerifyMAC(r, alg, err, len(data), start, v)
 		done(v, err)
-	}, nil)
+	}, lateRelease(b))
 }
 
 // oneShotKey resolves a key for a one-shot operation and checks policy

@@ -136,7 +136,7 @@ func sessionVersions(t *testing.T, p versionedProvider) {
 		t.Fatal(err)
 	}
 	msg := []byte("message")
-	tag1, v, err := f.s.MACVersion(ctx, []byte("k"), providers.SHA256, msg, nil)
+	tag1, v, err := f.s.MACVersion(ctx, []byte("k"), providers.SHA256, msg, nil, nil)
 	if err != nil || v != 1 {
 		t.Fatalf("MAC before rotation: version %d, %v", v, err)
 	}
@@ -150,7 +150,7 @@ func sessionVersions(t *testing.T, p versionedProvider) {
 		t.Fatal(err)
 	}
 	for _, id := range []uint32{1, 2} {
-		f.s.Update(ctx, id, msg)
+		f.s.Update(ctx, id, msg, nil)
 		tag, v, err := f.s.FinalizeVersion(ctx, id, nil)
 		if err != nil || v != 1 || !bytes.Equal(tag, tag1) {
 			t.Errorf("context %d opened before the rotation: version %d, %v", id, v, err)
@@ -161,24 +161,24 @@ func sessionVersions(t *testing.T, p versionedProvider) {
 	if err := f.s.Open(ctx, 3, []byte("k"), providers.SHA256); err != nil {
 		t.Fatal(err)
 	}
-	f.s.Update(ctx, 3, msg)
+	f.s.Update(ctx, 3, msg, nil)
 	if v, err := f.s.VerifyVersion(ctx, 3, tag1); err != nil || v != 1 {
 		t.Errorf("verify of version 1's tag: version %d, %v", v, err)
 	}
 	if u := f.lastUse(); u.Version != 1 || !u.Previous || u.Operation != "verify" {
 		t.Errorf("audited %+v, want version 1 marked previous", u)
 	}
-	if v, err := f.s.VerifyMACVersion(ctx, []byte("k"), providers.SHA256, msg, tag1); err != nil || v != 1 {
+	if v, err := f.s.VerifyMACVersion(ctx, []byte("k"), providers.SHA256, msg, nil, tag1); err != nil || v != 1 {
 		t.Errorf("one-shot verify of version 1's tag: version %d, %v", v, err)
 	}
 	if u := f.lastUse(); u.Version != 1 || !u.Previous {
 		t.Errorf("audited %+v, want version 1 marked previous", u)
 	}
-	tag2, v, _ := f.s.MACVersion(ctx, []byte("k"), providers.SHA256, msg, nil)
+	tag2, v, _ := f.s.MACVersion(ctx, []byte("k"), providers.SHA256, msg, nil, nil)
 	if v != 2 {
 		t.Fatalf("MAC after rotation: version %d", v)
 	}
-	if v, err := f.s.VerifyMACVersion(ctx, []byte("k"), providers.SHA256, msg, tag2); err != nil || v != 2 {
+	if v, err := f.s.VerifyMACVersion(ctx, []byte("k"), providers.SHA256, msg, nil, tag2); err != nil || v != 2 {
 		t.Errorf("verify of version 2's tag: version %d, %v", v, err)
 	}
 	if u := f.lastUse(); u.Previous {
@@ -192,7 +192,7 @@ func TestGuessedVersionsAreRemembered(t *testing.T) {
 	ctx := context.Background()
 	f := newVersionsFixture(t)
 	f.soft.ImportKey(ctx, "k", []byte("one"))
-	if _, _, err := f.s.MACVersion(ctx, []byte("k"), providers.SHA256, nil, nil); err != nil {
+	if _, _, err := f.s.MACVersion(ctx, []byte("k"), providers.SHA256, nil, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	before := f.soft.reads.Load()
@@ -227,7 +227,7 @@ func versionGrace(t *testing.T, p versionedProvider) {
 	if _, err := f.prov.ImportKey(ctx, "g", []byte("one")); err != nil {
 		t.Fatal(err)
 	}
-	tag1, _, err := f.s.MACVersion(ctx, []byte("g"), providers.SHA256, nil, nil)
+	tag1, _, err := f.s.MACVersion(ctx, []byte("g"), providers.SHA256, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,15 +268,15 @@ func configuredVersion(t *testing.T, p versionedProvider) {
 	if _, err := f.prov.ImportKey(ctx, "k", []byte("one")); err != nil {
 		t.Fatal(err)
 	}
-	tag1, _, _ := f.s.MACVersion(ctx, []byte("current"), providers.SHA256, nil, nil)
+	tag1, _, _ := f.s.MACVersion(ctx, []byte("current"), providers.SHA256, nil, nil, nil)
 	if _, err := f.a.RotateKey(ctx, owner, "", "current", nil, 0); err != nil {
 		t.Fatal(err)
 	}
-	tag, v, err := f.s.MACVersion(ctx, []byte("legacy"), providers.SHA256, nil, nil)
+	tag, v, err := f.s.MACVersion(ctx, []byte("legacy"), providers.SHA256, nil, nil, nil)
 	if err != nil || v != 1 || !bytes.Equal(tag, tag1) {
 		t.Errorf("legacy (k@1) after a rotation: version %d, %v", v, err)
 	}
-	tag2, v, _ := f.s.MACVersion(ctx, []byte("current"), providers.SHA256, nil, nil)
+	tag2, v, _ := f.s.MACVersion(ctx, []byte("current"), providers.SHA256, nil, nil, nil)
 	if v != 2 {
 		t.Errorf("current after a rotation: version %d", v)
 	}
@@ -312,7 +312,7 @@ func BenchmarkVersionsOneShot(b *testing.B) {
 	defer s.Close()
 	soft.ImportKey(ctx, "k", []byte("one"))
 	msg := make([]byte, 64)
-	oldest, _, err := s.MACVersion(ctx, []byte("k"), providers.SHA256, msg, nil)
+	oldest, _, err := s.MACVersion(ctx, []byte("k"), providers.SHA256, msg, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

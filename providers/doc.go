@@ -24,7 +24,10 @@
 // the caller's [Budget], which the agent puts in the context.Context of
 // every call ([WithBudget]) and a provider finds with [BudgetFrom] when a
 // context opens. Past the budget a provider fails the Update with
-// [ErrLimit] (or keeps less, where keeping is optional).
+// [ErrLimit] (or keeps less, where keeping is optional). A context that
+// keeps input it was handed in a frame.Buffer ([Retainer]) keeps a
+// reference to the buffer, not a copy, and charges its length all the
+// same.
 //
 // # Concurrency
 //

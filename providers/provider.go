@@ -3,6 +3,8 @@ package providers
 import (
 	"context"
 	"time"
+
+	"github.com/hmac-agent/hmac-agent/internal/frame"
 )
 
 // Provider is one place keys live.
@@ -64,12 +66,11 @@ type Immediate interface {
 
 // Retainer is implemented by contexts that keep their input past Update,
 // as a PKCS#11 context keeps it to replay for Copy. UpdateRetained is
-// Update for a caller that hands p over: the context may keep p itself
-// rather than a copy. It calls release(p) exactly once, when it needs p no
-// more, which may be before it returns; the caller must not touch p in
-// between.
+// Update for input p that lies in b, a buffer the caller holds a reference
+// to: instead of copying p, the context may keep it by taking a reference
+// of its own (b.Retain), which it releases when it needs p no more.
 type Retainer interface {
-	UpdateRetained(ctx context.Context, p []byte, release func([]byte)) error
+	UpdateRetained(ctx context.Context, p []byte, b *frame.Buffer) error
 }
 
 // KeyInfo describes a key without revealing it.

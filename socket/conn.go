@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/agent"
+	"github.com/hmac-agent/hmac-agent/internal/frame"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
@@ -31,7 +32,8 @@ const (
 type conn struct {
 	srv  *Server
 	nc   net.Conn
-	sess *agent.Session
+	peer agent.Peer
+	sess Session
 	fr   *wire.FrameReader
 	msg  wire.Message
 	ctx  context.Context
@@ -91,6 +93,7 @@ func (c *conn) serve(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	c.ctx = ctx
 	peer := peerOf(c.nc, c.srv.agent.IdentityNeed())
+	c.peer = peer
 	log := c.srv.log.With("peer", peer.String())
 	if !c.srv.admit(peer) {
 		cancel()
@@ -100,7 +103,7 @@ func (c *conn) serve(ctx context.Context) {
 		return
 	}
 	defer c.srv.leave(peer)
-	c.sess = c.srv.agent.NewSession(peer)
+	c.sess = c.srv.newSession(peer)
 	// Every call made for this peer carries its uid's budget, so that a
 	// provider keeping its bytes charges them to it.
 	c.ctx = providers.WithBudget(ctx, c.sess.Budget())
@@ -264,7 +267,7 @@ func (c *conn) dispatch(m *wire.Message) {
 		c.startOneShot(m)
 	case wire.TypeListKeys, wire.TypeGenerateKey, wire.TypeImportKey, wire.TypeImportWrapped, wire.TypeDeleteKey, wire.TypeStatus,
 		wire.TypeRotateKey, wire.TypeRetireVersion:
-		c.goAsync(m, c.manage)
+		c.goManage(m)
 	case wire.TypeHello:
 		c.replyError(m.ID, providers.Publicf(wire.ErrBadRequest, "HELLO after the handshake"))
 	default: // a reply type sent as a request
@@ -274,9 +277,10 @@ func (c *conn) dispatch(m *wire.Message) {
 
 // contextOp runs a request on a context and returns its error. q is the
 // context's queue when the request runs from one, and body the frame m
-// was decoded from when the reader handed it over: an UPDATE may give it
-// to the context for good. contextOp recycles body unless it did.
-func (c *conn) contextOp(m *wire.Message, q *queue, body []byte) error {
+// was decoded from when the reader handed it over, of which contextOp
+// releases the reference it was given.
+func (c *conn) contextOp(m *wire.Message, q *queue, body *frame.Buffer) error {
+	defer body.Release()
 	s := c.sess
 	var err error
 	switch m.Type {
@@ -290,9 +294,7 @@ func (c *conn) contextOp(m *wire.Message, q *queue, body []byte) error {
 		if body == nil {
 			err = c.updateInTurns(q, m.Context, m.Data)
 		} else {
-			b := body
-			err = s.UpdateOwned(c.ctx, m.Context, m.Data, func([]byte) { wire.Recycle(b) })
-			body = nil
+			err = s.Update(c.ctx, m.Context, m.Data, body)
 		}
 		if err != nil {
 			c.replyError(m.ID, err)
@@ -320,17 +322,7 @@ func (c *conn) contextOp(m *wire.Message, q *queue, body []byte) error {
 		s.Abandon(m.Context)
 		c.leave(q)
 	}
-	recycle(body, err)
 	return err
-}
-
-// recycle gives a request's frame back for reuse, unless the request
-// failed as unavailable: a device call past its deadline may still read
-// the frame, so it is left to the garbage collector.
-func recycle(body []byte, err error) {
-	if body != nil && !errors.Is(err, providers.ErrUnavailable) {
-		wire.Recycle(body)
-	}
 }
 
 // scratchFor returns a buffer for a tag: the reader's own when running
@@ -349,13 +341,13 @@ func (c *conn) oneShot(m *wire.Message, dst []byte) {
 	ctx := c.oneShotContext(m.Data)
 	if m.Type == wire.TypeMAC {
 		c.enter(nil)
-		tag, version, err := c.sess.MACVersion(ctx, m.Key, alg, m.Data, dst)
+		tag, version, err := c.sess.MACVersion(ctx, m.Key, alg, m.Data, nil, dst)
 		c.leave(nil)
 		c.replyTag(m.ID, tag, version, err)
 		return
 	}
 	c.enter(nil)
-	version, err := c.sess.VerifyMACVersion(ctx, m.Key, alg, m.Data, m.Tag)
+	version, err := c.sess.VerifyMACVersion(ctx, m.Key, alg, m.Data, nil, m.Tag)
 	c.leave(nil)
 	c.replyVerified(m.ID, version, err)
 }
@@ -376,27 +368,27 @@ func (c *conn) startOneShot(m *wire.Message) {
 		return
 	}
 	o, body := c.own(m)
-	finish := func(err error) {
-		recycle(body, err)
+	finish := func() {
+		body.Release()
 		c.flush()
 		c.release(n)
 	}
 	alg := providers.Algorithm(o.Algorithm)
 	if o.Type == wire.TypeMAC {
-		c.sess.StartMAC(c.ctx, o.Key, alg, o.Data, make([]byte, 0, 64), func(tag []byte, version int, err error) {
+		c.sess.StartMAC(c.ctx, o.Key, alg, o.Data, body, make([]byte, 0, 64), func(tag []byte, version int, err error) {
 			c.replyTag(o.ID, tag, version, err)
-			finish(err)
+			finish()
 		})
 		return
 	}
-	c.sess.StartVerifyMAC(c.ctx, o.Key, alg, o.Data, o.Tag, func(version int, err error) {
+	c.sess.StartVerifyMAC(c.ctx, o.Key, alg, o.Data, body, o.Tag, func(version int, err error) {
 		c.replyVerified(o.ID, version, err)
-		finish(err)
+		finish()
 	})
 }
 
-func (c *conn) manage(m *wire.Message) error {
-	a, peer := c.srv.agent, c.sess.Peer()
+func (c *conn) manage(m *wire.Message) {
+	a, peer := c.srv.agent, c.peer
 	var (
 		v   any
 		err error
@@ -428,29 +420,30 @@ func (c *conn) manage(m *wire.Message) error {
 	case wire.TypeStatus:
 		v = a.StatusFor(c.ctx, peer)
 	}
+	var data []byte
+	if err == nil && v != nil {
+		data, err = json.Marshal(v)
+	}
 	if err != nil || v == nil {
 		c.replyResult(m.ID, err)
-		return err
-	}
-	data, err := json.Marshal(v)
-	if err != nil {
-		c.replyResult(m.ID, err)
-		return nil
+		return
 	}
 	c.reply(&wire.Message{Type: wire.TypeData, ID: m.ID, Data: data})
-	return nil
 }
 
 // own makes m's byte fields outlive the frame, for a request that runs
-// after the reader has moved on. A large frame is handed over whole
-// instead of copied, as body: streaming to a device would otherwise copy
-// every byte once more. The caller recycles body (wire.Recycle) when the
-// request has run, unless it gave body away.
-func (c *conn) own(m *wire.Message) (o *wire.Message, body []byte) {
+// after the reader has moved on. The large frame of a request that
+// carries data to a key is handed over whole instead of copied, as body:
+// streaming to a device would otherwise copy every byte once more. The
+// caller holds body's one reference and releases it when the request has
+// run. A management request is copied: its calls know nothing of frames.
+func (c *conn) own(m *wire.Message) (o *wire.Message, body *frame.Buffer) {
 	o = new(wire.Message)
 	*o = *m
-	if body := c.fr.Take(); body != nil {
-		return o, body
+	if m.Type == wire.TypeUpdate || m.Type == wire.TypeMAC || m.Type == wire.TypeVerifyMAC {
+		if body := c.fr.Take(); body != nil {
+			return o, body
+		}
 	}
 	o.Key = append([]byte(nil), m.Key...)
 	o.Provider = append([]byte(nil), m.Provider...)
@@ -530,11 +523,11 @@ func (c *conn) release(held int) {
 // flags, not the ID, keep it out of queues.
 const manageQueueID = 0
 
-// goAsync runs a key-management request after the connection's earlier
+// goManage runs a key-management request after the connection's earlier
 // ones, on a goroutine of their own: they may wait on a device, and they
 // run one at a time, so that a flood of them (denied ones, say) is one
 // goroutine to the Go scheduler, not hundreds.
-func (c *conn) goAsync(m *wire.Message, run func(*wire.Message) error) {
+func (c *conn) goManage(m *wire.Message) {
 	n, over, ok := c.acquire(m)
 	if !ok {
 		wipeImport(m)
@@ -545,11 +538,11 @@ func (c *conn) goAsync(m *wire.Message, run func(*wire.Message) error) {
 		c.release(0)
 		return
 	}
-	o, body := c.own(m)
+	o, _ := c.own(m) // a management request: copied
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	c.manageQ.ops = append(c.manageQ.ops, func() {
-		recycle(body, run(o))
+		c.manage(o)
 		c.release(n)
 		// Management requests are few and heavy; a flood of them takes
 		// its turn behind the goroutines ready to run.
@@ -566,7 +559,7 @@ func (c *conn) enqueue(m *wire.Message) {
 		return
 	}
 	var o *wire.Message
-	var body []byte
+	var body *frame.Buffer
 	if over != nil {
 		// Only a request with data is charged, and of those only UPDATE
 		// runs on a context: its data is dropped, and the context fails

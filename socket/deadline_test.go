@@ -24,7 +24,7 @@ import (
 // TestHelloDeadline: a connection that never says HELLO, or says part of
 // it, is told so and closed once the hello timeout passes.
 func TestHelloDeadline(t *testing.T) {
-	a := start(t, agenttest.Options{SocketLimits: socket.Limits{HelloTimeout: 200 * time.Millisecond}})
+	a := startFake(t, &fakeAgent{}, socket.Limits{HelloTimeout: 200 * time.Millisecond})
 	silent := dialRaw(t, a.Path, false)
 	partial := dialRaw(t, a.Path, false)
 	hello, _ := (&wire.Message{Type: wire.TypeHello, MinVersion: 1, MaxVersion: 1}).Append(nil)
@@ -43,7 +43,7 @@ func TestHelloDeadline(t *testing.T) {
 // is refused when announced, without the agent reading or holding its
 // body.
 func TestFrameBeforeHelloCapped(t *testing.T) {
-	a := start(t, agenttest.Options{})
+	a := startFake(t, &fakeAgent{}, socket.Limits{})
 	r := dialRaw(t, a.Path, false)
 	r.sendRaw(binary.BigEndian.AppendUint32(nil, 1<<20))
 	r.expectError(0, wire.ErrVersion)
@@ -59,7 +59,7 @@ func TestFrameBeforeHelloCapped(t *testing.T) {
 // not, however long it waits.
 func TestIdleConnectionClosed(t *testing.T) {
 	const idle = 200 * time.Millisecond
-	a := start(t, agenttest.Options{SocketLimits: socket.Limits{IdleTimeout: idle}})
+	a := startFake(t, &fakeAgent{}, socket.Limits{IdleTimeout: idle})
 	withContext := dialRaw(t, a.Path, true)
 	withContext.send(wire.Message{Type: wire.TypeOpen, ID: 1, Context: 1, Algorithm: uint8(providers.SHA256), Key: []byte("k")})
 	if m := withContext.recv(); m.Type != wire.TypeOK {
@@ -87,7 +87,7 @@ func TestIdleConnectionClosed(t *testing.T) {
 // served on a new one.
 func TestIdleCloseClients(t *testing.T) {
 	const idle = 150 * time.Millisecond
-	a := start(t, agenttest.Options{SocketLimits: socket.Limits{IdleTimeout: idle}})
+	a := startFake(t, &fakeAgent{}, socket.Limits{IdleTimeout: idle})
 	want := reference("after idle")
 	ctx := context.Background()
 	t.Run("Go", func(t *testing.T) {
@@ -101,7 +101,7 @@ func TestIdleCloseClients(t *testing.T) {
 			if err != nil || string(tag) != string(want) {
 				t.Fatalf("MAC %d: %x, %v", i, tag, err)
 			}
-			waitClosed(t, a)
+			waitClosed(t, a.Server)
 		}
 	})
 	root, _ := filepath.Abs("..")
@@ -154,11 +154,11 @@ const { Agent } = require(process.argv[1] + '/clients/node');
 }
 
 // waitClosed waits until the agent has closed every connection.
-func waitClosed(t *testing.T, a *agenttest.Agent) {
+func waitClosed(t *testing.T, srv *socket.Server) {
 	t.Helper()
-	for end := time.Now().Add(5 * time.Second); a.Server.Connections() > 0; {
+	for end := time.Now().Add(5 * time.Second); srv.Connections() > 0; {
 		if time.Now().After(end) {
-			t.Fatalf("%d connections still open past the idle timeout", a.Server.Connections())
+			t.Fatalf("%d connections still open past the idle timeout", srv.Connections())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -167,7 +167,7 @@ func waitClosed(t *testing.T, a *agenttest.Agent) {
 // TestConnectionsPerUID: one uid at its connection limit is refused with
 // limit; the connections it has are served.
 func TestConnectionsPerUID(t *testing.T) {
-	a := start(t, agenttest.Options{SocketLimits: socket.Limits{MaxConnectionsPerUID: 3}})
+	a := startFake(t, &fakeAgent{}, socket.Limits{MaxConnectionsPerUID: 3})
 	var held []*raw
 	for range 3 {
 		held = append(held, dialRaw(t, a.Path, true))

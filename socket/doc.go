@@ -17,11 +17,19 @@
 // its requests in order, one-shot and management requests run on their
 // own, and replies come back as they finish, in any order, matched by
 // request ID. The reader asks the agent one question per request at most
-// (agent.Agent.Immediate, which never calls a provider). A cap on requests
+// ([Session.Immediate], which never calls a provider). A cap on requests
 // in flight makes the reader stop reading when a client outruns its
-// device. A request whose device call passed its deadline is answered by
-// the agent with unavailable; its frame is then left to the garbage
-// collector, since the stuck call may still read it.
+// device.
+//
+// # The agent behind it
+//
+// A [Server] serves any [Agent] (*agent.Agent in the daemon, a small fake
+// in this package's tests): a [Session] per connection, and key
+// management and status for a peer. A frame too large for the reader's
+// buffer is handed on as a frame.Buffer, not copied: the connection
+// holds one reference while the request runs, and whoever keeps the data
+// longer (a PKCS#11 context's copy log, a device call past its deadline)
+// takes its own; the last release returns the memory to the pool.
 //
 // # Peers
 //

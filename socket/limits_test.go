@@ -22,8 +22,7 @@ import (
 )
 
 func TestInFlightLimit(t *testing.T) {
-	slow := &agenttest.SlowProvider{Secret: testSecret, Delay: 300 * time.Millisecond}
-	a := start(t, agenttest.Options{Providers: []providers.Provider{slow}, SocketLimits: socket.Limits{MaxInFlight: 4}})
+	a := startFake(t, &fakeAgent{delay: 300 * time.Millisecond}, socket.Limits{MaxInFlight: 4})
 	r := dialRaw(t, a.Path, true)
 	for i := uint32(1); i <= 6; i++ {
 		r.send(wire.Message{Type: wire.TypeMAC, ID: i, Algorithm: uint8(providers.SHA256), Key: []byte("slow-key"), Data: []byte("x")})
@@ -45,7 +44,7 @@ func TestInFlightLimit(t *testing.T) {
 }
 
 func TestConnectionLimit(t *testing.T) {
-	a := start(t, agenttest.Options{SocketLimits: socket.Limits{MaxConnections: 2}})
+	a := startFake(t, &fakeAgent{}, socket.Limits{MaxConnections: 2})
 	dialRaw(t, a.Path, true)
 	dialRaw(t, a.Path, true)
 	r := dialRaw(t, a.Path, false)
@@ -176,8 +175,7 @@ func TestListenRefusesUnsafePlaces(t *testing.T) {
 // TestShutdownFinishesRequestsInFlight: requests already sent when the
 // agent is told to stop get their replies; then the connection closes.
 func TestShutdownFinishesRequestsInFlight(t *testing.T) {
-	slow := &agenttest.SlowProvider{Secret: testSecret, Delay: 300 * time.Millisecond}
-	a := start(t, agenttest.Options{Providers: []providers.Provider{slow}})
+	a := startFake(t, &fakeAgent{delay: 300 * time.Millisecond}, socket.Limits{})
 	r := dialRaw(t, a.Path, true)
 	r.send(wire.Message{Type: wire.TypeOpen, ID: 1, Context: 1, Algorithm: uint8(providers.SHA256), Key: []byte("slow-key")})
 	r.send(wire.Message{Type: wire.TypeUpdate, ID: 2, Context: 1, Data: []byte("in flight")})
@@ -215,9 +213,8 @@ func TestShutdownFinishesRequestsInFlight(t *testing.T) {
 // the whole stream still arrives.
 func TestQueuedBytesLimit(t *testing.T) {
 	gate := make(chan struct{})
-	slow := &agenttest.SlowProvider{Secret: testSecret, UpdateGate: gate}
 	const limit, part, parts = 64 << 10, 16 << 10, 64
-	a := start(t, agenttest.Options{Providers: []providers.Provider{slow}, SocketLimits: socket.Limits{MaxQueuedBytes: limit}})
+	a := startFake(t, &fakeAgent{gate: gate}, socket.Limits{MaxQueuedBytes: limit})
 	r := dialRaw(t, a.Path, true)
 	r.send(wire.Message{Type: wire.TypeOpen, ID: 1, Context: 1, Algorithm: uint8(providers.SHA256), Key: []byte("slow-key")})
 	if m := r.recv(); m.Type != wire.TypeOK || m.ID != 1 {

@@ -52,9 +52,10 @@ var DefaultLimits = Limits{
 
 // Server serves an agent on listeners.
 type Server struct {
-	agent  *agent.Agent
-	limits Limits
-	log    *slog.Logger
+	agent      Keys
+	newSession func(agent.Peer) Session
+	limits     Limits
+	log        *slog.Logger
 	// gate shares the agent's CPUs among callers for the work readers
 	// do themselves (see turns.go).
 	gate *fair.Gate
@@ -69,7 +70,7 @@ type Server struct {
 }
 
 // NewServer returns a server for a. A nil logger discards.
-func NewServer(a *agent.Agent, limits Limits, log *slog.Logger) *Server {
+func NewServer[S Session](a Agent[S], limits Limits, log *slog.Logger) *Server {
 	if limits.MaxFrame <= 0 {
 		limits.MaxFrame = DefaultLimits.MaxFrame
 	}
@@ -100,10 +101,11 @@ func NewServer(a *agent.Agent, limits Limits, log *slog.Logger) *Server {
 	}
 	return &Server{
 		agent: a, limits: limits, log: log,
-		gate:      fair.NewGate(0),
-		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[*conn]struct{}),
-		perUID:    make(map[int64]int),
+		gate:       fair.NewGate(0),
+		newSession: func(p agent.Peer) Session { return a.NewSession(p) },
+		listeners:  make(map[net.Listener]struct{}),
+		conns:      make(map[*conn]struct{}),
+		perUID:     make(map[int64]int),
 	}
 }
 

@@ -121,7 +121,7 @@ func start(t *testing.T, opts agenttest.Options) *agenttest.Agent {
 }
 
 func TestHandshake(t *testing.T) {
-	a := start(t, agenttest.Options{})
+	a := startFake(t, &fakeAgent{}, socket.Limits{})
 	t.Run("Good", func(t *testing.T) {
 		r := dialRaw(t, a.Path, true)
 		r.mac(1, "hi")
@@ -150,7 +150,7 @@ func TestHandshake(t *testing.T) {
 // after another on one connection, and checks each gets its error and the
 // connection keeps serving.
 func TestMalformedFrames(t *testing.T) {
-	a := start(t, agenttest.Options{})
+	a := startFake(t, &fakeAgent{}, socket.Limits{})
 	r := dialRaw(t, a.Path, true)
 	frame := func(typ wire.Type, id uint32, payload ...byte) []byte {
 		b := wire.AppendHeader(nil, typ, id, len(payload))
@@ -216,7 +216,7 @@ func TestMalformedFrames(t *testing.T) {
 }
 
 func TestOversizeFrameClosesConnection(t *testing.T) {
-	a := start(t, agenttest.Options{SocketLimits: socket.Limits{MaxFrame: 4096}})
+	a := startFake(t, &fakeAgent{}, socket.Limits{MaxFrame: 4096})
 	r := dialRaw(t, a.Path, true)
 	r.sendRaw([]byte{0x7f, 0xff, 0xff, 0xff, 0x11})
 	r.expectError(0, wire.ErrBadRequest)
@@ -225,8 +225,7 @@ func TestOversizeFrameClosesConnection(t *testing.T) {
 }
 
 func TestStickyUpdateError(t *testing.T) {
-	slow := &agenttest.SlowProvider{Secret: testSecret}
-	a := start(t, agenttest.Options{Providers: []providers.Provider{slow}})
+	a := startFake(t, &fakeAgent{}, socket.Limits{})
 	r := dialRaw(t, a.Path, true)
 	r.send(wire.Message{Type: wire.TypeOpen, ID: 1, Context: 1, Algorithm: uint8(providers.SHA256), Key: []byte("slow-key")})
 	if m := r.recv(); m.Type != wire.TypeOK {
@@ -251,8 +250,7 @@ func TestStickyUpdateError(t *testing.T) {
 // TestOutOfOrderReplies: a slow device must not hold up other requests on
 // the same connection.
 func TestOutOfOrderReplies(t *testing.T) {
-	slow := &agenttest.SlowProvider{Secret: testSecret, Delay: 300 * time.Millisecond}
-	a := start(t, agenttest.Options{Providers: []providers.Provider{slow}})
+	a := startFake(t, &fakeAgent{delay: 300 * time.Millisecond}, socket.Limits{})
 	r := dialRaw(t, a.Path, true)
 	r.send(wire.Message{Type: wire.TypeOpen, ID: 1, Context: 1, Algorithm: uint8(providers.SHA256), Key: []byte("slow-key")})
 	r.send(wire.Message{Type: wire.TypeUpdate, ID: 2, Context: 1, Data: []byte("slow ")})
@@ -353,7 +351,7 @@ func TestConnectionCloseFreesContexts(t *testing.T) {
 }
 
 func TestPipelinedOneShots(t *testing.T) {
-	a := start(t, agenttest.Options{})
+	a := startFake(t, &fakeAgent{}, socket.Limits{})
 	r := dialRaw(t, a.Path, true)
 	// The first request on a key not yet resolved is looked up off the
 	// reader (finding a key may reach a device), so its reply may come
@@ -380,3 +378,41 @@ func TestPipelinedOneShots(t *testing.T) {
 }
 
 func bufioReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }
+
+// TestLargeFramesHandedOver: a large UPDATE frame reaches the session in
+// a frame.Buffer, not a copy; a session that keeps it finds its bytes
+// intact while later frames arrive, and once the session lets go, the
+// socket holds no reference of its own (the buffer went back to the pool).
+func TestLargeFramesHandedOver(t *testing.T) {
+	f := &fakeAgent{keep: true}
+	a := startFake(t, f, socket.Limits{})
+	r := dialRaw(t, a.Path, true)
+	r.send(wire.Message{Type: wire.TypeOpen, ID: 1, Context: 1, Algorithm: uint8(providers.SHA256), Key: []byte("slow-key")})
+	if m := r.recv(); m.Type != wire.TypeOK {
+		t.Fatalf("OPEN: %s %q", m.Type, m.Data)
+	}
+	var all []byte
+	for i := range 20 {
+		data := bytes.Repeat([]byte{byte(i)}, 64<<10)
+		all = append(all, data...)
+		r.send(wire.Message{Type: wire.TypeUpdate, ID: uint32(2 + i), Context: 1, Data: data})
+	}
+	r.send(wire.Message{Type: wire.TypeFinalize, ID: 100, Context: 1})
+	if m := r.recv(); m.Type != wire.TypeTag || !bytes.Equal(m.Tag, sum(all)) {
+		t.Fatalf("FINALIZE: %s %q", m.Type, m.Data)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.held) != 20 {
+		t.Fatalf("%d of 20 large frames handed over in a buffer", len(f.held))
+	}
+	for i, h := range f.held {
+		if !bytes.Equal(h.data, h.want) {
+			t.Fatalf("frame %d changed while the session held it", i)
+		}
+		h.b.Release()
+		if h.b.Held() {
+			t.Errorf("frame %d: a reference is still held after the session let go", i)
+		}
+	}
+}

@@ -48,12 +48,12 @@ func (c *conn) leave(q *queue) {
 // tens of microseconds at a time.
 func (c *conn) updateInTurns(q *queue, id uint32, p []byte) error {
 	if q != nil {
-		return c.sess.Update(c.ctx, id, p)
+		return c.sess.Update(c.ctx, id, p, nil)
 	}
 	for {
 		n := min(len(p), providers.TurnInput)
 		c.enter(nil)
-		err := c.sess.Update(c.ctx, id, p[:n])
+		err := c.sess.Update(c.ctx, id, p[:n], nil)
 		c.leave(nil)
 		if err != nil || n == len(p) {
 			return err

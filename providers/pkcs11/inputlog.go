@@ -5,6 +5,8 @@ package pkcs11
 import (
 	"sync"
 	"sync/atomic"
+
+	"github.com/hmac-agent/hmac-agent/internal/frame"
 )
 
 // inputLog is the input of a context and its copies, kept for replay, as
@@ -13,10 +15,11 @@ import (
 // has diverged starts a log of its own that shares the chunks of its
 // prefix, so forking copies no data.
 //
-// Chunks handed over by the caller go back to it (their release func)
-// when the last log holding them lets go, so that streaming reuses the
-// same buffers instead of asking the kernel for fresh pages: page faults
-// on 64 MiB of fresh memory cost more than the token's hashing of it.
+// A chunk that lies in a caller's frame.Buffer holds a reference to it,
+// released when the last log holding the chunk lets go, so that
+// streaming reuses the same buffers instead of asking the kernel for
+// fresh pages: page faults on 64 MiB of fresh memory cost more than the
+// token's hashing of it.
 type inputLog struct {
 	mu     sync.Mutex
 	pieces []piece
@@ -26,9 +29,9 @@ type inputLog struct {
 
 // chunk is one buffer of input, shared by the logs that hold it.
 type chunk struct {
-	b       []byte
-	release func([]byte) // nil: the log's own copy, left to the GC
-	refs    atomic.Int32 // logs holding it
+	b    []byte
+	buf  *frame.Buffer // holds b; nil: the log's own copy, left to the GC
+	refs atomic.Int32  // logs holding it
 }
 
 // piece is a log's part of a chunk: all of it, or a prefix.
@@ -54,9 +57,10 @@ func (r *logRef) fork() *logRef {
 }
 
 // append adds b, which the log keeps: the caller must never write it
-// again. release, if not nil, gets b back when no log needs it.
-func (r *logRef) append(b []byte, release func([]byte)) {
-	c := &chunk{b: b, release: release}
+// again. buf, if not nil, is a reference to the buffer b lies in, which
+// the log releases when no log needs b.
+func (r *logRef) append(b []byte, buf *frame.Buffer) {
+	c := &chunk{b: b, buf: buf}
 	c.refs.Store(1)
 	r.log.mu.Lock()
 	if r.n == r.log.total {
@@ -117,8 +121,8 @@ func (r *logRef) release() {
 		return
 	}
 	for _, p := range l.pieces {
-		if p.c.refs.Add(-1) == 0 && p.c.release != nil {
-			p.c.release(p.c.b)
+		if p.c.refs.Add(-1) == 0 && p.c.buf != nil {
+			p.c.buf.Release()
 		}
 	}
 	l.pieces = nil

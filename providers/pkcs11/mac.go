@@ -9,6 +9,7 @@ import (
 
 	p11 "github.com/miekg/pkcs11"
 
+	"github.com/hmac-agent/hmac-agent/internal/frame"
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
@@ -72,28 +73,20 @@ func (m *mac) Update(ctx context.Context, p []byte) error {
 
 // UpdateRetained is Update where the log for Copy keeps p itself: the
 // copy Update would make costs a streaming token as much as its hashing.
-func (m *mac) UpdateRetained(ctx context.Context, p []byte, release func([]byte)) error {
-	return m.update(ctx, p, release)
+func (m *mac) UpdateRetained(ctx context.Context, p []byte, b *frame.Buffer) error {
+	return m.update(ctx, p, b)
 }
 
-// update appends p; release, if not nil, means p is handed over, and is
-// called when neither the log nor the token needs p any more.
-func (m *mac) update(ctx context.Context, p []byte, release func([]byte)) error {
+// update appends p; b, if not nil, holds p, and the log keeps a
+// reference to it rather than a copy of p.
+func (m *mac) update(ctx context.Context, p []byte, b *frame.Buffer) error {
 	if m.done {
-		if release != nil {
-			release(p)
-		}
 		return providers.ErrAlreadyFinalized
 	}
 	if err := m.charge(p); err != nil {
-		if release != nil {
-			release(p)
-		}
 		return err
 	}
-	if !m.keep(p, release) && release != nil {
-		defer release(p)
-	}
+	m.keep(p, b)
 	if m.sess == nil && len(m.buf)+len(p) <= m.k.p.cfg.BufferBytes {
 		m.buf = append(m.buf, p...)
 		return nil
@@ -132,27 +125,26 @@ func (m *mac) uncharge() {
 	m.bufCharged = 0
 }
 
-// keep logs input for Copy, until the cap: p itself if handed over (with
-// its release), else a copy. It reports whether the log kept p.
-func (m *mac) keep(p []byte, release func([]byte)) bool {
+// keep logs input for Copy, until the cap: p itself if b holds it (with
+// a reference to b), else a copy.
+func (m *mac) keep(p []byte, b *frame.Buffer) {
 	if m.log == nil {
 		m.dropped += int64(len(p))
-		return false
+		return
 	}
 	if int64(m.log.n+len(p)) > m.k.p.cfg.MaxCopyBytes || m.budget.ChargeOptional(len(p)) != nil {
 		// Past max_copy_bytes, or past what the caller's budget spares
 		// for copies: the context goes on, and cannot be copied.
 		m.dropped = int64(m.log.n + len(p))
 		m.dropLog()
-		return false
+		return
 	}
 	m.logCharged += len(p)
-	if release == nil {
+	if b == nil {
 		m.log.append(append([]byte(nil), p...), nil)
-		return false
+		return
 	}
-	m.log.append(p, release)
-	return true
+	m.log.append(p, b.Retain())
 }
 
 // dropLog lets go of the input kept for Copy.

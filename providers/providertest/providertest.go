@@ -22,6 +22,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/hmac-agent/hmac-agent/internal/frame"
 	"github.com/hmac-agent/hmac-agent/internal/testvectors"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/providers/hashes"
@@ -430,7 +431,11 @@ func (r *runner) testLargeUpdates(t *testing.T) {
 
 // splitsAndCopies streams random messages of up to maxMsg bytes in random
 // updates of up to maxChunk, copying at random points, and checks the
-// original and every copy.
+// original and every copy. A context that keeps its input
+// (providers.Retainer) gets each update in a frame.Buffer of its own,
+// released by the suite at once and scribbled on as its last reference
+// goes, as a reused frame would be: every tag must still be right, and
+// every buffer must come back once the contexts are finished.
 func (r *runner) splitsAndCopies(t *testing.T, algs []providers.Algorithm, rounds, maxMsg, maxChunk int) {
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -451,9 +456,21 @@ func (r *runner) splitsAndCopies(t *testing.T, algs []providers.Algorithm, round
 				pos int
 			}
 			var copies []branch
+			var handed []*frame.Buffer
+			update := func(m providers.MAC, p []byte) error {
+				rt, ok := m.(providers.Retainer)
+				if !ok {
+					return m.Update(ctx, p)
+				}
+				p = bytes.Clone(p)
+				b := frame.New(p, func(p []byte) { clear(p) })
+				handed = append(handed, b)
+				defer b.Release()
+				return rt.UpdateRetained(ctx, p, b)
+			}
 			for pos := 0; pos < len(msg); {
 				n := min(len(msg)-pos, rng.IntN(maxChunk))
-				if err := m.Update(ctx, msg[pos:pos+n]); err != nil {
+				if err := update(m, msg[pos:pos+n]); err != nil {
 					t.Fatal(err)
 				}
 				pos += n
@@ -475,7 +492,7 @@ func (r *runner) splitsAndCopies(t *testing.T, algs []providers.Algorithm, round
 			for _, b := range copies {
 				// Each copy diverges: it gets a suffix of its own.
 				suffix := []byte(fmt.Sprintf("branch at %d", b.pos))
-				if err := b.m.Update(ctx, suffix); err != nil {
+				if err := update(b.m, suffix); err != nil {
 					t.Fatal(err)
 				}
 				got, err := b.m.Finalize(ctx)
@@ -485,6 +502,11 @@ func (r *runner) splitsAndCopies(t *testing.T, algs []providers.Algorithm, round
 				want := reference(alg, secret, append(append([]byte(nil), msg[:b.pos]...), suffix...))
 				if !bytes.Equal(got, want) {
 					t.Fatalf("%s round %d: copy at %d: %x, want %x", alg, round, b.pos, got, want)
+				}
+			}
+			for i, b := range handed {
+				if b.Held() {
+					t.Fatalf("%s round %d: buffer %d of %d still held after its contexts finished", alg, round, i, len(handed))
 				}
 			}
 		}

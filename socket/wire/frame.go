@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 
+	"github.com/hmac-agent/hmac-agent/internal/frame"
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
@@ -114,9 +114,9 @@ func (f *FrameReader) Next() ([]byte, error) {
 // doubling as the bytes arrive.
 func (f *FrameReader) readBody(n int) ([]byte, error) {
 	if cap(f.scratch) < n {
-		if b := pooledBuffer(n); b != nil {
+		if b := frame.Pooled(n); b != nil {
 			if err := f.budget.Charge(cap(b)); err != nil {
-				Recycle(b)
+				frame.Recycle(b)
 				return nil, err
 			}
 			f.setScratch(nil)
@@ -131,7 +131,7 @@ func (f *FrameReader) readBody(n int) ([]byte, error) {
 		return body, nil
 	}
 	if f.scratch != nil {
-		Recycle(f.scratch)
+		frame.Recycle(f.scratch)
 		f.setScratch(nil)
 	}
 	body := []byte(nil)
@@ -172,7 +172,7 @@ func unexpected(err error) error {
 // to go idle: a connection that once streamed should not keep a megabyte.
 func (f *FrameReader) Release() {
 	if f.scratch != nil && !f.inScratch {
-		Recycle(f.scratch)
+		frame.Recycle(f.scratch)
 		f.setScratch(nil)
 	}
 }
@@ -185,34 +185,16 @@ func (f *FrameReader) Free() {
 }
 
 // Take hands over the last frame's body, if it was read into the scratch
-// buffer, so that a caller keeping it past the next Next need not copy it;
-// the caller gives it back with Recycle when done. It returns nil when the
-// body lies in the shared read buffer and must be copied.
-func (f *FrameReader) Take() []byte {
+// buffer, so that a caller keeping it past the next Next need not copy it:
+// the caller holds the one reference and releases it when done, which
+// returns the memory to the pool. It returns nil when the body lies in the
+// shared read buffer and must be copied.
+func (f *FrameReader) Take() *frame.Buffer {
 	if !f.inScratch {
 		return nil
 	}
 	b := f.scratch
 	f.setScratch(nil)
 	f.inScratch = false
-	return b
-}
-
-// buffers recycles large frame bodies: streaming hands one over per
-// frame, and zeroing a fresh one each time costs as much as copying.
-var buffers sync.Pool
-
-// pooledBuffer returns a recycled buffer of at least n bytes, or nil.
-func pooledBuffer(n int) []byte {
-	if b, ok := buffers.Get().(*[]byte); ok && cap(*b) >= n {
-		return (*b)[:n]
-	}
-	return nil
-}
-
-// Recycle returns a body obtained from Take. The caller must not use it
-// afterwards.
-func Recycle(b []byte) {
-	b = b[:0]
-	buffers.Put(&b)
+	return frame.New(b, frame.Recycle)
 }

@@ -44,9 +44,11 @@ func TestFrameMemoryFollowsBytes(t *testing.T) {
 	if held := budget.Held(); held < announced || held > 2*announced {
 		t.Errorf("%d bytes charged for a whole frame of %d", held, announced)
 	}
-	if b := fr.Take(); len(b) != announced {
-		t.Fatalf("Take: %d bytes", len(b))
+	b := fr.Take()
+	if len(b.Bytes()) != announced {
+		t.Fatalf("Take: %d bytes", len(b.Bytes()))
 	}
+	b.Release()
 	if held := budget.Held(); held != 0 {
 		t.Errorf("%d bytes still charged to the reader after Take", held)
 	}
