@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"github.com/hmac-agent/hmac-agent/internal/memlock"
 	"slices"
 	"time"
 
@@ -67,8 +68,21 @@ func (a *Agent) RotateKey(ctx context.Context, peer Peer, provider, name string,
 	if err != nil {
 		return providers.VersionInfo{}, err
 	}
+	// An imported secret goes to the call in a copy of its own, as in
+	// ImportKey: a call past its deadline goes on after RotateKey has
+	// returned and its caller has wiped secret.
+	var own *memlock.Secret
+	if secret != nil {
+		if own, err = memlock.New(secret); own == nil {
+			return providers.VersionInfo{}, a.manageError(peer, "rotate", p, name, err)
+		}
+	}
 	info, err := onDevice(ctx, a.devices[p], func(ctx context.Context) (providers.VersionInfo, error) {
-		return v.RotateKey(ctx, ref, secret, length)
+		if own == nil {
+			return v.RotateKey(ctx, ref, nil, length)
+		}
+		defer own.Destroy()
+		return v.RotateKey(ctx, ref, own.Bytes(), length)
 	}, nil)
 	a.afterVersionChange(ctx, p, ref)
 	if err == nil {
