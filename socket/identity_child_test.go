@@ -139,7 +139,7 @@ func startCallerAs(t *testing.T, cred *syscall.Credential, bin, mode string, env
 // startCommand starts cmd, which runs a copy of the test binary in mode.
 func startCommand(t *testing.T, cmd *exec.Cmd, cred *syscall.Credential, mode string, env ...string) *caller {
 	t.Helper()
-	c := &caller{cmd: agenttest.AsChild(cmd, cred, append([]string{"HMAC_AGENT_IDENTITY_CHILD=" + mode}, env...)...)}
+	c := &caller{cmd: agenttest.AsUser(cmd, cred, append([]string{"HMAC_AGENT_IDENTITY_CHILD=" + mode}, env...)...)}
 	c.cmd.Stdout, c.cmd.Stderr = &c.out, &c.out
 	if mode == "pending" {
 		pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)

@@ -94,14 +94,14 @@ func TestBinaryForOthers(t testing.TB, prefix string) (dir, bin string) {
 // environment and no tests to run: the binary's TestMain reads env and
 // plays the part it names.
 func ChildCommand(bin string, cred *syscall.Credential, env ...string) *exec.Cmd {
-	return AsChild(exec.Command(bin, "-test.run=^$"), cred, env...)
+	return AsUser(exec.Command(bin, "-test.run=^$"), cred, env...)
 }
 
-// AsChild makes cmd, which runs a copy of this test binary either itself
-// or through another program (unshare, sh), run as cred (nil: as this
-// process's user) with env added to this process's environment. It
-// returns cmd.
-func AsChild(cmd *exec.Cmd, cred *syscall.Credential, env ...string) *exec.Cmd {
+// AsUser makes cmd run as cred (nil: as this process's user) with env
+// added to this process's environment, and returns it: for a copy of this
+// test binary run through another program (unshare, sh), or for another
+// program run as another user.
+func AsUser(cmd *exec.Cmd, cred *syscall.Credential, env ...string) *exec.Cmd {
 	if cred != nil {
 		// Groups nil clears the supplementary groups, as setpriv's
 		// --clear-groups does: the child has only what cred gives it.
