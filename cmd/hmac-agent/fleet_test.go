@@ -32,22 +32,12 @@ func startFleetAgent(t *testing.T, dir string, srv *p11kit.Server, tok *softhsm.
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "agent.sock")
-	pin := filepath.Join(dir, "pin")
-	writeFile(t, pin, tok.PIN, 0o600)
 	refreshLine := ""
 	if refresh != 0 {
 		refreshLine = fmt.Sprintf("version_refresh = %q\n", refresh)
 	}
 	conf := filepath.Join(dir, "agent.toml")
-	writeFile(t, conf, fmt.Sprintf(`%s[audit]
-destination = "off"
-[[provider]]
-name = "hsm"
-type = "pkcs11"
-module = %q
-token = %q
-pin_file = %q
-`, refreshLine, srv.Module, tok.Label, pin), 0o600)
+	writeFile(t, conf, refreshLine+pkcs11Config(t, dir, srv.Module, tok), 0o600)
 	served := startAgent(t, []string{srv.Env()}, "--config", conf, "--socket", sock)
 	return &fleetAgent{c: served.mustDial(t, sock)}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/softhsm"
 )
 
 // The tests here that need the agent as a process of its own (to kill it,
@@ -71,6 +72,20 @@ func writeFile(t *testing.T, path, text string, mode os.FileMode) {
 // software provider, "soft", keeping its keys in keys.
 func softwareConfig(keys string) string {
 	return fmt.Sprintf("[audit]\ndestination = \"off\"\n[[provider]]\nname = \"soft\"\ntype = \"software\"\npath = %q\n", keys)
+}
+
+// pkcs11Config is a configuration with the audit log off and one PKCS#11
+// provider, "hsm", on tok through module, with the lines of settings
+// added to its table. It writes the token's PIN to a file in dir.
+func pkcs11Config(t *testing.T, dir, module string, tok *softhsm.Token, settings ...string) string {
+	t.Helper()
+	pin := filepath.Join(dir, "pin")
+	writeFile(t, pin, tok.PIN, 0o600)
+	text := fmt.Sprintf("[audit]\ndestination = \"off\"\n[[provider]]\nname = \"hsm\"\ntype = \"pkcs11\"\nmodule = %q\ntoken = %q\npin_file = %q\n", module, tok.Label, pin)
+	for _, s := range settings {
+		text += s + "\n"
+	}
+	return text
 }
 
 // process is a program a test runs (the agent, or a program that starts

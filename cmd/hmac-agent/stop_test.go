@@ -22,21 +22,9 @@ func TestStopWithStuckTokenCall(t *testing.T) {
 	tok := softhsm.Require(t, "stop-test")
 	dir := agenttest.SocketDir(t)
 	sock := filepath.Join(dir, "agent.sock")
-	pin := filepath.Join(dir, "pin")
-	writeFile(t, pin, tok.PIN, 0o600)
 	conf := filepath.Join(dir, "agent.toml")
-	writeFile(t, conf, fmt.Sprintf(`socket = %q
-shutdown_grace = "1s"
-[audit]
-destination = "off"
-[[provider]]
-name = "hsm"
-type = "pkcs11"
-module = %q
-token = %q
-pin_file = %q
-timeout = "500ms"
-`, sock, softhsm.Module, tok.Label, pin), 0o600)
+	writeFile(t, conf, fmt.Sprintf("socket = %q\nshutdown_grace = \"1s\"\n", sock)+
+		pkcs11Config(t, dir, softhsm.Module, tok, `timeout = "500ms"`), 0o600)
 	agent := startAgent(t, nil, "--config", conf)
 	c := agent.mustDial(t, sock)
 	ctx := context.Background()
