@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/internal/softhsm"
 )
 
@@ -93,7 +93,7 @@ func pkcs11Config(t *testing.T, dir, module string, tok *softhsm.Token, settings
 // stopped when the test ends, and its output logged if the test failed.
 type process struct {
 	cmd  *exec.Cmd
-	out  syncBuffer
+	out  agenttest.SyncBuffer
 	done chan struct{} // closed once it has exited
 	err  error         // how it exited, once done is closed
 }
@@ -205,22 +205,4 @@ func (p *process) waitListening(t *testing.T, path string) {
 		}
 	}
 	t.Fatalf("nothing listens on %s:\n%s", path, p.logs())
-}
-
-// syncBuffer is a bytes.Buffer that a process writes while a test reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

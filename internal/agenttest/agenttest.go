@@ -7,7 +7,7 @@
 // ([Outcomes]).
 //
 // An [Agent] is safe for concurrent use, as the agent and server it holds
-// are; a [Forger]'s methods may be called from any goroutine.
+// are; so are a [Forger]'s methods and a [SyncBuffer].
 package agenttest
 
 import (
