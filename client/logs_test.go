@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/hmac-agent/hmac-agent/client"
@@ -14,26 +13,8 @@ import (
 	"github.com/hmac-agent/hmac-agent/providers/providertest"
 )
 
-// syncBuffer is a bytes.Buffer safe for the agent's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestLogsHoldNoSecrets(t *testing.T) {
-	var buf syncBuffer
+	var buf agenttest.SyncBuffer
 	debug := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	audit := slog.New(slog.NewJSONHandler(&buf, nil))
 	a := agenttest.Start(t, agenttest.Options{Logger: debug, Audit: audit})
@@ -49,7 +30,7 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 }
 
 func TestAuditLineFields(t *testing.T) {
-	var buf syncBuffer
+	var buf agenttest.SyncBuffer
 	a := agenttest.Start(t, agenttest.Options{Audit: slog.New(slog.NewJSONHandler(&buf, nil))})
 	ctx := context.Background()
 	a.Soft.ImportKey(ctx, "audited", []byte("k"))

@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -15,44 +13,16 @@ import (
 	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
-	"github.com/hmac-agent/hmac-agent/providers"
-	"github.com/hmac-agent/hmac-agent/socket"
 )
 
 // policyChild runs the operations of TestPolicyMatrix for one user, in
 // the child process running under that user's uid, and prints each
 // outcome on a line.
 func policyChild() {
-	ctx := context.Background()
 	tag, _ := hex.DecodeString(os.Getenv("POLICY_TAG"))
-	msg := []byte("policy matrix message")
-	for _, kv := range strings.Split(os.Getenv("POLICY_CASES"), ",") {
-		key, op, _ := strings.Cut(kv, ":")
-		c, err := client.Dial(ctx, os.Getenv("POLICY_SOCK"))
-		if err == nil {
-			switch op {
-			case "mac":
-				_, err = c.MAC(ctx, key, client.SHA256, msg)
-			case "verify_mac":
-				err = c.VerifyMAC(ctx, key, client.SHA256, msg, tag)
-			case "finalize", "verify":
-				var h *client.HMAC
-				if h, err = c.New(ctx, key, client.SHA256); err == nil {
-					h.Update(msg)
-					if op == "finalize" {
-						_, err = h.Finalize(ctx)
-					} else {
-						err = h.Verify(ctx, tag)
-					}
-				}
-			case "generate":
-				_, err = c.GenerateKey(ctx, "", key, 0)
-			case "delete":
-				err = c.DeleteKey(ctx, "", key)
-			}
-			c.Close()
-		}
-		fmt.Println(providers.ErrorName(err))
+	cases := strings.Split(os.Getenv("POLICY_CASES"), ",")
+	for _, outcome := range agenttest.Outcomes(context.Background(), os.Getenv("POLICY_SOCK"), cases, []byte("policy matrix message"), tag) {
+		fmt.Println(outcome)
 	}
 	os.Exit(0)
 }
@@ -62,22 +32,11 @@ func policyChild() {
 // each is allowed or denied as the policy says. It must run as root, as CI
 // does.
 func TestPolicyMatrix(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set but the tests do not run as root; the policy matrix needs root to run clients as other users")
-		}
-		t.Skip("needs root to run clients as other users")
-	}
+	agenttest.RequireRoot(t, "to run clients as other users")
 	const sockGroup = 2001
-	dir, err := os.MkdirTemp("", "hmac-agent-policy-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	os.Chmod(dir, 0o711) // others may pass through to the socket's directory
-	// The test binary, where other users may run it.
-	self := filepath.Join(dir, "child")
-	copyFile(t, os.Args[0], self)
+	// Others may pass through dir to the socket's directory and run the
+	// copy of the test binary.
+	dir, self := agenttest.TestBinaryForOthers(t, "hmac-agent-policy-")
 
 	shared := agent.Policy{UIDs: []uint32{1001}, Ops: agent.OpMAC | agent.OpVerify}
 	groupVerify := agent.Policy{GIDs: []uint32{2002}, Ops: agent.OpVerify}
@@ -93,11 +52,7 @@ func TestPolicyMatrix(t *testing.T) {
 	tag := hex.EncodeToString(hmacOf(client.SHA256, secret, []byte("policy matrix message")))
 	// A second listener on a socket the group may use.
 	path := filepath.Join(dir, "run", "agent.sock")
-	l, err := socket.Listen(path, sockGroup)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go a.Server.Serve(ctx, l)
+	a.Listen(t, path, sockGroup)
 	if fi, _ := os.Stat(filepath.Dir(path)); fi.Mode().Perm() != 0o750 {
 		t.Errorf("socket directory mode %v, want 0750 with a group", fi.Mode().Perm())
 	}
@@ -128,10 +83,8 @@ func TestPolicyMatrix(t *testing.T) {
 	}
 	// runAll runs a user's cases in one child process running as the user.
 	runAll := func(u user, cases []string) []string {
-		cmd := exec.Command(self, "-test.run=^$")
-		cmd.Env = append(os.Environ(), "HMAC_AGENT_POLICY_CHILD=1", "POLICY_SOCK="+path,
-			"POLICY_CASES="+strings.Join(cases, ","), "POLICY_TAG="+tag)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: u.uid, Gid: u.gid, Groups: u.groups}}
+		cmd := agenttest.ChildCommand(self, &syscall.Credential{Uid: u.uid, Gid: u.gid, Groups: u.groups},
+			"HMAC_AGENT_POLICY_CHILD=1", "POLICY_SOCK="+path, "POLICY_CASES="+strings.Join(cases, ","), "POLICY_TAG="+tag)
 		cmd.Dir = dir
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -170,21 +123,4 @@ func TestPolicyMatrix(t *testing.T) {
 		}
 	}
 	t.Logf("%d user × key × operation cases, %d denied as the policy says", cases, deniedCount)
-}
-
-func copyFile(t *testing.T, from, to string) {
-	t.Helper()
-	src, err := os.Open(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	dst, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dst.Close()
-	if _, err := io.Copy(dst, src); err != nil {
-		t.Fatal(err)
-	}
 }

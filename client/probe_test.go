@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -15,7 +14,6 @@ import (
 	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/providers"
-	"github.com/hmac-agent/hmac-agent/socket"
 )
 
 // probeChild runs in a process under another uid: for each name in
@@ -50,21 +48,9 @@ func probeChild() {
 // cannot tell which names exist. The agent's owner still tells
 // key_not_found from permission_denied. It must run as root, as CI does.
 func TestNameProbing(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set but the tests do not run as root; name probing needs root to run a client as another user")
-		}
-		t.Skip("needs root to run a client as another user")
-	}
+	agenttest.RequireRoot(t, "to run a client as another user")
 	const sockGroup = 2001
-	dir, err := os.MkdirTemp("", "hmac-agent-probe-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	os.Chmod(dir, 0o711)
-	self := filepath.Join(dir, "child")
-	copyFile(t, os.Args[0], self)
+	dir, self := agenttest.TestBinaryForOthers(t, "hmac-agent-probe-")
 
 	other := agent.Policy{UIDs: []uint32{1001}, Ops: agent.OpMAC | agent.OpVerify}
 	a := agenttest.Start(t, agenttest.Options{Keys: []agent.KeyConfig{
@@ -78,16 +64,11 @@ func TestNameProbing(t *testing.T) {
 		}
 	}
 	path := filepath.Join(dir, "run", "agent.sock")
-	l, err := socket.Listen(path, sockGroup)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go a.Server.Serve(ctx, l)
+	a.Listen(t, path, sockGroup)
 
 	names := []string{"exists-owner", "no-such-key", "configured-other", "configured-missing"}
-	cmd := exec.Command(self, "-test.run=^$")
-	cmd.Env = append(os.Environ(), "HMAC_AGENT_PROBE_CHILD=1", "PROBE_SOCK="+path, "PROBE_NAMES="+strings.Join(names, ","))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1003, Gid: 1003, Groups: []uint32{sockGroup}}}
+	cmd := agenttest.ChildCommand(self, &syscall.Credential{Uid: 1003, Gid: 1003, Groups: []uint32{sockGroup}},
+		"HMAC_AGENT_PROBE_CHILD=1", "PROBE_SOCK="+path, "PROBE_NAMES="+strings.Join(names, ","))
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
 	if err != nil {

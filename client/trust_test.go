@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -24,21 +23,9 @@ const otherUID = 1005
 // that user plants its server. It needs root.
 func trustSetup(t *testing.T) (bin, evilDir string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set but the tests do not run as root; the untrusted-agent tests need root to run a server as another user")
-		}
-		t.Skip("needs root to run a server as another user")
-	}
+	agenttest.RequireRoot(t, "to run a server as another user")
 	t.Setenv("HMAC_AGENT_UID", "")
-	dir, err := os.MkdirTemp("", "hmac-agent-trust-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o711)
-	bin = filepath.Join(dir, "child")
-	copyFile(t, os.Args[0], bin)
+	dir, bin := agenttest.TestBinaryForOthers(t, "hmac-agent-trust-")
 	evilDir = filepath.Join(dir, "evil")
 	if err := os.Mkdir(evilDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -120,10 +107,8 @@ func TestDialTrustsNamedAgentUser(t *testing.T) {
 
 	// The client's own uid: a client running as 1005 believes its own
 	// user's agent.
-	cmd := exec.Command(bin, "-test.run=^$")
-	cmd.Env = append(os.Environ(), "HMAC_AGENT_POLICY_CHILD=1", "POLICY_SOCK="+path,
-		"POLICY_CASES=webhook:verify_mac", "POLICY_TAG="+strings.Repeat("00", 32))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: otherUID, Gid: otherUID}}
+	cmd := agenttest.ChildCommand(bin, &syscall.Credential{Uid: otherUID, Gid: otherUID},
+		"HMAC_AGENT_POLICY_CHILD=1", "POLICY_SOCK="+path, "POLICY_CASES=webhook:verify_mac", "POLICY_TAG="+strings.Repeat("00", 32))
 	out, err := cmd.CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != "ok" {
 		t.Errorf("a client as uid 1005 against its own user's agent: %v: %s", err, out)

@@ -235,7 +235,7 @@ func TestVersionsGraceAndAutoRotation(t *testing.T) { runVersions(t, versionsGra
 func versionsGraceAndAutoRotation(t *testing.T, b versionsBackend, start func(agenttest.Options) *versionsAgent) {
 	ctx := context.Background()
 	clock := &testClock{now: time.Now()}
-	var auditBuf syncBuffer
+	var auditBuf agenttest.SyncBuffer
 	a := start(agenttest.Options{
 		VersionRefresh: -1,
 		Now:            clock.Now,

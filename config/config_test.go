@@ -13,6 +13,27 @@ import (
 	"github.com/hmac-agent/hmac-agent/providers/software"
 )
 
+// softProvider is a software provider table for configurations whose
+// subject is elsewhere.
+const softProvider = `
+[[provider]]
+name = "soft"
+type = "software"
+path = "/var/lib/hmac-agent/keys"
+`
+
+// wantMentions fails the test for each of wants that the error from
+// loading a configuration does not mention: a broken config is reported
+// with one message per broken rule.
+func wantMentions(t *testing.T, err error, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+}
+
 func write(t *testing.T, text string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "agent.toml")
@@ -117,7 +138,7 @@ operations = ["sign"]
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
-	for _, want := range []string{
+	wantMentions(t, err,
 		"colour: unknown field",
 		"socket: must be an absolute path",
 		"log.level: must be debug",
@@ -137,11 +158,7 @@ operations = ["sign"]
 		"key[0].uri: give object or uri, not both",
 		"key[0].policy: users: \"no-such-user-xyz\"",
 		"operations: unknown operation \"sign\"",
-	} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error does not mention %q:\n%v", want, err)
-		}
-	}
+	)
 }
 
 func TestDefault(t *testing.T) {
@@ -166,13 +183,9 @@ func itoa(n int) string { return strconv.Itoa(n) }
 // no users or groups would deny everyone, the owner included; it is a
 // configuration error that says so, for a key and for default_policy.
 func TestPolicyWithOperationsButNobody(t *testing.T) {
-	_, err := Load(write(t, `
+	_, err := Load(write(t, softProvider+`
 [default_policy]
 operations = ["mac"]
-[[provider]]
-name = "soft"
-type = "software"
-path = "/var/lib/hmac-agent/keys"
 [[key]]
 name = "webhook"
 provider = "soft"
@@ -182,21 +195,13 @@ operations = ["verify"]
 	if err == nil {
 		t.Fatal("a policy naming operations but nobody was accepted")
 	}
-	for _, want := range []string{
+	wantMentions(t, err,
 		"default_policy: names no caller",
 		"key[0].policy: names no caller",
-	} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error does not mention %q:\n%v", want, err)
-		}
-	}
+	)
 	// Naming a user or a group alone is enough.
 	for _, who := range []string{`users = [0]`, `groups = [0]`} {
-		if _, err := Load(write(t, `
-[[provider]]
-name = "soft"
-type = "software"
-path = "/var/lib/hmac-agent/keys"
+		if _, err := Load(write(t, softProvider+`
 [[key]]
 name = "webhook"
 provider = "soft"
@@ -242,15 +247,11 @@ sessions = "eight"
 	if err == nil {
 		t.Fatal("fields of another kind accepted")
 	}
-	for _, want := range []string{
+	wantMentions(t, err,
 		"provider[1].module: unknown field for a software provider",
 		"provider[2].slot: unknown field for a tpm provider",
 		"provider[3]: ",
-	} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error does not mention %q:\n%v", want, err)
-		}
-	}
+	)
 	if strings.Contains(err.Error(), "provider[0]") {
 		t.Errorf("the valid pkcs11 table is blamed:\n%v", err)
 	}

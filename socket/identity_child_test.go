@@ -20,7 +20,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hmac-agent/hmac-agent/agent"
-	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/internal/softhsm"
 	"github.com/hmac-agent/hmac-agent/providers"
@@ -52,32 +51,10 @@ func TestMain(m *testing.M) {
 // connection of its own and prints each outcome's error name.
 func identityCasesChild() {
 	os.Stdin.Read(make([]byte, 1))
-	ctx := context.Background()
 	tag, _ := hex.DecodeString(os.Getenv("IDENTITY_TAG"))
-	msg := []byte("identity matrix message")
-	for _, kv := range strings.Split(os.Getenv("IDENTITY_CASES"), ",") {
-		key, op, _ := strings.Cut(kv, ":")
-		c, err := client.Dial(ctx, os.Getenv("IDENTITY_SOCK"))
-		if err == nil {
-			switch op {
-			case "mac":
-				_, err = c.MAC(ctx, key, client.SHA256, msg)
-			case "verify_mac":
-				err = c.VerifyMAC(ctx, key, client.SHA256, msg, tag)
-			case "finalize", "verify":
-				var h *client.HMAC
-				if h, err = c.New(ctx, key, client.SHA256); err == nil {
-					h.Update(msg)
-					if op == "finalize" {
-						_, err = h.Finalize(ctx)
-					} else {
-						err = h.Verify(ctx, tag)
-					}
-				}
-			}
-			c.Close()
-		}
-		fmt.Println(providers.ErrorName(err))
+	cases := strings.Split(os.Getenv("IDENTITY_CASES"), ",")
+	for _, outcome := range agenttest.Outcomes(context.Background(), os.Getenv("IDENTITY_SOCK"), cases, []byte("identity matrix message"), tag) {
+		fmt.Println(outcome)
 	}
 	os.Exit(0)
 }
@@ -162,11 +139,7 @@ func startCallerAs(t *testing.T, cred *syscall.Credential, bin, mode string, env
 // startCommand starts cmd, which runs a copy of the test binary in mode.
 func startCommand(t *testing.T, cmd *exec.Cmd, cred *syscall.Credential, mode string, env ...string) *caller {
 	t.Helper()
-	c := &caller{cmd: cmd}
-	if cred != nil {
-		c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	}
-	c.cmd.Env = append(append(os.Environ(), "HMAC_AGENT_IDENTITY_CHILD="+mode), env...)
+	c := &caller{cmd: agenttest.AsUser(cmd, cred, append([]string{"HMAC_AGENT_IDENTITY_CHILD=" + mode}, env...)...)}
 	c.cmd.Stdout, c.cmd.Stderr = &c.out, &c.out
 	if mode == "pending" {
 		pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -282,15 +255,7 @@ func copyBinary(t *testing.T, path string, extra []byte) []byte {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = append(b, extra...)
-	if err := os.WriteFile(path, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(b)
+	sum := sha256.Sum256(agenttest.CopyTestBinary(t, path, extra))
 	return sum[:]
 }
 

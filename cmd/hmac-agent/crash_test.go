@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -16,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 )
 
 // TestKillDuringImportsLeavesNoKeyBytes SIGKILLs a real agent while a
@@ -26,21 +25,10 @@ import (
 // holds any key's bytes or their base64. The agent must start again on
 // what is left each time.
 func TestKillDuringImportsLeavesNoKeyBytes(t *testing.T) {
-	dir, err := os.MkdirTemp("", "hmac-agent-crash-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "hmac-agent")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v: %s", err, out)
-	}
+	dir := agenttest.SocketDir(t)
 	keys := filepath.Join(dir, "keys")
 	conf := filepath.Join(dir, "agent.toml")
-	text := "[audit]\ndestination = \"off\"\n[[provider]]\nname = \"soft\"\ntype = \"software\"\npath = \"" + keys + "\"\n"
-	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, conf, softwareConfig(keys), 0o600)
 	// secretOf makes each name's key distinct and known to the test.
 	secretOf := func(name string) []byte {
 		s := sha256.Sum256([]byte("crash test " + name))
@@ -52,24 +40,11 @@ func TestKillDuringImportsLeavesNoKeyBytes(t *testing.T) {
 	imported, leftovers := 0, 0
 	for round := range rounds {
 		sock := filepath.Join(dir, "agent.sock")
-		cmd := exec.Command(bin, "serve", "--config", conf, "--socket", sock)
-		var logs bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &logs, &logs
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		agent := startAgent(t, nil, "--config", conf, "--socket", sock)
 		ctx := context.Background()
-		var c *client.Client
-		for i := 0; ; i++ {
-			if c, err = client.Dial(ctx, sock); err == nil {
-				break
-			}
-			if i > 500 || cmd.ProcessState != nil {
-				cmd.Process.Kill()
-				cmd.Wait()
-				t.Fatalf("round %d: the agent did not start on what the last kill left: %v\n%s", round, err, logs.String())
-			}
-			time.Sleep(10 * time.Millisecond)
+		c, err := agent.dial(sock)
+		if err != nil {
+			t.Fatalf("round %d: the agent did not start on what the last kill left: %v", round, err)
 		}
 		// Importers run until the kill breaks their connection.
 		var mu sync.Mutex
@@ -92,8 +67,7 @@ func TestKillDuringImportsLeavesNoKeyBytes(t *testing.T) {
 			})
 		}
 		time.Sleep(time.Duration(5+rand.IntN(40)) * time.Millisecond)
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
+		agent.stop(syscall.SIGKILL)
 		wg.Wait()
 		c.Close()
 		os.Remove(sock)

@@ -6,14 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/internal/p11kit"
 	"github.com/hmac-agent/hmac-agent/internal/softhsm"
 )
@@ -22,78 +21,25 @@ import (
 // token served by `p11-kit server`, reached through p11-kit-client.so as
 // an agent on another host would reach a network HSM.
 type fleetAgent struct {
-	sock string
-	c    *client.Client
-	logs bytes.Buffer
+	c *client.Client
 }
 
-// startFleetAgent runs bin serve with a config naming the token through
-// srv; refresh is its version_refresh, 0 for the default.
-func startFleetAgent(t *testing.T, bin, dir string, srv *p11kit.Server, tok *softhsm.Token, refresh time.Duration) *fleetAgent {
+// startFleetAgent runs hmac-agent serve with a config naming the token
+// through srv; refresh is its version_refresh, 0 for the default.
+func startFleetAgent(t *testing.T, dir string, srv *p11kit.Server, tok *softhsm.Token, refresh time.Duration) *fleetAgent {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	f := &fleetAgent{sock: filepath.Join(dir, "agent.sock")}
-	pin := filepath.Join(dir, "pin")
-	if err := os.WriteFile(pin, []byte(tok.PIN), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	sock := filepath.Join(dir, "agent.sock")
 	refreshLine := ""
 	if refresh != 0 {
 		refreshLine = fmt.Sprintf("version_refresh = %q\n", refresh)
 	}
 	conf := filepath.Join(dir, "agent.toml")
-	text := fmt.Sprintf(`%s[audit]
-destination = "off"
-[[provider]]
-name = "hsm"
-type = "pkcs11"
-module = %q
-token = %q
-pin_file = %q
-`, refreshLine, srv.Module, tok.Label, pin)
-	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "serve", "--config", conf, "--socket", f.sock)
-	cmd.Env = append(os.Environ(), srv.Env())
-	cmd.Stdout, cmd.Stderr = &f.logs, &f.logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("agent on %s:\n%s", f.sock, f.logs.String())
-		}
-	})
-	ctx := context.Background()
-	var err error
-	for i := 0; ; i++ {
-		if f.c, err = client.Dial(ctx, f.sock); err == nil {
-			break
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("agent exited: %v\n%s", err, f.logs.String())
-		default:
-		}
-		if i > 1000 {
-			t.Fatalf("agent did not start: %v\n%s", err, f.logs.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Cleanup(func() { f.c.Close() })
-	return f
+	writeFile(t, conf, refreshLine+pkcs11Config(t, dir, srv.Module, tok), 0o600)
+	served := startAgent(t, []string{srv.Env()}, "--config", conf, "--socket", sock)
+	return &fleetAgent{c: served.mustDial(t, sock)}
 }
 
 // waitSeen calls check until it returns nil, and returns how long that
@@ -124,15 +70,7 @@ func waitSeen(t *testing.T, refresh time.Duration, what string, check func() err
 func TestTwoAgentsShareVersions(t *testing.T) {
 	tok := softhsm.Require(t, "fleet")
 	srv := p11kit.Require(t, softhsm.Module, "pkcs11:token="+tok.Label)
-	dir, err := os.MkdirTemp("", "hmac-agent-fleet-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	bin := filepath.Join(dir, "hmac-agent")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v: %s", err, out)
-	}
+	dir := agenttest.SocketDir(t)
 	for _, refresh := range []time.Duration{500 * time.Millisecond, 0} {
 		name := "refresh=" + refresh.String()
 		effective := refresh
@@ -141,8 +79,8 @@ func TestTwoAgentsShareVersions(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			sub := filepath.Join(dir, fmt.Sprintf("r%d", refresh.Milliseconds()))
-			one := startFleetAgent(t, bin, filepath.Join(sub, "one"), srv, tok, refresh)
-			two := startFleetAgent(t, bin, filepath.Join(sub, "two"), srv, tok, refresh)
+			one := startFleetAgent(t, filepath.Join(sub, "one"), srv, tok, refresh)
+			two := startFleetAgent(t, filepath.Join(sub, "two"), srv, tok, refresh)
 			shareVersions(t, one, two, "hook-"+fmt.Sprint(refresh.Milliseconds()), effective)
 		})
 	}

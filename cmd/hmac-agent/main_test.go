@@ -26,11 +26,13 @@ func TestMain(m *testing.M) {
 }
 
 // cleanupAfter removes the SoftHSM2 configuration and tokens the tests
-// made once they have run: testscript.Main exits without returning.
+// made, and the agent binary they built, once they have run:
+// testscript.Main exits without returning.
 type cleanupAfter struct{ m *testing.M }
 
 func (c cleanupAfter) Run() int {
 	defer softhsm.Cleanup()
+	defer removeAgentBinary()
 	return c.m.Run()
 }
 

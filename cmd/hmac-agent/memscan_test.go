@@ -9,14 +9,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/providers/hashes"
 )
@@ -109,45 +108,13 @@ func scanMemory(t *testing.T, pid int, patterns map[string][]byte) (outside, ins
 // the key is deleted, nowhere. It must run as root, as CI does: only
 // root can read a non-dumpable process's memory.
 func TestKeyMaterialOnlyInLockedMemory(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set but the tests do not run as root; reading the agent's memory needs root")
-		}
-		t.Skip("needs root to read the agent's memory")
-	}
-	dir, err := os.MkdirTemp("", "hmac-agent-memscan-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "hmac-agent")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v: %s", err, out)
-	}
+	agenttest.RequireRoot(t, "to read the agent's memory")
+	dir := agenttest.SocketDir(t)
 	sock := filepath.Join(dir, "agent.sock")
-	cmd := exec.Command(bin, "serve", "--socket", sock)
-	cmd.Env = append(os.Environ(), "XDG_STATE_HOME="+filepath.Join(dir, "state"), "XDG_RUNTIME_DIR="+dir, "HOME="+dir)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	}()
+	env := []string{"XDG_STATE_HOME=" + filepath.Join(dir, "state"), "XDG_RUNTIME_DIR=" + dir, "HOME=" + dir}
+	agent := startAgent(t, env, "--socket", sock)
+	c := agent.mustDial(t, sock)
 	ctx := context.Background()
-	var c *client.Client
-	for i := 0; ; i++ {
-		if c, err = client.Dial(ctx, sock); err == nil {
-			break
-		}
-		if i > 500 {
-			t.Fatalf("agent did not start: %v\n%s", err, logs.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	defer c.Close()
 
 	secret := make([]byte, 40)
 	rand.Read(secret)
@@ -171,7 +138,7 @@ func TestKeyMaterialOnlyInLockedMemory(t *testing.T) {
 		}
 	}
 	useKey()
-	pid := cmd.Process.Pid
+	pid := agent.pid()
 	outside, inside := scanMemory(t, pid, patterns)
 	for _, w := range inside {
 		t.Logf("in locked memory: %s", w)
@@ -184,26 +151,11 @@ func TestKeyMaterialOnlyInLockedMemory(t *testing.T) {
 	// Restart: the key is now read from its file, whose base64 text is
 	// as secret as the key.
 	c.Close()
-	cmd.Process.Signal(os.Interrupt)
-	cmd.Wait()
-	cmd = exec.Command(bin, "serve", "--socket", sock)
-	cmd.Env = append(os.Environ(), "XDG_STATE_HOME="+filepath.Join(dir, "state"), "XDG_RUNTIME_DIR="+dir, "HOME="+dir)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; ; i++ {
-		if c, err = client.Dial(ctx, sock); err == nil {
-			break
-		}
-		if i > 500 {
-			t.Fatalf("agent did not restart: %v\n%s", err, logs.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	defer c.Close()
+	agent.stop(os.Interrupt)
+	agent = startAgent(t, env, "--socket", sock)
+	c = agent.mustDial(t, sock)
 	useKey()
-	pid = cmd.Process.Pid
+	pid = agent.pid()
 	outside, _ = scanMemory(t, pid, patterns)
 	for _, w := range outside {
 		t.Errorf("outside locked memory after a restart and MACs: %s", w)

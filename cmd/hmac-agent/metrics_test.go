@@ -12,54 +12,19 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
-
-// startServe runs `hmac-agent serve --config` from a binary built for
-// the test and returns its stderr; the agent is stopped at cleanup.
-func startServe(t *testing.T, bin, cfg string) (*exec.Cmd, *bytes.Buffer) {
-	t.Helper()
-	cmd := exec.Command(bin, "serve", "--config", cfg)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	})
-	return cmd, &stderr
-}
-
-func waitFor(t *testing.T, path string, stderr *bytes.Buffer) {
-	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return
-		}
-	}
-	t.Fatalf("nothing listens on %s: %s", path, stderr)
-}
 
 // TestMetricsOnUnixSocket serves metrics on "unix:/path" and checks that
 // the socket is made as the agent's is: a 0700 directory of the agent's
 // user holding a 0600 socket, refused when the directory is a link, and
 // removed at shutdown. The page read through it parses as text format.
 func TestMetricsOnUnixSocket(t *testing.T) {
-	dir, err := os.MkdirTemp("", "ha-metrics-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	bin := filepath.Join(dir, "hmac-agent")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v: %s", err, out)
-	}
+	dir := agenttest.SocketDir(t)
+	bin := agentBinary(t)
 	keys := filepath.Join(dir, "keys")
 	os.Mkdir(keys, 0o700)
 	config := func(name, metrics string) string {
@@ -67,9 +32,7 @@ func TestMetricsOnUnixSocket(t *testing.T) {
 		text := "socket = \"" + filepath.Join(dir, "run", "agent.sock") + "\"\n" +
 			"metrics = \"unix:" + metrics + "\"\n" +
 			"[[provider]]\nname = \"soft\"\ntype = \"software\"\npath = \"" + keys + "\"\n"
-		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		writeFile(t, p, text, 0o600)
 		return p
 	}
 
@@ -85,8 +48,8 @@ func TestMetricsOnUnixSocket(t *testing.T) {
 	}
 
 	path := filepath.Join(dir, "mrun", "metrics.sock")
-	cmd, stderr := startServe(t, bin, config("agent.toml", path))
-	waitFor(t, path, stderr)
+	agent := startAgent(t, nil, "--config", config("agent.toml", path))
+	agent.waitListening(t, path)
 	for p, want := range map[string]os.FileMode{filepath.Dir(path): os.ModeDir | 0o700, path: os.ModeSocket | 0o600} {
 		fi, err := os.Lstat(p)
 		if err != nil {
@@ -117,8 +80,7 @@ func TestMetricsOnUnixSocket(t *testing.T) {
 		t.Errorf("metrics page lacks the agent's families: %s", body)
 	}
 
-	cmd.Process.Signal(syscall.SIGTERM)
-	cmd.Wait()
+	agent.stop(syscall.SIGTERM)
 	if _, err := os.Lstat(path); err == nil {
 		t.Error("the metrics socket is left behind after shutdown")
 	}

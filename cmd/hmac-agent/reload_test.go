@@ -6,13 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 )
 
 // TestSIGHUPEndsRevokedContexts runs a real agent, opens contexts, and
@@ -21,15 +21,7 @@ import (
 // whether an update's sticky error reported by finalize, a copy or a
 // finalize, is denied, and the other key's context goes on.
 func TestSIGHUPEndsRevokedContexts(t *testing.T) {
-	dir, err := os.MkdirTemp("", "hmac-agent-reload-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "hmac-agent")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v: %s", err, out)
-	}
+	dir := agenttest.SocketDir(t)
 	sock := filepath.Join(dir, "agent.sock")
 	conf := filepath.Join(dir, "agent.toml")
 	writeConf := func(narrowedOps string) {
@@ -54,33 +46,12 @@ object = "b"
 [key.policy]
 users = [%d]
 `, sock, filepath.Join(dir, "keys"), os.Geteuid(), narrowedOps, os.Geteuid())
-		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		writeFile(t, conf, text, 0o600)
 	}
 	writeConf(`["mac", "verify"]`)
-	cmd := exec.Command(bin, "serve", "--config", conf)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	}()
+	agent := startAgent(t, nil, "--config", conf)
+	c := agent.mustDial(t, sock)
 	ctx := context.Background()
-	var c *client.Client
-	for i := 0; ; i++ {
-		if c, err = client.Dial(ctx, sock); err == nil {
-			break
-		}
-		if i > 500 {
-			t.Fatalf("agent did not start: %v\n%s", err, logs.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	defer c.Close()
 	for _, obj := range []string{"a", "b"} {
 		if _, err := c.ImportKey(ctx, "soft", obj, []byte("secret-"+obj)); err != nil {
 			t.Fatal(err)
@@ -105,14 +76,14 @@ users = [%d]
 	}
 
 	writeConf(`["verify"]`)
-	syscall.Kill(cmd.Process.Pid, syscall.SIGHUP)
+	syscall.Kill(agent.pid(), syscall.SIGHUP)
 	for deadline := time.Now().Add(5 * time.Second); ; {
 		_, err := c.MAC(ctx, "narrowed", client.SHA256, nil)
 		if errors.Is(err, client.ErrPermissionDenied) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the reload did not take mac away: %v\n%s", err, logs.String())
+			t.Fatalf("the reload did not take mac away: %v\n%s", err, agent.logs())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

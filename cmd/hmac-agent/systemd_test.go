@@ -8,7 +8,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 )
 
 // agentPID finds the agent's process through the socket's peer
@@ -54,35 +54,12 @@ func tag(key, msg []byte) []byte {
 // NOTIFY_SOCKET, reloading on SIGHUP while a client streams, and stopping
 // on SIGTERM with a request in flight.
 func TestUnderSystemdSocketActivate(t *testing.T) {
-	activate, err := exec.LookPath("systemd-socket-activate")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set and systemd-socket-activate (package systemd) is missing")
-		}
-		t.Skip("systemd-socket-activate is not installed")
-	}
-	dir, err := os.MkdirTemp("", "hmac-agent-systemd-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "hmac-agent")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v: %s", err, out)
-	}
+	activate := agenttest.RequireCommand(t, "systemd-socket-activate", "systemd")
+	dir := agenttest.SocketDir(t)
 	sock := filepath.Join(dir, "agent.sock")
 	conf := filepath.Join(dir, "agent.toml")
 	writeConf := func(keys string) {
-		text := `[audit]
-destination = "off"
-[[provider]]
-name = "soft"
-type = "software"
-path = "` + filepath.Join(dir, "keys") + `"
-` + keys
-		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		writeFile(t, conf, softwareConfig(filepath.Join(dir, "keys"))+keys, 0o600)
 	}
 	writeConf("[[key]]\nname = \"streamer\"\nprovider = \"soft\"\nobject = \"a\"\n[[key]]\nname = \"old\"\nprovider = \"soft\"\nobject = \"b\"\n")
 
@@ -91,28 +68,11 @@ path = "` + filepath.Join(dir, "keys") + `"
 		t.Fatal(err)
 	}
 	defer notify.Close()
-	var logs bytes.Buffer
-	cmd := exec.Command(activate, "-l", sock, "-E", "NOTIFY_SOCKET="+filepath.Join(dir, "notify"), bin, "serve", "--config", conf)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	for i := 0; ; i++ { // systemd-socket-activate listens first
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if i > 500 {
-			t.Fatal("no socket")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	activated := startProcess(t, nil, activate, "-l", sock, "-E", "NOTIFY_SOCKET="+filepath.Join(dir, "notify"), agentBinary(t), "serve", "--config", conf)
+	// systemd-socket-activate listens first; the first connection
+	// starts the agent.
+	c := activated.mustDial(t, sock)
 	ctx := context.Background()
-	c, err := client.Dial(ctx, sock) // this connection starts the agent
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	notify.SetReadDeadline(time.Now().Add(10 * time.Second))
 	buf := make([]byte, 256)
 	n, err := notify.Read(buf)
@@ -130,8 +90,8 @@ path = "` + filepath.Join(dir, "keys") + `"
 	}
 	t.Logf("status: version %s, pid %d, %d keys, %d connections, providers %+v", st.Version, st.PID, st.Keys, st.Connections, st.Providers)
 	pid := agentPID(t, sock)
-	if pid != cmd.Process.Pid {
-		t.Errorf("the agent runs as pid %d, not as the activated process %d", pid, cmd.Process.Pid)
+	if pid != activated.pid() {
+		t.Errorf("the agent runs as pid %d, not as the activated process %d", pid, activated.pid())
 	}
 
 	// Reload while a client streams: add "new", remove "old".
@@ -205,15 +165,16 @@ path = "` + filepath.Join(dir, "keys") + `"
 	if r.err != nil || !bytes.Equal(r.tag, tag([]byte("secret-a"), bytes.Repeat(big, 200))) {
 		t.Errorf("the request in flight at SIGTERM: %x %v", r.tag, r.err)
 	}
-	if err := cmd.Wait(); err != nil {
-		t.Errorf("the agent's exit: %v\n%s", err, logs.String())
+	if err := activated.wait(); err != nil {
+		t.Errorf("the agent's exit: %v\n%s", err, activated.logs())
 	}
+	logs := activated.logs()
 	for _, want := range []string{"using sockets passed by systemd", "reloaded", "added=[new] removed=[old]", "reload rejected", "stopping", "stopped"} {
-		if !strings.Contains(logs.String(), want) {
-			t.Errorf("the log lacks %q:\n%s", want, logs.String())
+		if !strings.Contains(logs, want) {
+			t.Errorf("the log lacks %q:\n%s", want, logs)
 		}
 	}
-	t.Logf("agent log:\n%s", logs.String())
+	t.Logf("agent log:\n%s", logs)
 }
 
 // TestSocketActivationRefusesNonUnixSocket: a socket unit that says
@@ -221,49 +182,24 @@ path = "` + filepath.Join(dir, "keys") + `"
 // network, where no caller has credentials. The agent must refuse to
 // serve it, not answer a HELLO from anyone who can reach the port.
 func TestSocketActivationRefusesNonUnixSocket(t *testing.T) {
-	activate, err := exec.LookPath("systemd-socket-activate")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set and systemd-socket-activate (package systemd) is missing")
-		}
-		t.Skip("systemd-socket-activate is not installed")
-	}
-	dir, err := os.MkdirTemp("", "hmac-agent-systemd-tcp-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "hmac-agent")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v: %s", err, out)
-	}
+	activate := agenttest.RequireCommand(t, "systemd-socket-activate", "systemd")
+	dir := agenttest.SocketDir(t)
 	conf := filepath.Join(dir, "agent.toml")
-	text := "[audit]\ndestination = \"off\"\n[[provider]]\nname = \"soft\"\ntype = \"software\"\npath = \"" + filepath.Join(dir, "keys") + "\"\n"
-	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, conf, softwareConfig(filepath.Join(dir, "keys")), 0o600)
 	free, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := free.Addr().String()
 	free.Close()
-	var logs bytes.Buffer
-	cmd := exec.Command(activate, "-l", addr, bin, "serve", "--config", conf)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer cmd.Process.Kill()
+	activated := startProcess(t, nil, activate, "-l", addr, agentBinary(t), "serve", "--config", conf)
 	var c net.Conn
 	for i := 0; ; i++ { // systemd-socket-activate listens first
 		if c, err = net.Dial("tcp", addr); err == nil {
 			break
 		}
 		if i > 500 {
-			t.Fatalf("nothing listens on %s: %v\n%s", addr, err, logs.String())
+			t.Fatalf("nothing listens on %s: %v\n%s", addr, err, activated.logs())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -276,14 +212,14 @@ func TestSocketActivationRefusesNonUnixSocket(t *testing.T) {
 		t.Errorf("the agent answered a TCP connection: % x", reply[:n])
 	}
 	select {
-	case err := <-exited:
-		if err == nil {
+	case <-activated.done:
+		if activated.err == nil {
 			t.Error("the agent exited with status 0")
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatalf("the agent still serves a TCP socket:\n%s", logs.String())
+		t.Fatalf("the agent still serves a TCP socket:\n%s", activated.logs())
 	}
-	if !strings.Contains(logs.String(), "not a Unix socket") {
-		t.Errorf("the agent's error does not say why:\n%s", logs.String())
+	if !strings.Contains(activated.logs(), "not a Unix socket") {
+		t.Errorf("the agent's error does not say why:\n%s", activated.logs())
 	}
 }

@@ -17,49 +17,27 @@ import (
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 )
 
-// needRoot fails under CI and skips elsewhere when the test cannot run
-// processes as other users.
-func needRoot(t *testing.T) {
+// forTrust is the start of each test here: it needs root, and returns
+// the agent binary and a directory other users may enter holding a copy
+// of the test binary (the forger).
+func forTrust(t *testing.T) (dir, bin, self string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set but the tests do not run as root; this test runs processes as other users")
-		}
-		t.Skip("needs root to run processes as other users")
-	}
-}
-
-// buildForTrust builds the binary and copies the test binary (the forger)
-// into a directory other users may enter.
-func buildForTrust(t *testing.T) (dir, bin, self string) {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "hmac-agent-cli-trust-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o711)
-	bin = filepath.Join(dir, "hmac-agent")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v: %s", err, out)
-	}
-	self = filepath.Join(dir, "forger")
-	data, err := os.ReadFile(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(self, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir, bin, self
+	agenttest.RequireRoot(t, "to run processes as other users")
+	dir, self = agenttest.TestBinaryForOthers(t, "hmac-agent-cli-trust-")
+	return dir, agentBinary(t), self
 }
 
 // cli runs the binary with stdin and extra environment; it returns the
 // exit status and standard error.
 func cli(t *testing.T, bin, stdin string, env []string, args ...string) (int, string) {
 	t.Helper()
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
+	return cliAs(t, nil, bin, stdin, env, args...)
+}
+
+// cliAs is cli run as cred (nil: as this process's user).
+func cliAs(t *testing.T, cred *syscall.Credential, bin, stdin string, env []string, args ...string) (int, string) {
+	t.Helper()
+	cmd := agenttest.AsUser(exec.Command(bin, args...), cred, env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = io.Discard, &stderr
@@ -80,8 +58,7 @@ func cli(t *testing.T, bin, stdin string, env []string, args ...string) (int, st
 // (HMAC_AGENT_UID), the same commands believe it: the forger is
 // convincing, and only the check stops it.
 func TestCLIRefusesAgentOfAnotherUser(t *testing.T) {
-	needRoot(t)
-	dir, bin, self := buildForTrust(t)
+	dir, bin, self := forTrust(t)
 	evil := filepath.Join(dir, "evil")
 	os.Mkdir(evil, 0o755)
 	if err := os.Chown(evil, 1005, 1005); err != nil {
@@ -126,54 +103,24 @@ func TestCLIRefusesAgentOfAnotherUser(t *testing.T) {
 // (User=). The socket's credentials are systemd's, so a client of a third
 // user trusts it with no HMAC_AGENT_UID.
 func TestSocketActivationAgentAsAnotherUser(t *testing.T) {
-	needRoot(t)
-	lookPath := func(name, pkg string) string {
-		p, err := exec.LookPath(name)
-		if err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("CI is set and %s (package %s) is missing", name, pkg)
-			}
-			t.Skipf("%s is not installed", name)
-		}
-		return p
-	}
-	activate := lookPath("systemd-socket-activate", "systemd")
-	setpriv := lookPath("setpriv", "util-linux")
-	dir, bin, _ := buildForTrust(t)
+	dir, bin, _ := forTrust(t)
+	activate := agenttest.RequireCommand(t, "systemd-socket-activate", "systemd")
+	setpriv := agenttest.Setpriv(t, &syscall.Credential{Uid: 1005, Gid: 1005})
 	state := filepath.Join(dir, "state")
 	os.Mkdir(state, 0o700)
 	os.Chown(state, 1005, 1005)
 	conf := filepath.Join(dir, "agent.toml")
-	text := "[audit]\ndestination = \"off\"\n[[provider]]\nname = \"soft\"\ntype = \"software\"\npath = \"" + filepath.Join(state, "keys") + "\"\n" +
-		"[[key]]\nname = \"webhook\"\nprovider = \"soft\"\n[key.policy]\nusers = [0]\n"
-	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, conf, softwareConfig(filepath.Join(state, "keys"))+
+		"[[key]]\nname = \"webhook\"\nprovider = \"soft\"\n[key.policy]\nusers = [0]\n", 0o644)
 	sock := filepath.Join(dir, "agent.sock")
-	var logs bytes.Buffer
-	cmd := exec.Command(activate, "-l", sock, setpriv, "--reuid=1005", "--regid=1005", "--clear-groups", bin, "serve", "--config", conf)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	}()
+	args := append(append([]string{"-l", sock}, setpriv...), bin, "serve", "--config", conf)
+	activated := startProcess(t, nil, activate, args...)
 	ctx := context.Background()
 	t.Setenv("HMAC_AGENT_UID", "")
-	var c *client.Client
-	var err error
-	for i := 0; ; i++ { // systemd-socket-activate binds, then listens
-		if c, err = client.Dial(ctx, sock); err == nil || i > 500 {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	// systemd-socket-activate binds, then listens.
+	c, err := activated.dial(sock)
 	if err != nil {
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatalf("Dial a socket-activated agent running as uid 1005: %v\n%s", err, logs.String())
+		t.Fatalf("Dial a socket-activated agent running as uid 1005: %v", err)
 	}
 	defer c.Close()
 	if _, err := c.ImportKey(ctx, "soft", "webhook", []byte("secret")); err != nil {
@@ -200,32 +147,11 @@ func TestSocketActivationAgentAsAnotherUser(t *testing.T) {
 // in a directory root owns, is still trusted
 // (TestSocketActivationAgentAsAnotherUser).
 func TestSocketActivatedImpostor(t *testing.T) {
-	needRoot(t)
-	lookPath := func(name, pkg string) string {
-		p, err := exec.LookPath(name)
-		if err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("CI is set and %s (package %s) is missing", name, pkg)
-			}
-			t.Skipf("%s is not installed", name)
-		}
-		return p
-	}
-	activate := lookPath("systemd-socket-activate", "systemd")
-	setpriv := lookPath("setpriv", "util-linux")
-	dir, bin, self := buildForTrust(t)
+	dir, bin, self := forTrust(t)
+	activate := agenttest.RequireCommand(t, "systemd-socket-activate", "systemd")
 	svc := filepath.Join(dir, "service.sock")
-	var logs bytes.Buffer
-	cmd := exec.Command(activate, "-l", svc, "-E", agenttest.ForgerEnv+"="+agenttest.ForgerSocketActivated,
-		setpriv, "--reuid=1005", "--regid=1005", "--clear-groups", self)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	}()
+	args := append([]string{"-l", svc, "-E", agenttest.ForgerEnv + "=" + agenttest.ForgerSocketActivated}, agenttest.Setpriv(t, &syscall.Credential{Uid: 1005, Gid: 1005})...)
+	activated := startProcess(t, nil, activate, append(args, self)...)
 	squat := filepath.Join(dir, "hmac-agent-1006")
 	if err := os.Mkdir(squat, 0o755); err != nil {
 		t.Fatal(err)
@@ -245,25 +171,14 @@ func TestSocketActivatedImpostor(t *testing.T) {
 			break
 		}
 		if i > 500 {
-			t.Fatalf("no socket at %s:\n%s", svc, logs.String())
+			t.Fatalf("no socket at %s:\n%s", svc, activated.logs())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	victim := exec.Command(setpriv, "--reuid=1006", "--regid=1006", "--clear-groups",
-		bin, "verify", "--key", "webhook", "--alg", "sha256", "--tag", strings.Repeat("00", 32))
-	victim.Env = append(os.Environ(), "HMAC_AGENT_SOCK="+link, "HMAC_AGENT_UID=")
-	victim.Stdin = strings.NewReader("body")
-	var stderr bytes.Buffer
-	victim.Stderr = &stderr
-	err := victim.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
+	code, stderr := cliAs(t, &syscall.Credential{Uid: 1006, Gid: 1006}, bin, "body", []string{"HMAC_AGENT_SOCK=" + link, "HMAC_AGENT_UID="},
+		"verify", "--key", "webhook", "--alg", "sha256", "--tag", strings.Repeat("00", 32))
+	if code != 2 || !strings.Contains(stderr, "untrusted agent") || !strings.Contains(stderr, squat) {
+		t.Errorf("verify through another user's link to a root-made socket: exit %d, %q; want 2 and an error naming %s", code, stderr, squat)
 	}
-	if code != 2 || !strings.Contains(stderr.String(), "untrusted agent") || !strings.Contains(stderr.String(), squat) {
-		t.Errorf("verify through another user's link to a root-made socket: exit %d, %q; want 2 and an error naming %s", code, stderr.String(), squat)
-	}
-	t.Logf("refused: %s", stderr.String())
+	t.Logf("refused: %s", stderr)
 }

@@ -1,5 +1,13 @@
 // Package agenttest starts a real agent on a real Unix socket for tests:
 // the same server, agent and providers as `hmac-agent serve`, in-process.
+//
+// It also runs the other local users a test plays: copies of the test
+// binary run as other uids ([ChildCommand]), among them a forging agent
+// ([StartForger]), and the client operations such a child performs
+// ([Outcomes]).
+//
+// An [Agent] is safe for concurrent use, as the agent and server it holds
+// are; so are a [Forger]'s methods and a [SyncBuffer].
 package agenttest
 
 import (

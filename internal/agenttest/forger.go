@@ -160,9 +160,7 @@ type Forger struct {
 // TestMain must call RunForgerIfAsked. It is killed when the test ends.
 func StartForger(t testing.TB, bin, path string, uid, gid uint32) *Forger {
 	t.Helper()
-	cmd := exec.Command(bin, "-test.run=^$")
-	cmd.Env = append(os.Environ(), ForgerEnv+"="+path)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
+	cmd := ChildCommand(bin, &syscall.Credential{Uid: uid, Gid: gid}, ForgerEnv+"="+path)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

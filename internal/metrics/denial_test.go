@@ -9,10 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
@@ -27,7 +25,6 @@ import (
 	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/internal/metrics"
-	"github.com/hmac-agent/hmac-agent/socket"
 )
 
 const denialChildEnv = "HMAC_AGENT_DENIAL_CHILD"
@@ -143,25 +140,13 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 // names, and that the audit log writes the denials at the per-caller rate
 // with the count of those left out.
 func TestDenialsWithRandomNamesGrowNothing(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if ci() {
-			t.Fatal("CI is set but the tests do not run as root; the hostile caller must be another uid")
-		}
-		t.Skip("needs root to run a caller as another uid")
-	}
+	agenttest.RequireRoot(t, "to run a caller as another uid")
 	denials := 200_000
 	if testing.Short() {
 		denials = 20_000
 	}
 	const sockGroup, attacker = 2001, 1001
-	dir, err := os.MkdirTemp("", "hmac-agent-denials-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	os.Chmod(dir, 0o711)
-	self := filepath.Join(dir, "child")
-	copyFile(t, os.Args[0], self)
+	dir, self := agenttest.TestBinaryForOthers(t, "hmac-agent-denials-")
 
 	audit := &countingWriter{}
 	m := metrics.New()
@@ -171,11 +156,7 @@ func TestDenialsWithRandomNamesGrowNothing(t *testing.T) {
 	})
 	m.Watch(a.Agent, a.Server)
 	path := filepath.Join(dir, "run", "agent.sock")
-	l, err := socket.Listen(path, sockGroup)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go a.Server.Serve(context.Background(), l)
+	a.Listen(t, path, sockGroup)
 
 	// Warm up: one use, so the families that exist at all exist before.
 	c, err := client.Dial(context.Background(), a.Path)
@@ -187,9 +168,8 @@ func TestDenialsWithRandomNamesGrowNothing(t *testing.T) {
 	c.MAC(context.Background(), "k", client.SHA256, nil)
 
 	run := func(n int) {
-		cmd := exec.Command(self, "-test.run=^$")
-		cmd.Env = append(os.Environ(), denialChildEnv+"=1", "DENIAL_SOCK="+path, "DENIAL_COUNT="+strconv.Itoa(n))
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: attacker, Gid: attacker, Groups: []uint32{sockGroup}}}
+		cmd := agenttest.ChildCommand(self, &syscall.Credential{Uid: attacker, Gid: attacker, Groups: []uint32{sockGroup}},
+			denialChildEnv+"=1", "DENIAL_SOCK="+path, "DENIAL_COUNT="+strconv.Itoa(n))
 		cmd.Dir = dir
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -249,21 +229,4 @@ func countSeries(fams map[string]*dto.MetricFamily) int {
 		n += len(f.GetMetric())
 	}
 	return n
-}
-
-func copyFile(t *testing.T, from, to string) {
-	t.Helper()
-	src, err := os.Open(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	dst, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dst.Close()
-	if _, err := io.Copy(dst, src); err != nil {
-		t.Fatal(err)
-	}
 }
