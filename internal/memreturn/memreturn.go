@@ -7,20 +7,21 @@
 // keep them resident long after that caller left. A [Returner] is told
 // when memory has just been let go ([Returner.Poke]: a session closed, a
 // caller's data was freed) and then, once things have settled, forces a
-// collection and returns the free heap with debug.FreeOSMemory, but only
-// if enough is free to be worth it.
+// collection and returns the free heap with debug.FreeOSMemory, if enough
+// is free to be worth it.
 //
 // A forced collection costs CPU in proportion to the live heap, and a
 // caller can make memory be let go as often as it likes (by connecting and
-// disconnecting), so a Returner returns memory at most once per
-// [Interval], however often it is poked: a caller can make the agent spend
-// at most one collection per Interval on it.
+// disconnecting), so a Returner looks at most once per [Interval], however
+// often it is poked: a caller can make the agent spend at most two
+// collections per Interval on it.
 //
 // The zero Returner is ready to use. Its methods are safe for concurrent
 // use.
 package memreturn
 
 import (
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"sync"
@@ -28,33 +29,35 @@ import (
 )
 
 const (
-	// Interval is the least time between two returns.
+	// Interval is the least time between two looks.
 	Interval = 5 * time.Second
 	// Settle is how long a Returner waits after a poke before looking:
 	// connections that close together (a caller leaving with hundreds)
 	// are one burst, returned once.
 	Settle = 500 * time.Millisecond
-	// Worth is the least memory, free or garbage, that a return is made
-	// for: below it, a collection would cost more than it gives back.
+	// Worth is the least free memory that a return is made for.
 	Worth = 2 << 20
 )
 
 // Returner returns memory left free after a burst; see the package doc.
 type Returner struct {
 	mu      sync.Mutex
-	last    time.Time // when memory was last returned
+	last    time.Time // when it last looked
 	pending bool      // a look is scheduled
 
-	// returned counts returns made, for tests.
-	returned int
+	looks, returned int // for tests
 }
 
 // Poke says memory has just been let go. A look follows within Settle, or
-// when Interval has passed since the last return, whichever is later;
-// pokes meanwhile are folded into it.
+// when Interval has passed since the last look, whichever is later; pokes
+// meanwhile are folded into it.
 func (r *Returner) Poke() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.scheduleLocked()
+}
+
+func (r *Returner) scheduleLocked() {
 	if r.pending {
 		return
 	}
@@ -63,54 +66,52 @@ func (r *Returner) Poke() {
 	time.AfterFunc(delay, r.look)
 }
 
-// look returns memory if enough is free or garbage.
+// look collects, and returns memory if enough is free. Garbage cannot be
+// told from live data before a collection (the heap's figures count both
+// as in use), so the collection comes first; FreeOSMemory then collects
+// once more, which also drops what a sync.Pool kept across the first.
 func (r *Returner) look() {
-	worth := Reclaimable() >= Worth
-	if worth {
-		debug.FreeOSMemory()
-	}
+	// A poke from now on may be for memory this look misses: it
+	// schedules the next.
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.pending = false
-	if worth {
-		r.last = time.Now()
-		r.returned++
+	r.last = time.Now()
+	r.looks++
+	r.mu.Unlock()
+	runtime.GC()
+	if Free() < Worth {
+		return
 	}
+	debug.FreeOSMemory()
+	// A burst may go on letting memory go after the poke that brought
+	// this look (a connection's buffers outlive its session): look once
+	// more an Interval from now. Each look that finds nothing worth
+	// returning ends the chain.
+	r.mu.Lock()
+	r.returned++
+	r.scheduleLocked()
+	r.mu.Unlock()
 }
 
-// Returned is how many times r has returned memory.
-func (r *Returner) Returned() int {
+// Counts says how many times r has looked, and returned memory.
+func (r *Returner) Counts() (looks, returns int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.returned
+	return r.looks, r.returned
 }
 
-var samples = []metrics.Sample{
-	{Name: "/memory/classes/heap/free:bytes"},    // free, not yet returned
-	{Name: "/memory/classes/heap/objects:bytes"}, // live and not yet swept garbage
-	{Name: "/gc/heap/live:bytes"},                // live at the last collection
-}
+var freeSample = []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
 
-var samplesMu sync.Mutex
+var freeMu sync.Mutex
 
-// Reclaimable estimates the heap memory a collection and a return would
-// give back to the system: what is free and not yet returned, plus what
-// objects hold beyond what was live at the last collection (garbage, or
-// growth since, which a collection will find live and keep).
-func Reclaimable() uint64 {
-	samplesMu.Lock()
-	defer samplesMu.Unlock()
-	metrics.Read(samples)
-	var v [3]uint64
-	for i, s := range samples {
-		if s.Value.Kind() == metrics.KindUint64 {
-			v[i] = s.Value.Uint64()
-		}
+// Free is the heap memory that is free and not yet returned to the
+// system.
+func Free() uint64 {
+	freeMu.Lock()
+	defer freeMu.Unlock()
+	metrics.Read(freeSample)
+	if freeSample[0].Value.Kind() != metrics.KindUint64 {
+		return 0
 	}
-	free, objects, live := v[0], v[1], v[2]
-	n := free
-	if objects > live {
-		n += objects - live
-	}
-	return n
+	return freeSample[0].Value.Uint64()
 }
