@@ -129,3 +129,7 @@ func (cs *callers) leave(c *caller) {
 		}
 	}
 }
+
+// BytesHeld is what the agent holds for callers now, over all uids (see
+// Limits.MaxBytes).
+func (a *Agent) BytesHeld() int64 { return a.callers.total.Held() }

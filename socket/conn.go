@@ -450,19 +450,23 @@ func wipeImport(m *wire.Message) {
 }
 
 // acquire takes an in-flight token for m, and counts its data in the
-// backlog; it returns what release must give back. An independent request
-// (a one-shot or key management) is refused with ErrLimit when the
-// connection has too many in flight. A request on a context waits
+// backlog; it returns what release must give back. An independent
+// request (a one-shot or key management) is refused with ErrLimit when
+// the connection has too many in flight. A request on a context waits
 // instead: it is ordered behind the context's updates anyway, an UPDATE
 // has no reply to carry an error, and a stream must not fail for being
 // fast. Any request waits while the backlog is full. The reader stops
 // reading meanwhile, flushing first: it must not sit on replies the
 // client is waiting for.
 //
-// The request's data is charged to the uid's budget too. A request the
-// budget cannot hold keeps its token but no data: acquire returns the
-// budget's error, which the caller answers with (or, for an UPDATE, makes
-// the context's sticky error), and release(0) gives the token back.
+// What the request holds until it has run (its data, and requestMemory
+// for the request itself and the goroutine or queue entry that runs it)
+// is charged to the uid's budget too, so that one uid's requests in
+// flight are bounded by max_bytes_per_uid over all its connections. A
+// request the budget cannot hold keeps its token but nothing else:
+// acquire returns the budget's error, which the caller answers with (or,
+// for an UPDATE, makes the context's sticky error), and release(0) gives
+// the token back.
 func (c *conn) acquire(m *wire.Message) (held int, over error, ok bool) {
 	select {
 	case c.inflight <- struct{}{}:
@@ -476,15 +480,11 @@ func (c *conn) acquire(m *wire.Message) (held int, over error, ok bool) {
 		c.inflight <- struct{}{}
 	}
 	c.wg.Add(1)
-	held = len(m.Data) + len(m.Tag) + len(m.Key) + len(m.Provider) + len(m.Wrapping)
-	if len(m.Data) > 0 { // what else a request carries is bounded by its count
-		if err := c.sess.Budget().Charge(held); err != nil {
-			return 0, err, true
-		}
-	} else {
-		held = 0
+	held = requestMemory + len(m.Data) + len(m.Tag) + len(m.Key) + len(m.Provider) + len(m.Wrapping)
+	if err := c.sess.Budget().Charge(held); err != nil {
+		return 0, err, true
 	}
-	c.queued.add(held, c.flush)
+	c.queued.add(held-requestMemory, c.flush)
 	return held, nil, true
 }
 
@@ -498,7 +498,9 @@ func isContextRequest(t wire.Type) bool {
 
 // release gives back what acquire took for a request that has run.
 func (c *conn) release(held int) {
-	c.queued.done(held)
+	if held > 0 {
+		c.queued.done(held - requestMemory)
+	}
 	c.sess.Budget().Release(held)
 	<-c.inflight
 	c.wg.Done()
@@ -530,13 +532,18 @@ func (c *conn) enqueue(m *wire.Message) {
 	if !ok {
 		return
 	}
+	if over != nil && endsContext(m.Type) {
+		// It frees what its context holds, so it is never refused for
+		// the little it holds itself (see requestMemory): at a full
+		// budget, a client could otherwise not let go of anything.
+		over = nil
+	}
 	var o *wire.Message
 	var body []byte
-	if over != nil {
-		// Only a request with data is charged, and of those only UPDATE
-		// runs on a context: its data is dropped, and the context fails
-		// with the budget's error, in its turn, so that the next request
-		// that replies reports it.
+	if over != nil && m.Type == wire.TypeUpdate {
+		// Its data is dropped, and the context fails with the budget's
+		// error, in its turn, so that the next request that replies
+		// reports it.
 		o = &wire.Message{Type: wire.TypeUpdate, ID: m.ID, Context: m.Context}
 		c.qmu.Lock()
 		defer c.qmu.Unlock()
@@ -561,7 +568,16 @@ func (c *conn) enqueue(m *wire.Message) {
 		target.blocked = true
 	}
 	q.ops = append(q.ops, func() {
-		err := c.contextOp(o, q, body)
+		var err error
+		if over != nil {
+			// An OPEN or a COPY the budget could not hold fails in its
+			// turn, as it would have had it run.
+			err = over
+			c.replyResult(o.ID, err)
+			recycle(body, err)
+		} else {
+			err = c.contextOp(o, q, body)
+		}
 		c.qmu.Lock()
 		switch o.Type {
 		case wire.TypeOpen:
@@ -579,6 +595,11 @@ func (c *conn) enqueue(m *wire.Message) {
 		c.release(n)
 	})
 	c.startLocked(o.Context, q)
+}
+
+// endsContext reports whether a request of type t finishes its context.
+func endsContext(t wire.Type) bool {
+	return t == wire.TypeFinalize || t == wire.TypeVerify || t == wire.TypeClose
 }
 
 func (c *conn) queueLocked(id uint32) *queue {
