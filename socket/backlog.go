@@ -27,6 +27,9 @@ type backlog struct {
 	drained sync.Cond // signalled when a waiting reader may go on
 	n, max  int
 	waiting bool
+
+	finished    uint64 // requests done so far
+	waitingDone bool   // the reader waits for the next request done
 }
 
 func newBacklog(max int) *backlog {
@@ -62,10 +65,27 @@ func (b *backlog) done(n int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.n -= n
-	if b.waiting && b.n <= b.max/2 {
-		b.waiting = false
+	b.finished++
+	if b.waiting && b.n <= b.max/2 || b.waitingDone {
+		b.waiting, b.waitingDone = false, false
 		b.drained.Signal()
 	}
+}
+
+// awaitDone waits until one more request is done, while others reports
+// that requests besides the caller's are in flight; it returns false at
+// once, without waiting, when none are.
+func (b *backlog) awaitDone(others func() bool) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !others() {
+		return false
+	}
+	for seen := b.finished; b.finished == seen; {
+		b.waitingDone = true
+		b.drained.Wait()
+	}
+	return true
 }
 
 // bytes is the data held now.

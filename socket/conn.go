@@ -466,7 +466,11 @@ func wipeImport(m *wire.Message) {
 // request the budget cannot hold keeps its token but nothing else:
 // acquire returns the budget's error, which the caller answers with (or,
 // for an UPDATE, makes the context's sticky error), and release(0) gives
-// the token back.
+// the token back. A request that ends a context is never refused, since
+// it frees what the context holds: it waits for the connection's other
+// requests to finish until the budget holds it, and goes uncharged only
+// when it is the connection's one request in flight. Past the budget a
+// connection so has at most one request in flight that is not charged.
 func (c *conn) acquire(m *wire.Message) (held int, over error, ok bool) {
 	select {
 	case c.inflight <- struct{}{}:
@@ -481,8 +485,18 @@ func (c *conn) acquire(m *wire.Message) (held int, over error, ok bool) {
 	}
 	c.wg.Add(1)
 	held = requestMemory + len(m.Data) + len(m.Tag) + len(m.Key) + len(m.Provider) + len(m.Wrapping)
-	if err := c.sess.Budget().Charge(held); err != nil {
-		return 0, err, true
+	for {
+		err := c.sess.Budget().Charge(held)
+		if err == nil {
+			break
+		}
+		if !endsContext(m.Type) {
+			return 0, err, true
+		}
+		c.flush() // the replies of those it waits for
+		if !c.queued.awaitDone(func() bool { return len(c.inflight) > 1 }) {
+			return 0, nil, true
+		}
 	}
 	c.queued.add(held-requestMemory, c.flush)
 	return held, nil, true
@@ -496,13 +510,13 @@ func isContextRequest(t wire.Type) bool {
 	return false
 }
 
-// release gives back what acquire took for a request that has run.
+// release gives back what acquire took for a request that has run. The
+// token goes back before the backlog hears of it: a reader waiting in
+// awaitDone counts the tokens when it wakes.
 func (c *conn) release(held int) {
-	if held > 0 {
-		c.queued.done(held - requestMemory)
-	}
 	c.sess.Budget().Release(held)
 	<-c.inflight
+	c.queued.done(max(held-requestMemory, 0))
 	c.wg.Done()
 }
 
@@ -531,12 +545,6 @@ func (c *conn) enqueue(m *wire.Message) {
 	n, over, ok := c.acquire(m)
 	if !ok {
 		return
-	}
-	if over != nil && endsContext(m.Type) {
-		// It frees what its context holds, so it is never refused for
-		// the little it holds itself (see requestMemory): at a full
-		// budget, a client could otherwise not let go of anything.
-		over = nil
 	}
 	var o *wire.Message
 	var body []byte

@@ -84,3 +84,55 @@ func TestInFlightBoundedPerUID(t *testing.T) {
 		t.Error("no request was served")
 	}
 }
+
+// TestEndingRequestsAtFullBudget: at a uid's full budget a request that
+// ends a context (here FINALIZE, on a connection of its own) is not
+// refused, since it frees what the context holds; it is answered.
+func TestEndingRequestsAtFullBudget(t *testing.T) {
+	const maxBytes = 1 << 20
+	slow := &agenttest.SlowProvider{Secret: testSecret, Delay: time.Second}
+	a := start(t, agenttest.Options{
+		Providers: []providers.Provider{slow},
+		Limits:    agent.Limits{MaxBytesPerUID: maxBytes},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	owner, err := client.Dial(ctx, a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	h, err := owner.New(ctx, "slow-key", client.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// (No UPDATE: one sent now would reach the agent with the FINALIZE,
+	// at the full budget, and fail the context as documented.)
+
+	// Another connection of the uid fills its budget with one-shots
+	// waiting on the device.
+	flood, err := client.Dial(ctx, a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer flood.Close()
+	var wg sync.WaitGroup
+	var refused atomic.Int64
+	for range 256 {
+		wg.Go(func() {
+			if _, err := flood.MAC(ctx, "slow-key", client.SHA256, nil); errors.Is(err, client.ErrLimit) {
+				refused.Add(1)
+			}
+		})
+	}
+	for a.Agent.BytesHeld() < maxBytes-socket.RequestMemory && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := h.Finalize(ctx); errors.Is(err, client.ErrLimit) {
+		t.Errorf("FINALIZE at a full budget: %v", err)
+	}
+	wg.Wait()
+	if refused.Load() == 0 {
+		t.Error("the flood was never refused: the budget was not full")
+	}
+}
