@@ -2,14 +2,14 @@ package socket
 
 import "sync"
 
-// requestMemory is what a request running outside its connection's reader
+// RequestMemory is what a request running outside its connection's reader
 // holds beside its data, measured on Linux amd64: its message, the queue
 // entry or closure that runs it, and its share of the goroutines that run
 // it (a device call's, a deadline's, a context queue's), about 5 KiB. It
 // is charged to the uid's budget with the data, so that a uid's requests
 // in flight to a stalled device are bounded by max_bytes_per_uid, not by
 // max_in_flight on each of its connections.
-const requestMemory = 5 << 10
+const RequestMemory = 5 << 10
 
 // backlog bounds the request data one connection has handed to goroutines
 // other than its reader and that they have not finished with: what a

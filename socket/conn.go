@@ -459,7 +459,7 @@ func wipeImport(m *wire.Message) {
 // reading meanwhile, flushing first: it must not sit on replies the
 // client is waiting for.
 //
-// What the request holds until it has run (its data, and requestMemory
+// What the request holds until it has run (its data, and RequestMemory
 // for the request itself and the goroutine or queue entry that runs it)
 // is charged to the uid's budget too, so that one uid's requests in
 // flight are bounded by max_bytes_per_uid over all its connections. A
@@ -484,7 +484,7 @@ func (c *conn) acquire(m *wire.Message) (held int, over error, ok bool) {
 		c.inflight <- struct{}{}
 	}
 	c.wg.Add(1)
-	held = requestMemory + len(m.Data) + len(m.Tag) + len(m.Key) + len(m.Provider) + len(m.Wrapping)
+	held = RequestMemory + len(m.Data) + len(m.Tag) + len(m.Key) + len(m.Provider) + len(m.Wrapping)
 	for {
 		err := c.sess.Budget().Charge(held)
 		if err == nil {
@@ -498,7 +498,7 @@ func (c *conn) acquire(m *wire.Message) (held int, over error, ok bool) {
 			return 0, nil, true
 		}
 	}
-	c.queued.add(held-requestMemory, c.flush)
+	c.queued.add(held-RequestMemory, c.flush)
 	return held, nil, true
 }
 
@@ -516,7 +516,7 @@ func isContextRequest(t wire.Type) bool {
 func (c *conn) release(held int) {
 	c.sess.Budget().Release(held)
 	<-c.inflight
-	c.queued.done(max(held-requestMemory, 0))
+	c.queued.done(max(held-RequestMemory, 0))
 	c.wg.Done()
 }
 
