@@ -133,3 +133,15 @@ func (cs *callers) leave(c *caller) {
 // BytesHeld is what the agent holds for callers now, over all uids (see
 // Limits.MaxBytes).
 func (a *Agent) BytesHeld() int64 { return a.callers.total.Held() }
+
+// BytesHeldBy is what the agent holds for uid now (see
+// Limits.MaxBytesPerUID); 0 for a uid with no session.
+func (a *Agent) BytesHeldBy(uid uint32) int64 {
+	cs := &a.callers
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if c := cs.uid[uid]; c != nil {
+		return c.budget.Held()
+	}
+	return 0
+}

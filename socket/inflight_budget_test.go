@@ -3,8 +3,13 @@ package socket_test
 import (
 	"context"
 	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,14 +24,33 @@ import (
 // memory (the request, the goroutine or queue entry that runs it) even
 // with no data, and one uid's are bounded by max_bytes_per_uid over all
 // its connections, not by max_in_flight on each: past the bound the uid
-// gets ErrLimit, and what the agent holds for it never passes the bound.
+// gets ErrLimit, and what the agent holds for it never passes the bound,
+// while a caller of another uid (a process of its own, as root) is served.
 func TestInFlightBoundedPerUID(t *testing.T) {
 	const maxBytes = 1 << 20
 	slow := &agenttest.SlowProvider{Secret: testSecret, Delay: time.Second}
 	a := start(t, agenttest.Options{
 		Providers: []providers.Provider{slow},
-		Limits:    agent.Limits{MaxBytesPerUID: maxBytes},
+		Keys: []agent.KeyConfig{{Name: "slow-key", Provider: "slow", Policy: agent.Policy{
+			UIDs: []uint32{uint32(os.Geteuid()), attackerUID}, Ops: agent.OpMAC | agent.OpVerify,
+		}}},
+		Limits: agent.Limits{MaxBytesPerUID: maxBytes},
 	})
+	var victimBin string
+	if os.Geteuid() == 0 {
+		dir, err := os.MkdirTemp("", "hmac-agent-inflight-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		os.Chmod(dir, 0o755)
+		victimBin = filepath.Join(dir, "victim")
+		copyBinary(t, victimBin, nil)
+		os.Chmod(filepath.Dir(a.Path), 0o711)
+		os.Chmod(a.Path, 0o666)
+	} else if os.Getenv("CI") != "" {
+		t.Fatal("CI is set and the test is not root: the other uid's caller must run under another uid")
+	}
 	const conns, perConn = 8, 256 // max_in_flight on each: 2,048 in all
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -57,16 +81,35 @@ func TestInFlightBoundedPerUID(t *testing.T) {
 		}
 	}
 	// While they wait on the device, what the agent holds for the uid
-	// is within the bound.
+	// is within the bound, and another uid is served.
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
+	victim := make(chan string, 1)
+	if victimBin != "" {
+		go func() {
+			for a.Agent.BytesHeldBy(uint32(os.Geteuid())) < maxBytes-socket.RequestMemory && ctx.Err() == nil {
+				time.Sleep(time.Millisecond)
+			}
+			cmd := exec.Command(victimBin, "-test.run=^$")
+			cmd.Env = append(os.Environ(), "HMAC_AGENT_IDENTITY_CHILD=cases", "IDENTITY_SOCK="+a.Path, "IDENTITY_CASES=slow-key:mac")
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: attackerUID, Gid: attackerUID}}
+			cmd.Stdin = strings.NewReader("x")
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				out = append(out, err.Error()...)
+			}
+			victim <- strings.TrimSpace(string(out))
+		}()
+	} else {
+		victim <- "ok"
+	}
 	for waiting := true; waiting; {
 		select {
 		case <-done:
 			waiting = false
 		case <-time.After(10 * time.Millisecond):
 		}
-		n := a.Agent.BytesHeld()
+		n := a.Agent.BytesHeldBy(uint32(os.Geteuid()))
 		if n > maxHeld.Load() {
 			maxHeld.Store(n)
 		}
@@ -82,6 +125,9 @@ func TestInFlightBoundedPerUID(t *testing.T) {
 	}
 	if served.Load() == 0 {
 		t.Error("no request was served")
+	}
+	if v := <-victim; v != "ok" {
+		t.Errorf("a caller of another uid, while this one's budget was full: %s", v)
 	}
 }
 
