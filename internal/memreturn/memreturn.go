@@ -5,8 +5,8 @@
 // only gradually (its background scavenger works over minutes), so an
 // agent that one caller made hold hundreds of megabytes for a moment would
 // keep them resident long after that caller left. A [Returner] is told
-// when memory has just been let go ([Returner.Poke]: a session closed, a
-// caller's data was freed) and then, once things have settled, forces a
+// when memory has just been let go ([Returner.Poke]: the agent pokes it
+// whenever a session closes) and then, once things have settled, forces a
 // collection and returns the free heap with debug.FreeOSMemory, if enough
 // is free to be worth it.
 //
