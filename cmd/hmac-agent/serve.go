@@ -125,10 +125,6 @@ func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 	}
 	defer closeAgent(a, log)
 
-	listeners, where, err := listen(cfg, log)
-	if err != nil {
-		return err
-	}
 	sl := socket.Limits{
 		MaxFrame:             cfg.Limits.MaxFrame,
 		MaxInFlight:          cfg.Limits.MaxInFlight,
@@ -139,6 +135,11 @@ func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 		IdleTimeout:          cfg.Limits.IdleConnectionTimeout.Duration,
 	}
 	setMemoryLimit(a.Limits(), sl, log)
+
+	listeners, where, err := listen(cfg, log)
+	if err != nil {
+		return err
+	}
 	srv := socket.NewServer(a, sl, log)
 
 	ctx, cancel := context.WithCancel(ctx)
