@@ -162,7 +162,11 @@ func appendIdentity(attrs []slog.Attr, id *Identity) []slog.Attr {
 	if exe == "" {
 		exe = unknown
 	}
-	return append(attrs, slog.String("exe", exe))
+	attrs = append(attrs, slog.String("exe", exe))
+	if id.DigestRefused != "" {
+		attrs = append(attrs, slog.String("digest", id.DigestRefused))
+	}
+	return attrs
 }
 
 // LogLinesLeftOut counts the denial and error lines the per-caller limits

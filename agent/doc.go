@@ -62,7 +62,10 @@
 // caller at its limit gets ErrLimit while the others are served as before.
 // One-shots waiting for a device wait by caller and are served in turn
 // (at most the provider's providers.Parallel calls at once), so a flood
-// from one caller costs another one turn per round.
+// from one caller costs another one turn per round. When sessions close,
+// the agent returns the memory they left free to the system, at most
+// every few seconds (internal/memreturn), so a burst does not stay
+// resident; [Agent.BytesHeld] is what it holds for callers now.
 //
 // # Concurrency
 //

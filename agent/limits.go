@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hmac-agent/hmac-agent/internal/memreturn"
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
@@ -81,6 +82,12 @@ type callers struct {
 
 	mu  sync.Mutex
 	uid map[uint32]*caller
+
+	// memory returns to the system what sessions leave free when they
+	// close: after a caller's burst (hundreds of connections, contexts
+	// full of input) the agent's memory goes back to where it was, not
+	// minutes later.
+	memory memreturn.Returner
 }
 
 // newCaller returns a caller not yet in cs, for uid.
@@ -104,8 +111,11 @@ func (cs *callers) join(uid uint32, maxBytes int64) *caller {
 	return c
 }
 
-// leave drops a session of c's; the last one forgets the uid.
+// leave drops a session of c's; the last one forgets the uid. What the
+// session held is free now, and is given back to the system once the
+// sessions closing together have all closed.
 func (cs *callers) leave(c *caller) {
+	defer cs.memory.Poke()
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if cs.uid[c.uid] != c {
@@ -114,5 +124,24 @@ func (cs *callers) leave(c *caller) {
 	c.sessions--
 	if c.sessions == 0 {
 		delete(cs.uid, c.uid)
+		if len(cs.uid) == 0 {
+			cs.uid = nil // a map never shrinks: let a crowd's go
+		}
 	}
+}
+
+// BytesHeld is what the agent holds for callers now, over all uids (see
+// Limits.MaxBytes).
+func (a *Agent) BytesHeld() int64 { return a.callers.total.Held() }
+
+// BytesHeldBy is what the agent holds for uid now (see
+// Limits.MaxBytesPerUID); 0 for a uid with no session.
+func (a *Agent) BytesHeldBy(uid uint32) int64 {
+	cs := &a.callers
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if c := cs.uid[uid]; c != nil {
+		return c.budget.Held()
+	}
+	return 0
 }

@@ -33,6 +33,10 @@ type Identity struct {
 	// ExecutableSHA256 is the SHA-256 of that binary, read through the
 	// process's own link to it; nil unless a policy names a digest.
 	ExecutableSHA256 []byte
+	// DigestRefused says why the binary was not hashed when a policy
+	// needed its digest (too large, or its uid had too much hashed
+	// lately), or is empty.
+	DigestRefused string
 	// Cgroup is the process's path in the systemd cgroup hierarchy (the
 	// cgroup v2 tree, or the v1 name=systemd one).
 	Cgroup string
@@ -56,6 +60,9 @@ func (p Peer) String() string {
 		}
 		if id.Executable != "" {
 			s += " exe=" + id.Executable
+		}
+		if id.DigestRefused != "" {
+			s += " (" + id.DigestRefused + ")"
 		}
 	}
 	return s

@@ -2,6 +2,15 @@ package socket
 
 import "sync"
 
+// RequestMemory is what a request running outside its connection's reader
+// holds beside its data, measured on Linux amd64: its message, the queue
+// entry or closure that runs it, and its share of the goroutines that run
+// it (a device call's, a deadline's, a context queue's), about 5 KiB. It
+// is charged to the uid's budget with the data, so that a uid's requests
+// in flight to a stalled device are bounded by max_bytes_per_uid, not by
+// max_in_flight on each of its connections.
+const RequestMemory = 5 << 10
+
 // backlog bounds the request data one connection has handed to goroutines
 // other than its reader and that they have not finished with: what a
 // client streaming to a slow device makes the agent hold. Without it the
@@ -18,6 +27,9 @@ type backlog struct {
 	drained sync.Cond // signalled when a waiting reader may go on
 	n, max  int
 	waiting bool
+
+	finished    uint64 // requests done so far
+	waitingDone bool   // the reader waits for the next request done
 }
 
 func newBacklog(max int) *backlog {
@@ -53,10 +65,27 @@ func (b *backlog) done(n int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.n -= n
-	if b.waiting && b.n <= b.max/2 {
-		b.waiting = false
+	b.finished++
+	if b.waiting && b.n <= b.max/2 || b.waitingDone {
+		b.waiting, b.waitingDone = false, false
 		b.drained.Signal()
 	}
+}
+
+// awaitDone waits until one more request is done, while others reports
+// that requests besides the caller's are in flight; it returns false at
+// once, without waiting, when none are.
+func (b *backlog) awaitDone(others func() bool) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !others() {
+		return false
+	}
+	for seen := b.finished; b.finished == seen; {
+		b.waitingDone = true
+		b.drained.Wait()
+	}
+	return true
 }
 
 // bytes is the data held now.

@@ -465,19 +465,27 @@ func wipeImport(m *wire.Message) {
 }
 
 // acquire takes an in-flight token for m, and counts its data in the
-// backlog; it returns what release must give back. An independent request
-// (a one-shot or key management) is refused with ErrLimit when the
-// connection has too many in flight. A request on a context waits
+// backlog; it returns what release must give back. An independent
+// request (a one-shot or key management) is refused with ErrLimit when
+// the connection has too many in flight. A request on a context waits
 // instead: it is ordered behind the context's updates anyway, an UPDATE
 // has no reply to carry an error, and a stream must not fail for being
 // fast. Any request waits while the backlog is full. The reader stops
 // reading meanwhile, flushing first: it must not sit on replies the
 // client is waiting for.
 //
-// The request's data is charged to the uid's budget too. A request the
-// budget cannot hold keeps its token but no data: acquire returns the
-// budget's error, which the caller answers with (or, for an UPDATE, makes
-// the context's sticky error), and release(0) gives the token back.
+// What the request holds until it has run (its data, and RequestMemory
+// for the request itself and the goroutine or queue entry that runs it)
+// is charged to the uid's budget too, so that one uid's requests in
+// flight are bounded by max_bytes_per_uid over all its connections. A
+// request the budget cannot hold keeps its token but nothing else:
+// acquire returns the budget's error, which the caller answers with (or,
+// for an UPDATE, makes the context's sticky error), and release(0) gives
+// the token back. A request that ends a context is never refused, since
+// it frees what the context holds: it waits for the connection's other
+// requests to finish until the budget holds it, and goes uncharged only
+// when it is the connection's one request in flight. Past the budget a
+// connection so has at most one request in flight that is not charged.
 func (c *conn) acquire(m *wire.Message) (held int, over error, ok bool) {
 	select {
 	case c.inflight <- struct{}{}:
@@ -491,15 +499,21 @@ func (c *conn) acquire(m *wire.Message) (held int, over error, ok bool) {
 		c.inflight <- struct{}{}
 	}
 	c.wg.Add(1)
-	held = len(m.Data) + len(m.Tag) + len(m.Key) + len(m.Provider) + len(m.Wrapping)
-	if len(m.Data) > 0 { // what else a request carries is bounded by its count
-		if err := c.sess.Budget().Charge(held); err != nil {
+	held = RequestMemory + len(m.Data) + len(m.Tag) + len(m.Key) + len(m.Provider) + len(m.Wrapping)
+	for {
+		err := c.sess.Budget().Charge(held)
+		if err == nil {
+			break
+		}
+		if !endsContext(m.Type) {
 			return 0, err, true
 		}
-	} else {
-		held = 0
+		c.flush() // the replies of those it waits for
+		if !c.queued.awaitDone(func() bool { return len(c.inflight) > 1 }) {
+			return 0, nil, true
+		}
 	}
-	c.queued.add(held, c.flush)
+	c.queued.add(held-RequestMemory, c.flush)
 	return held, nil, true
 }
 
@@ -511,11 +525,13 @@ func isContextRequest(t wire.Type) bool {
 	return false
 }
 
-// release gives back what acquire took for a request that has run.
+// release gives back what acquire took for a request that has run. The
+// token goes back before the backlog hears of it: a reader waiting in
+// awaitDone counts the tokens when it wakes.
 func (c *conn) release(held int) {
-	c.queued.done(held)
 	c.sess.Budget().Release(held)
 	<-c.inflight
+	c.queued.done(max(held-RequestMemory, 0))
 	c.wg.Done()
 }
 
@@ -560,11 +576,10 @@ func (c *conn) enqueue(m *wire.Message) {
 	}
 	var o *wire.Message
 	var body *frame.Buffer
-	if over != nil {
-		// Only a request with data is charged, and of those only UPDATE
-		// runs on a context: its data is dropped, and the context fails
-		// with the budget's error, in its turn, so that the next request
-		// that replies reports it.
+	if over != nil && m.Type == wire.TypeUpdate {
+		// Its data is dropped, and the context fails with the budget's
+		// error, in its turn, so that the next request that replies
+		// reports it.
 		o = &wire.Message{Type: wire.TypeUpdate, ID: m.ID, Context: m.Context}
 		c.qmu.Lock()
 		defer c.qmu.Unlock()
@@ -589,7 +604,16 @@ func (c *conn) enqueue(m *wire.Message) {
 		target.blocked = true
 	}
 	q.ops = append(q.ops, func() {
-		err := c.contextOp(o, q, body)
+		var err error
+		if over != nil {
+			// An OPEN or a COPY the budget could not hold fails in its
+			// turn, as it would have had it run.
+			err = over
+			c.replyResult(o.ID, err)
+			body.Release()
+		} else {
+			err = c.contextOp(o, q, body)
+		}
 		c.qmu.Lock()
 		switch o.Type {
 		case wire.TypeOpen:
@@ -607,6 +631,11 @@ func (c *conn) enqueue(m *wire.Message) {
 		c.release(n)
 	})
 	c.startLocked(o.Context, q)
+}
+
+// endsContext reports whether a request of type t finishes its context.
+func endsContext(t wire.Type) bool {
+	return t == wire.TypeFinalize || t == wire.TypeVerify || t == wire.TypeClose
 }
 
 func (c *conn) queueLocked(id uint32) *queue {

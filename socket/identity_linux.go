@@ -26,15 +26,10 @@ import (
 // reused before its process exits and is reaped, so what was read then
 // belonged to the peer. If the peer is gone, the identity is unknown.
 
-// maxHashedExecutable bounds the bytes hashed for one executable: a caller
-// must not make the agent read a huge file. A larger binary has no digest,
-// so rules naming one deny it.
-const maxHashedExecutable = 256 << 20
-
 // identityOf reads the identity of the peer of socket fd, whose
-// SO_PEERCRED pid is pid. It returns nil when the peer's process cannot be
-// pinned or is gone; fields it cannot read stay empty.
-func identityOf(fd int, pid int32, need agent.IdentityNeed) *agent.Identity {
+// SO_PEERCRED pid and uid are pid and uid. It returns nil when the peer's
+// process cannot be pinned or is gone; fields it cannot read stay empty.
+func identityOf(fd int, pid int32, uid uint32, need agent.IdentityNeed) *agent.Identity {
 	if pid <= 0 { // a peer in a pid namespace the agent cannot see
 		return nil
 	}
@@ -43,7 +38,7 @@ func identityOf(fd int, pid int32, need agent.IdentityNeed) *agent.Identity {
 		return nil
 	}
 	defer unix.Close(pidfd)
-	id := readIdentity(int(pid), need)
+	id := readIdentity(int(pid), uid, need)
 	if !pinned(pidfd) {
 		return nil
 	}
@@ -66,9 +61,9 @@ func pinned(pidfd int) bool {
 	}
 }
 
-// readIdentity reads /proc/pid. The caller checks afterwards that pid was
-// still the peer's.
-func readIdentity(pid int, need agent.IdentityNeed) *agent.Identity {
+// readIdentity reads /proc/pid, whose process connected as uid. The
+// caller checks afterwards that pid was still the peer's.
+func readIdentity(pid int, uid uint32, need agent.IdentityNeed) *agent.Identity {
 	proc := "/proc/" + strconv.Itoa(pid)
 	id := &agent.Identity{}
 	if text, err := os.ReadFile(proc + "/cgroup"); err == nil {
@@ -85,7 +80,7 @@ func readIdentity(pid int, need agent.IdentityNeed) *agent.Identity {
 		id.Executable = path
 	}
 	if need >= agent.NeedDigest && id.Executable != "" {
-		id.ExecutableSHA256 = digestOf(exe, &st)
+		id.ExecutableSHA256, id.DigestRefused = digestOf(exe, &st, uid)
 	}
 	return id
 }
@@ -99,62 +94,53 @@ func sameFile(path string, st *unix.Stat_t) bool {
 	return len(path) > 0 && path[0] == '/' && unix.Stat(path, &now) == nil && now.Dev == st.Dev && now.Ino == st.Ino
 }
 
-// fileVersion names one version of a file: a write changes its ctime,
-// which no one can set back.
-type fileVersion struct {
-	dev, ino     uint64
-	size         int64
-	mtime, ctime unix.Timespec
-}
-
-// digests caches executables' SHA-256 by file version: hashing a binary
-// costs milliseconds, and a service's callers run the same one.
-var digests = struct {
-	sync.Mutex
-	m map[fileVersion][]byte
-}{m: make(map[fileVersion][]byte)}
-
-const maxCachedDigests = 1024
-
 // digestOf hashes the binary behind exe (/proc/PID/exe, which opens the
 // file the process runs even if its path was replaced), if it is the file
-// st describes.
-func digestOf(exe string, st *unix.Stat_t) []byte {
+// st describes, for a caller of uid. It returns nil, and why, when it
+// does not: a binary over maxHashedExecutable, or a uid that has had the
+// agent hash more than its share lately (see hashing).
+func digestOf(exe string, st *unix.Stat_t, uid uint32) ([]byte, string) {
 	f, err := os.Open(exe)
 	if err != nil {
-		return nil
+		return nil, ""
 	}
 	defer f.Close()
 	var fst unix.Stat_t
-	if unix.Fstat(int(f.Fd()), &fst) != nil || fst.Dev != st.Dev || fst.Ino != st.Ino || fst.Size > maxHashedExecutable {
-		return nil
+	if unix.Fstat(int(f.Fd()), &fst) != nil || fst.Dev != st.Dev || fst.Ino != st.Ino {
+		return nil, ""
+	}
+	if fst.Size > maxHashedExecutable {
+		return nil, fmt.Sprintf("executable over %d MiB, not hashed", maxHashedExecutable>>20)
 	}
 	v := fileVersion{dev: fst.Dev, ino: fst.Ino, size: fst.Size, mtime: fst.Mtim, ctime: fst.Ctim}
-	digests.Lock()
-	sum, ok := digests.m[v]
-	digests.Unlock()
-	if ok {
-		return sum
+	if sum := digests.get(v); sum != nil {
+		return sum, ""
+	}
+	done, refused := hashing.begin(uid, fst.Size)
+	if refused != "" {
+		return nil, refused
+	}
+	defer done()
+	// Another connection of the uid may have hashed it while this one
+	// waited its turn.
+	if sum := digests.get(v); sum != nil {
+		return sum, ""
 	}
 	h := sha256.New()
 	n, err := io.Copy(h, io.LimitReader(f, maxHashedExecutable+1))
+	hashedBytes.Add(n)
 	if err != nil || n != fst.Size {
-		return nil
+		return nil, ""
 	}
 	// A write while hashing changes the version: hash again next time
 	// rather than cache a digest of neither version.
 	var after unix.Stat_t
 	if unix.Fstat(int(f.Fd()), &after) != nil || after.Ctim != fst.Ctim || after.Size != fst.Size {
-		return nil
+		return nil, ""
 	}
-	sum = h.Sum(nil)
-	digests.Lock()
-	if len(digests.m) >= maxCachedDigests {
-		clear(digests.m)
-	}
-	digests.m[v] = sum
-	digests.Unlock()
-	return sum
+	sum := h.Sum(nil)
+	digests.put(v, sum)
+	return sum, ""
 }
 
 var hierarchyOnce = sync.OnceValue(func() int {

@@ -34,7 +34,7 @@ func peerOf(c net.Conn, need agent.IdentityNeed) agent.Peer {
 		}
 		peer = agent.Peer{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid, Known: true}
 		if need > agent.NeedNone {
-			peer.Identity = identityOf(int(fd), cred.Pid, need)
+			peer.Identity = identityOf(int(fd), cred.Pid, cred.Uid, need)
 		}
 	}); err != nil {
 		return agent.Peer{}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -66,7 +65,6 @@ type Server struct {
 	perUID    map[int64]int // open connections by peer uid; -1 for no credentials
 	stopping  bool
 	connWG    sync.WaitGroup
-	lastFree  time.Time
 }
 
 // NewServer returns a server for a. A nil logger discards.
@@ -194,11 +192,7 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
 		c.serve(ctx)
 		s.mu.Lock()
 		delete(s.conns, c)
-		idle := len(s.conns) == 0
 		s.mu.Unlock()
-		if idle {
-			s.returnMemory()
-		}
 	}()
 }
 
@@ -218,20 +212,6 @@ func refuseWith(nc net.Conn, err error) {
 	b, _ := m.Append(nil)
 	nc.SetWriteDeadline(time.Now().Add(time.Second))
 	nc.Write(b)
-}
-
-// returnMemory gives freed memory back to the system when the last
-// connection has closed, at most every ten seconds: after a burst of
-// clients the Go runtime would otherwise keep it for minutes.
-func (s *Server) returnMemory() {
-	s.mu.Lock()
-	if time.Since(s.lastFree) < 10*time.Second {
-		s.mu.Unlock()
-		return
-	}
-	s.lastFree = time.Now()
-	s.mu.Unlock()
-	go debug.FreeOSMemory()
 }
 
 // Connections is how many connections are open.

@@ -125,11 +125,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 	}
 	defer closeAgent(a, log)
 
-	listeners, where, err := listen(cfg, log)
-	if err != nil {
-		return err
-	}
-	srv := socket.NewServer(a, socket.Limits{
+	sl := socket.Limits{
 		MaxFrame:             cfg.Limits.MaxFrame,
 		MaxInFlight:          cfg.Limits.MaxInFlight,
 		MaxQueuedBytes:       cfg.Limits.MaxQueuedBytes,
@@ -137,7 +133,14 @@ func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 		MaxConnectionsPerUID: cfg.Limits.MaxConnectionsPerUID,
 		HelloTimeout:         cfg.Limits.HelloTimeout.Duration,
 		IdleTimeout:          cfg.Limits.IdleConnectionTimeout.Duration,
-	}, log)
+	}
+	setMemoryLimit(a.Limits(), sl, log)
+
+	listeners, where, err := listen(cfg, log)
+	if err != nil {
+		return err
+	}
+	srv := socket.NewServer(a, sl, log)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

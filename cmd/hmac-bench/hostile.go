@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/internal/benchenv"
+	"github.com/hmac-agent/hmac-agent/internal/memreturn"
 	"github.com/hmac-agent/hmac-agent/internal/softhsm"
 )
 
@@ -152,7 +153,9 @@ func hostileRound(r *results, p hostilePlan, agentBin, name string) error {
 		return err
 	}
 	defer ag.close()
-	time.Sleep(200 * time.Millisecond)
+	// The start is measured once the agent has given back what the
+	// warm-up left: the same standard "after" is held to.
+	time.Sleep(memreturn.Settle + time.Second)
 	start, err := ag.read()
 	if err != nil {
 		return err
@@ -285,10 +288,10 @@ func (a *attacker) stop() {
 	}
 }
 
-// settle waits until the agent holds no more goroutines and descriptors
-// than at the start plus 10%, or until max, and returns what it holds
-// then. RSS is not waited for: the Go runtime returns freed memory to the
-// system over minutes.
+// settle waits until the agent holds no more memory, goroutines and
+// descriptors than at the start plus 10%, or until max, and returns what
+// it holds then. The agent returns memory within memreturn.Interval of
+// the attacker's last connection closing; max leaves room for that.
 func settle(read func() (processFigures, error), start processFigures, max time.Duration) processFigures {
 	var f processFigures
 	for end := time.Now().Add(max); ; time.Sleep(200 * time.Millisecond) {

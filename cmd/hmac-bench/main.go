@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/internal/benchenv"
+	"github.com/hmac-agent/hmac-agent/internal/memreturn"
 )
 
 // metric is one figure of the output.
@@ -84,7 +85,9 @@ func main() {
 	if *hostileRun {
 		hp := hostilePlan{victim: 2 * time.Second, scale: 1, settle: 15 * time.Second}
 		if *quick {
-			hp = hostilePlan{victim: 300 * time.Millisecond, scale: 0.1, settle: 5 * time.Second}
+			// The settle still leaves room for the agent's next return of
+			// memory, which may be up to an interval away.
+			hp = hostilePlan{victim: 300 * time.Millisecond, scale: 0.1, settle: memreturn.Settle + memreturn.Interval + 2*time.Second}
 		}
 		if *attackList != "" {
 			hp.attacks = strings.Split(*attackList, ",")
