@@ -38,32 +38,36 @@ func runEchoServer(path string) {
 		if err != nil {
 			return
 		}
-		go func() {
-			defer c.Close()
-			r := bufio.NewReader(c)
-			w := bufio.NewWriter(c)
-			reply := make([]byte, replySize)
-			binary.BigEndian.PutUint32(reply, replySize-4)
-			var hdr [4]byte
-			body := make([]byte, 1<<16)
-			for {
-				if _, err := io.ReadFull(r, hdr[:]); err != nil {
-					return
-				}
-				n := int(binary.BigEndian.Uint32(hdr[:]))
-				if n > len(body) {
-					return
-				}
-				if _, err := io.ReadFull(r, body[:n]); err != nil {
-					return
-				}
-				copy(reply[5:9], body[1:5]) // the request ID
-				w.Write(reply)
-				if r.Buffered() == 0 {
-					w.Flush()
-				}
-			}
-		}()
+		go echoConn(c)
+	}
+}
+
+// echoConn answers each frame read from c with a TAG-sized reply that
+// carries its request ID, until c ends.
+func echoConn(c net.Conn) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	w := bufio.NewWriter(c)
+	reply := make([]byte, replySize)
+	binary.BigEndian.PutUint32(reply, replySize-4)
+	var hdr [4]byte
+	body := make([]byte, 1<<16)
+	for {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			return
+		}
+		n := int(binary.BigEndian.Uint32(hdr[:]))
+		if n > len(body) {
+			return
+		}
+		if _, err := io.ReadFull(r, body[:n]); err != nil {
+			return
+		}
+		copy(reply[5:9], body[1:5]) // the request ID
+		w.Write(reply)
+		if r.Buffered() == 0 {
+			w.Flush()
+		}
 	}
 }
 

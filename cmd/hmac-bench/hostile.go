@@ -80,9 +80,11 @@ func hostile(r *results, p hostilePlan, agentBin string) error {
 		return err
 	}
 	recordVictim(r, "quiet", quiet)
-	if p.attacks == nil || slices.Contains(p.attacks, cpuBurn) {
-		if err := hostileRound(r, p, agentBin, cpuBurn); err != nil {
-			return fmt.Errorf("%s: %w", cpuBurn, err)
+	for _, name := range controls {
+		if p.attacks == nil || slices.Contains(p.attacks, name) {
+			if err := hostileRound(r, p, agentBin, name); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
 		}
 	}
 
@@ -381,7 +383,7 @@ func printHostile(r *results) {
 	fmt.Printf("%-14s %9.0f %9.0f %9.0f %9.0f %6.0f\n", "quiet",
 		m("hostile_quiet_soft_p50_us"), m("hostile_quiet_soft_p99_us"), m("hostile_quiet_pkcs11_p50_us"), m("hostile_quiet_pkcs11_p99_us"),
 		m("hostile_quiet_victim_failures"))
-	for _, a := range append([]string{cpuBurn}, attackOrder...) {
+	for _, a := range append(slices.Clone(controls), attackOrder...) {
 		h := "hostile_" + a + "_"
 		if !r.has(h + "soft_p99_us") {
 			continue // not run (-attacks)
@@ -409,10 +411,12 @@ func hostileGoals(r *results) []string {
 		return "NOT met"
 	}
 	var out []string
-	ctl := "hostile_" + cpuBurn + "_"
-	if r.has(ctl + "soft_p99_us") {
-		out = append(out, fmt.Sprintf("%-14s (control: a neighbour that only burns every CPU) p99 x%.1f soft, x%.1f PKCS#11",
-			cpuBurn, m(ctl+"soft_p99_us")/m("hostile_quiet_soft_p99_us"), m(ctl+"pkcs11_p99_us")/m("hostile_quiet_pkcs11_p99_us")))
+	for _, c := range controls {
+		ctl := "hostile_" + c + "_"
+		if r.has(ctl + "soft_p99_us") {
+			out = append(out, fmt.Sprintf("%-14s (control, never calls the agent) p99 x%.1f soft, x%.1f PKCS#11",
+				c, m(ctl+"soft_p99_us")/m("hostile_quiet_soft_p99_us"), m(ctl+"pkcs11_p99_us")/m("hostile_quiet_pkcs11_p99_us")))
+		}
 	}
 	for _, a := range attackOrder {
 		h := "hostile_" + a + "_"

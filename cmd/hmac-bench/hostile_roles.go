@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -154,7 +155,74 @@ var attackOrder = []string{"connections", "half_frames", "contexts", "pkcs11_inp
 // change; an attack whose cost is near it adds little of its own.
 const cpuBurn = "cpu_burn"
 
+// controls are the phases that measure the machine, not the agent: the
+// victim under a neighbour that never calls it.
+var controls = []string{cpuBurn, echoFlood}
+
+// echoFlood is the second control: a neighbour that floods a socket
+// server of its own, in its own process, with the one-shot flood's
+// pattern (four connections, 64 frames in flight on each) and never
+// calls the agent. It costs the victim what that much waking and
+// switching on the machine's CPUs costs, which no agent can change.
+const echoFlood = "echo_flood"
+
 var attacks = map[string]attack{
+	echoFlood: func(sock string, scale float64, ready func(held int), stop <-chan struct{}) error {
+		dir, err := os.MkdirTemp("", "hmac-bench-echo-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		l, err := net.Listen("unix", filepath.Join(dir, "echo.sock"))
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go echoConn(c)
+			}
+		}()
+		const conns, window = 4, 64
+		req := make([]byte, 4+1+4+1+1+len(benchenv.SoftKey)+4+64)
+		binary.BigEndian.PutUint32(req, uint32(len(req)-4))
+		var cs []net.Conn
+		for range conns {
+			c, err := net.Dial("unix", l.Addr().String())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			cs = append(cs, c)
+		}
+		for _, c := range cs {
+			go func() {
+				w := bufio.NewWriter(c)
+				r := bufio.NewReader(c)
+				reply := make([]byte, replySize)
+				for range window {
+					w.Write(req)
+				}
+				for w.Flush() == nil {
+					if _, err := io.ReadFull(r, reply); err != nil {
+						return
+					}
+					w.Write(req)
+					if r.Buffered() == 0 && w.Flush() != nil {
+						return
+					}
+				}
+			}()
+		}
+		ready(conns)
+		<-stop
+		return nil
+	},
+
 	cpuBurn: func(sock string, scale float64, ready func(held int), stop <-chan struct{}) error {
 		n := runtime.NumCPU()
 		var done atomic.Bool
