@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"time"
 
@@ -558,11 +557,14 @@ func (c *conn) goManage(m *wire.Message) {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	c.manageQ.ops = append(c.manageQ.ops, func() {
+		// A flood of management requests (denied ones, say) waits for its
+		// caller's turn at the CPUs before each, like the reader's own
+		// work; the turn is not held while the request runs, since it may
+		// wait on a device.
+		c.enter(nil)
+		c.leave(nil)
 		c.manage(o)
 		c.release(n)
-		// Management requests are few and heavy; a flood of them takes
-		// its turn behind the goroutines ready to run.
-		runtime.Gosched()
 	})
 	c.startLocked(manageQueueID, &c.manageQ)
 }

@@ -99,7 +99,7 @@ func NewServer[S Session](a Agent[S], limits Limits, log *slog.Logger) *Server {
 	}
 	return &Server{
 		agent: a, limits: limits, log: log,
-		gate:       fair.NewGate(0),
+		gate:       fair.NewCPUGate(),
 		newSession: func(p agent.Peer) Session { return a.NewSession(p) },
 		listeners:  make(map[net.Listener]struct{}),
 		conns:      make(map[*conn]struct{}),

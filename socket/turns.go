@@ -38,7 +38,7 @@ func (c *conn) yield() {
 // leave ends the turn enter began.
 func (c *conn) leave(q *queue) {
 	if q == nil {
-		c.srv.gate.Leave()
+		c.srv.gate.Leave(c.sess.Budget())
 	}
 }
 

@@ -6,25 +6,30 @@ import (
 	"sync"
 )
 
-// Gate lets at most a fixed number of holders in at once and makes the
-// rest wait in turn by key (a caller's uid), so that work done on the
-// agent's own CPUs is shared by callers, not by whoever sends most.
+// Gate lets at most a number of holders in at once, and at most a smaller
+// number of them for any one key (a caller's uid), and makes the rest
+// wait in turn by key, so that work done on the agent's own CPUs is
+// shared by callers, not by whoever sends most.
 //
-// It exists for a property of the Go scheduler: a processor (P) looks
-// for sockets that became readable only when it has no goroutine to run,
-// or when the runtime's monitor finds the network unpolled for 10 ms. A
-// caller that keeps every P busy (one reader per connection, each finding
-// its next request already buffered) so hides every other caller's
-// request for up to 10 ms, whatever order the agent would serve them in.
-// A gate narrower than GOMAXPROCS leaves a P free to poll, and a holder
-// that would re-enter while another caller waits parks instead, which
-// frees its P too.
+// It exists for two properties of the machine. The Go scheduler looks for
+// sockets that became readable only when a processor (P) has no
+// goroutine to run, or when its monitor finds the network unpolled for
+// 10 ms: a caller that keeps every P busy (a reader per connection, each
+// finding its next request already buffered) hides every other caller's
+// request for up to 10 ms. And the kernel shares the CPUs among threads:
+// a thread that has been busy serving one caller waits behind that
+// caller's own processes, so another caller served on it waits too. With
+// one key held to fewer slots than there are Ps, a P is left to poll the
+// network, and another caller's request runs at once on a thread of its
+// own instead of waiting for the busy one.
 //
 // A Gate is safe for concurrent use.
 type Gate struct {
 	mu      sync.Mutex
 	slots   int
+	perKey  int
 	in      int
+	held    map[any]int
 	waiting Queue[*gateWaiter]
 }
 
@@ -32,33 +37,45 @@ type gateWaiter struct{ ready chan struct{} }
 
 var waiterPool = sync.Pool{New: func() any { return &gateWaiter{ready: make(chan struct{}, 1)} }}
 
-// NewGate returns a gate for slots holders at once; slots <= 0 means
-// DefaultSlots.
-func NewGate(slots int) *Gate {
-	if slots <= 0 {
-		slots = DefaultSlots()
+// NewGate returns a gate for slots holders at once, at most perKey of
+// them with one key; perKey <= 0 or above slots means slots.
+func NewGate(slots, perKey int) *Gate {
+	slots = max(1, slots)
+	if perKey <= 0 || perKey > slots {
+		perKey = slots
 	}
-	return &Gate{slots: slots}
+	return &Gate{slots: slots, perKey: perKey, held: make(map[any]int)}
 }
 
-// DefaultSlots is one fewer than GOMAXPROCS, and at least one: a P left
-// to poll the network (see Gate).
-func DefaultSlots() int { return max(1, runtime.GOMAXPROCS(0)-1) }
+// NewCPUGate returns the gate for work on the agent's CPUs: GOMAXPROCS
+// slots, one fewer for any one key (at least one).
+func NewCPUGate() *Gate {
+	n := runtime.GOMAXPROCS(0)
+	return NewGate(n, n-1)
+}
 
-// Enter returns when the caller holds a slot: at once if one is free and
-// nobody waits, otherwise after every other key waiting before it has had
-// a turn. Each Enter must be matched by one Leave.
+// free reports whether key may take a slot now. g.mu is held.
+func (g *Gate) free(key any) bool { return g.in < g.slots && g.held[key] < g.perKey }
+
+func (g *Gate) takeLocked(key any) {
+	g.in++
+	g.held[key]++
+}
+
+// Enter returns when the caller holds a slot: at once if one is free for
+// key, otherwise after every other key waiting before it has had a turn.
+// Each Enter must be matched by one Leave with the same key.
 func (g *Gate) Enter(key any) {
 	g.mu.Lock()
-	if g.in < g.slots && g.waiting.Len() == 0 {
-		g.in++
+	if g.free(key) {
+		g.takeLocked(key)
 		g.mu.Unlock()
 		return
 	}
 	w := waiterPool.Get().(*gateWaiter)
 	g.waiting.Push(key, w)
 	g.mu.Unlock()
-	<-w.ready // the slot is handed over by Leave; g.in already counts it
+	<-w.ready // the slot is handed over by Leave, and counted for key
 	waiterPool.Put(w)
 	// Woken by Leave, this goroutine runs next on Leave's P and inherits
 	// its time slice, ahead of every goroutine the network made ready
@@ -76,8 +93,8 @@ func (g *Gate) Enter(key any) {
 // for.
 func (g *Gate) EnterContext(ctx context.Context, key any) error {
 	g.mu.Lock()
-	if g.in < g.slots && g.waiting.Len() == 0 {
-		g.in++
+	if g.free(key) {
+		g.takeLocked(key)
 		g.mu.Unlock()
 		return nil
 	}
@@ -99,40 +116,37 @@ func (g *Gate) EnterContext(ctx context.Context, key any) error {
 	g.mu.Unlock()
 	if !removed {
 		<-w.ready // handed the slot as ctx ended: pass it on
-		g.Leave()
+		g.Leave(key)
 	}
 	waiterPool.Put(w)
 	return ctx.Err()
 }
 
-// TryEnter takes a slot if one is free and nobody waits.
-func (g *Gate) TryEnter() bool {
+// TryEnter takes a slot for key if one is free for it.
+func (g *Gate) TryEnter(key any) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.in < g.slots && g.waiting.Len() == 0 {
-		g.in++
+	if g.free(key) {
+		g.takeLocked(key)
 		return true
 	}
 	return false
 }
 
-// Leave gives the slot up: to the next waiter in turn, or back.
-func (g *Gate) Leave() {
+// Leave gives key's slot up: to the first waiter in turn whose key may
+// take it, or back.
+func (g *Gate) Leave(key any) {
 	g.mu.Lock()
-	w, ok := g.waiting.Pop()
-	if !ok {
-		g.in--
+	g.in--
+	if g.held[key]--; g.held[key] <= 0 {
+		delete(g.held, key)
+	}
+	next, w, ok := g.waiting.PopIf(func(k any) bool { return g.held[k] < g.perKey })
+	if ok {
+		g.takeLocked(next)
 	}
 	g.mu.Unlock()
 	if ok {
 		w.ready <- struct{}{}
 	}
-}
-
-// Waiting reports whether anyone waits for a slot: a holder with more
-// to do yields when it does.
-func (g *Gate) Waiting() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.waiting.Len() > 0
 }

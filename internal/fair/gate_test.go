@@ -3,6 +3,7 @@ package fair
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -26,7 +27,7 @@ func enterInOrder(t *testing.T, g *Gate, keys []string) (order chan string, wg *
 		wg.Go(func() {
 			g.Enter(k)
 			order <- k
-			g.Leave()
+			g.Leave(k)
 		})
 		waitFor(t, func() bool { return g.waiters() == i+1 })
 	}
@@ -45,10 +46,10 @@ func waitFor(t *testing.T, cond func() bool) {
 }
 
 func TestGateServesKeysInTurn(t *testing.T) {
-	g := NewGate(1)
+	g := NewGate(1, 1)
 	g.Enter("flood") // the holder
 	order, wg := enterInOrder(t, g, []string{"flood", "flood", "flood", "victim"})
-	g.Leave()
+	g.Leave("flood")
 	wg.Wait()
 	close(order)
 	var got []string
@@ -69,7 +70,7 @@ func TestGateServesKeysInTurn(t *testing.T) {
 }
 
 func TestGateSlots(t *testing.T) {
-	g := NewGate(2)
+	g := NewGate(2, 0)
 	g.Enter("a")
 	g.Enter("a") // a second slot, at once
 	in := make(chan struct{})
@@ -83,19 +84,63 @@ func TestGateSlots(t *testing.T) {
 		t.Fatal("a third holder got in with two slots taken")
 	default:
 	}
-	g.Leave()
+	g.Leave("a")
 	<-in
-	g.Leave()
-	g.Leave()
-	if g.in != 0 {
-		t.Fatalf("%d slots taken after every holder left", g.in)
+	g.Leave("a")
+	g.Leave("b")
+	if g.in != 0 || len(g.held) != 0 {
+		t.Fatalf("%d slots taken, %d keys counted after every holder left", g.in, len(g.held))
+	}
+}
+
+// One key holds at most perKey slots: with one left free, a second holder
+// of the same key waits, and another key takes it at once; when the
+// first leaves, its own waiter gets the slot it frees.
+func TestGatePerKey(t *testing.T) {
+	g := NewGate(2, 1)
+	g.Enter("flood")
+	second := make(chan struct{})
+	go func() {
+		g.Enter("flood")
+		close(second)
+	}()
+	waitFor(t, func() bool { return g.waiters() == 1 })
+	if !g.TryEnter("victim") {
+		t.Fatal("another key found no slot with one free")
+	}
+	if g.TryEnter("victim") {
+		t.Fatal("a key took more than perKey slots")
+	}
+	select {
+	case <-second:
+		t.Fatal("a key took more than perKey slots")
+	default:
+	}
+	g.Leave("victim")
+	select {
+	case <-second:
+		t.Fatal("the slot the victim left went to a key at its limit")
+	case <-time.After(20 * time.Millisecond):
+	}
+	g.Leave("flood")
+	<-second
+	g.Leave("flood")
+	if g.in != 0 || len(g.held) != 0 {
+		t.Fatalf("%d slots taken, %d keys counted after every holder left", g.in, len(g.held))
+	}
+}
+
+func TestCPUGateLeavesAProcessorToOthers(t *testing.T) {
+	g := NewCPUGate()
+	if n := runtime.GOMAXPROCS(0); n > 1 && (g.slots != n || g.perKey != n-1) {
+		t.Fatalf("NewCPUGate: %d slots, %d per key with GOMAXPROCS %d", g.slots, g.perKey, n)
 	}
 }
 
 // A holder that wants in again while another caller waits goes behind
 // it, however many times it has had the slot: turns, not first come.
 func TestGateHolderReenteringWaitsItsTurn(t *testing.T) {
-	g := NewGate(1)
+	g := NewGate(1, 1)
 	g.Enter("flood")
 	victimIn := make(chan struct{})
 	release := make(chan struct{})
@@ -103,10 +148,10 @@ func TestGateHolderReenteringWaitsItsTurn(t *testing.T) {
 		g.Enter("victim")
 		close(victimIn)
 		<-release
-		g.Leave()
+		g.Leave("victim")
 	}()
 	waitFor(t, func() bool { return g.waiters() == 1 })
-	g.Leave()
+	g.Leave("flood")
 	<-victimIn
 	floodIn := make(chan struct{})
 	go func() {
@@ -116,27 +161,21 @@ func TestGateHolderReenteringWaitsItsTurn(t *testing.T) {
 	waitFor(t, func() bool { return g.waiters() == 1 })
 	close(release)
 	<-floodIn
-	g.Leave()
-}
-
-func TestDefaultSlotsLeavesAProcessorFree(t *testing.T) {
-	if n := DefaultSlots(); n < 1 {
-		t.Fatalf("DefaultSlots() = %d", n)
-	}
+	g.Leave("flood")
 }
 
 func BenchmarkGateUncontended(b *testing.B) {
-	g := NewGate(1)
+	g := NewGate(1, 1)
 	for b.Loop() {
 		g.Enter("a")
-		g.Leave()
+		g.Leave("a")
 	}
 }
 
 // A waiter whose context ends leaves the line holding nothing, and the
 // slot goes on to the next one in turn.
 func TestGateEnterContextGivesUp(t *testing.T) {
-	g := NewGate(1)
+	g := NewGate(1, 1)
 	g.Enter("stalled")
 	ctx, cancel := context.WithCancel(context.Background())
 	gaveUp := make(chan error)
@@ -157,36 +196,36 @@ func TestGateEnterContextGivesUp(t *testing.T) {
 	if g.waiters() != 1 {
 		t.Fatalf("%d waiting after one gave up, want 1", g.waiters())
 	}
-	g.Leave()
+	g.Leave("stalled")
 	<-in
-	if g.TryEnter() {
+	if g.TryEnter("c") {
 		t.Fatal("TryEnter got a slot the holder has")
 	}
-	g.Leave()
-	if !g.TryEnter() {
+	g.Leave("b")
+	if !g.TryEnter("c") {
 		t.Fatal("TryEnter found no free slot")
 	}
-	g.Leave()
+	g.Leave("c")
 }
 
 // A context ending just as the slot is handed over must not lose the slot.
 func TestGateEnterContextRaceKeepsSlots(t *testing.T) {
-	g := NewGate(1)
+	g := NewGate(1, 1)
 	for range 2000 {
 		g.Enter("h")
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() {
 			if g.EnterContext(ctx, "w") == nil {
-				g.Leave()
+				g.Leave("w")
 			}
 			close(done)
 		}()
 		go cancel()
-		g.Leave()
+		g.Leave("h")
 		<-done
 	}
-	if !g.TryEnter() {
+	if !g.TryEnter("h") {
 		t.Fatal("a slot was lost")
 	}
 }

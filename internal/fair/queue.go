@@ -44,12 +44,26 @@ func (q *Queue[T]) Push(key any, item T) {
 // Pop takes the first item of the key whose turn it is, and moves that
 // key to the end of the round.
 func (q *Queue[T]) Pop() (item T, ok bool) {
-	if len(q.ring) == 0 {
-		return item, false
+	_, item, ok = q.PopIf(nil)
+	return item, ok
+}
+
+// PopIf is Pop for the first key in turn that eligible accepts (nil
+// accepts any); keys passed over keep their places at the head of the
+// round.
+func (q *Queue[T]) PopIf(eligible func(key any) bool) (key any, item T, ok bool) {
+	i := 0
+	for i < len(q.ring) && eligible != nil && !eligible(q.ring[i].key) {
+		i++
 	}
-	l := q.ring[0]
-	q.ring[0] = nil
-	q.ring = q.ring[1:]
+	if i == len(q.ring) {
+		return nil, item, false
+	}
+	l := q.ring[i]
+	n := len(q.ring)
+	copy(q.ring[i:], q.ring[i+1:])
+	q.ring[n-1] = nil
+	q.ring = q.ring[:n-1]
 	item = l.items[0]
 	var zero T
 	l.items[0] = zero
@@ -60,7 +74,7 @@ func (q *Queue[T]) Pop() (item T, ok bool) {
 		delete(q.byKey, l.key)
 	}
 	q.n--
-	return item, true
+	return l.key, item, true
 }
 
 // Remove takes item out of key's line, for a waiter that gave up; it

@@ -245,7 +245,7 @@ func (m *mac) release() {
 		if !m.p.closed {
 			m.p.releaseLocked(seq)
 		}
-		m.p.turn.Leave()
+		m.p.turn.Leave(nil)
 	}
 	clear(m.buf)
 	m.buf = nil

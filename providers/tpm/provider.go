@@ -118,7 +118,7 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	}
 	p := &Provider{cfg: cfg, keysDir: keysDir, slots: cfg.Slots, keys: map[string]*key{}, versions: map[string]*key{}}
 	p.srk = &object{kind: objSRK}
-	p.turn = fair.NewGate(1)
+	p.turn = fair.NewGate(1, 1)
 	p.turn.Enter(nil)
 	err = p.connectLocked()
 	if err == nil {
@@ -127,7 +127,7 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	if err == nil {
 		err = p.loadLocked(p.srk)
 	}
-	p.turn.Leave()
+	p.turn.Leave(nil)
 	if err != nil {
 		p.Close()
 		return nil, err
@@ -263,10 +263,11 @@ func (p *Provider) exchange(cmd []byte) ([]byte, error) {
 // another try would only double the wait. Errors of the connection wrap
 // ErrUnavailable with a message naming the provider.
 func (p *Provider) run(ctx context.Context, f func() error) error {
-	if err := p.turn.EnterContext(ctx, providers.BudgetFrom(ctx)); err != nil {
+	caller := providers.BudgetFrom(ctx)
+	if err := p.turn.EnterContext(ctx, caller); err != nil {
 		return p.unavailable(fmt.Errorf("%w: %w (the call ended waiting for its turn: %w)", errTransport, errTimeout, err))
 	}
-	defer p.turn.Leave()
+	defer p.turn.Leave(caller)
 	return p.runLocked(f)
 }
 
@@ -336,7 +337,7 @@ func (p *Provider) Health(ctx context.Context) error {
 		}
 		return p.unavailable(fmt.Errorf("%w: %w (commands before the check held the TPM)", errTransport, errTimeout))
 	}
-	defer p.turn.Leave()
+	defer p.turn.Leave(nil)
 	return p.runLocked(func() error {
 		_, err := tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTFamilyIndicator), PropertyCount: 1}.Execute(p.t)
 		return err
@@ -346,7 +347,7 @@ func (p *Provider) Health(ctx context.Context) error {
 // Close flushes what the provider loaded and closes the connection.
 func (p *Provider) Close() error {
 	p.turn.Enter(nil)
-	defer p.turn.Leave()
+	defer p.turn.Leave(nil)
 	if p.closed {
 		return nil
 	}
