@@ -38,6 +38,9 @@ type conn struct {
 	ctx  context.Context
 
 	scratch [wire.MaxTag]byte
+	// inTurn is whether the reader holds a counted turn at the CPUs
+	// (see enter).
+	inTurn bool
 	// turns counts the requests read since the reader last yielded.
 	turns int
 	// proto is the protocol version the handshake agreed on.
@@ -561,8 +564,9 @@ func (c *conn) goManage(m *wire.Message) {
 		// caller's turn at the CPUs before each, like the reader's own
 		// work; the turn is not held while the request runs, since it may
 		// wait on a device.
-		c.enter(nil)
-		c.leave(nil)
+		if key := c.sess.Budget(); c.srv.gate.Enter(key) {
+			c.srv.gate.Leave(key)
+		}
 		c.manage(o)
 		c.release(n)
 	})

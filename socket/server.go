@@ -117,6 +117,7 @@ func (s *Server) admit(peer agent.Peer) bool {
 		return false
 	}
 	s.perUID[uid]++
+	s.gate.Share(len(s.perUID) > 1)
 	return true
 }
 
@@ -128,6 +129,7 @@ func (s *Server) leave(peer agent.Peer) {
 	if s.perUID[uid]--; s.perUID[uid] <= 0 {
 		delete(s.perUID, uid)
 	}
+	s.gate.Share(len(s.perUID) > 1)
 }
 
 func uidKey(peer agent.Peer) int64 {

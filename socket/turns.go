@@ -22,13 +22,16 @@ const turnRequests = 16
 // would stop every caller.
 func (c *conn) enter(q *queue) {
 	if q == nil {
-		c.srv.gate.Enter(c.sess.Budget())
+		c.inTurn = c.srv.gate.Enter(c.sess.Budget())
 	}
 }
 
 // yield lets the goroutines waiting to run go first once the reader has
 // read turnRequests requests since it last did.
 func (c *conn) yield() {
+	if !c.srv.gate.Shared() {
+		return // no other caller to yield to
+	}
 	if c.turns++; c.turns >= turnRequests {
 		c.turns = 0
 		runtime.Gosched()
@@ -37,7 +40,8 @@ func (c *conn) yield() {
 
 // leave ends the turn enter began.
 func (c *conn) leave(q *queue) {
-	if q == nil {
+	if q == nil && c.inTurn {
+		c.inTurn = false
 		c.srv.gate.Leave(c.sess.Budget())
 	}
 }

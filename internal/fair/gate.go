@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 // Gate lets at most a number of holders in at once, and at most a smaller
@@ -25,12 +26,15 @@ import (
 //
 // A Gate is safe for concurrent use.
 type Gate struct {
-	mu      sync.Mutex
-	slots   int
-	perKey  int
-	in      int
-	held    map[any]int
-	waiting Queue[*gateWaiter]
+	mu     sync.Mutex
+	slots  int
+	perKey int // in force now: sharedPerKey while shared, else slots
+	// sharedPerKey is one key's limit while the gate is shared (Share).
+	sharedPerKey int
+	shared       atomic.Bool
+	in           int
+	held         map[any]int
+	waiting      Queue[*gateWaiter]
 }
 
 type gateWaiter struct{ ready chan struct{} }
@@ -44,33 +48,84 @@ func NewGate(slots, perKey int) *Gate {
 	if perKey <= 0 || perKey > slots {
 		perKey = slots
 	}
-	return &Gate{slots: slots, perKey: perKey, held: make(map[any]int)}
+	g := &Gate{slots: slots, perKey: perKey, sharedPerKey: perKey, held: make(map[any]int)}
+	g.shared.Store(true)
+	return g
 }
 
 // NewCPUGate returns the gate for work on the agent's CPUs: GOMAXPROCS
-// slots, one fewer for any one key (at least one).
+// slots, one fewer for any one key (at least one) while it is shared
+// (Share). Unshared, it lets everyone in at once: a lone caller has the
+// whole agent, and pays nothing for turns no one else waits for; the
+// limits start as soon as another caller connects.
 func NewCPUGate() *Gate {
 	n := runtime.GOMAXPROCS(0)
-	return NewGate(n, n-1)
+	g := NewGate(n, n-1)
+	g.Share(false)
+	return g
 }
 
-// free reports whether key may take a slot now. g.mu is held.
-func (g *Gate) free(key any) bool { return g.in < g.slots && g.held[key] < g.perKey }
+// Share sets whether more than one key uses the gate: if so one key may
+// hold sharedPerKey slots and the holders at most the gate's slots; if
+// not, Enter never waits. Holders over a new limit keep their slots
+// until they leave.
+func (g *Gate) Share(shared bool) {
+	g.mu.Lock()
+	if g.shared.Load() == shared {
+		g.mu.Unlock()
+		return
+	}
+	g.shared.Store(shared)
+	g.perKey = g.slots
+	if shared {
+		g.perKey = g.sharedPerKey
+	}
+	// Slots free for waiters that were held back by the old limit.
+	var ready []*gateWaiter
+	for {
+		next, w, ok := g.waiting.PopIf(g.free)
+		if !ok {
+			break
+		}
+		g.takeLocked(next)
+		ready = append(ready, w)
+	}
+	g.mu.Unlock()
+	for _, w := range ready {
+		w.ready <- struct{}{}
+	}
+}
+
+// free reports whether key may take a slot now: always while the gate is
+// not shared, since no one else waits for it. g.mu is held.
+func (g *Gate) free(key any) bool {
+	return !g.shared.Load() || g.in < g.slots && g.held[key] < g.perKey
+}
 
 func (g *Gate) takeLocked(key any) {
 	g.in++
 	g.held[key]++
 }
 
+// Shared reports whether more than one key uses the gate (Share).
+func (g *Gate) Shared() bool { return g.shared.Load() }
+
 // Enter returns when the caller holds a slot: at once if one is free for
 // key, otherwise after every other key waiting before it has had a turn.
-// Each Enter must be matched by one Leave with the same key.
-func (g *Gate) Enter(key any) {
+// It reports whether the slot was counted, as it is unless the gate is
+// not shared: then Enter costs one atomic load, and there is nothing to
+// leave. Each counted Enter must be matched by one Leave with the same
+// key. (A holder let in uncounted just before the gate became shared
+// finishes its turn uncounted.)
+func (g *Gate) Enter(key any) (counted bool) {
+	if !g.shared.Load() {
+		return false
+	}
 	g.mu.Lock()
 	if g.free(key) {
 		g.takeLocked(key)
 		g.mu.Unlock()
-		return
+		return true
 	}
 	w := waiterPool.Get().(*gateWaiter)
 	g.waiting.Push(key, w)
@@ -84,6 +139,7 @@ func (g *Gate) Enter(key any) {
 	// runtime preempts the chain, 10 ms later. Going to the back of the
 	// run queue lets those run first.
 	runtime.Gosched()
+	return true
 }
 
 // EnterContext is Enter for a caller that gives up when ctx ends: it
@@ -122,7 +178,8 @@ func (g *Gate) EnterContext(ctx context.Context, key any) error {
 	return ctx.Err()
 }
 
-// TryEnter takes a slot for key if one is free for it.
+// TryEnter takes a slot for key if one is free for it, counted whether
+// or not the gate is shared.
 func (g *Gate) TryEnter(key any) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -141,7 +198,7 @@ func (g *Gate) Leave(key any) {
 	if g.held[key]--; g.held[key] <= 0 {
 		delete(g.held, key)
 	}
-	next, w, ok := g.waiting.PopIf(func(k any) bool { return g.held[k] < g.perKey })
+	next, w, ok := g.waiting.PopIf(g.free)
 	if ok {
 		g.takeLocked(next)
 	}

@@ -132,8 +132,13 @@ func TestGatePerKey(t *testing.T) {
 
 func TestCPUGateLeavesAProcessorToOthers(t *testing.T) {
 	g := NewCPUGate()
-	if n := runtime.GOMAXPROCS(0); n > 1 && (g.slots != n || g.perKey != n-1) {
-		t.Fatalf("NewCPUGate: %d slots, %d per key with GOMAXPROCS %d", g.slots, g.perKey, n)
+	n := runtime.GOMAXPROCS(0)
+	if g.slots != n || g.perKey != n {
+		t.Fatalf("NewCPUGate, alone: %d slots, %d per key with GOMAXPROCS %d", g.slots, g.perKey, n)
+	}
+	g.Share(true)
+	if n > 1 && g.perKey != n-1 {
+		t.Fatalf("NewCPUGate, shared: %d per key with GOMAXPROCS %d", g.perKey, n)
 	}
 }
 
@@ -227,5 +232,38 @@ func TestGateEnterContextRaceKeepsSlots(t *testing.T) {
 	}
 	if !g.TryEnter("h") {
 		t.Fatal("a slot was lost")
+	}
+}
+
+// A lone key enters uncounted, at once, however many are in; once the
+// gate is shared it takes no more than its shared limit, and when it is
+// alone again its waiter gets in at once.
+func TestGateShare(t *testing.T) {
+	g := NewGate(2, 1)
+	g.Share(false)
+	for range 3 {
+		if g.Enter("a") {
+			t.Fatal("an unshared gate counted a turn")
+		}
+	}
+	g.Share(true)
+	if !g.Enter("a") {
+		t.Fatal("a shared gate did not count a turn")
+	}
+	if g.TryEnter("a") {
+		t.Fatal("a key took a second slot while the gate was shared")
+	}
+	in := make(chan struct{})
+	go func() {
+		g.Enter("a")
+		close(in)
+	}()
+	waitFor(t, func() bool { return g.waiters() == 1 })
+	g.Share(false)
+	<-in
+	g.Leave("a")
+	g.Leave("a")
+	if g.in != 0 || len(g.held) != 0 {
+		t.Fatalf("%d slots taken, %d keys counted after every holder left", g.in, len(g.held))
 	}
 }
