@@ -67,6 +67,11 @@ type queue struct {
 	running bool
 	blocked bool // a COPY that creates this context has not finished
 	done    bool // the context was finished; drop the queue when empty
+	// live is set once the context opened (by OPEN or as a COPY's
+	// target): a later OPEN of the same ID that fails ("already open")
+	// must not drop the queue of the context still open, whose requests
+	// would then run on the reader.
+	live bool
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -461,7 +466,7 @@ func (c *conn) own(m *wire.Message) (o *wire.Message, body *frame.Buffer) {
 // copy is zeroed once the key is stored, and the buffer, freed with the
 // connection, would otherwise keep the key on the heap.
 func wipeImport(m *wire.Message) {
-	if m.Type == wire.TypeImportKey {
+	if m.Type == wire.TypeImportKey || m.Type == wire.TypeRotateKey && m.Flags&wire.FlagImport != 0 {
 		clear(m.Data)
 	}
 }
@@ -552,6 +557,7 @@ func (c *conn) goManage(m *wire.Message) {
 		return
 	}
 	if over != nil {
+		wipeImport(m)
 		c.replyError(m.ID, over)
 		c.release(0)
 		return
@@ -569,6 +575,9 @@ func (c *conn) goManage(m *wire.Message) {
 		}
 		c.manage(o)
 		c.release(n)
+		// Its reply goes out now, not when the queue has drained: the
+		// requests behind it may wait on a device.
+		c.flush()
 	})
 	c.startLocked(manageQueueID, &c.manageQ)
 }
@@ -623,13 +632,15 @@ func (c *conn) enqueue(m *wire.Message) {
 		c.qmu.Lock()
 		switch o.Type {
 		case wire.TypeOpen:
-			q.done = err != nil // a context that never opened needs no queue
+			q.live = q.live || err == nil
+			q.done = !q.live // a context that never opened needs no queue
 		case wire.TypeFinalize, wire.TypeVerify, wire.TypeClose:
 			q.done = true
 		case wire.TypeCopy:
 			if target != nil {
 				target.blocked = false
-				target.done = err != nil
+				target.live = target.live || err == nil
+				target.done = !target.live
 				c.startLocked(o.NewContext, target)
 			}
 		}

@@ -14,12 +14,17 @@
 // HMAC. So do malformed and unknown requests. Anything that may reach a
 // device runs elsewhere, however fast the device has been, because a
 // device can stop answering mid-call: each context has a queue that keeps
-// its requests in order, one-shot and management requests run on their
-// own, and replies come back as they finish, in any order, matched by
-// request ID. The reader asks the agent one question per request at most
+// its requests in order, one-shots run on their own, a connection's
+// management requests run one at a time on a queue of their own, and
+// replies come back as they finish, in any order, matched by request ID.
+// The reader asks the agent one question per request at most
 // ([Session.Immediate], which never calls a provider). A cap on requests
 // in flight makes the reader stop reading when a client outruns its
 // device.
+//
+// The work a reader does itself takes a turn at the agent's CPUs by
+// caller (turns.go, fair.Gate) once more than one uid is connected, so
+// that one caller's flood costs another caller a turn.
 //
 // # The agent behind it
 //
