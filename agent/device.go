@@ -122,7 +122,10 @@ func (d *device) launch(ctx context.Context, f func(context.Context) error, fini
 	// that every request on it would otherwise register with, under one
 	// lock. A connection that goes away leaves its calls to their
 	// deadline.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.timeout)
+	// Nor does a device call hold the caller's turn at the CPUs: a pause
+	// meant for a reader's own work (providers.WithPause) must not reach
+	// it.
+	ctx, cancel := context.WithTimeout(providers.WithPause(context.WithoutCancel(ctx), nil), d.timeout)
 	var state atomic.Int32
 	// release gives the call's turn to the next one waiting: when the call
 	// returns, or when it is abandoned at its deadline, so that a stalled
