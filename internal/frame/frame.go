@@ -77,13 +77,25 @@ func (b *Buffer) Release() {
 var pool sync.Pool
 
 // Pooled returns a recycled slice of n bytes, or nil if the pool has
-// none that large.
+// none of about that size: at least n, and at most twice n or twice
+// minPooled, whichever is more. A larger one goes back: memory is
+// charged to a caller, and kept by whoever holds a frame, by what a frame
+// needs, so a small frame must not travel in a megabyte another frame
+// left behind.
 func Pooled(n int) []byte {
-	if b, ok := pool.Get().(*[]byte); ok && cap(*b) >= n {
-		return (*b)[:n]
+	b, ok := pool.Get().(*[]byte)
+	if !ok || cap(*b) < n {
+		return nil
 	}
-	return nil
+	if cap(*b) > 2*max(n, minPooled) {
+		pool.Put(b)
+		return nil
+	}
+	return (*b)[:n]
 }
+
+// minPooled is the size below which Pooled does not tell buffers apart.
+const minPooled = 64 << 10
 
 // Recycle returns b to the pool, for a reader's own buffer that no
 // Buffer wraps. The caller must not use b afterwards.

@@ -43,3 +43,24 @@ func TestPooled(t *testing.T) {
 		t.Errorf("Pooled(2 KiB) = %d bytes", cap(b))
 	}
 }
+
+// A small frame does not get a buffer many times its size from the pool.
+func TestPooledKeepsSizes(t *testing.T) {
+	for range 100 {
+		Recycle(make([]byte, 0, 1<<20))
+	}
+	for range 100 {
+		if b := Pooled(17 << 10); b != nil && cap(b) > 2*minPooled {
+			t.Fatalf("Pooled(17 KiB) gave a buffer of %d bytes", cap(b))
+		}
+	}
+	found := false
+	for range 100 {
+		if b := Pooled(600 << 10); b != nil {
+			found = found || cap(b) == 1<<20
+		}
+	}
+	if !found {
+		t.Log("no pooled buffer came back for a frame of its size (the pool may have been emptied by a collection)")
+	}
+}
