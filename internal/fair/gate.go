@@ -148,15 +148,14 @@ func (g *Gate) Enter(key any) (counted bool) {
 // the processor, since the caller holds something (a device) others wait
 // for.
 func (g *Gate) EnterContext(ctx context.Context, key any) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	g.mu.Lock()
 	if g.free(key) {
 		g.takeLocked(key)
 		g.mu.Unlock()
 		return nil
-	}
-	if err := ctx.Err(); err != nil {
-		g.mu.Unlock()
-		return err
 	}
 	w := waiterPool.Get().(*gateWaiter)
 	g.waiting.Push(key, w)

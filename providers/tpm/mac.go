@@ -241,11 +241,14 @@ func (m *mac) release() {
 	if m.seq != nil {
 		seq := m.seq
 		m.seq = nil
-		m.p.turn.Enter(nil)
-		if !m.p.closed {
-			m.p.releaseLocked(seq)
+		if m.p.turn.TryEnter(nil) {
+			if !m.p.closed {
+				m.p.releaseLocked(seq)
+			}
+			m.p.turn.Leave(nil)
+		} else {
+			m.p.releaseLater(seq)
 		}
-		m.p.turn.Leave(nil)
 	}
 	clear(m.buf)
 	m.buf = nil

@@ -80,6 +80,10 @@ type Provider struct {
 	// rotateMu serializes the provider's changes to versions.
 	rotateMu sync.Mutex
 
+	// pending are sequences to flush at the next command (releaseLater).
+	pendingMu sync.Mutex
+	pending   []*object
+
 	// swaps counts slot swaps, for status and metrics: atomic, so that
 	// reading it never waits for a TPM command that holds mu.
 	swaps atomic.Uint64
@@ -275,6 +279,7 @@ func (p *Provider) runLocked(f func() error) error {
 	if p.closed {
 		return fmt.Errorf("tpm: %w", providers.ErrClosed)
 	}
+	p.releasePendingLocked()
 	if p.t == nil {
 		if time.Now().Before(p.retryAt) {
 			return p.unavailable(fmt.Errorf("%w: %w (waiting before the next try)", errTransport, errTimeout))
@@ -329,7 +334,7 @@ func (p *Provider) refused(what string) error {
 // bounded by the timeout too.
 func (p *Provider) Health(ctx context.Context) error {
 	wait, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
-	err := p.turn.EnterContext(wait, nil)
+	err := p.turn.EnterContext(wait, healthCheck)
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -337,18 +342,42 @@ func (p *Provider) Health(ctx context.Context) error {
 		}
 		return p.unavailable(fmt.Errorf("%w: %w (commands before the check held the TPM)", errTransport, errTimeout))
 	}
-	defer p.turn.Leave(nil)
+	defer p.turn.Leave(healthCheck)
 	return p.runLocked(func() error {
 		_, err := tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTFamilyIndicator), PropertyCount: 1}.Execute(p.t)
 		return err
 	})
 }
 
+// healthCheck is the health check's own line at the TPM's turn, beside
+// the callers'.
+var healthCheck = new(struct{ byte })
+
+// releaseLater flushes seq at the next command, for a context that ends
+// while another command holds the TPM: waiting for the turn there would
+// hold a call that passed its deadline until the command before it ends.
+func (p *Provider) releaseLater(seq *object) {
+	p.pendingMu.Lock()
+	p.pending = append(p.pending, seq)
+	p.pendingMu.Unlock()
+}
+
+// releasePendingLocked flushes the sequences releaseLater left.
+func (p *Provider) releasePendingLocked() {
+	p.pendingMu.Lock()
+	pending := p.pending
+	p.pending = nil
+	p.pendingMu.Unlock()
+	for _, o := range pending {
+		p.releaseLocked(o)
+	}
+}
+
 // Close flushes what the provider loaded and closes the connection.
 func (p *Provider) Close() error {
 	p.turn.Enter(nil)
-	defer p.turn.Leave(nil)
 	if p.closed {
+		p.turn.Leave(nil)
 		return nil
 	}
 	p.closed = true
@@ -359,6 +388,10 @@ func (p *Provider) Close() error {
 		p.loaded = nil
 		p.t.Close()
 	}
+	// Keys are destroyed out of the turn: a key being created holds
+	// keysMu while it waits for the turn, and finds the provider closed
+	// once it has it.
+	p.turn.Leave(nil)
 	p.keysMu.Lock()
 	for _, k := range p.keys {
 		k.destroy()

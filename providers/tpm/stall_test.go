@@ -302,3 +302,100 @@ func TestCallBehindStalledCommandGivesUpAtItsDeadline(t *testing.T) {
 		t.Fatalf("the stuck command after swtpm went on: %v", err)
 	}
 }
+
+// TestCloseWhileAKeyIsCreated: Close, queued for the TPM's turn ahead of
+// a GenerateKey that holds the key table while it waits for the turn,
+// returns once the TPM answers again, and the GenerateKey fails as closed.
+// Before, Close took the turn and then waited for the key table forever.
+func TestCloseWhileAKeyIsCreated(t *testing.T) {
+	sw := swtpm.Require(t)
+	p, err := tpm.Open(context.Background(), tpm.Config{Name: "tpm", Device: sw.Device(), StateDir: t.TempDir() + "/state", Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := p.ImportKey(ctx, "k", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	key, err := p.Key(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sw.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	defer sw.Continue()
+	go key.(providers.OneShot).SumMAC(ctx, providers.SHA256, []byte("stuck"), nil) // holds the turn
+	time.Sleep(200 * time.Millisecond)
+	closed := make(chan struct{})
+	go func() { p.Close(); close(closed) }()
+	time.Sleep(200 * time.Millisecond)
+	generated := make(chan error, 1)
+	go func() { _, err := p.GenerateKey(ctx, "g", 0); generated <- err }()
+	time.Sleep(200 * time.Millisecond)
+	if err := sw.Continue(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close hung behind a key being created")
+	}
+	if err := <-generated; !errors.Is(err, providers.ErrClosed) {
+		t.Errorf("GenerateKey racing Close: %v, want ErrClosed", err)
+	}
+}
+
+// TestStreamEndingBehindStalledCommand: a context with a sequence whose
+// UPDATE gives up at its own deadline, behind a stuck command, returns
+// then: its sequence is flushed at the next command instead of waiting
+// for the turn.
+func TestStreamEndingBehindStalledCommand(t *testing.T) {
+	sw := swtpm.Require(t)
+	p := openWith(t, sw, t.TempDir()+"/state", func(c *tpm.Config) { c.Timeout = time.Minute })
+	ctx := context.Background()
+	if _, err := p.ImportKey(ctx, "k", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	key, err := p.Key(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := key.NewMAC(ctx, providers.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Update(ctx, make([]byte, 3000)); err != nil { // a sequence in the TPM now
+		t.Fatal(err)
+	}
+	if err := sw.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	defer sw.Continue()
+	stuck := make(chan error, 1)
+	go func() {
+		_, err := key.(providers.OneShot).SumMAC(ctx, providers.SHA256, []byte("stuck"), nil)
+		stuck <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if err := m.Update(short, make([]byte, 3000)); err == nil {
+		t.Fatal("an UPDATE behind a stuck command succeeded")
+	}
+	select {
+	case err := <-stuck:
+		t.Fatalf("the stuck command ended first (%v): the UPDATE waited for it", err)
+	default:
+	}
+	if err := sw.Continue(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-stuck; err != nil {
+		t.Fatal(err)
+	}
+	// The sequence left to flush goes at the next command, which works.
+	if _, err := key.(providers.OneShot).SumMAC(ctx, providers.SHA256, []byte("after"), nil); err != nil {
+		t.Fatal(err)
+	}
+}
