@@ -99,17 +99,23 @@ func (c *conn) drain() {
 func (c *conn) serve(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	c.ctx = ctx
-	peer := peerOf(c.nc, c.srv.agent.IdentityNeed())
-	c.peer = peer
-	log := c.srv.log.With("peer", peer.String())
+	// The uid's connection limit comes before reading the process's
+	// identity, which may mean hashing its executable: a uid whose
+	// hashing waits must hold no more connections than its own share.
+	peer := peerOf(c.nc, agent.NeedNone)
 	if !c.srv.admit(peer) {
 		cancel()
-		log.Debug("connection refused: too many for its uid")
+		c.srv.log.With("peer", peer.String()).Debug("connection refused: too many for its uid")
 		refuseWith(c.nc, providers.Publicf(providers.ErrLimit,
 			"too many connections for uid %d (at most %d)", peer.UID, c.srv.limits.MaxConnectionsPerUID))
 		return
 	}
 	defer c.srv.leave(peer)
+	if need := c.srv.agent.IdentityNeed(); need > agent.NeedNone && peer.Known {
+		peer = peerOf(c.nc, need)
+	}
+	c.peer = peer
+	log := c.srv.log.With("peer", peer.String())
 	c.sess = c.srv.newSession(peer)
 	// Every call made for this peer carries its uid's budget, so that a
 	// provider keeping its bytes charges them to it.
