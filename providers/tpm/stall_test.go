@@ -255,12 +255,10 @@ func (l lockedWriter) Write(b []byte) (int, error) {
 	return l.w.Write(b)
 }
 
-// TestCallBehindStalledCommandGivesUpAtItsDeadline: with swtpm stopped
-// and one command stuck in it, a second call waiting for its turn at the
-// TPM fails with ErrUnavailable when its own context ends, not when the
-// stuck command's timeout passes.
-func TestCallBehindStalledCommandGivesUpAtItsDeadline(t *testing.T) {
-	sw := swtpm.Require(t)
+// importedKey opens a provider on sw with a timeout of a minute (longer
+// than any test waits) and returns it with key "k" imported.
+func importedKey(t *testing.T, sw *swtpm.TPM) (*tpm.Provider, providers.Key) {
+	t.Helper()
 	p := openWith(t, sw, t.TempDir()+"/state", func(c *tpm.Config) { c.Timeout = time.Minute })
 	ctx := context.Background()
 	if _, err := p.ImportKey(ctx, "k", []byte("behind")); err != nil {
@@ -270,6 +268,17 @@ func TestCallBehindStalledCommandGivesUpAtItsDeadline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return p, key
+}
+
+// TestCallBehindStalledCommandGivesUpAtItsDeadline: with swtpm stopped
+// and one command stuck in it, a second call waiting for its turn at the
+// TPM fails with ErrUnavailable when its own context ends, not when the
+// stuck command's timeout passes.
+func TestCallBehindStalledCommandGivesUpAtItsDeadline(t *testing.T) {
+	sw := swtpm.Require(t)
+	_, key := importedKey(t, sw)
+	ctx := context.Background()
 	k := key.(providers.OneShot)
 	if _, err := k.SumMAC(ctx, providers.SHA256, []byte("warm"), nil); err != nil {
 		t.Fatal(err)
@@ -286,7 +295,7 @@ func TestCallBehindStalledCommandGivesUpAtItsDeadline(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // the first call holds the TPM
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
-	_, err = k.SumMAC(short, providers.SHA256, []byte("behind"), nil)
+	_, err := k.SumMAC(short, providers.SHA256, []byte("behind"), nil)
 	if !errors.Is(err, providers.ErrUnavailable) {
 		t.Fatalf("a call behind a stuck command: %v, want ErrUnavailable", err)
 	}
@@ -352,15 +361,8 @@ func TestCloseWhileAKeyIsCreated(t *testing.T) {
 // for the turn.
 func TestStreamEndingBehindStalledCommand(t *testing.T) {
 	sw := swtpm.Require(t)
-	p := openWith(t, sw, t.TempDir()+"/state", func(c *tpm.Config) { c.Timeout = time.Minute })
+	_, key := importedKey(t, sw)
 	ctx := context.Background()
-	if _, err := p.ImportKey(ctx, "k", []byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	key, err := p.Key(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
 	m, err := key.NewMAC(ctx, providers.SHA256)
 	if err != nil {
 		t.Fatal(err)
