@@ -3,6 +3,7 @@
 package pkcs11
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -76,19 +77,19 @@ func (c *objectCache) add(k *key) *key {
 }
 
 // invalidate evicts the keys match selects and every key whose handle is
-// the token object h under the current login (0: none), after that
-// object was deleted or a name came to mean another object. Their copies
+// one of the token objects destroyed under the current login, after those
+// objects were deleted or a name came to mean another object. Their copies
 // are destroyed now, or by the last call still using them. It needs no
 // enter(): copies.mu orders a copy's destruction before the copies'
 // session is closed or abandoned, which comes before any finalize.
-func (p *Provider) invalidate(h p11.ObjectHandle, match func(*key) bool) {
+func (p *Provider) invalidate(destroyed []p11.ObjectHandle, match func(*key) bool) {
 	c := &p.cache
 	gen := p.gen.Load()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for name, k := range c.keys {
 		k.mu.Lock()
-		if match(k) || h != 0 && k.gen == gen && k.handle == h {
+		if match(k) || k.gen == gen && slices.Contains(destroyed, k.handle) {
 			k.evicted = true
 			k.forgetLocked()
 			delete(c.keys, name)
@@ -100,7 +101,7 @@ func (p *Provider) invalidate(h p11.ObjectHandle, match func(*key) bool) {
 // evict is invalidate for the one key k. Every key that can hold a copy
 // is cached or evicted already: a lookup that lost the race to cache its
 // key drops it unused.
-func (k *key) evict() { k.p.invalidate(0, func(x *key) bool { return x == k }) }
+func (k *key) evict() { k.p.invalidate(nil, func(x *key) bool { return x == k }) }
 
 // invalidateAll drops every key's handle and copy. With sessionsGone (the
 // module is about to be finalized, which ends every session) nothing here

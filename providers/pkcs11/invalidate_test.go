@@ -1,0 +1,101 @@
+//go:build cgo
+
+package pkcs11_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
+)
+
+// sum computes one MAC through key, for tests that hold a key across a
+// change.
+func sum(t *testing.T, key providers.Key) error {
+	t.Helper()
+	_, err := key.(providers.OneShot).SumMAC(context.Background(), providers.SHA256, []byte("m"), nil)
+	return err
+}
+
+// TestDeleteVersionedDropsEveryCopy: deleting a versioned key drops the
+// session copy of every version's object, also one cached under a URI
+// (pkcs11:object=v@2) that no name of the key matches, so that the key
+// stops signing when the delete returns.
+func TestDeleteVersionedDropsEveryCopy(t *testing.T) {
+	p, _ := newToken(t, func(c *pkcs11.Config) { c.KeyCopies = pkcs11.CopiesOn })
+	ctx := context.Background()
+	if _, err := p.ImportKey(ctx, "v", []byte("version one key!")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.RotateKey(ctx, "v", []byte("version two key!"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.RotateKey(ctx, "v", []byte("version 3 of key"), 0); err != nil {
+		t.Fatal(err)
+	}
+	var held []providers.Key
+	for _, ref := range []string{"pkcs11:object=v@2", "pkcs11:object=v@3", "v"} {
+		k, err := p.Key(ctx, ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sum(t, k); err != nil {
+			t.Fatalf("%s: %v", ref, err)
+		}
+		held = append(held, k)
+	}
+	if n := p.Sessions().Copies; n != 3 {
+		t.Fatalf("copies before the delete: %d, want 3", n)
+	}
+	if err := p.DeleteKey(ctx, "v"); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.Sessions().Copies; n != 0 {
+		t.Errorf("copies after the delete: %d, want 0 (cached %q)", n, pkcs11.CachedKeys(p))
+	}
+	for i, k := range held {
+		if err := sum(t, k); !errors.Is(err, providers.ErrKeyNotFound) {
+			t.Errorf("%s after the delete: %v, want %v", k.Name(), err, providers.ErrKeyNotFound)
+		}
+		if i < 2 {
+			if _, err := p.Key(ctx, k.Name()); !errors.Is(err, providers.ErrKeyNotFound) {
+				t.Errorf("lookup of %s after the delete: %v, want %v", k.Name(), err, providers.ErrKeyNotFound)
+			}
+		}
+	}
+}
+
+// TestEvictedKeyNotCopied: a key the cache dropped (the name rotated to a
+// new version) but a caller still holds is used through the token object
+// and never copied again: nothing could find such a copy to destroy it.
+func TestEvictedKeyNotCopied(t *testing.T) {
+	p, _ := newToken(t, func(c *pkcs11.Config) { c.KeyCopies = pkcs11.CopiesOn })
+	ctx := context.Background()
+	if _, err := p.ImportKey(ctx, "r", []byte("rotated key here")); err != nil {
+		t.Fatal(err)
+	}
+	old, err := p.Key(ctx, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sum(t, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.RotateKey(ctx, "r", nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	attempts := pkcs11.CopyAttempts(p)
+	for range 3 {
+		if err := sum(t, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := pkcs11.CopyAttempts(p) - attempts; n != 0 {
+		t.Errorf("the evicted key was copied %d times", n)
+	}
+	if n := p.Sessions().Copies; n != 0 {
+		t.Errorf("copies held after using the evicted key: %d, want 0", n)
+	}
+}
