@@ -5,7 +5,9 @@ package pkcs11_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
@@ -97,5 +99,52 @@ func TestEvictedKeyNotCopied(t *testing.T) {
 	}
 	if n := p.Sessions().Copies; n != 0 {
 		t.Errorf("copies held after using the evicted key: %d, want 0", n)
+	}
+}
+
+// TestInvalidateWaitsForNoKey: while a call on key "a" holds it (waiting
+// for a stalled token), dropping and looking up another key must not wait
+// for "a". The bound only tells a deadlock from a pass; it is no speed
+// goal.
+func TestInvalidateWaitsForNoKey(t *testing.T) {
+	p, _ := newToken(t, func(c *pkcs11.Config) { c.KeyCopies = pkcs11.CopiesOn })
+	ctx := context.Background()
+	for _, name := range []string{"a", "b"} {
+		if _, err := p.ImportKey(ctx, name, []byte("sixteen byte key")); err != nil {
+			t.Fatal(err)
+		}
+		k, err := p.Key(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sum(t, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	release := sync.OnceFunc(pkcs11.HoldKey(t, p, "a"))
+	defer release()
+	done := make(chan error, 1)
+	go func() {
+		// Rotating drops "b" from the cache; the lookup then caches the
+		// new version.
+		if _, err := p.RotateKey(ctx, "b", nil, 0); err != nil {
+			done <- err
+			return
+		}
+		k, err := p.Key(ctx, "b")
+		if err == nil {
+			err = sum(t, k)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		release()
+		<-done
+		t.Fatal("rotating and using key b waited for the call holding key a")
 	}
 }
