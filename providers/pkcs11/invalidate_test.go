@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	p11 "github.com/miekg/pkcs11"
+
+	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/providers/pkcs11"
 )
@@ -146,5 +149,29 @@ func TestInvalidateWaitsForNoKey(t *testing.T) {
 		release()
 		<-done
 		t.Fatal("rotating and using key b waited for the call holding key a")
+	}
+}
+
+// TestRenamedByAnotherProgram: another program relabels a key the agent
+// uses through a session copy; the old name stops working at the next
+// check of the original (within staleAfter), and the new name finds it.
+func TestRenamedByAnotherProgram(t *testing.T) {
+	pkcs11.SetStaleAfter(t, 20*time.Millisecond)
+	r := newCopiesRig(t, func(c *pkcs11.Config) { c.KeyCopies = pkcs11.CopiesOn })
+	r.mac(t, "before")
+	orig := r.d.find("k")
+	if err := r.d.ctx.SetAttributeValue(r.d.s, orig, []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, "renamed")}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // past staleAfter
+	ctx := context.Background()
+	if _, err := r.c.MAC(ctx, "k", client.SHA256, []byte("x")); err == nil {
+		t.Errorf("MAC by the old name succeeds after another program renamed the object")
+	}
+	if r.copies() != 0 {
+		t.Errorf("the renamed key's copy is kept (copies %d)", r.copies())
+	}
+	if _, err := r.c.MAC(ctx, "renamed", client.SHA256, []byte("x")); err != nil {
+		t.Errorf("MAC by the new name: %v", err)
 	}
 }
