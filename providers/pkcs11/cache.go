@@ -3,6 +3,7 @@
 package pkcs11
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -29,7 +30,8 @@ import (
 // whose attributes still describe objects found again by label and ID: a
 // stale handle, a new login, the module about to be re-initialized.
 //
-// Lock order: objectCache.mu, then a key's mu, then copies.mu.
+// Lock order: objectCache.mu, then a key's mu, then copies.mu;
+// invalidate takes no key's mu under objectCache.mu.
 type objectCache struct {
 	mu   sync.Mutex
 	keys map[string]*key
@@ -76,31 +78,64 @@ func (c *objectCache) add(k *key) *key {
 }
 
 // invalidate evicts the keys match selects and every key whose handle is
-// the token object h under the current login (0: none), after that
-// object was deleted or a name came to mean another object. Their copies
+// one of the token objects destroyed under the current login, after those
+// objects were deleted or a name came to mean another object. Their copies
 // are destroyed now, or by the last call still using them. It needs no
 // enter(): copies.mu orders a copy's destruction before the copies'
 // session is closed or abandoned, which comes before any finalize.
-func (p *Provider) invalidate(h p11.ObjectHandle, match func(*key) bool) {
+//
+// c.mu is held only to pick keys out of the map, never while waiting for
+// a key's mu: objectHandle holds that across token round trips, and one
+// slow call on one key must not stall lookups of every other. match reads
+// only a key's name and version, which never change once it is made; a
+// key matched by handle leaves the map after its mu shows the handle.
+func (p *Provider) invalidate(destroyed []p11.ObjectHandle, match func(*key) bool) {
 	c := &p.cache
-	gen := p.gen.Load()
+	var matched, others []*key
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	for name, k := range c.keys {
+		switch {
+		case match(k):
+			delete(c.keys, name)
+			matched = append(matched, k)
+		case len(destroyed) > 0:
+			others = append(others, k)
+		}
+	}
+	c.mu.Unlock()
+	for _, k := range matched {
 		k.mu.Lock()
-		if match(k) || h != 0 && k.gen == gen && k.handle == h {
+		k.evicted = true
+		k.forgetLocked()
+		k.mu.Unlock()
+	}
+	gen := p.gen.Load()
+	var byHandle []*key
+	for _, k := range others {
+		k.mu.Lock()
+		if k.gen == gen && slices.Contains(destroyed, k.handle) {
 			k.evicted = true
 			k.forgetLocked()
-			delete(c.keys, name)
+			byHandle = append(byHandle, k)
 		}
 		k.mu.Unlock()
+	}
+	if len(byHandle) == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, k := range byHandle {
+		if c.keys[k.name] == k {
+			delete(c.keys, k.name)
+		}
 	}
 }
 
 // evict is invalidate for the one key k. Every key that can hold a copy
 // is cached or evicted already: a lookup that lost the race to cache its
 // key drops it unused.
-func (k *key) evict() { k.p.invalidate(0, func(x *key) bool { return x == k }) }
+func (k *key) evict() { k.p.invalidate(nil, func(x *key) bool { return x == k }) }
 
 // invalidateAll drops every key's handle and copy. With sessionsGone (the
 // module is about to be finalized, which ends every session) nothing here

@@ -28,9 +28,9 @@ import (
 //
 // A copy does not notice what other programs do to the original. So the
 // first use more than staleAfter after the last check asks the token
-// whether the original is still there and may still sign and verify
-// (C_GetAttributeValue); if not, the copy is destroyed and the key looked
-// up again. What the agent itself changes drops the copies concerned at
+// whether the original is still there with the same rights, label and ID
+// (C_GetAttributeValue, checkedAttributes); if not, the copy is destroyed
+// and the key looked up again. What the agent itself changes drops the copies concerned at
 // once (objectCache). A copy dropped while calls use its handle is
 // destroyed by the last of them (copyUse).
 
@@ -51,9 +51,18 @@ func copiesPay(manufacturerID string) bool {
 	return strings.TrimRight(manufacturerID, " \x00") == softHSMManufacturer
 }
 
-// checkedAttributes are what a copy must still share with its original.
+// checkedAttributes are what a copy must still share with its original:
+// its rights (CKA_COPYABLE among them, so a key made uncopyable stops
+// being used through a copy), and the label and ID it is found by, so
+// that a key another program renamed stops answering to its old name.
 func checkedAttributes() []*p11.Attribute {
-	return []*p11.Attribute{p11.NewAttribute(p11.CKA_SIGN, nil), p11.NewAttribute(p11.CKA_VERIFY, nil)}
+	return []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_SIGN, nil),
+		p11.NewAttribute(p11.CKA_VERIFY, nil),
+		p11.NewAttribute(p11.CKA_COPYABLE, nil),
+		p11.NewAttribute(p11.CKA_LABEL, nil),
+		p11.NewAttribute(p11.CKA_ID, nil),
+	}
 }
 
 // keyCopy is a session copy: its handle, the copies' session it lives in

@@ -70,3 +70,16 @@ var CopiesPay = copiesPay
 
 // StaleAfter is how long a key's session copy is used unchecked.
 var StaleAfter = staleAfter
+
+// HoldKey takes the mutex of the key cached under ref, as a call on it
+// waiting for the token does, until the returned func is called.
+func HoldKey(t testing.TB, p *Provider, ref string) (release func()) {
+	p.cache.mu.Lock()
+	k := p.cache.keys[ref]
+	p.cache.mu.Unlock()
+	if k == nil {
+		t.Fatalf("no key cached under %q", ref)
+	}
+	k.mu.Lock()
+	return k.mu.Unlock
+}

@@ -414,7 +414,7 @@ func (p *Provider) create(ctx context.Context, name string, make func(s *session
 		}
 		return providers.KeyInfo{}, err
 	}
-	p.invalidate(0, named(name))
+	p.invalidate(nil, named(name))
 	k, err := p.Key(ctx, name)
 	if err != nil {
 		return providers.KeyInfo{}, err
@@ -511,14 +511,19 @@ func (p *Provider) DeleteKey(ctx context.Context, ref string) error {
 		return err
 	}
 	k := &key{p: p, name: ref, label: label, id: id}
-	var deleted p11.ObjectHandle
+	// Every object destroyed, across retries: a key cached under another
+	// reference (pkcs11:object=NAME@2) may hold any of them.
+	var deleted []p11.ObjectHandle
 	err = p.withSession(ctx, func(s *session) error {
 		p.mod.objects.Lock()
 		defer p.mod.objects.Unlock()
 		versioned := false
 		if !strings.HasPrefix(ref, "pkcs11:") {
 			// Every version goes with the key.
-			if versioned, err = p.deleteVersions(s, ref); err != nil {
+			var hs []p11.ObjectHandle
+			versioned, hs, err = p.deleteVersions(s, ref)
+			deleted = append(deleted, hs...)
+			if err != nil {
 				return err
 			}
 		}
@@ -529,7 +534,7 @@ func (p *Provider) DeleteKey(ctx context.Context, ref string) error {
 		if err != nil {
 			return err
 		}
-		deleted = h
+		deleted = append(deleted, h) // dropped even if the reply is lost
 		return p.ctx.DestroyObject(s.h, h)
 	})
 	// Every version goes with the key, and another name may reach the

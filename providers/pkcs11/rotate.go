@@ -55,7 +55,7 @@ func (p *Provider) RotateKey(ctx context.Context, name string, secret []byte, le
 			return err
 		})
 		if err == nil {
-			p.invalidate(0, named(name)) // the name means the new version now
+			p.invalidate(nil, named(name)) // the name means the new version now
 			return providers.VersionInfo{Version: made.Version, State: providers.VersionCurrent, Created: made.Created}, nil
 		}
 		if !errors.Is(err, errLostClaim) {
@@ -180,23 +180,22 @@ func recordTemplate(name, label string, value []byte) []*p11.Attribute {
 	}
 }
 
-// destroyAll destroys every object tmpl finds and returns the first
-// handle destroyed (0: none).
-func (p *Provider) destroyAll(s *session, tmpl []*p11.Attribute) (p11.ObjectHandle, error) {
+// destroyAll destroys every object tmpl finds and returns every handle
+// destroyed, also when it fails part way: a key cached under any of them
+// must be dropped (invalidate), not just the first.
+func (p *Provider) destroyAll(s *session, tmpl []*p11.Attribute) ([]p11.ObjectHandle, error) {
 	hs, err := p.findObjects(s, tmpl, 100)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	var first p11.ObjectHandle
+	var destroyed []p11.ObjectHandle
 	for _, h := range hs {
 		if err := p.ctx.DestroyObject(s.h, h); err != nil && !handleStale(err) {
-			return first, err
+			return destroyed, err
 		}
-		if first == 0 {
-			first = h
-		}
+		destroyed = append(destroyed, h)
 	}
-	return first, nil
+	return destroyed, nil
 }
 
 // RetireVersion records that version n stops verifying, and with destroy
@@ -207,7 +206,7 @@ func (p *Provider) RetireVersion(ctx context.Context, name string, n int, destro
 	if err := providers.CheckKeyName(name); err != nil {
 		return fmt.Errorf("pkcs11: %w", err)
 	}
-	var deleted p11.ObjectHandle
+	var deleted []p11.ObjectHandle
 	err := p.withSession(ctx, func(s *session) error {
 		p.mod.objects.Lock()
 		defer p.mod.objects.Unlock()

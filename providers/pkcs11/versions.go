@@ -315,7 +315,7 @@ func (p *Provider) Versions(ctx context.Context, name string) ([]providers.Versi
 		out[i] = e.VersionInfo
 	}
 	current := currentVersion(es)
-	p.invalidate(0, func(k *key) bool {
+	p.invalidate(nil, func(k *key) bool {
 		return k.name == name && (current == nil || k.version != current.Version)
 	})
 	return out, nil
@@ -402,23 +402,27 @@ func (p *Provider) recordFirstVersion(s *session, name string) {
 }
 
 // deleteVersions destroys the named key's versions from 2 on and every
-// record, for DeleteKey. It reports whether there was anything.
-func (p *Provider) deleteVersions(s *session, name string) (bool, error) {
+// record, for DeleteKey. It reports whether there was anything, and the
+// key objects it destroyed, also when it fails part way: a key cached by
+// a reference to one of them (a URI) must be dropped with the name.
+func (p *Provider) deleteVersions(s *session, name string) (versioned bool, destroyed []p11.ObjectHandle, err error) {
 	recs, err := p.readRecords(s, name)
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	for _, r := range recs {
 		if r.Version > 1 {
-			if _, err := p.destroyAll(s, versionTemplate(versionLabel(name, r.Version), r.ID)); err != nil {
-				return true, err
+			hs, err := p.destroyAll(s, versionTemplate(versionLabel(name, r.Version), r.ID))
+			destroyed = append(destroyed, hs...)
+			if err != nil {
+				return true, destroyed, err
 			}
 		}
 		if err := p.ctx.DestroyObject(s.h, r.h); err != nil && !handleStale(err) {
-			return true, err
+			return true, destroyed, err
 		}
 	}
-	return len(recs) > 0, nil
+	return len(recs) > 0, destroyed, nil
 }
 
 // isURI reports whether ref names an object by an RFC 7512 URI rather than
