@@ -225,6 +225,7 @@ func TestTotalContextLimit(t *testing.T) {
 	ctx := context.Background()
 	soft, _ := software.Open("soft", filepath.Join(t.TempDir(), "keys"))
 	a, _ := agent.New(agent.Options{Providers: []providers.Provider{soft}, Limits: agent.Limits{MaxContexts: 5}})
+	defer a.Close()
 	soft.ImportKey(ctx, "k", []byte("k"))
 	s1, s2 := a.NewSession(owner), a.NewSession(owner)
 	for i := range uint32(3) {
