@@ -255,6 +255,49 @@ func (l lockedWriter) Write(b []byte) (int, error) {
 	return l.w.Write(b)
 }
 
+// stuckCommand is a MAC stuck in a stopped swtpm, holding the TPM's turn.
+type stuckCommand struct {
+	t    *testing.T
+	sw   *swtpm.TPM
+	done chan error
+}
+
+// stickCommand stops sw and starts a MAC with key that waits in it.
+func stickCommand(t *testing.T, sw *swtpm.TPM, key providers.Key) *stuckCommand {
+	t.Helper()
+	if err := sw.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sw.Continue() })
+	s := &stuckCommand{t: t, sw: sw, done: make(chan error, 1)}
+	go func() {
+		_, err := key.(providers.OneShot).SumMAC(context.Background(), providers.SHA256, []byte("stuck"), nil)
+		s.done <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // the command is in the TPM
+	return s
+}
+
+// stillStuck fails the test if the command has ended: what was to give
+// up before it did not.
+func (s *stuckCommand) stillStuck(what string) {
+	s.t.Helper()
+	select {
+	case err := <-s.done:
+		s.t.Fatalf("the stuck command ended first (%v): %s waited for it", err, what)
+	default:
+	}
+}
+
+// resume lets swtpm go on and returns the stuck command's result.
+func (s *stuckCommand) resume() error {
+	s.t.Helper()
+	if err := s.sw.Continue(); err != nil {
+		s.t.Fatal(err)
+	}
+	return <-s.done
+}
+
 // importedKey opens a provider on sw with a timeout of a minute (longer
 // than any test waits) and returns it with key "k" imported.
 func importedKey(t *testing.T, sw *swtpm.TPM) (*tpm.Provider, providers.Key) {
@@ -283,31 +326,15 @@ func TestCallBehindStalledCommandGivesUpAtItsDeadline(t *testing.T) {
 	if _, err := k.SumMAC(ctx, providers.SHA256, []byte("warm"), nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := sw.Pause(); err != nil {
-		t.Fatal(err)
-	}
-	defer sw.Continue()
-	stuck := make(chan error, 1)
-	go func() {
-		_, err := k.SumMAC(ctx, providers.SHA256, []byte("stuck"), nil)
-		stuck <- err
-	}()
-	time.Sleep(200 * time.Millisecond) // the first call holds the TPM
+	stuck := stickCommand(t, sw, key)
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	_, err := k.SumMAC(short, providers.SHA256, []byte("behind"), nil)
 	if !errors.Is(err, providers.ErrUnavailable) {
 		t.Fatalf("a call behind a stuck command: %v, want ErrUnavailable", err)
 	}
-	select {
-	case err := <-stuck:
-		t.Fatalf("the stuck command ended first (%v): the test proved nothing", err)
-	default:
-	}
-	if err := sw.Continue(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-stuck; err != nil {
+	stuck.stillStuck("the call behind it")
+	if err := stuck.resume(); err != nil {
 		t.Fatalf("the stuck command after swtpm went on: %v", err)
 	}
 }
@@ -330,21 +357,14 @@ func TestCloseWhileAKeyIsCreated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sw.Pause(); err != nil {
-		t.Fatal(err)
-	}
-	defer sw.Continue()
-	go key.(providers.OneShot).SumMAC(ctx, providers.SHA256, []byte("stuck"), nil) // holds the turn
-	time.Sleep(200 * time.Millisecond)
+	stuck := stickCommand(t, sw, key)
 	closed := make(chan struct{})
 	go func() { p.Close(); close(closed) }()
 	time.Sleep(200 * time.Millisecond)
 	generated := make(chan error, 1)
 	go func() { _, err := p.GenerateKey(ctx, "g", 0); generated <- err }()
 	time.Sleep(200 * time.Millisecond)
-	if err := sw.Continue(); err != nil {
-		t.Fatal(err)
-	}
+	stuck.resume() // its result is Close's to decide
 	select {
 	case <-closed:
 	case <-time.After(30 * time.Second):
@@ -370,30 +390,14 @@ func TestStreamEndingBehindStalledCommand(t *testing.T) {
 	if err := m.Update(ctx, make([]byte, 3000)); err != nil { // a sequence in the TPM now
 		t.Fatal(err)
 	}
-	if err := sw.Pause(); err != nil {
-		t.Fatal(err)
-	}
-	defer sw.Continue()
-	stuck := make(chan error, 1)
-	go func() {
-		_, err := key.(providers.OneShot).SumMAC(ctx, providers.SHA256, []byte("stuck"), nil)
-		stuck <- err
-	}()
-	time.Sleep(200 * time.Millisecond)
+	stuck := stickCommand(t, sw, key)
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	if err := m.Update(short, make([]byte, 3000)); err == nil {
 		t.Fatal("an UPDATE behind a stuck command succeeded")
 	}
-	select {
-	case err := <-stuck:
-		t.Fatalf("the stuck command ended first (%v): the UPDATE waited for it", err)
-	default:
-	}
-	if err := sw.Continue(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-stuck; err != nil {
+	stuck.stillStuck("the UPDATE")
+	if err := stuck.resume(); err != nil {
 		t.Fatal(err)
 	}
 	// The sequence left to flush goes at the next command, which works.
