@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -39,23 +38,12 @@ func newSlowAgent(t *testing.T, slow *agenttest.SlowProvider) (*agent.Agent, *lo
 }
 
 // logBuffer collects log lines from many goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
+type logBuffer struct{ agenttest.SyncBuffer }
 
 // lines returns the lines that contain msg.
 func (l *logBuffer) lines(msg string) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var out []string
-	for line := range strings.Lines(l.b.String()) {
+	for line := range strings.Lines(l.String()) {
 		if strings.Contains(line, msg) {
 			out = append(out, line)
 		}

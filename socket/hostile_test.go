@@ -257,12 +257,6 @@ func (c *child) stop() {
 	}
 }
 
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // hostileAgent is the agent process.
 type hostileAgent struct {
 	*child
@@ -356,12 +350,7 @@ func p99(lat []time.Duration) time.Duration {
 // memory stays under a bound far below what the attack would take
 // without the per-uid limits.
 func TestHostileNeighbour(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set and the test is not root: the attacker must run under another uid")
-		}
-		t.Skip("needs root to run the attacker under another uid")
-	}
+	agenttest.RequireRoot(t, "to run the attacker under another uid")
 	// A correctness bound, not a speed goal: without the limits these
 	// attacks take the agent past 256 MiB (finding 4: 325 MiB for 2000
 	// contexts; finding 2: 435 MiB for 300 half frames). The race

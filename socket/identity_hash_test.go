@@ -28,12 +28,7 @@ import (
 // worth; its other connections get no digest and are denied, and a
 // caller of another uid is still hashed and served.
 func TestDigestHashingBoundedPerUID(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set and the test is not root: the attacker must run under another uid")
-		}
-		t.Skip("needs root to run the attacker under another uid")
-	}
+	agenttest.RequireRoot(t, "to run the attacker under another uid")
 	if err := socket.CheckIdentitySupport(false, true); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatal(err)

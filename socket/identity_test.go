@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -34,36 +33,20 @@ import (
 // processes between cgroups and reusing pids need it.
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set but the tests do not run as root; service identity tests need root to create cgroups and reuse pids")
-		}
-		t.Skip("needs root to create cgroups and reuse pids")
-	}
+	agenttest.RequireRoot(t, "to create cgroups and reuse pids")
 	if err := socket.CheckIdentitySupport(true, true); err != nil {
 		t.Fatalf("this system cannot judge service identities: %v", err)
 	}
 }
 
 // syncBuffer is an audit log the agent's goroutines write to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
+type syncBuffer struct{ agenttest.SyncBuffer }
 
 func (s *syncBuffer) lines() []map[string]any {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []map[string]any
-	for line := range bytes.SplitSeq(bytes.TrimSpace(s.b.Bytes()), []byte("\n")) {
+	for line := range strings.SplitSeq(strings.TrimSpace(s.String()), "\n") {
 		var m map[string]any
-		if json.Unmarshal(line, &m) == nil {
+		if json.Unmarshal([]byte(line), &m) == nil {
 			out = append(out, m)
 		}
 	}

@@ -2,6 +2,7 @@ package socket_test
 
 import (
 	"context"
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -17,12 +18,7 @@ import (
 // stays connected (so the agent is never idle), and soon: not over the
 // minutes the Go runtime's background scavenger would take.
 func TestMemoryReturnedAfterAttack(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set and the test is not root: the attacker must run under another uid")
-		}
-		t.Skip("needs root to run the attacker under another uid")
-	}
+	agenttest.RequireRoot(t, "to run the attacker under another uid")
 	dir, err := os.MkdirTemp("", "hmac-agent-memreturn-")
 	if err != nil {
 		t.Fatal(err)
