@@ -188,7 +188,7 @@ func New(opts Options) (*Agent, error) {
 		}
 		a.byName[p.Name()] = p
 		a.providers = append(a.providers, p)
-		a.devices[p] = newDevice(p, a.log)
+		a.devices[p] = newDevice(p, a.log, a.callers.shared.Load)
 	}
 	keys, err := a.keyMap(opts.Keys)
 	if err != nil {

@@ -65,13 +65,13 @@ type device struct {
 	suppressed int
 }
 
-func newDevice(p providers.Provider, log *slog.Logger) *device {
+func newDevice(p providers.Provider, log *slog.Logger, shared func() bool) *device {
 	d := &device{p: p, timeout: DefaultTimeout, log: log}
 	par := 0
 	if pp, ok := p.(providers.Parallel); ok {
 		par = pp.Parallelism()
 	}
-	d.oneShots = newScheduler(par)
+	d.oneShots = newScheduler(par, shared)
 	if dl, ok := p.(providers.Deadliner); ok && dl.Timeout() > 0 {
 		d.timeout = dl.Timeout()
 	}

@@ -82,6 +82,10 @@ type callers struct {
 
 	mu  sync.Mutex
 	uid map[uint32]*caller
+	// shared is whether more than one uid has a session: callers then
+	// take a device in turn with one call fewer than its limit each
+	// (scheduler).
+	shared atomic.Bool
 
 	// memory returns to the system what sessions leave free when they
 	// close: after a caller's burst (hundreds of connections, contexts
@@ -106,6 +110,7 @@ func (cs *callers) join(uid uint32, maxBytes int64) *caller {
 	if c == nil {
 		c = cs.newCaller(uid, maxBytes)
 		cs.uid[uid] = c
+		cs.shared.Store(len(cs.uid) > 1)
 	}
 	c.sessions++
 	return c
@@ -124,6 +129,7 @@ func (cs *callers) leave(c *caller) {
 	c.sessions--
 	if c.sessions == 0 {
 		delete(cs.uid, c.uid)
+		cs.shared.Store(len(cs.uid) > 1)
 		if len(cs.uid) == 0 {
 			cs.uid = nil // a map never shrinks: let a crowd's go
 		}

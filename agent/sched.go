@@ -19,12 +19,23 @@ const DefaultParallelism = 4
 // session pool, and in the Go scheduler's run queue, where the victim's
 // own reader waited too.
 //
+// While more than one uid has a session (shared), one caller runs at most
+// limit-1 calls at once, the way the socket's CPU gate keeps a slot from
+// any one caller. A call into a PKCS#11 library holds its thread, and
+// the Go scheduler finds sockets that became readable only when a P has
+// nothing to run: a caller whose calls kept every P busy hid another
+// caller's next request from the agent for milliseconds, and that
+// caller's call, when it came, waited behind a running one besides. A
+// lone caller has every slot.
+//
 // Its methods are safe for concurrent use.
 type scheduler struct {
-	limit int
+	limit  int
+	shared func() bool // nil: never shared
 
 	mu      sync.Mutex
 	running int
+	byKey   map[any]int // calls running, by caller
 	waiting fair.Queue[*job]
 }
 
@@ -36,51 +47,83 @@ type job struct {
 	run func(release func())
 }
 
-func newScheduler(limit int) *scheduler {
+func newScheduler(limit int, shared func() bool) *scheduler {
 	if limit <= 0 {
 		limit = DefaultParallelism
 	}
-	return &scheduler{limit: limit}
+	return &scheduler{limit: limit, shared: shared, byKey: make(map[any]int)}
 }
 
-// submit runs j now on a goroutine of its own if fewer than limit run,
-// else queues it behind key's earlier jobs.
+// perKey is how many calls one caller may run at once now.
+func (s *scheduler) perKey() int {
+	if s.limit > 1 && s.shared != nil && s.shared() {
+		return s.limit - 1
+	}
+	return s.limit
+}
+
+// submit runs j now on a goroutine of its own if its caller may start a
+// call, else queues it behind key's earlier jobs.
 func (s *scheduler) submit(key any, run func(release func())) {
 	s.mu.Lock()
-	if s.running < s.limit && s.waiting.Len() == 0 {
-		s.running++
+	if s.running < s.limit && s.byKey[key] < s.perKey() && s.waiting.Len() == 0 {
+		s.startLocked(key)
 		s.mu.Unlock()
-		go run(s.releaser())
+		go run(s.releaser(key))
 		return
 	}
 	s.waiting.Push(key, &job{run: run})
+	s.dispatchLocked(false)
 	s.mu.Unlock()
 }
 
-// releaser returns the release func of one turn.
-func (s *scheduler) releaser() func() {
+func (s *scheduler) startLocked(key any) {
+	s.running++
+	s.byKey[key]++
+}
+
+// releaser returns the release func of one of key's turns.
+func (s *scheduler) releaser(key any) func() {
 	var once sync.Once
-	return func() { once.Do(s.next) }
+	return func() { once.Do(func() { s.next(key) }) }
 }
 
-// next ends a turn: the next caller's job gets it, or it is given back.
-func (s *scheduler) next() {
+// next ends a turn of key's: the next callers' jobs get what is free.
+func (s *scheduler) next(key any) {
 	s.mu.Lock()
-	j, ok := s.waiting.Pop()
-	if !ok {
-		s.running--
+	s.running--
+	if s.byKey[key]--; s.byKey[key] == 0 {
+		delete(s.byKey, key)
 	}
+	s.dispatchLocked(true)
 	s.mu.Unlock()
-	if ok {
-		go func() {
-			// A new goroutine runs next on this P with the rest of the
-			// ending one's time slice; turn after turn, a busy device's
-			// calls would so keep every goroutine the network made
-			// ready waiting, another caller's reader among them, until
-			// the runtime preempts the chain 10 ms later. This call
-			// takes its place behind them instead.
-			runtime.Gosched()
-			j.run(s.releaser())
-		}()
+}
+
+// dispatchLocked starts the waiting jobs, callers in turn, while there
+// is a free slot and a caller under its limit waits for it. A job
+// started from a finishing call (afterCall) goes behind the goroutines
+// already ready: a new goroutine runs next on this P with the rest of the
+// ending one's time slice, and turn after turn a busy device's calls
+// would so keep every goroutine the network made ready waiting, another
+// caller's reader among them, until the runtime preempts the chain 10 ms
+// later.
+func (s *scheduler) dispatchLocked(afterCall bool) {
+	per := s.perKey()
+	eligible := func(key any) bool { return s.byKey[key] < per }
+	for s.running < s.limit {
+		key, j, ok := s.waiting.PopIf(eligible)
+		if !ok {
+			return
+		}
+		s.startLocked(key)
+		rel := s.releaser(key)
+		if afterCall {
+			go func() {
+				runtime.Gosched()
+				j.run(rel)
+			}()
+		} else {
+			go j.run(rel)
+		}
 	}
 }

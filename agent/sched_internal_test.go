@@ -3,6 +3,7 @@ package agent
 import (
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -11,7 +12,7 @@ import (
 // ten calls waiting and another with one: the other's call runs second,
 // not eleventh.
 func TestSchedulerTakesCallersInTurn(t *testing.T) {
-	s := newScheduler(1)
+	s := newScheduler(1, nil)
 	hold := make(chan struct{})
 	var mu sync.Mutex
 	var order []string
@@ -46,7 +47,7 @@ func TestSchedulerTakesCallersInTurn(t *testing.T) {
 // TestSchedulerReleaseOnDeadline: a call abandoned at its deadline gives
 // its turn to the next at once, though it never returns.
 func TestSchedulerReleaseOnDeadline(t *testing.T) {
-	s := newScheduler(1)
+	s := newScheduler(1, nil)
 	stuck := make(chan struct{})
 	defer close(stuck)
 	ran := make(chan struct{})
@@ -64,4 +65,91 @@ func TestSchedulerReleaseOnDeadline(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("a call behind one past its deadline never ran")
 	}
+}
+
+// TestSchedulerKeepsASlotWhileShared: with two slots and another uid
+// connected, a caller with calls waiting runs one at a time, and another
+// caller's call starts at once beside it instead of waiting for one of
+// the flood's to finish; alone, the caller has both slots.
+func TestSchedulerKeepsASlotWhileShared(t *testing.T) {
+	var shared atomic.Bool
+	s := newScheduler(2, shared.Load)
+	hold := make(chan struct{})
+	var running, most atomic.Int32
+	var wg sync.WaitGroup
+	flood := func(release func()) {
+		defer wg.Done()
+		n := running.Add(1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		<-hold
+		running.Add(-1)
+		release()
+	}
+
+	// Alone: both slots.
+	wg.Add(2)
+	s.submit("flood", flood)
+	s.submit("flood", flood)
+	waitFor(t, func() bool { return running.Load() == 2 })
+	close(hold)
+	wg.Wait()
+
+	shared.Store(true)
+	hold = make(chan struct{})
+	most.Store(0)
+	wg.Add(10)
+	for range 10 {
+		s.submit("flood", flood)
+	}
+	waitFor(t, func() bool { return running.Load() == 1 })
+	ran := make(chan struct{})
+	s.submit("victim", func(release func()) {
+		close(ran)
+		release()
+	})
+	select {
+	case <-ran:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the other caller's call waited for the flood's")
+	}
+	close(hold)
+	wg.Wait()
+	if m := most.Load(); m != 1 {
+		t.Errorf("while shared, the flood ran %d calls at once, want 1", m)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(end) {
+			t.Fatal("condition not reached in 5s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestCallersSharedWithTwoUIDs: the devices' schedulers hold a slot back
+// exactly while sessions of more than one uid are open.
+func TestCallersSharedWithTwoUIDs(t *testing.T) {
+	var cs callers
+	a1 := cs.join(1, 0)
+	a2 := cs.join(1, 0)
+	if cs.shared.Load() {
+		t.Fatal("shared with one uid's two sessions")
+	}
+	b := cs.join(2, 0)
+	if !cs.shared.Load() {
+		t.Fatal("not shared with two uids")
+	}
+	cs.leave(a1)
+	if !cs.shared.Load() {
+		t.Fatal("not shared with uid 1's second session still open")
+	}
+	cs.leave(a2)
+	if cs.shared.Load() {
+		t.Fatal("shared with one uid left")
+	}
+	cs.leave(b)
 }
