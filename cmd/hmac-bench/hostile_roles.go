@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -160,10 +159,11 @@ const cpuBurn = "cpu_burn"
 var controls = []string{cpuBurn, echoFlood}
 
 // echoFlood is the second control: a neighbour that floods a socket
-// server of its own, in its own process, with the one-shot flood's
-// pattern (four connections, 64 frames in flight on each) and never
-// calls the agent. It costs the victim what that much waking and
-// switching on the machine's CPUs costs, which no agent can change.
+// server of its own (the echo server, a process apart from its clients,
+// as the agent is from its callers) with the one-shot flood's pattern
+// (four connections, 64 frames in flight on each) and never calls the
+// agent. It costs the victim what that much waking and switching between
+// processes on the machine's CPUs costs, which no agent can change.
 const echoFlood = "echo_flood"
 
 var attacks = map[string]attack{
@@ -173,26 +173,19 @@ var attacks = map[string]attack{
 			return err
 		}
 		defer os.RemoveAll(dir)
-		l, err := net.Listen("unix", filepath.Join(dir, "echo.sock"))
+		// The server is a process of its own, as the agent is: each
+		// request and reply wakes a thread of another process.
+		path, stopEcho, err := startEcho(dir)
 		if err != nil {
 			return err
 		}
-		defer l.Close()
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				go echoConn(c)
-			}
-		}()
+		defer stopEcho()
 		const conns, window = 4, 64
 		req := make([]byte, 4+1+4+1+1+len(benchenv.SoftKey)+4+64)
 		binary.BigEndian.PutUint32(req, uint32(len(req)-4))
 		var cs []net.Conn
 		for range conns {
-			c, err := net.Dial("unix", l.Addr().String())
+			c, err := net.Dial("unix", path)
 			if err != nil {
 				return err
 			}

@@ -63,11 +63,13 @@ func (r *results) median(name string) float64 {
 }
 
 func main() {
-	runRoleIfAsked()
+	// The echo server first: the echo control's attacker starts it with
+	// its own role in the environment.
 	if len(os.Args) == 3 && os.Args[1] == echoArg {
 		runEchoServer(os.Args[2])
 		return
 	}
+	runRoleIfAsked()
 	quick := flag.Bool("quick", false, "shorter runs: finishes in under a minute")
 	asJSON := flag.Bool("json", false, "print a JSON array of {name, value, unit}")
 	runs := flag.Int("runs", 3, "runs per figure; the median is reported")

@@ -13,12 +13,14 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	runRoleIfAsked()
-	// The echo baseline runs as this binary in a process of its own.
+	// The echo server runs as this binary in a process of its own, for
+	// the echo baseline and for the echo control's attacker, whose role
+	// it inherits in its environment: it comes first.
 	if len(os.Args) == 3 && os.Args[1] == echoArg {
 		runEchoServer(os.Args[2])
 		return
 	}
+	runRoleIfAsked()
 	os.Exit(m.Run())
 }
 
