@@ -14,6 +14,7 @@ import (
 
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/socket"
 	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
 
@@ -63,5 +64,45 @@ func TestOneShotPathDoesNotAllocate(t *testing.T) {
 	t.Logf("%.3f allocations per one-shot request (client and server together)", perRequest)
 	if perRequest > 0.05 {
 		t.Errorf("%.3f allocations per one-shot request in steady state, want none", perRequest)
+	}
+}
+
+// TestConnectionBeforeHelloIsSmall opens connections that never send
+// HELLO and weighs the heap they hold in the server: buffers sized for
+// requests (32 KiB a connection) wait until the handshake is done, so a
+// crowd of silent connections costs the agent little, and leaves little
+// of the runtime's bookkeeping behind when it goes.
+func TestConnectionBeforeHelloIsSmall(t *testing.T) {
+	const n = 400
+	rig := startFake(t, &fakeAgent{}, socket.Limits{MaxConnections: 2 * n, MaxConnectionsPerUID: 2 * n})
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapInuse
+	}
+	before := heap()
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range n {
+		c, err := net.Dial("unix", rig.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	// Each connection's goroutine is blocked in its first read once the
+	// server has answered a HELLO on one more connection, accepted after
+	// them.
+	r := dialRaw(t, rig.Path, true)
+	r.mac(1, "hi")
+	per := (int64(heap()) - int64(before)) / n
+	t.Logf("%d B of heap per connection before HELLO", per)
+	if per > 8<<10 {
+		t.Errorf("a connection before HELLO holds %d B of heap, want at most 8 KiB", per)
 	}
 }

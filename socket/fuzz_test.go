@@ -3,6 +3,7 @@ package socket_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -115,7 +116,9 @@ func FuzzConnection(f *testing.F) {
 			c.CloseWrite()
 		}()
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.Copy(io.Discard, c); err != nil {
+		// A server that closes with input unread resets the connection
+		// (the kernel's way for a Unix socket): closed all the same.
+		if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, unix.ECONNRESET) {
 			t.Fatalf("the server neither answered nor closed: %v", err)
 		}
 		// Others are still served.

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -143,6 +144,31 @@ func TestHandshake(t *testing.T) {
 		r.sendRaw([]byte{0, 0, 0, 13, 1, 0, 0, 0, 1, 'S', 'S', 'H', '2', 0, 1, 0, 1})
 		r.expectError(1, wire.ErrVersion)
 		r.expectClosed()
+	})
+	// Requests sent with HELLO in one write, small ones and ones larger
+	// than the buffer a connection has until HELLO, arrive whole and in
+	// order across the buffer's growth.
+	t.Run("RequestsWithHello", func(t *testing.T) {
+		r := dialRaw(t, a.Path, false)
+		var b []byte
+		b, _ = (&wire.Message{Type: wire.TypeHello, MinVersion: 1, MaxVersion: 1}).Append(b)
+		var msgs []string
+		for i := range 40 {
+			msg := strings.Repeat(string(rune('a'+i%26)), 1+i*i*25)
+			msgs = append(msgs, msg)
+			b, _ = (&wire.Message{Type: wire.TypeMAC, ID: uint32(i + 1), Algorithm: uint8(providers.SHA256), Key: []byte("k"), Data: []byte(msg)}).Append(b)
+		}
+		r.sendRaw(b)
+		if m := r.recv(); m.Type != wire.TypeHelloReply {
+			t.Fatalf("handshake reply %+v", m)
+		}
+		for i, msg := range msgs {
+			m := r.recv()
+			if m.Type != wire.TypeTag || m.ID != uint32(i+1) || !bytes.Equal(m.Tag, reference(msg)) {
+				t.Fatalf("MAC %d of %d bytes: reply %s id=%d %q", i+1, len(msg), m.Type, m.ID, m.Data)
+			}
+		}
+		r.mac(100, "after")
 	})
 }
 

@@ -156,6 +156,22 @@ func (f *FrameReader) readBody(n int) ([]byte, error) {
 	return body, nil
 }
 
+// Grow gives the reader a buffer of size bytes over src in place of its
+// own, if it has nothing buffered that it has not returned (Buffered is
+// zero), and reports whether it did. The frame returned last stays valid:
+// it lies in the old buffer, which nothing reads into any more. A server
+// starts a connection with a buffer just large enough for HELLO, so that a
+// connection that never says it costs next to nothing, and grows it at the
+// first moment nothing is left unread.
+func (f *FrameReader) Grow(src io.Reader, size int) bool {
+	if f.Buffered() != 0 {
+		return false
+	}
+	f.r = bufio.NewReaderSize(src, size)
+	f.peeked = 0
+	return true
+}
+
 // MidFrame reports whether the last error left a frame half read, after
 // which the stream is out of step. Errors on frames that fit the buffer
 // never do.
