@@ -123,6 +123,27 @@ func TestClientsKilledMidStream(t *testing.T) {
 	t.Logf("%d killed clients: goroutines %d -> %d, heap in use %+d KiB", n, baseGoroutines, goroutines, growth>>10)
 }
 
+// TestServeAfterShutdownClosesListener: a stop that comes before the
+// server took its listener (a signal just after the agent started) still
+// closes it and removes its socket file, as a stop after would.
+func TestServeAfterShutdownClosesListener(t *testing.T) {
+	path := filepath.Join(agenttest.SocketDir(t), "agent.sock")
+	l, err := socket.Listen(path, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := socket.NewServer(&fakeAgent{}, socket.Limits{}, nil)
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(context.Background(), l); !errors.Is(err, providers.ErrClosed) {
+		t.Fatalf("Serve after Shutdown: %v", err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket file after the stop: %v", err)
+	}
+}
+
 func TestListenRefusesUnsafePlaces(t *testing.T) {
 	dir := agenttest.SocketDir(t)
 	sub := filepath.Join(dir, "run")

@@ -145,6 +145,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	s.mu.Lock()
 	if s.stopping {
 		s.mu.Unlock()
+		// Shutdown came first (a signal just after start) and closed
+		// the listeners it knew of: close this one as it would have,
+		// which removes its socket file.
+		l.Close()
 		return providers.ErrClosed
 	}
 	s.listeners[l] = struct{}{}
