@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -112,6 +113,11 @@ func TestMetricsPageParses(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.Update(make([]byte, 50))
+	// A device request's bytes are released just after its reply is
+	// written: the client can have the reply first.
+	for end := time.Now().Add(5 * time.Second); a.Server.QueuedBytes() != 0 && time.Now().Before(end); {
+		time.Sleep(time.Millisecond)
+	}
 
 	page := scrape(t, m)
 	fams := parse(t, page)
