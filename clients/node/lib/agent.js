@@ -184,10 +184,14 @@ class Agent {
 
   /** Checks tag over data in the agent, in constant time; rejects with
    * InvalidSignature if it does not match. A plain name accepts a tag of
-   * any live version of the key, "NAME@N" only version N's. Resolves with
-   * the version whose tag matched, or null from an agent of protocol
-   * version 1. */
+   * any live version of the key, "NAME@N" only version N's. */
   async verifyMac(key, algorithm, data, tag, tagEncoding) {
+    await this.verifyMacVersioned(key, algorithm, data, tag, tagEncoding);
+  }
+
+  /** verifyMac, resolving with the key version whose tag matched, or null
+   * from an agent of protocol version 1, which does not say. */
+  async verifyMacVersioned(key, algorithm, data, tag, tagEncoding) {
     const alg = wire.ALGORITHMS[algorithmName(algorithm)];
     const name = keyNameBytes(key);
     const bytes = toBytes(data, undefined, 'data');
@@ -196,7 +200,8 @@ class Agent {
     if (8 + name.length + sig.length + bytes.length > conn.maxFrame || sig.length > 255) {
       const h = this.createHmac(algorithm, key);
       h.update(bytes);
-      return h.verify(sig);
+      await h.verify(sig);
+      return h.keyVersion;
     }
     const reply = await this._request(MSG.VERIFY_MAC, (id) => wire.oneShot(id, alg.code, name, bytes, sig));
     return expectVerified(reply);

@@ -213,9 +213,8 @@ class Hmac extends Writable {
    * Finishes the context and checks signature against the tag in the
    * agent, in constant time; rejects with InvalidSignature if it does not
    * match (a signature of any other length than the tag included). A
-   * string signature needs its encoding ("hex", "base64", ...). Resolves
-   * with the key version whose tag matched (also keyVersion afterwards),
-   * or null from an agent of protocol version 1.
+   * string signature needs its encoding ("hex", "base64", ...). Once it
+   * resolves, keyVersion is the key version whose tag matched.
    */
   verify(signature, encoding) {
     let sig;
@@ -239,7 +238,6 @@ class Hmac extends Writable {
     );
     return p.then((reply) => {
       this._keyVersion = expectVerified(reply);
-      return this._keyVersion;
     });
   }
 
