@@ -165,8 +165,16 @@ test('replies are read by the protocol version their connection chose', () => {
     [expectTag, { type: MSG.TAG, payload: tag, protocolVersion: 2 }, errors.ConnectionLost],
     [expectTag, { type: MSG.TAG_VERSION, payload: withVersion, protocolVersion: 1 }, errors.ConnectionLost],
     [expectTag, { type: MSG.TAG_VERSION, payload: Buffer.alloc(3), protocolVersion: 2 }, errors.InternalError],
-    [expectTag, { type: MSG.TAG_VERSION, payload: Buffer.concat([wire.u32(0), tag]), protocolVersion: 2 }, errors.InternalError],
-    [expectTag, { type: MSG.TAG_VERSION, payload: Buffer.concat([wire.u32(1), tag.subarray(1)]), protocolVersion: 2 }, errors.InternalError],
+    [
+      expectTag,
+      { type: MSG.TAG_VERSION, payload: Buffer.concat([wire.u32(0), tag]), protocolVersion: 2 },
+      errors.InternalError,
+    ],
+    [
+      expectTag,
+      { type: MSG.TAG_VERSION, payload: Buffer.concat([wire.u32(1), tag.subarray(1)]), protocolVersion: 2 },
+      errors.InternalError,
+    ],
     [expectVerified, { type: MSG.OK, payload: Buffer.alloc(0), protocolVersion: 2 }, errors.ConnectionLost],
     [expectVerified, { type: MSG.VERIFIED, payload: wire.u32(1), protocolVersion: 1 }, errors.ConnectionLost],
     [expectVerified, { type: MSG.VERIFIED, payload: Buffer.alloc(0), protocolVersion: 2 }, errors.InternalError],
@@ -174,7 +182,11 @@ test('replies are read by the protocol version their connection chose', () => {
     [expectVerified, { type: MSG.VERIFIED, payload: wire.u32(0), protocolVersion: 2 }, errors.InternalError],
   ];
   for (const [fn, reply, cls] of refused) {
-    assert.throws(() => fn(reply, 32), cls, `${fn.name} of 0x${reply.type.toString(16)} ${reply.payload.toString('hex')} on version ${reply.protocolVersion}`);
+    assert.throws(
+      () => fn(reply, 32),
+      cls,
+      `${fn.name} of 0x${reply.type.toString(16)} ${reply.payload.toString('hex')} on version ${reply.protocolVersion}`,
+    );
   }
   // An ERROR is the error on either version.
   for (const protocolVersion of [1, 2]) {

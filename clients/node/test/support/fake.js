@@ -37,7 +37,9 @@ async function fakeAgent(onFrame) {
       d.push(chunk, (type, id, payload) => {
         if (type === wire.MSG.HELLO) {
           if (onFrame.hello) return onFrame.hello(s, id, payload);
-          return s.write(wire.frame(wire.MSG.HELLO_REPLY, id, helloReply(onFrame.version === undefined ? 1 : onFrame.version)));
+          return s.write(
+            wire.frame(wire.MSG.HELLO_REPLY, id, helloReply(onFrame.version === undefined ? 1 : onFrame.version)),
+          );
         }
         onFrame(s, type, id, payload);
       }),
