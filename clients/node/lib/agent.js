@@ -241,7 +241,7 @@ class Agent {
   async rotateKey(name, options = {}) {
     const provider = Buffer.from(options.provider || '', 'utf8');
     const length = count(options.length === undefined ? 0 : options.length, 0, 'key length');
-    const secret = options.secret === undefined ? null : toBytes(options.secret, undefined, 'secret');
+    const secret = options.secret == null ? null : toBytes(options.secret, undefined, 'secret');
     const key = keyNameBytes(name);
     const reply = await this._request(MSG.ROTATE_KEY, (id) => wire.rotateKey(id, provider, key, length, secret));
     return JSON.parse(expect(reply, MSG.DATA).toString('utf8'));
