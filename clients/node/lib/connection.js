@@ -147,8 +147,9 @@ class Connection {
 
   /**
    * Sends the request make(id) builds for a fresh request ID and resolves
-   * with its reply {type, payload, protocolVersion}; rejects with ConnectionLost if the
-   * connection ends first, or RequestTimeout after requestTimeout ms.
+   * with its reply {type, payload, protocolVersion}; rejects with
+   * ConnectionLost if the connection ends first, or RequestTimeout after
+   * requestTimeout ms.
    */
   request(make) {
     const id = this._id();
