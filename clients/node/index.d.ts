@@ -36,12 +36,42 @@ export interface AgentOptions {
   requestTimeout?: number;
 }
 
+/** One version of a key (docs/keys.md). Times are RFC 3339, present once they happened. */
+export interface VersionInfo {
+  version: number;
+  state: 'current' | 'previous' | 'retired' | 'destroyed';
+  created?: string;
+  superseded?: string;
+  /** When the key's verify_grace ends this previous version's verifying. */
+  verifies_until?: string;
+  retired?: string;
+}
+
 export interface KeyInfo {
   name: string;
   provider: string;
   kind: string;
   algorithms: string[];
   created: string;
+  /** The current version, for a key whose provider keeps versions. */
+  version?: number;
+  /** Every version, oldest first, for a key whose provider keeps versions. */
+  versions?: VersionInfo[];
+}
+
+/** A tag and the key version that made it; null from an agent of protocol version 1. */
+export interface VersionedTag {
+  tag: Buffer;
+  version: number | null;
+}
+
+export interface RotateOptions {
+  /** The new version's bytes; absent: generated inside the provider. */
+  secret?: NodeJS.ArrayBufferView;
+  /** Bytes to generate; 0 or absent: the provider's default. */
+  length?: number;
+  /** The provider; absent: the one the key name finds. */
+  provider?: string;
 }
 
 export interface HmacOptions extends WritableOptions {
@@ -55,9 +85,16 @@ export class Agent {
   readonly timeout: number;
   readonly agentUid: number | string | undefined;
   readonly requestTimeout: number;
-  /** The tag of data under the named key, in one round trip. */
+  /** The tag of data under the named key (`"NAME@N"`: version N alone), in one round trip. */
   mac(key: string, algorithm: AlgorithmName | string, data: BinaryLike, encoding?: BufferEncoding): Promise<Buffer>;
-  /** Rejects with InvalidSignature unless tag is data's tag under the key. */
+  /** mac, with the key version that made the tag. */
+  macVersioned(
+    key: string,
+    algorithm: AlgorithmName | string,
+    data: BinaryLike,
+    encoding?: BufferEncoding,
+  ): Promise<VersionedTag>;
+  /** Rejects with InvalidSignature unless tag is data's tag under a live version of the key (`"NAME@N"`: version N). */
   verifyMac(
     key: string,
     algorithm: AlgorithmName | string,
@@ -71,9 +108,27 @@ export class Agent {
     tag: string,
     tagEncoding: BinaryToTextEncoding,
   ): Promise<void>;
+  /** verifyMac, resolving with the key version whose tag matched (null from an agent of protocol version 1). */
+  verifyMacVersioned(
+    key: string,
+    algorithm: AlgorithmName | string,
+    data: BinaryLike,
+    tag: NodeJS.ArrayBufferView,
+  ): Promise<number | null>;
+  verifyMacVersioned(
+    key: string,
+    algorithm: AlgorithmName | string,
+    data: BinaryLike,
+    tag: string,
+    tagEncoding: BinaryToTextEncoding,
+  ): Promise<number | null>;
   createHmac(algorithm: AlgorithmName | string, key: string, options?: WritableOptions): Hmac;
   importKey(name: string, secret: NodeJS.ArrayBufferView, options?: { provider?: string }): Promise<KeyInfo>;
   deleteKey(name: string, options?: { provider?: string }): Promise<void>;
+  /** A new version of the key, made current; the agent's owner and root only. */
+  rotateKey(name: string, options?: RotateOptions): Promise<VersionInfo>;
+  /** Stops a version verifying; with destroy, deletes its object. The agent's owner and root only. */
+  retireVersion(name: string, version: number, options?: { destroy?: boolean; provider?: string }): Promise<void>;
   keys(): Promise<KeyInfo[]>;
   status(): Promise<Record<string, unknown>>;
   close(): void;
@@ -85,6 +140,8 @@ export class Hmac extends Writable {
   readonly algorithm: AlgorithmName;
   /** The tag length in bytes. */
   readonly digestSize: number;
+  /** The key version that made or matched the tag, once digest or verify resolved; else null. */
+  readonly keyVersion: number | null;
   update(data: BinaryLike): this;
   update(data: string, inputEncoding: BufferEncoding): this;
   digest(encoding?: 'buffer'): Promise<Buffer>;

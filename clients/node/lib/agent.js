@@ -5,8 +5,8 @@
 const path = require('path');
 const wire = require('./wire');
 const { MSG } = wire;
-const { Connection, expect, expectTag } = require('./connection');
-const { ConnectionLost, KeyNotFound, UnsupportedAlgorithm } = require('./errors');
+const { Connection, expect, expectTag, expectVerified } = require('./connection');
+const { ConnectionLost, InvalidArgument, KeyNotFound, UnsupportedAlgorithm } = require('./errors');
 
 const SOCKET_ENV = 'HMAC_AGENT_SOCK';
 
@@ -76,6 +76,16 @@ function keyNameBytes(key) {
   const b = Buffer.from(key, 'utf8');
   if (b.length > 255) throw new KeyNotFound(`key "${key}" not found`);
   return b;
+}
+
+// The largest key version or key length a request may carry: the Go
+// client's bound, well inside the protocol's 4 bytes.
+const MAX_COUNT = 2 ** 31;
+
+/** A whole number in [min, MAX_COUNT], else InvalidArgument naming what it is. */
+function count(n, min, what) {
+  if (!Number.isInteger(n) || n < min || n > MAX_COUNT) throw new InvalidArgument(`no ${what} ${n}`);
+  return n;
 }
 
 // Requests that can be sent again safely when the connection they went out
@@ -148,8 +158,15 @@ class Agent {
     }
   }
 
-  /** The tag of data under the named key, in one round trip. */
+  /** The tag of data under the named key, in one round trip. The key's
+   * current version makes it; "NAME@N" names version N alone. */
   async mac(key, algorithm, data, encoding) {
+    return (await this.macVersioned(key, algorithm, data, encoding)).tag;
+  }
+
+  /** mac, resolving with {tag, version}: the key version that made the
+   * tag, or null from an agent of protocol version 1, which does not say. */
+  async macVersioned(key, algorithm, data, encoding) {
     const alg = wire.ALGORITHMS[algorithmName(algorithm)];
     const name = keyNameBytes(key);
     const bytes = toBytes(data, encoding, 'data');
@@ -158,15 +175,23 @@ class Agent {
       // Too long for one frame: a context streams it.
       const h = this.createHmac(algorithm, key);
       h.update(bytes);
-      return h.digest();
+      const tag = await h.digest();
+      return { tag, version: h.keyVersion };
     }
     const reply = await this._request(MSG.MAC, (id) => wire.oneShot(id, alg.code, name, bytes));
     return expectTag(reply, alg.size);
   }
 
   /** Checks tag over data in the agent, in constant time; rejects with
-   * InvalidSignature if it does not match. */
+   * InvalidSignature if it does not match. A plain name accepts a tag of
+   * any live version of the key, "NAME@N" only version N's. */
   async verifyMac(key, algorithm, data, tag, tagEncoding) {
+    await this.verifyMacVersioned(key, algorithm, data, tag, tagEncoding);
+  }
+
+  /** verifyMac, resolving with the key version whose tag matched, or null
+   * from an agent of protocol version 1, which does not say. */
+  async verifyMacVersioned(key, algorithm, data, tag, tagEncoding) {
     const alg = wire.ALGORITHMS[algorithmName(algorithm)];
     const name = keyNameBytes(key);
     const bytes = toBytes(data, undefined, 'data');
@@ -175,10 +200,11 @@ class Agent {
     if (8 + name.length + sig.length + bytes.length > conn.maxFrame || sig.length > 255) {
       const h = this.createHmac(algorithm, key);
       h.update(bytes);
-      return h.verify(sig);
+      await h.verify(sig);
+      return h.keyVersion;
     }
     const reply = await this._request(MSG.VERIFY_MAC, (id) => wire.oneShot(id, alg.code, name, bytes, sig));
-    expect(reply, MSG.OK);
+    return expectVerified(reply);
   }
 
   /** An Hmac on the named key, as the package's createHmac with this agent. */
@@ -200,6 +226,40 @@ class Agent {
   async deleteKey(name, options = {}) {
     const provider = Buffer.from(options.provider || '', 'utf8');
     const reply = await this._request(MSG.DELETE_KEY, (id) => wire.deleteKey(id, provider, keyNameBytes(name)));
+    expect(reply, MSG.OK);
+  }
+
+  /**
+   * Adds a version to a key and makes it current (the agent's owner and
+   * root only): imported from options.secret when given, else generated
+   * in the provider, options.length bytes (0 or absent: the provider's
+   * default). Resolves with the new version, {version, state, created}.
+   * Tags of the older versions go on verifying until they are retired or
+   * pass the key's grace. Never sent twice: a rotation whose connection
+   * died unanswered rejects with ConnectionLost, since it may have run.
+   */
+  async rotateKey(name, options = {}) {
+    const provider = Buffer.from(options.provider || '', 'utf8');
+    const length = count(options.length === undefined ? 0 : options.length, 0, 'key length');
+    const secret = options.secret == null ? null : toBytes(options.secret, undefined, 'secret');
+    const key = keyNameBytes(name);
+    const reply = await this._request(MSG.ROTATE_KEY, (id) => wire.rotateKey(id, provider, key, length, secret));
+    return JSON.parse(expect(reply, MSG.DATA).toString('utf8'));
+  }
+
+  /**
+   * Stops a version of a key verifying, at once in this agent (the
+   * agent's owner and root only); with options.destroy its object is
+   * deleted from the provider too. Retiring the current version rejects
+   * with InvalidArgument, a version that does not exist with KeyNotFound.
+   */
+  async retireVersion(name, version, options = {}) {
+    const provider = Buffer.from(options.provider || '', 'utf8');
+    const n = count(version, 1, 'key version');
+    const key = keyNameBytes(name);
+    const reply = await this._request(MSG.RETIRE_VERSION, (id) =>
+      wire.retireVersion(id, provider, key, n, !!options.destroy),
+    );
     expect(reply, MSG.OK);
   }
 

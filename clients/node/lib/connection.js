@@ -2,6 +2,12 @@
 // One connection to the agent: the handshake, request IDs, and replies
 // matched to their requests by ID, in whatever order they come.
 //
+// The handshake offers protocol versions 1 and 2. Each reply carries the
+// version its connection chose, since a tag or a verification is
+// answered differently in each (TAG_VERSION and VERIFIED name the key
+// version in version 2), and a request sent again after a reconnection
+// may be answered by an agent that chose another.
+//
 // Writes made in one tick of the event loop go out in one write, so a
 // burst of requests (or an OPEN, its UPDATEs and a FINALIZE) costs one
 // system call, and the agent answers them with one too. The socket is
@@ -36,6 +42,7 @@ class Connection {
     this.maxFrame = 4096;
     this.maxContexts = 0;
     this.maxInFlight = 0;
+    this.protocolVersion = 0; // chosen by the agent in the handshake
     this._pending = new Map(); // request ID -> {resolve, reject, timer, abandoned}
     this._waiting = 0; // pending requests not given up on: the socket is referenced while > 0
     this._nextID = 1;
@@ -109,10 +116,13 @@ class Connection {
       this.close();
       throw new ConnectionLost(`bad handshake reply from the agent at ${this.path}`);
     }
-    if (hello.version !== wire.VERSION) {
+    if (hello.version < wire.MIN_VERSION || hello.version > wire.VERSION) {
       this.close();
-      throw new VersionMismatch(`the agent at ${this.path} chose protocol version ${hello.version}`);
+      throw new VersionMismatch(
+        `the agent at ${this.path} chose protocol version ${hello.version}, outside the ${wire.MIN_VERSION}..${wire.VERSION} offered`,
+      );
     }
+    this.protocolVersion = hello.version;
     this.maxFrame = hello.maxFrame;
     this.maxContexts = hello.maxContexts;
     this.maxInFlight = hello.maxInFlight;
@@ -137,8 +147,9 @@ class Connection {
 
   /**
    * Sends the request make(id) builds for a fresh request ID and resolves
-   * with its reply {type, payload}; rejects with ConnectionLost if the
-   * connection ends first, or RequestTimeout after requestTimeout ms.
+   * with its reply {type, payload, protocolVersion}; rejects with
+   * ConnectionLost if the connection ends first, or RequestTimeout after
+   * requestTimeout ms.
    */
   request(make) {
     const id = this._id();
@@ -238,7 +249,7 @@ class Connection {
         if (call.abandoned) return; // its caller gave up on it
         clearTimeout(call.timer);
         this._settled();
-        call.resolve({ type, payload });
+        call.resolve({ type, payload, protocolVersion: this.protocolVersion });
       });
     } catch (err) {
       this._fail(err);
@@ -285,12 +296,42 @@ function expect(reply, want) {
   throw new ConnectionLost(`the agent replied 0x${reply.type.toString(16)}, expected 0x${want.toString(16)}`);
 }
 
-/** A TAG reply's tag, which must be the algorithm's full length. */
+/**
+ * The tag and key version of a reply to MAC or FINALIZE: in protocol
+ * version 2 a TAG_VERSION naming the version that made the tag, in
+ * version 1 a TAG naming none (version null). A reply of the other
+ * version's type is a protocol error. The tag must be the algorithm's
+ * full length.
+ */
 function expectTag(reply, size) {
-  const tag = expect(reply, MSG.TAG);
+  let tag;
+  let version = null;
+  if (reply.protocolVersion >= 2) {
+    const parsed = wire.parseTagVersion(expect(reply, MSG.TAG_VERSION));
+    if (!parsed) throw new InternalError('the agent sent a malformed TAG_VERSION reply');
+    ({ tag, version } = parsed);
+  } else {
+    tag = expect(reply, MSG.TAG);
+  }
   if (tag.length !== size)
     throw new InternalError(`the agent sent a ${tag.length}-byte tag where ${size} bytes belong`);
-  return tag;
+  return { tag, version };
 }
 
-module.exports = { Connection, expect, expectTag, errorFromPayload };
+/**
+ * The key version a successful VERIFY or VERIFY_MAC matched: in protocol
+ * version 2 the one VERIFIED names, in version 1 none (null) from an OK.
+ * Anything else rejects, so that no malformed or unexpected reply is ever
+ * taken for a valid signature.
+ */
+function expectVerified(reply) {
+  if (reply.protocolVersion >= 2) {
+    const version = wire.parseVerified(expect(reply, MSG.VERIFIED));
+    if (version === null) throw new InternalError('the agent sent a malformed VERIFIED reply');
+    return version;
+  }
+  expect(reply, MSG.OK);
+  return null;
+}
+
+module.exports = { Connection, expect, expectTag, expectVerified, errorFromPayload };

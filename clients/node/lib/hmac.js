@@ -5,7 +5,7 @@
 const { Writable } = require('stream');
 const wire = require('./wire');
 const { MSG } = wire;
-const { expect, expectTag } = require('./connection');
+const { expect, expectTag, expectVerified } = require('./connection');
 const { AlreadyFinalized, ConnectionLost, ContextLost, InvalidSignature } = require('./errors');
 const { algorithmName, keyNameBytes, toBytes, toTag } = require('./agent');
 
@@ -47,6 +47,7 @@ class Hmac extends Writable {
     this._conn = null;
     this._context = 0;
     this._done = false;
+    this._keyVersion = null;
     this._queue = [];
     this._startError = null;
     this._inWrite = 0; // bytes of the stream chunk passed to update, awaiting its callback
@@ -79,6 +80,17 @@ class Hmac extends Writable {
   /** The tag length in bytes. */
   get digestSize() {
     return this._alg.size;
+  }
+
+  /**
+   * The version of the key that made the tag digest() resolved with, or
+   * that matched the signature verify() accepted; null before then, and
+   * from an agent of protocol version 1, which does not say. A context
+   * keeps the version it was opened with (the key's current one, or N for
+   * "NAME@N"), through copy() too, whatever rotations happen meanwhile.
+   */
+  get keyVersion() {
+    return this._keyVersion;
   }
 
   _start(conn) {
@@ -191,7 +203,8 @@ class Hmac extends Writable {
       this._roundTrip((conn) => conn.request((id) => wire.finalize(id, this._context))),
     );
     return p.then((reply) => {
-      const tag = expectTag(reply, this._alg.size);
+      const { tag, version } = expectTag(reply, this._alg.size);
+      this._keyVersion = version;
       return encoding && encoding !== 'buffer' ? tag.toString(encoding) : tag;
     });
   }
@@ -200,7 +213,8 @@ class Hmac extends Writable {
    * Finishes the context and checks signature against the tag in the
    * agent, in constant time; rejects with InvalidSignature if it does not
    * match (a signature of any other length than the tag included). A
-   * string signature needs its encoding ("hex", "base64", ...).
+   * string signature needs its encoding ("hex", "base64", ...). Once it
+   * resolves, keyVersion is the key version whose tag matched.
    */
   verify(signature, encoding) {
     let sig;
@@ -223,7 +237,7 @@ class Hmac extends Writable {
       this._roundTrip((conn) => conn.request((id) => wire.verify(id, this._context, sig))),
     );
     return p.then((reply) => {
-      expect(reply, MSG.OK);
+      this._keyVersion = expectVerified(reply);
     });
   }
 

@@ -1,10 +1,14 @@
 'use strict';
-// The hmac-agent wire protocol, version 1 (docs/protocol.md): message
-// types, algorithm and error codes, frame encoding, and a decoder for the
-// byte stream the agent sends. The decoder treats its input as untrusted:
-// a bad length is an error, never a huge allocation or a crash.
+// The hmac-agent wire protocol, versions 1 and 2 (docs/protocol.md):
+// message types, algorithm and error codes, frame encoding, and decoders
+// for the byte stream the agent sends. The decoders treat their input as
+// untrusted: a bad length is an error, never a huge allocation or a crash.
 
-const VERSION = 1;
+// The protocol versions this client speaks; HELLO offers both and the
+// agent chooses. Version 2 adds key versions: TAG_VERSION and VERIFIED
+// name the key version that made or matched a tag.
+const MIN_VERSION = 1;
+const VERSION = 2;
 const MAGIC = Buffer.from('HMAC', 'latin1');
 const HEADER = 9; // length (4), type (1), request ID (4)
 
@@ -28,10 +32,14 @@ const MSG = Object.freeze({
   DELETE_KEY: 0x33,
   STATUS: 0x34,
   IMPORT_WRAPPED: 0x35,
+  ROTATE_KEY: 0x36,
+  RETIRE_VERSION: 0x37,
   OK: 0x80,
   HELLO_REPLY: 0x81,
   TAG: 0x82,
   DATA: 0x83,
+  TAG_VERSION: 0x84,
+  VERIFIED: 0x85,
   ERROR: 0x8f,
 });
 
@@ -106,7 +114,7 @@ function u32(n) {
 function hello(requestID) {
   const p = Buffer.allocUnsafe(8);
   MAGIC.copy(p, 0);
-  p.writeUInt16BE(VERSION, 4);
+  p.writeUInt16BE(MIN_VERSION, 4);
   p.writeUInt16BE(VERSION, 6);
   return frame(MSG.HELLO, requestID, p);
 }
@@ -161,6 +169,31 @@ function deleteKey(requestID, provider, name) {
   return frame(MSG.DELETE_KEY, requestID, Buffer.concat([short(provider), short(name)]));
 }
 
+// ROTATE_KEY's flag: the data is the new version's bytes.
+const ROTATE_IMPORT = 0x01;
+// RETIRE_VERSION's flag: delete the version's object too.
+const RETIRE_DESTROY = 0x01;
+
+/**
+ * ROTATE_KEY: a new version of the key, imported from secret when it is
+ * given, else generated in the provider (length bytes, 0 for its default).
+ */
+function rotateKey(requestID, provider, name, length, secret) {
+  const head = Buffer.allocUnsafe(5);
+  head.writeUInt32BE(length >>> 0, 0);
+  head[4] = secret ? ROTATE_IMPORT : 0;
+  const parts = [short(provider), short(name), head];
+  if (secret) parts.push(secret);
+  return frame(MSG.ROTATE_KEY, requestID, Buffer.concat(parts));
+}
+
+function retireVersion(requestID, provider, name, version, destroy) {
+  const tail = Buffer.allocUnsafe(5);
+  tail.writeUInt32BE(version >>> 0, 0);
+  tail[4] = destroy ? RETIRE_DESTROY : 0;
+  return frame(MSG.RETIRE_VERSION, requestID, Buffer.concat([short(provider), short(name), tail]));
+}
+
 /** MAC and VERIFY_MAC payloads: algorithm, key name[, tag], data. */
 function oneShot(requestID, algCode, keyName, data, tag) {
   const tagLen = tag ? 1 + tag.length : 0;
@@ -187,6 +220,24 @@ function parseHelloReply(payload) {
     maxContexts: payload.readUInt32BE(6),
     maxInFlight: payload.readUInt32BE(10),
   };
+}
+
+/**
+ * The key version and tag of a TAG_VERSION payload, or null if it is
+ * malformed. Versions are numbered from 1: a 0 is malformed too.
+ */
+function parseTagVersion(payload) {
+  if (payload.length < 4) return null;
+  const version = payload.readUInt32BE(0);
+  if (version === 0) return null;
+  return { version, tag: payload.subarray(4) };
+}
+
+/** The key version of a VERIFIED payload, or null if it is malformed. */
+function parseVerified(payload) {
+  if (payload.length !== 4) return null;
+  const version = payload.readUInt32BE(0);
+  return version === 0 ? null : version;
 }
 
 /** The code and message of an ERROR payload, or null if it is malformed. */
@@ -252,6 +303,7 @@ class FrameDecoder {
 }
 
 module.exports = {
+  MIN_VERSION,
   VERSION,
   MAGIC,
   HEADER,
@@ -271,8 +323,12 @@ module.exports = {
   close,
   importKey,
   deleteKey,
+  rotateKey,
+  retireVersion,
   oneShot,
   parseHelloReply,
+  parseTagVersion,
+  parseVerified,
   parseError,
   FrameDecoder,
 };

@@ -6,13 +6,12 @@ const { test, before, after } = require('node:test');
 const assert = require('node:assert');
 const crypto = require('crypto');
 const fs = require('fs');
-const net = require('net');
-const os = require('os');
 const path = require('path');
 const hmacAgent = require('..');
 const wire = require('../lib/wire');
 const { spawnSync } = require('child_process');
 const { AgentProcess, sleep } = require('./support/agent');
+const { fakeAgent } = require('./support/fake');
 const { keyring, reference } = require('./support/keys');
 
 let proc;
@@ -99,41 +98,6 @@ test('the shared default Agent reads HMAC_AGENT_SOCK', async () => {
     else process.env.HMAC_AGENT_SOCK = old;
   }
 });
-
-// A server of our own (the test's uid, in a private directory) that
-// answers the handshake and then does what the test says.
-async function fakeAgent(onFrame) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hmac-agent-fake-'));
-  const sock = path.join(dir, 'agent.sock');
-  const sockets = new Set();
-  const server = net.createServer((s) => {
-    sockets.add(s);
-    const d = new wire.FrameDecoder(1 << 22);
-    s.on('error', () => {});
-    s.on('data', (chunk) =>
-      d.push(chunk, (type, id, payload) => {
-        if (type === wire.MSG.HELLO) {
-          const p = Buffer.alloc(14);
-          p.writeUInt16BE(1, 0);
-          p.writeUInt32BE(1 << 20, 2);
-          p.writeUInt32BE(100, 6);
-          p.writeUInt32BE(100, 10);
-          return onFrame.hello ? onFrame.hello(s, id) : s.write(wire.frame(wire.MSG.HELLO_REPLY, id, p));
-        }
-        onFrame(s, type, id, payload);
-      }),
-    );
-  });
-  await new Promise((resolve) => server.listen(sock, resolve));
-  return {
-    path: sock,
-    async close() {
-      for (const s of sockets) s.destroy();
-      await new Promise((resolve) => server.close(resolve));
-      fs.rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
 
 test('replies out of order reach their own requests; replies to no request are ignored', async () => {
   const held = [];

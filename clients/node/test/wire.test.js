@@ -9,6 +9,7 @@ const fs = require('fs');
 const path = require('path');
 const wire = require('../lib/wire');
 const errors = require('../lib/errors');
+const { expectTag, expectVerified } = require('../lib/connection');
 const { REPO } = require('./support/agent');
 
 const { MSG } = wire;
@@ -35,13 +36,18 @@ function decodeAll(bytes, splits) {
   return { frames, error };
 }
 
+// The replies of protocol version 2 the page shows, as the client reads
+// them: their types, and what the client takes from each.
+const replies = [];
+
 /** The frame the client would build for a request decoded from a doc example. */
 function reencode(type, id, p) {
   const short = (off) => p.subarray(off + 1, off + 1 + p[off]);
   switch (type) {
     case MSG.HELLO:
-      // The client offers its own range; the page also shows others'.
-      if (p.readUInt16BE(4) !== wire.VERSION || p.readUInt16BE(6) !== wire.VERSION) return null;
+      // The client offers its own range, 1..2; the page also shows a
+      // client of version 1 alone.
+      if (p.readUInt16BE(4) !== wire.MIN_VERSION || p.readUInt16BE(6) !== wire.VERSION) return null;
       return wire.hello(id);
     case MSG.OPEN:
       return wire.open(id, p.readUInt32BE(0), p[4], short(5));
@@ -74,13 +80,31 @@ function reencode(type, id, p) {
       const provider = short(0);
       return wire.deleteKey(id, provider, short(1 + provider.length));
     }
+    case MSG.ROTATE_KEY: {
+      const provider = short(0);
+      const name = short(1 + provider.length);
+      const off = 2 + provider.length + name.length;
+      const secret = p[off + 4] & 1 ? p.subarray(off + 5) : null;
+      return wire.rotateKey(id, provider, name, p.readUInt32BE(off), secret);
+    }
+    case MSG.RETIRE_VERSION: {
+      const provider = short(0);
+      const name = short(1 + provider.length);
+      const off = 2 + provider.length + name.length;
+      return wire.retireVersion(id, provider, name, p.readUInt32BE(off), p[off + 4] & 1);
+    }
     case MSG.HELLO_REPLY: {
       const h = wire.parseHelloReply(p);
       assert.ok(h, 'HELLO_REPLY parses');
-      // Protocol version 2 adds key versions; this client speaks 1.
-      assert.ok([1, 2].includes(h.version), `HELLO_REPLY version ${h.version}`);
+      assert.ok(h.version >= wire.MIN_VERSION && h.version <= wire.VERSION, `HELLO_REPLY version ${h.version}`);
       return null;
     }
+    case MSG.TAG_VERSION:
+      replies.push({ type, ...expectTag({ type, payload: p, protocolVersion: 2 }, p.length - 4) });
+      return null;
+    case MSG.VERIFIED:
+      replies.push({ type, version: expectVerified({ type, payload: p, protocolVersion: 2 }) });
+      return null;
     case MSG.ERROR: {
       const e = wire.parseError(p);
       assert.ok(e, 'ERROR parses');
@@ -109,8 +133,75 @@ test('every hex example in docs/protocol.md decodes, and requests the client bui
       reencoded++;
     }
   }
-  assert.ok(reencoded >= 14, `${reencoded} re-encoded`);
+  assert.ok(reencoded >= 18, `${reencoded} re-encoded`);
+  // The page's TAG_VERSION names version 2 of a tag of 0xcd bytes, and
+  // its VERIFIED version 1.
+  assert.deepStrictEqual(replies, [
+    { type: MSG.TAG_VERSION, tag: Buffer.alloc(32, 0xcd), version: 2 },
+    { type: MSG.VERIFIED, version: 1 },
+  ]);
 });
+
+test('HELLO offers protocol versions 1 to 2, as the page shows', () => {
+  assert.strictEqual(wire.hello(1).toString('hex'), '0000000d0100000001484d414300010002');
+  assert.strictEqual(docExample('A client of versions 1 and 2').toString('hex'), wire.hello(1).toString('hex'));
+});
+
+test('replies are read by the protocol version their connection chose', () => {
+  const tag = Buffer.alloc(32, 0xcd);
+  const withVersion = Buffer.concat([wire.u32(7), tag]);
+  // Version 2: TAG_VERSION and VERIFIED, naming the key version.
+  assert.deepStrictEqual(expectTag({ type: MSG.TAG_VERSION, payload: withVersion, protocolVersion: 2 }, 32), {
+    tag,
+    version: 7,
+  });
+  assert.strictEqual(expectVerified({ type: MSG.VERIFIED, payload: wire.u32(3), protocolVersion: 2 }), 3);
+  // Version 1: TAG and OK, naming none.
+  assert.deepStrictEqual(expectTag({ type: MSG.TAG, payload: tag, protocolVersion: 1 }, 32), { tag, version: null });
+  assert.strictEqual(expectVerified({ type: MSG.OK, payload: Buffer.alloc(0), protocolVersion: 1 }), null);
+  // The other version's reply, or a malformed one, is never a tag or a
+  // valid signature.
+  const refused = [
+    [expectTag, { type: MSG.TAG, payload: tag, protocolVersion: 2 }, errors.ConnectionLost],
+    [expectTag, { type: MSG.TAG_VERSION, payload: withVersion, protocolVersion: 1 }, errors.ConnectionLost],
+    [expectTag, { type: MSG.TAG_VERSION, payload: Buffer.alloc(3), protocolVersion: 2 }, errors.InternalError],
+    [
+      expectTag,
+      { type: MSG.TAG_VERSION, payload: Buffer.concat([wire.u32(0), tag]), protocolVersion: 2 },
+      errors.InternalError,
+    ],
+    [
+      expectTag,
+      { type: MSG.TAG_VERSION, payload: Buffer.concat([wire.u32(1), tag.subarray(1)]), protocolVersion: 2 },
+      errors.InternalError,
+    ],
+    [expectVerified, { type: MSG.OK, payload: Buffer.alloc(0), protocolVersion: 2 }, errors.ConnectionLost],
+    [expectVerified, { type: MSG.VERIFIED, payload: wire.u32(1), protocolVersion: 1 }, errors.ConnectionLost],
+    [expectVerified, { type: MSG.VERIFIED, payload: Buffer.alloc(0), protocolVersion: 2 }, errors.InternalError],
+    [expectVerified, { type: MSG.VERIFIED, payload: Buffer.alloc(5, 1), protocolVersion: 2 }, errors.InternalError],
+    [expectVerified, { type: MSG.VERIFIED, payload: wire.u32(0), protocolVersion: 2 }, errors.InternalError],
+  ];
+  for (const [fn, reply, cls] of refused) {
+    assert.throws(
+      () => fn(reply, 32),
+      cls,
+      `${fn.name} of 0x${reply.type.toString(16)} ${reply.payload.toString('hex')} on version ${reply.protocolVersion}`,
+    );
+  }
+  // An ERROR is the error on either version.
+  for (const protocolVersion of [1, 2]) {
+    const payload = Buffer.concat([Buffer.from([0, 2]), Buffer.from('no')]);
+    assert.throws(() => expectVerified({ type: MSG.ERROR, payload, protocolVersion }), errors.InvalidSignature);
+  }
+});
+
+/** The bytes of the first hex example after the line starting with heading. */
+function docExample(heading) {
+  const start = DOC.indexOf(heading);
+  assert.ok(start >= 0, heading);
+  const block = DOC.slice(start).split('```hex\n')[1].split('```')[0];
+  return Buffer.from(block.replace(/\s+/g, ''), 'hex');
+}
 
 function docTable(heading) {
   // The rows of the first table after a line starting with heading.

@@ -23,13 +23,17 @@ class AgentProcess {
   /**
    * options.config: a function of the temporary directory returning
    * {toml, socket}, to start the agent with that configuration.
+   * The function may also return env, more environment for the agent
+   * (SOFTHSM2_CONF, say).
    */
   constructor(options = {}) {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hmac-agent-node-'));
+    this.extraEnv = {};
     this.socket = path.join(this.dir, 'run', 'agent.sock');
     this.args = ['serve', '--socket', this.socket, '--log-level', 'warn'];
     if (options.config) {
-      const { toml, socket } = options.config(this.dir);
+      const { toml, socket, env } = options.config(this.dir);
+      this.extraEnv = env || {};
       const file = path.join(this.dir, 'agent.toml');
       fs.writeFileSync(file, toml, { mode: 0o600 });
       this.socket = socket;
@@ -46,7 +50,12 @@ class AgentProcess {
 
   /** The environment the agent and its CLI run with. */
   env() {
-    return { ...process.env, XDG_STATE_HOME: path.join(this.dir, 'state'), HMAC_AGENT_SOCK: this.socket };
+    return {
+      ...process.env,
+      ...this.extraEnv,
+      XDG_STATE_HOME: path.join(this.dir, 'state'),
+      HMAC_AGENT_SOCK: this.socket,
+    };
   }
 
   async start() {

@@ -2,7 +2,7 @@
 // documented uses and reject key bytes where a key name belongs.
 import * as fs from 'fs';
 import { pipeline } from 'stream/promises';
-import { Agent, createHmac, mac, verifyMac, InvalidSignature, AgentError, Hmac } from '../..';
+import { Agent, createHmac, mac, verifyMac, InvalidSignature, AgentError, Hmac, VersionInfo } from '../..';
 
 async function uses(body: Buffer, signature: string): Promise<void> {
   const h: Hmac = createHmac('sha256', 'webhook').update(body).update('text', 'utf8');
@@ -27,6 +27,23 @@ async function uses(body: Buffer, signature: string): Promise<void> {
     }
   }
   void hex;
+  // Key versions: what made or matched a tag, and managing them.
+  const { tag: vtag, version } = await agent.macVersioned('webhook@2', 'sha256', body);
+  const matched: number | null = await agent.verifyMacVersioned('webhook', 'sha256', body, vtag);
+  const matchedHex: number | null = await agent.verifyMacVersioned('webhook', 'sha256', body, signature, 'hex');
+  void matchedHex;
+  const kv: number | null = h.keyVersion;
+  const next: VersionInfo = await agent.rotateKey('webhook', { length: 32 });
+  await agent.rotateKey('webhook', { secret: Buffer.from('new') });
+  await agent.retireVersion('webhook', next.version - 1, { destroy: true });
+  const versions = (await agent.keys())[0].versions ?? [];
+  void [version, matched, kv, versions.map((v) => v.state)];
+  // Callers written before versions still compile.
+  const done: Promise<void> = createHmac('sha256', 'webhook').verify(t);
+  const doneToo: Promise<void> = agent.verifyMac('webhook', 'sha256', body, t);
+  void [done, doneToo];
+  // @ts-expect-error a version is a number
+  await agent.retireVersion('webhook', '1');
   // @ts-expect-error key bytes are not a key name
   createHmac('sha256', Buffer.from('secret'));
   // @ts-expect-error a string signature needs its encoding
