@@ -1,6 +1,9 @@
 package socket
 
 import (
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -21,3 +24,50 @@ func SetHashCredit(t testing.TB, credit int64, refill time.Duration) {
 	reset(credit, refill)
 	t.Cleanup(func() { reset(oldCredit, oldRefill) })
 }
+
+// HashUsers is how many of uid's connections are waiting to hash or
+// hashing, plus its read left blocked if it has one.
+func HashUsers(uid uint32) int {
+	hashing.mu.Lock()
+	defer hashing.mu.Unlock()
+	if u := hashing.uids[uid]; u != nil {
+		return u.users
+	}
+	return 0
+}
+
+// HashReadGate holds the reads of some uids' executables, standing in for
+// a filesystem whose reads stall.
+type HashReadGate struct {
+	open    chan struct{}
+	once    sync.Once
+	blocked atomic.Int32
+}
+
+// GateHashReads makes every read the agent begins of an executable of one
+// of uids wait until Release, at the latest when the test ends.
+func GateHashReads(t testing.TB, uids ...uint32) *HashReadGate {
+	g := &HashReadGate{open: make(chan struct{})}
+	hook := func(uid uint32) {
+		if !slices.Contains(uids, uid) {
+			return
+		}
+		g.blocked.Add(1)
+		defer g.blocked.Add(-1)
+		<-g.open
+	}
+	if !beforeHashRead.CompareAndSwap(nil, &hook) {
+		t.Fatal("another gate holds hash reads")
+	}
+	t.Cleanup(func() {
+		g.Release()
+		beforeHashRead.Store(nil)
+	})
+	return g
+}
+
+// Blocked is how many reads wait at the gate now.
+func (g *HashReadGate) Blocked() int { return int(g.blocked.Load()) }
+
+// Release lets every read held, and every later one, go on.
+func (g *HashReadGate) Release() { g.once.Do(func() { close(g.open) }) }

@@ -21,6 +21,102 @@ import (
 	"github.com/hmac-agent/hmac-agent/socket"
 )
 
+// A second attacker's uid, for attacks that need two.
+const attackerUID2 = 65533
+
+// digestRig is an agent whose key "k" may be used by root and the
+// attackers' uids, from the binary victimBin (by path and digest) only,
+// with binaries any uid may run.
+type digestRig struct {
+	a         *agenttest.Agent
+	dir       string
+	victimBin string
+	size      int64 // of each copy of the test binary, before its extra bytes
+	audit     *syncBuffer
+	log       *syncBuffer
+}
+
+func newDigestRig(t *testing.T, limits socket.Limits) *digestRig {
+	t.Helper()
+	agenttest.RequireRoot(t, "to run the attacker under another uid")
+	if err := socket.CheckIdentitySupport(false, true); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	r := &digestRig{audit: new(syncBuffer), log: new(syncBuffer)}
+	dir, err := os.MkdirTemp("", "hmac-agent-hashing-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	r.dir = dir
+	// A copy of its own, a new file version, so that the victim's
+	// digest is not in the cache from an earlier test.
+	r.victimBin = filepath.Join(dir, "victim")
+	victimSum := copyBinary(t, r.victimBin, []byte(t.Name()))
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.size = st.Size()
+	r.a = start(t, agenttest.Options{
+		SocketLimits: limits,
+		Logger:       slog.New(slog.NewTextHandler(r.log, nil)),
+		Audit:        slog.New(slog.NewJSONHandler(r.audit, nil)),
+		Keys: []agent.KeyConfig{{Name: "k", Provider: "soft", Policy: agent.Policy{
+			UIDs: []uint32{0, attackerUID, attackerUID2}, Ops: agent.OpMAC | agent.OpVerify,
+			Executables: []agent.Executable{{Path: r.victimBin, SHA256: victimSum}},
+		}}},
+	})
+	os.Chmod(filepath.Dir(r.a.Path), 0o711)
+	os.Chmod(r.a.Path, 0o666)
+	return r
+}
+
+// binary makes a copy of the test binary named name, differing from the
+// others by its extra bytes.
+func (r *digestRig) binary(t *testing.T, name string) string {
+	t.Helper()
+	bin := filepath.Join(r.dir, name)
+	copyBinary(t, bin, []byte(name))
+	return bin
+}
+
+// macAs runs bin as uid, which MACs with "k" on a connection of its own,
+// and returns the outcome's error name ("ok" for none). It fails the test
+// (from any goroutine) if the child has no outcome within a minute: a
+// caller that is never served.
+func (r *digestRig) macAs(t *testing.T, uid uint32, bin string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "-test.run=^$")
+	var cred *syscall.Credential
+	if uid != 0 {
+		cred = &syscall.Credential{Uid: uid, Gid: uid}
+	}
+	// GORACE: a race-enabled child otherwise sleeps a second at exit.
+	agenttest.AsUser(cmd, cred, "HMAC_AGENT_IDENTITY_CHILD=cases", "IDENTITY_SOCK="+r.a.Path, "IDENTITY_CASES=k:mac", "GORACE=atexit_sleep_ms=0")
+	cmd.Stdin = strings.NewReader("x")
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Errorf("uid %d running %s was not served within a minute: %s", uid, filepath.Base(bin), out)
+		return "not served"
+	}
+	if err != nil {
+		t.Errorf("uid %d running %s: %v: %s", uid, filepath.Base(bin), err, out)
+		return "failed"
+	}
+	return strings.TrimSpace(string(out))
+}
+
 // TestDigestHashingBoundedPerUID: a policy naming an executable's digest
 // makes the agent hash each caller's binary at connect. A uid that
 // connects from one new large binary after another (each a new file
@@ -112,5 +208,53 @@ func TestDigestHashingBoundedPerUID(t *testing.T) {
 	defer c.Close()
 	if _, err := c.MAC(ctx, "k", client.SHA256, []byte("victim")); err != nil {
 		t.Fatalf("the victim, running the binary the policy names, was refused: %v", err)
+	}
+}
+
+// TestDigestHashingDeadline: two uids whose executables' reads never
+// return (a filesystem of their own that stops answering) would hold both
+// of the agent's hashing slots for ever. Past the hash timeout their
+// connections are refused, saying why, the reads are left behind, and a
+// third uid's executable is hashed and its caller served while those
+// reads are still blocked. A uid whose read is blocked is refused at once
+// until it returns.
+func TestDigestHashingDeadline(t *testing.T) {
+	const timeout = 2 * time.Second
+	r := newDigestRig(t, socket.Limits{HashTimeout: timeout})
+	gate := socket.GateHashReads(t, attackerUID, attackerUID2)
+	bins := []string{r.binary(t, "stalled1"), r.binary(t, "stalled2")}
+	var wg sync.WaitGroup
+	outs := make([]string, 2)
+	for i, uid := range []uint32{attackerUID, attackerUID2} {
+		wg.Go(func() { outs[i] = r.macAs(t, uid, bins[i]) })
+	}
+	wg.Wait()
+	for i, o := range outs {
+		if o != "unavailable" {
+			t.Errorf("attacker %d whose read never returned: %q, want unavailable", i, o)
+		}
+	}
+	if gate.Blocked() != 2 {
+		t.Fatalf("%d reads blocked, want both attackers'", gate.Blocked())
+	}
+	if !strings.Contains(r.log.String(), "not hashed within 2s") {
+		t.Errorf("the agent's log does not say why the connections were refused:\n%s", r.log.String())
+	}
+
+	before := socket.HashedBytes()
+	if got := r.macAs(t, 0, r.victimBin); got != "ok" {
+		t.Fatalf("the victim, running the binary the policy names, got %s while two reads were blocked", got)
+	}
+	if hashed := socket.HashedBytes() - before; hashed < r.size || gate.Blocked() != 2 {
+		t.Fatalf("the victim was not hashed while the reads were blocked: %d bytes hashed, %d reads blocked", hashed, gate.Blocked())
+	}
+
+	start := time.Now()
+	if got := r.macAs(t, attackerUID, bins[0]); got != "unavailable" {
+		t.Errorf("a uid whose read is blocked connected again: %s, want unavailable", got)
+	}
+	t.Logf("a uid with a blocked read was refused in %s (hash timeout %s)", time.Since(start), timeout)
+	if !strings.Contains(r.log.String(), "has not returned") {
+		t.Errorf("the agent's log does not say the uid's earlier read is blocked:\n%s", r.log.String())
 	}
 }

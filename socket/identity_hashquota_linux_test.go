@@ -1,0 +1,88 @@
+//go:build linux
+
+package socket
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hmac-agent/hmac-agent/providers"
+)
+
+// TestBlockedReadsBounded: reads that never return are left behind at
+// their deadline, each keeping its uid's turn, and no more than
+// maxOutstandingReads of them exist: past that the agent refuses to begin
+// another rather than pile up threads and files. Once they return,
+// hashing goes on.
+func TestBlockedReadsBounded(t *testing.T) {
+	oldQuota, oldCache := hashing, digests
+	hashing, digests = newHashQuota(2, 4), &digestCache{m: make(map[fileVersion][]byte)}
+	t.Cleanup(func() { hashing, digests = oldQuota, oldCache })
+	quota := hashing
+
+	path := filepath.Join(t.TempDir(), "exe")
+	content := []byte("an executable on a filesystem that stops answering")
+	if err := os.WriteFile(path, content, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	gate := GateHashReads(t, 1, 2, 3, 4, 5)
+	const timeout = 50 * time.Millisecond
+	unavailable := func(uid uint32, want string) {
+		t.Helper()
+		sum, refused, err := digestOf(path, &st, uid, timeout)
+		if !errors.Is(err, providers.ErrUnavailable) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("uid %d: digest %x, refused %q, err %v; want ErrUnavailable saying %q", uid, sum, refused, err, want)
+		}
+	}
+	for uid := uint32(1); uid <= 4; uid++ {
+		unavailable(uid, "not hashed within 50ms")
+	}
+	if gate.Blocked() != 4 || len(quota.reads) != 4 || len(quota.slots) != 0 {
+		t.Fatalf("%d reads blocked, %d outstanding, %d slots held; want 4, 4, 0", gate.Blocked(), len(quota.reads), len(quota.slots))
+	}
+	// A uid whose read is blocked hashes nothing more, and is told so at
+	// once rather than at its deadline.
+	start := time.Now()
+	unavailable(1, "earlier read of an executable of uid 1")
+	if d := time.Since(start); d >= timeout {
+		t.Errorf("a uid with a blocked read waited %s to be told", d)
+	}
+	// A fifth uid finds every read taken.
+	unavailable(5, "4 reads of executables have not returned")
+	if gate.Blocked() != 4 {
+		t.Fatalf("%d reads blocked, want 4", gate.Blocked())
+	}
+
+	gate.Release()
+	for end := time.Now().Add(10 * time.Second); len(quota.reads) != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("%d reads outstanding after they were let go", len(quota.reads))
+		}
+	}
+	want := sha256.Sum256(content)
+	for uid := uint32(1); uid <= 5; uid++ {
+		sum, refused, err := digestOf(path, &st, uid, timeout)
+		if err != nil || refused != "" || !bytes.Equal(sum, want[:]) {
+			t.Errorf("uid %d after the reads returned: %x %q %v", uid, sum, refused, err)
+		}
+	}
+	quota.mu.Lock()
+	defer quota.mu.Unlock()
+	for uid, u := range quota.uids {
+		if u.users != 0 || u.stalled || len(u.turn) != 0 {
+			t.Errorf("uid %d left with %d users, stalled %v, turn %d", uid, u.users, u.stalled, len(u.turn))
+		}
+	}
+}
