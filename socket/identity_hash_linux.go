@@ -104,7 +104,7 @@ func digestOf(exe string, st *unix.Stat_t, uid uint32, timeout time.Duration) (s
 		return nil, fmt.Sprintf("executable over %d MiB, not hashed", maxHashedExecutable>>20), nil
 	}
 	v := versionOf(st)
-	if sum := digests.get(v); sum != nil {
+	if sum := digests.get(uid, v); sum != nil {
 		return sum, "", nil
 	}
 	deadline := time.Now().Add(timeout)
@@ -117,7 +117,7 @@ func digestOf(exe string, st *unix.Stat_t, uid uint32, timeout time.Duration) (s
 	}
 	// Another connection of the uid may have hashed it while this one
 	// waited its turn.
-	if sum := digests.get(v); sum != nil {
+	if sum := digests.get(uid, v); sum != nil {
 		turn.finish()
 		return sum, "", nil
 	}
@@ -127,7 +127,7 @@ func digestOf(exe string, st *unix.Stat_t, uid uint32, timeout time.Duration) (s
 	go func() {
 		sum := hashExecutable(exe, v, uid)
 		if sum != nil {
-			digests.put(v, sum)
+			digests.put(uid, v, sum)
 		}
 		turn.finish()
 		done <- sum
@@ -174,34 +174,112 @@ func hashExecutable(exe string, v fileVersion, uid uint32) []byte {
 	return h.Sum(nil)
 }
 
-// digestCache caches executables' SHA-256 by file version: hashing a
-// binary costs milliseconds, and a service's callers run the same one. It
-// holds at most maxCachedDigests; past that, one entry goes for each new
-// one, so a caller making many versions cannot empty everyone's cache at
-// once. It is safe for concurrent use.
+// digestCache caches executables' SHA-256 by file version and by uid:
+// hashing a binary costs milliseconds, and a service's callers run the
+// same one. Each uid's entries are its own, at most perUID of them, its
+// least recently used going first; so a uid that churns through versions
+// evicts only its own. When the cache holds total entries, a new one
+// takes the place of the least recently used entry of the uid holding the
+// most: a victim keeps its entries unless it holds as many as anyone.
+// A binary run by two uids is hashed once for each. It is safe for
+// concurrent use.
 type digestCache struct {
-	mu sync.Mutex
-	m  map[fileVersion][]byte
+	mu            sync.Mutex
+	perUID, total int
+	uids          map[uint32]*uidDigests
+	entries       int    // over all uids
+	clock         uint64 // counts uses, to order them
 }
 
-const maxCachedDigests = 1024
-
-var digests = &digestCache{m: make(map[fileVersion][]byte)}
-
-func (c *digestCache) get(v fileVersion) []byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.m[v]
+// uidDigests are one uid's cached digests.
+type uidDigests struct {
+	m map[fileVersion]*cachedDigest
 }
 
-func (c *digestCache) put(v fileVersion, sum []byte) {
+type cachedDigest struct {
+	sum  []byte
+	used uint64 // the cache's clock at its last use
+}
+
+const (
+	maxCachedDigestsPerUID = 64
+	maxCachedDigests       = 1024
+)
+
+var digests = newDigestCache(maxCachedDigestsPerUID, maxCachedDigests)
+
+func newDigestCache(perUID, total int) *digestCache {
+	return &digestCache{perUID: perUID, total: total, uids: make(map[uint32]*uidDigests)}
+}
+
+func (c *digestCache) get(uid uint32, v fileVersion) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.m[v]; !ok && len(c.m) >= maxCachedDigests {
-		for old := range c.m { // an arbitrary one
-			delete(c.m, old)
-			break
+	u := c.uids[uid]
+	if u == nil {
+		return nil
+	}
+	e := u.m[v]
+	if e == nil {
+		return nil
+	}
+	c.clock++
+	e.used = c.clock
+	return e.sum
+}
+
+func (c *digestCache) put(uid uint32, v fileVersion, sum []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.clock++
+	u := c.uids[uid]
+	if u == nil {
+		u = &uidDigests{m: make(map[fileVersion]*cachedDigest)}
+	}
+	if e := u.m[v]; e != nil {
+		e.sum, e.used = sum, c.clock
+		return
+	}
+	switch {
+	case len(u.m) >= c.perUID:
+		c.evictLocked(uid, u)
+	case c.entries >= c.total:
+		// The uid holding the most gives one up; the newcomer, if it is
+		// among them, gives up its own.
+		victim, most := uid, len(u.m)
+		for id, o := range c.uids {
+			if len(o.m) > most {
+				victim, most = id, len(o.m)
+			}
+		}
+		if victim == uid {
+			c.evictLocked(uid, u)
+		} else {
+			c.evictLocked(victim, c.uids[victim])
 		}
 	}
-	c.m[v] = sum
+	// Set again: evicting the uid's last entry forgot it.
+	c.uids[uid] = u
+	u.m[v] = &cachedDigest{sum: sum, used: c.clock}
+	c.entries++
+}
+
+// evictLocked removes u's least recently used entry.
+func (c *digestCache) evictLocked(uid uint32, u *uidDigests) {
+	var oldest fileVersion
+	var at uint64
+	found := false
+	for v, e := range u.m {
+		if !found || e.used < at {
+			oldest, at, found = v, e.used, true
+		}
+	}
+	if !found {
+		return
+	}
+	delete(u.m, oldest)
+	c.entries--
+	if len(u.m) == 0 {
+		delete(c.uids, uid)
+	}
 }

@@ -232,3 +232,39 @@ func TestDigestHashingDeadline(t *testing.T) {
 		t.Errorf("the agent's log does not say the uid's earlier read is blocked:\n%s", r.log.String())
 	}
 }
+
+// TestDigestCacheNotEvictedByOtherUID: a uid that churns through versions
+// of its binary (touching it between runs) does not evict another uid's
+// cached digest: the victim's next connection is not hashed again.
+func TestDigestCacheNotEvictedByOtherUID(t *testing.T) {
+	r := newDigestRig(t, socket.Limits{})
+	// A small cache, so that a few runs fill it; at the defaults the same
+	// takes 1,024 versions.
+	socket.SetDigestCacheLimits(t, 2, 3)
+	socket.SetHashCredit(t, 1<<40, time.Hour)
+	if got := r.macAs(t, 0, r.victimBin); got != "ok" {
+		t.Fatalf("the victim: %s", got)
+	}
+	bin := r.binary(t, "churn")
+	before := socket.HashedBytes()
+	const versions = 24
+	for i := range versions {
+		at := time.Now().Add(time.Duration(i) * time.Second)
+		if err := os.Chtimes(bin, at, at); err != nil {
+			t.Fatal(err)
+		}
+		if got := r.macAs(t, attackerUID, bin); got != "permission_denied" {
+			t.Fatalf("churn %d: %s", i, got)
+		}
+	}
+	if hashed := socket.HashedBytes() - before; hashed < versions*r.size {
+		t.Fatalf("the attacker's %d versions had %d bytes hashed, want each hashed", versions, hashed)
+	}
+	before = socket.HashedBytes()
+	if got := r.macAs(t, 0, r.victimBin); got != "ok" {
+		t.Fatalf("the victim after the churn: %s", got)
+	}
+	if hashed := socket.HashedBytes() - before; hashed != 0 {
+		t.Errorf("the victim's binary was hashed again (%d bytes) after another uid's churn", hashed)
+	}
+}

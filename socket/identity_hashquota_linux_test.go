@@ -24,7 +24,7 @@ import (
 // hashing goes on.
 func TestBlockedReadsBounded(t *testing.T) {
 	oldQuota, oldCache := hashing, digests
-	hashing, digests = newHashQuota(2, 4), &digestCache{m: make(map[fileVersion][]byte)}
+	hashing, digests = newHashQuota(2, 4), newDigestCache(4, 16)
 	t.Cleanup(func() { hashing, digests = oldQuota, oldCache })
 	quota := hashing
 
@@ -84,5 +84,46 @@ func TestBlockedReadsBounded(t *testing.T) {
 		if u.users != 0 || u.stalled || len(u.turn) != 0 {
 			t.Errorf("uid %d left with %d users, stalled %v, turn %d", uid, u.users, u.stalled, len(u.turn))
 		}
+	}
+}
+
+// TestDigestCachePerUID: one uid churning versions evicts only its own
+// least recently used entries, and the cache never holds more than its
+// total.
+func TestDigestCachePerUID(t *testing.T) {
+	c := newDigestCache(3, 8)
+	version := func(i int) fileVersion { return fileVersion{dev: 1, ino: uint64(i), size: 10} }
+	sum := []byte("victim's digest")
+	c.put(0, version(0), sum)
+	c.put(0, version(1), []byte("another"))
+	for i := range 1000 {
+		c.put(65534, version(100+i), []byte("churn"))
+		if i == 500 {
+			c.get(0, version(0))
+		}
+	}
+	if got := c.get(0, version(0)); !bytes.Equal(got, sum) {
+		t.Errorf("the victim's entry is gone after another uid's churn: %q", got)
+	}
+	if n := len(c.uids[65534].m); n != 3 {
+		t.Errorf("the churning uid holds %d entries, want its bound 3", n)
+	}
+	if c.get(65534, version(100+996)) != nil || c.get(65534, version(100+999)) == nil {
+		t.Error("the churning uid kept an old entry over its most recent")
+	}
+	// A crowd of uids fills the cache: it stays at its total, and those
+	// holding the most give way first.
+	for uid := uint32(1); uid <= 20; uid++ {
+		c.put(uid, version(1), []byte("crowd"))
+		if c.entries > 8 {
+			t.Fatalf("%d entries, bound 8", c.entries)
+		}
+	}
+	n := 0
+	for _, u := range c.uids {
+		n += len(u.m)
+	}
+	if n != c.entries || n != 8 {
+		t.Errorf("%d entries counted, %d held; want 8", c.entries, n)
 	}
 }
