@@ -40,6 +40,8 @@ func TestMain(m *testing.M) {
 		hostileAgentChild()
 	case "hostile-attack":
 		hostileAttackChild()
+	case "stalled-fs":
+		stalledFSChild()
 	}
 	code := m.Run()
 	softhsm.Cleanup()

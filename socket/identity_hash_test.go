@@ -185,22 +185,22 @@ func TestDigestHashingBoundedPerUID(t *testing.T) {
 	}
 }
 
-// TestDigestHashingDeadline: two uids whose executables' reads never
-// return (a filesystem of their own that stops answering) would hold both
-// of the agent's hashing slots for ever. Past the hash timeout their
-// connections are refused, saying why, the reads are left behind, and a
-// third uid's executable is hashed and its caller served while those
-// reads are still blocked. A uid whose read is blocked is refused at once
-// until it returns.
+// TestDigestHashingDeadline: two uids run a binary from a filesystem
+// whose reads by the agent never return (a FUSE mount the test serves, as
+// any user may mount one), which would hold both of the agent's hashing
+// slots for ever. Past the hash timeout their connections are refused,
+// saying why, the reads are left behind, and a third uid's executable is
+// hashed and its caller served while those reads are still blocked in
+// the kernel. A uid whose read is blocked is refused at once until it
+// returns.
 func TestDigestHashingDeadline(t *testing.T) {
 	const timeout = 2 * time.Second
 	r := newDigestRig(t, socket.Limits{HashTimeout: timeout})
-	gate := socket.GateHashReads(t, attackerUID, attackerUID2)
-	bins := []string{r.binary(t, "stalled1"), r.binary(t, "stalled2")}
+	fs := mountStalledFS(t)
 	var wg sync.WaitGroup
 	outs := make([]string, 2)
 	for i, uid := range []uint32{attackerUID, attackerUID2} {
-		wg.Go(func() { outs[i] = r.macAs(t, uid, bins[i]) })
+		wg.Go(func() { outs[i] = r.macAs(t, uid, fs.exe) })
 	}
 	wg.Wait()
 	for i, o := range outs {
@@ -208,8 +208,8 @@ func TestDigestHashingDeadline(t *testing.T) {
 			t.Errorf("attacker %d whose read never returned: %q, want unavailable", i, o)
 		}
 	}
-	if gate.Blocked() != 2 {
-		t.Fatalf("%d reads blocked, want both attackers'", gate.Blocked())
+	if fs.heldReads() != 2 {
+		t.Fatalf("%d reads blocked, want both attackers'", fs.heldReads())
 	}
 	if !strings.Contains(r.log.String(), "not hashed within 2s") {
 		t.Errorf("the agent's log does not say why the connections were refused:\n%s", r.log.String())
@@ -219,12 +219,12 @@ func TestDigestHashingDeadline(t *testing.T) {
 	if got := r.macAs(t, 0, r.victimBin); got != "ok" {
 		t.Fatalf("the victim, running the binary the policy names, got %s while two reads were blocked", got)
 	}
-	if hashed := socket.HashedBytes() - before; hashed < r.size || gate.Blocked() != 2 {
-		t.Fatalf("the victim was not hashed while the reads were blocked: %d bytes hashed, %d reads blocked", hashed, gate.Blocked())
+	if hashed := socket.HashedBytes() - before; hashed < r.size || fs.heldReads() != 2 {
+		t.Fatalf("the victim was not hashed while the reads were blocked: %d bytes hashed, %d reads blocked", hashed, fs.heldReads())
 	}
 
 	start := time.Now()
-	if got := r.macAs(t, attackerUID, bins[0]); got != "unavailable" {
+	if got := r.macAs(t, attackerUID, fs.exe); got != "unavailable" {
 		t.Errorf("a uid whose read is blocked connected again: %s, want unavailable", got)
 	}
 	t.Logf("a uid with a blocked read was refused in %s (hash timeout %s)", time.Since(start), timeout)
