@@ -1,9 +1,6 @@
 package socket
 
 import (
-	"slices"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -49,39 +46,3 @@ func HashUsers(uid uint32) int {
 	}
 	return 0
 }
-
-// HashReadGate holds the reads of some uids' executables, standing in for
-// a filesystem whose reads stall.
-type HashReadGate struct {
-	open    chan struct{}
-	once    sync.Once
-	blocked atomic.Int32
-}
-
-// GateHashReads makes every read the agent begins of an executable of one
-// of uids wait until Release, at the latest when the test ends.
-func GateHashReads(t testing.TB, uids ...uint32) *HashReadGate {
-	g := &HashReadGate{open: make(chan struct{})}
-	hook := func(uid uint32) {
-		if !slices.Contains(uids, uid) {
-			return
-		}
-		g.blocked.Add(1)
-		defer g.blocked.Add(-1)
-		<-g.open
-	}
-	if !beforeHashRead.CompareAndSwap(nil, &hook) {
-		t.Fatal("another gate holds hash reads")
-	}
-	t.Cleanup(func() {
-		g.Release()
-		beforeHashRead.Store(nil)
-	})
-	return g
-}
-
-// Blocked is how many reads wait at the gate now.
-func (g *HashReadGate) Blocked() int { return int(g.blocked.Load()) }
-
-// Release lets every read held, and every later one, go on.
-func (g *HashReadGate) Release() { g.once.Do(func() { close(g.open) }) }

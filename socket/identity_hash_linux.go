@@ -70,11 +70,6 @@ var (
 // hashedBytes counts the bytes the agent has read to hash executables.
 var hashedBytes atomic.Int64
 
-// beforeHashRead, when set (by tests only), is called by the goroutine
-// hashing an executable of uid before it reads the file: a test stands in
-// for a filesystem whose reads stall.
-var beforeHashRead atomic.Pointer[func(uid uint32)]
-
 // fileVersion names one version of a file: a write changes its ctime,
 // which no one can set back.
 type fileVersion struct {
@@ -125,7 +120,7 @@ func digestOf(exe string, st *unix.Stat_t, uid uint32, timeout time.Duration) (s
 	// returns keeps: this one stops waiting at the deadline.
 	done := make(chan []byte, 1)
 	go func() {
-		sum := hashExecutable(exe, v, uid)
+		sum := hashExecutable(exe, v)
 		if sum != nil {
 			digests.put(uid, v, sum)
 		}
@@ -147,7 +142,7 @@ func digestOf(exe string, st *unix.Stat_t, uid uint32, timeout time.Duration) (s
 
 // hashExecutable reads and hashes exe if it is still file version v, and
 // returns nil if it cannot or the file changed while it read.
-func hashExecutable(exe string, v fileVersion, uid uint32) []byte {
+func hashExecutable(exe string, v fileVersion) []byte {
 	f, err := os.Open(exe)
 	if err != nil {
 		return nil
@@ -156,9 +151,6 @@ func hashExecutable(exe string, v fileVersion, uid uint32) []byte {
 	var st unix.Stat_t
 	if unix.Fstat(int(f.Fd()), &st) != nil || versionOf(&st) != v {
 		return nil
-	}
-	if hook := beforeHashRead.Load(); hook != nil {
-		(*hook)(uid)
 	}
 	h := sha256.New()
 	n, err := io.Copy(h, io.LimitReader(f, maxHashedExecutable+1))

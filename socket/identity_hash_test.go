@@ -4,7 +4,6 @@ package socket_test
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -123,9 +122,10 @@ func (r *digestRig) macAs(t *testing.T, uid uint32, bin string) string {
 // only its credit's worth; its other connections get no digest and are
 // denied. A caller of another uid who connects while the attacker's
 // connections hold their turn and wait for theirs is hashed and served
-// meanwhile: the attacker's reads are held (as on a slow disk) until the
-// victim has been served, and the deadline is far off, so only the
-// per-uid turn leaves the victim a slot.
+// meanwhile: the attacker's binaries are on a filesystem that answers
+// the agent's reads only once the victim has been served (a slow disk),
+// and the deadline is far off, so only the per-uid turn leaves the victim
+// a slot.
 func TestDigestHashingBoundedPerUID(t *testing.T) {
 	r := newDigestRig(t, socket.Limits{HashTimeout: 10 * time.Minute})
 	// Enough credit for two of the attacker's binaries, and no refill to
@@ -134,26 +134,22 @@ func TestDigestHashingBoundedPerUID(t *testing.T) {
 	socket.SetHashCredit(t, credit, time.Hour)
 
 	const copies = 6
-	bins := make([]string, copies)
-	for i := range bins {
-		bins[i] = r.binary(t, fmt.Sprintf("attacker%d", i))
-	}
-	gate := socket.GateHashReads(t, attackerUID)
+	fs := socket.MountStalledFS(t, copies)
 	before := socket.HashedBytes()
 	var wg sync.WaitGroup
 	outs := make([]string, copies)
-	for i, bin := range bins {
-		wg.Go(func() { outs[i] = r.macAs(t, attackerUID, bin) })
+	for i := range copies {
+		wg.Go(func() { outs[i] = r.macAs(t, attackerUID, fs.Exe(i)) })
 	}
 	// The attack is in full swing: every attacker connection is reading
 	// or waiting to, or (with no bound per uid) its reads hold both of
 	// the agent's hashing slots.
 	inFull := func() bool {
-		return gate.Blocked() >= 2 || gate.Blocked() == 1 && socket.HashUsers(attackerUID) >= copies
+		return fs.HeldReads() >= 2 || fs.HeldReads() == 1 && socket.HashUsers(attackerUID) >= copies
 	}
 	for end := time.Now().Add(time.Minute); !inFull(); time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(end) {
-			t.Fatalf("the attack did not start: %d reads held, %d attacker connections hashing", gate.Blocked(), socket.HashUsers(attackerUID))
+			t.Fatalf("the attack did not start: %d reads held, %d attacker connections hashing", fs.HeldReads(), socket.HashUsers(attackerUID))
 		}
 	}
 
@@ -164,10 +160,10 @@ func TestDigestHashingBoundedPerUID(t *testing.T) {
 	victimHashed := socket.HashedBytes() - before
 	if victimHashed < r.size || !inFull() {
 		t.Fatalf("the victim was served from the cache or after the attack: %d bytes hashed, %d attacker reads held, %d attacker connections hashing",
-			victimHashed, gate.Blocked(), socket.HashUsers(attackerUID))
+			victimHashed, fs.HeldReads(), socket.HashUsers(attackerUID))
 	}
 
-	gate.Release()
+	fs.Release()
 	wg.Wait()
 	hashed := socket.HashedBytes() - before - victimHashed
 	t.Logf("%d binaries of %d MiB from uid %d: the agent hashed %d MiB (credit %d MiB); outcomes %q",
@@ -196,11 +192,11 @@ func TestDigestHashingBoundedPerUID(t *testing.T) {
 func TestDigestHashingDeadline(t *testing.T) {
 	const timeout = 2 * time.Second
 	r := newDigestRig(t, socket.Limits{HashTimeout: timeout})
-	fs := mountStalledFS(t)
+	fs := socket.MountStalledFS(t, 1)
 	var wg sync.WaitGroup
 	outs := make([]string, 2)
 	for i, uid := range []uint32{attackerUID, attackerUID2} {
-		wg.Go(func() { outs[i] = r.macAs(t, uid, fs.exe) })
+		wg.Go(func() { outs[i] = r.macAs(t, uid, fs.Exe(0)) })
 	}
 	wg.Wait()
 	for i, o := range outs {
@@ -208,8 +204,8 @@ func TestDigestHashingDeadline(t *testing.T) {
 			t.Errorf("attacker %d whose read never returned: %q, want unavailable", i, o)
 		}
 	}
-	if fs.heldReads() != 2 {
-		t.Fatalf("%d reads blocked, want both attackers'", fs.heldReads())
+	if fs.HeldReads() != 2 {
+		t.Fatalf("%d reads blocked, want both attackers'", fs.HeldReads())
 	}
 	if !strings.Contains(r.log.String(), "not hashed within 2s") {
 		t.Errorf("the agent's log does not say why the connections were refused:\n%s", r.log.String())
@@ -219,12 +215,12 @@ func TestDigestHashingDeadline(t *testing.T) {
 	if got := r.macAs(t, 0, r.victimBin); got != "ok" {
 		t.Fatalf("the victim, running the binary the policy names, got %s while two reads were blocked", got)
 	}
-	if hashed := socket.HashedBytes() - before; hashed < r.size || fs.heldReads() != 2 {
-		t.Fatalf("the victim was not hashed while the reads were blocked: %d bytes hashed, %d reads blocked", hashed, fs.heldReads())
+	if hashed := socket.HashedBytes() - before; hashed < r.size || fs.HeldReads() != 2 {
+		t.Fatalf("the victim was not hashed while the reads were blocked: %d bytes hashed, %d reads blocked", hashed, fs.HeldReads())
 	}
 
 	start := time.Now()
-	if got := r.macAs(t, attackerUID, fs.exe); got != "unavailable" {
+	if got := r.macAs(t, attackerUID, fs.Exe(0)); got != "unavailable" {
 		t.Errorf("a uid whose read is blocked connected again: %s, want unavailable", got)
 	}
 	t.Logf("a uid with a blocked read was refused in %s (hash timeout %s)", time.Since(start), timeout)

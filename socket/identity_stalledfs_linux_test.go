@@ -1,60 +1,68 @@
 //go:build linux
 
-package socket_test
+package socket
 
 import (
 	"bufio"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 )
 
-// stalledFS is a FUSE filesystem, as any user may mount one of their
-// own, served by a child process of the test (in the test's own process,
-// its garbage collector could wait for a thread held in an exec of the
-// file, which waits for the server): one executable file, "exe", read as
-// usual by everyone but the agent (the test process), whose reads get no
-// answer until the test lets them go. So the agent's read of a caller's
-// /proc/PID/exe blocks in the kernel exactly as on a filesystem that
-// stopped answering, while the caller runs from it.
-type stalledFS struct {
-	exe  string // the file's path
+// StalledFS is a FUSE filesystem, as any user may mount one of their own,
+// served by a child process of the test (in the test's own process, its
+// garbage collector could wait for a thread held in an exec of a file on
+// it, which waits for the server). It holds executable files, copies of
+// the test binary differing by a trailing name, read as usual by everyone
+// but the test process (the agent), whose reads get no answer until
+// Release. So the agent's read of a caller's /proc/PID/exe blocks in the
+// kernel exactly as on a filesystem that stopped answering, while the
+// caller runs from it.
+type StalledFS struct {
+	dir  string
 	srv  *exec.Cmd
 	ctl  io.WriteCloser
 	held atomic.Int32 // the agent's reads unanswered, as the server reports them
 	gone chan struct{}
 }
 
-// mountStalledFS mounts a stalledFS whose file is a copy of the test
-// binary, in a directory every user may reach, until the test ends.
-func mountStalledFS(t *testing.T) *stalledFS {
+// MountStalledFS mounts a StalledFS of files executables, in a directory
+// every user may reach, until the test ends. It needs root and /dev/fuse;
+// without them it fails the test when CI is set and skips it otherwise.
+func MountStalledFS(t testing.TB, files int) *StalledFS {
 	t.Helper()
-	agenttest.RequireRoot(t, "to mount a FUSE filesystem")
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("FUSE is needed to stall a read in the kernel: %v", err)
+	for _, err := range []error{rootError(), fuseError()} {
+		if err == nil {
+			continue
 		}
-		t.Skipf("FUSE is needed to stall a read in the kernel: %v", err)
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI is set, and a read stalled in the kernel needs root and FUSE: %v", err)
+		}
+		t.Skipf("a read stalled in the kernel needs root and FUSE: %v", err)
 	}
-	mnt := filepath.Join(agenttest.SharedDir(t, "hmac-agent-fuse-"), "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
+	top, err := os.MkdirTemp("", "hmac-agent-fuse-")
+	if err != nil {
 		t.Fatal(err)
 	}
-	fs := &stalledFS{exe: filepath.Join(mnt, "exe"), gone: make(chan struct{})}
-	fs.srv = agenttest.ChildCommand(os.Args[0], nil, "HMAC_AGENT_IDENTITY_CHILD=stalled-fs",
-		"STALLED_FS_DIR="+mnt, "STALLED_FS_AGENT="+strconv.Itoa(os.Getpid()))
+	t.Cleanup(func() { os.RemoveAll(top) })
+	os.Chmod(top, 0o711)
+	fs := &StalledFS{dir: filepath.Join(top, "mnt"), gone: make(chan struct{})}
+	if err := os.Mkdir(fs.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fs.srv = exec.Command(os.Args[0], "-test.run=^$")
+	fs.srv.Env = append(os.Environ(), "HMAC_AGENT_IDENTITY_CHILD=stalled-fs",
+		"STALLED_FS_DIR="+fs.dir, "STALLED_FS_FILES="+strconv.Itoa(files), "STALLED_FS_AGENT="+strconv.Itoa(os.Getpid()))
 	fs.srv.Stderr = os.Stderr
 	out, err := fs.srv.StdoutPipe()
 	if err != nil {
@@ -70,7 +78,7 @@ func mountStalledFS(t *testing.T) *stalledFS {
 	if !lines.Scan() || lines.Text() != "mounted" {
 		fs.srv.Process.Kill()
 		fs.srv.Wait()
-		t.Fatalf("the FUSE server did not mount %s: %q", mnt, lines.Text())
+		t.Fatalf("the FUSE server did not mount %s: %q", fs.dir, lines.Text())
 	}
 	go func() {
 		defer close(fs.gone)
@@ -81,7 +89,7 @@ func mountStalledFS(t *testing.T) *stalledFS {
 		}
 	}()
 	t.Cleanup(func() {
-		// Closing its input makes the server answer the held reads
+		// Closing its input makes the server answer the reads it holds
 		// (until they return, the agent's files keep the filesystem
 		// busy), unmount and exit.
 		fs.ctl.Close()
@@ -91,56 +99,89 @@ func mountStalledFS(t *testing.T) *stalledFS {
 	return fs
 }
 
-// heldReads is how many of the agent's reads wait for an answer now.
-func (fs *stalledFS) heldReads() int { return int(fs.held.Load()) }
+func rootError() error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("running as uid %d", os.Geteuid())
+	}
+	return nil
+}
 
-// stalledFSChild serves a stalledFS at STALLED_FS_DIR, holding the reads
-// of files opened by STALLED_FS_AGENT's threads. It says "mounted", then
-// the number of reads it holds each time it changes, and when its input
-// closes answers them, unmounts and exits.
-func stalledFSChild() {
+func fuseError() error {
+	_, err := os.Stat("/dev/fuse")
+	return err
+}
+
+// Exe is the path of file i.
+func (fs *StalledFS) Exe(i int) string { return filepath.Join(fs.dir, "exe"+strconv.Itoa(i)) }
+
+// HeldReads is how many of the agent's reads wait for an answer now.
+func (fs *StalledFS) HeldReads() int { return int(fs.held.Load()) }
+
+// Release answers the reads held, and every later one, as a slow
+// filesystem finally does.
+func (fs *StalledFS) Release() { fmt.Fprintln(fs.ctl, "release") }
+
+// StalledFSChild serves a StalledFS of STALLED_FS_FILES files at
+// STALLED_FS_DIR, holding the reads of files opened by STALLED_FS_AGENT's
+// threads. It says "mounted", then the number of reads it holds each time
+// it grows; a line "release" on its input has it answer them, and the end
+// of its input has it answer them, unmount and exit.
+func StalledFSChild() {
 	fail := func(err error) {
 		fmt.Fprintln(os.Stderr, "stalled-fs:", err)
 		os.Exit(2)
 	}
 	mnt := os.Getenv("STALLED_FS_DIR")
-	data, err := os.ReadFile(os.Args[0])
+	bin, err := os.ReadFile(os.Args[0])
 	if err != nil {
 		fail(err)
 	}
-	dev, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
+	n, _ := strconv.Atoi(os.Getenv("STALLED_FS_FILES"))
+	fs := &stalledServer{agent: os.Getenv("STALLED_FS_AGENT"), agentFH: make(map[uint64]bool)}
+	for i := range n {
+		fs.files = append(fs.files, append(append([]byte(nil), bin...), "exe"+strconv.Itoa(i)...))
+	}
+	if fs.dev, err = unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
 		fail(err)
 	}
-	opts := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other", dev)
+	opts := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other", fs.dev)
 	if err := unix.Mount("hmac-agent-test", mnt, "fuse.hmac-agent-test", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
 		fail(err)
 	}
-	fs := &stalledServer{dev: dev, data: data, agent: os.Getenv("STALLED_FS_AGENT"), agentFH: make(map[uint64]bool)}
 	served := make(chan struct{})
 	go func() {
 		fs.serve()
 		close(served)
 	}()
 	fmt.Println("mounted")
-	io.Copy(io.Discard, os.Stdin)
-	fs.letGo()
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if in.Text() == "release" {
+			fs.release()
+		}
+	}
+	fs.release()
 	unix.Unmount(mnt, unix.MNT_DETACH)
 	<-served
 	os.Exit(0)
 }
 
-// stalledServer is the FUSE server of a stalledFS.
+// stalledServer is the FUSE server of a StalledFS. Node 1 is the root,
+// node 2+i file i.
 type stalledServer struct {
 	dev   int // the /dev/fuse descriptor
-	data  []byte
+	files [][]byte
 	agent string // the pid whose threads' reads are held
 
-	mu      sync.Mutex
-	agentFH map[uint64]bool // files the agent opened: their reads are held
-	held    []uint64        // the unique IDs of the reads held
-	release bool            // answer every read
-	nextFH  uint64
+	mu       sync.Mutex
+	agentFH  map[uint64]bool // files the agent opened: their reads are held
+	held     []heldRead
+	released bool // answer every read
+	nextFH   uint64
+}
+
+type heldRead struct {
+	unique, node, off, size uint64
 }
 
 // FUSE opcodes and flags of <linux/fuse.h> that the test serves.
@@ -160,17 +201,16 @@ const (
 	fuseInHeaderSize = 40
 	fopenDirectIO    = 1 << 0
 	fuseRootID       = 1
-	fuseExeID        = 2
 )
 
-// letGo answers the reads held, and every later one.
-func (fs *stalledServer) letGo() {
+// release answers the reads held, and has every later one answered.
+func (fs *stalledServer) release() {
 	fs.mu.Lock()
 	held := fs.held
-	fs.held, fs.release = nil, true
+	fs.held, fs.released = nil, true
 	fs.mu.Unlock()
-	for _, unique := range held {
-		fs.reply(unique, -int32(unix.EIO), nil)
+	for _, r := range held {
+		fs.replyRead(r)
 	}
 }
 
@@ -205,15 +245,17 @@ func (fs *stalledServer) serve() {
 			binary.LittleEndian.PutUint16(out[28:], 32)                                // max_pages
 			fs.reply(unique, 0, out)
 		case fuseLookup:
-			if node != fuseRootID || string(in) != "exe\x00" {
+			name, _, _ := strings.Cut(string(in), "\x00")
+			i, err := strconv.Atoi(strings.TrimPrefix(name, "exe"))
+			if node != fuseRootID || !strings.HasPrefix(name, "exe") || err != nil || i < 0 || i >= len(fs.files) {
 				fs.reply(unique, -int32(unix.ENOENT), nil)
 				continue
 			}
 			out := make([]byte, 40)
-			binary.LittleEndian.PutUint64(out[0:], fuseExeID)
+			binary.LittleEndian.PutUint64(out[0:], uint64(2+i))
 			binary.LittleEndian.PutUint64(out[16:], 3600) // entry_valid
 			binary.LittleEndian.PutUint64(out[24:], 3600) // attr_valid
-			fs.reply(unique, 0, append(out, fs.attr(fuseExeID)...))
+			fs.reply(unique, 0, append(out, fs.attr(uint64(2+i))...))
 		case fuseGetattr:
 			out := make([]byte, 16)
 			binary.LittleEndian.PutUint64(out[0:], 3600) // attr_valid
@@ -223,7 +265,7 @@ func (fs *stalledServer) serve() {
 			fs.nextFH++
 			fh := fs.nextFH
 			// The agent's own opens bypass the page cache, so that each
-			// of its reads asks the filesystem and the caller's pages do
+			// of its reads asks the filesystem and the callers' pages do
 			// not answer for it.
 			var flags uint32
 			if _, err := os.Stat("/proc/" + fs.agent + "/task/" + strconv.Itoa(int(pid))); err == nil {
@@ -236,25 +278,21 @@ func (fs *stalledServer) serve() {
 			binary.LittleEndian.PutUint32(out[8:], flags)
 			fs.reply(unique, 0, out)
 		case fuseRead:
-			fh := binary.LittleEndian.Uint64(in[0:])
-			off := binary.LittleEndian.Uint64(in[8:])
-			size := uint64(binary.LittleEndian.Uint32(in[16:]))
+			r := heldRead{unique: unique, node: node, off: binary.LittleEndian.Uint64(in[8:]), size: uint64(binary.LittleEndian.Uint32(in[16:]))}
 			fs.mu.Lock()
-			hold := fs.agentFH[fh] && !fs.release
+			hold := fs.agentFH[binary.LittleEndian.Uint64(in[0:])] && !fs.released
 			if hold {
-				fs.held = append(fs.held, unique)
+				fs.held = append(fs.held, r)
 				fmt.Println(len(fs.held))
 			}
 			fs.mu.Unlock()
-			if hold {
-				continue
+			if !hold {
+				fs.replyRead(r)
 			}
-			end := min(off+size, uint64(len(fs.data)))
-			fs.reply(unique, 0, fs.data[min(off, end):end])
 		case fuseRelease, fuseFlush:
 			fs.reply(unique, 0, nil)
 		case fuseForget, fuseBatchForget, fuseInterrupt:
-			// No answer: and an interrupted read stays held, as on a
+			// No answer: an interrupted read stays held, as on a
 			// filesystem that stopped answering.
 		case fuseDestroy:
 			fs.reply(unique, 0, nil)
@@ -265,15 +303,26 @@ func (fs *stalledServer) serve() {
 	}
 }
 
+func (fs *stalledServer) replyRead(r heldRead) {
+	if r.node < 2 || r.node-2 >= uint64(len(fs.files)) {
+		fs.reply(r.unique, -int32(unix.EIO), nil)
+		return
+	}
+	data := fs.files[r.node-2]
+	end := min(r.off+r.size, uint64(len(data)))
+	fs.reply(r.unique, 0, data[min(r.off, end):end])
+}
+
 // attr is the fuse_attr of node.
 func (fs *stalledServer) attr(node uint64) []byte {
 	out := make([]byte, 88)
 	binary.LittleEndian.PutUint64(out[0:], node) // ino
 	mode, nlink := uint32(unix.S_IFDIR|0o755), uint32(2)
-	if node == fuseExeID {
+	if node >= 2 && node-2 < uint64(len(fs.files)) {
+		size := uint64(len(fs.files[node-2]))
 		mode, nlink = unix.S_IFREG|0o755, 1
-		binary.LittleEndian.PutUint64(out[8:], uint64(len(fs.data)))          // size
-		binary.LittleEndian.PutUint64(out[16:], uint64(len(fs.data)+511)/512) // blocks
+		binary.LittleEndian.PutUint64(out[8:], size)            // size
+		binary.LittleEndian.PutUint64(out[16:], (size+511)/512) // blocks
 	}
 	binary.LittleEndian.PutUint32(out[60:], mode)
 	binary.LittleEndian.PutUint32(out[64:], nlink)
@@ -281,14 +330,12 @@ func (fs *stalledServer) attr(node uint64) []byte {
 	return out
 }
 
+// reply answers request unique; a request interrupted meanwhile gets
+// ENOENT from the write, which changes nothing.
 func (fs *stalledServer) reply(unique uint64, errno int32, payload []byte) {
 	out := make([]byte, 16, 16+len(payload))
 	binary.LittleEndian.PutUint32(out[0:], uint32(16+len(payload)))
 	binary.LittleEndian.PutUint32(out[4:], uint32(errno))
 	binary.LittleEndian.PutUint64(out[8:], unique)
-	out = append(out, payload...)
-	if _, err := unix.Write(fs.dev, out); err != nil && !errors.Is(err, unix.ENOENT) {
-		// ENOENT: the request was interrupted meanwhile.
-		return
-	}
+	unix.Write(fs.dev, append(out, payload...))
 }
