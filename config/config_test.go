@@ -286,3 +286,24 @@ path = "`+dir+`"
 		t.Errorf("the keystore was not made at the configured path: %v", err)
 	}
 }
+
+// TestHashTimeoutBounds: limits.hash_timeout may be left out (the
+// default), set up to MaxHashTimeout, and no more nor negative.
+func TestHashTimeoutBounds(t *testing.T) {
+	for _, tt := range []struct {
+		value, wantErr string
+	}{
+		{`"30s"`, ""},
+		{`"1m"`, ""},
+		{`"-1s"`, "limits.hash_timeout: must not be negative"},
+		{`"61s"`, "limits.hash_timeout: must be at most 1m0s"},
+	} {
+		_, err := Load(write(t, "[limits]\nhash_timeout = "+tt.value+"\n[[provider]]\nname = \"soft\"\ntype = \"software\"\npath = \"/var/lib/hmac-agent/keys\"\n"))
+		switch {
+		case tt.wantErr == "" && err != nil:
+			t.Errorf("hash_timeout = %s: %v", tt.value, err)
+		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+			t.Errorf("hash_timeout = %s: %v, want %q", tt.value, err, tt.wantErr)
+		}
+	}
+}
