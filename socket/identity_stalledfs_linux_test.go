@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -137,7 +138,9 @@ func StalledFSChild() {
 		fail(err)
 	}
 	n, _ := strconv.Atoi(os.Getenv("STALLED_FS_FILES"))
-	fs := &stalledServer{agent: os.Getenv("STALLED_FS_AGENT"), agentFH: make(map[uint64]bool)}
+	// Files of a mount made later may have the same device number,
+	// inode and size: a time of their own makes them new versions.
+	fs := &stalledServer{agent: os.Getenv("STALLED_FS_AGENT"), agentFH: make(map[uint64]bool), made: time.Now()}
 	for i := range n {
 		fs.files = append(fs.files, append(append([]byte(nil), bin...), "exe"+strconv.Itoa(i)...))
 	}
@@ -171,7 +174,8 @@ func StalledFSChild() {
 type stalledServer struct {
 	dev   int // the /dev/fuse descriptor
 	files [][]byte
-	agent string // the pid whose threads' reads are held
+	agent string    // the pid whose threads' reads are held
+	made  time.Time // the files' mtime and ctime
 
 	mu       sync.Mutex
 	agentFH  map[uint64]bool // files the agent opened: their reads are held
@@ -324,6 +328,11 @@ func (fs *stalledServer) attr(node uint64) []byte {
 		binary.LittleEndian.PutUint64(out[8:], size)            // size
 		binary.LittleEndian.PutUint64(out[16:], (size+511)/512) // blocks
 	}
+	for _, at := range []int{32, 40} { // mtime, ctime
+		binary.LittleEndian.PutUint64(out[at:], uint64(fs.made.Unix()))
+	}
+	binary.LittleEndian.PutUint32(out[52:], uint32(fs.made.Nanosecond())) // mtimensec
+	binary.LittleEndian.PutUint32(out[56:], uint32(fs.made.Nanosecond())) // ctimensec
 	binary.LittleEndian.PutUint32(out[60:], mode)
 	binary.LittleEndian.PutUint32(out[64:], nlink)
 	binary.LittleEndian.PutUint32(out[80:], 4096) // blksize
