@@ -100,9 +100,11 @@ func dialConn(ctx context.Context, path string, trusted []uint32) (*conn, error)
 		return nil, fmt.Errorf("handshake with the agent at %s: %w", path, err)
 	}
 	defer r.release()
-	if r.typ != wire.TypeHelloReply {
-		c.close(ErrProtocol)
-		return nil, fmt.Errorf("handshake with the agent at %s: %w: got %s", path, ErrProtocol, r.typ)
+	// An agent that will not serve this caller says why in the answer
+	// to HELLO.
+	if err := r.result(wire.TypeHelloReply); err != nil {
+		c.close(err)
+		return nil, fmt.Errorf("handshake with the agent at %s: %w", path, err)
 	}
 	var m wire.Message
 	if err := wire.Decode(r.body, &m); err != nil {

@@ -74,6 +74,10 @@ type Limits struct {
 	// HelloTimeout closes a connection that has not sent HELLO within it
 	// ("5s" by default).
 	HelloTimeout Duration `toml:"hello_timeout"`
+	// HashTimeout refuses a connection whose executable, where a policy
+	// names a digest, has not been hashed within it ("5s" by default; at
+	// most MaxHashTimeout).
+	HashTimeout Duration `toml:"hash_timeout"`
 	// IdleConnectionTimeout closes a connection with no context open
 	// and no request for this long ("10m" by default; "-1s" never).
 	IdleConnectionTimeout Duration `toml:"idle_connection_timeout"`
@@ -152,6 +156,11 @@ const (
 	MinVersionRefresh = 100 * time.Millisecond
 	MaxVersionRefresh = time.Minute
 )
+
+// MaxHashTimeout bounds limits.hash_timeout: past its deadline a read of
+// a caller's executable that has not returned gives up its hashing slot,
+// so a longer deadline lets a stalled filesystem hold a slot longer.
+const MaxHashTimeout = time.Minute
 
 // Duration is a time.Duration written as "30s" in TOML.
 type Duration = providers.Duration
@@ -252,6 +261,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.HelloTimeout.Duration < 0 {
 		bad("limits.hello_timeout", "must not be negative")
+	}
+	switch d := c.Limits.HashTimeout.Duration; {
+	case d < 0:
+		bad("limits.hash_timeout", "must not be negative")
+	case d > MaxHashTimeout:
+		bad("limits.hash_timeout", "must be at most %s: a read that never returns holds one of the agent's two hashing slots that long", MaxHashTimeout)
 	}
 	if c.Limits.MaxFrame != 0 && (c.Limits.MaxFrame < 4096 || c.Limits.MaxFrame > 16<<20) {
 		bad("limits.max_frame", "must be between 4096 and 16777216 bytes")

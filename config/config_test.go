@@ -50,6 +50,7 @@ shutdown_grace = "5s"
 [limits]
 max_contexts_per_connection = 100
 max_queued_bytes = 1048576
+hash_timeout = "3s"
 [log]
 level = "debug"
 format = "json"
@@ -77,7 +78,7 @@ operations = ["verify"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.SocketPath() != "/run/hmac-agent/agent.sock" || c.ShutdownGrace.Seconds() != 5 || c.Limits.MaxContextsPerConnection != 100 || c.Limits.MaxQueuedBytes != 1<<20 {
+	if c.SocketPath() != "/run/hmac-agent/agent.sock" || c.ShutdownGrace.Seconds() != 5 || c.Limits.MaxContextsPerConnection != 100 || c.Limits.MaxQueuedBytes != 1<<20 || c.Limits.HashTimeout.Seconds() != 3 {
 		t.Errorf("decoded %+v", c)
 	}
 	soft, okSoft := c.Providers[0].Settings.(*software.Settings)
@@ -107,6 +108,8 @@ func TestValidationReportsEveryRule(t *testing.T) {
 	_, err := Load(write(t, `
 socket = "relative.sock"
 colour = "blue"
+[limits]
+hash_timeout = "2m"
 [log]
 level = "loud"
 [[provider]]
@@ -141,6 +144,7 @@ operations = ["sign"]
 	wantMentions(t, err,
 		"colour: unknown field",
 		"socket: must be an absolute path",
+		"limits.hash_timeout: must be at most 1m0s",
 		"log.level: must be debug",
 		"provider[0].path: required",
 		"provider[1].name: \"a\" is also the name of provider[0]",
@@ -280,5 +284,26 @@ path = "`+dir+`"
 	}
 	if _, err := os.Stat(dir); err != nil {
 		t.Errorf("the keystore was not made at the configured path: %v", err)
+	}
+}
+
+// TestHashTimeoutBounds: limits.hash_timeout may be left out (the
+// default), set up to MaxHashTimeout, and no more nor negative.
+func TestHashTimeoutBounds(t *testing.T) {
+	for _, tt := range []struct {
+		value, wantErr string
+	}{
+		{`"30s"`, ""},
+		{`"1m"`, ""},
+		{`"-1s"`, "limits.hash_timeout: must not be negative"},
+		{`"61s"`, "limits.hash_timeout: must be at most 1m0s"},
+	} {
+		_, err := Load(write(t, "[limits]\nhash_timeout = "+tt.value+"\n[[provider]]\nname = \"soft\"\ntype = \"software\"\npath = \"/var/lib/hmac-agent/keys\"\n"))
+		switch {
+		case tt.wantErr == "" && err != nil:
+			t.Errorf("hash_timeout = %s: %v", tt.value, err)
+		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+			t.Errorf("hash_timeout = %s: %v, want %q", tt.value, err, tt.wantErr)
+		}
 	}
 }

@@ -113,7 +113,7 @@ func (c *conn) serve(ctx context.Context) {
 	// The uid's connection limit comes before reading the process's
 	// identity, which may mean hashing its executable: a uid whose
 	// hashing waits must hold no more connections than its own share.
-	peer := peerOf(c.nc, agent.NeedNone)
+	peer, _ := peerOf(c.nc, agent.NeedNone, 0)
 	if !c.srv.admit(peer) {
 		cancel()
 		c.srv.log.With("peer", peer.String()).Debug("connection refused: too many for its uid")
@@ -123,7 +123,17 @@ func (c *conn) serve(ctx context.Context) {
 	}
 	defer c.srv.leave(peer)
 	if need := c.srv.agent.IdentityNeed(); need > agent.NeedNone && peer.Known {
-		peer = peerOf(c.nc, need)
+		full, err := peerOf(c.nc, need, c.srv.limits.HashTimeout)
+		if err != nil {
+			// Judged without its identity, the caller would be denied
+			// for no reason it could see: say why instead.
+			c.srv.log.With("peer", peer.String()).Warn("connection refused: its identity could not be read", "err", err)
+			c.refuseHello(err)
+			cancel()
+			c.nc.Close()
+			return
+		}
+		peer = full
 	}
 	c.peer = peer
 	log := c.srv.log.With("peer", peer.String())
@@ -224,6 +234,19 @@ func (c *conn) armIdle() {
 // anything was read, and sends the request again on a new one.
 func (c *conn) idle() bool {
 	return c.sess.Contexts() == 0 && len(c.inflight) == 0 && c.fr.Buffered() == 0
+}
+
+// refuseHello answers the peer's HELLO, if it comes within the hello
+// timeout, with err: a client learns why as the answer to its HELLO.
+func (c *conn) refuseHello(err error) {
+	c.nc.SetReadDeadline(time.Now().Add(c.srv.limits.HelloTimeout))
+	var m wire.Message
+	if body, rerr := c.fr.Next(); rerr == nil && wire.Decode(body, &m) == nil && m.Type == wire.TypeHello {
+		c.replyError(m.ID, err)
+	} else {
+		c.replyError(0, err)
+	}
+	c.flush()
 }
 
 // handshake reads HELLO, which must come within the hello timeout and in

@@ -44,7 +44,9 @@
 // and container of the peer's process, pinned by SO_PEERPIDFD (or, on
 // older kernels, pidfd_open and a check that the process holds the
 // connection) so that a reused pid cannot lend another process's
-// identity. [CheckIdentitySupport]
+// identity. Where a policy names a digest, the executable is hashed too,
+// within [Limits].HashTimeout, or the connection is refused: a read that
+// never returns is left behind, bounded per uid and in all. [CheckIdentitySupport]
 // says whether this system can judge such conditions. The parser of
 // /proc/PID/cgroup is fuzzed.
 //

@@ -23,6 +23,7 @@ import (
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/internal/softhsm"
 	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/socket"
 	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
 
@@ -40,6 +41,8 @@ func TestMain(m *testing.M) {
 		hostileAgentChild()
 	case "hostile-attack":
 		hostileAttackChild()
+	case "stalled-fs":
+		socket.StalledFSChild()
 	}
 	code := m.Run()
 	softhsm.Cleanup()

@@ -3,14 +3,13 @@
 package socket
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -29,20 +28,25 @@ import (
 // identityOf reads the identity of the peer of socket fd, whose
 // SO_PEERCRED pid and uid are pid and uid. It returns nil when the peer's
 // process cannot be pinned or is gone; fields it cannot read stay empty.
-func identityOf(fd int, pid int32, uid uint32, need agent.IdentityNeed) *agent.Identity {
+// It returns an error, for the caller, when the peer's executable had to
+// be hashed and could not be within hashTimeout (see digestOf).
+func identityOf(fd int, pid int32, uid uint32, need agent.IdentityNeed, hashTimeout time.Duration) (*agent.Identity, error) {
 	if pid <= 0 { // a peer in a pid namespace the agent cannot see
-		return nil
+		return nil, nil
 	}
 	pidfd, err := peerPidfd(fd, pid)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	defer unix.Close(pidfd)
-	id := readIdentity(int(pid), uid, need)
-	if !pinned(pidfd) {
-		return nil
+	id, err := readIdentity(int(pid), uid, need, hashTimeout)
+	if err != nil {
+		return nil, err
 	}
-	return id
+	if !pinned(pidfd) {
+		return nil, nil
+	}
+	return id, nil
 }
 
 // pinned reports whether the pidfd's process has not exited, so its pid
@@ -63,7 +67,7 @@ func pinned(pidfd int) bool {
 
 // readIdentity reads /proc/pid, whose process connected as uid. The
 // caller checks afterwards that pid was still the peer's.
-func readIdentity(pid int, uid uint32, need agent.IdentityNeed) *agent.Identity {
+func readIdentity(pid int, uid uint32, need agent.IdentityNeed, hashTimeout time.Duration) (*agent.Identity, error) {
 	proc := "/proc/" + strconv.Itoa(pid)
 	id := &agent.Identity{}
 	if text, err := os.ReadFile(proc + "/cgroup"); err == nil {
@@ -74,15 +78,18 @@ func readIdentity(pid int, uid uint32, need agent.IdentityNeed) *agent.Identity 
 	exe := proc + "/exe"
 	var st unix.Stat_t
 	if unix.Stat(exe, &st) != nil {
-		return id // a kernel thread, a zombie, or not ours to read
+		return id, nil // a kernel thread, a zombie, or not ours to read
 	}
 	if path, err := os.Readlink(exe); err == nil && sameFile(path, &st) {
 		id.Executable = path
 	}
 	if need >= agent.NeedDigest && id.Executable != "" {
-		id.ExecutableSHA256, id.DigestRefused = digestOf(exe, &st, uid)
+		var err error
+		if id.ExecutableSHA256, id.DigestRefused, err = digestOf(exe, &st, uid, hashTimeout); err != nil {
+			return nil, err
+		}
 	}
-	return id
+	return id, nil
 }
 
 // sameFile reports whether path names the file st describes. The link
@@ -92,55 +99,6 @@ func readIdentity(pid int, uid uint32, need agent.IdentityNeed) *agent.Identity 
 func sameFile(path string, st *unix.Stat_t) bool {
 	var now unix.Stat_t
 	return len(path) > 0 && path[0] == '/' && unix.Stat(path, &now) == nil && now.Dev == st.Dev && now.Ino == st.Ino
-}
-
-// digestOf hashes the binary behind exe (/proc/PID/exe, which opens the
-// file the process runs even if its path was replaced), if it is the file
-// st describes, for a caller of uid. It returns nil, and why, when it
-// does not: a binary over maxHashedExecutable, or a uid that has had the
-// agent hash more than its share lately (see hashing).
-func digestOf(exe string, st *unix.Stat_t, uid uint32) ([]byte, string) {
-	f, err := os.Open(exe)
-	if err != nil {
-		return nil, ""
-	}
-	defer f.Close()
-	var fst unix.Stat_t
-	if unix.Fstat(int(f.Fd()), &fst) != nil || fst.Dev != st.Dev || fst.Ino != st.Ino {
-		return nil, ""
-	}
-	if fst.Size > maxHashedExecutable {
-		return nil, fmt.Sprintf("executable over %d MiB, not hashed", maxHashedExecutable>>20)
-	}
-	v := fileVersion{dev: fst.Dev, ino: fst.Ino, size: fst.Size, mtime: fst.Mtim, ctime: fst.Ctim}
-	if sum := digests.get(v); sum != nil {
-		return sum, ""
-	}
-	done, refused := hashing.begin(uid, fst.Size)
-	if refused != "" {
-		return nil, refused
-	}
-	defer done()
-	// Another connection of the uid may have hashed it while this one
-	// waited its turn.
-	if sum := digests.get(v); sum != nil {
-		return sum, ""
-	}
-	h := sha256.New()
-	n, err := io.Copy(h, io.LimitReader(f, maxHashedExecutable+1))
-	hashedBytes.Add(n)
-	if err != nil || n != fst.Size {
-		return nil, ""
-	}
-	// A write while hashing changes the version: hash again next time
-	// rather than cache a digest of neither version.
-	var after unix.Stat_t
-	if unix.Fstat(int(f.Fd()), &after) != nil || after.Ctim != fst.Ctim || after.Size != fst.Size {
-		return nil, ""
-	}
-	sum := h.Sum(nil)
-	digests.put(v, sum)
-	return sum, ""
 }
 
 var hierarchyOnce = sync.OnceValue(func() int {

@@ -27,8 +27,8 @@ func BenchmarkIdentityOf(b *testing.B) {
 	}{{"identity", agent.NeedIdentity}, {"digest", agent.NeedDigest}} {
 		b.Run(bc.name, func(b *testing.B) {
 			for b.Loop() {
-				if id := identityOf(fds[0], pid, 0, bc.need); id == nil || id.Executable == "" {
-					b.Fatalf("identity %+v", id)
+				if id, err := identityOf(fds[0], pid, 0, bc.need, DefaultLimits.HashTimeout); id == nil || id.Executable == "" {
+					b.Fatalf("identity %+v: %v", id, err)
 				}
 			}
 		})
@@ -51,13 +51,13 @@ func TestIdentityOfSelf(t *testing.T) {
 		t.Skip(err)
 	}
 	self, _ := os.Executable()
-	id := identityOf(fds[0], int32(os.Getpid()), uint32(os.Getuid()), agent.NeedDigest)
-	if id == nil || id.Executable != self || id.Cgroup == "" || len(id.ExecutableSHA256) != 32 {
-		t.Fatalf("identity %+v, want exe %s with a cgroup and digest", id, self)
+	id, err := identityOf(fds[0], int32(os.Getpid()), uint32(os.Getuid()), agent.NeedDigest, DefaultLimits.HashTimeout)
+	if err != nil || id == nil || id.Executable != self || id.Cgroup == "" || len(id.ExecutableSHA256) != 32 {
+		t.Fatalf("identity %+v (%v), want exe %s with a cgroup and digest", id, err, self)
 	}
 	// A peer in a pid namespace the agent cannot see has pid 0 in
 	// SO_PEERCRED: no identity.
-	if id := identityOf(fds[0], 0, 0, agent.NeedIdentity); id != nil {
+	if id, _ := identityOf(fds[0], 0, 0, agent.NeedIdentity, DefaultLimits.HashTimeout); id != nil {
 		t.Errorf("pid 0 gave identity %+v", id)
 	}
 }

@@ -4,6 +4,7 @@ package socket
 
 import (
 	"net"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -16,17 +17,20 @@ import (
 // when the connection is taken from the listening socket, and a process
 // that exec'd between its connect and now is judged as what it runs now
 // (docs/security.md). Neither changes afterwards: a process cannot change
-// who connected by changing its uid or exec'ing later.
-func peerOf(c net.Conn, need agent.IdentityNeed) agent.Peer {
+// who connected by changing its uid or exec'ing later. It returns an
+// error, to tell the peer, when its identity needed its executable hashed
+// and that did not finish within hashTimeout (see digestOf).
+func peerOf(c net.Conn, need agent.IdentityNeed, hashTimeout time.Duration) (agent.Peer, error) {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
-		return agent.Peer{}
+		return agent.Peer{}, nil
 	}
 	raw, err := uc.SyscallConn()
 	if err != nil {
-		return agent.Peer{}
+		return agent.Peer{}, nil
 	}
 	var peer agent.Peer
+	var idErr error
 	if err := raw.Control(func(fd uintptr) {
 		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 		if err != nil {
@@ -34,10 +38,10 @@ func peerOf(c net.Conn, need agent.IdentityNeed) agent.Peer {
 		}
 		peer = agent.Peer{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid, Known: true}
 		if need > agent.NeedNone {
-			peer.Identity = identityOf(int(fd), cred.Pid, cred.Uid, need)
+			peer.Identity, idErr = identityOf(int(fd), cred.Pid, cred.Uid, need, hashTimeout)
 		}
 	}); err != nil {
-		return agent.Peer{}
+		return agent.Peer{}, nil
 	}
-	return peer
+	return peer, idErr
 }

@@ -36,6 +36,11 @@ type Limits struct {
 	// IdleTimeout closes a connection that has had no open context and
 	// no request running for this long. Negative disables it.
 	IdleTimeout time.Duration
+	// HashTimeout bounds hashing a caller's executable at connect, where
+	// a policy names a digest, from the wait for its turn to the end of
+	// the read; a connection whose hash does not finish within it is
+	// refused (ErrUnavailable).
+	HashTimeout time.Duration
 }
 
 // DefaultLimits are the limits used for zero fields.
@@ -47,6 +52,7 @@ var DefaultLimits = Limits{
 	MaxConnectionsPerUID: 128,
 	HelloTimeout:         5 * time.Second,
 	IdleTimeout:          10 * time.Minute,
+	HashTimeout:          5 * time.Second,
 }
 
 // Server serves an agent on listeners.
@@ -87,6 +93,9 @@ func NewServer[S Session](a Agent[S], limits Limits, log *slog.Logger) *Server {
 	}
 	if limits.HelloTimeout <= 0 {
 		limits.HelloTimeout = DefaultLimits.HelloTimeout
+	}
+	if limits.HashTimeout <= 0 {
+		limits.HashTimeout = DefaultLimits.HashTimeout
 	}
 	switch {
 	case limits.IdleTimeout == 0:

@@ -133,6 +133,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 		MaxConnectionsPerUID: cfg.Limits.MaxConnectionsPerUID,
 		HelloTimeout:         cfg.Limits.HelloTimeout.Duration,
 		IdleTimeout:          cfg.Limits.IdleConnectionTimeout.Duration,
+		HashTimeout:          cfg.Limits.HashTimeout.Duration,
 	}
 	setMemoryLimit(a.Limits(), sl, log)
 
