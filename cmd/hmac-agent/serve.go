@@ -134,7 +134,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 		HelloTimeout:         cfg.Limits.HelloTimeout.Duration,
 		IdleTimeout:          cfg.Limits.IdleConnectionTimeout.Duration,
 	}
-	setMemoryLimit(a.Limits(), sl, log)
+	setMemoryLimit(a.Limits(), sl, len(a.Providers()), log)
 
 	listeners, where, err := listen(cfg, log)
 	if err != nil {
