@@ -445,6 +445,11 @@ func (d *device) watch(interval time.Duration, stop <-chan struct{}, first chan<
 		case <-stop:
 			return
 		case <-t.C:
+			select {
+			case <-stop: // both ready: no probe after Close
+				return
+			default:
+			}
 			d.probe()
 		}
 	}
