@@ -117,6 +117,10 @@ type Agent struct {
 	// reading the time on every update would cost more than the update.
 	now  atomic.Int64
 	stop chan struct{}
+	// background counts the goroutines the agent runs of its own accord
+	// (the clock, the health probers, the version refresh), which Close
+	// stops and waits for: none may reach a provider after Close.
+	background sync.WaitGroup
 
 	clockFn    func() time.Time
 	versionsMu sync.Mutex
@@ -196,13 +200,13 @@ func New(opts Options) (*Agent, error) {
 	}
 	a.keys = keys
 	a.noteIdentityNeedsLocked(a.keys, a.defaultPolicy)
-	go a.tick()
+	a.background.Go(a.tick)
 	a.watch(opts.HealthInterval)
 	switch {
 	case opts.VersionRefresh == 0:
-		go a.versionLoop(DefaultVersionRefresh)
+		a.background.Go(func() { a.versionLoop(DefaultVersionRefresh) })
 	case opts.VersionRefresh > 0:
-		go a.versionLoop(opts.VersionRefresh)
+		a.background.Go(func() { a.versionLoop(opts.VersionRefresh) })
 	}
 	return a, nil
 }
@@ -221,7 +225,7 @@ func (a *Agent) watch(interval time.Duration) {
 		first := make(chan struct{})
 		firsts = append(firsts, first)
 		longest = max(longest, d.timeout)
-		go d.watch(interval, a.stop, first)
+		a.background.Go(func() { d.watch(interval, a.stop, first) })
 	}
 	deadline := time.NewTimer(longest)
 	defer deadline.Stop()
@@ -356,17 +360,45 @@ func (a *Agent) clock() time.Time { return a.clockFn() }
 // Limits returns the agent's limits with defaults filled in.
 func (a *Agent) Limits() Limits { return a.limits }
 
-// Close closes every provider. Sessions still open fail with ErrClosed.
+// Close stops the agent's own goroutines and closes every provider.
+// Sessions still open fail with ErrClosed. It waits for a health probe or
+// version refresh under way to finish, so that nothing the agent started
+// touches a provider, or its files, once Close has returned (a software
+// keystore's probe makes its directory if it is missing): at most the
+// longest provider timeout, past which a device that stopped answering
+// keeps its call, as a request's call past its deadline does.
 func (a *Agent) Close() error {
 	if a.closed.Swap(true) {
 		return nil
 	}
 	close(a.stop)
+	a.awaitBackground()
 	var errs []error
 	for _, p := range a.providers {
 		errs = append(errs, p.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// awaitBackground waits for the agent's own goroutines to end, at most
+// the longest provider timeout.
+func (a *Agent) awaitBackground() {
+	var longest time.Duration
+	for _, d := range a.devices {
+		longest = max(longest, d.timeout)
+	}
+	done := make(chan struct{})
+	go func() {
+		a.background.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(longest)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		a.log.Warn("closing with a health probe or version refresh still waiting on a provider", "waited", longest)
+	}
 }
 
 // resolve finds the key a client names. Lookups are cached: the hot path is

@@ -181,7 +181,7 @@ func TestProviderStateLoggedOnce(t *testing.T) {
 }
 
 // TestStuckCallsBounded: a device that never answers again does not
-// gather a goroutine per request without end. Once MaxStuck calls wait
+// gather a goroutine per request without end. Once MaxStuckCalls calls wait
 // past their deadline, further calls fail at once, naming the provider;
 // when the device answers, they are served again.
 func TestStuckCallsBounded(t *testing.T) {
@@ -194,7 +194,7 @@ func TestStuckCallsBounded(t *testing.T) {
 	defer s.Close()
 	key := []byte("slow-key")
 	var wg sync.WaitGroup
-	for range agent.MaxStuck {
+	for range agent.MaxStuckCalls {
 		wg.Go(func() {
 			if _, err := s.MAC(ctx, key, providers.SHA256, []byte("m"), nil); !errors.Is(err, providers.ErrUnavailable) {
 				t.Errorf("MAC on a stuck device: %v", err)
@@ -205,7 +205,7 @@ func TestStuckCallsBounded(t *testing.T) {
 	start := time.Now()
 	_, err := s.MAC(ctx, key, providers.SHA256, []byte("m"), nil)
 	if took := time.Since(start); !errors.Is(err, providers.ErrUnavailable) || !strings.Contains(err.Error(), `provider "slow"`) || took >= timeout {
-		t.Errorf("with %d calls stuck, MAC = %v after %s; want unavailable at once", agent.MaxStuck, err, took)
+		t.Errorf("with %d calls stuck, MAC = %v after %s; want unavailable at once", agent.MaxStuckCalls, err, took)
 	}
 	close(gate)
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {

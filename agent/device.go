@@ -28,11 +28,16 @@ const DefaultHealthInterval = 5 * time.Second
 // the count given with the next warning.
 const warnEvery = 10 * time.Second
 
-// maxStuck bounds the calls into one provider that passed their deadline
-// and have not returned. Each holds a goroutine and its request's data; a
-// device that never answers again would otherwise gather them without
-// end, one per request. Past it, calls fail at once.
-const maxStuck = 64
+// MaxStuckCalls bounds the calls into one provider that passed their
+// deadline and have not returned. Each holds a goroutine and its
+// request's data, which its caller no longer counts: the request was
+// answered, and its bytes given back to the uid's budget, at the
+// deadline. A device that never answers again would otherwise gather them
+// without end, one per request. Past it, calls fail at once. The data is
+// at most one frame (max_frame), so a provider's stuck calls hold at most
+// MaxStuckCalls frames and goroutines, a row of its own in the agent's
+// worst-case memory (docs/operations.md).
+const MaxStuckCalls = 64
 
 // errDeadline is what a call past its provider's timeout fails with. It
 // is ErrUnavailable to every client; the agent tells it apart to end a
@@ -111,7 +116,7 @@ func (d *device) startFair(ctx context.Context, f func(context.Context) error, f
 }
 
 func (d *device) launch(ctx context.Context, f func(context.Context) error, finish func(error), late func(), fair bool) {
-	if n := d.stuck.Load(); n >= maxStuck {
+	if n := d.stuck.Load(); n >= MaxStuckCalls {
 		d.failure(fmt.Sprintf("%d calls stuck", n), errDeadline, true)
 		finish(providers.Publicf(providers.ErrUnavailable,
 			"provider %q is not answering: %d calls have been waiting past its %s timeout", d.p.Name(), n, d.timeout))
@@ -440,6 +445,11 @@ func (d *device) watch(interval time.Duration, stop <-chan struct{}, first chan<
 		case <-stop:
 			return
 		case <-t.C:
+			select {
+			case <-stop: // both ready: no probe after Close
+				return
+			default:
+			}
 			d.probe()
 		}
 	}

@@ -80,6 +80,18 @@ func (s *Session) Immediate(name []byte) bool {
 	return s.agent.allowedNothing(s.peer, name) || s.agent.Immediate(name)
 }
 
+// ContextImmediate reports whether context id is open on a key whose
+// operations run on the CPU without waiting (providers.Immediate), so a
+// server may run the context's requests as it runs a one-shot on such a
+// key. Unlike Immediate it answers for the key the context was opened
+// on, whatever the name means after a reload. It never calls a provider.
+func (s *Session) ContextImmediate(id uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.contexts[id]
+	return c != nil && c.key.immediate
+}
+
 // denied is the reply to a peer that pol does not allow ops. A peer
 // allowed nothing at all gets one message for every name, so that the
 // message, like the code, does not depend on whether the key exists.

@@ -37,13 +37,14 @@ type Keys interface {
 // Session is one connection's view of the agent, with *agent.Session's
 // contract. The connection calls it from its reader and from the
 // goroutines its requests run on; Immediate, the reader's one question
-// per request, must not wait. Data that lies in a frame.Buffer comes
+// per request, must not wait, nor may ContextImmediate. Data that lies in a frame.Buffer comes
 // with it, and whoever keeps the data past the call takes a reference of
 // its own.
 type Session interface {
 	Budget() *providers.Budget
 	Contexts() int
 	Immediate(key []byte) bool
+	ContextImmediate(id uint32) bool
 	Open(ctx context.Context, id uint32, key []byte, alg providers.Algorithm) error
 	Update(ctx context.Context, id uint32, data []byte, b *frame.Buffer) error
 	Fail(id uint32, err error)

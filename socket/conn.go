@@ -83,6 +83,15 @@ type queue struct {
 	// must not drop the queue of the context still open, whose requests
 	// would then run on the reader.
 	live bool
+	// immediate is set once the context opened on a key that never
+	// waits (Session.ContextImmediate): a software key that was not
+	// found yet when its OPEN arrived. The requests already queued run
+	// in the CPU turns, as the reader's own do, and the queue goes when
+	// they have run, so that later ones run on the reader.
+	immediate bool
+	// inTurn is whether the request running from the queue holds a
+	// counted turn at the CPUs; only that request's goroutine uses it.
+	inTurn bool
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -347,11 +356,7 @@ func (c *conn) contextOp(m *wire.Message, q *queue, body *frame.Buffer) error {
 		c.replyResult(m.ID, err)
 	case wire.TypeUpdate:
 		// No reply, unless there is no context to keep the error.
-		if body == nil {
-			err = c.updateInTurns(q, m.Context, m.Data)
-		} else {
-			err = s.Update(c.ctx, m.Context, m.Data, body)
-		}
+		err = c.updateInTurns(q, m.Context, m.Data, body)
 		if err != nil {
 			c.replyError(m.ID, err)
 		}
@@ -681,15 +686,23 @@ func (c *conn) enqueue(m *wire.Message) {
 		c.qmu.Lock()
 		switch o.Type {
 		case wire.TypeOpen:
-			q.live = q.live || err == nil
-			q.done = !q.live // a context that never opened needs no queue
+			if err == nil {
+				q.live = true
+				q.immediate = c.sess.ContextImmediate(o.Context)
+			}
+			// A context that never opened needs no queue, nor one on a
+			// key that never waits.
+			q.done = !q.live || q.immediate
 		case wire.TypeFinalize, wire.TypeVerify, wire.TypeClose:
 			q.done = true
 		case wire.TypeCopy:
 			if target != nil {
 				target.blocked = false
-				target.live = target.live || err == nil
-				target.done = !target.live
+				if err == nil {
+					target.live = true
+					target.immediate = c.sess.ContextImmediate(o.NewContext)
+				}
+				target.done = !target.live || target.immediate
 				c.startLocked(o.NewContext, target)
 			}
 		}

@@ -24,7 +24,12 @@
 //
 // The work a reader does itself takes a turn at the agent's CPUs by
 // caller (turns.go, fair.Gate) once more than one uid is connected, so
-// that one caller's flood costs another caller a turn.
+// that one caller's flood costs another caller a turn. So does the work
+// of a context that opened on its queue, its key not found yet, and
+// turned out to be on a key that never waits
+// ([Session.ContextImmediate]): the requests already queued behind its
+// OPEN take turns, and the queue goes once they have run, so that the
+// context's later requests run on the reader.
 //
 // # The agent behind it
 //

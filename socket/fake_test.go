@@ -52,6 +52,7 @@ type fakeSession struct {
 	a        *fakeAgent
 	mu       sync.Mutex
 	contexts map[uint32][]byte // the input of each open context
+	slow     map[uint32]bool   // the contexts on "slow-key"
 	failed   map[uint32]error
 }
 
@@ -75,7 +76,7 @@ func startFake(t *testing.T, f *fakeAgent, limits socket.Limits) *fakeRig {
 }
 
 func (a *fakeAgent) NewSession(agent.Peer) *fakeSession {
-	return &fakeSession{a: a, contexts: map[uint32][]byte{}, failed: map[uint32]error{}}
+	return &fakeSession{a: a, contexts: map[uint32][]byte{}, slow: map[uint32]bool{}, failed: map[uint32]error{}}
 }
 func (a *fakeAgent) IdentityNeed() agent.IdentityNeed { return agent.NeedNone }
 func (a *fakeAgent) Limits() agent.Limits             { return agent.DefaultLimits }
@@ -95,6 +96,12 @@ func (a *fakeAgent) wait(key []byte) {
 
 func (s *fakeSession) Budget() *providers.Budget { return nil }
 func (s *fakeSession) Immediate(key []byte) bool { return string(key) != "slow-key" }
+func (s *fakeSession) ContextImmediate(id uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, open := s.contexts[id]
+	return open && !s.slow[id]
+}
 func (s *fakeSession) Contexts() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -123,6 +130,7 @@ func (s *fakeSession) Open(_ context.Context, id uint32, key []byte, alg provide
 		return providers.Publicf(providers.ErrInvalidArgument, "context %d is in use", id)
 	}
 	s.contexts[id] = []byte{}
+	s.slow[id] = string(key) == "slow-key"
 	return nil
 }
 
@@ -184,6 +192,7 @@ func (s *fakeSession) Copy(_ context.Context, id, newID uint32) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.contexts[newID] = slices.Clone(in)
+	s.slow[newID] = s.slow[id]
 	return nil
 }
 

@@ -1,8 +1,10 @@
 package socket_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -133,7 +135,9 @@ func TestInFlightBoundedPerUID(t *testing.T) {
 
 // TestEndingRequestsAtFullBudget: at a uid's full budget a request that
 // ends a context (here FINALIZE, on a connection of its own) is not
-// refused, since it frees what the context holds; it is answered.
+// refused, since it frees what the context holds; it is answered. Its
+// connection has no other request in flight, so it goes uncharged;
+// TestEndingRequestsWaitForChargedBudget covers one that must wait.
 func TestEndingRequestsAtFullBudget(t *testing.T) {
 	const maxBytes = 1 << 20
 	slow := &agenttest.SlowProvider{Secret: testSecret, Delay: time.Second}
@@ -181,4 +185,239 @@ func TestEndingRequestsAtFullBudget(t *testing.T) {
 	if refused.Load() == 0 {
 		t.Error("the flood was never refused: the budget was not full")
 	}
+}
+
+// TestEndingRequestsWaitForChargedBudget: when a uid's budget is full
+// of charged requests on the same connection (UPDATEs with data, held at
+// a device that does not answer), requests that end contexts (FINALIZE,
+// VERIFY, CLOSE) are neither refused nor let in uncounted: each waits
+// until a request of its connection finishes, is charged, and is
+// answered. None reaches the device before the device has let an UPDATE
+// go; what the requests at the device hold (each RequestMemory and its
+// data) never passes the budget by more than the one request a
+// connection may have uncharged; what the agent counts for the uid never
+// passes the budget; and both return to nothing at the end.
+func TestEndingRequestsWaitForChargedBudget(t *testing.T) {
+	// Each UPDATE is charged RequestMemory and its data, 16 KiB: 64 fill
+	// the budget to the byte, and the rest are refused. Its frame fits
+	// the connection's read buffer, so reading it charges nothing more.
+	const (
+		maxBytes = 1 << 20
+		chunk    = 16<<10 - socket.RequestMemory
+		updates  = maxBytes/(socket.RequestMemory+chunk) + 4
+	)
+	slow := &agenttest.SlowProvider{Secret: testSecret, UpdateGate: make(chan struct{})}
+	var answer sync.Once
+	deviceAnswers := func() { answer.Do(func() { close(slow.UpdateGate) }) }
+	t.Cleanup(deviceAnswers)
+	dev := &deviceGauge{SlowProvider: slow}
+	a := start(t, agenttest.Options{
+		Providers: []providers.Provider{dev},
+		Limits:    agent.Limits{MaxBytesPerUID: maxBytes},
+	})
+	uid := uint32(os.Geteuid())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := client.Dial(ctx, a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	open := func() *client.HMAC {
+		h, err := c.New(ctx, "slow-key", client.SHA256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	finalizing, verifying, closing := open(), open(), open()
+	// A MAC with a software key, found now, runs on the reader with
+	// nothing charged; one sends the UPDATEs below.
+	if _, err := c.MAC(ctx, "k", client.SHA256, nil); err != nil {
+		t.Fatal(err)
+	}
+	streams := make([]*client.HMAC, updates)
+	for i := range streams {
+		streams[i] = open()
+	}
+
+	var maxHeld atomic.Int64
+	watching, watched := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			maxHeld.Store(max(maxHeld.Load(), a.Agent.BytesHeldBy(uid)))
+			select {
+			case <-watching:
+				return
+			case <-time.After(200 * time.Microsecond):
+			}
+		}
+	}()
+
+	// The UPDATEs fill the budget with charged data and wait at the
+	// device; the reader reads the ending requests after them.
+	data := make([]byte, chunk)
+	for _, h := range streams {
+		if err := h.Update(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.MAC(ctx, "k", client.SHA256, nil); err != nil {
+		t.Fatal(err)
+	}
+	for a.Agent.BytesHeldBy(uid) != maxBytes && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	// The CLOSE goes out with the FINALIZE and the VERIFY, and waits
+	// before them.
+	if err := closing.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan string, 3)
+	go func() {
+		tag, err := finalizing.Finalize(ctx)
+		if err == nil && !bytes.Equal(tag, reference("")) {
+			err = fmt.Errorf("tag %x, want HMAC(\"\")", tag)
+		}
+		ended <- fmt.Sprintf("FINALIZE: %v", err)
+	}()
+	go func() {
+		ended <- fmt.Sprintf("VERIFY: %v", verifying.Verify(ctx, reference("")))
+	}()
+	// Time for an ending request let in wrongly to reach the device.
+	time.Sleep(200 * time.Millisecond)
+	select {
+	case r := <-ended:
+		t.Fatalf("answered while the budget was full and the device held every UPDATE: %s", r)
+	default:
+	}
+	if n := dev.ended.Load(); n != 0 {
+		t.Fatalf("%d ending requests reached the device while the budget was full", n)
+	}
+
+	// The device answers again: the UPDATEs finish and free the budget.
+	deviceAnswers()
+	for range 2 {
+		if r := <-ended; r != "FINALIZE: <nil>" && r != "VERIFY: <nil>" {
+			t.Errorf("at a budget full of charged requests, %s", r)
+		}
+	}
+	if n := dev.endedEarly.Load(); n != 0 {
+		t.Errorf("%d ending requests reached the device before any UPDATE there returned", n)
+	}
+	var refused int
+	for _, h := range streams {
+		_, err := h.Finalize(ctx)
+		switch {
+		case errors.Is(err, client.ErrLimit):
+			refused++
+		case err != nil:
+			t.Errorf("stream: %v", err)
+		}
+	}
+	// The CLOSE is answered by nothing: the count of open contexts
+	// says when it ran.
+	for slow.Opened.Load() != 0 && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	for a.Agent.BytesHeldBy(uid) != 0 && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	close(watching)
+	<-watched
+
+	t.Logf("%d UPDATEs of %d bytes held at the device, %d refused; at most %d bytes counted for the uid, %d in requests at the device; bound %d",
+		updates-refused, chunk, refused, maxHeld.Load(), dev.peak.Load(), maxBytes)
+	if refused == 0 {
+		t.Error("no UPDATE was refused: the budget was not full")
+	}
+	// Budget.Charge adds before it checks, and takes a refused charge
+	// back: a sample may catch the reader in the middle of refusing one
+	// request, never more.
+	if maxHeld.Load() > maxBytes+socket.RequestMemory+chunk {
+		t.Errorf("the agent counted %d bytes for the uid, max_bytes_per_uid %d", maxHeld.Load(), maxBytes)
+	}
+	if dev.peak.Load() > maxBytes+socket.RequestMemory {
+		t.Errorf("requests at the device held %d bytes at once: more than max_bytes_per_uid %d and one uncharged request",
+			dev.peak.Load(), maxBytes)
+	}
+	if n := slow.Opened.Load(); n != 0 {
+		t.Errorf("%d contexts still open in the provider", n)
+	}
+	if n := a.Agent.BytesHeldBy(uid); n != 0 {
+		t.Errorf("the agent still counts %d bytes for the uid with nothing in flight", n)
+	}
+}
+
+// deviceGauge is the slow provider, measuring what the requests at it
+// hold (RequestMemory for each, and the data it carries), and when the
+// requests that end contexts reach it.
+type deviceGauge struct {
+	*agenttest.SlowProvider
+	now, peak atomic.Int64
+	updated   atomic.Int64 // UPDATEs returned
+	// ended counts FINALIZEs and VERIFYs that reached the device, and
+	// endedEarly those of them before any UPDATE returned.
+	ended, endedEarly atomic.Int64
+}
+
+func (g *deviceGauge) Key(ctx context.Context, name string) (providers.Key, error) {
+	k, err := g.SlowProvider.Key(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return gaugedKey{k, g}, nil
+}
+
+// hold counts n bytes at the device until the returned func is called.
+func (g *deviceGauge) hold(n int) (done func()) {
+	v := g.now.Add(int64(n))
+	for p := g.peak.Load(); v > p && !g.peak.CompareAndSwap(p, v); p = g.peak.Load() {
+	}
+	return func() { g.now.Add(-int64(n)) }
+}
+
+// end notes an ending request at the device.
+func (g *deviceGauge) end() {
+	g.ended.Add(1)
+	if g.updated.Load() == 0 {
+		g.endedEarly.Add(1)
+	}
+}
+
+type gaugedKey struct {
+	providers.Key
+	g *deviceGauge
+}
+
+func (k gaugedKey) NewMAC(ctx context.Context, alg providers.Algorithm) (providers.MAC, error) {
+	m, err := k.Key.NewMAC(ctx, alg)
+	if err != nil {
+		return nil, err
+	}
+	return &gaugedMAC{MAC: m, g: k.g}, nil
+}
+
+type gaugedMAC struct {
+	providers.MAC
+	g *deviceGauge
+}
+
+func (m *gaugedMAC) Update(ctx context.Context, p []byte) error {
+	defer m.g.updated.Add(1)
+	defer m.g.hold(socket.RequestMemory + len(p))()
+	return m.MAC.Update(ctx, p)
+}
+
+func (m *gaugedMAC) Finalize(ctx context.Context) ([]byte, error) {
+	m.g.end()
+	defer m.g.hold(socket.RequestMemory)()
+	return m.MAC.Finalize(ctx)
+}
+
+func (m *gaugedMAC) Verify(ctx context.Context, tag []byte) error {
+	m.g.end()
+	defer m.g.hold(socket.RequestMemory + len(tag))()
+	return m.MAC.Verify(ctx, tag)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime"
 
+	"github.com/hmac-agent/hmac-agent/internal/frame"
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
@@ -15,14 +16,18 @@ import (
 const turnRequests = 16
 
 // enter waits for the connection's caller to have its turn (fair.Gate)
-// before a request the reader runs itself (q is nil) does its work on the
-// agent's CPUs. Only that work is in the turn: not reading the request
-// nor writing the reply, which wait on the peer, and not a request from a
-// context's queue, which may wait on a device. A turn held while waiting
-// would stop every caller.
+// before a request does its work on the agent's CPUs: one the reader
+// runs itself (q is nil), or one from the queue of a context on a key
+// that never waits (queue.immediate). Only that work is in the turn: not
+// reading the request nor writing the reply, which wait on the peer, and
+// not a request from the queue of a context that may wait on a device. A
+// turn held while waiting would stop every caller.
 func (c *conn) enter(q *queue) {
-	if q == nil {
+	switch {
+	case q == nil:
 		c.inTurn = c.srv.gate.Enter(c.sess.Budget())
+	case q.immediate:
+		q.inTurn = c.srv.gate.Enter(c.sess.Budget())
 	}
 }
 
@@ -40,25 +45,30 @@ func (c *conn) yield() {
 
 // leave ends the turn enter began.
 func (c *conn) leave(q *queue) {
-	if q == nil && c.inTurn {
-		c.inTurn = false
+	held := &c.inTurn
+	if q != nil {
+		held = &q.inTurn
+	}
+	if *held {
+		*held = false
 		c.srv.gate.Leave(c.sess.Budget())
 	}
 }
 
-// updateInTurns is Session.Update for the reader's own requests, taking
-// a turn for each providers.TurnInput bytes: a caller streaming megabytes
-// to a software key must not hold the others up for longer than a few
-// tens of microseconds at a time.
-func (c *conn) updateInTurns(q *queue, id uint32, p []byte) error {
-	if q != nil {
-		return c.sess.Update(c.ctx, id, p, nil)
+// updateInTurns is Session.Update for the requests that run in turns
+// (see enter), taking a turn for each providers.TurnInput bytes: a
+// caller streaming megabytes to a software key must not hold the others
+// up for longer than a few tens of microseconds at a time. b is the
+// frame p lies in, if the request was handed one.
+func (c *conn) updateInTurns(q *queue, id uint32, p []byte, b *frame.Buffer) error {
+	if q != nil && !q.immediate {
+		return c.sess.Update(c.ctx, id, p, b)
 	}
 	for {
 		n := min(len(p), providers.TurnInput)
-		c.enter(nil)
-		err := c.sess.Update(c.ctx, id, p[:n], nil)
-		c.leave(nil)
+		c.enter(q)
+		err := c.sess.Update(c.ctx, id, p[:n], b)
+		c.leave(q)
 		if err != nil || n == len(p) {
 			return err
 		}

@@ -135,7 +135,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 		IdleTimeout:          cfg.Limits.IdleConnectionTimeout.Duration,
 		HashTimeout:          cfg.Limits.HashTimeout.Duration,
 	}
-	setMemoryLimit(a.Limits(), sl, log)
+	setMemoryLimit(a.Limits(), sl, len(a.Providers()), log)
 
 	listeners, where, err := listen(cfg, log)
 	if err != nil {

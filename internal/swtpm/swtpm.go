@@ -3,6 +3,7 @@
 package swtpm
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -99,7 +100,7 @@ func (t *TPM) Kill() error {
 	if err != nil {
 		return err
 	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return err
 	}
 	return waitGone(pid)
@@ -135,7 +136,9 @@ func alive(pid int) bool {
 }
 
 // Stop kills swtpm and waits for it to go. A paused swtpm is continued
-// first, so that it can go.
+// first, so that it can go; one that does not within waitGone's time is
+// killed, and waited for again: a caller removes the state directory
+// next, which a swtpm still running would write into.
 func (t *TPM) Stop() error {
 	pid, err := t.PID()
 	if err != nil {
@@ -146,7 +149,10 @@ func (t *TPM) Stop() error {
 	if waitGone(pid) == nil {
 		return nil
 	}
-	return syscall.Kill(pid, syscall.SIGKILL)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return err
+	}
+	return waitGone(pid)
 }
 
 // Restart stops swtpm and starts it again on the same state: the same TPM,

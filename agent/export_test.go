@@ -1,4 +1,0 @@
-package agent
-
-// MaxStuck is maxStuck, for tests.
-const MaxStuck = maxStuck

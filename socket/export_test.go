@@ -1,0 +1,39 @@
+package socket
+
+// FillTurns takes every turn at s's CPUs (its fair.Gate), sharing the
+// gate as a second caller's connection would, so that a request that
+// takes its turn waits for one. taken gives one turn up and reports
+// whether a request took it; release gives the rest up. Connections
+// opened or closed meanwhile unshare the gate again: the test makes its
+// own first.
+func FillTurns(s *Server) (taken func() bool, release func()) {
+	g := s.gate
+	g.Share(true)
+	var held []*int
+	for {
+		k := new(int)
+		if !g.TryEnter(k) {
+			break
+		}
+		held = append(held, k)
+	}
+	taken = func() bool {
+		if len(held) == 0 {
+			return false
+		}
+		k := held[0]
+		g.Leave(k)
+		if g.TryEnter(k) {
+			return false
+		}
+		held = held[1:]
+		return true
+	}
+	release = func() {
+		for _, k := range held {
+			g.Leave(k)
+		}
+		held = nil
+	}
+	return taken, release
+}
