@@ -39,8 +39,7 @@ func (b *Budget) Charge(n int) error {
 	if b == nil || n <= 0 {
 		return nil
 	}
-	if v := b.held.Add(int64(n)); b.max > 0 && v > b.max {
-		b.held.Add(-int64(n))
+	if !b.reserve(int64(n), b.max, b.max > 0) {
 		return Publicf(ErrLimit, "too much data held in the agent (at most %d bytes; %s)", b.max, b.what)
 	}
 	if err := b.parent.Charge(n); err != nil {
@@ -59,8 +58,7 @@ func (b *Budget) ChargeOptional(n int) error {
 	if b == nil || n <= 0 {
 		return nil
 	}
-	if v := b.held.Add(int64(n)); b.max > 0 && v > b.max/2 {
-		b.held.Add(-int64(n))
+	if !b.reserve(int64(n), b.max/2, b.max > 0) {
 		return Publicf(ErrLimit, "too much data held in the agent for copies (at most half of %d bytes; %s)", b.max, b.what)
 	}
 	if err := b.parent.ChargeOptional(n); err != nil {
@@ -68,6 +66,26 @@ func (b *Budget) ChargeOptional(n int) error {
 		return err
 	}
 	return nil
+}
+
+// reserve adds n to what b holds if that stays within limit, when
+// bounded. It never counts bytes it then refuses: a charge added first
+// and taken back after made the shared total read above its bound for a
+// moment, and another uid's charge in that moment failed for nothing.
+func (b *Budget) reserve(n, limit int64, bounded bool) bool {
+	if !bounded {
+		b.held.Add(n)
+		return true
+	}
+	for {
+		v := b.held.Load()
+		if v+n > limit {
+			return false
+		}
+		if b.held.CompareAndSwap(v, v+n) {
+			return true
+		}
+	}
 }
 
 // Release gives back n bytes charged before.
