@@ -67,10 +67,12 @@ type queue struct {
 	running bool
 	blocked bool // a COPY that creates this context has not finished
 	done    bool // the context was finished; drop the queue when empty
-	// live is set once the context opened (by OPEN or as a COPY's
-	// target): a later OPEN of the same ID that fails ("already open")
-	// must not drop the queue of the context still open, whose requests
-	// would then run on the reader.
+	// live is whether the context is open: set when an OPEN or a COPY
+	// onto it succeeds, cleared when a FINALIZE, VERIFY or CLOSE ends
+	// it. A later OPEN of the same ID that fails ("already open") must
+	// not drop the queue of the context still open, whose requests would
+	// then run on the reader; one that fails after the context ended must
+	// drop it, or a client reusing IDs leaves a queue behind at each.
 	live bool
 }
 
@@ -641,7 +643,7 @@ func (c *conn) enqueue(m *wire.Message) {
 			q.live = q.live || err == nil
 			q.done = !q.live // a context that never opened needs no queue
 		case wire.TypeFinalize, wire.TypeVerify, wire.TypeClose:
-			q.done = true
+			q.live, q.done = false, true
 		case wire.TypeCopy:
 			if target != nil {
 				target.blocked = false
