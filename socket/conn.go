@@ -267,9 +267,11 @@ func (c *conn) dispatch(m *wire.Message) {
 	switch m.Type {
 	case wire.TypeOpen, wire.TypeUpdate, wire.TypeCopy, wire.TypeFinalize, wire.TypeVerify, wire.TypeClose:
 		c.qmu.Lock()
-		q := c.queues[m.Context]
+		// A COPY onto an ID whose queue still runs waits its turn there
+		// too (see holdTargetLocked), whatever its source is.
+		queued := c.queues[m.Context] != nil || m.Type == wire.TypeCopy && c.queues[m.NewContext] != nil
 		c.qmu.Unlock()
-		if q == nil && (m.Type != wire.TypeOpen || c.sess.Immediate(m.Key)) {
+		if !queued && (m.Type != wire.TypeOpen || c.sess.Immediate(m.Key)) {
 			c.contextOp(m, nil, nil)
 			return
 		}
@@ -617,16 +619,17 @@ func (c *conn) enqueue(m *wire.Message) {
 	o, body = c.own(m)
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
+	created := c.queues[o.Context] == nil
 	q := c.queueLocked(o.Context)
 	var target *queue
-	if o.Type == wire.TypeCopy && o.NewContext != o.Context && c.queues[o.NewContext] == nil {
-		// The copy's own requests wait until the copy exists. (A copy
-		// onto an ID in use fails in the agent; its queue, if any, is
-		// left alone.)
-		target = c.queueLocked(o.NewContext)
-		target.blocked = true
+	var targetReady <-chan struct{}
+	if o.Type == wire.TypeCopy && o.NewContext != o.Context {
+		target, targetReady = c.holdTargetLocked(o.NewContext)
 	}
 	q.ops = append(q.ops, func() {
+		if targetReady != nil {
+			<-targetReady
+		}
 		var err error
 		if over != nil {
 			// An OPEN or a COPY the budget could not hold fails in its
@@ -645,6 +648,9 @@ func (c *conn) enqueue(m *wire.Message) {
 		case wire.TypeFinalize, wire.TypeVerify, wire.TypeClose:
 			q.live, q.done = false, true
 		case wire.TypeCopy:
+			// A queue made for this COPY alone, its source being a
+			// context that runs inline or none, goes when empty.
+			q.done = q.done || created && !q.live
 			if target != nil {
 				target.blocked = false
 				target.live = target.live || err == nil
@@ -661,6 +667,31 @@ func (c *conn) enqueue(m *wire.Message) {
 // endsContext reports whether a request of type t finishes its context.
 func endsContext(t wire.Type) bool {
 	return t == wire.TypeFinalize || t == wire.TypeVerify || t == wire.TypeClose
+}
+
+// holdTargetLocked makes the queue of a COPY's target ID wait for the
+// copy: requests on that ID sent before the COPY (on a context of that
+// ID that ends first, say) run before it, and those sent after it run
+// after it, on the copy. A queue with nothing to run is blocked at once;
+// one still running is blocked when it reaches the COPY's place, which
+// the returned channel reports, and the COPY waits for that. Without
+// it a COPY onto the ID of a context just finished could run before
+// that context's FINALIZE, which would then finish the copy.
+func (c *conn) holdTargetLocked(id uint32) (*queue, <-chan struct{}) {
+	t := c.queueLocked(id)
+	if !t.running && !t.blocked && len(t.ops) == 0 {
+		t.blocked, t.done = true, false
+		return t, nil
+	}
+	ready := make(chan struct{})
+	t.ops = append(t.ops, func() {
+		c.qmu.Lock()
+		t.blocked, t.done = true, false
+		c.qmu.Unlock()
+		close(ready)
+	})
+	c.startLocked(id, t)
+	return t, ready
 }
 
 func (c *conn) queueLocked(id uint32) *queue {

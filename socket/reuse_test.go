@@ -1,6 +1,7 @@
 package socket_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -51,6 +52,61 @@ func tagOf(msg []byte) []byte {
 	h := hmac.New(sha256.New, testSecret)
 	h.Write(msg)
 	return h.Sum(nil)
+}
+
+// The protocol frees a context's ID when FINALIZE ends it, so a client
+// may COPY onto that ID at once, pipelined. The COPY used to run in its
+// source's queue whenever that queue got to it, while the FINALIZE
+// still waited in the target's queue behind a long UPDATE: the COPY
+// failed ("already open"), or ran first and the FINALIZE finished the
+// copy, returning a tag of the wrong input, and the requests sent for
+// the copy found no context.
+func TestCopyOntoFinishedIDWaitsForIt(t *testing.T) {
+	a := startWithToken(t)
+	long := bytes.Repeat([]byte("long input for the first context "), 8<<10)
+	for _, source := range []string{"hk", "k"} {
+		t.Run("source "+source, func(t *testing.T) {
+			r := dialRaw(t, a.Path, true)
+			for round := range 10 {
+				id := uint32(100 * round)
+				sha := uint8(providers.SHA256)
+				for _, m := range []wire.Message{
+					{Type: wire.TypeOpen, ID: id + 1, Context: 7, Algorithm: sha, Key: []byte("hk")},
+					{Type: wire.TypeOpen, ID: id + 2, Context: 5, Algorithm: sha, Key: []byte(source)},
+					{Type: wire.TypeUpdate, ID: id + 3, Context: 5, Data: []byte("source ")},
+					{Type: wire.TypeUpdate, ID: id + 4, Context: 7, Data: long},
+					{Type: wire.TypeFinalize, ID: id + 5, Context: 7},
+					{Type: wire.TypeCopy, ID: id + 6, Context: 5, NewContext: 7},
+					{Type: wire.TypeUpdate, ID: id + 7, Context: 7, Data: []byte("copy")},
+					{Type: wire.TypeFinalize, ID: id + 8, Context: 7},
+					{Type: wire.TypeFinalize, ID: id + 9, Context: 5},
+				} {
+					r.send(m)
+				}
+				got := r.replies(6)
+				for _, want := range []struct {
+					id  uint32
+					typ wire.Type
+					tag []byte
+				}{
+					{id + 1, wire.TypeOK, nil},
+					{id + 2, wire.TypeOK, nil},
+					{id + 5, wire.TypeTag, tagOf(long)},
+					{id + 6, wire.TypeOK, nil},
+					{id + 8, wire.TypeTag, tagOf([]byte("source copy"))},
+					{id + 9, wire.TypeTag, tagOf([]byte("source "))},
+				} {
+					m, ok := got[want.id]
+					if !ok {
+						t.Fatalf("round %d: no reply to request %d; replies %v", round, want.id, got)
+					}
+					if m.Type != want.typ || !bytes.Equal(m.Tag, want.tag) {
+						t.Fatalf("round %d: request %d got %s %x %q, want %s %x", round, want.id, m.Type, m.Tag, m.Data, want.typ, want.tag)
+					}
+				}
+			}
+		})
+	}
 }
 
 // A context queue lives as long as its context. An OPEN that fails on
