@@ -527,6 +527,25 @@ func (a *Agent) forget(name string) {
 	}
 	a.made.Add(1)
 	a.mu.Unlock()
+	a.forgetVersions(name)
+}
+
+// forgetVersions drops the versions read for objects named ref, in any
+// provider, after such an object was made, deleted or vanished: the next
+// use reads them afresh and opens every version anew. Kept, a snapshot
+// would hand the next lookup the handles of the versions it held, which
+// a key made again under the same name (same numbers, and in a keystore
+// that records creation to the second, the same creation time) cannot
+// be told apart from: the name failed as "not found" until the agent
+// restarted.
+func (a *Agent) forgetVersions(ref string) {
+	a.versionsMu.Lock()
+	for id := range a.versions {
+		if id.ref == ref {
+			delete(a.versions, id)
+		}
+	}
+	a.versionsMu.Unlock()
 }
 
 // Immediate reports whether operations on the named key run on the CPU

@@ -275,6 +275,7 @@ func (s *Session) done(c *macContext) {
 func (s *Session) keyFailed(r *resolved, err error) error {
 	if errors.Is(err, providers.ErrKeyNotFound) {
 		s.agent.forget(r.name)
+		s.agent.forgetVersions(r.ref)
 		return providers.Publicf(providers.ErrKeyNotFound, "key %q not found", r.name)
 	}
 	if timedOut(err) {
