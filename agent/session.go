@@ -757,6 +757,16 @@ func (s *Session) Contexts() int {
 	return len(s.contexts)
 }
 
+// IsOpen reports whether context id is open or being opened. A context
+// the agent ended on its own (idle, or revoked) is not, though its next
+// request is told why.
+func (s *Session) IsOpen(id uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.contexts[id]
+	return ok
+}
+
 // expire frees contexts idle since before cutoff (on the agent's coarse
 // clock), remembering their IDs to say why later.
 func (s *Session) expire(cutoff int64) {

@@ -620,12 +620,14 @@ func (c *conn) enqueue(m *wire.Message) {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	created := c.queues[o.Context] == nil
-	q := c.queueLocked(o.Context)
 	var target *queue
 	var targetReady <-chan struct{}
 	if o.Type == wire.TypeCopy && o.NewContext != o.Context {
 		target, targetReady = c.holdTargetLocked(o.NewContext)
 	}
+	// After the target's: making a queue may sweep idle ones, and the
+	// source's must be in the map when its request is added.
+	q := c.queueLocked(o.Context)
 	q.ops = append(q.ops, func() {
 		if targetReady != nil {
 			<-targetReady
@@ -697,11 +699,37 @@ func (c *conn) holdTargetLocked(id uint32) (*queue, <-chan struct{}) {
 func (c *conn) queueLocked(id uint32) *queue {
 	q := c.queues[id]
 	if q == nil {
+		c.sweepLocked()
 		q = &queue{}
 		c.queues[id] = q
 	}
 	return q
 }
+
+// sweepLocked drops the queues of contexts the agent ended on its own
+// (idle, or revoked by a reload), which no request of the client's ends
+// here: a client that opens contexts and leaves them to expire would
+// otherwise grow the map by one queue each, for the connection's life,
+// outside every budget. Queues that are needed number at most the open
+// contexts, and for each request in flight one of an ended context
+// still draining or of a COPY's target: the map is swept only when it
+// outgrows that, so a sweep costs at most a few lookups per queue made.
+// Only the reader adds requests to queues, and it holds qmu, so an idle
+// queue whose context is gone has nothing on its way.
+func (c *conn) sweepLocked() {
+	if len(c.queues) <= c.sess.Contexts()+2*cap(c.inflight)+sweepSlack {
+		return
+	}
+	for id, q := range c.queues {
+		if !q.running && !q.blocked && len(q.ops) == 0 && !c.sess.IsOpen(id) {
+			delete(c.queues, id)
+		}
+	}
+}
+
+// sweepSlack is how far the queues may outgrow what they are needed for
+// before a sweep: requests finish and their queues go a moment later.
+const sweepSlack = 64
 
 // startLocked starts a worker for q unless one runs or q is blocked.
 func (c *conn) startLocked(id uint32, q *queue) {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/internal/softhsm"
 	"github.com/hmac-agent/hmac-agent/providers"
@@ -46,6 +47,32 @@ func (r *raw) replies(n int) map[uint32]wire.Message {
 		got[m.ID] = m
 	}
 	return got
+}
+
+// sendAll writes msgs on a goroutine of its own while the caller reads
+// the replies: a client that writes many requests before it reads gets
+// no replies written past its socket's buffer, and no more requests
+// read. wait reports the write's error.
+func (r *raw) sendAll(msgs []wire.Message) (wait func()) {
+	r.t.Helper()
+	var b []byte
+	for _, m := range msgs {
+		var err error
+		if b, err = m.Append(b); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.nc.Write(b)
+		done <- err
+	}()
+	return func() {
+		r.t.Helper()
+		if err := <-done; err != nil {
+			r.t.Fatalf("writing requests: %v", err)
+		}
+	}
 }
 
 func tagOf(msg []byte) []byte {
@@ -119,12 +146,16 @@ func TestFailedOpenAfterFinishDropsTheQueue(t *testing.T) {
 	r := dialRaw(t, a.Path, true)
 	const rounds = 200
 	sha := uint8(providers.SHA256)
+	var msgs []wire.Message
 	for i := range uint32(rounds) {
-		r.send(wire.Message{Type: wire.TypeOpen, ID: 3*i + 1, Context: i, Algorithm: sha, Key: []byte("hk")})
-		r.send(wire.Message{Type: wire.TypeFinalize, ID: 3*i + 2, Context: i})
-		r.send(wire.Message{Type: wire.TypeOpen, ID: 3*i + 3, Context: i, Algorithm: sha, Key: []byte("hk@9")})
+		msgs = append(msgs,
+			wire.Message{Type: wire.TypeOpen, ID: 3*i + 1, Context: i, Algorithm: sha, Key: []byte("hk")},
+			wire.Message{Type: wire.TypeFinalize, ID: 3*i + 2, Context: i},
+			wire.Message{Type: wire.TypeOpen, ID: 3*i + 3, Context: i, Algorithm: sha, Key: []byte("hk@9")})
 	}
+	wait := r.sendAll(msgs)
 	got := r.replies(3 * rounds)
+	wait()
 	for i := range uint32(rounds) {
 		if m := got[3*i+3]; m.Type != wire.TypeError || m.Code != wire.CodeOf(providers.ErrKeyNotFound) {
 			t.Fatalf("OPEN of hk@9: %s %s %q", m.Type, m.Code, m.Data)
@@ -138,4 +169,55 @@ func TestFailedOpenAfterFinishDropsTheQueue(t *testing.T) {
 			t.Fatalf("%d context queues left for %d contexts, all finished", a.Server.ContextQueues(), rounds)
 		}
 	}
+}
+
+// A context the agent frees for idleness ends without a request of the
+// client's, so its queue was never dropped: a client opening device
+// contexts and leaving them to expire grew the connection's queues by
+// one per context, for the connection's life. Queues now follow the
+// contexts that are open.
+func TestExpiredContextsLeaveNoQueues(t *testing.T) {
+	tok := softhsm.Require(t, fmt.Sprintf("expire%d", tokenSeq.Add(1)))
+	ctx := context.Background()
+	hsm, err := pkcs11.Open(ctx, pkcs11.Config{Name: "hsm", Module: softhsm.Module, TokenLabel: tok.Label, PIN: []byte(tok.PIN)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := start(t, agenttest.Options{
+		Providers: []providers.Provider{hsm},
+		Limits:    agent.Limits{IdleContextTimeout: time.Second},
+	})
+	if _, err := hsm.ImportKey(ctx, "hk", testSecret); err != nil {
+		t.Fatal(err)
+	}
+	r := dialRaw(t, a.Path, true)
+	const opened = 1000 // past what the queues may hold for open contexts and requests in flight
+	sha := uint8(providers.SHA256)
+	var msgs []wire.Message
+	for i := range uint32(opened) {
+		msgs = append(msgs, wire.Message{Type: wire.TypeOpen, ID: i + 1, Context: i, Algorithm: sha, Key: []byte("hk")})
+	}
+	wait := r.sendAll(msgs)
+	for i := range opened {
+		if m := r.recv(); m.Type != wire.TypeOK {
+			t.Fatalf("OPEN %d: %s %q", i, m.Type, m.Data)
+		}
+	}
+	wait()
+	for deadline := time.Now().Add(10 * time.Second); a.Agent.Status(ctx).Contexts != 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d contexts left after the idle timeout", a.Agent.Status(ctx).Contexts)
+		}
+	}
+	// The next context opened finds the others' queues and drops them.
+	r.send(wire.Message{Type: wire.TypeOpen, ID: opened + 1, Context: opened, Algorithm: sha, Key: []byte("hk")})
+	if m := r.recv(); m.Type != wire.TypeOK {
+		t.Fatalf("OPEN after the expiry: %s %q", m.Type, m.Data)
+	}
+	if n := a.Server.ContextQueues(); n > 1 {
+		t.Errorf("%d context queues for 1 open context, after %d expired", n, opened)
+	}
+	// An expired context's next request is still told why.
+	r.send(wire.Message{Type: wire.TypeFinalize, ID: opened + 2, Context: 5})
+	r.expectError(opened+2, providers.ErrLimit)
 }
