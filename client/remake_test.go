@@ -54,4 +54,16 @@ func TestKeyDeletedAndMadeAgainServes(t *testing.T) {
 			}
 		}
 	}
+	// A failed import of the object's name is a make that made nothing;
+	// the configured name for the object still sees the rotation after
+	// it.
+	if _, err := c.ImportKey(ctx, "soft", "aliased", []byte("again")); err == nil {
+		t.Fatal("importing over an existing key succeeded")
+	}
+	if _, err := c.RotateKey(ctx, "", "alias", nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, v, err := c.MACVersion(ctx, "alias", client.SHA256, msg); err != nil || v != 2 {
+		t.Errorf("MAC after rotating: version %d, %v; want version 2", v, err)
+	}
 }
