@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -220,4 +221,84 @@ func TestExpiredContextsLeaveNoQueues(t *testing.T) {
 	// An expired context's next request is still told why.
 	r.send(wire.Message{Type: wire.TypeFinalize, ID: opened + 2, Context: 5})
 	r.expectError(opened+2, providers.ErrLimit)
+}
+
+// TestPipelinedContextsMatchAModel sends random pipelined sequences of
+// OPEN, UPDATE, COPY, FINALIZE and CLOSE over a few context IDs, on a
+// token key and a software key of the same secret, and checks every
+// reply against a model of the protocol: each ID's requests take effect
+// in the order sent, an ID is free again once FINALIZE or CLOSE ends its
+// context, and COPY onto a free ID makes a context there. Reusing IDs
+// this way once made COPY and FINALIZE act on the wrong contexts.
+func TestPipelinedContextsMatchAModel(t *testing.T) {
+	a := startWithToken(t)
+	type want struct {
+		typ  wire.Type
+		code wire.Code
+		tag  []byte
+	}
+	type state struct{ data []byte }
+	for seed := range int64(40) {
+		rnd := rand.New(rand.NewPCG(uint64(seed), 1))
+		r := dialRaw(t, a.Path, true)
+		open := map[uint32]*state{}
+		wants := map[uint32]want{}
+		var msgs []wire.Message
+		sha := uint8(providers.SHA256)
+		for id := uint32(1); id <= 60; id++ {
+			ctx := uint32(rnd.IntN(6))
+			switch op := rnd.IntN(9); {
+			case op < 2:
+				key := []byte([]string{"hk", "k"}[rnd.IntN(2)])
+				msgs = append(msgs, wire.Message{Type: wire.TypeOpen, ID: id, Context: ctx, Algorithm: sha, Key: key})
+				if open[ctx] != nil {
+					wants[id] = want{typ: wire.TypeError, code: wire.CodeOf(providers.ErrInvalidArgument)}
+				} else {
+					open[ctx] = &state{}
+					wants[id] = want{typ: wire.TypeOK}
+				}
+			case op < 5:
+				data := bytes.Repeat([]byte{byte(rnd.IntN(256))}, []int{1, 10, 3000, 70000}[rnd.IntN(4)])
+				msgs = append(msgs, wire.Message{Type: wire.TypeUpdate, ID: id, Context: ctx, Data: data})
+				if s := open[ctx]; s != nil {
+					s.data = append(s.data, data...)
+				} else {
+					wants[id] = want{typ: wire.TypeError, code: wire.CodeOf(providers.ErrUnknownContext)}
+				}
+			case op < 7:
+				dst := uint32(rnd.IntN(6))
+				msgs = append(msgs, wire.Message{Type: wire.TypeCopy, ID: id, Context: ctx, NewContext: dst})
+				switch {
+				case open[ctx] == nil:
+					wants[id] = want{typ: wire.TypeError, code: wire.CodeOf(providers.ErrUnknownContext)}
+				case open[dst] != nil:
+					wants[id] = want{typ: wire.TypeError, code: wire.CodeOf(providers.ErrInvalidArgument)}
+				default:
+					open[dst] = &state{data: bytes.Clone(open[ctx].data)}
+					wants[id] = want{typ: wire.TypeOK}
+				}
+			case op < 8:
+				msgs = append(msgs, wire.Message{Type: wire.TypeFinalize, ID: id, Context: ctx})
+				if s := open[ctx]; s != nil {
+					wants[id] = want{typ: wire.TypeTag, tag: tagOf(s.data)}
+					delete(open, ctx)
+				} else {
+					wants[id] = want{typ: wire.TypeError, code: wire.CodeOf(providers.ErrUnknownContext)}
+				}
+			default:
+				msgs = append(msgs, wire.Message{Type: wire.TypeClose, ID: id, Context: ctx})
+				delete(open, ctx)
+			}
+		}
+		wait := r.sendAll(msgs)
+		got := r.replies(len(wants))
+		wait()
+		for id, w := range wants {
+			m := got[id]
+			if m.Type != w.typ || w.typ == wire.TypeError && m.Code != w.code || w.tag != nil && !bytes.Equal(m.Tag, w.tag) {
+				t.Fatalf("seed %d, request %d (%s): got %s %s %q, want %s %s", seed, id, msgs[id-1].Type, m.Type, m.Code, m.Data, w.typ, w.code)
+			}
+		}
+		r.nc.Close()
+	}
 }
