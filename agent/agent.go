@@ -559,6 +559,26 @@ func (a *Agent) forget(name string) {
 	}
 	a.made.Add(1)
 	a.mu.Unlock()
+	a.forgetVersions(name)
+}
+
+// forgetVersions makes the next reading of the versions of objects named
+// ref, in any provider, open every version anew, after such an object was
+// made, deleted or vanished. Otherwise a refresh hands on the handles of
+// the versions the snapshot held, which a key made again under the same
+// name (same numbers and, in a keystore that records creation to the
+// second, the same creation time) cannot be told apart from: the name
+// failed as "not found" until the agent restarted. The holders stay in
+// place, so every name resolved to them (a configured name for the
+// object among them) goes on seeing rotations.
+func (a *Agent) forgetVersions(ref string) {
+	a.versionsMu.Lock()
+	for id, kv := range a.versions {
+		if id.ref == ref {
+			kv.reopen.Store(true)
+		}
+	}
+	a.versionsMu.Unlock()
 }
 
 // Immediate reports whether operations on the named key run on the CPU

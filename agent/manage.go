@@ -208,6 +208,7 @@ func (a *Agent) DeleteKey(ctx context.Context, peer Peer, provider, name string)
 		return providers.KeyInfo{}, d.DeleteKey(ctx, ref)
 	})
 	a.forget(name)
+	a.forgetVersions(ref)
 	return a.manageError(peer, "delete", p, name, err)
 }
 

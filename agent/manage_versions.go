@@ -97,9 +97,9 @@ func (a *Agent) RotateKey(ctx context.Context, peer Peer, provider, name string,
 // deletes it from its provider. Retiring the current version is
 // ErrInvalidArgument. Errors as for RotateKey.
 func (a *Agent) RetireVersion(ctx context.Context, peer Peer, provider, name string, n int, destroy bool) error {
-	op := "retire"
+	op, logged := "retire", "key version retired"
 	if destroy {
-		op = "destroy"
+		op, logged = "destroy", "key version destroyed"
 	}
 	p, v, ref, err := a.versioned(ctx, peer, op, provider, name)
 	if err != nil {
@@ -113,7 +113,7 @@ func (a *Agent) RetireVersion(ctx context.Context, peer Peer, provider, name str
 	}, nil)
 	a.afterVersionChange(ctx, p, ref)
 	if err == nil {
-		a.log.Info("key version "+op+"d", "key", name, "provider", p.Name(), "version", n)
+		a.log.Info(logged, "key", name, "provider", p.Name(), "version", n)
 		a.auditUseVersion(peer, op, name, 0, nil, 0, time.Time{}, n, false)
 		return nil
 	}

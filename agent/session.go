@@ -275,6 +275,7 @@ func (s *Session) done(c *macContext) {
 func (s *Session) keyFailed(r *resolved, err error) error {
 	if errors.Is(err, providers.ErrKeyNotFound) {
 		s.agent.forget(r.name)
+		s.agent.forgetVersions(r.ref)
 		return providers.Publicf(providers.ErrKeyNotFound, "key %q not found", r.name)
 	}
 	if timedOut(err) {
@@ -754,6 +755,16 @@ func (s *Session) Contexts() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.contexts)
+}
+
+// IsOpen reports whether context id is open or being opened. A context
+// the agent ended on its own (idle, or revoked) is not, though its next
+// request is told why.
+func (s *Session) IsOpen(id uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.contexts[id]
+	return ok
 }
 
 // expire frees contexts idle since before cutoff (on the agent's coarse

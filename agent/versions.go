@@ -70,6 +70,9 @@ type keyVersions struct {
 	ref       string
 	snap      atomic.Pointer[versionSnapshot]
 	refreshMu sync.Mutex // one refresh at a time
+	// reopen makes the next refresh open every version anew rather than
+	// keep the handles it has (see forgetVersions).
+	reopen atomic.Bool
 }
 
 type versionsID struct {
@@ -135,7 +138,7 @@ func (a *Agent) grace(p providers.Provider, ref string) time.Duration {
 
 // refresh reads kv's versions from its provider and publishes them,
 // opening the versions not opened before.
-func (a *Agent) refresh(ctx context.Context, kv *keyVersions) error {
+func (a *Agent) refresh(ctx context.Context, kv *keyVersions) (err error) {
 	kv.refreshMu.Lock()
 	defer kv.refreshMu.Unlock()
 	dev := a.devices[kv.provider]
@@ -148,6 +151,14 @@ func (a *Agent) refresh(ctx context.Context, kv *keyVersions) error {
 	grace := a.grace(kv.provider, kv.ref)
 	now := a.clock()
 	old := kv.snap.Load()
+	if kv.reopen.Swap(false) {
+		old = nil
+		defer func() {
+			if err != nil { // not published: the next refresh reopens
+				kv.reopen.Store(true)
+			}
+		}()
+	}
 	next := &versionSnapshot{infos: infos}
 	var current *versionKey
 	var previous []versionKey

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -172,7 +173,15 @@ func Load(path string) (*Config, error) {
 		// Tables are the [[provider]] tables, each decoded by its kind.
 		Tables []toml.Primitive `toml:"provider"`
 	}
-	meta, err := toml.DecodeFile(path, &f)
+	file, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	defer file.Close()
+	if err := checkTrusted(file, path); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	meta, err := toml.NewDecoder(file).Decode(&f)
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}

@@ -43,6 +43,7 @@ type Keys interface {
 type Session interface {
 	Budget() *providers.Budget
 	Contexts() int
+	IsOpen(id uint32) bool
 	Immediate(key []byte) bool
 	ContextImmediate(id uint32) bool
 	Open(ctx context.Context, id uint32, key []byte, alg providers.Algorithm) error

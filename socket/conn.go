@@ -78,10 +78,12 @@ type queue struct {
 	running bool
 	blocked bool // a COPY that creates this context has not finished
 	done    bool // the context was finished; drop the queue when empty
-	// live is set once the context opened (by OPEN or as a COPY's
-	// target): a later OPEN of the same ID that fails ("already open")
-	// must not drop the queue of the context still open, whose requests
-	// would then run on the reader.
+	// live is whether the context is open: set when an OPEN or a COPY
+	// onto it succeeds, cleared when a FINALIZE, VERIFY or CLOSE ends
+	// it. A later OPEN of the same ID that fails ("already open") must
+	// not drop the queue of the context still open, whose requests would
+	// then run on the reader; one that fails after the context ended must
+	// drop it, or a client reusing IDs leaves a queue behind at each.
 	live bool
 	// immediate is set once the context opened on a key that never
 	// waits (Session.ContextImmediate): a software key that was not
@@ -317,9 +319,11 @@ func (c *conn) dispatch(m *wire.Message) {
 	switch m.Type {
 	case wire.TypeOpen, wire.TypeUpdate, wire.TypeCopy, wire.TypeFinalize, wire.TypeVerify, wire.TypeClose:
 		c.qmu.Lock()
-		q := c.queues[m.Context]
+		// A COPY onto an ID whose queue still runs waits its turn there
+		// too (see holdTargetLocked), whatever its source is.
+		queued := c.queues[m.Context] != nil || m.Type == wire.TypeCopy && c.queues[m.NewContext] != nil
 		c.qmu.Unlock()
-		if q == nil && (m.Type != wire.TypeOpen || c.sess.Immediate(m.Key)) {
+		if !queued && (m.Type != wire.TypeOpen || c.sess.Immediate(m.Key)) {
 			c.contextOp(m, nil, nil)
 			return
 		}
@@ -663,16 +667,19 @@ func (c *conn) enqueue(m *wire.Message) {
 	o, body = c.own(m)
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
-	q := c.queueLocked(o.Context)
+	created := c.queues[o.Context] == nil
 	var target *queue
-	if o.Type == wire.TypeCopy && o.NewContext != o.Context && c.queues[o.NewContext] == nil {
-		// The copy's own requests wait until the copy exists. (A copy
-		// onto an ID in use fails in the agent; its queue, if any, is
-		// left alone.)
-		target = c.queueLocked(o.NewContext)
-		target.blocked = true
+	var targetReady <-chan struct{}
+	if o.Type == wire.TypeCopy && o.NewContext != o.Context {
+		target, targetReady = c.holdTargetLocked(o.NewContext)
 	}
+	// After the target's: making a queue may sweep idle ones, and the
+	// source's must be in the map when its request is added.
+	q := c.queueLocked(o.Context)
 	q.ops = append(q.ops, func() {
+		if targetReady != nil {
+			<-targetReady
+		}
 		var err error
 		if over != nil {
 			// An OPEN or a COPY the budget could not hold fails in its
@@ -694,8 +701,11 @@ func (c *conn) enqueue(m *wire.Message) {
 			// key that never waits.
 			q.done = !q.live || q.immediate
 		case wire.TypeFinalize, wire.TypeVerify, wire.TypeClose:
-			q.done = true
+			q.live, q.done = false, true
 		case wire.TypeCopy:
+			// A queue made for this COPY alone, its source being a
+			// context that runs inline or none, goes when empty.
+			q.done = q.done || created && !q.live
 			if target != nil {
 				target.blocked = false
 				if err == nil {
@@ -717,14 +727,65 @@ func endsContext(t wire.Type) bool {
 	return t == wire.TypeFinalize || t == wire.TypeVerify || t == wire.TypeClose
 }
 
+// holdTargetLocked makes the queue of a COPY's target ID wait for the
+// copy: requests on that ID sent before the COPY (on a context of that
+// ID that ends first, say) run before it, and those sent after it run
+// after it, on the copy. A queue with nothing to run is blocked at once;
+// one still running is blocked when it reaches the COPY's place, which
+// the returned channel reports, and the COPY waits for that. Without
+// it a COPY onto the ID of a context just finished could run before
+// that context's FINALIZE, which would then finish the copy.
+func (c *conn) holdTargetLocked(id uint32) (*queue, <-chan struct{}) {
+	t := c.queueLocked(id)
+	if !t.running && !t.blocked && len(t.ops) == 0 {
+		t.blocked, t.done = true, false
+		return t, nil
+	}
+	ready := make(chan struct{})
+	t.ops = append(t.ops, func() {
+		c.qmu.Lock()
+		t.blocked, t.done = true, false
+		c.qmu.Unlock()
+		close(ready)
+	})
+	c.startLocked(id, t)
+	return t, ready
+}
+
 func (c *conn) queueLocked(id uint32) *queue {
 	q := c.queues[id]
 	if q == nil {
+		c.sweepLocked()
 		q = &queue{}
 		c.queues[id] = q
 	}
 	return q
 }
+
+// sweepLocked drops the queues of contexts the agent ended on its own
+// (idle, or revoked by a reload), which no request of the client's ends
+// here: a client that opens contexts and leaves them to expire would
+// otherwise grow the map by one queue each, for the connection's life,
+// outside every budget. Queues that are needed number at most the open
+// contexts, and for each request in flight one of an ended context
+// still draining or of a COPY's target: the map is swept only when it
+// outgrows that, so a sweep costs at most a few lookups per queue made.
+// Only the reader adds requests to queues, and it holds qmu, so an idle
+// queue whose context is gone has nothing on its way.
+func (c *conn) sweepLocked() {
+	if len(c.queues) <= c.sess.Contexts()+2*cap(c.inflight)+sweepSlack {
+		return
+	}
+	for id, q := range c.queues {
+		if !q.running && !q.blocked && len(q.ops) == 0 && !c.sess.IsOpen(id) {
+			delete(c.queues, id)
+		}
+	}
+}
+
+// sweepSlack is how far the queues may outgrow what they are needed for
+// before a sweep: requests finish and their queues go a moment later.
+const sweepSlack = 64
 
 // startLocked starts a worker for q unless one runs or q is blocked.
 func (c *conn) startLocked(id uint32, q *queue) {

@@ -107,6 +107,12 @@ func (s *fakeSession) Contexts() int {
 	defer s.mu.Unlock()
 	return len(s.contexts)
 }
+func (s *fakeSession) IsOpen(id uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.contexts[id]
+	return ok
+}
 
 // check answers what the agent would for a key name and algorithm.
 func check(key []byte, alg providers.Algorithm) error {

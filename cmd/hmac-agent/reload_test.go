@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -103,5 +104,61 @@ users = [%d]
 	kept.Update([]byte("after"))
 	if got, err := kept.Finalize(ctx); err != nil || !bytes.Equal(got, tag([]byte("secret-b"), []byte("beforeafter"))) {
 		t.Errorf("the context the reload left alone: %x %v", got, err)
+	}
+}
+
+// TestSIGHUPRefusesAConfigOthersMayWrite reloads an agent whose
+// configuration file was made world-writable and given a wider policy,
+// as another user who could write it would: the reload is rejected,
+// saying why, and the running policy stays. Before, the agent read any
+// file it could open, so whoever could write it gave themselves keys at
+// the next reload.
+func TestSIGHUPRefusesAConfigOthersMayWrite(t *testing.T) {
+	dir := agenttest.SocketDir(t)
+	sock := filepath.Join(dir, "agent.sock")
+	conf := filepath.Join(dir, "agent.toml")
+	writeConf := func(ops string, mode os.FileMode) {
+		writeFile(t, conf, fmt.Sprintf(`socket = %q
+[audit]
+destination = "off"
+[[provider]]
+name = "soft"
+type = "software"
+path = %q
+[[key]]
+name = "webhook"
+provider = "soft"
+[key.policy]
+users = [%d]
+operations = %s
+`, sock, filepath.Join(dir, "keys"), os.Geteuid(), ops), mode)
+		if err := os.Chmod(conf, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeConf(`["verify"]`, 0o600)
+	agent := startAgent(t, nil, "--config", conf)
+	c := agent.mustDial(t, sock)
+	ctx := context.Background()
+	if _, err := c.ImportKey(ctx, "soft", "webhook", []byte("secret")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.MAC(ctx, "webhook", client.SHA256, nil); !errors.Is(err, client.ErrPermissionDenied) {
+		t.Fatalf("MAC under a verify-only policy: %v", err)
+	}
+
+	writeConf(`["mac", "verify"]`, 0o666)
+	syscall.Kill(agent.pid(), syscall.SIGHUP)
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(agent.logs(), "reload rejected"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			_, err := c.MAC(ctx, "webhook", client.SHA256, nil)
+			t.Fatalf("no reload rejected (MAC now: %v):\n%s", err, agent.logs())
+		}
+	}
+	if !strings.Contains(agent.logs(), "agent.toml has mode 0666") {
+		t.Errorf("the rejection does not say why:\n%s", agent.logs())
+	}
+	if _, err := c.MAC(ctx, "webhook", client.SHA256, nil); !errors.Is(err, client.ErrPermissionDenied) {
+		t.Errorf("MAC after the rejected reload: %v, want the running policy's denial", err)
 	}
 }

@@ -80,7 +80,10 @@ func (c *objectCache) add(k *key) *key {
 // invalidate evicts the keys match selects and every key whose handle is
 // one of the token objects destroyed under the current login, after those
 // objects were deleted or a name came to mean another object. Their copies
-// are destroyed now, or by the last call still using them. It needs no
+// are destroyed now, or by the last call still using them. With objects
+// destroyed, the keys match selects are those objects' (a deleted key and
+// its versions, a destroyed version): every key evicted then is marked
+// destroyed and never finds an object again. It needs no
 // enter(): copies.mu orders a copy's destruction before the copies'
 // session is closed or abandoned, which comes before any finalize.
 //
@@ -106,6 +109,7 @@ func (p *Provider) invalidate(destroyed []p11.ObjectHandle, match func(*key) boo
 	for _, k := range matched {
 		k.mu.Lock()
 		k.evicted = true
+		k.destroyed = k.destroyed || len(destroyed) > 0
 		k.forgetLocked()
 		k.mu.Unlock()
 	}
@@ -114,7 +118,7 @@ func (p *Provider) invalidate(destroyed []p11.ObjectHandle, match func(*key) boo
 	for _, k := range others {
 		k.mu.Lock()
 		if k.gen == gen && slices.Contains(destroyed, k.handle) {
-			k.evicted = true
+			k.evicted, k.destroyed = true, true
 			k.forgetLocked()
 			byHandle = append(byHandle, k)
 		}

@@ -67,6 +67,12 @@ func classify(op string, err error) error {
 		sentinel = providers.ErrKeyNotFound
 	case p11.CKR_PIN_INCORRECT, p11.CKR_PIN_INVALID, p11.CKR_PIN_LEN_RANGE, p11.CKR_PIN_LOCKED:
 		sentinel = providers.ErrPermissionDenied
+	case p11.CKR_WRAPPED_KEY_INVALID, p11.CKR_WRAPPED_KEY_LEN_RANGE,
+		p11.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT, p11.CKR_UNWRAPPING_KEY_SIZE_RANGE,
+		p11.CKR_UNWRAPPING_KEY_HANDLE_INVALID:
+		// The caller's wrapped key or its choice of wrapping key: a
+		// mistake to report, not a device to mark down and retry.
+		sentinel = providers.ErrInvalidArgument
 	default:
 		sentinel = providers.ErrUnavailable
 	}

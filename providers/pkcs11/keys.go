@@ -39,6 +39,11 @@ type key struct {
 	// made of the object, which is not asked again until it is found
 	// again.
 	evicted, uncopied bool
+	// destroyed: this provider destroyed the object. A token tells
+	// objects apart only by label and ID, which a key made again under
+	// the same name shares, so the key is never looked up again: a
+	// context opened on the old key must not go on with the new one.
+	destroyed bool
 	// copy is the key's session copy (copies.go), if copy.h is not 0;
 	// checked is when the original was last seen unchanged.
 	copy    keyCopy
@@ -108,6 +113,9 @@ func (k *key) tokenHandle(s *session) (p11.ObjectHandle, error) {
 // tokenHandleLocked finds the token object again when the login changed
 // since it was found. k.mu is held.
 func (k *key) tokenHandleLocked(s *session) (p11.ObjectHandle, error) {
+	if k.destroyed {
+		return 0, fmt.Errorf("pkcs11: key %q: %w: it was deleted", k.name, providers.ErrKeyNotFound)
+	}
 	gen := k.p.gen.Load()
 	if k.gen == gen {
 		return k.handle, nil

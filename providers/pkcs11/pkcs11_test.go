@@ -193,8 +193,24 @@ func TestWrappedImport(t *testing.T) {
 			t.Errorf("%s: %x %v", alg, tag, err)
 		}
 	}
-	if _, err := c.ImportWrappedKey(ctx, "hsm", "bad", "kek", wrapped[:len(wrapped)-1]); err == nil {
-		t.Error("a damaged wrapped key was accepted")
+	// A wrapped key of the wrong length, and an HMAC key named as the
+	// wrapping key, are the caller's mistakes: invalid_argument, and the
+	// token stays healthy. They used to be "unavailable", which told the
+	// caller to retry and marked the provider down.
+	if _, err := c.ImportWrappedKey(ctx, "hsm", "bad", "kek", wrapped[:len(wrapped)-1]); !errors.Is(err, client.ErrInvalidArgument) {
+		t.Errorf("a wrapped key one byte short: %v, want invalid_argument", err)
+	}
+	if _, err := c.ImportWrappedKey(ctx, "hsm", "bad", "unwrapped", wrapped); !errors.Is(err, client.ErrInvalidArgument) {
+		t.Errorf("an HMAC key as the wrapping key: %v, want invalid_argument", err)
+	}
+	if st, err := c.Status(ctx); err != nil {
+		t.Fatal(err)
+	} else {
+		for _, ps := range st.Providers {
+			if !ps.Healthy {
+				t.Errorf("provider %s unhealthy after rejected unwraps: %s", ps.Name, ps.Error)
+			}
+		}
 	}
 	if _, err := c.ImportWrappedKey(ctx, "soft", "x", "kek", wrapped); !errors.Is(err, client.ErrNotSupported) {
 		t.Errorf("software provider unwrapping: %v", err)
