@@ -104,7 +104,7 @@ func (c *conn) pauseTurn() {
 // normal priority. foreground ends it, before the reader waits
 // for its socket.
 func (c *conn) background(frame int) {
-	if c.restore == nil && (c.fr.Buffered() > 0 || len(c.inflight) > 0 || frame > providers.TurnInput) && c.srv.gate.Shared() {
+	if c.srv.gate.Shared() && c.restore == nil && (c.fr.Buffered() > 0 || len(c.inflight) > 0 || frame > providers.TurnInput) {
 		c.restore = threadprio.Background()
 	}
 }
