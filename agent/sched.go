@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/hmac-agent/hmac-agent/internal/fair"
+	"github.com/hmac-agent/hmac-agent/internal/threadprio"
 )
 
 // DefaultParallelism is how many one-shots the agent runs at once on a
@@ -117,13 +118,19 @@ func (s *scheduler) dispatchLocked(afterCall bool) {
 		}
 		s.startLocked(key)
 		rel := s.releaser(key)
-		if afterCall {
-			go func() {
+		// A caller with more calls waiting floods the device: while
+		// another uid is connected, its call runs at a lower kernel
+		// priority (threadprio), so that the threads serving the others
+		// are not kept waiting behind it.
+		background := per < s.limit && s.waiting.LenOf(key) > 0
+		go func() {
+			if afterCall {
 				runtime.Gosched()
-				j.run(rel)
-			}()
-		} else {
-			go j.run(rel)
-		}
+			}
+			if background {
+				defer threadprio.Background()()
+			}
+			j.run(rel)
+		}()
 	}
 }

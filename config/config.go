@@ -47,7 +47,17 @@ type Config struct {
 	// again from its provider (default 2s), so that a rotation made
 	// through another agent sharing the provider is served here.
 	VersionRefresh Duration `toml:"version_refresh"`
-	meta           toml.MetaData
+	// LowerFloodPriority runs the agent's work for a caller that floods
+	// it at a lower kernel priority while another uid is connected
+	// (internal/threadprio); unset means true. It calls setpriority(2),
+	// which a unit's SystemCallFilter must allow (@resources denies it).
+	LowerFloodPriority *bool `toml:"lower_flood_priority"`
+	meta               toml.MetaData
+}
+
+// FloodPriority reports whether lower_flood_priority is on.
+func (c *Config) FloodPriority() bool {
+	return c.LowerFloodPriority == nil || *c.LowerFloodPriority
 }
 
 // MetricsSocket returns the path of the metrics listener's Unix socket

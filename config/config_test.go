@@ -307,3 +307,19 @@ func TestHashTimeoutBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestLowerFloodPriority: on unless the file turns it off.
+func TestLowerFloodPriority(t *testing.T) {
+	for _, c := range []struct {
+		line string
+		want bool
+	}{{"", true}, {"lower_flood_priority = true\n", true}, {"lower_flood_priority = false\n", false}} {
+		cfg, err := Load(write(t, c.line+softProvider))
+		if err != nil {
+			t.Fatalf("%q: %v", c.line, err)
+		}
+		if got := cfg.FloodPriority(); got != c.want {
+			t.Errorf("%q: FloodPriority %v, want %v", c.line, got, c.want)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/internal/frame"
+	"github.com/hmac-agent/hmac-agent/internal/threadprio"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
@@ -49,6 +50,9 @@ type conn struct {
 	// inTurn is whether the reader holds a counted turn at the CPUs
 	// (see enter).
 	inTurn bool
+	// restore ends the reader's lower priority (see background); nil
+	// while it runs at the normal one.
+	restore func()
 	// turns counts the requests read since the reader last yielded.
 	turns int
 	// proto is the protocol version the handshake agreed on.
@@ -174,9 +178,11 @@ func (c *conn) readLoop() error {
 	if err := c.handshake(); err != nil {
 		return err
 	}
+	defer c.foreground()
 	for {
 		c.yield()
 		if c.fr.Buffered() == 0 {
+			c.foreground()
 			if err := c.flush(); err != nil {
 				return err
 			}
@@ -211,6 +217,7 @@ func (c *conn) readLoop() error {
 		case err != nil:
 			return err
 		}
+		c.background(len(body))
 		if err := wire.Decode(body, &c.msg); err != nil {
 			if errors.Is(err, wire.ErrUnknownType) {
 				c.replyError(c.msg.ID, providers.Publicf(wire.ErrUnknownMessage, "unknown message type 0x%02x", uint8(c.msg.Type)))
@@ -630,6 +637,14 @@ func (c *conn) goManage(m *wire.Message) {
 		// wait on a device.
 		if key := c.sess.Budget(); c.srv.gate.Enter(key) {
 			c.srv.gate.Leave(key)
+		}
+		// With more of them waiting behind it, at a lower kernel
+		// priority too (see conn.background).
+		c.qmu.Lock()
+		flood := len(c.manageQ.ops) > 0
+		c.qmu.Unlock()
+		if flood && c.srv.gate.Shared() {
+			defer threadprio.Background()()
 		}
 		c.manage(o)
 		c.release(n)

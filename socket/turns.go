@@ -5,6 +5,7 @@ import (
 	"runtime"
 
 	"github.com/hmac-agent/hmac-agent/internal/frame"
+	"github.com/hmac-agent/hmac-agent/internal/threadprio"
 	"github.com/hmac-agent/hmac-agent/providers"
 )
 
@@ -90,4 +91,28 @@ func (c *conn) oneShotContext(data []byte) context.Context {
 func (c *conn) pauseTurn() {
 	c.leave(nil)
 	c.enter(nil)
+}
+
+// background runs the reader at a lower kernel priority (threadprio)
+// while its client keeps it supplied (more input buffered behind the
+// request it just read, or requests of the connection still running
+// elsewhere) or sends a frame of more than providers.TurnInput bytes (of
+// frame, its size), and another uid is connected: the agent serves
+// every caller on threads of one process, and a thread busy with one
+// caller's flood is one the kernel makes another caller's request wait
+// for. A client that waits for each reply has neither, and keeps the
+// normal priority. foreground ends it, before the reader waits
+// for its socket.
+func (c *conn) background(frame int) {
+	if c.srv.gate.Shared() && c.restore == nil && (c.fr.Buffered() > 0 || len(c.inflight) > 0 || frame > providers.TurnInput) {
+		c.restore = threadprio.Background()
+	}
+}
+
+// foreground ends what background began.
+func (c *conn) foreground() {
+	if c.restore != nil {
+		c.restore()
+		c.restore = nil
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/hmac-agent/hmac-agent/config"
 	"github.com/hmac-agent/hmac-agent/internal/harden"
 	"github.com/hmac-agent/hmac-agent/internal/metrics"
+	"github.com/hmac-agent/hmac-agent/internal/threadprio"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/socket"
 )
@@ -109,6 +110,13 @@ func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 	log := newLogger(cfg.Log)
 	if err := harden.NoDump(); err != nil {
 		log.Warn("cannot make the process non-dumpable", "err", err)
+	}
+	// Tried now, at start: a system call filter that kills the process
+	// for setpriority shows at once, not under the first flood.
+	if !cfg.FloodPriority() {
+		threadprio.Disable()
+	} else if !threadprio.Available() {
+		log.Info("floods run at the normal kernel priority: this process may not set a thread's nice value back (CAP_SYS_NICE, or LimitNICE=+0 in the unit)")
 	}
 	audit, closeAudit, err := openAudit(cfg.Audit)
 	if err != nil {

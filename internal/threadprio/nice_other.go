@@ -1,0 +1,8 @@
+//go:build !linux
+
+package threadprio
+
+import "errors"
+
+// setNice fails: other systems keep one nice value for the process.
+func setNice(int) error { return errors.ErrUnsupported }

@@ -1,0 +1,116 @@
+//go:build linux
+
+package socket_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
+	"github.com/hmac-agent/hmac-agent/internal/threadprio"
+	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/socket"
+	"github.com/hmac-agent/hmac-agent/socket/wire"
+)
+
+// watchNice scans this process's threads until stop, and reports
+// whether any ran at threadprio.Nice meanwhile.
+func watchNice(stop <-chan struct{}) <-chan bool {
+	seen := make(chan bool, 1)
+	go func() {
+		var any bool
+		for {
+			select {
+			case <-stop:
+				seen <- any
+				return
+			default:
+			}
+			any = any || niceThreads() > 0
+		}
+	}()
+	return seen
+}
+
+// niceThreads counts this process's threads at threadprio.Nice.
+func niceThreads() int {
+	tasks, _ := filepath.Glob("/proc/self/task/*/stat")
+	n := 0
+	for _, p := range tasks {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+		if v, err := strconv.Atoi(f[16]); err == nil && v == threadprio.Nice {
+			n++
+		}
+	}
+	return n
+}
+
+// TestFloodingReaderRunsInTheBackground: while another uid is connected,
+// a client that pipelines has its requests read and run at a lower
+// kernel priority, one that waits for each reply at the normal one, and
+// no thread stays lowered once the flood is served.
+func TestFloodingReaderRunsInTheBackground(t *testing.T) {
+	if !threadprio.Available() {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI is set, and this process may not set a thread's nice value back (it runs as root there)")
+		}
+		t.Skip("this process may not set a thread's nice value back")
+	}
+	a := start(t, agenttest.Options{})
+	flood := dialRaw(t, a.Path, true)
+	one := dialRaw(t, a.Path, true)
+	socket.Share(a.Server)
+
+	stop := make(chan struct{})
+	seen := watchNice(stop)
+	for i := range 300 {
+		one.mac(uint32(i+1), "one at a time")
+	}
+	close(stop)
+	if <-seen {
+		t.Error("a thread ran at the lower priority while only a client waiting for each reply was served")
+	}
+
+	req, _ := (&wire.Message{Type: wire.TypeMAC, Algorithm: uint8(providers.SHA256), Key: []byte("k"), Data: make([]byte, 64)}).Append(nil)
+	const n = 20000
+	buf := make([]byte, 0, n*len(req))
+	for i := range n {
+		binary.BigEndian.PutUint32(req[5:9], uint32(i+1))
+		buf = append(buf, req...)
+	}
+	stop = make(chan struct{})
+	seen = watchNice(stop)
+	var read atomic.Int32
+	go func() {
+		for range n {
+			if m := flood.recv(); m.Type != wire.TypeTag {
+				t.Errorf("flood reply %s", m.Type)
+				return
+			}
+			read.Add(1)
+		}
+	}()
+	flood.sendRaw(buf)
+	for end := time.Now().Add(30 * time.Second); read.Load() < n && time.Now().Before(end); {
+		time.Sleep(time.Millisecond)
+	}
+	close(stop)
+	if !<-seen {
+		t.Error("no thread ran at the lower priority while a pipelining client was served")
+	}
+	one.mac(1000, "after") // the flood's reader is idle again
+	if k := niceThreads(); k != 0 {
+		t.Errorf("%d threads still at the lower priority after the flood", k)
+	}
+}
