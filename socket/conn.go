@@ -181,7 +181,9 @@ func (c *conn) readLoop() error {
 	defer c.foreground()
 	for {
 		c.yield()
-		if c.fr.Buffered() == 0 {
+		if !c.fr.Whole() {
+			// Next may wait for the peer: the replies go out first, and
+			// the reader waits at the normal priority (see background).
 			c.foreground()
 			if err := c.flush(); err != nil {
 				return err
@@ -567,7 +569,7 @@ func (c *conn) acquire(m *wire.Message) (held int, over error, ok bool) {
 				"too many requests in flight on this connection (at most %d)", cap(c.inflight)))
 			return 0, nil, false
 		}
-		c.flush()
+		c.waitFlush()
 		c.inflight <- struct{}{}
 	}
 	c.wg.Add(1)
@@ -580,12 +582,12 @@ func (c *conn) acquire(m *wire.Message) (held int, over error, ok bool) {
 		if !endsContext(m.Type) {
 			return 0, err, true
 		}
-		c.flush() // the replies of those it waits for
+		c.waitFlush() // the replies of those it waits for
 		if !c.queued.awaitDone(func() bool { return len(c.inflight) > 1 }) {
 			return 0, nil, true
 		}
 	}
-	c.queued.add(held-RequestMemory, c.flush)
+	c.queued.add(held-RequestMemory, c.waitFlush)
 	return held, nil, true
 }
 
