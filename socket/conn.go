@@ -196,7 +196,9 @@ func (c *conn) readLoop() error {
 		}
 		body, err := c.fr.Next()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if c.idle() || c.fr.MidFrame() {
+			// A frame begun, in the buffer or past it, and not
+			// finished within the timeout ends the connection too.
+			if c.idle() || c.fr.MidFrame() || c.fr.Buffered() > 0 {
 				return errIdle
 			}
 			c.armIdle() // busy after all: wait again
