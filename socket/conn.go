@@ -14,7 +14,6 @@ import (
 
 	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/internal/frame"
-	"github.com/hmac-agent/hmac-agent/internal/threadprio"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
@@ -641,14 +640,6 @@ func (c *conn) goManage(m *wire.Message) {
 		// wait on a device.
 		if key := c.sess.Budget(); c.srv.gate.Enter(key) {
 			c.srv.gate.Leave(key)
-		}
-		// With more of them waiting behind it, at a lower kernel
-		// priority too (see conn.background).
-		c.qmu.Lock()
-		flood := len(c.manageQ.ops) > 0
-		c.qmu.Unlock()
-		if flood && c.srv.gate.Shared() {
-			defer threadprio.Background()()
 		}
 		c.manage(o)
 		c.release(n)
