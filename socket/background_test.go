@@ -114,3 +114,42 @@ func TestFloodingReaderRunsInTheBackground(t *testing.T) {
 		t.Errorf("%d threads still at the lower priority after the flood", k)
 	}
 }
+
+// TestWaitingReaderKeepsNoThread: a reader at the lower priority that
+// goes on to wait for the rest of a frame its client sent half of does
+// not wait on a thread of its own at that priority: a crowd of such
+// connections would otherwise hold a thread each.
+func TestWaitingReaderKeepsNoThread(t *testing.T) {
+	if !threadprio.Available() {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI is set, and this process may not set a thread's nice value back (it runs as root there)")
+		}
+		t.Skip("this process may not set a thread's nice value back")
+	}
+	a := start(t, agenttest.Options{})
+	r := dialRaw(t, a.Path, true)
+	dialRaw(t, a.Path, true)
+	socket.Share(a.Server)
+	var b []byte
+	for i := range 50 {
+		b, _ = (&wire.Message{Type: wire.TypeMAC, ID: uint32(i + 1), Algorithm: uint8(providers.SHA256), Key: []byte("k"), Data: []byte("x")}).Append(b)
+	}
+	half, _ := (&wire.Message{Type: wire.TypeMAC, ID: 99, Algorithm: uint8(providers.SHA256), Key: []byte("k"), Data: make([]byte, 100)}).Append(nil)
+	r.sendRaw(append(b, half[:len(half)/2]...))
+	for range 50 {
+		if m := r.recv(); m.Type != wire.TypeTag {
+			t.Fatalf("reply %s", m.Type)
+		}
+	}
+	// The reader now waits for the rest of frame 99.
+	for end := time.Now().Add(2 * time.Second); niceThreads() != 0 && time.Now().Before(end); {
+		time.Sleep(time.Millisecond)
+	}
+	if k := niceThreads(); k != 0 {
+		t.Errorf("%d threads at the lower priority while the reader waits for its peer", k)
+	}
+	r.sendRaw(half[len(half)/2:])
+	if m := r.recv(); m.Type != wire.TypeTag || m.ID != 99 {
+		t.Fatalf("the frame sent in two halves: %s id=%d", m.Type, m.ID)
+	}
+}

@@ -14,7 +14,6 @@ import (
 
 	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/internal/frame"
-	"github.com/hmac-agent/hmac-agent/internal/threadprio"
 	"github.com/hmac-agent/hmac-agent/providers"
 	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
@@ -181,7 +180,9 @@ func (c *conn) readLoop() error {
 	defer c.foreground()
 	for {
 		c.yield()
-		if c.fr.Buffered() == 0 {
+		if !c.fr.Whole() {
+			// Next may wait for the peer: the replies go out first, and
+			// the reader waits at the normal priority (see background).
 			c.foreground()
 			if err := c.flush(); err != nil {
 				return err
@@ -194,7 +195,9 @@ func (c *conn) readLoop() error {
 		}
 		body, err := c.fr.Next()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if c.idle() || c.fr.MidFrame() {
+			// A frame begun, in the buffer or past it, and not
+			// finished within the timeout ends the connection too.
+			if c.idle() || c.fr.MidFrame() || c.fr.Buffered() > 0 {
 				return errIdle
 			}
 			c.armIdle() // busy after all: wait again
@@ -567,7 +570,7 @@ func (c *conn) acquire(m *wire.Message) (held int, over error, ok bool) {
 				"too many requests in flight on this connection (at most %d)", cap(c.inflight)))
 			return 0, nil, false
 		}
-		c.flush()
+		c.waitFlush()
 		c.inflight <- struct{}{}
 	}
 	c.wg.Add(1)
@@ -580,12 +583,12 @@ func (c *conn) acquire(m *wire.Message) (held int, over error, ok bool) {
 		if !endsContext(m.Type) {
 			return 0, err, true
 		}
-		c.flush() // the replies of those it waits for
+		c.waitFlush() // the replies of those it waits for
 		if !c.queued.awaitDone(func() bool { return len(c.inflight) > 1 }) {
 			return 0, nil, true
 		}
 	}
-	c.queued.add(held-RequestMemory, c.flush)
+	c.queued.add(held-RequestMemory, c.waitFlush)
 	return held, nil, true
 }
 
@@ -637,14 +640,6 @@ func (c *conn) goManage(m *wire.Message) {
 		// wait on a device.
 		if key := c.sess.Budget(); c.srv.gate.Enter(key) {
 			c.srv.gate.Leave(key)
-		}
-		// With more of them waiting behind it, at a lower kernel
-		// priority too (see conn.background).
-		c.qmu.Lock()
-		flood := len(c.manageQ.ops) > 0
-		c.qmu.Unlock()
-		if flood && c.srv.gate.Shared() {
-			defer threadprio.Background()()
 		}
 		c.manage(o)
 		c.release(n)

@@ -82,6 +82,27 @@ func TestIdleConnectionClosed(t *testing.T) {
 	withContext.expectClosed()
 }
 
+// TestHalfSmallFrameClosed: half of a small frame, the rest never sent,
+// ends the connection at the idle timeout, even with a context open,
+// as half of a large one does; the replies to the requests before it are
+// sent while the agent waits for the rest.
+func TestHalfSmallFrameClosed(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	a := startFake(t, &fakeAgent{}, socket.Limits{IdleTimeout: idle})
+	r := dialRaw(t, a.Path, true)
+	b, _ := (&wire.Message{Type: wire.TypeOpen, ID: 1, Context: 1, Algorithm: uint8(providers.SHA256), Key: []byte("k")}).Append(nil)
+	half, _ := (&wire.Message{Type: wire.TypeMAC, ID: 2, Algorithm: uint8(providers.SHA256), Key: []byte("k"), Data: []byte("never all")}).Append(nil)
+	r.sendRaw(append(b, half[:len(half)/2]...))
+	if m := r.recv(); m.Type != wire.TypeOK || m.ID != 1 {
+		t.Fatalf("OPEN before the half frame: %s %q", m.Type, m.Data)
+	}
+	start := time.Now()
+	r.expectClosed()
+	if waited := time.Since(start); waited < idle/2 {
+		t.Errorf("closed after %s, before the idle timeout of %s", waited, idle)
+	}
+}
+
 // TestIdleCloseClients: every client in the repository, idle past the
 // agent's idle timeout, finds its connection closed and its next request
 // served on a new one.

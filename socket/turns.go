@@ -101,12 +101,22 @@ func (c *conn) pauseTurn() {
 // every caller on threads of one process, and a thread busy with one
 // caller's flood is one the kernel makes another caller's request wait
 // for. A client that waits for each reply has neither, and keeps the
-// normal priority. foreground ends it, before the reader waits
-// for its socket.
+// normal priority. foreground ends it before the reader may wait: for
+// its socket (the next frame not whole in its buffer) or for its
+// requests to finish (waitFlush), so that no waiting reader keeps a
+// thread of its own.
 func (c *conn) background(frame int) {
 	if c.srv.gate.Shared() && c.restore == nil && (c.fr.Buffered() > 0 || len(c.inflight) > 0 || frame > providers.TurnInput) {
 		c.restore = threadprio.Background()
 	}
+}
+
+// waitFlush is flush for a reader about to wait for its requests to
+// finish: at the normal priority, since a reader waiting would otherwise
+// keep a thread of its own (threadprio locks it to one) for as long.
+func (c *conn) waitFlush() error {
+	c.foreground()
+	return c.flush()
 }
 
 // foreground ends what background began.

@@ -62,9 +62,23 @@ func (f *FrameReader) setScratch(b []byte) {
 }
 
 // Buffered is how many bytes are read but not yet returned, beyond the
-// current frame. A server flushes its replies when this is zero, because
-// then the next read may block.
+// current frame.
 func (f *FrameReader) Buffered() int { return f.r.Buffered() - f.peeked }
+
+// Whole reports whether the next frame is in the buffer whole, so that
+// Next returns it without reading from the stream. A server flushes its
+// replies when it is not, because then the next read may block: a client
+// whose next frame arrives in pieces gets the replies to those before it
+// meanwhile.
+func (f *FrameReader) Whole() bool {
+	n := f.Buffered()
+	if n < 4 {
+		return false
+	}
+	hdr, _ := f.r.Peek(f.peeked + 4)
+	size := int(binary.BigEndian.Uint32(hdr[f.peeked:]))
+	return 4+size <= n
+}
 
 // Next returns the next frame's body (type, request ID, payload). The body
 // is valid until the following call.
