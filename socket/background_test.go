@@ -3,12 +3,9 @@
 package socket_test
 
 import (
-	"bytes"
 	"encoding/binary"
 	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -41,15 +38,14 @@ func watchNice(stop <-chan struct{}) <-chan bool {
 
 // niceThreads counts this process's threads at threadprio.Nice.
 func niceThreads() int {
-	tasks, _ := filepath.Glob("/proc/self/task/*/stat")
+	tasks, _ := os.ReadDir("/proc/self/task")
 	n := 0
-	for _, p := range tasks {
-		b, err := os.ReadFile(p)
+	for _, e := range tasks {
+		tid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-		if v, err := strconv.Atoi(f[16]); err == nil && v == threadprio.Nice {
+		if v, err := threadprio.ThreadNice(tid); err == nil && v == threadprio.Nice {
 			n++
 		}
 	}

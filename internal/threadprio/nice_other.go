@@ -6,3 +6,6 @@ import "errors"
 
 // setNice fails: other systems keep one nice value for the process.
 func setNice(int) error { return errors.ErrUnsupported }
+
+// ThreadNice fails: see setNice.
+func ThreadNice(int) (int, error) { return 0, errors.ErrUnsupported }

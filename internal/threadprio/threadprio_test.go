@@ -5,22 +5,15 @@ package threadprio
 import (
 	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 )
 
-// nice reads the calling thread's nice value from /proc.
+// nice reads the calling thread's nice value.
 func nice(t *testing.T) int {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/task/" + strconv.Itoa(unix.Gettid()) + "/stat")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	n, err := strconv.Atoi(f[16]) // field 19 of stat: nice
+	n, err := ThreadNice(unix.Gettid())
 	if err != nil {
 		t.Fatal(err)
 	}
