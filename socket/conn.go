@@ -187,9 +187,11 @@ func (c *conn) readLoop() error {
 			if err := c.flush(); err != nil {
 				return err
 			}
-			c.fr.Release()
-			if !c.grown {
-				c.grown = c.fr.Grow(c.nc, readBufferSize)
+			if c.fr.Buffered() == 0 { // going idle, not only mid-frame
+				c.fr.Release()
+				if !c.grown {
+					c.grown = c.fr.Grow(c.nc, readBufferSize)
+				}
 			}
 			c.armIdle()
 		}
