@@ -36,6 +36,18 @@ func watchNice(stop <-chan struct{}) <-chan bool {
 	return seen
 }
 
+// requireThreadPriority fails the test under CI, and skips it elsewhere,
+// where this process may not set a thread's nice value back.
+func requireThreadPriority(t *testing.T) {
+	t.Helper()
+	if !threadprio.Available() {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI is set, and this process may not set a thread's nice value back (it runs as root there)")
+		}
+		t.Skip("this process may not set a thread's nice value back")
+	}
+}
+
 // niceThreads counts this process's threads at threadprio.Nice.
 func niceThreads() int {
 	tasks, _ := os.ReadDir("/proc/self/task")
@@ -57,12 +69,7 @@ func niceThreads() int {
 // kernel priority, one that waits for each reply at the normal one, and
 // no thread stays lowered once the flood is served.
 func TestFloodingReaderRunsInTheBackground(t *testing.T) {
-	if !threadprio.Available() {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set, and this process may not set a thread's nice value back (it runs as root there)")
-		}
-		t.Skip("this process may not set a thread's nice value back")
-	}
+	requireThreadPriority(t)
 	a := start(t, agenttest.Options{})
 	flood := dialRaw(t, a.Path, true)
 	one := dialRaw(t, a.Path, true)
@@ -116,12 +123,7 @@ func TestFloodingReaderRunsInTheBackground(t *testing.T) {
 // not wait on a thread of its own at that priority: a crowd of such
 // connections would otherwise hold a thread each.
 func TestWaitingReaderKeepsNoThread(t *testing.T) {
-	if !threadprio.Available() {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set, and this process may not set a thread's nice value back (it runs as root there)")
-		}
-		t.Skip("this process may not set a thread's nice value back")
-	}
+	requireThreadPriority(t)
 	a := start(t, agenttest.Options{})
 	r := dialRaw(t, a.Path, true)
 	dialRaw(t, a.Path, true)

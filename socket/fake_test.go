@@ -102,11 +102,13 @@ func (s *fakeSession) ContextImmediate(id uint32) bool {
 	_, open := s.contexts[id]
 	return open && !s.slow[id]
 }
+
 func (s *fakeSession) Contexts() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.contexts)
 }
+
 func (s *fakeSession) IsOpen(id uint32) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()

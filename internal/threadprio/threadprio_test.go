@@ -10,6 +10,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// requireAvailable fails the test under CI, and skips it elsewhere,
+// where this process may not set a thread's nice value back.
+func requireAvailable(t *testing.T) {
+	t.Helper()
+	if !Available() {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI is set, and this process may not set a thread's nice value back (it runs as root there)")
+		}
+		t.Skip("this process may not set a thread's nice value back")
+	}
+}
+
 // nice reads the calling thread's nice value.
 func nice(t *testing.T) int {
 	t.Helper()
@@ -23,12 +35,7 @@ func nice(t *testing.T) int {
 // TestBackgroundAndBack: the goroutine's thread runs at Nice inside
 // Background and at 0 again after, on the same thread throughout.
 func TestBackgroundAndBack(t *testing.T) {
-	if !Available() {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set, and this process may not set a thread's nice value back (it runs as root there)")
-		}
-		t.Skip("this process may not set a thread's nice value back")
-	}
+	requireAvailable(t)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	tid := unix.Gettid()
@@ -49,12 +56,7 @@ func TestBackgroundAndBack(t *testing.T) {
 // TestNewThreadsKeepNiceZero: threads the runtime starts while a
 // goroutine runs in the background do not inherit its value.
 func TestNewThreadsKeepNiceZero(t *testing.T) {
-	if !Available() {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set, and this process may not set a thread's nice value back (it runs as root there)")
-		}
-		t.Skip("this process may not set a thread's nice value back")
-	}
+	requireAvailable(t)
 	done := make(chan struct{})
 	inBackground := make(chan struct{})
 	go func() {
