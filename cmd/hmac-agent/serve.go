@@ -145,6 +145,12 @@ func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 	}
 	setMemoryLimit(a.Limits(), sl, len(a.Providers()), log)
 
+	// Caught before the socket exists: a client that sees the socket
+	// and signals at once must find the agent removing it, not killed
+	// by the signal's default action with the socket left behind.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	listeners, where, err := listen(cfg, log)
 	if err != nil {
 		return err
@@ -153,9 +159,6 @@ func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 	served := make(chan error, len(listeners))
 	for _, l := range listeners {
 		go func() { served <- srv.Serve(ctx, l) }()
