@@ -155,12 +155,15 @@ func testServiceIdentityMatrix(t *testing.T) {
 	type callerCase struct {
 		name, bin, cgroup string
 	}
+	// The user's service goes first: every caller here has one uid, whose
+	// denials are audited at most 20 at once (then a few a second), and
+	// the check below looks for that service's denial in the audit log.
 	callers := []callerCase{
+		{"user's own webhook.service, allowed binary", r.allowedBin, r.userWebhookCG},
 		{"webhook.service, allowed binary", r.allowedBin, r.webhookCG},
 		{"webhook.service, other copy", r.otherBin, r.webhookCG},
 		{"api.service, allowed binary", r.allowedBin, r.apiCG},
 		{"no unit, allowed binary", r.allowedBin, ""},
-		{"user's own webhook.service, allowed binary", r.allowedBin, r.userWebhookCG},
 	}
 	keys := []string{"webhook", "api-verify", "pinned", "copy-digest", "uid-0"}
 	ops := []string{"mac", "verify_mac", "finalize", "verify"}
@@ -168,10 +171,10 @@ func testServiceIdentityMatrix(t *testing.T) {
 	all, none := [4]string{ok, ok, ok, ok}, [4]string{no, no, no, no}
 	macOnly, verifyOnly := [4]string{ok, no, ok, no}, [4]string{no, ok, no, ok}
 	want := map[string]map[string][4]string{
-		callers[0].name: {"webhook": all, "api-verify": none, "pinned": macOnly, "copy-digest": none, "uid-0": all},
-		callers[1].name: {"webhook": none, "api-verify": none, "pinned": none, "copy-digest": none, "uid-0": all},
-		callers[2].name: {"webhook": none, "api-verify": verifyOnly, "pinned": all, "copy-digest": none, "uid-0": all},
-		callers[3].name: {"webhook": none, "api-verify": none, "pinned": macOnly, "copy-digest": none, "uid-0": all},
+		callers[0].name: {"webhook": none, "api-verify": none, "pinned": macOnly, "copy-digest": none, "uid-0": all},
+		callers[1].name: {"webhook": all, "api-verify": none, "pinned": macOnly, "copy-digest": none, "uid-0": all},
+		callers[2].name: {"webhook": none, "api-verify": none, "pinned": none, "copy-digest": none, "uid-0": all},
+		callers[3].name: {"webhook": none, "api-verify": verifyOnly, "pinned": all, "copy-digest": none, "uid-0": all},
 		callers[4].name: {"webhook": none, "api-verify": none, "pinned": macOnly, "copy-digest": none, "uid-0": all},
 	}
 	var todo []string
