@@ -607,6 +607,11 @@ func (a *Agent) check(peer Peer, r *resolved, ops Ops) error {
 	return a.denied(peer, r.policy, r.name, ops)
 }
 
+// MayManage reports whether peer may change keys (generate, import,
+// delete, rotate, retire). Every such request from a peer that may not is
+// refused before any provider is reached, so it never waits on a device.
+func (a *Agent) MayManage(peer Peer) bool { return a.isAdmin(peer) }
+
 func (a *Agent) checkAdmin(peer Peer) error {
 	if a.isAdmin(peer) {
 		return nil

@@ -24,6 +24,7 @@ type Agent[S Session] interface {
 type Keys interface {
 	IdentityNeed() agent.IdentityNeed
 	Limits() agent.Limits
+	MayManage(peer agent.Peer) bool
 	ListKeys(ctx context.Context, peer agent.Peer) ([]providers.KeyInfo, error)
 	GenerateKey(ctx context.Context, peer agent.Peer, provider, name string, length int) (providers.KeyInfo, error)
 	ImportKey(ctx context.Context, peer agent.Peer, provider, name string, secret []byte) (providers.KeyInfo, error)

@@ -346,9 +346,22 @@ func (c *conn) dispatch(m *wire.Message) {
 			return
 		}
 		c.startOneShot(m)
-	case wire.TypeListKeys, wire.TypeGenerateKey, wire.TypeImportKey, wire.TypeImportWrapped, wire.TypeDeleteKey, wire.TypeStatus,
-		wire.TypeRotateKey, wire.TypeRetireVersion:
+	case wire.TypeListKeys, wire.TypeStatus:
 		c.goManage(m)
+	case wire.TypeGenerateKey, wire.TypeImportKey, wire.TypeImportWrapped, wire.TypeDeleteKey,
+		wire.TypeRotateKey, wire.TypeRetireVersion:
+		if c.srv.agent.MayManage(c.peer) {
+			c.goManage(m)
+			return
+		}
+		// Refused for who the caller is, before any provider: answered
+		// here, in the caller's turn, like a software one-shot. Handed to
+		// the management queue, a flood of them cost a goroutine wake and
+		// a write per request, and another caller's request waited for
+		// the threads busy with them.
+		c.enter(nil)
+		c.manage(m)
+		c.leave(nil)
 	case wire.TypeHello:
 		c.replyError(m.ID, providers.Publicf(wire.ErrBadRequest, "HELLO after the handshake"))
 	default: // a reply type sent as a request

@@ -80,6 +80,7 @@ func (a *fakeAgent) NewSession(agent.Peer) *fakeSession {
 }
 func (a *fakeAgent) IdentityNeed() agent.IdentityNeed { return agent.NeedNone }
 func (a *fakeAgent) Limits() agent.Limits             { return agent.DefaultLimits }
+func (a *fakeAgent) MayManage(agent.Peer) bool        { return true }
 func (a *fakeAgent) GenerateKey(_ context.Context, _ agent.Peer, _, name string, _ int) (providers.KeyInfo, error) {
 	if name == "" {
 		return providers.KeyInfo{}, providers.Publicf(providers.ErrInvalidArgument, "no key name")

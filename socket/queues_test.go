@@ -79,3 +79,33 @@ func TestManagementReplyNotHeldBehindLaterRequests(t *testing.T) {
 	r.send(wire.Message{Type: wire.TypeListKeys, ID: 2})
 	r.expectError(1, providers.ErrNotSupported) // recv gives up after 5 s
 }
+
+// refusingListing is slowListing for a peer that may not manage keys.
+type refusingListing struct{ slowListing }
+
+func (refusingListing) MayManage(agent.Peer) bool { return false }
+
+func (refusingListing) GenerateKey(context.Context, agent.Peer, string, string, int) (providers.KeyInfo, error) {
+	return providers.KeyInfo{}, providers.ErrPermissionDenied
+}
+
+// A key-management request from a peer that may not manage keys is
+// answered by the reader, not queued: here while the connection's
+// LIST_KEYS, sent before it, still waits. A flood of refused requests
+// so costs what a flood of software one-shots does.
+func TestRefusedManagementAnsweredAtOnce(t *testing.T) {
+	f := refusingListing{slowListing{&fakeAgent{}, make(chan struct{})}}
+	defer close(f.release)
+	path := filepath.Join(agenttest.SocketDir(t), "fake.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := socket.NewServer[*fakeSession](f, socket.Limits{}, nil)
+	go srv.Serve(context.Background(), l)
+	t.Cleanup(func() { srv.Close() })
+	r := dialRaw(t, path, true)
+	r.send(wire.Message{Type: wire.TypeListKeys, ID: 1})
+	r.send(wire.Message{Type: wire.TypeGenerateKey, ID: 2, Provider: []byte("p"), Key: []byte("n"), Length: 32})
+	r.expectError(2, providers.ErrPermissionDenied) // recv gives up after 5 s
+}
