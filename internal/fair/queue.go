@@ -25,14 +25,6 @@ type list[T comparable] struct {
 // Len is how many items wait.
 func (q *Queue[T]) Len() int { return q.n }
 
-// LenOf is how many items of key's wait.
-func (q *Queue[T]) LenOf(key any) int {
-	if l := q.byKey[key]; l != nil {
-		return len(l.items)
-	}
-	return 0
-}
-
 // Push adds item at the end of key's line. A key new to the queue takes
 // its turn after every key waiting already.
 func (q *Queue[T]) Push(key any, item T) {
