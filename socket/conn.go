@@ -355,13 +355,15 @@ func (c *conn) dispatch(m *wire.Message) {
 			return
 		}
 		// Refused for who the caller is, before any provider: answered
-		// here, in the caller's turn, like a software one-shot. Handed to
+		// here, in the caller's turn (the reply after it), like a
+		// software one-shot. Handed to
 		// the management queue, a flood of them cost a goroutine wake and
 		// a write per request, and another caller's request waited for
 		// the threads busy with them.
 		c.enter(nil)
-		c.manage(m)
+		r := c.manageReply(m)
 		c.leave(nil)
+		c.reply(r)
 	case wire.TypeHello:
 		c.replyError(m.ID, providers.Publicf(wire.ErrBadRequest, "HELLO after the handshake"))
 	default: // a reply type sent as a request
@@ -457,27 +459,50 @@ func (c *conn) startOneShot(m *wire.Message) {
 		c.release(0)
 		return
 	}
+	// Handing the call over is work on the agent's CPUs like a software
+	// one-shot's, done in the caller's turn (see enter): a flood's
+	// readers each handing calls over on a processor of their own kept
+	// every processor from another caller's request. acquire, which may
+	// wait, comes first, and a reply made before the reader has left its
+	// turn waits for it to (replyAfterTurn): a write may wait for the
+	// peer, and a turn held while waiting would stop others.
+	c.enter(nil)
 	o, body := c.own(m)
-	finish := func() {
+	after := new(replyAfterTurn)
+	finish := func(flush bool) {
 		body.Release()
-		c.flush()
+		if flush {
+			c.flush()
+		}
 		c.release(n)
 	}
 	alg := providers.Algorithm(o.Algorithm)
 	if o.Type == wire.TypeMAC {
 		c.sess.StartMAC(c.ctx, o.Key, alg, o.Data, body, make([]byte, 0, 64), func(tag []byte, version int, err error) {
+			if after.hold(func() { c.replyTag(o.ID, tag, version, err); finish(false) }) {
+				return
+			}
 			c.replyTag(o.ID, tag, version, err)
-			finish()
+			finish(true)
 		})
-		return
+	} else {
+		c.sess.StartVerifyMAC(c.ctx, o.Key, alg, o.Data, body, o.Tag, func(version int, err error) {
+			if after.hold(func() { c.replyVerified(o.ID, version, err); finish(false) }) {
+				return
+			}
+			c.replyVerified(o.ID, version, err)
+			finish(true)
+		})
 	}
-	c.sess.StartVerifyMAC(c.ctx, o.Key, alg, o.Data, body, o.Tag, func(version int, err error) {
-		c.replyVerified(o.ID, version, err)
-		finish()
-	})
+	c.leave(nil)
+	after.turnLeft()
 }
 
-func (c *conn) manage(m *wire.Message) {
+// manage runs a key-management request and queues its reply.
+func (c *conn) manage(m *wire.Message) { c.reply(c.manageReply(m)) }
+
+// manageReply runs a key-management request and returns its reply.
+func (c *conn) manageReply(m *wire.Message) *wire.Message {
 	a, peer := c.srv.agent, c.peer
 	var (
 		v   any
@@ -514,11 +539,13 @@ func (c *conn) manage(m *wire.Message) {
 	if err == nil && v != nil {
 		data, err = json.Marshal(v)
 	}
-	if err != nil || v == nil {
-		c.replyResult(m.ID, err)
-		return
+	switch {
+	case err != nil:
+		return c.errorMessage(m.ID, err)
+	case v == nil:
+		return &wire.Message{Type: wire.TypeOK, ID: m.ID}
 	}
-	c.reply(&wire.Message{Type: wire.TypeData, ID: m.ID, Data: data})
+	return &wire.Message{Type: wire.TypeData, ID: m.ID, Data: data}
 }
 
 // own makes m's byte fields outlive the frame, for a request that runs

@@ -143,6 +143,15 @@ func hostileAttackChild() {
 		if nc := dial(true); nc != nil {
 			openContexts(nc, "hk", 2000, 64<<10)
 		}
+	case "deaf": // requests answered at once, replies never read
+		for range 4 {
+			nc := dial(true)
+			if nc == nil {
+				continue
+			}
+			go deaf(nc, stopped)
+		}
+		time.Sleep(time.Second) // until the agent's writes to it wait
 	case "flood": // finding 6: one-shots on the device without end
 		for range 8 {
 			nc := dial(true)
@@ -196,6 +205,33 @@ func flood(nc net.Conn, stop <-chan struct{}) {
 			return
 		}
 		if _, err := nc.Write(req); err != nil {
+			return
+		}
+	}
+}
+
+// deaf sends requests the agent refuses at once without a device (key
+// management, or with HOSTILE_DEAF_MAC one-shots on the PKCS#11 key,
+// which the policy refuses to a uid it does not name) and never reads a
+// reply, until the agent stops reading it.
+func deaf(nc net.Conn, stop <-chan struct{}) {
+	req, _ := (&wire.Message{Type: wire.TypeGenerateKey, ID: 1, Key: []byte("deaf"), Length: 32}).Append(nil)
+	if os.Getenv("HOSTILE_DEAF_MAC") != "" {
+		req, _ = (&wire.Message{Type: wire.TypeMAC, ID: 2, Algorithm: uint8(providers.SHA256), Key: []byte("hk"), Data: make([]byte, 64)}).Append(nil)
+	}
+	var batch []byte
+	for range 512 {
+		batch = append(batch, req...)
+	}
+	// No deadline: a write cut short would leave half a frame. Once the
+	// agent stops reading, the write waits until the process ends.
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		if _, err := nc.Write(batch); err != nil {
 			return
 		}
 	}
@@ -399,4 +435,41 @@ func TestHostileNeighbour(t *testing.T) {
 			atk.stop()
 		})
 	}
+}
+
+// TestDeafCallersHoldNoTurn: two uids whose connections send requests the
+// agent answers at once and never read the replies leave the agent
+// blocked writing to them. The agent runs with two processors, so its
+// CPU turns (fair.Gate) are two, one per uid while shared: a reader that
+// held its turn while a write waited for its peer would hold both, and
+// no other caller would be served again. (Where a reader's write first
+// waits, in its turn or at the flush before it reads on, depends on where
+// its buffer fills: the test guards the whole, not one line of it.)
+func TestDeafCallersHoldNoTurn(t *testing.T) {
+	t.Run("key management", func(t *testing.T) { testDeafCallers(t, "") })
+	t.Run("one-shots", func(t *testing.T) { testDeafCallers(t, "1") })
+}
+
+func testDeafCallers(t *testing.T, mac string) {
+	agenttest.RequireRoot(t, "to run the attackers under other uids")
+	dir, err := os.MkdirTemp("", "hmac-agent-deaf-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	bin := filepath.Join(dir, "bin", "hmac-attacker")
+	copyBinary(t, bin, nil)
+	tok := softhsm.Require(t, fmt.Sprintf("hostile%d", tokenSeq.Add(1)))
+	sockDir := agenttest.SocketDir(t)
+	os.Chmod(sockDir, 0o711)
+	self, _ := os.Executable()
+	startChild(t, nil, self, "hostile-agent", "ready", "GOMAXPROCS=2", "HOSTILE_DIR="+sockDir, "HOSTILE_TOKEN="+tok.Label, "HOSTILE_PIN="+tok.PIN)
+	path := filepath.Join(sockDir, "run", "agent.sock")
+	// Two uids the policy does not name: the one-shots are refused too.
+	for _, uid := range []uint32{attackerUID - 1, attackerUID - 2} {
+		startChild(t, &syscall.Credential{Uid: uid, Gid: uid}, bin, "hostile-attack", "attacking",
+			"HOSTILE_SOCK="+path, "HOSTILE_ATTACK=deaf", "HOSTILE_DEAF_MAC="+mac)
+	}
+	victim(t, path, 20) // fails the test if not served within 30 s
 }

@@ -66,12 +66,15 @@ func (c *conn) replyVerified(id uint32, version int, err error) {
 // replyError sends the code and the public message of err. Errors with no
 // code of their own are logged here, since the client learns only that
 // the agent failed.
-func (c *conn) replyError(id uint32, err error) {
+func (c *conn) replyError(id uint32, err error) { c.reply(c.errorMessage(id, err)) }
+
+// errorMessage is the ERROR replyError sends.
+func (c *conn) errorMessage(id uint32, err error) *wire.Message {
 	code := wire.CodeOf(err)
 	if code == wire.CodeInternal && !errors.Is(err, wire.ErrInternal) {
 		c.srv.log.Error("request failed", "id", id, "err", err)
 	}
-	c.reply(&wire.Message{Type: wire.TypeError, ID: id, Code: code, Data: []byte(wire.PublicMessage(err))})
+	return &wire.Message{Type: wire.TypeError, ID: id, Code: code, Data: []byte(wire.PublicMessage(err))}
 }
 
 func (c *conn) flush() error {

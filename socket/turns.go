@@ -3,6 +3,7 @@ package socket
 import (
 	"context"
 	"runtime"
+	"sync/atomic"
 
 	"github.com/hmac-agent/hmac-agent/internal/frame"
 	"github.com/hmac-agent/hmac-agent/internal/threadprio"
@@ -41,6 +42,39 @@ func (c *conn) yield() {
 	if c.turns++; c.turns >= turnRequests {
 		c.turns = 0
 		runtime.Gosched()
+	}
+}
+
+// replyAfterTurn holds back a one-shot's reply made while the reader that
+// handed the call over still holds its turn (an error found at once, or
+// a call that finished as fast), until the reader has left the turn. The
+// held reply runs on the reader, which flushes before it waits.
+type replyAfterTurn struct {
+	state atomic.Int32 // turnHeld, replyHeld or turnGone
+	reply func()
+}
+
+const (
+	turnHeld int32 = iota
+	replyHeld
+	turnGone
+)
+
+// hold keeps reply for turnLeft to run, if the reader has not left its
+// turn yet, and reports whether it did.
+func (r *replyAfterTurn) hold(reply func()) bool {
+	if r.state.Load() == turnGone {
+		return false
+	}
+	r.reply = reply
+	return r.state.CompareAndSwap(turnHeld, replyHeld)
+}
+
+// turnLeft is called by the reader once it has left its turn: it runs
+// the reply held meanwhile, if any.
+func (r *replyAfterTurn) turnLeft() {
+	if !r.state.CompareAndSwap(turnHeld, turnGone) {
+		r.reply()
 	}
 }
 
