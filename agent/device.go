@@ -132,9 +132,10 @@ func (d *device) launch(ctx context.Context, f func(context.Context) error, fini
 	// it.
 	ctx, cancel := context.WithTimeout(providers.WithPause(context.WithoutCancel(ctx), nil), d.timeout)
 	var state atomic.Int32
-	// release gives the call's turn to the next one waiting: when the call
-	// returns, or when it is abandoned at its deadline, so that a stalled
-	// call holds up the calls queued behind it no longer than that.
+	// release gives the call's turn to the next one waiting when it is
+	// abandoned at its deadline, so that a stalled call holds up the
+	// calls queued behind it no longer than that. (A call that returns
+	// passes its turn on as its run ends.)
 	var release atomic.Pointer[func()]
 	if fair {
 		state.Store(callQueued)
@@ -158,7 +159,8 @@ func (d *device) launch(ctx context.Context, f func(context.Context) error, fini
 		if rel != nil {
 			release.Store(&rel)
 			if !state.CompareAndSwap(callQueued, callRunning) {
-				rel() // abandoned while it waited
+				// Abandoned while it waited: its turn passes on as run
+				// returns.
 				cancel()
 				if late != nil {
 					late()
@@ -166,10 +168,9 @@ func (d *device) launch(ctx context.Context, f func(context.Context) error, fini
 				return
 			}
 		}
+		// The turn passes on when run returns (scheduler.work), after
+		// the reply: on the same goroutine, to the next call waiting.
 		err := f(ctx)
-		if rel != nil {
-			rel()
-		}
 		if state.CompareAndSwap(callRunning, callFinished) {
 			stop()
 			cancel()

@@ -40,9 +40,10 @@ type scheduler struct {
 }
 
 // job is a call waiting for its turn. run gets a release func that gives
-// the turn to the next job; it is safe to call more than once, and must
-// be called at least once: when the call returns, or when it is abandoned
-// at its deadline, whichever comes first.
+// the turn to the next job at once, for a call abandoned at its deadline
+// whose goroutine the call still holds; it is safe to call more than
+// once. A call that returns need not call it: the turn passes when run
+// returns, to the next job on the same goroutine.
 type job struct {
 	run func(release func())
 }
@@ -69,7 +70,7 @@ func (s *scheduler) submit(key any, run func(release func())) {
 	if s.running < s.limit && s.byKey[key] < s.perKey() && s.waiting.Len() == 0 {
 		s.startLocked(key)
 		s.mu.Unlock()
-		go run(s.releaser(key))
+		go s.work(key, &job{run: run}, false)
 		return
 	}
 	s.waiting.Push(key, &job{run: run})
@@ -82,52 +83,89 @@ func (s *scheduler) startLocked(key any) {
 	s.byKey[key]++
 }
 
-// releaser returns the release func of one of key's turns.
-func (s *scheduler) releaser(key any) func() {
-	var once sync.Once
-	return func() { once.Do(func() { s.next(key) }) }
+func (s *scheduler) endLocked(key any) {
+	s.running--
+	if s.byKey[key]--; s.byKey[key] == 0 {
+		delete(s.byKey, key)
+	}
+}
+
+// work runs j in one of key's turns and, while the turn passes to a job
+// waiting, that job too: a busy device's calls run on one goroutine each
+// slot, not one goroutine each call (whose stack grew anew through every
+// PKCS#11 call, and whose start woke another thread). Each job after the
+// first goes behind the goroutines already ready (yield): otherwise the
+// chain of calls keeps this P, and every goroutine the network made
+// ready meanwhile, another caller's reader among them, waits until the
+// runtime preempts it 10 ms later. A call abandoned at its deadline
+// passes its turn on at once (release), to a goroutine of its own, and
+// this one ends when the call returns at last.
+func (s *scheduler) work(key any, j *job, yield bool) {
+	for j != nil {
+		if yield {
+			runtime.Gosched()
+		}
+		var once sync.Once
+		j.run(func() { once.Do(func() { s.next(key) }) })
+		var nextKey any
+		var next *job
+		once.Do(func() { nextKey, next = s.handOver(key) })
+		key, j, yield = nextKey, next, true
+	}
 }
 
 // next ends a turn of key's: the next callers' jobs get what is free.
 func (s *scheduler) next(key any) {
 	s.mu.Lock()
-	s.running--
-	if s.byKey[key]--; s.byKey[key] == 0 {
-		delete(s.byKey, key)
-	}
+	s.endLocked(key)
 	s.dispatchLocked(true)
 	s.mu.Unlock()
 }
 
-// dispatchLocked starts the waiting jobs, callers in turn, while there
-// is a free slot and a caller under its limit waits for it. A job
-// started from a finishing call (afterCall) goes behind the goroutines
-// already ready: a new goroutine runs next on this P with the rest of the
-// ending one's time slice, and turn after turn a busy device's calls
-// would so keep every goroutine the network made ready waiting, another
-// caller's reader among them, until the runtime preempts the chain 10 ms
-// later.
-func (s *scheduler) dispatchLocked(afterCall bool) {
+// handOver ends a turn of key's and returns the job that takes it, with
+// its caller, for the goroutine that ran the turn to run next; other
+// free slots go to jobs as in next.
+func (s *scheduler) handOver(key any) (any, *job) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.endLocked(key)
+	k, j, ok := s.popLocked()
+	if !ok {
+		return nil, nil
+	}
+	s.dispatchLocked(true)
+	return k, j
+}
+
+// popLocked takes the next waiting job, callers in turn, if a slot is
+// free and a caller under its limit waits for it, and starts its turn.
+func (s *scheduler) popLocked() (any, *job, bool) {
+	if s.running >= s.limit {
+		return nil, nil, false
+	}
 	per := s.perKey()
-	eligible := func(key any) bool { return s.byKey[key] < per }
-	for s.running < s.limit {
-		key, j, ok := s.waiting.PopIf(eligible)
+	key, j, ok := s.waiting.PopIf(func(key any) bool { return s.byKey[key] < per })
+	if ok {
+		s.startLocked(key)
+	}
+	return key, j, ok
+}
+
+// dispatchLocked starts the waiting jobs that may start, each on a
+// goroutine of its own. One started from a finishing call (afterCall)
+// goes behind the goroutines already ready, as in work.
+//
+// A call keeps the normal kernel priority, even for a caller that floods
+// the device: a call into a PKCS#11 library holds its P, and a thread at
+// nice 19 preempted mid-call kept it from every other caller's request.
+// Run in the background, the one-shot flood left a victim's p99 at
+// 15-25x its quiet one; at the normal priority, 5-7x.
+func (s *scheduler) dispatchLocked(afterCall bool) {
+	for {
+		key, j, ok := s.popLocked()
 		if !ok {
 			return
 		}
-		s.startLocked(key)
-		rel := s.releaser(key)
-		// The call keeps the normal kernel priority, even for a caller
-		// that floods the device: a call into a PKCS#11 library holds its
-		// P, and a thread at nice 19 preempted mid-call kept it from
-		// every other caller's request. Run in the background, the
-		// one-shot flood left a victim's p99 at 15-25x its quiet one; at
-		// the normal priority, 5-7x.
-		go func() {
-			if afterCall {
-				runtime.Gosched()
-			}
-			j.run(rel)
-		}()
+		go s.work(key, j, afterCall)
 	}
 }

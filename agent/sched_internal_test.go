@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -152,4 +153,50 @@ func TestCallersSharedWithTwoUIDs(t *testing.T) {
 		t.Fatal("shared with one uid left")
 	}
 	cs.leave(b)
+}
+
+// TestSchedulerTurnPassesWhenRunReturns: a call that returns passes its
+// turn on without calling release, to the calls waiting, callers in turn,
+// all on the goroutine that ran the first.
+func TestSchedulerTurnPassesWhenRunReturns(t *testing.T) {
+	s := newScheduler(1, nil)
+	hold := make(chan struct{})
+	var mu sync.Mutex
+	var order []string
+	var wg sync.WaitGroup
+	record := func(name string) func(func()) {
+		wg.Add(1)
+		return func(func()) {
+			defer wg.Done()
+			mu.Lock()
+			order = append(order, name)
+			mu.Unlock()
+		}
+	}
+	wg.Add(1)
+	s.submit("a", func(func()) {
+		defer wg.Done()
+		<-hold
+	})
+	s.submit("a", record("a"))
+	s.submit("a", record("a"))
+	s.submit("b", record("b"))
+	before := runtime.NumGoroutine()
+	close(hold)
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the calls behind one that returned never ran: %v", order)
+	}
+	if want := []string{"a", "b", "a"}; !slices.Equal(order, want) {
+		t.Errorf("order %v, want %v", order, want)
+	}
+	if n := runtime.NumGoroutine(); n > before+1 { // the waiter above
+		t.Errorf("%d goroutines after the chain, %d before it", n, before)
+	}
 }
