@@ -728,6 +728,13 @@ func (c *conn) enqueue(m *wire.Message) {
 	// After the target's: making a queue may sweep idle ones, and the
 	// source's must be in the map when its request is added.
 	q := c.queueLocked(o.Context)
+	if created && o.Type != wire.TypeOpen && c.sess.ContextImmediate(o.Context) {
+		// The queue dispatch saw went meanwhile (its last request ran):
+		// the context is open on a key that never waits, so its requests
+		// run in the CPU turns as on the reader, and this queue goes
+		// once empty. Made plain, it ran them outside the turns.
+		q.immediate, q.live, q.done = true, true, true
+	}
 	q.ops = append(q.ops, func() {
 		if targetReady != nil {
 			<-targetReady
