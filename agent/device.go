@@ -135,7 +135,7 @@ func (d *device) launch(ctx context.Context, f func(context.Context) error, fini
 	// release gives the call's turn to the next one waiting when it is
 	// abandoned at its deadline, so that a stalled call holds up the
 	// calls queued behind it no longer than that. (A call that returns
-	// passes its turn on as its run ends.)
+	// passes its turn on as its run ends, before finish.)
 	var release atomic.Pointer[func()]
 	if fair {
 		state.Store(callQueued)
@@ -155,7 +155,7 @@ func (d *device) launch(ctx context.Context, f func(context.Context) error, fini
 			finish(d.deadlinePassed()) // it never ran, and never will
 		}
 	})
-	run := func(rel func()) {
+	run := func(rel func()) (after func()) {
 		if rel != nil {
 			release.Store(&rel)
 			if !state.CompareAndSwap(callQueued, callRunning) {
@@ -165,18 +165,17 @@ func (d *device) launch(ctx context.Context, f func(context.Context) error, fini
 				if late != nil {
 					late()
 				}
-				return
+				return nil
 			}
 		}
-		// The turn passes on when run returns (scheduler.work), after
-		// the reply: on the same goroutine, to the next call waiting.
 		err := f(ctx)
 		if state.CompareAndSwap(callRunning, callFinished) {
 			stop()
 			cancel()
 			d.observe(err)
-			finish(err)
-			return
+			// finish once the turn has passed (scheduler.work): it
+			// writes a reply, which may wait for the client.
+			return func() { finish(err) }
 		}
 		cancel()
 		d.log.Debug("a call that passed its deadline returned", "provider", d.p.Name(), "err", err)
@@ -184,12 +183,17 @@ func (d *device) launch(ctx context.Context, f func(context.Context) error, fini
 			late()
 		}
 		d.stuck.Add(-1)
+		return nil
 	}
 	if fair {
 		d.oneShots.submit(key, run)
 		return
 	}
-	go run(nil)
+	go func() {
+		if after := run(nil); after != nil {
+			after()
+		}
+	}()
 }
 
 // call is start for a caller that waits: it returns what finish would get.

@@ -43,9 +43,13 @@ type scheduler struct {
 // the turn to the next job at once, for a call abandoned at its deadline
 // whose goroutine the call still holds; it is safe to call more than
 // once. A call that returns need not call it: the turn passes when run
-// returns, to the next job on the same goroutine.
+// returns, to the next job on the same goroutine. run returns what is
+// left to do once the turn has passed (the call's reply), or nil: that
+// may wait on the caller's peer, and a turn held meanwhile would let a
+// client that never reads its replies keep the device from every other
+// caller.
 type job struct {
-	run func(release func())
+	run func(release func()) (after func())
 }
 
 func newScheduler(limit int, shared func() bool) *scheduler {
@@ -65,7 +69,7 @@ func (s *scheduler) perKey() int {
 
 // submit runs j now on a goroutine of its own if its caller may start a
 // call, else queues it behind key's earlier jobs.
-func (s *scheduler) submit(key any, run func(release func())) {
+func (s *scheduler) submit(key any, run func(release func()) (after func())) {
 	s.mu.Lock()
 	if s.running < s.limit && s.byKey[key] < s.perKey() && s.waiting.Len() == 0 {
 		s.startLocked(key)
@@ -106,10 +110,21 @@ func (s *scheduler) work(key any, j *job, yield bool) {
 			runtime.Gosched()
 		}
 		var once sync.Once
-		j.run(func() { once.Do(func() { s.next(key) }) })
+		after := j.run(func() { once.Do(func() { s.next(key) }) })
 		var nextKey any
 		var next *job
 		once.Do(func() { nextKey, next = s.handOver(key) })
+		if after != nil {
+			// The turn has passed: the reply waits for no device, and
+			// the next call for no reply. With a call to run next, the
+			// reply goes to a goroutine of its own, whose stack a reply
+			// keeps small.
+			if next != nil {
+				go after()
+			} else {
+				after()
+			}
+		}
 		key, j, yield = nextKey, next, true
 	}
 }

@@ -1,12 +1,16 @@
 package agent
 
 import (
+	"context"
+	"log/slog"
 	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hmac-agent/hmac-agent/providers"
 )
 
 // TestSchedulerTakesCallersInTurn: with the device busy, a caller with
@@ -29,15 +33,15 @@ func TestSchedulerTakesCallersInTurn(t *testing.T) {
 		}
 	}
 	wg.Add(1)
-	s.submit("flood", func(release func()) {
+	s.submitPlain("flood", func(release func()) {
 		defer wg.Done()
 		<-hold
 		release()
 	})
 	for range 10 {
-		s.submit("flood", record("flood"))
+		s.submitPlain("flood", record("flood"))
 	}
-	s.submit("victim", record("victim"))
+	s.submitPlain("victim", record("victim"))
 	close(hold)
 	wg.Wait()
 	if i := slices.Index(order, "victim"); i != 1 {
@@ -52,12 +56,12 @@ func TestSchedulerReleaseOnDeadline(t *testing.T) {
 	stuck := make(chan struct{})
 	defer close(stuck)
 	ran := make(chan struct{})
-	s.submit("a", func(release func()) {
+	s.submitPlain("a", func(release func()) {
 		time.AfterFunc(10*time.Millisecond, release) // the deadline
 		<-stuck
 		release() // again, when the call returns at last: no effect
 	})
-	s.submit("b", func(release func()) {
+	s.submitPlain("b", func(release func()) {
 		close(ran)
 		release()
 	})
@@ -90,8 +94,8 @@ func TestSchedulerKeepsASlotWhileShared(t *testing.T) {
 
 	// Alone: both slots.
 	wg.Add(2)
-	s.submit("flood", flood)
-	s.submit("flood", flood)
+	s.submitPlain("flood", flood)
+	s.submitPlain("flood", flood)
 	waitFor(t, func() bool { return running.Load() == 2 })
 	close(hold)
 	wg.Wait()
@@ -101,11 +105,11 @@ func TestSchedulerKeepsASlotWhileShared(t *testing.T) {
 	most.Store(0)
 	wg.Add(10)
 	for range 10 {
-		s.submit("flood", flood)
+		s.submitPlain("flood", flood)
 	}
 	waitFor(t, func() bool { return running.Load() == 1 })
 	ran := make(chan struct{})
-	s.submit("victim", func(release func()) {
+	s.submitPlain("victim", func(release func()) {
 		close(ran)
 		release()
 	})
@@ -174,13 +178,13 @@ func TestSchedulerTurnPassesWhenRunReturns(t *testing.T) {
 		}
 	}
 	wg.Add(1)
-	s.submit("a", func(func()) {
+	s.submitPlain("a", func(func()) {
 		defer wg.Done()
 		<-hold
 	})
-	s.submit("a", record("a"))
-	s.submit("a", record("a"))
-	s.submit("b", record("b"))
+	s.submitPlain("a", record("a"))
+	s.submitPlain("a", record("a"))
+	s.submitPlain("b", record("b"))
 	before := runtime.NumGoroutine()
 	close(hold)
 	done := make(chan struct{})
@@ -198,5 +202,42 @@ func TestSchedulerTurnPassesWhenRunReturns(t *testing.T) {
 	}
 	if n := runtime.NumGoroutine(); n > before+1 { // the waiter above
 		t.Errorf("%d goroutines after the chain, %d before it", n, before)
+	}
+}
+
+// submitPlain submits a job with nothing left to do after its turn.
+func (s *scheduler) submitPlain(key any, run func(release func())) {
+	s.submit(key, func(release func()) func() {
+		run(release)
+		return nil
+	})
+}
+
+// TestDeviceReplyHoldsNoTurn: a one-shot whose reply waits (its client
+// does not read, so the write blocks) holds no turn of the device's:
+// with one slot, as a TPM has, another caller's call runs meanwhile.
+// The turn passing only after the reply let one client that never reads
+// keep the device from every caller for good, past every deadline.
+func TestDeviceReplyHoldsNoTurn(t *testing.T) {
+	d := &device{timeout: 5 * time.Second, log: slog.New(slog.DiscardHandler), oneShots: newScheduler(1, nil)}
+	deaf := make(chan struct{})
+	defer close(deaf)
+	replying := make(chan struct{})
+	deafCaller := providers.WithBudget(context.Background(), providers.NewBudget(1<<20, nil, "test"))
+	d.startFair(deafCaller, func(context.Context) error { return nil }, func(error) {
+		close(replying)
+		<-deaf // the write to a peer that never reads
+	}, nil)
+	<-replying
+	ran := make(chan error, 1)
+	other := providers.WithBudget(context.Background(), providers.NewBudget(1<<20, nil, "test"))
+	d.startFair(other, func(context.Context) error { return nil }, func(err error) { ran <- err }, nil)
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatalf("the other caller's call: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("a call waited for another caller's reply to be written")
 	}
 }

@@ -2,10 +2,12 @@ package socket
 
 // FillTurns takes every turn at s's CPUs (its fair.Gate), sharing the
 // gate as a second caller's connection would, so that a request that
-// takes its turn waits for one. taken gives one turn up and reports
-// whether a request took it; release gives the rest up. Connections
-// opened or closed meanwhile unshare the gate again: the test makes its
-// own first.
+// takes its turn waits for one. taken gives one turn up to a request
+// waiting for it, if one waits, and reports whether it did: a turn given
+// up with none waiting could be taken, used and given back by requests
+// before it was taken again, unseen. release gives the rest up.
+// Connections opened or closed meanwhile unshare the gate again: the test
+// makes its own first.
 func FillTurns(s *Server) (taken func() bool, release func()) {
 	g := s.gate
 	g.Share(true)
@@ -18,14 +20,12 @@ func FillTurns(s *Server) (taken func() bool, release func()) {
 		held = append(held, k)
 	}
 	taken = func() bool {
-		if len(held) == 0 {
+		if len(held) == 0 || g.Waiting() == 0 {
 			return false
 		}
-		k := held[0]
-		g.Leave(k)
-		if g.TryEnter(k) {
-			return false
-		}
+		// Leave hands the turn to the request waiting, under the gate's
+		// lock.
+		g.Leave(held[0])
 		held = held[1:]
 		return true
 	}

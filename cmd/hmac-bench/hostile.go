@@ -192,7 +192,10 @@ func hostileRound(r *results, p hostilePlan, agentBin, name string) error {
 	}
 	recordVictim(r, name, rep)
 	r.add(h+"peak_rss_mib", "MiB", peak)
-	after := settle(ag.read, start, p.settle)
+	after, err := settle(ag.read, start, p.settle)
+	if err != nil {
+		return err
+	}
 	r.add(h+"rss_after_mib", "MiB", after.rssMiB)
 	r.add(h+"goroutines_after", "goroutines", after.goroutines)
 	r.add(h+"fds_after", "fds", after.fds)
@@ -298,22 +301,25 @@ func (a *attacker) stop() {
 
 // settle waits until the agent holds no more memory, goroutines and
 // descriptors than at the start plus 10%, or until max, and returns what
-// it holds then. The agent returns memory within memreturn.Interval of
+// it holds then, or an error if at max that cannot be read. The agent returns memory within memreturn.Interval of
 // the attacker's last connection closing; max leaves room for that.
 // Memory and descriptors are read from /proc every 200 ms, the
 // goroutines from the agent's metrics only once those are back: each
 // scrape makes the agent build the page, and a scrape five times a
 // second kept its heap cycling through pages that the start, read after
 // one scrape, never had (1-3 MiB of the agent's 20).
-func settle(read func(scrape bool) (processFigures, error), start processFigures, max time.Duration) processFigures {
-	var f processFigures
+func settle(read func(scrape bool) (processFigures, error), start processFigures, max time.Duration) (processFigures, error) {
 	for end := time.Now().Add(max); ; time.Sleep(200 * time.Millisecond) {
-		var err error
 		late := time.Now().After(end)
-		f, err = read(false)
+		f, err := read(false)
 		if err == nil && f.fds <= start.fds*1.1 && f.rssMiB <= start.rssMiB*1.1 || late {
-			if f, err = read(true); err == nil && f.goroutines <= start.goroutines*1.1 || late {
-				return f
+			// A figure that could not be read is no figure: zeros (an
+			// agent gone, a scrape that failed) would read as "back".
+			if f, err = read(true); err != nil && late {
+				return f, fmt.Errorf("the agent after the attack: %w", err)
+			}
+			if err == nil && f.goroutines <= start.goroutines*1.1 || late {
+				return f, nil
 			}
 		}
 	}

@@ -107,6 +107,13 @@ func (g *Gate) takeLocked(key any) {
 	g.held[key]++
 }
 
+// Waiting is how many callers wait in Enter or EnterContext for a slot.
+func (g *Gate) Waiting() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.waiting.Len()
+}
+
 // Shared reports whether more than one key uses the gate (Share).
 func (g *Gate) Shared() bool { return g.shared.Load() }
 
