@@ -708,7 +708,7 @@ func (c *conn) enqueue(m *wire.Message) {
 		o = &wire.Message{Type: wire.TypeUpdate, ID: m.ID, Context: m.Context}
 		c.qmu.Lock()
 		defer c.qmu.Unlock()
-		q := c.queueLocked(o.Context)
+		q := c.queueFor(o)
 		q.ops = append(q.ops, func() {
 			c.sess.Fail(o.Context, over)
 			c.release(0)
@@ -727,14 +727,7 @@ func (c *conn) enqueue(m *wire.Message) {
 	}
 	// After the target's: making a queue may sweep idle ones, and the
 	// source's must be in the map when its request is added.
-	q := c.queueLocked(o.Context)
-	if created && o.Type != wire.TypeOpen && c.sess.ContextImmediate(o.Context) {
-		// The queue dispatch saw went meanwhile (its last request ran):
-		// the context is open on a key that never waits, so its requests
-		// run in the CPU turns as on the reader, and this queue goes
-		// once empty. Made plain, it ran them outside the turns.
-		q.immediate, q.live, q.done = true, true, true
-	}
+	q := c.queueFor(o)
 	q.ops = append(q.ops, func() {
 		if targetReady != nil {
 			<-targetReady
@@ -779,6 +772,21 @@ func (c *conn) enqueue(m *wire.Message) {
 		c.release(n)
 	})
 	c.startLocked(o.Context, q)
+}
+
+// queueFor returns the queue for m's context, made if need be. A queue
+// made here for a request other than OPEN is one dispatch saw and that
+// went meanwhile (its last request ran): if the context is open on a key
+// that never waits, its requests run in the CPU turns as on the reader,
+// and the queue goes once empty. Made plain, it ran them outside the
+// turns. c.qmu is held.
+func (c *conn) queueFor(m *wire.Message) *queue {
+	created := c.queues[m.Context] == nil
+	q := c.queueLocked(m.Context)
+	if created && m.Type != wire.TypeOpen && c.sess.ContextImmediate(m.Context) {
+		q.immediate, q.live, q.done = true, true, true
+	}
+	return q
 }
 
 // endsContext reports whether a request of type t finishes its context.
