@@ -299,14 +299,32 @@ type hostileAgent struct {
 	path string
 }
 
-func startHostileAgent(t *testing.T, limits string) *hostileAgent {
+// startHostileAgent starts the agent process with limits (see
+// hostileAgentChild) and env added to its environment.
+func startHostileAgent(t *testing.T, limits string, env ...string) *hostileAgent {
 	t.Helper()
 	tok := softhsm.Require(t, fmt.Sprintf("hostile%d", tokenSeq.Add(1)))
 	dir := agenttest.SocketDir(t)
 	os.Chmod(dir, 0o711)
 	bin, _ := os.Executable()
-	c := startChild(t, nil, bin, "hostile-agent", "ready", "HOSTILE_DIR="+dir, "HOSTILE_TOKEN="+tok.Label, "HOSTILE_PIN="+tok.PIN, "HOSTILE_LIMITS="+limits)
+	env = append(env, "HOSTILE_DIR="+dir, "HOSTILE_TOKEN="+tok.Label, "HOSTILE_PIN="+tok.PIN, "HOSTILE_LIMITS="+limits)
+	c := startChild(t, nil, bin, "hostile-agent", "ready", env...)
 	return &hostileAgent{child: c, path: filepath.Join(dir, "run", "agent.sock")}
+}
+
+// attackerBinary copies the test binary where another uid may run it,
+// for the attackers' processes.
+func attackerBinary(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "hmac-agent-hostile-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	bin := filepath.Join(dir, "bin", "hmac-attacker")
+	copyBinary(t, bin, nil)
+	return bin
 }
 
 // memory returns the agent's resident set now and at its peak, in bytes.
@@ -395,15 +413,7 @@ func TestHostileNeighbour(t *testing.T) {
 	if raceEnabled {
 		peakBound *= 3
 	}
-	// A copy of the test binary that the attacker's uid may run.
-	dir, err := os.MkdirTemp("", "hmac-agent-hostile-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
-	bin := filepath.Join(dir, "bin", "hmac-attacker")
-	copyBinary(t, bin, nil)
+	bin := attackerBinary(t)
 	for _, attack := range []string{"connections", "half-frames", "contexts", "pkcs11-input", "flood"} {
 		t.Run(attack, func(t *testing.T) {
 			a := startHostileAgent(t, "hello_timeout=2s")
@@ -452,20 +462,8 @@ func TestDeafCallersHoldNoTurn(t *testing.T) {
 
 func testDeafCallers(t *testing.T, mac string) {
 	agenttest.RequireRoot(t, "to run the attackers under other uids")
-	dir, err := os.MkdirTemp("", "hmac-agent-deaf-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
-	bin := filepath.Join(dir, "bin", "hmac-attacker")
-	copyBinary(t, bin, nil)
-	tok := softhsm.Require(t, fmt.Sprintf("hostile%d", tokenSeq.Add(1)))
-	sockDir := agenttest.SocketDir(t)
-	os.Chmod(sockDir, 0o711)
-	self, _ := os.Executable()
-	startChild(t, nil, self, "hostile-agent", "ready", "GOMAXPROCS=2", "HOSTILE_DIR="+sockDir, "HOSTILE_TOKEN="+tok.Label, "HOSTILE_PIN="+tok.PIN)
-	path := filepath.Join(sockDir, "run", "agent.sock")
+	bin := attackerBinary(t)
+	path := startHostileAgent(t, "", "GOMAXPROCS=2").path
 	// Two uids the policy does not name: the one-shots are refused too.
 	for _, uid := range []uint32{attackerUID - 1, attackerUID - 2} {
 		startChild(t, &syscall.Credential{Uid: uid, Gid: uid}, bin, "hostile-attack", "attacking",

@@ -2,13 +2,11 @@ package socket_test
 
 import (
 	"context"
-	"github.com/hmac-agent/hmac-agent/internal/agenttest"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/client"
+	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/hmac-agent/hmac-agent/internal/memreturn"
 )
 
@@ -19,14 +17,7 @@ import (
 // minutes the Go runtime's background scavenger would take.
 func TestMemoryReturnedAfterAttack(t *testing.T) {
 	agenttest.RequireRoot(t, "to run the attacker under another uid")
-	dir, err := os.MkdirTemp("", "hmac-agent-memreturn-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
-	bin := filepath.Join(dir, "bin", "hmac-attacker")
-	copyBinary(t, bin, nil)
+	bin := attackerBinary(t)
 
 	a := startHostileAgent(t, "")
 	stay, err := client.Dial(context.Background(), a.path) // a neighbour connected throughout

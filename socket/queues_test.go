@@ -66,18 +66,25 @@ func (slowListing) GenerateKey(context.Context, agent.Peer, string, string, int)
 func TestManagementReplyNotHeldBehindLaterRequests(t *testing.T) {
 	f := slowListing{&fakeAgent{}, make(chan struct{})}
 	defer close(f.release)
+	r := dialRaw(t, serveListing(t, f), true)
+	r.send(wire.Message{Type: wire.TypeGenerateKey, ID: 1, Provider: []byte("p"), Key: []byte("n"), Length: 32})
+	r.send(wire.Message{Type: wire.TypeListKeys, ID: 2})
+	r.expectError(1, providers.ErrNotSupported) // recv gives up after 5 s
+}
+
+// serveListing serves a at the default limits on a socket of the test's
+// own and returns its path.
+func serveListing(t *testing.T, a socket.Agent[*fakeSession]) string {
+	t.Helper()
 	path := filepath.Join(agenttest.SocketDir(t), "fake.sock")
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := socket.NewServer[*fakeSession](f, socket.Limits{}, nil)
+	srv := socket.NewServer(a, socket.Limits{}, nil)
 	go srv.Serve(context.Background(), l)
 	t.Cleanup(func() { srv.Close() })
-	r := dialRaw(t, path, true)
-	r.send(wire.Message{Type: wire.TypeGenerateKey, ID: 1, Provider: []byte("p"), Key: []byte("n"), Length: 32})
-	r.send(wire.Message{Type: wire.TypeListKeys, ID: 2})
-	r.expectError(1, providers.ErrNotSupported) // recv gives up after 5 s
+	return path
 }
 
 // refusingListing is slowListing for a peer that may not manage keys.
@@ -96,15 +103,7 @@ func (refusingListing) GenerateKey(context.Context, agent.Peer, string, string, 
 func TestRefusedManagementAnsweredAtOnce(t *testing.T) {
 	f := refusingListing{slowListing{&fakeAgent{}, make(chan struct{})}}
 	defer close(f.release)
-	path := filepath.Join(agenttest.SocketDir(t), "fake.sock")
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := socket.NewServer[*fakeSession](f, socket.Limits{}, nil)
-	go srv.Serve(context.Background(), l)
-	t.Cleanup(func() { srv.Close() })
-	r := dialRaw(t, path, true)
+	r := dialRaw(t, serveListing(t, f), true)
 	r.send(wire.Message{Type: wire.TypeListKeys, ID: 1})
 	r.send(wire.Message{Type: wire.TypeGenerateKey, ID: 2, Provider: []byte("p"), Key: []byte("n"), Length: 32})
 	r.expectError(2, providers.ErrPermissionDenied) // recv gives up after 5 s
