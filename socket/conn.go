@@ -356,10 +356,9 @@ func (c *conn) dispatch(m *wire.Message) {
 		}
 		// Refused for who the caller is, before any provider: answered
 		// here, in the caller's turn (the reply after it), like a
-		// software one-shot. Handed to
-		// the management queue, a flood of them cost a goroutine wake and
-		// a write per request, and another caller's request waited for
-		// the threads busy with them.
+		// software one-shot. Handed to the management queue, a flood of
+		// them cost a goroutine wake and a write per request, and another
+		// caller's request waited for the threads busy with them.
 		c.enter(nil)
 		r := c.manageReply(m)
 		c.leave(nil)
