@@ -19,33 +19,21 @@ import (
 func TestSchedulerTakesCallersInTurn(t *testing.T) {
 	s := newScheduler(1, nil)
 	hold := make(chan struct{})
-	var mu sync.Mutex
-	var order []string
-	var wg sync.WaitGroup
-	record := func(name string) func(func()) {
-		wg.Add(1)
-		return func(release func()) {
-			defer wg.Done()
-			mu.Lock()
-			order = append(order, name)
-			mu.Unlock()
-			release()
-		}
-	}
-	wg.Add(1)
+	var calls callOrder
+	calls.wg.Add(1)
 	s.submitPlain("flood", func(release func()) {
-		defer wg.Done()
+		defer calls.wg.Done()
 		<-hold
 		release()
 	})
 	for range 10 {
-		s.submitPlain("flood", record("flood"))
+		s.submitPlain("flood", calls.call("flood", true))
 	}
-	s.submitPlain("victim", record("victim"))
+	s.submitPlain("victim", calls.call("victim", true))
 	close(hold)
-	wg.Wait()
-	if i := slices.Index(order, "victim"); i != 1 {
-		t.Errorf("the victim's call ran %d of %d: %v", i+1, len(order), order)
+	calls.wg.Wait()
+	if order := calls.order(); slices.Index(order, "victim") != 1 {
+		t.Errorf("the victim's call ran %d of %d: %v", slices.Index(order, "victim")+1, len(order), order)
 	}
 }
 
@@ -165,44 +153,62 @@ func TestCallersSharedWithTwoUIDs(t *testing.T) {
 func TestSchedulerTurnPassesWhenRunReturns(t *testing.T) {
 	s := newScheduler(1, nil)
 	hold := make(chan struct{})
-	var mu sync.Mutex
-	var order []string
-	var wg sync.WaitGroup
-	record := func(name string) func(func()) {
-		wg.Add(1)
-		return func(func()) {
-			defer wg.Done()
-			mu.Lock()
-			order = append(order, name)
-			mu.Unlock()
-		}
-	}
-	wg.Add(1)
+	var calls callOrder
+	calls.wg.Add(1)
 	s.submitPlain("a", func(func()) {
-		defer wg.Done()
+		defer calls.wg.Done()
 		<-hold
 	})
-	s.submitPlain("a", record("a"))
-	s.submitPlain("a", record("a"))
-	s.submitPlain("b", record("b"))
+	s.submitPlain("a", calls.call("a", false))
+	s.submitPlain("a", calls.call("a", false))
+	s.submitPlain("b", calls.call("b", false))
 	before := runtime.NumGoroutine()
 	close(hold)
 	done := make(chan struct{})
 	go func() {
-		wg.Wait()
+		calls.wg.Wait()
 		close(done)
 	}()
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
-		t.Fatalf("the calls behind one that returned never ran: %v", order)
+		t.Fatalf("the calls behind one that returned never ran: %v", calls.order())
 	}
-	if want := []string{"a", "b", "a"}; !slices.Equal(order, want) {
+	if order, want := calls.order(), []string{"a", "b", "a"}; !slices.Equal(order, want) {
 		t.Errorf("order %v, want %v", order, want)
 	}
 	if n := runtime.NumGoroutine(); n > before+1 { // the waiter above
 		t.Errorf("%d goroutines after the chain, %d before it", n, before)
 	}
+}
+
+// callOrder records the order in which calls ran; wg counts the calls
+// not run yet.
+type callOrder struct {
+	mu    sync.Mutex
+	names []string
+	wg    sync.WaitGroup
+}
+
+// call returns a call that records name and, with release, gives its
+// turn up itself.
+func (c *callOrder) call(name string, release bool) func(func()) {
+	c.wg.Add(1)
+	return func(rel func()) {
+		defer c.wg.Done()
+		c.mu.Lock()
+		c.names = append(c.names, name)
+		c.mu.Unlock()
+		if release {
+			rel()
+		}
+	}
+}
+
+func (c *callOrder) order() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.names)
 }
 
 // submitPlain submits a job with nothing left to do after its turn.
