@@ -100,10 +100,14 @@ type queue struct {
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
+	fr := wire.NewFrameReader(bufio.NewReaderSize(nc, helloBufferSize), wire.MaxHelloFrame)
+	// Frames that callers make the agent hold go back whole when let go
+	// (serve Frees the reader).
+	fr.UseMappedMemory()
 	return &conn{
 		srv:      s,
 		nc:       nc,
-		fr:       wire.NewFrameReader(bufio.NewReaderSize(nc, helloBufferSize), wire.MaxHelloFrame),
+		fr:       fr,
 		bw:       bufio.NewWriterSize(nc, helloBufferSize),
 		inflight: make(chan struct{}, s.limits.MaxInFlight),
 		queued:   newBacklog(s.limits.MaxQueuedBytes),

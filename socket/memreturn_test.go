@@ -2,12 +2,16 @@ package socket_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
+	"github.com/hmac-agent/hmac-agent/internal/frame"
 	"github.com/hmac-agent/hmac-agent/internal/memreturn"
+	"github.com/hmac-agent/hmac-agent/providers"
+	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
 
 // TestMemoryReturnedAfterAttack: once an attacker of another uid that
@@ -55,5 +59,45 @@ func TestMemoryReturnedAfterAttack(t *testing.T) {
 	if rss > bound {
 		t.Errorf("agent RSS %.1f MiB after the attacker left, %.1f MiB before, %.1f MiB under attack: bound %.1f MiB",
 			float64(rss)/(1<<20), float64(before)/(1<<20), float64(under)/(1<<20), float64(bound)/(1<<20))
+	}
+}
+
+// TestLargeFramesGoBackWhole: a frame too large for a connection's
+// buffer is read into memory outside the Go heap, and all of it is given
+// back once the connection ends, whatever it was doing: frames read
+// whole, and one announced and sent in part.
+func TestLargeFramesGoBackWhole(t *testing.T) {
+	a := start(t, agenttest.Options{})
+	frame.Trim()
+	total0, _ := frame.Mapped()
+	r := dialRaw(t, a.Path, true)
+	for i := range 4 {
+		r.mac(uint32(i+1), strings.Repeat("x", (i+1)*200<<10))
+	}
+	if total, _ := frame.Mapped(); total == total0 {
+		t.Error("no frame was read outside the heap")
+	}
+	half := dialRaw(t, a.Path, true)
+	req, err := (&wire.Message{Type: wire.TypeMAC, ID: 1, Algorithm: uint8(providers.SHA256), Key: []byte("k"), Data: make([]byte, 900<<10)}).Append(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	half.sendRaw(req[:300<<10])
+	r.mac(9, "still served")
+	r.nc.Close()
+	half.nc.Close()
+	// Each connection gives its buffer back as it ends; Trim unmaps them.
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		total, pooled := frame.Mapped()
+		if total-pooled == total0 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("%d bytes of frames still held after both connections closed", total-pooled-total0)
+		}
+	}
+	frame.Trim()
+	if total, _ := frame.Mapped(); total != total0 {
+		t.Errorf("%d bytes mapped after Trim, want %d", total, total0)
 	}
 }

@@ -7,14 +7,16 @@
 // memory to the pool for the next frame. Streaming then reuses the same
 // pages instead of faulting in fresh ones for every frame.
 //
+// The memory of large frames lies outside the Go heap (see [Alloc]), so
+// that what one caller made the agent hold is given back whole when it
+// leaves.
+//
 // A Buffer's reference count is safe for concurrent use; its bytes are
-// never written once handed on, so any holder may read them.
+// never written once handed on, so any holder may read them. Alloc,
+// Pooled, Recycle and Trim are safe for concurrent use.
 package frame
 
-import (
-	"sync"
-	"sync/atomic"
-)
+import "sync/atomic"
 
 // Buffer is a byte slice with owners. It starts with one reference,
 // its creator's; Retain adds one and Release drops one. Each holder
@@ -70,39 +72,4 @@ func (b *Buffer) Release() {
 	case n < 0:
 		panic("frame: Release of a released buffer")
 	}
-}
-
-// pool keeps the memory of large frames: zeroing a fresh buffer for
-// every frame costs as much as copying it.
-var pool sync.Pool
-
-// Pooled returns a recycled slice of n bytes, or nil if the pool has
-// none of about that size: at least n, and at most twice n or twice
-// minPooled, whichever is more. A larger one goes back: memory is
-// charged to a caller, and kept by whoever holds a frame, by what a frame
-// needs, so a small frame must not travel in a megabyte another frame
-// left behind.
-func Pooled(n int) []byte {
-	b, ok := pool.Get().(*[]byte)
-	if !ok || cap(*b) < n {
-		return nil
-	}
-	if cap(*b) > 2*max(n, minPooled) {
-		pool.Put(b)
-		return nil
-	}
-	return (*b)[:n]
-}
-
-// minPooled is the size below which Pooled does not tell buffers apart.
-const minPooled = 64 << 10
-
-// Recycle returns b to the pool, for a reader's own buffer that no
-// Buffer wraps. The caller must not use b afterwards.
-func Recycle(b []byte) {
-	if cap(b) == 0 {
-		return
-	}
-	b = b[:0]
-	pool.Put(&b)
 }

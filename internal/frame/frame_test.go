@@ -1,6 +1,9 @@
 package frame
 
-import "testing"
+import (
+	"testing"
+	"unsafe"
+)
 
 // TestLastReleaseReturnsBytes: the bytes stay while any holder has a
 // reference, and the last release gives them back; one release too many,
@@ -18,49 +21,88 @@ func TestLastReleaseReturnsBytes(t *testing.T) {
 	if b.Held() || b.Bytes() != nil || freed != 8 {
 		t.Fatal("the last release kept the bytes")
 	}
-	for _, c := range []struct {
-		name string
-		f    func()
-	}{{"Release", b.Release}, {"Retain", func() { b.Retain() }}} {
-		func() {
-			defer func() {
-				if recover() == nil {
-					t.Errorf("%s of a released buffer did not panic", c.name)
-				}
-			}()
-			c.f()
-		}()
-	}
+	mustPanic(t, "Release of a released buffer", b.Release)
+	mustPanic(t, "Retain of a released buffer", func() { b.Retain() })
 	var none *Buffer // bytes no Buffer holds
 	none.Retain()
 	none.Release()
 }
 
-// TestPooled: a recycled buffer too small for a frame is not handed out.
+func mustPanic(t *testing.T, what string, f func()) {
+	t.Helper()
+	defer func() {
+		if recover() == nil {
+			t.Errorf("%s did not panic", what)
+		}
+	}()
+	f()
+}
+
+// TestPooled: a recycled buffer comes back for a frame of about its size,
+// and only for one: never too small, and never many times larger.
 func TestPooled(t *testing.T) {
-	Recycle(make([]byte, 0, 1<<10))
-	if b := Pooled(2 << 10); b != nil {
-		t.Errorf("Pooled(2 KiB) = %d bytes", cap(b))
+	defer Trim()
+	b, err := Alloc(200 << 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	Recycle(b)
+	if p := Pooled(300 << 10); p != nil {
+		t.Errorf("Pooled(300 KiB) = %d bytes", cap(p))
+	}
+	if p := Pooled(17 << 10); p != nil {
+		t.Errorf("Pooled(17 KiB) = %d bytes: more than twice minPooled", cap(p))
+	}
+	p := Pooled(100 << 10)
+	if p == nil || len(p) != 100<<10 || unsafe.SliceData(p) != unsafe.SliceData(b) {
+		t.Fatalf("Pooled(100 KiB) did not give back the 200 KiB buffer")
+	}
+	if Pooled(100<<10) != nil {
+		t.Error("a pooled buffer handed out twice")
+	}
+	Recycle(p)
+}
+
+// TestMappedAccounting: every buffer made is unmapped once recycled past
+// the pool's bound or trimmed, and the pool keeps at most poolMax.
+func TestMappedAccounting(t *testing.T) {
+	Trim()
+	total0, _ := Mapped()
+	var bufs [][]byte
+	for range 3 * poolMax / (1 << 20) {
+		b, err := Alloc(1 << 20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bufs = append(bufs, b)
+	}
+	if total, _ := Mapped(); total != total0+len(bufs)<<20 {
+		t.Fatalf("%d bytes mapped for %d MiB of buffers", total-total0, len(bufs))
+	}
+	for _, b := range bufs {
+		Recycle(b)
+	}
+	total, pooled := Mapped()
+	if pooled > poolMax || total-total0 != pooled {
+		t.Fatalf("after recycling: %d bytes mapped, %d pooled (at most %d)", total-total0, pooled, poolMax)
+	}
+	Trim()
+	if total, pooled := Mapped(); total != total0 || pooled != 0 {
+		t.Fatalf("after Trim: %d bytes mapped, %d pooled", total-total0, pooled)
 	}
 }
 
-// A small frame does not get a buffer many times its size from the pool.
-func TestPooledKeepsSizes(t *testing.T) {
-	for range 100 {
-		Recycle(make([]byte, 0, 1<<20))
+// TestRecycleRefusesOthersMemory: memory that is not a buffer of ours,
+// or one already given back, is never unmapped or pooled: that would
+// crash the agent later, far from the bug.
+func TestRecycleRefusesOthersMemory(t *testing.T) {
+	defer Trim()
+	mustPanic(t, "Recycle of heap memory", func() { Recycle(make([]byte, 64<<10)) })
+	b, err := Alloc(64 << 10)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for range 100 {
-		if b := Pooled(17 << 10); b != nil && cap(b) > 2*minPooled {
-			t.Fatalf("Pooled(17 KiB) gave a buffer of %d bytes", cap(b))
-		}
-	}
-	found := false
-	for range 100 {
-		if b := Pooled(600 << 10); b != nil {
-			found = found || cap(b) == 1<<20
-		}
-	}
-	if !found {
-		t.Log("no pooled buffer came back for a frame of its size (the pool may have been emptied by a collection)")
-	}
+	Recycle(b)
+	mustPanic(t, "a second Recycle", func() { Recycle(b) })
+	Recycle(nil) // no buffer at all
 }

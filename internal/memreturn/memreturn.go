@@ -6,9 +6,10 @@
 // agent that one caller made hold hundreds of megabytes for a moment would
 // keep them resident long after that caller left. A [Returner] is told
 // when memory has just been let go ([Returner.Poke]: the agent pokes it
-// whenever a session closes) and then, once things have settled, forces a
-// collection and returns the free heap with debug.FreeOSMemory, if enough
-// is free to be worth it.
+// whenever a session closes) and then, once things have settled, unmaps
+// the large frames pooled for reuse (frame.Trim), forces a collection and
+// returns the free heap with debug.FreeOSMemory, if enough is free to be
+// worth it.
 //
 // A forced collection costs CPU in proportion to the live heap, and a
 // caller can make memory be let go as often as it likes (by connecting and
@@ -26,6 +27,8 @@ import (
 	"runtime/metrics"
 	"sync"
 	"time"
+
+	"github.com/hmac-agent/hmac-agent/internal/frame"
 )
 
 const (
@@ -78,6 +81,7 @@ func (r *Returner) look() {
 	r.last = time.Now()
 	r.looks++
 	r.mu.Unlock()
+	frame.Trim()
 	runtime.GC()
 	if Free() < Worth {
 		return

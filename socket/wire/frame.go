@@ -26,14 +26,15 @@ const firstChunk = 64 << 10
 
 // FrameReader reads frames from a buffered stream. A frame that fits in the
 // buffer is returned in place, without a copy; a larger one is read into a
-// scratch buffer that is reused. The scratch buffer grows as the frame's
-// bytes arrive, not when its length is announced, and is charged to the
-// reader's budget (SetBudget) while the reader holds it. A FrameReader is
-// not safe for concurrent use.
+// scratch buffer that is reused. The scratch buffer is charged to the
+// reader's budget (SetBudget) while the reader holds it, as the frame's
+// bytes arrive, not when its length is announced. A FrameReader is not
+// safe for concurrent use.
 type FrameReader struct {
 	r         *bufio.Reader
 	max       int
 	budget    *providers.Budget
+	mapped    bool // scratch buffers from frame.Alloc
 	scratch   []byte
 	charged   int  // of budget, for scratch
 	peeked    int  // bytes of the previous frame still to discard
@@ -49,16 +50,23 @@ func NewFrameReader(r *bufio.Reader, max int) *FrameReader {
 // SetMax changes the largest body accepted, as agreed in the handshake.
 func (f *FrameReader) SetMax(max int) { f.max = max }
 
+// UseMappedMemory reads large frames from now on into memory outside the
+// Go heap, from frame.Alloc or its pool, whose pages are resident only
+// once the bytes arrive and go back whole when let go. The reader's
+// owner must call Free when done with it, or its last buffer is never
+// given back. For a server, whose callers choose what it holds.
+func (f *FrameReader) UseMappedMemory() { f.mapped = true }
+
 // SetBudget charges the scratch buffer to b from now on. A large frame
 // that b cannot hold fails with an error wrapping providers.ErrLimit,
 // after which the stream is out of step.
 func (f *FrameReader) SetBudget(b *providers.Budget) { f.budget = b }
 
-// setScratch makes b the scratch buffer, charging its capacity in place of
-// the old one's.
-func (f *FrameReader) setScratch(b []byte) {
+// forgetScratch releases the scratch buffer's charge and forgets it,
+// for a buffer that has gone back or to a new holder.
+func (f *FrameReader) forgetScratch() {
 	f.budget.Release(f.charged)
-	f.scratch, f.charged = b, cap(b)
+	f.scratch, f.charged = nil, 0
 }
 
 // Buffered is how many bytes are read but not yet returned, beyond the
@@ -124,50 +132,56 @@ func (f *FrameReader) Next() ([]byte, error) {
 	return body, nil
 }
 
-// readBody reads a body of n bytes into the scratch buffer, growing it by
-// doubling as the bytes arrive.
+// readBody reads a body of n bytes into the scratch buffer. A new
+// scratch buffer has room for n bytes and is charged to the budget as
+// they arrive, by doubling from firstChunk, so a peer that announces a
+// frame and sends little of it is charged for little; with
+// UseMappedMemory, its pages take memory only as the bytes arrive too.
 func (f *FrameReader) readBody(n int) ([]byte, error) {
 	if cap(f.scratch) < n {
-		if b := frame.Pooled(n); b != nil {
+		f.dropScratch()
+		if !f.mapped {
+			f.scratch = make([]byte, n)
+		} else if b := frame.Pooled(n); b != nil {
+			// Its pages may all be resident: charged whole.
 			if err := f.budget.Charge(cap(b)); err != nil {
 				frame.Recycle(b)
 				return nil, err
 			}
-			f.setScratch(nil)
 			f.scratch, f.charged = b, cap(b)
+		} else {
+			b, err := frame.Alloc(n)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %v", providers.ErrLimit, err)
+			}
+			f.scratch, f.charged = b, 0
 		}
 	}
-	if cap(f.scratch) >= n {
-		body := f.scratch[:n]
-		if _, err := io.ReadFull(f.r, body); err != nil {
-			return nil, unexpected(err)
-		}
-		return body, nil
-	}
-	if f.scratch != nil {
-		frame.Recycle(f.scratch)
-		f.setScratch(nil)
-	}
-	body := []byte(nil)
+	body := f.scratch[:0]
 	for len(body) < n {
-		if len(body) == cap(body) {
-			size := min(n, max(2*cap(body), firstChunk))
-			if err := f.budget.Charge(size); err != nil {
+		if len(body) >= f.charged {
+			size := min(cap(f.scratch), max(2*f.charged, firstChunk))
+			if err := f.budget.Charge(size - f.charged); err != nil {
 				return nil, err
 			}
-			grown := append(make([]byte, 0, size), body...)
-			f.setScratch(nil) // the old one is garbage now
-			f.scratch, f.charged = grown, size
-			body = grown
+			f.charged = size
 		}
-		m, err := f.r.Read(body[len(body):min(cap(body), n)])
+		m, err := f.r.Read(body[len(body):min(f.charged, n)])
 		body = body[:len(body)+m]
 		if err != nil && len(body) < n {
 			return nil, unexpected(err)
 		}
 	}
-	f.scratch = body
+	f.scratch = body // what Take hands over
 	return body, nil
+}
+
+// dropScratch gives the scratch buffer back and releases its charge.
+func (f *FrameReader) dropScratch() {
+	if f.mapped {
+		frame.Recycle(f.scratch)
+	}
+	f.forgetScratch()
 }
 
 // Grow gives the reader a buffer of size bytes over src in place of its
@@ -201,16 +215,15 @@ func unexpected(err error) error {
 // Release gives the scratch buffer back to the pool, for a reader about
 // to go idle: a connection that once streamed should not keep a megabyte.
 func (f *FrameReader) Release() {
-	if f.scratch != nil && !f.inScratch {
-		frame.Recycle(f.scratch)
-		f.setScratch(nil)
+	if !f.inScratch {
+		f.dropScratch()
 	}
 }
 
-// Free lets go of the scratch buffer whatever it holds, for a reader
-// that will read no more.
+// Free gives the scratch buffer back whatever it holds, for a reader
+// that will read no more, once nothing reads the last frame returned.
 func (f *FrameReader) Free() {
-	f.setScratch(nil)
+	f.dropScratch()
 	f.inScratch = false
 }
 
@@ -224,7 +237,10 @@ func (f *FrameReader) Take() *frame.Buffer {
 		return nil
 	}
 	b := f.scratch
-	f.setScratch(nil)
+	f.forgetScratch()
 	f.inScratch = false
+	if !f.mapped {
+		return frame.New(b, nil)
+	}
 	return frame.New(b, frame.Recycle)
 }

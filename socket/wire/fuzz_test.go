@@ -100,7 +100,8 @@ func FuzzDecode(f *testing.F) {
 
 // FuzzFrameReader: any byte stream yields the frames it holds, each no
 // larger than the limit, or an error, and never a panic; what the reader
-// charges its budget it gives back.
+// charges its budget it gives back. Half the readers read large frames
+// into mapped memory.
 func FuzzFrameReader(f *testing.F) {
 	var stream []byte
 	for _, m := range seedMessages() {
@@ -114,6 +115,9 @@ func FuzzFrameReader(f *testing.F) {
 		max := int(maxFrame)
 		br := bufio.NewReaderSize(bytes.NewReader(stream), 16+int(bufSize))
 		fr := NewFrameReader(br, max)
+		if bufSize&4 != 0 {
+			fr.UseMappedMemory()
+		}
 		// A budget from none (bufSize%4 == 0) to a few frames' worth.
 		budget := providers.NewBudget(int64(max)*int64(bufSize%4)/2, nil, "fuzz")
 		fr.SetBudget(budget)

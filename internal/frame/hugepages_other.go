@@ -1,0 +1,5 @@
+//go:build !linux && (darwin || freebsd)
+
+package frame
+
+func noHugePages(b []byte) {}

@@ -1,0 +1,141 @@
+//go:build linux || darwin || freebsd
+
+package frame
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Large frames live in anonymous mappings of their own, outside the Go
+// heap. Within its byte limit a caller can make the agent hold a hundred
+// megabytes of frames (PKCS#11 input kept for copies). On the Go heap
+// those megabytes would grow the heap, and the runtime keeps what it
+// built to manage the larger heap (a span structure per frame, the
+// collector's metadata: megabytes against an idle agent's twenty) for
+// the life of the process, after the caller has long left. A mapping is
+// given back whole by munmap. And only the pages written are resident,
+// so a frame announced and not sent costs what was sent, whatever its
+// mapping's length.
+
+// poolMax bounds the memory the pool keeps between frames: enough for a
+// few connections streaming megabyte frames, several in flight each.
+const poolMax = 16 << 20
+
+// minPooled is the size below which Pooled does not tell buffers apart.
+const minPooled = 64 << 10
+
+var pageSize = os.Getpagesize()
+
+var mapped struct {
+	mu   sync.Mutex
+	live map[uintptr]bool // base of every mapping not unmapped: true while pooled
+	pool [][]byte         // recycled, the most recent last: its pages are the likeliest resident
+	held int              // bytes in pool
+	size int              // bytes in live
+}
+
+// Alloc returns a new buffer of n bytes outside the Go heap, its
+// capacity n rounded up to whole pages. Its pages take memory as they
+// are first written. The caller gives it back with Recycle, or with a
+// Buffer whose free is Recycle, and must not touch it afterwards: its
+// pages may be unmapped.
+func Alloc(n int) ([]byte, error) {
+	size := (n + pageSize - 1) / pageSize * pageSize
+	b, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANON)
+	if err != nil {
+		return nil, fmt.Errorf("frame: mapping %d bytes: %w", size, err)
+	}
+	noHugePages(b)
+	mapped.mu.Lock()
+	if mapped.live == nil {
+		mapped.live = make(map[uintptr]bool)
+	}
+	mapped.live[base(b)] = false
+	mapped.size += size
+	mapped.mu.Unlock()
+	return b[:n], nil
+}
+
+// Pooled returns a recycled buffer of n bytes, or nil if the pool has
+// none of about that size: at least n, and at most twice n or twice
+// minPooled, whichever is more. Memory is charged to a caller, and kept
+// by whoever holds a frame, by what a frame needs, so a small frame must
+// not travel in a megabyte another frame left behind.
+func Pooled(n int) []byte {
+	mapped.mu.Lock()
+	defer mapped.mu.Unlock()
+	for i := len(mapped.pool) - 1; i >= 0; i-- {
+		b := mapped.pool[i]
+		if c := cap(b); c >= n && c <= 2*max(n, minPooled) {
+			mapped.pool = append(mapped.pool[:i], mapped.pool[i+1:]...)
+			mapped.held -= c
+			mapped.live[base(b)] = false
+			return b[:n]
+		}
+	}
+	return nil
+}
+
+// Recycle takes back b, from Alloc or Pooled, for a later frame, or
+// unmaps it if the pool is full. The caller must not use b afterwards.
+// A b that is not such a buffer, or one recycled twice, panics: unmapping
+// memory that something else owns would crash the agent later, far from
+// the bug.
+func Recycle(b []byte) {
+	if cap(b) == 0 {
+		return
+	}
+	b = b[:cap(b)]
+	mapped.mu.Lock()
+	defer mapped.mu.Unlock()
+	pooled, ok := mapped.live[base(b)]
+	switch {
+	case !ok:
+		panic("frame: Recycle of memory not from Alloc")
+	case pooled:
+		panic("frame: Recycle of a buffer already recycled")
+	case mapped.held+len(b) > poolMax:
+		unmapLocked(b)
+		return
+	}
+	mapped.live[base(b)] = true
+	mapped.pool = append(mapped.pool, b)
+	mapped.held += len(b)
+}
+
+// Trim unmaps every buffer in the pool, for a moment when a burst of
+// work is over and what it left behind should go back to the system.
+func Trim() {
+	mapped.mu.Lock()
+	defer mapped.mu.Unlock()
+	for i, b := range mapped.pool {
+		unmapLocked(b)
+		mapped.pool[i] = nil
+	}
+	mapped.pool = mapped.pool[:0]
+	mapped.held = 0
+}
+
+// Mapped reports the bytes in buffers not unmapped, pooled or not, and
+// of those the bytes in the pool.
+func Mapped() (total, pooled int) {
+	mapped.mu.Lock()
+	defer mapped.mu.Unlock()
+	return mapped.size, mapped.held
+}
+
+func unmapLocked(b []byte) {
+	delete(mapped.live, base(b))
+	mapped.size -= cap(b)
+	if err := unix.Munmap(b[:cap(b)]); err != nil {
+		panic("frame: " + err.Error()) // only for an address that is no mapping of ours
+	}
+}
+
+func base(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
+
