@@ -139,3 +139,17 @@ func unmapLocked(b []byte) {
 
 func base(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
 
+// Copy returns a Buffer holding a copy of p, in a mapping of its own if
+// p is a page or more and on the Go heap if smaller: bytes a caller
+// makes the agent keep stay off the heap (see above), and small ones,
+// which would waste most of a page, stay on it. A mapping that cannot
+// be made falls back to the heap.
+func Copy(p []byte) *Buffer {
+	if len(p) >= pageSize {
+		if b, err := Alloc(len(p)); err == nil {
+			copy(b, p)
+			return New(b, Recycle)
+		}
+	}
+	return New(append([]byte(nil), p...), nil)
+}

@@ -19,7 +19,8 @@ import (
 // released when the last log holding the chunk lets go, so that
 // streaming reuses the same buffers instead of asking the kernel for
 // fresh pages: page faults on 64 MiB of fresh memory cost more than the
-// token's hashing of it.
+// token's hashing of it. Input that came in no Buffer is copied into one
+// of the log's own (frame.Copy), off the Go heap when large.
 type inputLog struct {
 	mu     sync.Mutex
 	pieces []piece
@@ -30,7 +31,7 @@ type inputLog struct {
 // chunk is one buffer of input, shared by the logs that hold it.
 type chunk struct {
 	b    []byte
-	buf  *frame.Buffer // holds b; nil: the log's own copy, left to the GC
+	buf  *frame.Buffer // holds b; nil: memory the log does not manage
 	refs atomic.Int32  // logs holding it
 }
 

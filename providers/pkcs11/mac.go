@@ -28,7 +28,7 @@ type mac struct {
 	alg  providers.Algorithm
 	mech uint
 
-	buf []byte
+	buf inputBuffer
 	// replay is input to feed a new operation before buf: a copy's
 	// inherited input, when too long to buffer.
 	replay [][]byte
@@ -87,8 +87,8 @@ func (m *mac) update(ctx context.Context, p []byte, b *frame.Buffer) error {
 		return err
 	}
 	m.keep(p, b)
-	if m.sess == nil && len(m.buf)+len(p) <= m.k.p.cfg.BufferBytes {
-		m.buf = append(m.buf, p...)
+	if m.sess == nil && len(m.buf.bytes())+len(p) <= m.k.p.cfg.BufferBytes {
+		m.buf.append(p, m.k.p.cfg.BufferBytes)
 		return nil
 	}
 	if m.sess == nil {
@@ -104,8 +104,8 @@ func (m *mac) update(ctx context.Context, p []byte, b *frame.Buffer) error {
 // nothing, with an error wrapping ErrLimit.
 func (m *mac) charge(p []byte) error {
 	want := 0
-	if m.sess == nil && len(m.buf)+len(p) <= m.k.p.cfg.BufferBytes {
-		want = len(m.buf) + len(p)
+	if m.sess == nil && len(m.buf.bytes())+len(p) <= m.k.p.cfg.BufferBytes {
+		want = len(m.buf.bytes()) + len(p)
 	}
 	if want <= m.bufCharged {
 		m.budget.Release(m.bufCharged - want)
@@ -141,7 +141,10 @@ func (m *mac) keep(p []byte, b *frame.Buffer) {
 	}
 	m.logCharged += len(p)
 	if b == nil {
-		m.log.append(append([]byte(nil), p...), nil)
+		// The log's own copy, off the Go heap when large (frame.Copy);
+		// the log holds its one reference.
+		b = frame.Copy(p)
+		m.log.append(b.Bytes(), b)
 		return
 	}
 	m.log.append(p, b.Retain())
@@ -167,8 +170,8 @@ func (m *mac) start(ctx context.Context) error {
 			}
 			err = m.k.p.ctx.SignUpdate(s.h, c)
 		}
-		if err == nil && len(m.buf) > 0 {
-			err = m.k.p.ctx.SignUpdate(s.h, m.buf)
+		if err == nil && len(m.buf.bytes()) > 0 {
+			err = m.k.p.ctx.SignUpdate(s.h, m.buf.bytes())
 		}
 		if err != nil {
 			m.cancel(s) // the session goes back to the pool
@@ -178,7 +181,8 @@ func (m *mac) start(ctx context.Context) error {
 	if err != nil {
 		return m.k.gone(m.failed("start", err))
 	}
-	m.sess, m.buf, m.replay = s, nil, nil
+	m.sess, m.replay = s, nil
+	m.buf.free()
 	return nil
 }
 
@@ -278,7 +282,7 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 		}
 		c.bufCharged = m.log.n
 		for _, chunk := range input {
-			c.buf = append(c.buf, chunk...)
+			c.buf.append(chunk, m.k.p.cfg.BufferBytes)
 		}
 		return c, nil
 	}
@@ -360,9 +364,8 @@ func (m *mac) Finalize(ctx context.Context) ([]byte, error) {
 		}
 		return tag, err
 	}
-	tag, err := m.k.sign(ctx, m.mech, m.buf)
-	clear(m.buf)
-	m.buf = nil
+	tag, err := m.k.sign(ctx, m.mech, m.buf.bytes())
+	m.buf.free()
 	return tag, err
 }
 
@@ -386,8 +389,8 @@ func (m *mac) Verify(ctx context.Context, tag []byte) error {
 	}
 	m.done = true
 	m.dropLog()
-	err := m.k.VerifyMAC(ctx, m.alg, m.buf, tag)
-	m.buf = nil
+	err := m.k.VerifyMAC(ctx, m.alg, m.buf.bytes(), tag)
+	m.buf.free()
 	m.uncharge()
 	return err
 }
@@ -399,7 +402,8 @@ func (m *mac) Close() {
 	}
 	m.done = true
 	m.dropLog()
-	m.buf, m.replay = nil, nil
+	m.replay = nil
+	m.buf.free()
 	m.uncharge()
 	if m.sess != nil {
 		if m.k.p.enter() == nil {

@@ -1,0 +1,57 @@
+//go:build cgo
+
+package pkcs11
+
+import (
+	"os"
+
+	"github.com/hmac-agent/hmac-agent/internal/frame"
+)
+
+// inputBuffer is a context's input kept until it is signed with one
+// C_Sign. A few bytes lie on the Go heap; from a page on, the input
+// moves to a mapping of the provider's buffer size outside the heap
+// (frame.Alloc), whose pages take memory as they are written. Thousands
+// of contexts each buffering tens of kilobytes would otherwise grow the
+// Go heap by as much, and the runtime keeps its bookkeeping for the
+// largest heap it had for good (see internal/frame). Not safe for
+// concurrent use.
+type inputBuffer struct {
+	b      []byte
+	mapped bool // b is from frame.Alloc
+}
+
+// bytes is the input, valid until the next append or free.
+func (ib *inputBuffer) bytes() []byte { return ib.b }
+
+// append adds p; the whole input is then at most size bytes, the
+// provider's buffer size.
+func (ib *inputBuffer) append(p []byte, size int) {
+	n := len(ib.b) + len(p)
+	if !ib.mapped && n >= pageSize {
+		if mem, err := frame.Alloc(max(size, n)); err == nil {
+			k := copy(mem, ib.b)
+			clear(ib.b)
+			ib.b, ib.mapped = mem[:k], true
+		}
+	}
+	if ib.mapped && n > cap(ib.b) {
+		// Never with the size promised: back to the heap rather than
+		// let append leave the mapping behind.
+		heap := append(make([]byte, 0, n), ib.b...)
+		ib.free()
+		ib.b = heap
+	}
+	ib.b = append(ib.b, p...)
+}
+
+// free zeroes the input and gives its memory back.
+func (ib *inputBuffer) free() {
+	clear(ib.b)
+	if ib.mapped {
+		frame.Recycle(ib.b)
+	}
+	ib.b, ib.mapped = nil, false
+}
+
+var pageSize = os.Getpagesize()

@@ -1,0 +1,85 @@
+//go:build cgo
+
+package pkcs11_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"testing"
+
+	"github.com/hmac-agent/hmac-agent/internal/frame"
+	"github.com/hmac-agent/hmac-agent/providers"
+)
+
+// TestBufferedInputOffHeap: what contexts buffer for one C_Sign and keep
+// for Copy lies outside the Go heap once it is a page or more (a caller
+// holding thousands of such contexts would otherwise grow the heap, whose
+// bookkeeping the runtime keeps for good), the tags come out right across
+// the move off the heap, and every mapping is given back once the
+// contexts end.
+func TestBufferedInputOffHeap(t *testing.T) {
+	p, _ := newToken(t, nil)
+	bg := context.Background()
+	secret := bytes.Repeat([]byte{7}, 32)
+	if _, err := p.ImportKey(bg, "b", secret); err != nil {
+		t.Fatal(err)
+	}
+	k, err := p.Key(bg, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame.Trim()
+	total0, _ := frame.Mapped()
+	// Across the page at which input moves off the heap, in pieces that
+	// came in no frame and in one that did.
+	pieces := [][]byte{bytes.Repeat([]byte{1}, 100), bytes.Repeat([]byte{2}, 5000), bytes.Repeat([]byte{3}, 20000)}
+	framed := bytes.Repeat([]byte{4}, 30000)
+	want := hmac.New(sha256.New, secret)
+	for _, p := range append(pieces, framed) {
+		want.Write(p)
+	}
+	const n = 32
+	var macs []providers.MAC
+	for range n {
+		m, err := k.NewMAC(bg, providers.SHA256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range pieces {
+			if err := m.Update(bg, p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b := frame.Copy(framed)
+		if err := m.(providers.Retainer).UpdateRetained(bg, b.Bytes(), b); err != nil {
+			t.Fatal(err)
+		}
+		b.Release() // the caller's reference: the context keeps its own
+		macs = append(macs, m)
+	}
+	input := 100 + 5000 + 20000 + 30000
+	if total, _ := frame.Mapped(); total-total0 < n*2*(input-100) {
+		t.Errorf("%d bytes mapped for %d contexts buffering and logging %d bytes each: the input is on the heap", total-total0, n, input)
+	}
+	c, err := macs[0].Copy(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	macs = append(macs, c)
+	for i, m := range macs {
+		tag, err := m.Finalize(bg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(tag, want.Sum(nil)) {
+			t.Fatalf("context %d: tag %x, want %x", i, tag, want.Sum(nil))
+		}
+		m.Close()
+	}
+	frame.Trim()
+	if total, pooled := frame.Mapped(); total != total0 || pooled != 0 {
+		t.Errorf("%d bytes still mapped after every context ended, want %d", total, total0)
+	}
+}
