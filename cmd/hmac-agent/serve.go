@@ -18,6 +18,7 @@ import (
 	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/config"
 	"github.com/hmac-agent/hmac-agent/internal/harden"
+	"github.com/hmac-agent/hmac-agent/internal/memreturn"
 	"github.com/hmac-agent/hmac-agent/internal/metrics"
 	"github.com/hmac-agent/hmac-agent/internal/threadprio"
 	"github.com/hmac-agent/hmac-agent/providers"
@@ -144,6 +145,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 		HashTimeout:          cfg.Limits.HashTimeout.Duration,
 	}
 	setMemoryLimit(a.Limits(), sl, len(a.Providers()), log)
+	memreturn.TightenDuringBursts()
 
 	// Caught before the socket exists: a client that sees the socket
 	// and signals at once must find the agent removing it, not killed

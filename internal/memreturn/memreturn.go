@@ -11,6 +11,9 @@
 // returns the free heap with debug.FreeOSMemory, if enough is free to be
 // worth it.
 //
+// While a burst lasts, [TightenDuringBursts] keeps the heap near what is
+// live, so that less is left to return: see burst.go.
+//
 // A forced collection costs CPU in proportion to the live heap, and a
 // caller can make memory be let go as often as it likes (by connecting and
 // disconnecting), so a Returner looks at most once per [Interval], however
