@@ -55,3 +55,12 @@ func (ib *inputBuffer) free() {
 }
 
 var pageSize = os.Getpagesize()
+
+// held is the memory n bytes of input take, as charged to the caller:
+// whole pages from a page on, where they lie outside the heap.
+func held(n int) int {
+	if n < pageSize {
+		return n
+	}
+	return (n + pageSize - 1) / pageSize * pageSize
+}

@@ -105,7 +105,7 @@ func (m *mac) update(ctx context.Context, p []byte, b *frame.Buffer) error {
 func (m *mac) charge(p []byte) error {
 	want := 0
 	if m.sess == nil && len(m.buf.bytes())+len(p) <= m.k.p.cfg.BufferBytes {
-		want = len(m.buf.bytes()) + len(p)
+		want = held(len(m.buf.bytes()) + len(p))
 	}
 	if want <= m.bufCharged {
 		m.budget.Release(m.bufCharged - want)
@@ -132,14 +132,20 @@ func (m *mac) keep(p []byte, b *frame.Buffer) {
 		m.dropped += int64(len(p))
 		return
 	}
-	if int64(m.log.n+len(p)) > m.k.p.cfg.MaxCopyBytes || m.budget.ChargeOptional(len(p)) != nil {
+	// A copy of the log's own takes whole pages once large; a caller's
+	// frame that the log keeps is charged by its bytes.
+	charge := len(p)
+	if b == nil {
+		charge = held(len(p))
+	}
+	if int64(m.log.n+len(p)) > m.k.p.cfg.MaxCopyBytes || m.budget.ChargeOptional(charge) != nil {
 		// Past max_copy_bytes, or past what the caller's budget spares
 		// for copies: the context goes on, and cannot be copied.
 		m.dropped = int64(m.log.n + len(p))
 		m.dropLog()
 		return
 	}
-	m.logCharged += len(p)
+	m.logCharged += charge
 	if b == nil {
 		// The log's own copy, off the Go heap when large (frame.Copy);
 		// the log holds its one reference.
@@ -276,11 +282,11 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 		defer c.dropLog() // the input is read from m's view
 	}
 	if m.log.n <= m.k.p.cfg.BufferBytes {
-		if err := c.budget.Charge(m.log.n); err != nil {
+		if err := c.budget.Charge(held(m.log.n)); err != nil {
 			c.dropLog()
 			return nil, err
 		}
-		c.bufCharged = m.log.n
+		c.bufCharged = held(m.log.n)
 		for _, chunk := range input {
 			c.buf.append(chunk, m.k.p.cfg.BufferBytes)
 		}

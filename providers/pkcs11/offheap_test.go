@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"os"
 	"testing"
 
 	"github.com/hmac-agent/hmac-agent/internal/frame"
@@ -62,6 +63,30 @@ func TestBufferedInputOffHeap(t *testing.T) {
 	input := 100 + 5000 + 20000 + 30000
 	if total, _ := frame.Mapped(); total-total0 < n*2*(input-100) {
 		t.Errorf("%d bytes mapped for %d contexts buffering and logging %d bytes each: the input is on the heap", total-total0, n, input)
+	}
+	// Off the heap, input is charged to its caller in the pages it takes.
+	budget := providers.NewBudget(1<<20, nil, "test")
+	ctx := providers.WithBudget(bg, budget)
+	m, err := k.NewMAC(ctx, providers.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Update(ctx, pieces[0])
+	m.Update(ctx, pieces[1])
+	// The buffer: 5100 bytes; the log: 100 bytes on the heap and a copy
+	// of 5000; each in whole pages if a page or more.
+	pages := func(n int) int64 {
+		if page := os.Getpagesize(); n >= page {
+			return int64((n + page - 1) / page * page)
+		}
+		return int64(n)
+	}
+	if held, want := budget.Held(), pages(5100)+100+pages(5000); held != want {
+		t.Errorf("%d bytes charged for 5100 buffered and logged, want %d", held, want)
+	}
+	m.Close()
+	if held := budget.Held(); held != 0 {
+		t.Errorf("%d bytes charged after Close", held)
 	}
 	c, err := macs[0].Copy(bg)
 	if err != nil {
