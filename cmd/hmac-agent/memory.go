@@ -6,6 +6,7 @@ import (
 	"runtime/debug"
 
 	"github.com/hmac-agent/hmac-agent/agent"
+	"github.com/hmac-agent/hmac-agent/internal/frame"
 	"github.com/hmac-agent/hmac-agent/socket"
 	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
@@ -24,8 +25,9 @@ const (
 // limits with this many providers (docs/operations.md, "Sharing the agent
 // between callers"): every connection with its buffers and one uncharged
 // request, every context, max_bytes of frames, requests and device
-// input, and for each provider the calls past their deadline that have
-// not returned, each holding a frame and a goroutine no budget counts.
+// input, the frames pooled for reuse, and for each provider the calls
+// past their deadline that have not returned, each holding a frame and a
+// goroutine no budget counts.
 func worstCaseMemory(a agent.Limits, s socket.Limits, providers int) int64 {
 	if s.MaxConnections <= 0 {
 		s.MaxConnections = socket.DefaultLimits.MaxConnections
@@ -35,7 +37,7 @@ func worstCaseMemory(a agent.Limits, s socket.Limits, providers int) int64 {
 	}
 	s.MaxFrame = max(s.MaxFrame, wire.MinMaxFrame)
 	return int64(s.MaxConnections)*(connectionMemory+socket.RequestMemory) +
-		a.MaxBytes + int64(a.MaxContexts)*contextMemory +
+		a.MaxBytes + int64(a.MaxContexts)*contextMemory + frame.PoolMax +
 		int64(providers)*stuckCallsMemory(s.MaxFrame)
 }
 

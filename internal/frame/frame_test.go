@@ -64,12 +64,12 @@ func TestPooled(t *testing.T) {
 }
 
 // TestMappedAccounting: every buffer made is unmapped once recycled past
-// the pool's bound or trimmed, and the pool keeps at most poolMax.
+// the pool's bound or trimmed, and the pool keeps at most PoolMax.
 func TestMappedAccounting(t *testing.T) {
 	Trim()
 	total0, _ := Mapped()
 	var bufs [][]byte
-	for range 3 * poolMax / (1 << 20) {
+	for range 3 * PoolMax / (1 << 20) {
 		b, err := Alloc(1 << 20)
 		if err != nil {
 			t.Fatal(err)
@@ -83,8 +83,8 @@ func TestMappedAccounting(t *testing.T) {
 		Recycle(b)
 	}
 	total, pooled := Mapped()
-	if pooled > poolMax || total-total0 != pooled {
-		t.Fatalf("after recycling: %d bytes mapped, %d pooled (at most %d)", total-total0, pooled, poolMax)
+	if pooled > PoolMax || total-total0 != pooled {
+		t.Fatalf("after recycling: %d bytes mapped, %d pooled (at most %d)", total-total0, pooled, PoolMax)
 	}
 	Trim()
 	if total, pooled := Mapped(); total != total0 || pooled != 0 {

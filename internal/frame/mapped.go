@@ -22,9 +22,10 @@ import (
 // so a frame announced and not sent costs what was sent, whatever its
 // mapping's length.
 
-// poolMax bounds the memory the pool keeps between frames: enough for a
+// PoolMax bounds the memory the pool keeps between frames: enough for a
 // few connections streaming megabyte frames, several in flight each.
-const poolMax = 16 << 20
+// It is the agent's own, charged to no caller.
+const PoolMax = 16 << 20
 
 // minPooled is the size below which Pooled does not tell buffers apart.
 const minPooled = 64 << 10
@@ -99,7 +100,7 @@ func Recycle(b []byte) {
 		panic("frame: Recycle of memory not from Alloc")
 	case pooled:
 		panic("frame: Recycle of a buffer already recycled")
-	case mapped.held+len(b) > poolMax:
+	case mapped.held+len(b) > PoolMax:
 		unmapLocked(b)
 		return
 	}
