@@ -125,21 +125,11 @@ func (c *conn) drain() {
 	c.nc.Close()
 }
 
-func (c *conn) serve(ctx context.Context) {
+// serve serves the connection of peer, whose uid ServeConn admitted
+// (peer's credentials only: its identity is read here).
+func (c *conn) serve(ctx context.Context, peer agent.Peer) {
 	ctx, cancel := context.WithCancel(ctx)
 	c.ctx = ctx
-	// The uid's connection limit comes before reading the process's
-	// identity, which may mean hashing its executable: a uid whose
-	// hashing waits must hold no more connections than its own share.
-	peer, _ := peerOf(c.nc, agent.NeedNone, 0)
-	if !c.srv.admit(peer) {
-		cancel()
-		c.srv.log.With("peer", peer.String()).Debug("connection refused: too many for its uid")
-		refuseWith(c.nc, providers.Publicf(providers.ErrLimit,
-			"too many connections for uid %d (at most %d)", peer.UID, c.srv.limits.MaxConnectionsPerUID))
-		return
-	}
-	defer c.srv.leave(peer)
 	if need := c.srv.agent.IdentityNeed(); need > agent.NeedNone && peer.Known {
 		full, err := peerOf(c.nc, need, c.srv.limits.HashTimeout)
 		if err != nil {

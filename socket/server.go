@@ -116,21 +116,7 @@ func NewServer[S Session](a Agent[S], limits Limits, log *slog.Logger) *Server {
 	}
 }
 
-// admit counts a connection of peer's uid, or reports false if that uid
-// has MaxConnectionsPerUID open already.
-func (s *Server) admit(peer agent.Peer) bool {
-	uid := uidKey(peer)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.perUID[uid] >= s.limits.MaxConnectionsPerUID {
-		return false
-	}
-	s.perUID[uid]++
-	s.gate.Share(len(s.perUID) > 1)
-	return true
-}
-
-// leave uncounts a connection admit counted.
+// leave uncounts a connection ServeConn counted.
 func (s *Server) leave(peer agent.Peer) {
 	uid := uidKey(peer)
 	s.mu.Lock()
@@ -190,42 +176,60 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 }
 
 // ServeConn serves one connection in a new goroutine and returns at once.
+// A connection the server will not take (shutting down, too many, too
+// many of its uid's) is refused here, before any goroutine: a caller
+// opening connections as fast as it can costs the agent a syscall and a
+// short write each, not a goroutine and its stack, of which the runtime
+// keeps some for good. The uid's limit comes before reading the
+// process's identity, which may mean hashing its executable: a uid whose
+// hashing waits holds no more connections than its own share.
 func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
+	peer, _ := peerOf(nc, agent.NeedNone, 0)
+	uid := uidKey(peer)
 	s.mu.Lock()
-	if s.stopping || len(s.conns) >= s.limits.MaxConnections {
-		stopping := s.stopping
+	var refusal error
+	switch {
+	case s.stopping:
+		refusal = wire.ErrShuttingDown
+	case len(s.conns) >= s.limits.MaxConnections:
+		refusal = providers.Publicf(providers.ErrLimit, "too many connections (at most %d)", s.limits.MaxConnections)
+	case s.perUID[uid] >= s.limits.MaxConnectionsPerUID:
+		refusal = providers.Publicf(providers.ErrLimit, "too many connections for uid %d (at most %d)", peer.UID, s.limits.MaxConnectionsPerUID)
+		s.log.With("peer", peer.String()).Debug("connection refused: too many for its uid")
+	}
+	if refusal != nil {
 		s.mu.Unlock()
-		go refuse(nc, stopping, s.limits.MaxConnections)
+		// A new connection's socket buffer is empty: the write does not
+		// wait, and the deadline is only there in case it would.
+		refuseWith(nc, refusal, refuseDeadline)
 		return
 	}
+	s.perUID[uid]++
+	s.gate.Share(len(s.perUID) > 1)
 	c := newConn(s, nc)
 	s.conns[c] = struct{}{}
 	s.connWG.Add(1)
 	s.mu.Unlock()
 	go func() {
 		defer s.connWG.Done()
-		c.serve(ctx)
+		c.serve(ctx, peer)
+		s.leave(peer)
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
 	}()
 }
 
-// refuse tells a connection it cannot be served, then closes it.
-func refuse(nc net.Conn, stopping bool, max int) {
-	if stopping {
-		refuseWith(nc, wire.ErrShuttingDown)
-		return
-	}
-	refuseWith(nc, providers.Publicf(providers.ErrLimit, "too many connections (at most %d)", max))
-}
+// refuseDeadline bounds the write of a refusal made by the accepting
+// goroutine, which serves everyone.
+const refuseDeadline = 100 * time.Millisecond
 
-// refuseWith sends a connection err, then closes it.
-func refuseWith(nc net.Conn, err error) {
+// refuseWith sends a connection err, waiting at most d, then closes it.
+func refuseWith(nc net.Conn, err error, d time.Duration) {
 	defer nc.Close()
 	m := wire.Message{Type: wire.TypeError, Code: wire.CodeOf(err), Data: []byte(err.Error())}
 	b, _ := m.Append(nil)
-	nc.SetWriteDeadline(time.Now().Add(time.Second))
+	nc.SetWriteDeadline(time.Now().Add(d))
 	nc.Write(b)
 }
 
