@@ -106,3 +106,41 @@ func TestRecycleRefusesOthersMemory(t *testing.T) {
 	mustPanic(t, "a second Recycle", func() { Recycle(b) })
 	Recycle(nil) // no buffer at all
 }
+
+// TestMappingsBounded: past maxMappings Alloc fails, and Copy keeps its
+// bytes on the heap instead: a caller holding thousands of small buffers
+// must not run the process out of the kernel's regions, past which every
+// mmap, the Go runtime's included, fails.
+func TestMappingsBounded(t *testing.T) {
+	Trim()
+	total0, _ := Mapped()
+	defer func(n int) { maxMappings = n }(maxMappings)
+	mapped.mu.Lock()
+	maxMappings = len(mapped.live) + 2
+	mapped.mu.Unlock()
+	a, err := Alloc(pageSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Alloc(pageSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Alloc(pageSize); err == nil {
+		t.Fatal("Alloc past maxMappings succeeded")
+	}
+	total, _ := Mapped()
+	c := Copy(make([]byte, 2*pageSize))
+	if len(c.Bytes()) != 2*pageSize {
+		t.Fatalf("Copy past maxMappings: %d bytes", len(c.Bytes()))
+	}
+	if now, _ := Mapped(); now != total {
+		t.Error("Copy past maxMappings mapped memory")
+	}
+	c.Release()
+	Recycle(a)
+	Recycle(b)
+	if total, pooled := Mapped(); pooled != 0 || total != total0 {
+		t.Errorf("buffers under minPooled kept: %d bytes mapped, %d pooled", total-total0, pooled)
+	}
+}

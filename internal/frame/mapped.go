@@ -5,6 +5,8 @@ package frame
 import (
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -21,6 +23,14 @@ import (
 // given back whole by munmap. And only the pages written are resident,
 // so a frame announced and not sent costs what was sent, whatever its
 // mapping's length.
+
+// maxMappings bounds the mappings that exist at once, pooled or not.
+// Each may be a region of its own in the kernel's map of the process,
+// which allows vm.max_map_count of them (65530 by default) for
+// everything, the Go runtime's own and the libraries' included: past it
+// every mmap, and every munmap that splits a region, fails. Past this
+// bound Alloc fails, and its callers keep their bytes on the Go heap.
+var maxMappings = mappingsAllowed()
 
 // PoolMax bounds the memory the pool keeps between frames: enough for a
 // few connections streaming megabyte frames, several in flight each.
@@ -47,18 +57,21 @@ var mapped struct {
 // pages may be unmapped.
 func Alloc(n int) ([]byte, error) {
 	size := (n + pageSize - 1) / pageSize * pageSize
+	mapped.mu.Lock()
+	defer mapped.mu.Unlock()
+	if len(mapped.live) >= maxMappings {
+		return nil, fmt.Errorf("frame: %d mappings already, the most allowed", len(mapped.live))
+	}
 	b, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANON)
 	if err != nil {
 		return nil, fmt.Errorf("frame: mapping %d bytes: %w", size, err)
 	}
 	noHugePages(b)
-	mapped.mu.Lock()
 	if mapped.live == nil {
 		mapped.live = make(map[uintptr]bool)
 	}
 	mapped.live[base(b)] = false
 	mapped.size += size
-	mapped.mu.Unlock()
 	return b[:n], nil
 }
 
@@ -100,7 +113,9 @@ func Recycle(b []byte) {
 		panic("frame: Recycle of memory not from Alloc")
 	case pooled:
 		panic("frame: Recycle of a buffer already recycled")
-	case mapped.held+len(b) > PoolMax:
+	case len(b) < minPooled || mapped.held+len(b) > PoolMax:
+		// Pooled is asked only for frames past a connection's buffer:
+		// a small buffer would sit in the pool taking a frame's room.
 		unmapLocked(b)
 		return
 	}
@@ -134,8 +149,24 @@ func unmapLocked(b []byte) {
 	delete(mapped.live, base(b))
 	mapped.size -= cap(b)
 	if err := unix.Munmap(b[:cap(b)]); err != nil {
-		panic("frame: " + err.Error()) // only for an address that is no mapping of ours
+		// Out of regions (see maxMappings), which the bound should
+		// make impossible: the pages go back all the same, and the
+		// address range is left behind.
+		unix.Madvise(b[:cap(b)], unix.MADV_DONTNEED)
 	}
+}
+
+// mappingsAllowed is a quarter of vm.max_map_count, and at most 16384:
+// room for the runtime and the libraries, and for every mapping of ours
+// to be a region of its own.
+func mappingsAllowed() int {
+	n := 65530
+	if b, err := os.ReadFile("/proc/sys/vm/max_map_count"); err == nil {
+		if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && v > 0 {
+			n = v
+		}
+	}
+	return min(n/4, 16384)
 }
 
 func base(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }

@@ -34,8 +34,9 @@ type FrameReader struct {
 	r         *bufio.Reader
 	max       int
 	budget    *providers.Budget
-	mapped    bool // scratch buffers from frame.Alloc
+	mapped    bool // new scratch buffers from frame.Alloc, when it can
 	scratch   []byte
+	inMapping bool // scratch is from frame.Alloc or its pool
 	charged   int  // of budget, for scratch
 	peeked    int  // bytes of the previous frame still to discard
 	inScratch bool // the last frame is in scratch, not in the bufio buffer
@@ -51,8 +52,9 @@ func NewFrameReader(r *bufio.Reader, max int) *FrameReader {
 func (f *FrameReader) SetMax(max int) { f.max = max }
 
 // UseMappedMemory reads large frames from now on into memory outside the
-// Go heap, from frame.Alloc or its pool, whose pages are resident only
-// once the bytes arrive and go back whole when let go. The reader's
+// Go heap, from frame.Alloc or its pool (or on the heap when no mapping
+// can be had), whose pages are resident only once the bytes arrive and
+// go back whole when let go. The reader's
 // owner must call Free when done with it, or its last buffer is never
 // given back. For a server, whose callers choose what it holds.
 func (f *FrameReader) UseMappedMemory() { f.mapped = true }
@@ -66,7 +68,7 @@ func (f *FrameReader) SetBudget(b *providers.Budget) { f.budget = b }
 // for a buffer that has gone back or to a new holder.
 func (f *FrameReader) forgetScratch() {
 	f.budget.Release(f.charged)
-	f.scratch, f.charged = nil, 0
+	f.scratch, f.charged, f.inMapping = nil, 0, false
 }
 
 // Buffered is how many bytes are read but not yet returned, beyond the
@@ -140,22 +142,7 @@ func (f *FrameReader) Next() ([]byte, error) {
 func (f *FrameReader) readBody(n int) ([]byte, error) {
 	if cap(f.scratch) < n {
 		f.dropScratch()
-		if !f.mapped {
-			f.scratch = make([]byte, n)
-		} else if b := frame.Pooled(n); b != nil {
-			// Its pages may all be resident: charged whole.
-			if err := f.budget.Charge(cap(b)); err != nil {
-				frame.Recycle(b)
-				return nil, err
-			}
-			f.scratch, f.charged = b, cap(b)
-		} else {
-			b, err := frame.Alloc(n)
-			if err != nil {
-				return nil, fmt.Errorf("%w: %v", providers.ErrLimit, err)
-			}
-			f.scratch, f.charged = b, 0
-		}
+		f.newScratch(n)
 	}
 	body := f.scratch[:0]
 	for len(body) < n {
@@ -176,9 +163,30 @@ func (f *FrameReader) readBody(n int) ([]byte, error) {
 	return body, nil
 }
 
+// newScratch makes a scratch buffer for n bytes: a pooled one, charged
+// whole since its pages may all be resident, if the budget spares that,
+// else a new one charged as the bytes arrive; mapped if the reader
+// uses mapped memory and a mapping can be had, else on the heap.
+func (f *FrameReader) newScratch(n int) {
+	if f.mapped {
+		if b := frame.Pooled(n); b != nil {
+			if f.budget.Charge(cap(b)) == nil {
+				f.scratch, f.charged, f.inMapping = b, cap(b), true
+				return
+			}
+			frame.Recycle(b)
+		}
+		if b, err := frame.Alloc(n); err == nil {
+			f.scratch, f.inMapping = b, true
+			return
+		}
+	}
+	f.scratch = make([]byte, n)
+}
+
 // dropScratch gives the scratch buffer back and releases its charge.
 func (f *FrameReader) dropScratch() {
-	if f.mapped {
+	if f.inMapping {
 		frame.Recycle(f.scratch)
 	}
 	f.forgetScratch()
@@ -236,10 +244,10 @@ func (f *FrameReader) Take() *frame.Buffer {
 	if !f.inScratch {
 		return nil
 	}
-	b := f.scratch
+	b, mapped := f.scratch, f.inMapping
 	f.forgetScratch()
 	f.inScratch = false
-	if !f.mapped {
+	if !mapped {
 		return frame.New(b, nil)
 	}
 	return frame.New(b, frame.Recycle)
