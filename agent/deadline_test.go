@@ -216,3 +216,44 @@ func TestStuckCallsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestLateCallOwnsItsInput: a device call past its deadline still reads
+// its input when it runs at last, after its caller has returned and
+// reused (or unmapped) the memory the input lay in. Input the caller
+// passed without a buffer is copied for the call, so the device reads
+// what was sent.
+func TestLateCallOwnsItsInput(t *testing.T) {
+	gate := make(chan struct{})
+	seen := make(chan string, 4)
+	slow := &agenttest.SlowProvider{Secret: []byte("k"), Deadline: 50 * time.Millisecond, UpdateGate: gate,
+		Seen: func(b []byte) { seen <- string(b) }}
+	a, _ := newSlowAgent(t, slow)
+	ctx := context.Background()
+	s := a.NewSession(owner)
+	defer s.Close()
+	key := []byte("slow-key")
+	if err := s.Open(ctx, 1, key, providers.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	update := []byte("update input")
+	s.Update(ctx, 1, update, nil)
+	oneShot := []byte("one-shot input")
+	if _, err := s.MAC(ctx, key, providers.SHA256, oneShot, nil); !errors.Is(err, providers.ErrUnavailable) {
+		t.Fatalf("one-shot on a stuck device: %v", err)
+	}
+	copy(update, "XXXXXXXXXXXX") // the caller's buffer, reused
+	copy(oneShot, "XXXXXXXXXXXXXX")
+	close(gate)
+	got := map[string]bool{}
+	for range 2 {
+		select {
+		case in := <-seen:
+			got[in] = true
+		case <-time.After(5 * time.Second):
+			t.Fatal("the calls past their deadline never ran")
+		}
+	}
+	if !got["update input"] || !got["one-shot input"] {
+		t.Errorf("late calls read %v, want what was sent", got)
+	}
+}

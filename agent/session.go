@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"sync"
@@ -314,6 +315,7 @@ func (s *Session) Update(ctx context.Context, id uint32, p []byte, b *frame.Buff
 			err = update(ctx, c.mac, p, b)
 		} else {
 			mac := c.mac
+			p, b, done := deviceInput(p, b)
 			b.Retain() // the call's
 			err = c.key.dev.call(ctx, func(ctx context.Context) error {
 				return update(ctx, mac, p, b)
@@ -322,6 +324,7 @@ func (s *Session) Update(ctx context.Context, id uint32, p []byte, b *frame.Buff
 				b.Release()
 			})
 			releaseUnlessLate(b, err)
+			done()
 			if timedOut(err) {
 				s.lose(c)
 			}
@@ -341,6 +344,20 @@ func update(ctx context.Context, m providers.MAC, p []byte, b *frame.Buffer) err
 		return rt.UpdateRetained(ctx, p, b)
 	}
 	return m.Update(ctx, p)
+}
+
+// deviceInput is a device call's input, which the call may read after
+// its caller has returned (past its deadline): data itself if it lies in
+// b, a buffer the caller holds, else a copy in a buffer of its own (the
+// caller's data may be a connection's buffer, reused or unmapped as soon
+// as the reader moves on). done lets go of the copy once the caller is
+// finished; it does nothing when there is none.
+func deviceInput(data []byte, b *frame.Buffer) ([]byte, *frame.Buffer, func()) {
+	if b != nil {
+		return data, b, func() {}
+	}
+	c := frame.Copy(data)
+	return c.Bytes(), c, c.Release
 }
 
 // lateRelease is what a device call past its deadline runs as it returns
@@ -535,11 +552,15 @@ func (s *Session) MACVersion(ctx context.Context, key []byte, alg providers.Algo
 	if r.immediate {
 		tag, err = sumOne(ctx, vk, alg, data, dst)
 	} else {
+		// Past its deadline the call still reads its input and writes
+		// its tag: neither may be the caller's memory.
+		data, b, done := deviceInput(data, b)
 		b.Retain() // the call's
 		tag, err = onDevice(ctx, r.dev, func(ctx context.Context) ([]byte, error) {
-			return sumOne(ctx, vk, alg, data, dst)
+			return sumOne(ctx, vk, alg, data, nil)
 		}, func([]byte) { b.Release() })
 		releaseUnlessLate(b, err)
+		done()
 	}
 	if err != nil {
 		tag, err = nil, s.keyFailed(r, err)
@@ -575,6 +596,10 @@ func (s *Session) VerifyMACVersion(ctx context.Context, key []byte, alg provider
 	if r.immediate {
 		version, err = s.verifyMAC(ctx, r, alg, data, tag)
 	} else {
+		if b == nil {
+			tag = bytes.Clone(tag) // in the caller's memory, as data is
+		}
+		data, b, done := deviceInput(data, b)
 		b.Retain() // the call's
 		err = r.dev.call(ctx, func(ctx context.Context) error {
 			var err error
@@ -582,6 +607,7 @@ func (s *Session) VerifyMACVersion(ctx context.Context, key []byte, alg provider
 			return err
 		}, lateRelease(b))
 		releaseUnlessLate(b, err)
+		done()
 	}
 	if err != nil && err != providers.ErrInvalidSignature {
 		err = s.keyFailed(r, err)

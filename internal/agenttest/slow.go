@@ -1,6 +1,7 @@
 package agenttest
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"errors"
@@ -24,6 +25,9 @@ type SlowProvider struct {
 	// (or the channel is closed), whatever its ctx says: a device that
 	// stopped answering mid-call.
 	UpdateGate chan struct{}
+	// Seen, if set, gets a copy of each Update's input as the device
+	// reads it, after UpdateGate.
+	Seen func(input []byte)
 	// Deadline is what Timeout reports (providers.Deadliner); zero lets
 	// the agent choose.
 	Deadline time.Duration
@@ -68,6 +72,9 @@ func (m *slowMAC) Update(_ context.Context, b []byte) error {
 	}
 	if m.p.UpdateGate != nil {
 		<-m.p.UpdateGate
+	}
+	if m.p.Seen != nil {
+		m.p.Seen(bytes.Clone(b))
 	}
 	if string(b) == "fail" {
 		return fmt.Errorf("%w: %w", providers.ErrUnavailable, errDevice)
