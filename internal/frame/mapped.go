@@ -32,10 +32,14 @@ import (
 // bound Alloc fails, and its callers keep their bytes on the Go heap.
 var maxMappings = mappingsAllowed()
 
-// PoolMax bounds the memory the pool keeps between frames: enough for a
-// few connections streaming megabyte frames, several in flight each.
-// It is the agent's own, charged to no caller.
-const PoolMax = 16 << 20
+// PoolMax bounds the memory the pool keeps between frames: what one
+// caller may hold at the default limits (max_bytes_per_uid). A PKCS#11
+// stream's copy log keeps up to half that in frames and lets them all go
+// at once; pooled, they serve the frames after it, where unmapping them
+// and faulting fresh pages in cost PKCS#11 streaming 8-13% (hmac-bench
+// -compare, with a pool of 16 MiB). It is the agent's own, charged to no
+// caller, and Trim empties it once a burst is over.
+const PoolMax = 64 << 20
 
 // minPooled is the size below which Pooled does not tell buffers apart.
 const minPooled = 64 << 10
