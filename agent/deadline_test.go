@@ -37,6 +37,20 @@ func newSlowAgent(t *testing.T, slow *agenttest.SlowProvider) (*agent.Agent, *lo
 	return a, logs
 }
 
+// slowContext starts an agent with the slow test device, a session of
+// owner's, and context 1 open on the device's key.
+func slowContext(t *testing.T, slow *agenttest.SlowProvider) (*agent.Agent, *agent.Session, []byte) {
+	t.Helper()
+	a, _ := newSlowAgent(t, slow)
+	s := a.NewSession(owner)
+	t.Cleanup(s.Close)
+	key := []byte("slow-key")
+	if err := s.Open(context.Background(), 1, key, providers.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	return a, s, key
+}
+
 // logBuffer collects log lines from many goroutines.
 type logBuffer struct{ agenttest.SyncBuffer }
 
@@ -62,15 +76,8 @@ func TestDeadlineEndsContext(t *testing.T) {
 	const timeout = 100 * time.Millisecond
 	gate := make(chan struct{})
 	slow := &agenttest.SlowProvider{Secret: []byte("k"), Deadline: timeout, UpdateGate: gate}
-	a, _ := newSlowAgent(t, slow)
+	a, s, key := slowContext(t, slow)
 	ctx := context.Background()
-	s := a.NewSession(owner)
-	defer s.Close()
-	key := []byte("slow-key")
-
-	if err := s.Open(ctx, 1, key, providers.SHA256); err != nil {
-		t.Fatal(err)
-	}
 	start := time.Now()
 	update := frame.New([]byte("abc"), nil)
 	if err := s.Update(ctx, 1, update.Bytes(), update); err != nil {
@@ -227,14 +234,8 @@ func TestLateCallOwnsItsInput(t *testing.T) {
 	seen := make(chan string, 4)
 	slow := &agenttest.SlowProvider{Secret: []byte("k"), Deadline: 50 * time.Millisecond, UpdateGate: gate,
 		Seen: func(b []byte) { seen <- string(b) }}
-	a, _ := newSlowAgent(t, slow)
+	_, s, key := slowContext(t, slow)
 	ctx := context.Background()
-	s := a.NewSession(owner)
-	defer s.Close()
-	key := []byte("slow-key")
-	if err := s.Open(ctx, 1, key, providers.SHA256); err != nil {
-		t.Fatal(err)
-	}
 	update := []byte("update input")
 	s.Update(ctx, 1, update, nil)
 	oneShot := []byte("one-shot input")
