@@ -130,8 +130,8 @@ func TestMappingsBounded(t *testing.T) {
 		t.Fatal("Alloc past maxMappings succeeded")
 	}
 	total, _ := Mapped()
-	c := Copy(make([]byte, 2*pageSize))
-	if len(c.Bytes()) != 2*pageSize {
+	c := Copy(make([]byte, minPooled))
+	if len(c.Bytes()) != minPooled {
 		t.Fatalf("Copy past maxMappings: %d bytes", len(c.Bytes()))
 	}
 	if now, _ := Mapped(); now != total {
@@ -141,6 +141,6 @@ func TestMappingsBounded(t *testing.T) {
 	Recycle(a)
 	Recycle(b)
 	if total, pooled := Mapped(); pooled != 0 || total != total0 {
-		t.Errorf("buffers under minPooled kept: %d bytes mapped, %d pooled", total-total0, pooled)
+		t.Errorf("buffers under minRecycled kept: %d bytes mapped, %d pooled", total-total0, pooled)
 	}
 }

@@ -44,6 +44,11 @@ const PoolMax = 64 << 20
 // minPooled is the size below which Pooled does not tell buffers apart.
 const minPooled = 64 << 10
 
+// minRecycled is the least buffer the pool keeps: Pooled is asked only
+// for frames past a connection's read buffer (16 KiB), and a smaller
+// buffer would sit in the pool taking a frame's room.
+const minRecycled = 16 << 10
+
 var pageSize = os.Getpagesize()
 
 var mapped struct {
@@ -117,9 +122,7 @@ func Recycle(b []byte) {
 		panic("frame: Recycle of memory not from Alloc")
 	case pooled:
 		panic("frame: Recycle of a buffer already recycled")
-	case len(b) < minPooled || mapped.held+len(b) > PoolMax:
-		// Pooled is asked only for frames past a connection's buffer:
-		// a small buffer would sit in the pool taking a frame's room.
+	case len(b) < minRecycled || mapped.held+len(b) > PoolMax:
 		unmapLocked(b)
 		return
 	}
@@ -175,17 +178,30 @@ func mappingsAllowed() int {
 
 func base(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
 
-// Copy returns a Buffer holding a copy of p, in a mapping of its own if
-// p is a page or more and on the Go heap if smaller: bytes a caller
-// makes the agent keep stay off the heap (see above), and small ones,
-// which would waste most of a page, stay on it. A mapping that cannot
-// be made falls back to the heap.
+// Copy returns a Buffer holding a copy of p: in a mapping of its own if
+// p is as large as the frames the pool keeps, so that bytes a caller
+// makes the agent keep in large pieces stay off the heap (see above),
+// and on the Go heap if smaller. A mapping per small piece cost a
+// PKCS#11 stream of 4-16 KiB updates a third of its speed (an mmap and
+// an munmap each, as its copy log kept and let go of them), and pieces
+// that small are what a connection's own buffer holds, 16 KiB at most.
+// A mapping that cannot be made falls back to the heap.
 func Copy(p []byte) *Buffer {
-	if len(p) >= pageSize {
-		if b, err := Alloc(len(p)); err == nil {
-			copy(b, p)
-			return New(b, Recycle)
-		}
+	if CopySize(len(p)) == len(p) {
+		return New(append([]byte(nil), p...), nil)
+	}
+	if b, err := Alloc(len(p)); err == nil {
+		copy(b, p)
+		return New(b, Recycle)
 	}
 	return New(append([]byte(nil), p...), nil)
+}
+
+// CopySize is the memory Copy takes for n bytes: whole pages in a
+// mapping, or n on the heap.
+func CopySize(n int) int {
+	if n < minPooled {
+		return n
+	}
+	return (n + pageSize - 1) / pageSize * pageSize
 }

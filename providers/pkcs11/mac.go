@@ -132,11 +132,12 @@ func (m *mac) keep(p []byte, b *frame.Buffer) {
 		m.dropped += int64(len(p))
 		return
 	}
-	// A copy of the log's own takes whole pages once large; a caller's
-	// frame that the log keeps is charged by its bytes.
+	// A copy of the log's own takes whole pages when mapped
+	// (frame.Copy); a caller's buffer that the log keeps is charged by
+	// its bytes.
 	charge := len(p)
 	if b == nil {
-		charge = held(len(p))
+		charge = frame.CopySize(len(p))
 	}
 	if int64(m.log.n+len(p)) > m.k.p.cfg.MaxCopyBytes || m.budget.ChargeOptional(charge) != nil {
 		// Past max_copy_bytes, or past what the caller's budget spares
