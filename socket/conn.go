@@ -544,9 +544,10 @@ func (c *conn) manageReply(m *wire.Message) *wire.Message {
 // own makes m's byte fields outlive the frame, for a request that runs
 // after the reader has moved on. The large frame of a request that
 // carries data to a key is handed over whole instead of copied, as body:
-// streaming to a device would otherwise copy every byte once more. The
-// caller holds body's one reference and releases it when the request has
-// run. A management request is copied: its calls know nothing of frames.
+// streaming to a device would otherwise copy every byte once more; a
+// small one is copied, and the copy is body. The caller holds body's one
+// reference and releases it when the request has run. A management
+// request is copied: its calls know nothing of frames.
 func (c *conn) own(m *wire.Message) (o *wire.Message, body *frame.Buffer) {
 	o = new(wire.Message)
 	*o = *m
@@ -561,6 +562,11 @@ func (c *conn) own(m *wire.Message) (o *wire.Message, body *frame.Buffer) {
 	o.Tag = append([]byte(nil), m.Tag...)
 	o.Data = append([]byte(nil), m.Data...)
 	wipeImport(m)
+	if m.Type == wire.TypeUpdate || m.Type == wire.TypeMAC || m.Type == wire.TypeVerifyMAC {
+		// The copy is the request's own: a device call, or a context's
+		// log, may keep it without copying it again.
+		return o, frame.New(o.Data, nil)
+	}
 	return o, nil
 }
 
