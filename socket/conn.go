@@ -551,7 +551,8 @@ func (c *conn) manageReply(m *wire.Message) *wire.Message {
 func (c *conn) own(m *wire.Message) (o *wire.Message, body *frame.Buffer) {
 	o = new(wire.Message)
 	*o = *m
-	if m.Type == wire.TypeUpdate || m.Type == wire.TypeMAC || m.Type == wire.TypeVerifyMAC {
+	data := m.Type == wire.TypeUpdate || m.Type == wire.TypeMAC || m.Type == wire.TypeVerifyMAC
+	if data {
 		if body := c.fr.Take(); body != nil {
 			return o, body
 		}
@@ -562,7 +563,7 @@ func (c *conn) own(m *wire.Message) (o *wire.Message, body *frame.Buffer) {
 	o.Tag = append([]byte(nil), m.Tag...)
 	o.Data = append([]byte(nil), m.Data...)
 	wipeImport(m)
-	if m.Type == wire.TypeUpdate || m.Type == wire.TypeMAC || m.Type == wire.TypeVerifyMAC {
+	if data {
 		// The copy is the request's own: a device call, or a context's
 		// log, may keep it without copying it again.
 		return o, frame.New(o.Data, nil)

@@ -118,15 +118,15 @@ func TestMappingsBounded(t *testing.T) {
 	mapped.mu.Lock()
 	maxMappings = len(mapped.live) + 2
 	mapped.mu.Unlock()
-	a, err := Alloc(pageSize)
+	a, err := Alloc(PageSize)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := Alloc(pageSize)
+	b, err := Alloc(PageSize)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Alloc(pageSize); err == nil {
+	if _, err := Alloc(PageSize); err == nil {
 		t.Fatal("Alloc past maxMappings succeeded")
 	}
 	total, _ := Mapped()

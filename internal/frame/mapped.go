@@ -49,7 +49,8 @@ const minPooled = 64 << 10
 // buffer would sit in the pool taking a frame's room.
 const minRecycled = 16 << 10
 
-var pageSize = os.Getpagesize()
+// PageSize is the system's page, the unit a mapping takes memory in.
+var PageSize = os.Getpagesize()
 
 var mapped struct {
 	mu   sync.Mutex
@@ -65,7 +66,7 @@ var mapped struct {
 // Buffer whose free is Recycle, and must not touch it afterwards: its
 // pages may be unmapped.
 func Alloc(n int) ([]byte, error) {
-	size := (n + pageSize - 1) / pageSize * pageSize
+	size := Pages(n)
 	mapped.mu.Lock()
 	defer mapped.mu.Unlock()
 	if len(mapped.live) >= maxMappings {
@@ -203,5 +204,8 @@ func CopySize(n int) int {
 	if n < minPooled {
 		return n
 	}
-	return (n + pageSize - 1) / pageSize * pageSize
+	return Pages(n)
 }
+
+// Pages is n rounded up to whole pages: what n bytes take in a mapping.
+func Pages(n int) int { return (n + PageSize - 1) / PageSize * PageSize }

@@ -16,7 +16,7 @@ func TestPagesResidentAsWritten(t *testing.T) {
 	}
 	defer func() { Recycle(b); Trim() }()
 	clear(b[:10<<10])
-	vec := make([]byte, cap(b)/pageSize)
+	vec := make([]byte, cap(b)/PageSize)
 	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(cap(b)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
 		t.Fatal(e)
 	}
@@ -24,7 +24,7 @@ func TestPagesResidentAsWritten(t *testing.T) {
 	for _, v := range vec {
 		resident += int(v & 1)
 	}
-	if want := (10<<10)/pageSize + 1; resident > want {
+	if want := (10<<10)/PageSize + 1; resident > want {
 		t.Errorf("%d pages resident of a 4 MiB buffer after writing 10 KiB, want at most %d", resident, want)
 	}
 }

@@ -25,14 +25,16 @@ const (
 	// BurstGCPercent is the collector's headroom during a burst, in
 	// percent of the live heap.
 	BurstGCPercent = 25
+	// normalGCPercent is the headroom outside bursts: GOGC's default,
+	// since an operator's GOGC turns the watch off.
+	normalGCPercent = 100
 )
 
 var burst struct {
-	once   sync.Once
-	mu     sync.Mutex
-	normal int // the GC percent outside bursts
-	on     bool
-	live   []metrics.Sample
+	once sync.Once
+	mu   sync.Mutex
+	on   bool
+	live []metrics.Sample
 }
 
 // sentinel is an object made only to be collected: its cleanup runs
@@ -49,8 +51,6 @@ func TightenDuringBursts() {
 		return
 	}
 	burst.once.Do(func() {
-		burst.normal = debug.SetGCPercent(100) // as GOGC unset has it
-		debug.SetGCPercent(burst.normal)
 		burst.live = []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 		armBurstWatch()
 	})
@@ -80,7 +80,7 @@ func afterCollection() {
 		debug.SetGCPercent(BurstGCPercent)
 	case burst.on && live < BurstLive/2:
 		burst.on = false
-		debug.SetGCPercent(burst.normal)
+		debug.SetGCPercent(normalGCPercent)
 	}
 }
 

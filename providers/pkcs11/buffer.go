@@ -2,11 +2,7 @@
 
 package pkcs11
 
-import (
-	"os"
-
-	"github.com/hmac-agent/hmac-agent/internal/frame"
-)
+import "github.com/hmac-agent/hmac-agent/internal/frame"
 
 // inputBuffer is a context's input kept until it is signed with one
 // C_Sign. A few bytes lie on the Go heap; from a page on, the input
@@ -28,7 +24,7 @@ func (ib *inputBuffer) bytes() []byte { return ib.b }
 // provider's buffer size.
 func (ib *inputBuffer) append(p []byte, size int) {
 	n := len(ib.b) + len(p)
-	if !ib.mapped && n >= pageSize {
+	if !ib.mapped && n >= frame.PageSize {
 		if mem, err := frame.Alloc(max(size, n)); err == nil {
 			k := copy(mem, ib.b)
 			clear(ib.b)
@@ -54,13 +50,11 @@ func (ib *inputBuffer) free() {
 	ib.b, ib.mapped = nil, false
 }
 
-var pageSize = os.Getpagesize()
-
 // held is the memory n bytes of input take, as charged to the caller:
 // whole pages from a page on, where they lie outside the heap.
 func held(n int) int {
-	if n < pageSize {
+	if n < frame.PageSize {
 		return n
 	}
-	return (n + pageSize - 1) / pageSize * pageSize
+	return frame.Pages(n)
 }

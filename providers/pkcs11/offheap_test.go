@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
-	"os"
 	"testing"
 
 	"github.com/hmac-agent/hmac-agent/internal/frame"
@@ -81,13 +80,7 @@ func TestBufferedInputOffHeap(t *testing.T) {
 	m.Update(ctx, pieces[1])
 	// The buffer: 5100 bytes, in whole pages if a page or more; the log:
 	// copies of 100 and 5000 bytes on the heap.
-	pages := func(n int) int64 {
-		if page := os.Getpagesize(); n >= page {
-			return int64((n + page - 1) / page * page)
-		}
-		return int64(n)
-	}
-	if held, want := budget.Held(), pages(5100)+100+5000; held != want {
+	if held, want := budget.Held(), int64(frame.Pages(5100)+100+5000); held != want {
 		t.Errorf("%d bytes charged for 5100 buffered and logged, want %d", held, want)
 	}
 	m.Close()

@@ -54,9 +54,9 @@ func (f *FrameReader) SetMax(max int) { f.max = max }
 // UseMappedMemory reads large frames from now on into memory outside the
 // Go heap, from frame.Alloc or its pool (or on the heap when no mapping
 // can be had), whose pages are resident only once the bytes arrive and
-// go back whole when let go. The reader's
-// owner must call Free when done with it, or its last buffer is never
-// given back. For a server, whose callers choose what it holds.
+// go back whole when let go. The reader's owner must call Free when done
+// with it, or its last buffer is never given back. For a server, whose
+// callers choose what it holds.
 func (f *FrameReader) UseMappedMemory() { f.mapped = true }
 
 // SetBudget charges the scratch buffer to b from now on. A large frame
