@@ -25,17 +25,30 @@ import "sync/atomic"
 type Buffer struct {
 	b    []byte
 	free func([]byte)
+	size int
 	refs atomic.Int32
 }
 
 // New wraps b, which the caller gives up, in a Buffer holding one
-// reference. The last Release gives b to free, if not nil: Recycle, for
-// memory that goes back to the pool.
+// reference. The last Release gives b to free, if not nil.
 func New(b []byte, free func([]byte)) *Buffer {
-	buf := &Buffer{b: b, free: free}
+	buf := &Buffer{b: b, free: free, size: cap(b)}
 	buf.refs.Store(1)
 	return buf
 }
+
+// Mapping wraps b, from Alloc or Pooled, as New does; the last Release
+// recycles it.
+func Mapping(b []byte) *Buffer {
+	buf := New(b, Recycle)
+	buf.size = Pages(cap(b))
+	return buf
+}
+
+// Size is the memory the buffer holds, which may be more than its bytes:
+// a pooled mapping is up to twice the frame it holds, in whole pages. A
+// holder that charges a caller for keeping the buffer charges this.
+func (b *Buffer) Size() int { return b.size }
 
 // Bytes returns the buffer's bytes, valid while the caller holds a
 // reference; nil once the last reference is released.

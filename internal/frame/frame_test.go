@@ -60,7 +60,12 @@ func TestPooled(t *testing.T) {
 	if Pooled(100<<10) != nil {
 		t.Error("a pooled buffer handed out twice")
 	}
-	Recycle(p)
+	// Whoever keeps the frame is charged for all it holds.
+	mb := Mapping(p)
+	if mb.Size() != 200<<10 {
+		t.Errorf("a 100 KiB frame in a 200 KiB buffer holds %d bytes, want 200 KiB", mb.Size())
+	}
+	mb.Release()
 }
 
 // TestMappedAccounting: every buffer made is unmapped once recycled past

@@ -193,7 +193,7 @@ func Copy(p []byte) *Buffer {
 	}
 	if b, err := Alloc(len(p)); err == nil {
 		copy(b, p)
-		return New(b, Recycle)
+		return Mapping(b)
 	}
 	return New(append([]byte(nil), p...), nil)
 }

@@ -134,10 +134,10 @@ func (m *mac) keep(p []byte, b *frame.Buffer) {
 	}
 	// A copy of the log's own takes whole pages when mapped
 	// (frame.Copy); a caller's buffer that the log keeps is charged by
-	// its bytes.
-	charge := len(p)
-	if b == nil {
-		charge = frame.CopySize(len(p))
+	// what it holds, which for a pooled frame may be twice its bytes.
+	charge := frame.CopySize(len(p))
+	if b != nil {
+		charge = b.Size()
 	}
 	if int64(m.log.n+len(p)) > m.k.p.cfg.MaxCopyBytes || m.budget.ChargeOptional(charge) != nil {
 		// Past max_copy_bytes, or past what the caller's budget spares

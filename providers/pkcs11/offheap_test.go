@@ -57,7 +57,7 @@ func TestBufferedInputOffHeap(t *testing.T) {
 			t.Fatal(err)
 		}
 		copy(mem, framed)
-		b := frame.New(mem, frame.Recycle)
+		b := frame.Mapping(mem)
 		if err := m.(providers.Retainer).UpdateRetained(bg, b.Bytes(), b); err != nil {
 			t.Fatal(err)
 		}
@@ -82,6 +82,16 @@ func TestBufferedInputOffHeap(t *testing.T) {
 	// copies of 100 and 5000 bytes on the heap.
 	if held, want := budget.Held(), int64(frame.Pages(5100)+100+5000); held != want {
 		t.Errorf("%d bytes charged for 5100 buffered and logged, want %d", held, want)
+	}
+	// A frame the log keeps is charged by the memory it holds, which
+	// for a pooled frame may be twice its bytes.
+	roomy := frame.New(make([]byte, 30000, 60000), nil)
+	if err := m.(providers.Retainer).UpdateRetained(ctx, roomy.Bytes(), roomy); err != nil {
+		t.Fatal(err)
+	}
+	roomy.Release()
+	if held, want := budget.Held(), int64(frame.Pages(35100)+100+5000+60000); held != want {
+		t.Errorf("%d bytes charged with a 30,000-byte frame of 60,000 kept, want %d", held, want)
 	}
 	m.Close()
 	if held := budget.Held(); held != 0 {

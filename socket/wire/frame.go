@@ -250,5 +250,5 @@ func (f *FrameReader) Take() *frame.Buffer {
 	if !mapped {
 		return frame.New(b, nil)
 	}
-	return frame.New(b, frame.Recycle)
+	return frame.Mapping(b)
 }
