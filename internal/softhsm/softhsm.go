@@ -75,8 +75,16 @@ func Setup() (string, error) {
 // UserPIN is the user PIN of every token Create makes.
 const UserPIN = "test-user-pin-1234"
 
-// Create initializes a new token with the given label in the process's
-// configuration.
+// labels counts the tokens made under each label, so that a test run
+// again in the same process (go test -count) gets a token of its own and
+// not the first run's, which a search by label would find first.
+var labels = struct {
+	sync.Mutex
+	used map[string]int
+}{used: make(map[string]int)}
+
+// Create initializes a new token in the process's configuration, labelled
+// label, or label-N if a token of that label was made before.
 //
 // The PINs are long enough that a test searching logs for them cannot
 // find them by chance in a timestamp, a pid or a duration.
@@ -84,6 +92,12 @@ func Create(label string) (*Token, error) {
 	if _, err := Setup(); err != nil {
 		return nil, err
 	}
+	labels.Lock()
+	labels.used[label]++
+	if n := labels.used[label]; n > 1 {
+		label = fmt.Sprintf("%s-%d", label, n)
+	}
+	labels.Unlock()
 	t := &Token{Label: label, PIN: UserPIN, SOPIN: "test-so-pin-5678"}
 	out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", label,
 		"--so-pin", t.SOPIN, "--pin", t.PIN).CombinedOutput()
