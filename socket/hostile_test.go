@@ -143,6 +143,12 @@ func hostileAttackChild() {
 		if nc := dial(true); nc != nil {
 			openContexts(nc, "hk", 2000, 64<<10)
 		}
+	case "pkcs11-sessions": // contexts that each keep a session
+		// A byte past the buffer makes a context stream, which keeps
+		// a session until it ends; the token has 8 by default.
+		if nc := dial(true); nc != nil {
+			openContexts(nc, "hk", 8, pkcs11.DefaultBufferBytes+1)
+		}
 	case "deaf": // requests answered at once, replies never read
 		for range 4 {
 			nc := dial(true)
@@ -414,7 +420,7 @@ func TestHostileNeighbour(t *testing.T) {
 		peakBound *= 3
 	}
 	bin := attackerBinary(t)
-	for _, attack := range []string{"connections", "half-frames", "contexts", "pkcs11-input", "flood"} {
+	for _, attack := range []string{"connections", "half-frames", "contexts", "pkcs11-input", "pkcs11-sessions", "flood"} {
 		t.Run(attack, func(t *testing.T) {
 			a := startHostileAgent(t, "hello_timeout=2s")
 			quiet := p99(victim(t, a.path, 50))

@@ -20,20 +20,21 @@ type inputBuffer struct {
 // bytes is the input, valid until the next append or free.
 func (ib *inputBuffer) bytes() []byte { return ib.b }
 
-// append adds p; the whole input is then at most size bytes, the
-// provider's buffer size.
+// append adds p. size is the provider's buffer size, which the input
+// passes only in a context that may not keep a session (pool.keep): the
+// mapping then doubles.
 func (ib *inputBuffer) append(p []byte, size int) {
 	n := len(ib.b) + len(p)
-	if !ib.mapped && n >= frame.PageSize {
-		if mem, err := frame.Alloc(max(size, n)); err == nil {
+	if n >= frame.PageSize && (!ib.mapped || n > cap(ib.b)) {
+		if mem, err := frame.Alloc(max(size, n, 2*cap(ib.b))); err == nil {
 			k := copy(mem, ib.b)
-			clear(ib.b)
+			ib.free()
 			ib.b, ib.mapped = mem[:k], true
 		}
 	}
 	if ib.mapped && n > cap(ib.b) {
-		// Never with the size promised: back to the heap rather than
-		// let append leave the mapping behind.
+		// No mapping to be had: back to the heap rather than let
+		// append leave the mapping behind.
 		heap := append(make([]byte, 0, n), ib.b...)
 		ib.free()
 		ib.b = heap

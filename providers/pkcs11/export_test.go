@@ -3,6 +3,7 @@
 package pkcs11
 
 import (
+	"context"
 	"maps"
 	"slices"
 	"testing"
@@ -82,4 +83,14 @@ func HoldKey(t testing.TB, p *Provider, ref string) (release func()) {
 	}
 	k.mu.Lock()
 	return k.mu.Unlock
+}
+
+// TakeSession takes a session from p's pool, as a long call does, until
+// the returned func is called.
+func TakeSession(t testing.TB, p *Provider) (release func()) {
+	s, err := p.pool.get(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func() { p.pool.put(s, nil) }
 }

@@ -44,6 +44,9 @@ type mac struct {
 	budget     *providers.Budget
 	bufCharged int
 	logCharged int
+	// kept is whether the pool let the context keep a session
+	// (pool.keep), from the update that outgrew the buffer to the end.
+	kept bool
 }
 
 // NewMAC opens a context. It fails with ErrUnsupportedAlgorithm if the
@@ -83,28 +86,54 @@ func (m *mac) update(ctx context.Context, p []byte, b *frame.Buffer) error {
 	if m.done {
 		return providers.ErrAlreadyFinalized
 	}
-	if err := m.charge(p); err != nil {
+	buffer := m.sess == nil && !m.streams(len(p))
+	if err := m.charge(p, buffer); err != nil {
 		return err
 	}
 	m.keep(p, b)
-	if m.sess == nil && len(m.buf.bytes())+len(p) <= m.k.p.cfg.BufferBytes {
+	if buffer {
 		m.buf.append(p, m.k.p.cfg.BufferBytes)
 		return nil
 	}
 	if m.sess == nil {
 		if err := m.start(ctx); err != nil {
+			m.unkeep()
 			return err
 		}
 	}
 	return m.call(func(s *session) error { return m.k.p.ctx.SignUpdate(s.h, p) })
 }
 
-// charge counts p against the caller's budget before buf keeps it: the
-// bytes buf will hold after p, less what it holds now. It fails, keeping
-// nothing, with an error wrapping ErrLimit.
-func (m *mac) charge(p []byte) error {
+// streams reports whether a context that holds no session starts
+// streaming with n more bytes of input: once they would outgrow the
+// buffer, if the pool lets its caller keep one more session. If not, the
+// context goes on buffering in memory, charged to its caller, and asks
+// again at its next update.
+func (m *mac) streams(n int) bool {
+	if len(m.buf.bytes())+n <= m.k.p.cfg.BufferBytes {
+		return false
+	}
+	if !m.kept {
+		m.kept = m.k.p.pool.keep(m.budget)
+	}
+	return m.kept
+}
+
+// unkeep gives back the pool's leave to keep a session, once the
+// context holds none and will not.
+func (m *mac) unkeep() {
+	if m.kept {
+		m.k.p.pool.unkeep(m.budget)
+		m.kept = false
+	}
+}
+
+// charge counts p against the caller's budget before buf keeps it, if
+// buffer: the bytes buf will hold after p, less what it holds now. It
+// fails, keeping nothing, with an error wrapping ErrLimit.
+func (m *mac) charge(p []byte, buffer bool) error {
 	want := 0
-	if m.sess == nil && len(m.buf.bytes())+len(p) <= m.k.p.cfg.BufferBytes {
+	if buffer {
 		want = held(len(m.buf.bytes()) + len(p))
 	}
 	if want <= m.bufCharged {
@@ -223,6 +252,7 @@ func (m *mac) call(f func(s *session) error) error {
 		m.done = true
 		m.dropLog()
 		m.uncharge()
+		m.unkeep()
 		return fmt.Errorf("pkcs11: key %q: %w: the token was re-initialized", m.k.name, providers.ErrContextLost)
 	}
 	err := f(m.sess)
@@ -231,6 +261,7 @@ func (m *mac) call(f func(s *session) error) error {
 		m.done = true
 		m.dropLog()
 		m.uncharge()
+		m.unkeep()
 		if notLoggedIn(err) {
 			p.login()
 		}
@@ -282,7 +313,7 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 		c.dropped = int64(m.log.n)
 		defer c.dropLog() // the input is read from m's view
 	}
-	if m.log.n <= m.k.p.cfg.BufferBytes {
+	if !c.streams(m.log.n) {
 		if err := c.budget.Charge(held(m.log.n)); err != nil {
 			c.dropLog()
 			return nil, err
@@ -298,6 +329,7 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 		if err != nil {
 			c.dropLog()
 			c.uncharge()
+			c.unkeep()
 			return nil, err
 		}
 		if ok {
@@ -308,6 +340,7 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 	if err := c.start(ctx); err != nil {
 		c.dropLog()
 		c.uncharge()
+		c.unkeep()
 		return nil, err
 	}
 	return c, nil
@@ -358,6 +391,7 @@ func (m *mac) Finalize(ctx context.Context) ([]byte, error) {
 	m.done = true
 	m.dropLog()
 	defer m.uncharge()
+	defer m.unkeep()
 	if m.sess != nil {
 		var tag []byte
 		err := m.call(func(s *session) error {
@@ -399,6 +433,7 @@ func (m *mac) Verify(ctx context.Context, tag []byte) error {
 	err := m.k.VerifyMAC(ctx, m.alg, m.buf.bytes(), tag)
 	m.buf.free()
 	m.uncharge()
+	m.unkeep()
 	return err
 }
 
@@ -419,6 +454,7 @@ func (m *mac) Close() {
 		}
 		m.sess = nil
 	}
+	m.unkeep()
 }
 
 // sign computes a whole tag with one C_SignInit and C_Sign.

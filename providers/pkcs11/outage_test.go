@@ -198,11 +198,17 @@ func TestStreamAcrossRecovery(t *testing.T) {
 	k, _ := p.Key(ctx, "a")
 	var old []providers.MAC
 	for range 4 {
-		m, _ := k.NewMAC(ctx, providers.SHA256)
-		if err := m.Update(ctx, make([]byte, 1000)); err != nil { // holds a session
+		// Callers of their own, since one caller's contexts keep at
+		// most 3 of the 8 sessions.
+		caller := providers.WithBudget(ctx, providers.NewBudget(0, nil, "caller"))
+		m, _ := k.NewMAC(caller, providers.SHA256)
+		if err := m.Update(caller, make([]byte, 1000)); err != nil { // holds a session
 			t.Fatal(err)
 		}
 		old = append(old, m)
+	}
+	if kept := p.Sessions().Kept; kept != 4 {
+		t.Fatalf("%d sessions kept by 4 streaming contexts", kept)
 	}
 	outage(t, p)
 	waitHealthy(t, p)

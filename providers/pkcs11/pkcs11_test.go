@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -316,8 +317,10 @@ func TestThousandsOfContextsFewSessions(t *testing.T) {
 	}
 }
 
-// TestSessionWait: streaming contexts hold sessions; one more waits, and
-// gives up at the configured wait or the caller's context, saying why.
+// TestSessionWait: a request that finds every session busy waits, and
+// gives up at the configured wait or the caller's context, saying why. A
+// streaming context past its caller's share of kept sessions does not
+// wait: it buffers (see TestStreamingContextsKeepAShare).
 func TestSessionWait(t *testing.T) {
 	p, _ := newToken(t, func(c *pkcs11.Config) {
 		c.Sessions = 2
@@ -328,37 +331,47 @@ func TestSessionWait(t *testing.T) {
 	p.ImportKey(ctx, "k", []byte("session-wait"))
 	k, _ := p.Key(ctx, "k")
 	big := make([]byte, 100)
-	var held []providers.MAC
-	for range 2 {
-		m, _ := k.NewMAC(ctx, providers.SHA256)
-		if err := m.Update(ctx, big); err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, m)
+	streaming, _ := k.NewMAC(ctx, providers.SHA256)
+	if err := streaming.Update(ctx, big); err != nil { // keeps one session
+		t.Fatal(err)
 	}
-	m, _ := k.NewMAC(ctx, providers.SHA256)
+	buffering, _ := k.NewMAC(ctx, providers.SHA256)
 	start := time.Now()
-	err := m.Update(ctx, big)
-	if !errors.Is(err, providers.ErrUnavailable) || !strings.Contains(err.Error(), "no PKCS#11 session free within 200ms") {
-		t.Errorf("third streaming context: %v", err)
+	if err := buffering.Update(ctx, big); err != nil {
+		t.Fatalf("a second streaming context past its caller's share: %v", err)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("a context past its caller's share waited %s", d)
+	}
+	release := pkcs11.TakeSession(t, p) // the other, as a long call would
+	oneShot := func(ctx context.Context) error {
+		_, err := k.(providers.OneShot).SumMAC(ctx, providers.SHA256, []byte("x"), nil)
+		return err
+	}
+	start = time.Now()
+	if err := oneShot(ctx); !errors.Is(err, providers.ErrUnavailable) || !strings.Contains(err.Error(), "no PKCS#11 session free within 200ms") {
+		t.Errorf("a one-shot with every session busy: %v", err)
 	}
 	if d := time.Since(start); d < 150*time.Millisecond {
 		t.Errorf("gave up after %s, before the configured wait", d)
 	}
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	m2, _ := k.NewMAC(ctx, providers.SHA256)
-	if err := m2.Update(cctx, big); !errors.Is(err, context.DeadlineExceeded) {
+	if err := oneShot(cctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("with a caller's deadline: %v", err)
 	}
-	// Finishing one frees a session for the next.
-	held[0].Finalize(ctx)
-	m3, _ := k.NewMAC(ctx, providers.SHA256)
-	if err := m3.Update(ctx, big); err != nil {
+	// A session given back goes to the next.
+	release()
+	if err := oneShot(ctx); err != nil {
 		t.Errorf("after a session came back: %v", err)
 	}
-	m3.Close()
-	held[1].Close()
+	want := hmac.New(sha256.New, []byte("session-wait"))
+	want.Write(big)
+	for _, m := range []providers.MAC{streaming, buffering} {
+		if tag, err := m.Finalize(ctx); err != nil || !bytes.Equal(tag, want.Sum(nil)) {
+			t.Errorf("Finalize: %x, %v", tag, err)
+		}
+	}
 }
 
 func TestCopyCap(t *testing.T) {

@@ -39,8 +39,12 @@ type pool struct {
 	// epoch is gone, and its handle may now name another session.
 	epoch atomic.Uint64
 
-	mu      sync.Mutex // guards waiting; taken after idle is found empty
+	mu      sync.Mutex // guards waiting and kept; taken after idle is found empty
 	waiting fair.Queue[*waiter]
+	// kept counts the sessions contexts keep for a streaming operation,
+	// by caller, and keptTotal all of them (see keep).
+	kept      map[*providers.Budget]int
+	keptTotal int
 }
 
 // waiter is a request waiting for a session. It gets one on ch, or nil
@@ -51,7 +55,45 @@ type waiter struct {
 }
 
 func newPool(p *Provider, size int, wait time.Duration) *pool {
-	return &pool{p: p, wait: wait, idle: make(chan *session, size), slots: make(chan struct{}, size)}
+	return &pool{p: p, wait: wait, idle: make(chan *session, size), slots: make(chan struct{}, size),
+		kept: make(map[*providers.Budget]int)}
+}
+
+// keptMax is how many sessions contexts may keep at once: all but a
+// quarter of the pool (at least one), which stays for one-shots and
+// buffered contexts' single C_Sign. keptPerCaller is how many one caller's
+// contexts may keep: half of keptMax, at least one. A context keeps its
+// session from the update that outgrows the buffer until it ends, which
+// can be forever: without these bounds, one caller holding eight
+// contexts that had each streamed a byte past the buffer held every
+// session, and every other caller's request failed after session_wait.
+func keptMax(size int) int       { return size - max(1, size/4) }
+func keptPerCaller(size int) int { return max(1, keptMax(size)/2) }
+
+// keep reserves a kept session for a context of caller b, and reports
+// whether it may: false past either bound, when the context goes on
+// buffering its input in memory, charged to b, and asks again at its
+// next update. Each true is matched by one unkeep.
+func (pl *pool) keep(b *providers.Budget) bool {
+	size := cap(pl.slots)
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if pl.keptTotal >= keptMax(size) || pl.kept[b] >= keptPerCaller(size) {
+		return false
+	}
+	pl.kept[b]++
+	pl.keptTotal++
+	return true
+}
+
+// unkeep gives back a reservation keep made.
+func (pl *pool) unkeep(b *providers.Budget) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if pl.kept[b]--; pl.kept[b] <= 0 {
+		delete(pl.kept, b)
+	}
+	pl.keptTotal--
 }
 
 // get returns an idle session, opens a new one if the pool has room, or

@@ -361,9 +361,13 @@ func (p *Provider) Health(ctx context.Context) error {
 // Sessions reports the session pool's state.
 func (p *Provider) Sessions() SessionStats {
 	open, idle := len(p.pool.slots), len(p.pool.idle)
+	p.pool.mu.Lock()
+	kept := p.pool.keptTotal
+	p.pool.mu.Unlock()
 	return SessionStats{
 		Open:   open,
 		InUse:  max(open-idle, 0),
+		Kept:   kept,
 		Waits:  p.pool.waits.Load(),
 		Copies: int(p.cache.copies.held.Load()),
 	}
@@ -375,6 +379,7 @@ func (p *Provider) Stats() []providers.Stat {
 	return []providers.Stat{
 		{Name: "pkcs11_sessions_open", Help: "PKCS#11 sessions open.", Value: uint64(st.Open)},
 		{Name: "pkcs11_sessions_in_use", Help: "PKCS#11 sessions in use.", Value: uint64(st.InUse)},
+		{Name: "pkcs11_sessions_kept", Help: "PKCS#11 sessions kept by streaming contexts.", Value: uint64(st.Kept)},
 		{Name: "pkcs11_session_waits_total", Help: "Requests that waited for a PKCS#11 session.", Counter: true, Value: st.Waits},
 		{Name: "pkcs11_key_copies", Help: "Per-session copies of PKCS#11 keys.", Value: uint64(st.Copies)},
 	}
