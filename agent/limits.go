@@ -24,7 +24,12 @@ type Limits struct {
 	// requests queued for a device, frames being read, input a device's
 	// contexts buffer or keep for copies (see providers.Budget).
 	MaxBytesPerUID int64
-	// MaxBytes bounds the same over all uids together.
+	// MaxBytes bounds the same over all uids together. Its last eighth
+	// (32 MiB at the default) is kept for uids holding little: a uid that
+	// would hold more than MaxBytes/64, and at least 2 MiB (4 MiB at the
+	// default), is refused past the rest, so a few uids at MaxBytesPerUID
+	// cannot lock the others out (providers.Budget, "The reserved
+	// share").
 	MaxBytes int64
 	// IdleContextTimeout frees a context nobody used for this long; the
 	// next request on it says so. Negative disables it.

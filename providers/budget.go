@@ -18,32 +18,104 @@ import (
 // and charges it as it keeps them. A nil *Budget charges nothing, so a
 // provider used without an agent needs no special case.
 //
+// # The reserved share
+//
+// A caller's budget has the agent's total as its parent. Callers are
+// bounded one by one, but a few of them at their bounds could fill the
+// total, first come, first served, and lock everyone else out. So the
+// last 1/[ReservedShare] of a budget is kept for its light children: a
+// charge made through a child is taken there only if that child holds,
+// after it, at most 1/[LightHolding] of the parent (and never less than
+// [MinLightHolding] bytes: an ordinary large request fits). A child
+// holding more gets ErrLimit once the rest is spent, however small its
+// steps, while a caller holding little is still served. The total still
+// never passes its bound.
+//
+// Heavy children never reach the reserve: since the total was last
+// within its shared part, every charge it took came from a child light
+// after it (any other was refused), and such a child holds at most a
+// light child's bytes until it charges again. So what the total holds
+// past its shared part is never more than those light children hold, and
+// at least (max/ReservedShare)/light of them (8 at the agent's defaults)
+// must each hold their most before a light caller is refused.
+//
 // A Budget is safe for concurrent use.
 type Budget struct {
 	held   atomic.Int64
 	max    int64
 	parent *Budget // charged along with this one: the agent's total
 	what   string  // the limit's name, for the error
+	// shared is the part of max any child may fill; light is the most a
+	// child may hold, after a charge, to charge past it.
+	shared, light int64
 }
+
+// ReservedShare and LightHolding make a budget's reserve for light
+// children: the last max/ReservedShare bytes of a budget of max bytes are
+// charged through a child only while that child holds, after the charge,
+// at most the larger of max/LightHolding and MinLightHolding bytes. At
+// the agent's default max_bytes of 256 MiB that is the last 32 MiB, for
+// uids holding at most 4 MiB. MinLightHolding is twice the default
+// largest frame, 1 MiB: a frame being read and the request it makes, both
+// charged for a moment, fit a light caller.
+const (
+	ReservedShare   = 8
+	LightHolding    = 64
+	MinLightHolding = 2 << 20
+)
 
 // NewBudget returns a budget of max bytes; max <= 0 means unbounded.
 // Every charge is made to parent too, if not nil, and fails if either
-// bound would be passed. what names the limit in the error.
+// bound would be passed, or if it would take parent past its shared part
+// while this budget holds more than a light child may (see "The reserved
+// share"). Charges made to a budget directly, not through a child, may
+// take all of it. what names the limit in the error.
 func NewBudget(max int64, parent *Budget, what string) *Budget {
-	return &Budget{max: max, parent: parent, what: what}
+	b := &Budget{max: max, parent: parent, what: what}
+	if max > 0 {
+		b.shared = max - max/ReservedShare
+		b.light = max / LightHolding
+		if b.light < MinLightHolding {
+			b.light = MinLightHolding
+		}
+	}
+	return b
 }
 
 // Charge counts n more bytes held, or returns an error wrapping ErrLimit
-// and counts nothing if they would pass the bound (or the parent's).
+// and counts nothing if they would pass the bound (or the parent's, or
+// the parent's shared part while this budget is not light).
 func (b *Budget) Charge(n int) error {
 	if b == nil || n <= 0 {
 		return nil
 	}
-	if !b.reserve(int64(n), b.max, b.max > 0) {
+	return b.charge(int64(n), -1)
+}
+
+// charge is Charge made through a child that holds child bytes after
+// it, or directly when child < 0. A child's charge past b's shared part
+// is refused while the child holds more than b.light.
+func (b *Budget) charge(n, child int64) error {
+	limit := b.max
+	reserved := child > b.light && b.shared < b.max
+	if reserved {
+		limit = b.shared
+	}
+	held, ok := b.reserve(n, limit, b.max > 0)
+	if !ok {
+		if reserved {
+			return Publicf(ErrLimit, "too much data held in the agent (at most %d bytes, the last %d of them only for callers holding at most %d; %s)",
+				b.max, b.max-b.shared, b.light, b.what)
+		}
 		return Publicf(ErrLimit, "too much data held in the agent (at most %d bytes; %s)", b.max, b.what)
 	}
-	if err := b.parent.Charge(n); err != nil {
-		b.held.Add(-int64(n))
+	if b.parent == nil {
+		return nil
+	}
+	// Until the parent answers, b reads n high: only its own caller's
+	// charges can see it, never another's.
+	if err := b.parent.charge(n, held); err != nil {
+		b.held.Add(-n)
 		return err
 	}
 	return nil
@@ -53,12 +125,13 @@ func (b *Budget) Charge(n int) error {
 // kept only to replay for a copy): it succeeds only while the budget, and
 // its parent, stay at most half spent, so that what a caller must have
 // held (a frame being read, a request waiting on a device) always finds
-// room.
+// room. Half of a budget is within its shared part: the reserve for light
+// children is never touched by optional bytes.
 func (b *Budget) ChargeOptional(n int) error {
 	if b == nil || n <= 0 {
 		return nil
 	}
-	if !b.reserve(int64(n), b.max/2, b.max > 0) {
+	if _, ok := b.reserve(int64(n), b.max/2, b.max > 0); !ok {
 		return Publicf(ErrLimit, "too much data held in the agent for copies (at most half of %d bytes; %s)", b.max, b.what)
 	}
 	if err := b.parent.ChargeOptional(n); err != nil {
@@ -69,21 +142,21 @@ func (b *Budget) ChargeOptional(n int) error {
 }
 
 // reserve adds n to what b holds if that stays within limit, when
-// bounded. It never counts bytes it then refuses: a charge added first
-// and taken back after made the shared total read above its bound for a
-// moment, and another uid's charge in that moment failed for nothing.
-func (b *Budget) reserve(n, limit int64, bounded bool) bool {
+// bounded, and returns what b holds after. It never counts bytes it then
+// refuses: a charge added first and taken back after made the shared
+// total read above its bound for a moment, and another uid's charge in
+// that moment failed for nothing.
+func (b *Budget) reserve(n, limit int64, bounded bool) (int64, bool) {
 	if !bounded {
-		b.held.Add(n)
-		return true
+		return b.held.Add(n), true
 	}
 	for {
 		v := b.held.Load()
 		if v+n > limit {
-			return false
+			return v, false
 		}
 		if b.held.CompareAndSwap(v, v+n) {
-			return true
+			return v + n, true
 		}
 	}
 }

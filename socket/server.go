@@ -25,7 +25,8 @@ type Limits struct {
 	// reader stops reading until half has drained.
 	MaxQueuedBytes int
 	// MaxConnections bounds open connections; one more is told so and
-	// closed.
+	// closed. Its last eighth is kept for uids holding few connections
+	// (see ServeConn).
 	MaxConnections int
 	// MaxConnectionsPerUID bounds the open connections of one uid, so
 	// that one caller cannot take every connection from the others.
@@ -183,11 +184,17 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 // keeps some for good. The uid's limit comes before reading the
 // process's identity, which may mean hashing its executable: a uid whose
 // hashing waits holds no more connections than its own share.
+//
+// The last connections, [reservedConnections] of MaxConnections, go
+// only to a uid holding fewer than [lightConnections]: a few uids at
+// MaxConnectionsPerUID fill the rest, not all, and a caller with a
+// connection or two (root's status, a service's client) is still taken.
 func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
 	peer, _ := peerOf(nc, agent.NeedNone, 0)
 	uid := uidKey(peer)
 	s.mu.Lock()
 	var refusal error
+	reserved := reservedConnections(s.limits.MaxConnections)
 	switch {
 	case s.stopping:
 		refusal = wire.ErrShuttingDown
@@ -196,6 +203,10 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
 	case s.perUID[uid] >= s.limits.MaxConnectionsPerUID:
 		refusal = providers.Publicf(providers.ErrLimit, "too many connections for uid %d (at most %d)", peer.UID, s.limits.MaxConnectionsPerUID)
 		s.log.With("peer", peer.String()).Debug("connection refused: too many for its uid")
+	case len(s.conns) >= s.limits.MaxConnections-reserved && s.perUID[uid] >= lightConnections:
+		refusal = providers.Publicf(providers.ErrLimit, "too many connections (at most %d, the last %d only for uids holding fewer than %d)",
+			s.limits.MaxConnections, reserved, lightConnections)
+		s.log.With("peer", peer.String()).Debug("connection refused: the rest are kept for uids holding few")
 	}
 	if refusal != nil {
 		s.mu.Unlock()
@@ -218,6 +229,26 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
 		delete(s.conns, c)
 		s.mu.Unlock()
 	}()
+}
+
+// lightConnections bounds the uids that may take a reserved connection
+// (reservedConnections): one holding fewer than this, so at most this
+// many with the new one. That is a process's client or two, a few
+// processes of one service, root's status. At the default limits, 32
+// such uids holding 4 each fill the reserve of 128 connections.
+const lightConnections = 4
+
+// reservedConnections is how many of max connections go only to uids
+// holding fewer than lightConnections: the last eighth, rounded up (128
+// of the default 1024), none of one. The uids that fill the rest hold at
+// most max_connections_per_uid each, so filling all takes
+// (max-reserved)/max_connections_per_uid heavy uids and
+// reserved/lightConnections light ones more (7 and 32 at the defaults).
+func reservedConnections(max int) int {
+	if max < 2 {
+		return 0
+	}
+	return (max + 7) / 8
 }
 
 // refuseDeadline bounds the write of a refusal made by the accepting
