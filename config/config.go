@@ -92,6 +92,9 @@ type Limits struct {
 	// IdleConnectionTimeout closes a connection with no context open
 	// and no request for this long ("10m" by default; "-1s" never).
 	IdleConnectionTimeout Duration `toml:"idle_connection_timeout"`
+	// ReplyTimeout closes a connection whose peer has not taken a reply
+	// for this long ("30s" by default; "-1s" never).
+	ReplyTimeout Duration `toml:"reply_timeout"`
 }
 
 // Audit says where the audit log goes: "stderr" (the default), "off", or

@@ -151,3 +151,26 @@ func TestWaitingReaderKeepsNoThread(t *testing.T) {
 		t.Fatalf("the frame sent in two halves: %s id=%d", m.Type, m.ID)
 	}
 }
+
+// TestDeafReaderKeepsNoThread: a reader at the lower priority whose peer
+// stops taking its replies does not wait for the peer on a thread of its
+// own: callers that send requests and never read held a thread each,
+// which the runtime keeps for good.
+func TestDeafReaderKeepsNoThread(t *testing.T) {
+	requireThreadPriority(t)
+	a := start(t, agenttest.Options{})
+	deaf := dialRaw(t, a.Path, true)
+	dialRaw(t, a.Path, true)
+	socket.Share(a.Server)
+	go deaf.nc.Write(pipelinedMACs(20000)) // waits once the agent stops reading
+	// The replies fill the socket's buffers long before the requests
+	// end, and the reader then waits to write.
+	end := time.Now().Add(10 * time.Second)
+	for niceThreads() != 0 && time.Now().Before(end) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if k := niceThreads(); k != 0 {
+		t.Errorf("%d threads at the lower priority while the reader waits for a peer that reads nothing", k)
+	}
+}

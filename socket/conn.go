@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hmac-agent/hmac-agent/agent"
@@ -63,6 +64,11 @@ type conn struct {
 	wmu  sync.Mutex
 	bw   *bufio.Writer
 	werr error
+	// wdeadline is the write deadline set last (see replyWriter).
+	wdeadline time.Time
+	// lowTid is the thread the reader is locked to while it runs in the
+	// background, else 0 (see replyWriter).
+	lowTid atomic.Int32
 
 	inflight chan struct{} // a token per request running outside the reader
 	queued   *backlog      // the data of those requests
@@ -104,15 +110,16 @@ func newConn(s *Server, nc net.Conn) *conn {
 	// Frames that callers make the agent hold go back whole when let go
 	// (serve Frees the reader).
 	fr.UseMappedMemory()
-	return &conn{
+	c := &conn{
 		srv:      s,
 		nc:       nc,
 		fr:       fr,
-		bw:       bufio.NewWriterSize(nc, helloBufferSize),
 		inflight: make(chan struct{}, s.limits.MaxInFlight),
 		queued:   newBacklog(s.limits.MaxQueuedBytes),
 		queues:   make(map[uint32]*queue),
 	}
+	c.bw = bufio.NewWriterSize(replyWriter{c}, helloBufferSize)
+	return c
 }
 
 // drain makes the reader see the end of input after what it has buffered,
@@ -309,7 +316,7 @@ func (c *conn) handshake() error {
 		return err
 	}
 	c.wmu.Lock()
-	c.bw = bufio.NewWriterSize(c.nc, writeBufferSize)
+	c.bw = bufio.NewWriterSize(replyWriter{c}, writeBufferSize)
 	c.wmu.Unlock()
 	return nil
 }

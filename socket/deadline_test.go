@@ -231,3 +231,33 @@ func TestContextsPerUID(t *testing.T) {
 		t.Errorf("opened %d contexts, then %v; want 5 then the per-uid limit", opened, err)
 	}
 }
+
+// TestUnreadRepliesEndTheConnection: a peer that sends requests and takes
+// no reply for the reply timeout loses its connection, and with it what
+// the agent held for it; a blocked write had no deadline, and such
+// connections stayed for as long as their peers kept them open.
+func TestUnreadRepliesEndTheConnection(t *testing.T) {
+	a := start(t, agenttest.Options{SocketLimits: socket.Limits{ReplyTimeout: 300 * time.Millisecond}})
+	deaf := dialRaw(t, a.Path, true)
+	go deaf.nc.Write(pipelinedMACs(20000))
+	for end := time.Now().Add(10 * time.Second); a.Server.Connections() != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("%d connections open 10 s after a peer stopped reading, with a reply timeout of 300ms", a.Server.Connections())
+		}
+	}
+	dialRaw(t, a.Path, true).mac(1, "a client that reads is served")
+}
+
+// pipelinedMACs is n one-shot MACs on key "k", ready to send at once.
+// Each reply is longer than its request, so the replies to what a reader
+// takes in at once outgrow its write buffer, which then waits for the
+// peer in the middle of the requests, not only when they run out.
+func pipelinedMACs(n int) []byte {
+	req, _ := (&wire.Message{Type: wire.TypeMAC, Algorithm: uint8(providers.SHA256), Key: []byte("k"), Data: []byte("x")}).Append(nil)
+	buf := make([]byte, 0, n*len(req))
+	for i := range n {
+		binary.BigEndian.PutUint32(req[5:9], uint32(i+1))
+		buf = append(buf, req...)
+	}
+	return buf
+}

@@ -3,9 +3,46 @@ package socket
 import (
 	"encoding/binary"
 	"errors"
+	"time"
 
+	"github.com/hmac-agent/hmac-agent/internal/threadprio"
 	"github.com/hmac-agent/hmac-agent/socket/wire"
 )
+
+// replyWriter is what a connection's replies are flushed to, with wmu
+// held: the one place a reply waits for the peer to read.
+//
+// A reader running in the background (see background) is locked to its
+// thread, and a locked goroutine that waits keeps its thread idle: a
+// crowd of callers that send requests and never read the replies held a
+// thread each, which the Go runtime keeps for good once made. So the
+// reader, found by its thread, comes back to the foreground before it
+// writes.
+//
+// A peer that takes no reply for ReplyTimeout loses its connection.
+// The deadline is moved only once half of it has passed, not at every
+// write.
+type replyWriter struct{ c *conn }
+
+func (w replyWriter) Write(p []byte) (int, error) {
+	c := w.c
+	if t := c.lowTid.Load(); t != 0 && int(t) == threadprio.Thread() {
+		c.foreground()
+	}
+	if d := c.srv.limits.ReplyTimeout; d > 0 {
+		if now := time.Now(); c.wdeadline.Sub(now) < d/2 {
+			c.wdeadline = now.Add(d)
+			c.nc.SetWriteDeadline(c.wdeadline)
+		}
+	}
+	n, err := c.nc.Write(p)
+	if err != nil {
+		// The stream is cut mid-reply, or the peer is gone: stop
+		// reading it too, so the reader lets go of what it holds.
+		c.nc.Close()
+	}
+	return n, err
+}
 
 // reply queues a message; it is sent at the next flush.
 func (c *conn) reply(m *wire.Message) {

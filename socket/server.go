@@ -37,6 +37,11 @@ type Limits struct {
 	// IdleTimeout closes a connection that has had no open context and
 	// no request running for this long. Negative disables it.
 	IdleTimeout time.Duration
+	// ReplyTimeout closes a connection whose peer has not taken a reply
+	// the agent is writing for this long: a caller that never reads
+	// would otherwise hold its connection, and everything behind it,
+	// for good. Negative disables it.
+	ReplyTimeout time.Duration
 	// HashTimeout bounds hashing a caller's executable at connect, where
 	// a policy names a digest, from the wait for its turn to the end of
 	// the read; a connection whose hash does not finish within it is
@@ -53,6 +58,7 @@ var DefaultLimits = Limits{
 	MaxConnectionsPerUID: 128,
 	HelloTimeout:         5 * time.Second,
 	IdleTimeout:          10 * time.Minute,
+	ReplyTimeout:         30 * time.Second,
 	HashTimeout:          5 * time.Second,
 }
 
@@ -103,6 +109,12 @@ func NewServer[S Session](a Agent[S], limits Limits, log *slog.Logger) *Server {
 		limits.IdleTimeout = DefaultLimits.IdleTimeout
 	case limits.IdleTimeout < 0:
 		limits.IdleTimeout = 0
+	}
+	switch {
+	case limits.ReplyTimeout == 0:
+		limits.ReplyTimeout = DefaultLimits.ReplyTimeout
+	case limits.ReplyTimeout < 0:
+		limits.ReplyTimeout = 0
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

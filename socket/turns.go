@@ -141,7 +141,9 @@ func (c *conn) pauseTurn() {
 // thread of its own.
 func (c *conn) background(frame int) {
 	if c.srv.gate.Shared() && c.restore == nil && (c.fr.Buffered() > 0 || len(c.inflight) > 0 || frame > providers.TurnInput) {
-		c.restore = threadprio.Background()
+		var thread int
+		c.restore, thread = threadprio.Background()
+		c.lowTid.Store(int32(thread))
 	}
 }
 
@@ -156,6 +158,7 @@ func (c *conn) waitFlush() error {
 // foreground ends what background began.
 func (c *conn) foreground() {
 	if c.restore != nil {
+		c.lowTid.Store(0)
 		c.restore()
 		c.restore = nil
 	}

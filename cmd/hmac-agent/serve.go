@@ -142,6 +142,7 @@ func serve(ctx context.Context, cfg *config.Config, configPath string) error {
 		MaxConnectionsPerUID: cfg.Limits.MaxConnectionsPerUID,
 		HelloTimeout:         cfg.Limits.HelloTimeout.Duration,
 		IdleTimeout:          cfg.Limits.IdleConnectionTimeout.Duration,
+		ReplyTimeout:         cfg.Limits.ReplyTimeout.Duration,
 		HashTimeout:          cfg.Limits.HashTimeout.Duration,
 	}
 	setMemoryLimit(a.Limits(), sl, len(a.Providers()), log)

@@ -34,3 +34,8 @@ func ThreadNice(tid int) (int, error) {
 	}
 	return strconv.Atoi(f[16])
 }
+
+// Thread is the calling thread's id: while a goroutine runs in the
+// background (Background locks it to its thread), a goroutine that finds
+// the id it recorded there is that goroutine.
+func Thread() int { return unix.Gettid() }

@@ -9,3 +9,6 @@ func setNice(int) error { return errors.ErrUnsupported }
 
 // ThreadNice fails: see setNice.
 func ThreadNice(int) (int, error) { return 0, errors.ErrUnsupported }
+
+// Thread is 0 where threads are not told apart.
+func Thread() int { return 0 }

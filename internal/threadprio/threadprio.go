@@ -65,15 +65,17 @@ func Available() bool {
 }
 
 // Background runs the calling goroutine at Nice until restore is called,
-// on the same goroutine. Where Available is false it does nothing.
-func Background() (restore func()) {
+// on the same goroutine, and returns the thread it is locked to
+// meanwhile (see Thread), or 0 where it does nothing: where Available is
+// false, or the thread's priority could not be lowered.
+func Background() (restore func(), thread int) {
 	if !Available() {
-		return func() {}
+		return func() {}, 0
 	}
 	runtime.LockOSThread()
 	if setNice(Nice) != nil {
 		runtime.UnlockOSThread()
-		return func() {}
+		return func() {}, 0
 	}
 	return func() {
 		if setNice(0) == nil {
@@ -81,5 +83,5 @@ func Background() (restore func()) {
 		}
 		// A thread that could not be set back stays locked to this
 		// goroutine, and ends with it.
-	}
+	}, Thread()
 }

@@ -39,9 +39,12 @@ func TestBackgroundAndBack(t *testing.T) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	tid := unix.Gettid()
-	restore := Background()
+	restore, thread := Background()
 	if got := nice(t); got != Nice {
 		t.Errorf("inside Background: nice %d, want %d", got, Nice)
+	}
+	if thread != tid || Thread() != tid {
+		t.Errorf("Background says thread %d, Thread %d, want %d", thread, Thread(), tid)
 	}
 	runtime.Gosched()
 	if unix.Gettid() != tid {
@@ -60,7 +63,7 @@ func TestNewThreadsKeepNiceZero(t *testing.T) {
 	done := make(chan struct{})
 	inBackground := make(chan struct{})
 	go func() {
-		restore := Background()
+		restore, _ := Background()
 		defer restore()
 		close(inBackground)
 		<-done
