@@ -1,18 +1,25 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/hmac-agent/hmac-agent/client"
 	"github.com/hmac-agent/hmac-agent/internal/agenttest"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -84,4 +91,193 @@ func TestMetricsOnUnixSocket(t *testing.T) {
 	if _, err := os.Lstat(path); err == nil {
 		t.Error("the metrics socket is left behind after shutdown")
 	}
+}
+
+// TestMetricsListenerBounds runs the agent with its metrics on TCP and on
+// a Unix socket, and attacks the metrics listener as the outside attack
+// run did: far more connections than its cap, each sending a scrape and
+// then sitting, leave the agent with at most the cap's descriptors more
+// than before (it never reaches its own limit), while HMACs on its
+// socket go on; then requests whose header grows to 1 MiB without end
+// are each refused with 431 and leave the agent's peak memory as it was.
+func TestMetricsListenerBounds(t *testing.T) {
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) {
+			dir := agenttest.SocketDir(t)
+			sock := filepath.Join(dir, "agent.sock")
+			metricsAddr := "127.0.0.1:0"
+			if network == "unix" {
+				metricsAddr = "unix:" + filepath.Join(dir, "mrun", "metrics.sock")
+			}
+			conf := filepath.Join(dir, "agent.toml")
+			writeFile(t, conf, fmt.Sprintf(`socket = %q
+metrics = %q
+[audit]
+destination = "off"
+[[provider]]
+name = "soft"
+type = "software"
+path = %q
+[[key]]
+name = "k"
+provider = "soft"
+object = "k"
+[key.policy]
+users = [%d]
+`, sock, metricsAddr, filepath.Join(dir, "keys"), os.Geteuid()), 0o600)
+			agent := startAgent(t, nil, "--config", conf)
+			c := agent.mustDial(t, sock)
+			ctx := context.Background()
+			if _, err := c.ImportKey(ctx, "soft", "k", []byte("metrics-listener-secret")); err != nil {
+				t.Fatal(err)
+			}
+			mac := func(why string) {
+				t.Helper()
+				ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				if _, err := c.MAC(ctx, "k", client.SHA256, []byte(why)); err != nil {
+					t.Errorf("HMAC %s: %v", why, err)
+				}
+			}
+			addr := strings.TrimPrefix(metricsAddress(t, agent), "unix:")
+			dial := func() (net.Conn, error) { return net.Dial(network, addr) }
+
+			// A first scrape, so that what a scrape leaves behind is
+			// in the baseline.
+			first, err := dial()
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.WriteString(first, scrapeRequest)
+			if resp, _, err := readResponse(first, time.Minute); err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("first scrape: %v %v", resp, err)
+			}
+			first.Close()
+			mac("before the attack")
+			fds := openFDs(t, agent.pid())
+
+			// Far more scrapes than the cap, on connections kept open.
+			const conns = 20 * 16
+			held := make([]net.Conn, 0, conns)
+			defer func() {
+				for _, c := range held {
+					c.Close()
+				}
+			}()
+			for range conns {
+				c, err := dial()
+				if err != nil {
+					t.Fatalf("connection %d: %v", len(held), err)
+				}
+				held = append(held, c)
+				io.WriteString(c, scrapeRequest)
+			}
+			// The agent takes up to the cap, and never more.
+			limit := fds + metricsMaxConnections + 4
+			most := 0
+			settled := time.Time{}
+			for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+				n := openFDs(t, agent.pid())
+				most = max(most, n)
+				if settled.IsZero() && n >= fds+metricsMaxConnections {
+					settled = time.Now()
+				}
+				if !settled.IsZero() && time.Since(settled) > time.Second {
+					break
+				}
+			}
+			if settled.IsZero() {
+				t.Errorf("the agent never took %d of the connections: at most %d descriptors, %d before", metricsMaxConnections, most, fds)
+			}
+			if most > limit {
+				t.Errorf("%d connections to the metrics listener took the agent from %d descriptors to %d, more than %d (cap %d)", conns, fds, most, limit, metricsMaxConnections)
+			}
+			t.Logf("%d connections: %d descriptors before, at most %d after", conns, fds, most)
+			mac("with the metrics listener full")
+			for _, c := range held {
+				c.Close()
+			}
+			held = held[:0]
+
+			// Headers that grow to 1 MiB without end, many at once.
+			_, peak := processMemory(t, agent.pid())
+			header := "GET /metrics HTTP/1.1\r\nHost: agent\r\nX-Pad: " + strings.Repeat("a", 1<<20)
+			var wg sync.WaitGroup
+			for i := range 4 * 16 {
+				c, err := dial()
+				if err != nil {
+					t.Fatalf("connection %d: %v", i, err)
+				}
+				defer c.Close()
+				wg.Go(func() {
+					go io.WriteString(c, header) // fails once the agent closes
+					c.SetReadDeadline(time.Now().Add(time.Minute))
+					resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+					if err != nil {
+						t.Errorf("oversized header %d: %v", i, err)
+						return
+					}
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+						t.Errorf("oversized header %d: %s, want 431", i, resp.Status)
+					}
+				})
+			}
+			wg.Wait()
+			_, after := processMemory(t, agent.pid())
+			if grew := after - peak; grew > 16<<20 {
+				t.Errorf("64 headers of 1 MiB took the agent's peak memory from %d MiB to %d MiB", peak>>20, after>>20)
+			}
+			t.Logf("peak memory %d KiB before 64 headers of 1 MiB, %d KiB after", peak>>10, after>>10)
+			mac("after the attack")
+		})
+	}
+}
+
+// metricsAddress waits for the agent's log to say where its metrics
+// listen, and returns that address: host:port, or unix:/path.
+func metricsAddress(t *testing.T, p *process) string {
+	t.Helper()
+	re := regexp.MustCompile(`msg="metrics listening" address=(\S+)`)
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if m := re.FindStringSubmatch(p.logs()); m != nil {
+			return m[1]
+		}
+	}
+	t.Fatalf("the agent never said where its metrics listen:\n%s", p.logs())
+	return ""
+}
+
+// openFDs counts the descriptors process pid has open.
+func openFDs(t *testing.T, pid int) int {
+	t.Helper()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(fds)
+}
+
+// processMemory is process pid's resident set now and at its peak, in
+// bytes.
+func processMemory(t *testing.T, pid int) (rss, peak int64) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = kb << 10
+		case "VmHWM:":
+			peak = kb << 10
+		}
+	}
+	return rss, peak
 }

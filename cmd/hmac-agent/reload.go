@@ -1,18 +1,12 @@
 package main
 
 import (
-	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"reflect"
 	"strings"
-	"time"
 
 	"github.com/hmac-agent/hmac-agent/agent"
 	"github.com/hmac-agent/hmac-agent/config"
-	"github.com/hmac-agent/hmac-agent/internal/metrics"
-	"github.com/hmac-agent/hmac-agent/socket"
 )
 
 // reload reads the config file again and applies its keys and policies.
@@ -73,37 +67,4 @@ func diffKeys(old, cur *config.Config) (added, removed []string) {
 		removed = append(removed, name)
 	}
 	return added, removed
-}
-
-// serveMetrics serves /metrics at cfg.Metrics until stopped. A TCP
-// listener shows key names and use counts to every local user; a Unix
-// socket ("unix:/path") is made as the agent's own is (socket.Listen: a
-// private directory that is never a link, the socket 0600, or 0750 and
-// 0660 for socket_group), so that only those who may talk to the agent
-// read what it is asked.
-func serveMetrics(cfg *config.Config, m *metrics.Metrics, log *slog.Logger) (func(), error) {
-	var l net.Listener
-	if path, ok := cfg.MetricsSocket(); ok {
-		gid := -1
-		if cfg.SocketGroup != "" {
-			gid, _ = config.LookupGroup(cfg.SocketGroup) // validated
-		}
-		ul, err := socket.Listen(path, gid)
-		if err != nil {
-			return nil, fmt.Errorf("metrics listener: %w", err)
-		}
-		l = ul
-	} else {
-		tl, err := net.Listen("tcp", cfg.Metrics)
-		if err != nil {
-			return nil, fmt.Errorf("metrics listener: %w", err)
-		}
-		l = tl
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", m.Handler())
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go hs.Serve(l)
-	log.Info("metrics listening", "address", l.Addr().String())
-	return func() { hs.Close() }, nil
 }

@@ -311,11 +311,22 @@ func writeFamily(w io.Writer, family, typ, help string, samples []sample) {
 	}
 }
 
-// Handler serves the metrics in Prometheus' text format.
+// ContentType is the media type of the page: Prometheus' text format.
+const ContentType = "text/plain; version=0.0.4; charset=utf-8"
+
+// WritePage writes the page: the agent's metrics, then the Go runtime's
+// and the process's own, every value read afresh. A listener that anyone
+// may scrape often should keep the bytes for a while rather than call it
+// for each scrape (cmd/hmac-agent builds the page at most once a second).
+func (m *Metrics) WritePage(w io.Writer) {
+	m.set.WritePrometheus(w)
+	vm.WriteProcessMetrics(w)
+}
+
+// Handler serves the page, built afresh for each request.
 func (m *Metrics) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		m.set.WritePrometheus(w)
-		vm.WriteProcessMetrics(w)
+		w.Header().Set("Content-Type", ContentType)
+		m.WritePage(w)
 	})
 }
