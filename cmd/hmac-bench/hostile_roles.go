@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -146,7 +147,7 @@ func runVictim(sock string, d time.Duration) victimReport {
 type attack func(sock string, scale float64, ready func(held int), stop <-chan struct{}) error
 
 // attackOrder is the order the bench runs them in and names them by.
-var attackOrder = []string{"connections", "half_frames", "contexts", "pkcs11_input", "denials", "oneshot_flood", "big_oneshots"}
+var attackOrder = []string{"connections", "half_frames", "contexts", "pkcs11_input", "pkcs11_sessions", "unread_replies", "denials", "oneshot_flood", "big_oneshots"}
 
 // cpuBurn is the control phase: a neighbour that keeps every CPU busy
 // and never calls the agent. What it costs the victim is what the
@@ -264,6 +265,35 @@ var attacks = map[string]attack{
 	// 16,384 contexts on the PKCS#11 key, one 64 KiB UPDATE each.
 	"pkcs11_input": func(sock string, scale float64, ready func(held int), stop <-chan struct{}) error {
 		return openContexts(sock, benchenv.PKCS11Key, scaled(16384, scale), 16384, make([]byte, 64<<10), ready, stop)
+	},
+	// Contexts on the PKCS#11 key that each stream a byte past the
+	// agent's 64 KiB buffer, which makes them keep a token session until
+	// they end: as many as the bench's token has sessions (16).
+	"pkcs11_sessions": func(sock string, scale float64, ready func(held int), stop <-chan struct{}) error {
+		return openContexts(sock, benchenv.PKCS11Key, 16, 16, make([]byte, 64<<10+1), ready, stop)
+	},
+	// 64 connections that send 20,000 one-shot MACs each, whose replies
+	// are longer than the requests, and never read a reply.
+	"unread_replies": func(sock string, scale float64, ready func(held int), stop <-chan struct{}) error {
+		req, _ := (&wire.Message{Type: wire.TypeMAC, ID: 1, Algorithm: 3, Key: []byte(benchenv.SoftKey), Data: []byte("x")}).Append(nil)
+		batch := bytes.Repeat(req, 20000)
+		var conns []net.Conn
+		defer func() { closeAll(conns) }()
+		for range scaled(64, scale) {
+			rc, err := dialRaw(sock, true)
+			if err != nil {
+				break
+			}
+			conns = append(conns, rc.c)
+			go func() {
+				// Waits once the agent stops reading; ends when the
+				// connection is closed.
+				rc.c.Write(batch)
+			}()
+		}
+		ready(len(conns))
+		<-stop
+		return nil
 	},
 	// Denied GENERATE_KEY and DELETE_KEY, each with a new random name,
 	// as fast as the agent answers.
