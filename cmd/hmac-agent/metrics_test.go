@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -200,7 +199,7 @@ users = [%d]
 			held = held[:0]
 
 			// Headers that grow to 1 MiB without end, many at once.
-			_, peak := processMemory(t, agent.pid())
+			_, peak := agenttest.ProcessMemory(t, agent.pid())
 			header := "GET /metrics HTTP/1.1\r\nHost: agent\r\nX-Pad: " + strings.Repeat("a", 1<<20)
 			var wg sync.WaitGroup
 			for i := range 4 * 16 {
@@ -224,7 +223,7 @@ users = [%d]
 				})
 			}
 			wg.Wait()
-			_, after := processMemory(t, agent.pid())
+			_, after := agenttest.ProcessMemory(t, agent.pid())
 			if grew := after - peak; grew > 16<<20 {
 				t.Errorf("64 headers of 1 MiB took the agent's peak memory from %d MiB to %d MiB", peak>>20, after>>20)
 			}
@@ -258,26 +257,3 @@ func openFDs(t *testing.T, pid int) int {
 	return len(fds)
 }
 
-// processMemory is process pid's resident set now and at its peak, in
-// bytes.
-func processMemory(t *testing.T, pid int) (rss, peak int64) {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		kb, _ := strconv.ParseInt(f[1], 10, 64)
-		switch f[0] {
-		case "VmRSS:":
-			rss = kb << 10
-		case "VmHWM:":
-			peak = kb << 10
-		}
-	}
-	return rss, peak
-}
