@@ -152,25 +152,40 @@ func TestWaitingReaderKeepsNoThread(t *testing.T) {
 	}
 }
 
-// TestDeafReaderKeepsNoThread: a reader at the lower priority whose peer
-// stops taking its replies does not wait for the peer on a thread of its
+// TestDeafReaderKeepsNoThread: readers at the lower priority whose peers
+// stop taking their replies do not wait for them on threads of their
 // own: callers that send requests and never read held a thread each,
-// which the runtime keeps for good.
+// which the runtime keeps for good. A reader may come to wait in its own
+// flush between reads, at the normal priority, or in a write in the
+// middle of its requests, in the background; six of them make it all
+// but certain that one waits in the middle.
 func TestDeafReaderKeepsNoThread(t *testing.T) {
 	requireThreadPriority(t)
 	a := start(t, agenttest.Options{})
-	deaf := dialRaw(t, a.Path, true)
 	dialRaw(t, a.Path, true)
-	socket.Share(a.Server)
-	go deaf.nc.Write(pipelinedMACs(20000)) // waits once the agent stops reading
+	var deaf []*raw
+	for range 6 {
+		deaf = append(deaf, dialRaw(t, a.Path, true))
+	}
+	socket.Share(a.Server) // as if another uid were connected
+	stop := make(chan struct{})
+	seen := watchNice(stop)
+	for _, r := range deaf {
+		go r.nc.Write(pipelinedMACs(20000)) // waits once the agent stops reading
+	}
 	// The replies fill the socket's buffers long before the requests
-	// end, and the reader then waits to write.
+	// end, and every reader then waits to write.
+	time.Sleep(time.Second)
+	close(stop)
+	if !<-seen {
+		t.Fatal("no reader ran at the lower priority")
+	}
 	end := time.Now().Add(10 * time.Second)
 	for niceThreads() != 0 && time.Now().Before(end) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	time.Sleep(200 * time.Millisecond)
 	if k := niceThreads(); k != 0 {
-		t.Errorf("%d threads at the lower priority while the reader waits for a peer that reads nothing", k)
+		t.Errorf("%d threads at the lower priority while readers wait for peers that read nothing", k)
 	}
 }

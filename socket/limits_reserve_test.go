@@ -39,7 +39,7 @@ func TestConnectionsReservedForLightUIDs(t *testing.T) {
 	r := dialRaw(t, a.Path, true)
 	r.mac(1, "a light uid is served")
 	if got := a.Server.Connections(); got != shared+1 {
-		t.Errorf("%d connections open, want the heavy uids' %d of the shared part and root's", got, shared)
+		t.Errorf("%d connections open, want the heavy uids' %d of the shared part and root's one", got, shared)
 	}
 	// Root is light until it holds 4: its next connection is taken too,
 	// and one past max_connections is refused as before.

@@ -19,16 +19,15 @@ import (
 // reader, found by its thread, comes back to the foreground before it
 // writes.
 //
-// A peer that takes no reply for ReplyTimeout loses its connection.
-// The deadline is moved only once half of it has passed, not at every
-// write.
+// A peer that takes no reply for ReplyTimeout loses its connection. The
+// deadline is moved only once half of it has passed, not at every write,
+// so a write that waits is cut after between half of ReplyTimeout and
+// all of it.
 type replyWriter struct{ c *conn }
 
 func (w replyWriter) Write(p []byte) (int, error) {
 	c := w.c
-	if t := c.lowTid.Load(); t != 0 && int(t) == threadprio.Thread() {
-		c.foreground()
-	}
+	c.foregroundIfReader()
 	if d := c.srv.limits.ReplyTimeout; d > 0 {
 		if now := time.Now(); c.wdeadline.Sub(now) < d/2 {
 			c.wdeadline = now.Add(d)
@@ -44,9 +43,30 @@ func (w replyWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// foregroundIfReader brings the reader back to the normal priority if
+// it is the caller and runs in the background: before it may wait to
+// write, or for another goroutine that is writing (lockWrites). Only the
+// reader runs on the thread it recorded, which is locked to it.
+func (c *conn) foregroundIfReader() {
+	if t := c.lowTid.Load(); t != 0 && int(t) == threadprio.Thread() {
+		c.foreground()
+	}
+}
+
+// lockWrites takes wmu. Its holder may be waiting for the peer to take a
+// reply (see replyWriter): a reader in the background that would wait
+// for it comes back to the foreground first.
+func (c *conn) lockWrites() {
+	if c.wmu.TryLock() {
+		return
+	}
+	c.foregroundIfReader()
+	c.wmu.Lock()
+}
+
 // reply queues a message; it is sent at the next flush.
 func (c *conn) reply(m *wire.Message) {
-	c.wmu.Lock()
+	c.lockWrites()
 	defer c.wmu.Unlock()
 	if c.werr != nil {
 		return
@@ -74,7 +94,7 @@ func (c *conn) replyTag(id uint32, tag []byte, version int, err error) {
 		c.replyError(id, err)
 		return
 	}
-	c.wmu.Lock()
+	c.lockWrites()
 	defer c.wmu.Unlock()
 	if c.werr != nil {
 		return
@@ -115,7 +135,7 @@ func (c *conn) errorMessage(id uint32, err error) *wire.Message {
 }
 
 func (c *conn) flush() error {
-	c.wmu.Lock()
+	c.lockWrites()
 	defer c.wmu.Unlock()
 	if c.werr == nil {
 		c.werr = c.bw.Flush()

@@ -38,9 +38,10 @@ type Limits struct {
 	// no request running for this long. Negative disables it.
 	IdleTimeout time.Duration
 	// ReplyTimeout closes a connection whose peer has not taken a reply
-	// the agent is writing for this long: a caller that never reads
-	// would otherwise hold its connection, and everything behind it,
-	// for good. Negative disables it.
+	// the agent is writing for this long, or at least half of it (see
+	// replyWriter): a caller that never reads would otherwise hold its
+	// connection, and everything behind it, for good. Negative disables
+	// it.
 	ReplyTimeout time.Duration
 	// HashTimeout bounds hashing a caller's executable at connect, where
 	// a policy names a digest, from the wait for its turn to the end of
