@@ -89,7 +89,7 @@ func (c *Config) fill() {
 type SessionStats struct {
 	Open   int    // sessions open
 	InUse  int    // lent out to requests now
-	Kept   int    // of those, kept by contexts that stream (see keptMax)
+	Kept   int    // reserved by contexts that stream (see keptMax); a stream from before a token outage keeps its reservation until it is next used
 	Waits  uint64 // requests that had to wait for a session
 	Copies int    // keys' session copies held
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"errors"
 	"testing"
 	"time"
 
@@ -15,8 +16,8 @@ import (
 )
 
 // TestStreamingContextsKeepAShare: a context that streams keeps a
-// session until it ends, so one caller's contexts may keep only a share
-// of the pool, and all of them together not the last quarter. One
+// session until it ends, so all contexts together may not keep the last
+// quarter of the pool, and one caller's not the last of the rest. One
 // caller with eight contexts that each streamed a byte past the buffer
 // held all eight sessions, and every other caller's request waited
 // session_wait and failed. Contexts past the share go on buffering in
@@ -51,11 +52,11 @@ func TestStreamingContextsKeepAShare(t *testing.T) {
 		}
 		hogs = append(hogs, m)
 	}
-	if st := p.Sessions(); st.Kept != 3 || st.InUse != 3 {
-		t.Errorf("one caller's 8 streaming contexts keep %d sessions (%d in use), want 3 of 8", st.Kept, st.InUse)
+	if st := p.Sessions(); st.Kept != 5 || st.InUse != 5 {
+		t.Errorf("one caller's 8 streaming contexts keep %d sessions (%d in use), want 5 of 8", st.Kept, st.InUse)
 	}
-	if held := hog.Held(); held < 5*int64(len(input)) {
-		t.Errorf("%d bytes charged for 5 contexts buffering %d bytes each", held, len(input))
+	if held := hog.Held(); held < 3*int64(len(input)) {
+		t.Errorf("%d bytes charged for 3 contexts buffering %d bytes each", held, len(input))
 	}
 	// A copy of a streaming context, its caller at its share, buffers.
 	c, err := hogs[0].Copy(hogCtx)
@@ -79,8 +80,8 @@ func TestStreamingContextsKeepAShare(t *testing.T) {
 	if err := m.Update(other, input); err != nil {
 		t.Fatal(err)
 	}
-	if st := p.Sessions(); st.Kept != 4 {
-		t.Errorf("%d sessions kept with another caller streaming too, want 4", st.Kept)
+	if st := p.Sessions(); st.Kept != 6 {
+		t.Errorf("%d sessions kept with another caller streaming too, want 6", st.Kept)
 	}
 	hogs = append(hogs, m)
 
@@ -109,5 +110,46 @@ func TestStreamingContextsKeepAShare(t *testing.T) {
 	}
 	if held := hog.Held(); held != 0 {
 		t.Errorf("%d bytes still charged after every context ended", held)
+	}
+}
+
+// TestStreamWaitsForASession: a context allowed to keep a session waits
+// for one in its caller's line, and if none frees up within
+// session_wait, fails and gives its place among the kept back.
+func TestStreamWaitsForASession(t *testing.T) {
+	p, _ := newToken(t, func(c *pkcs11.Config) {
+		c.Sessions = 4
+		c.SessionWait = 200 * time.Millisecond
+		c.BufferBytes = 16
+	})
+	bg := context.Background()
+	p.ImportKey(bg, "w", []byte("stream-wait"))
+	k, _ := p.Key(bg, "w")
+	big := make([]byte, 100)
+	a := providers.WithBudget(bg, providers.NewBudget(0, nil, "a"))
+	streaming, _ := k.NewMAC(a, providers.SHA256)
+	if err := streaming.Update(a, big); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // the rest, as long calls hold them
+		t.Cleanup(pkcs11.TakeSession(t, p))
+	}
+	budget := providers.NewBudget(0, nil, "b")
+	b := providers.WithBudget(bg, budget)
+	m, _ := k.NewMAC(b, providers.SHA256)
+	start := time.Now()
+	if err := m.Update(b, big); !errors.Is(err, providers.ErrUnavailable) {
+		t.Errorf("a stream with no session free: %v", err)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond {
+		t.Errorf("gave up after %s, before the configured wait", d)
+	}
+	if kept := p.Sessions().Kept; kept != 1 {
+		t.Errorf("%d sessions kept after the stream that got none failed, want 1", kept)
+	}
+	m.Close()
+	streaming.Close()
+	if kept, held := p.Sessions().Kept, budget.Held(); kept != 0 || held != 0 {
+		t.Errorf("after Close: %d sessions kept, %d bytes charged", kept, held)
 	}
 }

@@ -44,9 +44,10 @@ type mac struct {
 	budget     *providers.Budget
 	bufCharged int
 	logCharged int
-	// kept is whether the pool let the context keep a session
-	// (pool.keep), from the update that outgrew the buffer to the end.
-	kept bool
+	// reserved is whether the pool let the context keep a session
+	// (pool.reserveStream), from the update that outgrew the buffer to
+	// the end.
+	reserved bool
 }
 
 // NewMAC opens a context. It fails with ErrUnsupportedAlgorithm if the
@@ -87,19 +88,20 @@ func (m *mac) update(ctx context.Context, p []byte, b *frame.Buffer) error {
 		return providers.ErrAlreadyFinalized
 	}
 	buffer := m.sess == nil && !m.streams(len(p))
+	if !buffer && m.sess == nil {
+		// The buffer stays charged until the token has taken it.
+		if err := m.start(ctx); err != nil {
+			m.releaseStream()
+			return err
+		}
+	}
 	if err := m.charge(p, buffer); err != nil {
 		return err
 	}
-	m.keep(p, b)
+	m.logInput(p, b)
 	if buffer {
 		m.buf.append(p, m.k.p.cfg.BufferBytes)
 		return nil
-	}
-	if m.sess == nil {
-		if err := m.start(ctx); err != nil {
-			m.unkeep()
-			return err
-		}
 	}
 	return m.call(func(s *session) error { return m.k.p.ctx.SignUpdate(s.h, p) })
 }
@@ -113,18 +115,18 @@ func (m *mac) streams(n int) bool {
 	if len(m.buf.bytes())+n <= m.k.p.cfg.BufferBytes {
 		return false
 	}
-	if !m.kept {
-		m.kept = m.k.p.pool.keep(m.budget)
+	if !m.reserved {
+		m.reserved = m.k.p.pool.reserveStream(m.budget)
 	}
-	return m.kept
+	return m.reserved
 }
 
-// unkeep gives back the pool's leave to keep a session, once the
+// releaseStream gives back the pool's leave to keep a session, once the
 // context holds none and will not.
-func (m *mac) unkeep() {
-	if m.kept {
-		m.k.p.pool.unkeep(m.budget)
-		m.kept = false
+func (m *mac) releaseStream() {
+	if m.reserved {
+		m.k.p.pool.releaseStream(m.budget)
+		m.reserved = false
 	}
 }
 
@@ -154,9 +156,9 @@ func (m *mac) uncharge() {
 	m.bufCharged = 0
 }
 
-// keep logs input for Copy, until the cap: p itself if b holds it (with
-// a reference to b), else a copy.
-func (m *mac) keep(p []byte, b *frame.Buffer) {
+// logInput logs input for Copy, until the cap: p itself if b holds it
+// (with a reference to b), else a copy.
+func (m *mac) logInput(p []byte, b *frame.Buffer) {
 	if m.log == nil {
 		m.dropped += int64(len(p))
 		return
@@ -252,7 +254,7 @@ func (m *mac) call(f func(s *session) error) error {
 		m.done = true
 		m.dropLog()
 		m.uncharge()
-		m.unkeep()
+		m.releaseStream()
 		return fmt.Errorf("pkcs11: key %q: %w: the token was re-initialized", m.k.name, providers.ErrContextLost)
 	}
 	err := f(m.sess)
@@ -261,7 +263,7 @@ func (m *mac) call(f func(s *session) error) error {
 		m.done = true
 		m.dropLog()
 		m.uncharge()
-		m.unkeep()
+		m.releaseStream()
 		if notLoggedIn(err) {
 			p.login()
 		}
@@ -329,7 +331,7 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 		if err != nil {
 			c.dropLog()
 			c.uncharge()
-			c.unkeep()
+			c.releaseStream()
 			return nil, err
 		}
 		if ok {
@@ -340,7 +342,7 @@ func (m *mac) Copy(ctx context.Context) (providers.MAC, error) {
 	if err := c.start(ctx); err != nil {
 		c.dropLog()
 		c.uncharge()
-		c.unkeep()
+		c.releaseStream()
 		return nil, err
 	}
 	return c, nil
@@ -391,7 +393,7 @@ func (m *mac) Finalize(ctx context.Context) ([]byte, error) {
 	m.done = true
 	m.dropLog()
 	defer m.uncharge()
-	defer m.unkeep()
+	defer m.releaseStream()
 	if m.sess != nil {
 		var tag []byte
 		err := m.call(func(s *session) error {
@@ -433,7 +435,7 @@ func (m *mac) Verify(ctx context.Context, tag []byte) error {
 	err := m.k.VerifyMAC(ctx, m.alg, m.buf.bytes(), tag)
 	m.buf.free()
 	m.uncharge()
-	m.unkeep()
+	m.releaseStream()
 	return err
 }
 
@@ -454,7 +456,7 @@ func (m *mac) Close() {
 		}
 		m.sess = nil
 	}
-	m.unkeep()
+	m.releaseStream()
 }
 
 // sign computes a whole tag with one C_SignInit and C_Sign.

@@ -198,8 +198,8 @@ func TestStreamAcrossRecovery(t *testing.T) {
 	k, _ := p.Key(ctx, "a")
 	var old []providers.MAC
 	for range 4 {
-		// Callers of their own, since one caller's contexts keep at
-		// most 3 of the 8 sessions.
+		// Callers of their own, whatever one caller's share of the
+		// sessions.
 		caller := providers.WithBudget(ctx, providers.NewBudget(0, nil, "caller"))
 		m, _ := k.NewMAC(caller, providers.SHA256)
 		if err := m.Update(caller, make([]byte, 1000)); err != nil { // holds a session

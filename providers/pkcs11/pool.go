@@ -42,7 +42,7 @@ type pool struct {
 	mu      sync.Mutex // guards waiting and kept; taken after idle is found empty
 	waiting fair.Queue[*waiter]
 	// kept counts the sessions contexts keep for a streaming operation,
-	// by caller, and keptTotal all of them (see keep).
+	// by caller, and keptTotal all of them (see reserveStream).
 	kept      map[*providers.Budget]int
 	keptTotal int
 }
@@ -62,19 +62,22 @@ func newPool(p *Provider, size int, wait time.Duration) *pool {
 // keptMax is how many sessions contexts may keep at once: all but a
 // quarter of the pool (at least one), which stays for one-shots and
 // buffered contexts' single C_Sign. keptPerCaller is how many one caller's
-// contexts may keep: half of keptMax, at least one. A context keeps its
-// session from the update that outgrows the buffer until it ends, which
-// can be forever: without these bounds, one caller holding eight
-// contexts that had each streamed a byte past the buffer held every
-// session, and every other caller's request failed after session_wait.
+// contexts may keep: all of those but one, so that one caller alone
+// cannot keep another from streaming. A context keeps its session from
+// the update that outgrows the buffer until it ends, which can be
+// forever: without these bounds, one caller holding eight contexts that
+// had each streamed a byte past the buffer held every session, and every
+// other caller's request failed after session_wait. With half of keptMax
+// per caller, one caller's six parallel 70 MB streams failed: those past
+// the share buffer in memory, within the caller's max_bytes_per_uid.
 func keptMax(size int) int       { return size - max(1, size/4) }
-func keptPerCaller(size int) int { return max(1, keptMax(size)/2) }
+func keptPerCaller(size int) int { return max(1, keptMax(size)-1) }
 
-// keep reserves a kept session for a context of caller b, and reports
-// whether it may: false past either bound, when the context goes on
-// buffering its input in memory, charged to b, and asks again at its
-// next update. Each true is matched by one unkeep.
-func (pl *pool) keep(b *providers.Budget) bool {
+// reserveStream reserves a kept session for a context of caller b, and
+// reports whether it may: false past either bound, when the context goes
+// on buffering its input in memory, charged to b, and asks again at its
+// next update. Each true is matched by one releaseStream.
+func (pl *pool) reserveStream(b *providers.Budget) bool {
 	size := cap(pl.slots)
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
@@ -86,8 +89,8 @@ func (pl *pool) keep(b *providers.Budget) bool {
 	return true
 }
 
-// unkeep gives back a reservation keep made.
-func (pl *pool) unkeep(b *providers.Budget) {
+// releaseStream gives back a reservation reserveStream made.
+func (pl *pool) releaseStream(b *providers.Budget) {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	if pl.kept[b]--; pl.kept[b] <= 0 {
