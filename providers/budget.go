@@ -55,13 +55,14 @@ type Budget struct {
 // charged through a child only while that child holds, after the charge,
 // at most the larger of max/LightHolding and MinLightHolding bytes. At
 // the agent's default max_bytes of 256 MiB that is the last 32 MiB, for
-// uids holding at most 4 MiB. MinLightHolding is twice the default
-// largest frame, 1 MiB: a frame being read and the request it makes, both
+// uids holding at most 4 MiB. MinLightHolding is four times the default
+// largest frame, 1 MiB: a frame being read, in a reused buffer of up to
+// twice its size, and the request it makes (its data and 5 KiB), all
 // charged for a moment, fit a light caller.
 const (
 	ReservedShare   = 8
 	LightHolding    = 64
-	MinLightHolding = 2 << 20
+	MinLightHolding = 4 << 20
 )
 
 // NewBudget returns a budget of max bytes; max <= 0 means unbounded.
@@ -92,12 +93,12 @@ func (b *Budget) Charge(n int) error {
 	return b.charge(int64(n), -1)
 }
 
-// charge is Charge made through a child that holds child bytes after
-// it, or directly when child < 0. A child's charge past b's shared part
-// is refused while the child holds more than b.light.
-func (b *Budget) charge(n, child int64) error {
+// charge is Charge made through a child that holds childHeld bytes
+// after it, or directly when childHeld < 0. A child's charge past b's
+// shared part is refused while the child holds more than b.light.
+func (b *Budget) charge(n, childHeld int64) error {
 	limit := b.max
-	reserved := child > b.light && b.shared < b.max
+	reserved := childHeld > b.light && b.shared < b.max
 	if reserved {
 		limit = b.shared
 	}
