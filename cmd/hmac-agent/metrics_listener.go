@@ -38,10 +38,6 @@ var (
 	// metricsWriteTimeout bounds a response, from the end of its
 	// request's header.
 	metricsWriteTimeout = 10 * time.Second
-	// metricsIdleTimeout closes a kept-alive connection on which no
-	// next request starts. A scraper that comes less often connects
-	// again, which costs little.
-	metricsIdleTimeout = 10 * time.Second
 	// metricsMaxHeaderBytes bounds a request's header; net/http reads
 	// 4 KiB past it before it answers 431.
 	metricsMaxHeaderBytes = 4 << 10
@@ -94,13 +90,17 @@ func startMetricsServer(l net.Listener, page *pageCache, log *slog.Logger) (stop
 		ReadHeaderTimeout: metricsReadHeaderTimeout,
 		ReadTimeout:       metricsReadTimeout,
 		WriteTimeout:      metricsWriteTimeout,
-		IdleTimeout:       metricsIdleTimeout,
 		MaxHeaderBytes:    metricsMaxHeaderBytes,
 		// What net/http says of a connection (a malformed request, a
 		// query with a semicolon) is a client's doing, at its rate:
 		// debug only.
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	// One request a connection: a kept-alive connection that asks again
+	// before any idle timeout would hold its slot for good, and sixteen
+	// of them would keep every scraper out. A scrape every few seconds
+	// connects each time, which costs little.
+	hs.SetKeepAlivesEnabled(false)
 	ll := newLimitListener(l, metricsMaxConnections)
 	done := make(chan struct{})
 	go func() {
