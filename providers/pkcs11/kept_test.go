@@ -153,3 +153,50 @@ func TestStreamWaitsForASession(t *testing.T) {
 		t.Errorf("after Close: %d sessions kept, %d bytes charged", kept, held)
 	}
 }
+
+// TestBufferingStreamWaitsForItsShare: a caller's stream past its share of
+// the sessions buffers in memory; once that fills the caller's budget, it
+// waits for one of the caller's streams to end and streams in its place,
+// instead of failing: a caller's six parallel 70 MB streams failed so.
+func TestBufferingStreamWaitsForItsShare(t *testing.T) {
+	p, _ := newToken(t, func(c *pkcs11.Config) {
+		c.Sessions = 4 // 3 kept at most, 2 for one caller
+		c.SessionWait = 5 * time.Second
+	})
+	bg := context.Background()
+	secret := []byte("share-wait")
+	p.ImportKey(bg, "q", secret)
+	k, _ := p.Key(bg, "q")
+	budget := providers.NewBudget(512<<10, nil, "caller")
+	ctx := providers.WithBudget(bg, budget)
+	piece := bytes.Repeat([]byte{1}, 64<<10)
+	var streaming []providers.MAC
+	for range 2 {
+		m, _ := k.NewMAC(ctx, providers.SHA256)
+		if err := m.Update(ctx, append(piece, 0)); err != nil {
+			t.Fatal(err)
+		}
+		streaming = append(streaming, m)
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		streaming[0].Finalize(bg)
+		streaming[0].Close()
+	}()
+	third, _ := k.NewMAC(ctx, providers.SHA256)
+	want := hmac.New(sha256.New, secret)
+	for i := range 32 { // 2 MiB, four times the budget
+		if err := third.Update(ctx, piece); err != nil {
+			t.Fatalf("update %d of a stream past its caller's share: %v", i, err)
+		}
+		want.Write(piece)
+	}
+	if tag, err := third.Finalize(bg); err != nil || !bytes.Equal(tag, want.Sum(nil)) {
+		t.Errorf("Finalize: %x, %v", tag, err)
+	}
+	third.Close()
+	streaming[1].Close()
+	if kept, held := p.Sessions().Kept, budget.Held(); kept != 0 || held != 0 {
+		t.Errorf("after every context ended: %d sessions kept, %d bytes charged", kept, held)
+	}
+}

@@ -5,6 +5,7 @@ package pkcs11
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 
 	p11 "github.com/miekg/pkcs11"
@@ -88,6 +89,14 @@ func (m *mac) update(ctx context.Context, p []byte, b *frame.Buffer) error {
 		return providers.ErrAlreadyFinalized
 	}
 	buffer := m.sess == nil && !m.streams(len(p))
+	if buffer {
+		if err := m.charge(p, true); err != nil {
+			if !m.awaitStream(ctx, len(p), err) {
+				return err
+			}
+			buffer = false
+		}
+	}
 	if !buffer && m.sess == nil {
 		// The buffer stays charged until the token has taken it.
 		if err := m.start(ctx); err != nil {
@@ -95,8 +104,8 @@ func (m *mac) update(ctx context.Context, p []byte, b *frame.Buffer) error {
 			return err
 		}
 	}
-	if err := m.charge(p, buffer); err != nil {
-		return err
+	if !buffer {
+		m.charge(p, false) // only gives back what the buffer held
 	}
 	m.logInput(p, b)
 	if buffer {
@@ -118,6 +127,20 @@ func (m *mac) streams(n int) bool {
 	if !m.reserved {
 		m.reserved = m.k.p.pool.reserveStream(m.budget)
 	}
+	return m.reserved
+}
+
+// awaitStream waits for leave to stream (pool.awaitStream) when err, from
+// buffering n more bytes past the buffer, says the caller's budget is
+// full, and reports whether it got it. The caller's streams past its
+// share of the sessions buffer, and one of them would fail where, had it
+// waited, another of the caller's streams would have ended and left it a
+// session.
+func (m *mac) awaitStream(ctx context.Context, n int, err error) bool {
+	if m.reserved || !errors.Is(err, providers.ErrLimit) || len(m.buf.bytes())+n <= m.k.p.cfg.BufferBytes {
+		return false
+	}
+	m.reserved = m.k.p.pool.awaitStream(ctx, m.budget)
 	return m.reserved
 }
 

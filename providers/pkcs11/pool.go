@@ -43,8 +43,10 @@ type pool struct {
 	waiting fair.Queue[*waiter]
 	// kept counts the sessions contexts keep for a streaming operation,
 	// by caller, and keptTotal all of them (see reserveStream).
-	kept      map[*providers.Budget]int
-	keptTotal int
+	// streamFreed is closed, and replaced, when one is given back.
+	kept        map[*providers.Budget]int
+	keptTotal   int
+	streamFreed chan struct{}
 }
 
 // waiter is a request waiting for a session. It gets one on ch, or nil
@@ -56,7 +58,7 @@ type waiter struct {
 
 func newPool(p *Provider, size int, wait time.Duration) *pool {
 	return &pool{p: p, wait: wait, idle: make(chan *session, size), slots: make(chan struct{}, size),
-		kept: make(map[*providers.Budget]int)}
+		kept: make(map[*providers.Budget]int), streamFreed: make(chan struct{})}
 }
 
 // keptMax is how many sessions contexts may keep at once: all but a
@@ -69,7 +71,8 @@ func newPool(p *Provider, size int, wait time.Duration) *pool {
 // had each streamed a byte past the buffer held every session, and every
 // other caller's request failed after session_wait. With half of keptMax
 // per caller, one caller's six parallel 70 MB streams failed: those past
-// the share buffer in memory, within the caller's max_bytes_per_uid.
+// the share buffer in memory, within the caller's max_bytes_per_uid (and
+// now wait for a share once that is full: awaitStream).
 func keptMax(size int) int       { return size - max(1, size/4) }
 func keptPerCaller(size int) int { return max(1, keptMax(size)-1) }
 
@@ -78,15 +81,44 @@ func keptPerCaller(size int) int { return max(1, keptMax(size)-1) }
 // on buffering its input in memory, charged to b, and asks again at its
 // next update. Each true is matched by one releaseStream.
 func (pl *pool) reserveStream(b *providers.Budget) bool {
-	size := cap(pl.slots)
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
+	return pl.reserveStreamLocked(b)
+}
+
+func (pl *pool) reserveStreamLocked(b *providers.Budget) bool {
+	size := cap(pl.slots)
 	if pl.keptTotal >= keptMax(size) || pl.kept[b] >= keptPerCaller(size) {
 		return false
 	}
 	pl.kept[b]++
 	pl.keptTotal++
 	return true
+}
+
+// awaitStream is reserveStream for a context whose caller's budget can
+// buffer no more: it waits for a reservation to be given back, as a
+// request that finds no session free waits for one, until ctx ends or
+// session_wait passes, and reports whether it got one.
+func (pl *pool) awaitStream(ctx context.Context, b *providers.Budget) bool {
+	timer := time.NewTimer(pl.wait)
+	defer timer.Stop()
+	for {
+		pl.mu.Lock()
+		ok := pl.reserveStreamLocked(b)
+		freed := pl.streamFreed
+		pl.mu.Unlock()
+		if ok {
+			return true
+		}
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return false
+		case <-timer.C:
+			return false
+		}
+	}
 }
 
 // releaseStream gives back a reservation reserveStream made.
@@ -97,6 +129,8 @@ func (pl *pool) releaseStream(b *providers.Budget) {
 		delete(pl.kept, b)
 	}
 	pl.keptTotal--
+	close(pl.streamFreed)
+	pl.streamFreed = make(chan struct{})
 }
 
 // get returns an idle session, opens a new one if the pool has room, or
