@@ -99,9 +99,12 @@ func (pl *pool) reserveStreamLocked(b *providers.Budget) bool {
 // awaitStream is reserveStream for a context whose caller's budget can
 // buffer no more: it waits for a reservation to be given back, as a
 // request that finds no session free waits for one, until ctx ends or
-// session_wait passes, and reports whether it got one.
+// session_wait passes, and reports whether it got one. It waits at most
+// half the provider's timeout: a call the agent sees run past that is
+// taken for a device that stopped answering, and a caller waiting on its
+// own streams must not make the token look down to everyone.
 func (pl *pool) awaitStream(ctx context.Context, b *providers.Budget) bool {
-	timer := time.NewTimer(pl.wait)
+	timer := time.NewTimer(min(pl.wait, pl.p.cfg.Timeout/2))
 	defer timer.Stop()
 	for {
 		pl.mu.Lock()
