@@ -155,9 +155,11 @@ func TestStreamWaitsForASession(t *testing.T) {
 }
 
 // TestBufferingStreamWaitsForItsShare: a caller's stream past its share of
-// the sessions buffers in memory; once that fills the caller's budget, it
-// waits for one of the caller's streams to end and streams in its place,
-// instead of failing: a caller's six parallel 70 MB streams failed so.
+// the sessions buffers in memory only while the caller's budget is at
+// most half spent, so that the caller's frames and requests still find
+// room; then it waits for one of the caller's streams to end and streams
+// in its place. Buffering until the budget was full failed a caller's
+// six parallel 70 MB streams, and its other requests with them.
 func TestBufferingStreamWaitsForItsShare(t *testing.T) {
 	p, _ := newToken(t, func(c *pkcs11.Config) {
 		c.Sessions = 4 // 3 kept at most, 2 for one caller
@@ -185,11 +187,16 @@ func TestBufferingStreamWaitsForItsShare(t *testing.T) {
 	}()
 	third, _ := k.NewMAC(ctx, providers.SHA256)
 	want := hmac.New(sha256.New, secret)
+	var most int64
 	for i := range 32 { // 2 MiB, four times the budget
 		if err := third.Update(ctx, piece); err != nil {
 			t.Fatalf("update %d of a stream past its caller's share: %v", i, err)
 		}
 		want.Write(piece)
+		most = max(most, budget.Held())
+	}
+	if most > budget.Max()/2 {
+		t.Errorf("a stream waiting for its share held %d bytes of a budget of %d: more than half", most, budget.Max())
 	}
 	if tag, err := third.Finalize(bg); err != nil || !bytes.Equal(tag, want.Sum(nil)) {
 		t.Errorf("Finalize: %x, %v", tag, err)

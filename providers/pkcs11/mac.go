@@ -5,7 +5,6 @@ package pkcs11
 import (
 	"context"
 	"crypto/subtle"
-	"errors"
 	"fmt"
 
 	p11 "github.com/miekg/pkcs11"
@@ -90,11 +89,20 @@ func (m *mac) update(ctx context.Context, p []byte, b *frame.Buffer) error {
 	}
 	buffer := m.sess == nil && !m.streams(len(p))
 	if buffer {
-		if err := m.charge(p, true); err != nil {
-			if !m.awaitStream(ctx, len(p), err) {
+		// Past the buffer, a context its caller may not stream yet
+		// buffers only while the caller's budget spares it
+		// (ChargeOptional), so that what the caller must have held (the
+		// frames it sends, its requests in line) still finds room; then
+		// it waits for a share of the sessions.
+		overflow := len(m.buf.bytes())+len(p) > m.k.p.cfg.BufferBytes
+		if err := m.charge(p, true, overflow); err != nil {
+			if !overflow {
 				return err
 			}
-			buffer = false
+			if err := m.k.p.pool.awaitStream(ctx, m.budget); err != nil {
+				return err
+			}
+			m.reserved, buffer = true, false
 		}
 	}
 	if !buffer && m.sess == nil {
@@ -105,7 +113,7 @@ func (m *mac) update(ctx context.Context, p []byte, b *frame.Buffer) error {
 		}
 	}
 	if !buffer {
-		m.charge(p, false) // only gives back what the buffer held
+		m.charge(p, false, false) // only gives back what the buffer held
 	}
 	m.logInput(p, b)
 	if buffer {
@@ -130,20 +138,6 @@ func (m *mac) streams(n int) bool {
 	return m.reserved
 }
 
-// awaitStream waits for leave to stream (pool.awaitStream) when err, from
-// buffering n more bytes past the buffer, says the caller's budget is
-// full, and reports whether it got it. The caller's streams past its
-// share of the sessions buffer, and one of them would fail where, had it
-// waited, another of the caller's streams would have ended and left it a
-// session.
-func (m *mac) awaitStream(ctx context.Context, n int, err error) bool {
-	if m.reserved || !errors.Is(err, providers.ErrLimit) || len(m.buf.bytes())+n <= m.k.p.cfg.BufferBytes {
-		return false
-	}
-	m.reserved = m.k.p.pool.awaitStream(ctx, m.budget)
-	return m.reserved
-}
-
 // releaseStream gives back the pool's leave to keep a session, once the
 // context holds none and will not.
 func (m *mac) releaseStream() {
@@ -154,9 +148,10 @@ func (m *mac) releaseStream() {
 }
 
 // charge counts p against the caller's budget before buf keeps it, if
-// buffer: the bytes buf will hold after p, less what it holds now. It
-// fails, keeping nothing, with an error wrapping ErrLimit.
-func (m *mac) charge(p []byte, buffer bool) error {
+// buffer: the bytes buf will hold after p, less what it holds now, as
+// bytes the caller could do without if optional. It fails, keeping
+// nothing, with an error wrapping ErrLimit.
+func (m *mac) charge(p []byte, buffer, optional bool) error {
 	want := 0
 	if buffer {
 		want = held(len(m.buf.bytes()) + len(p))
@@ -166,7 +161,11 @@ func (m *mac) charge(p []byte, buffer bool) error {
 		m.bufCharged = want
 		return nil
 	}
-	if err := m.budget.Charge(want - m.bufCharged); err != nil {
+	charge := m.budget.Charge
+	if optional {
+		charge = m.budget.ChargeOptional
+	}
+	if err := charge(want - m.bufCharged); err != nil {
 		return err
 	}
 	m.bufCharged = want

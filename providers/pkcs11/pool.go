@@ -71,8 +71,10 @@ func newPool(p *Provider, size int, wait time.Duration) *pool {
 // had each streamed a byte past the buffer held every session, and every
 // other caller's request failed after session_wait. With half of keptMax
 // per caller, one caller's six parallel 70 MB streams failed: those past
-// the share buffer in memory, within the caller's max_bytes_per_uid (and
-// now wait for a share once that is full: awaitStream).
+// the share buffered in memory until the caller's max_bytes_per_uid was
+// full, and its other requests failed with them. Now they buffer only
+// while the budget is at most half spent, then wait for a share
+// (awaitStream).
 func keptMax(size int) int       { return size - max(1, size/4) }
 func keptPerCaller(size int) int { return max(1, keptMax(size)-1) }
 
@@ -99,12 +101,14 @@ func (pl *pool) reserveStreamLocked(b *providers.Budget) bool {
 // awaitStream is reserveStream for a context whose caller's budget can
 // buffer no more: it waits for a reservation to be given back, as a
 // request that finds no session free waits for one, until ctx ends or
-// session_wait passes, and reports whether it got one. It waits at most
-// half the provider's timeout: a call the agent sees run past that is
-// taken for a device that stopped answering, and a caller waiting on its
-// own streams must not make the token look down to everyone.
-func (pl *pool) awaitStream(ctx context.Context, b *providers.Budget) bool {
-	timer := time.NewTimer(min(pl.wait, pl.p.cfg.Timeout/2))
+// session_wait passes. It waits at most half the provider's timeout: a
+// call the agent sees run past that is taken for a device that stopped
+// answering, and a caller waiting on its own streams must not make the
+// token look down to everyone. Past that, it fails with ErrLimit: the
+// caller streams more at once than it may.
+func (pl *pool) awaitStream(ctx context.Context, b *providers.Budget) error {
+	wait := min(pl.wait, pl.p.cfg.Timeout/2)
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
 		pl.mu.Lock()
@@ -112,14 +116,17 @@ func (pl *pool) awaitStream(ctx context.Context, b *providers.Budget) bool {
 		freed := pl.streamFreed
 		pl.mu.Unlock()
 		if ok {
-			return true
+			return nil
 		}
 		select {
 		case <-freed:
 		case <-ctx.Done():
-			return false
+			return ctx.Err()
 		case <-timer.C:
-			return false
+			size := cap(pl.slots)
+			return providers.Publicf(providers.ErrLimit,
+				"too many PKCS#11 streams at once: none of the %d sessions provider %q lets streams keep (%d for one caller) came free within %s; raise sessions",
+				keptMax(size), pl.p.cfg.Name, keptPerCaller(size), wait)
 		}
 	}
 }
