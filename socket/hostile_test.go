@@ -144,9 +144,9 @@ func hostileAttackChild() {
 		}
 	case "pkcs11-sessions": // contexts that each keep a session
 		// A byte past the buffer makes a context stream, which keeps
-		// a session until it ends; the token has 8 by default.
+		// a session until it ends: as many as the token has.
 		if nc := dial(true); nc != nil {
-			openContexts(nc, "hk", 8, pkcs11.DefaultBufferBytes+1)
+			openContexts(nc, "hk", pkcs11.DefaultSessions, pkcs11.DefaultBufferBytes+1)
 		}
 	case "deaf": // requests answered at once, replies never read
 		for range 4 {

@@ -18,7 +18,8 @@ type Config struct {
 	// ReadPIN, if set, reads the PIN again when the provider logs in
 	// anew after its token came back, so a changed PIN file is used.
 	ReadPIN func() ([]byte, error)
-	// Sessions bounds the session pool (default 8).
+	// Sessions bounds the session pool (default 16: a streaming context
+	// keeps one, and a quarter stay for one-shots; see keptMax).
 	Sessions int
 	// SessionWait bounds the wait for a free session (default 5s).
 	SessionWait time.Duration
@@ -52,7 +53,7 @@ const (
 
 // Defaults for zero Config fields.
 const (
-	DefaultSessions     = 8
+	DefaultSessions     = 16
 	DefaultSessionWait  = 5 * time.Second
 	DefaultMaxCopyBytes = 64 << 20
 	DefaultBufferBytes  = 64 << 10
