@@ -102,7 +102,7 @@ func (b *Budget) charge(n, childHeld int64) error {
 	if reserved {
 		limit = b.shared
 	}
-	held, ok := b.reserve(n, limit, b.max > 0)
+	held, ok := b.reserve(n, limit)
 	if !ok {
 		if reserved {
 			return Publicf(ErrLimit, "too much data held in the agent (at most %d bytes, the last %d of them only for callers holding at most %d; %s)",
@@ -123,7 +123,8 @@ func (b *Budget) charge(n, childHeld int64) error {
 }
 
 // ChargeOptional is Charge for bytes the holder could do without (input
-// kept only to replay for a copy): it succeeds only while the budget, and
+// kept only to replay for a copy, or buffered only until a PKCS#11
+// context may stream): it succeeds only while the budget, and
 // its parent, stay at most half spent, so that what a caller must have
 // held (a frame being read, a request waiting on a device) always finds
 // room. Half of a budget is within its shared part: the reserve for light
@@ -132,7 +133,7 @@ func (b *Budget) ChargeOptional(n int) error {
 	if b == nil || n <= 0 {
 		return nil
 	}
-	if _, ok := b.reserve(int64(n), b.max/2, b.max > 0); !ok {
+	if _, ok := b.reserve(int64(n), b.max/2); !ok {
 		return Publicf(ErrLimit, "too much data held in the agent for copies (at most half of %d bytes; %s)", b.max, b.what)
 	}
 	if err := b.parent.ChargeOptional(n); err != nil {
@@ -142,13 +143,13 @@ func (b *Budget) ChargeOptional(n int) error {
 	return nil
 }
 
-// reserve adds n to what b holds if that stays within limit, when
-// bounded, and returns what b holds after. It never counts bytes it then
+// reserve adds n to what b holds if that stays within limit, when b is
+// bounded at all, and returns what b holds after. It never counts bytes it then
 // refuses: a charge added first and taken back after made the shared
 // total read above its bound for a moment, and another uid's charge in
 // that moment failed for nothing.
-func (b *Budget) reserve(n, limit int64, bounded bool) (int64, bool) {
-	if !bounded {
+func (b *Budget) reserve(n, limit int64) (int64, bool) {
+	if b.max <= 0 {
 		return b.held.Add(n), true
 	}
 	for {

@@ -43,6 +43,17 @@ type metricsServer struct {
 	network, addr string
 }
 
+// fill opens as many connections as the server holds at once, sending
+// nothing on them.
+func (s metricsServer) fill(t *testing.T) []net.Conn {
+	t.Helper()
+	conns := make([]net.Conn, metricsMaxConnections)
+	for i := range conns {
+		conns[i] = s.dial(t)
+	}
+	return conns
+}
+
 // dial connects to the server, failing the test if it cannot; the
 // connection is closed when the test ends.
 func (s metricsServer) dial(t *testing.T) net.Conn {
@@ -244,10 +255,7 @@ func TestMetricsConnectionCap(t *testing.T) {
 	onMetricsListeners(t, fixedPage, nil, func(t *testing.T, s metricsServer) {
 		// Dialled one after another, so that the kernel queues them,
 		// and the server accepts them, before the scrape.
-		silent := make([]net.Conn, metricsMaxConnections)
-		for i := range silent {
-			silent[i] = s.dial(t)
-		}
+		silent := s.fill(t)
 		scrape := s.dial(t)
 		io.WriteString(scrape, scrapeRequest)
 		if resp, _, err := readResponse(scrape, 500*time.Millisecond); err == nil {
@@ -270,10 +278,7 @@ func TestMetricsConnectionCap(t *testing.T) {
 func TestMetricsSilentConnectionsOnlyDelay(t *testing.T) {
 	metricsBounds(t, 200*time.Millisecond)
 	onMetricsListeners(t, fixedPage, nil, func(t *testing.T, s metricsServer) {
-		silent := make([]net.Conn, metricsMaxConnections)
-		for i := range silent {
-			silent[i] = s.dial(t)
-		}
+		silent := s.fill(t)
 		scrape := s.dial(t)
 		io.WriteString(scrape, scrapeRequest)
 		resp, _, err := readResponse(scrape, time.Minute)

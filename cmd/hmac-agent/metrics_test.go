@@ -109,21 +109,9 @@ func TestMetricsListenerBounds(t *testing.T) {
 				metricsAddr = "unix:" + filepath.Join(dir, "mrun", "metrics.sock")
 			}
 			conf := filepath.Join(dir, "agent.toml")
-			writeFile(t, conf, fmt.Sprintf(`socket = %q
-metrics = %q
-[audit]
-destination = "off"
-[[provider]]
-name = "soft"
-type = "software"
-path = %q
-[[key]]
-name = "k"
-provider = "soft"
-object = "k"
-[key.policy]
-users = [%d]
-`, sock, metricsAddr, filepath.Join(dir, "keys"), os.Geteuid()), 0o600)
+			writeFile(t, conf, fmt.Sprintf("socket = %q\nmetrics = %q\n", sock, metricsAddr)+
+				softwareConfig(filepath.Join(dir, "keys"))+
+				fmt.Sprintf("[[key]]\nname = \"k\"\nprovider = \"soft\"\nobject = \"k\"\n[key.policy]\nusers = [%d]\n", os.Geteuid()), 0o600)
 			agent := startAgent(t, nil, "--config", conf)
 			c := agent.mustDial(t, sock)
 			ctx := context.Background()

@@ -188,12 +188,11 @@ func base(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))
 // that small are what a connection's own buffer holds, 16 KiB at most.
 // A mapping that cannot be made falls back to the heap.
 func Copy(p []byte) *Buffer {
-	if CopySize(len(p)) == len(p) {
-		return New(append([]byte(nil), p...), nil)
-	}
-	if b, err := Alloc(len(p)); err == nil {
-		copy(b, p)
-		return Mapping(b)
+	if len(p) >= minPooled {
+		if b, err := Alloc(len(p)); err == nil {
+			copy(b, p)
+			return Mapping(b)
+		}
 	}
 	return New(append([]byte(nil), p...), nil)
 }
